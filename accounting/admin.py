@@ -1,0 +1,95 @@
+from django import forms
+from django.contrib import admin, messages
+
+from accounting.models import Tenant, TenantApiKey, UsageRecord
+from accounting.services import api_key_create, api_key_revoke
+
+
+@admin.register(Tenant)
+class TenantAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name", "is_active", "created_at"]
+    search_fields = ["slug", "name"]
+    list_filter = ["is_active"]
+
+
+class TenantApiKeyForm(forms.ModelForm):
+    allowed_models = forms.CharField(
+        required=False,
+        help_text="Comma-separated model aliases this key may use; empty allows every model.",
+    )
+
+    class Meta:
+        model = TenantApiKey
+        fields = ["tenant", "name", "allowed_models", "expires_at", "revoked"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.initial["allowed_models"] = ", ".join(self.instance.allowed_models or [])
+
+    def clean_allowed_models(self) -> list[str]:
+        raw = self.cleaned_data.get("allowed_models") or ""
+        return sorted({item.strip() for item in raw.split(",") if item.strip()})
+
+
+@admin.register(TenantApiKey)
+class TenantApiKeyAdmin(admin.ModelAdmin):
+    form = TenantApiKeyForm
+    list_display = ["prefix", "tenant", "name", "revoked", "expires_at", "last_used_at", "created_at"]
+    list_filter = ["revoked", "tenant"]
+    search_fields = ["prefix", "name", "tenant__slug"]
+    readonly_fields = ["prefix", "last_used_at", "created_at"]
+    list_select_related = ["tenant"]
+    actions = ["revoke"]
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            obj.save()
+            return
+        key, raw_key = api_key_create(
+            tenant=obj.tenant,
+            name=obj.name,
+            allowed_models=form.cleaned_data["allowed_models"],
+            expires_at=obj.expires_at,
+        )
+        obj.pk = key.pk
+        messages.warning(
+            request, f"New API key for {key.tenant.slug} — copy it now, it will not be shown again: {raw_key}"
+        )
+
+    @admin.action(description="Revoke selected keys")
+    def revoke(self, request, queryset):
+        for key in queryset:
+            api_key_revoke(key=key)
+        self.message_user(request, f"Revoked {queryset.count()} key(s).")
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(admin.ModelAdmin):
+    list_display = [
+        "created_at",
+        "tenant",
+        "endpoint",
+        "requested_model",
+        "provider_name",
+        "status",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_usd",
+        "latency_ms",
+        "stream",
+    ]
+    list_filter = ["status", "endpoint", "stream", "usage_estimated"]
+    search_fields = ["request_id", "response_id", "requested_model"]
+    list_select_related = ["tenant", "api_key", "provider"]
+    show_full_result_count = False
+    date_hierarchy = "created_at"
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in self.model._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

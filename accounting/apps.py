@@ -1,0 +1,18 @@
+from django.apps import AppConfig
+from django.db.models.signals import post_delete, post_save
+
+
+class AccountingConfig(AppConfig):
+    name = "accounting"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from accounting.auth import auth_cache_clear
+        from accounting.models import Tenant, TenantApiKey
+
+        def clear(**kwargs) -> None:
+            auth_cache_clear()
+
+        for model in (Tenant, TenantApiKey):
+            post_save.connect(clear, sender=model, dispatch_uid=f"auth-cache-{model.__name__}")
+            post_delete.connect(clear, sender=model, dispatch_uid=f"auth-cache-del-{model.__name__}")

@@ -1,0 +1,98 @@
+"""Authentication of tenant API keys on the hot path.
+
+A key is looked up by its SHA-256 hash (the only form stored), and the result is kept in process
+for `GATEWAY_CONFIG_CACHE_SECONDS` so that a busy key costs one query per interval, not one per
+request. Saving or deleting a key or tenant clears the cache of the process that did it (see
+`accounting.apps`); other processes notice within the interval.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.conf import settings
+from django.utils import timezone
+
+from accounting.models import TenantApiKey
+from accounting.services import api_key_hash
+from gateway_site.errors import AuthenticationFailed, PermissionDenied
+
+_MAX_CACHED_KEYS = 10_000
+
+
+@dataclass(frozen=True)
+class ApiKeyContext:
+    key_id: int
+    tenant_id: int
+    tenant_slug: str
+    allowed_models: frozenset[str]
+    expires_at: datetime | None
+    revoked: bool
+    tenant_active: bool
+
+    def allows(self, alias: str) -> bool:
+        return not self.allowed_models or alias in self.allowed_models
+
+
+_cache: dict[str, tuple[float, ApiKeyContext | None]] = {}
+
+
+def auth_cache_clear() -> None:
+    _cache.clear()
+
+
+def bearer_token(headers) -> str | None:
+    """The key from `Authorization: Bearer ...`, or from `x-api-key` as Anthropic clients send it."""
+    authorization = headers.get("authorization") or ""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return (headers.get("x-api-key") or "").strip() or None
+
+
+async def api_key_authenticate(*, raw_key: str | None) -> ApiKeyContext:
+    if not raw_key:
+        raise AuthenticationFailed(
+            "Missing API key. Send it as 'Authorization: Bearer <key>'.", code="missing_api_key"
+        )
+    hashed = api_key_hash(raw_key)
+    context = await _lookup(hashed)
+    if context is None or context.revoked or not context.tenant_active:
+        raise AuthenticationFailed("Invalid API key.")
+    if context.expires_at is not None and context.expires_at <= timezone.now():
+        raise AuthenticationFailed("This API key has expired.", code="expired_api_key")
+    return context
+
+
+def model_authorize(*, context: ApiKeyContext, alias: str) -> None:
+    if not context.allows(alias):
+        raise PermissionDenied(f"This API key is not allowed to use the model '{alias}'.", param="model")
+
+
+async def _lookup(hashed: str) -> ApiKeyContext | None:
+    now = time.monotonic()
+    cached = _cache.get(hashed)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    key = (
+        await TenantApiKey.objects.select_related("tenant").filter(hashed_key=hashed).afirst()
+    )
+    context = None
+    if key is not None:
+        context = ApiKeyContext(
+            key_id=key.pk,
+            tenant_id=key.tenant_id,
+            tenant_slug=key.tenant.slug,
+            allowed_models=frozenset(key.allowed_models or ()),
+            expires_at=key.expires_at,
+            revoked=key.revoked,
+            tenant_active=key.tenant.is_active,
+        )
+        # Touch last_used_at at most once per cache interval per process, not per request.
+        await TenantApiKey.objects.filter(pk=key.pk).aupdate(last_used_at=timezone.now())
+    if len(_cache) >= _MAX_CACHED_KEYS:
+        _cache.clear()
+    _cache[hashed] = (now + settings.GATEWAY_CONFIG_CACHE_SECONDS, context)
+    return context

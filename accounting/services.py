@@ -1,0 +1,52 @@
+"""Writes of the accounting app: tenants, their API keys, usage records."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime
+
+from django.db import transaction
+
+from accounting.models import Tenant, TenantApiKey, UsageRecord
+
+API_KEY_PREFIX = "sk-gw-"
+VISIBLE_PREFIX_LENGTH = 12
+
+
+def api_key_hash(raw_key: str) -> str:
+    return hashlib.sha256(raw_key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def tenant_create(*, slug: str, name: str = "") -> Tenant:
+    return Tenant.objects.create(slug=slug, name=name or slug)
+
+
+@transaction.atomic
+def api_key_create(
+    *,
+    tenant: Tenant,
+    name: str = "default",
+    allowed_models: list[str] | None = None,
+    expires_at: datetime | None = None,
+) -> tuple[TenantApiKey, str]:
+    """Create a key and return it with its plaintext, which is never available again."""
+    raw_key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    key = TenantApiKey.objects.create(
+        tenant=tenant,
+        name=name,
+        prefix=raw_key[:VISIBLE_PREFIX_LENGTH],
+        hashed_key=api_key_hash(raw_key),
+        allowed_models=sorted(set(allowed_models or [])),
+        expires_at=expires_at,
+    )
+    return key, raw_key
+
+
+def api_key_revoke(*, key: TenantApiKey) -> None:
+    key.revoked = True
+    key.save(update_fields=["revoked"])  # save(), not update(): the signal clears auth caches
+
+
+async def usage_record_create(**fields) -> UsageRecord:
+    return await UsageRecord.objects.acreate(**fields)

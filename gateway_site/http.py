@@ -1,0 +1,39 @@
+"""HTTP plumbing shared by the API views: method checks and JSON 404s in OpenAI's error shape."""
+
+from __future__ import annotations
+
+import functools
+
+from django.http import HttpRequest, JsonResponse
+
+from gateway_site.errors import GatewayError, NotFound, error_response
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+    error_class = "method_not_allowed"
+
+
+def allow_methods(*methods: str):
+    """Like Django's require_http_methods, but answering in the API's error format."""
+
+    def decorate(view):
+        @functools.wraps(view)
+        async def wrapper(request: HttpRequest, *args, **kwargs):
+            if request.method not in methods:
+                response = error_response(
+                    MethodNotAllowed(f"Method {request.method} is not allowed; use {', '.join(methods)}.")
+                )
+                response["Allow"] = ", ".join(methods)
+                return response
+            return await view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def api_not_found(request: HttpRequest, exception=None) -> JsonResponse:
+    return error_response(NotFound(f"Unknown API route: {request.method} {request.path}"))

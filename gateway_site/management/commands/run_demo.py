@@ -1,0 +1,56 @@
+"""Serve the embedded demo: the fake provider and the gateway's ASGI server, side by side."""
+
+import os
+import signal
+import subprocess
+import sys
+
+from django.core.management.base import BaseCommand, CommandError
+
+
+class Command(BaseCommand):
+    help = "Start the bundled fake provider and the gateway (daphne) until interrupted."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8000)))
+        parser.add_argument("--fake-port", type=int, default=int(os.environ.get("FAKE_PROVIDER_PORT", 9100)))
+
+    def handle(self, *args, host: str, port: int, fake_port: int, **options):
+        fake = self._start_fake(fake_port)
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "gateway_site.asgi:application"]
+        )
+        self.stdout.write(
+            f"Gateway on http://{host}:{port}  (admin: http://{host}:{port}/admin/)\n"
+            f"Try: curl http://{host}:{port}/v1/chat/completions -H \"Authorization: Bearer $KEY\" "
+            "-H 'Content-Type: application/json' "
+            "-d '{\"model\": \"gpt-4o-mini\", \"stream\": true, \"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}'"
+        )
+        self.stdout.flush()
+        stop = lambda signum, frame: gateway.send_signal(signal.SIGINT)  # noqa: E731
+        signal.signal(signal.SIGTERM, stop)
+        try:
+            code = gateway.wait()
+        except KeyboardInterrupt:
+            code = gateway.wait()
+        finally:
+            for process in (gateway, fake):
+                if process.poll() is None:
+                    process.terminate()
+                    process.wait(timeout=10)
+        if code not in (0, -signal.SIGINT, -signal.SIGTERM):
+            raise CommandError(f"The gateway server exited with status {code}.")
+
+    def _start_fake(self, port: int) -> subprocess.Popen:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "fake_provider", "--port", str(port)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        line = process.stdout.readline()
+        if "listening" not in line:
+            process.kill()
+            raise CommandError(f"The fake provider did not start on port {port} (is the port taken?).")
+        self.stdout.write(line.strip())
+        return process

@@ -1,0 +1,10 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from gateway_site.health import health
+
+urlpatterns = [
+    path("v1/", include("routing.urls")),
+    path("admin/", admin.site.urls),
+    path("health", health, name="health"),
+]

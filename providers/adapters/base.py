@@ -1,0 +1,300 @@
+"""The adapter contract: how the gateway speaks one provider wire format.
+
+The gateway's own language is OpenAI's chat completions and embeddings format: requests arrive in
+it and responses leave in it. An adapter translates that to and from one vendor's wire format,
+and says how the vendor spells its errors. Everything else lives here, once:
+
+- sending over the shared `httpx.AsyncClient` (never one client per request),
+- status handling: any non-2xx becomes a `ProviderError` with one of the shared error classes
+  (`PROVIDER_ERROR_CLASSES`), its `retry-after`, and the vendor's message,
+- transport failures: timeouts become `timeout`, resets and refused connections `connection`,
+- Server-Sent Events parsing for streams, and closing the upstream response when the consumer
+  stops early (client gone, error), so the pooled connection is released.
+
+Retries and failover are not an adapter's business: routing decides them from `retryable`.
+
+A subclass implements:
+- `chat_request(payload, target)` -> `UpstreamRequest`
+- `chat_response(data, target)` -> `ChatResult` (an OpenAI `chat.completion` body plus usage)
+- `chat_stream_chunks(events, target)` -> async iterator of OpenAI `chat.completion.chunk`
+  dicts; the last one carries `usage` when the vendor reported it
+- `embeddings_request` / `embeddings_response`, when the vendor has embeddings
+- `error_details(status, data)` -> (error class or None, message): the vendor's error spelling
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+
+from gateway_site.errors import InvalidRequest, ProviderError
+
+
+@dataclass(frozen=True)
+class Target:
+    """One concrete place to send a request: a provider, its key and the upstream model id."""
+
+    provider_id: int
+    provider_name: str
+    wire_type: str
+    api_base: str
+    upstream_model: str
+    api_key: str = field(default="", repr=False)
+    read_timeout: float | None = None
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @classmethod
+    def from_openai(cls, data: dict | None) -> Usage | None:
+        if not isinstance(data, dict) or "prompt_tokens" not in data:
+            return None
+        return cls(
+            prompt_tokens=int(data.get("prompt_tokens") or 0),
+            completion_tokens=int(data.get("completion_tokens") or 0),
+        )
+
+    def as_openai(self) -> dict:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+@dataclass
+class ChatResult:
+    body: dict
+    usage: Usage | None
+
+
+@dataclass
+class UpstreamRequest:
+    url: str
+    json: dict
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class SSEEvent:
+    event: str
+    data: str
+
+
+class Adapter:
+    """Base class of every wire-format adapter; see the module docstring for the contract."""
+
+    wire_type = ""
+    supports_embeddings = False
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    # --- what a subclass implements -------------------------------------------------------------
+    def chat_request(self, payload: dict, target: Target) -> UpstreamRequest:
+        raise NotImplementedError
+
+    def chat_response(self, data: dict, target: Target) -> ChatResult:
+        raise NotImplementedError
+
+    def chat_stream_chunks(
+        self, events: AsyncIterator[SSEEvent], target: Target
+    ) -> AsyncIterator[dict]:
+        raise NotImplementedError
+
+    def embeddings_request(self, payload: dict, target: Target) -> UpstreamRequest:
+        raise InvalidRequest(
+            f"Provider '{target.provider_name}' does not serve embeddings.", param="model"
+        )
+
+    def embeddings_response(self, data: dict, target: Target) -> ChatResult:
+        raise NotImplementedError
+
+    def error_details(self, status: int, data: object) -> tuple[str | None, str]:
+        """Return (error class, message) from a vendor error body; None keeps the status default."""
+        return None, ""
+
+    # --- shared machinery -----------------------------------------------------------------------
+    async def chat(self, payload: dict, target: Target) -> ChatResult:
+        request = self.chat_request(payload, target)
+        return self.chat_response(await self._send_json(request, target), target)
+
+    async def embeddings(self, payload: dict, target: Target) -> ChatResult:
+        request = self.embeddings_request(payload, target)
+        return self.embeddings_response(await self._send_json(request, target), target)
+
+    async def chat_stream(self, payload: dict, target: Target) -> AsyncIterator[dict]:
+        """Open the upstream stream and yield OpenAI chunks as they arrive.
+
+        Errors before the first byte of the body (status, connect) raise from the first
+        `__anext__`, which lets routing fail over before the client has seen anything.
+        """
+        request = self.chat_request(payload, target)
+        response = await self._open(request, target, stream=True)
+        try:
+            async for chunk in self.chat_stream_chunks(self._sse_events(response, target), target):
+                yield chunk
+        except httpx.TimeoutException as exc:
+            raise self._transport_error(exc, target) from exc
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc, target) from exc
+        finally:
+            await response.aclose()
+
+    async def _send_json(self, request: UpstreamRequest, target: Target) -> dict:
+        response = await self._open(request, target, stream=False)
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise ProviderError(
+                f"Provider '{target.provider_name}' returned a body that is not JSON.",
+                error_class="upstream_server",
+                provider=target.provider_name,
+                upstream_status=response.status_code,
+            ) from exc
+        if not isinstance(data, dict):
+            raise ProviderError(
+                f"Provider '{target.provider_name}' returned an unexpected body.",
+                error_class="upstream_server",
+                provider=target.provider_name,
+                upstream_status=response.status_code,
+            )
+        return data
+
+    async def _open(
+        self, request: UpstreamRequest, target: Target, *, stream: bool
+    ) -> httpx.Response:
+        timeout = httpx.Timeout(
+            self.client.timeout.connect,
+            read=target.read_timeout or self.client.timeout.read,
+            write=self.client.timeout.write,
+            pool=self.client.timeout.pool,
+        )
+        http_request = self.client.build_request(
+            "POST", request.url, json=request.json, headers=request.headers, timeout=timeout
+        )
+        try:
+            response = await self.client.send(http_request, stream=stream)
+        except httpx.TimeoutException as exc:
+            raise self._transport_error(exc, target) from exc
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc, target) from exc
+        if response.status_code >= 400:
+            try:
+                await response.aread()
+            except httpx.HTTPError:
+                pass
+            finally:
+                await response.aclose()
+            raise self._status_error(response, target)
+        return response
+
+    def _status_error(self, response: httpx.Response, target: Target) -> ProviderError:
+        try:
+            data: object = response.json()
+        except ValueError:
+            data = response.text[:500]
+        error_class, message = self.error_details(response.status_code, data)
+        error_class = error_class or _class_for_status(response.status_code)
+        message = message or f"HTTP {response.status_code}"
+        return ProviderError(
+            f"Provider '{target.provider_name}' returned {response.status_code}: {message}",
+            error_class=error_class,
+            provider=target.provider_name,
+            upstream_status=response.status_code,
+            retry_after=_retry_after(response.headers),
+        )
+
+    def _transport_error(self, exc: httpx.HTTPError, target: Target) -> ProviderError:
+        if isinstance(exc, httpx.TimeoutException):
+            return ProviderError(
+                f"Provider '{target.provider_name}' timed out ({type(exc).__name__}).",
+                error_class="timeout",
+                provider=target.provider_name,
+            )
+        return ProviderError(
+            f"Connection to provider '{target.provider_name}' failed ({type(exc).__name__}).",
+            error_class="connection",
+            provider=target.provider_name,
+        )
+
+    async def _sse_events(
+        self, response: httpx.Response, target: Target
+    ) -> AsyncIterator[SSEEvent]:
+        """Parse a text/event-stream body (https://html.spec.whatwg.org/#event-stream-interpretation)."""
+        event, data_lines = "", []
+        async for line in response.aiter_lines():
+            if not line:
+                if data_lines:
+                    yield SSEEvent(event=event or "message", data="\n".join(data_lines))
+                event, data_lines = "", []
+                continue
+            if line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "event":
+                event = value
+            elif name == "data":
+                data_lines.append(value)
+        if data_lines:
+            yield SSEEvent(event=event or "message", data="\n".join(data_lines))
+
+    def malformed(self, target: Target, what: str) -> ProviderError:
+        return ProviderError(
+            f"Provider '{target.provider_name}' sent malformed {what}.",
+            error_class="upstream_server",
+            provider=target.provider_name,
+        )
+
+    def load_event(self, event: SSEEvent, target: Target) -> dict:
+        try:
+            data = json.loads(event.data)
+        except ValueError as exc:
+            raise self.malformed(target, "stream data") from exc
+        if not isinstance(data, dict):
+            raise self.malformed(target, "stream data")
+        return data
+
+
+def _class_for_status(status: int) -> str:
+    if status == 429:
+        return "rate_limited"
+    if status in (408, 504):
+        return "timeout"
+    if status in (503, 529):
+        return "overloaded"
+    if status in (401, 403):
+        return "auth"
+    if status >= 500:
+        return "upstream_server"
+    return "bad_request"
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds to wait, from `retry-after-ms`, `retry-after` (seconds or an HTTP date)."""
+    if value := headers.get("retry-after-ms"):
+        try:
+            return max(float(value) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(parsed.timestamp() - time.time(), 0.0)

@@ -1,0 +1,93 @@
+"""OpenAI's chat completions and embeddings, and every service that speaks them.
+
+Covers OpenAI itself and the compatible family reached through `api_base` (Mistral, OpenRouter,
+Groq, Together, vLLM, Ollama). Requests pass through with the upstream model id swapped in.
+Reference: https://platform.openai.com/docs/api-reference/chat
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from gateway_site.errors import ProviderError
+from providers.adapters.base import Adapter, ChatResult, SSEEvent, Target, UpstreamRequest, Usage
+
+# OpenAI error codes that name a class of their own (https://platform.openai.com/docs/guides/error-codes).
+_CODE_CLASSES = {
+    "context_length_exceeded": "context_length_exceeded",
+    "string_above_max_length": "context_length_exceeded",
+    "content_filter": "content_filtered",
+    "content_policy_violation": "content_filtered",
+    "rate_limit_exceeded": "rate_limited",
+    "insufficient_quota": "rate_limited",
+    "invalid_api_key": "auth",
+}
+
+
+class OpenAIAdapter(Adapter):
+    wire_type = "openai"
+    supports_embeddings = True
+
+    def _headers(self, target: Target) -> dict[str, str]:
+        return {"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}
+
+    def _url(self, target: Target, path: str) -> str:
+        return f"{target.api_base.rstrip('/')}/{path}"
+
+    def chat_request(self, payload: dict, target: Target) -> UpstreamRequest:
+        body = {**payload, "model": target.upstream_model}
+        if body.get("stream"):
+            # Always ask for usage: provider-reported tokens are the truth we bill on. The
+            # pipeline forwards the usage chunk only to clients that asked for it.
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        return UpstreamRequest(
+            url=self._url(target, "chat/completions"), json=body, headers=self._headers(target)
+        )
+
+    def chat_response(self, data: dict, target: Target) -> ChatResult:
+        if not isinstance(data.get("choices"), list):
+            raise self.malformed(target, "a chat completion (no choices)")
+        return ChatResult(body=data, usage=Usage.from_openai(data.get("usage")))
+
+    async def chat_stream_chunks(
+        self, events: AsyncIterator[SSEEvent], target: Target
+    ) -> AsyncIterator[dict]:
+        async for event in events:
+            if event.data.strip() == "[DONE]":
+                return
+            chunk = self.load_event(event, target)
+            if "error" in chunk:
+                raise self._stream_error(chunk["error"], target)
+            yield chunk
+
+    def embeddings_request(self, payload: dict, target: Target) -> UpstreamRequest:
+        return UpstreamRequest(
+            url=self._url(target, "embeddings"),
+            json={**payload, "model": target.upstream_model},
+            headers=self._headers(target),
+        )
+
+    def embeddings_response(self, data: dict, target: Target) -> ChatResult:
+        if not isinstance(data.get("data"), list):
+            raise self.malformed(target, "an embeddings response (no data)")
+        usage = data.get("usage") or {}
+        tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        return ChatResult(
+            body=data,
+            usage=Usage(prompt_tokens=int(tokens), completion_tokens=0) if tokens is not None else None,
+        )
+
+    def error_details(self, status: int, data: object) -> tuple[str | None, str]:
+        error = data.get("error") if isinstance(data, dict) else None
+        if not isinstance(error, dict):
+            return None, str(data)[:300] if data else ""
+        code = error.get("code") or error.get("type")
+        return _CODE_CLASSES.get(str(code)), str(error.get("message") or "")
+
+    def _stream_error(self, error: object, target: Target) -> ProviderError:
+        error_class, message = self.error_details(500, {"error": error})
+        return ProviderError(
+            f"Provider '{target.provider_name}' failed mid-stream: {message or 'error event'}",
+            error_class=error_class or "upstream_server",
+            provider=target.provider_name,
+        )

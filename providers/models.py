@@ -1,0 +1,113 @@
+from decimal import Decimal
+
+from django.db import models
+
+from providers import crypto
+
+
+class Provider(models.Model):
+    """An upstream LLM service reached through one wire format.
+
+    `api_base` is what the vendor's official SDK takes as its base URL:
+    `https://api.openai.com/v1` for OpenAI and OpenAI-compatible services,
+    `https://api.anthropic.com` for Anthropic.
+    """
+
+    class WireType(models.TextChoices):
+        OPENAI = "openai", "OpenAI-compatible"
+        ANTHROPIC = "anthropic", "Anthropic Messages"
+
+    name = models.SlugField(max_length=64, unique=True)
+    type = models.CharField(max_length=32, choices=WireType.choices, default=WireType.OPENAI)
+    api_base = models.URLField(max_length=500)
+    enabled = models.BooleanField(default=True)
+    priority = models.IntegerField(
+        default=100, help_text="Among providers serving the same alias, lower is tried first."
+    )
+    timeout_seconds = models.FloatField(
+        null=True, blank=True, help_text="Read timeout for this provider; empty uses the default."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["priority", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ProviderModel(models.Model):
+    """A model a provider serves, under the alias clients send, with its prices."""
+
+    class Mode(models.TextChoices):
+        CHAT = "chat", "Chat completions"
+        EMBEDDING = "embedding", "Embeddings"
+
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="models")
+    alias = models.CharField(max_length=200, help_text="The model name clients send.")
+    upstream_model = models.CharField(
+        max_length=200, help_text="The model id sent to the provider."
+    )
+    mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.CHAT)
+    input_price_per_million = models.DecimalField(
+        max_digits=12, decimal_places=6, default=Decimal("0")
+    )
+    output_price_per_million = models.DecimalField(
+        max_digits=12, decimal_places=6, default=Decimal("0")
+    )
+    context_window = models.PositiveIntegerField(null=True, blank=True)
+    max_output_tokens = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Output cap; the Anthropic adapter sends it when the client gives no max_tokens.",
+    )
+    capabilities = models.JSONField(
+        default=list, blank=True, help_text='e.g. ["streaming", "tools", "vision"]'
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["alias", "provider__name"]
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "alias"], name="uniq_provider_alias")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider.name}:{self.alias}"
+
+
+class ProviderKey(models.Model):
+    """A provider credential, encrypted at rest with the gateway's MultiFernet keys.
+
+    The plaintext is never shown again after it is saved: the admin only writes it, exports leave
+    it out, and `__str__`/`repr` never include it.
+    """
+
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="keys")
+    name = models.CharField(max_length=100, default="default")
+    encrypted_secret = models.TextField(editable=False)
+    source = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Where the secret came from, e.g. env:OPENAI_API_KEY (never the secret).",
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["provider__name", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "name"], name="uniq_provider_key_name")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider.name}/{self.name}"
+
+    def set_secret(self, secret: str) -> None:
+        self.encrypted_secret = crypto.encrypt(secret)
+
+    def get_secret(self) -> str:
+        return crypto.decrypt(self.encrypted_secret)

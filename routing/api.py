@@ -1,0 +1,98 @@
+"""The OpenAI-compatible HTTP API: parse, call the pipeline, serialize. Nothing else."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from accounting.auth import api_key_authenticate, bearer_token
+from gateway_site.errors import GatewayError, PayloadTooLarge, error_response
+from gateway_site.http import allow_methods
+from routing import pipeline
+from routing.selection import models_visible
+
+
+def _body(request: HttpRequest) -> bytes:
+    try:
+        return request.body
+    except RequestDataTooBig as exc:
+        raise PayloadTooLarge(
+            f"Request body is larger than the limit of {settings.GATEWAY_MAX_BODY_BYTES} bytes."
+        ) from exc
+
+
+def _with_headers(response: HttpResponse, call: pipeline.Call) -> HttpResponse:
+    for name, value in call.headers().items():
+        response[name] = value
+    return response
+
+
+async def _sse(chunks: AsyncIterator[dict]) -> AsyncIterator[bytes]:
+    """OpenAI's stream framing: one `data:` event per chunk, then `data: [DONE]`."""
+    failed = False
+    async for chunk in chunks:
+        failed = "error" in chunk
+        yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+    if not failed:
+        yield b"data: [DONE]\n\n"
+
+
+@csrf_exempt
+@allow_methods("POST")
+async def chat_completions(request: HttpRequest) -> HttpResponse:
+    call = pipeline.Call(endpoint="chat.completions")
+    try:
+        result = await pipeline.chat(
+            call,
+            headers=request.headers,
+            raw_body=_body(request),
+            max_body_bytes=settings.GATEWAY_MAX_BODY_BYTES,
+        )
+    except GatewayError as exc:
+        return _with_headers(error_response(exc), call)
+    if isinstance(result, dict):
+        return _with_headers(JsonResponse(result), call)
+    response = StreamingHttpResponse(_sse(result), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return _with_headers(response, call)
+
+
+@csrf_exempt
+@allow_methods("POST")
+async def embeddings(request: HttpRequest) -> HttpResponse:
+    call = pipeline.Call(endpoint="embeddings")
+    try:
+        result = await pipeline.embeddings(
+            call,
+            headers=request.headers,
+            raw_body=_body(request),
+            max_body_bytes=settings.GATEWAY_MAX_BODY_BYTES,
+        )
+    except GatewayError as exc:
+        return _with_headers(error_response(exc), call)
+    return _with_headers(JsonResponse(result), call)
+
+
+@allow_methods("GET")
+async def models(request: HttpRequest) -> HttpResponse:
+    try:
+        auth = await api_key_authenticate(raw_key=bearer_token(request.headers))
+    except GatewayError as exc:
+        return error_response(exc)
+    data = [
+        {
+            "id": deployment.alias,
+            "object": "model",
+            "created": deployment.created,
+            "owned_by": deployment.target.provider_name,
+        }
+        for deployment in await models_visible(auth=auth)
+    ]
+    return JsonResponse({"object": "list", "data": data})

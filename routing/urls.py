@@ -1,0 +1,11 @@
+from django.urls import path, re_path
+
+from gateway_site.http import api_not_found
+from routing import api
+
+urlpatterns = [
+    path("chat/completions", api.chat_completions, name="chat-completions"),
+    path("embeddings", api.embeddings, name="embeddings"),
+    path("models", api.models, name="models"),
+    re_path(r"^.*$", api_not_found),
+]

@@ -1,0 +1,264 @@
+"""Validation of request bodies against OpenAI's documented schema.
+
+Each check raises `InvalidRequest` naming the offending parameter, in OpenAI's error shape, so a
+bad body gets a clear 400 and never reaches a provider (or becomes a 500). Validators return the
+payload to forward upstream: the body without the fields the gateway keeps for itself.
+Reference: https://platform.openai.com/docs/api-reference/chat/create
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from gateway_site.errors import InvalidRequest, PayloadTooLarge
+
+MESSAGE_ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+CONTENT_PART_TYPES = {"text", "image_url", "input_audio", "file", "refusal"}
+MAX_STOP_SEQUENCES = 4
+MAX_TOKENS_LIMIT = 1_000_000
+MAX_EMBEDDING_INPUTS = 2048
+
+# Fields the gateway reads and does not forward.
+GATEWAY_FIELDS = {"metadata"}
+
+CHAT_FIELDS = {
+    "model", "messages", "audio", "frequency_penalty", "function_call", "functions", "logit_bias",
+    "logprobs", "max_completion_tokens", "max_tokens", "modalities", "n", "parallel_tool_calls",
+    "prediction", "presence_penalty", "prompt_cache_key", "reasoning_effort", "response_format",
+    "safety_identifier", "seed", "service_tier", "stop", "store", "stream", "stream_options",
+    "temperature", "tool_choice", "tools", "top_logprobs", "top_p", "user", "verbosity",
+    "web_search_options",
+} | GATEWAY_FIELDS
+
+EMBEDDING_FIELDS = {"model", "input", "encoding_format", "dimensions", "user"} | GATEWAY_FIELDS
+
+
+def json_body(raw: bytes, *, max_bytes: int) -> dict:
+    """Decode a request body into a JSON object, or raise a clear 4xx."""
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(f"Request body is larger than the limit of {max_bytes} bytes.")
+    if not raw.strip():
+        raise InvalidRequest("The request body is empty; send a JSON object.", code="invalid_json")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest("The request body is not valid UTF-8.", code="invalid_json") from exc
+    try:
+        body = json.loads(text)
+    except RecursionError as exc:
+        raise InvalidRequest("The request body nests too deeply.", code="invalid_json") from exc
+    except ValueError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def chat_request_validate(body: dict) -> dict:
+    _reject_unknown(body, CHAT_FIELDS)
+    _model(body)
+    _messages(body.get("messages"))
+    _number(body, "temperature", 0, 2)
+    _number(body, "top_p", 0, 1)
+    _number(body, "presence_penalty", -2, 2)
+    _number(body, "frequency_penalty", -2, 2)
+    _integer(body, "n", 1, 128)
+    _integer(body, "max_tokens", 1, MAX_TOKENS_LIMIT)
+    _integer(body, "max_completion_tokens", 1, MAX_TOKENS_LIMIT)
+    _integer(body, "seed", -(2**63), 2**63 - 1)
+    _integer(body, "top_logprobs", 0, 20)
+    _boolean(body, "stream")
+    _boolean(body, "logprobs")
+    _stop(body.get("stop"))
+    _stream_options(body)
+    _string(body, "user", max_length=512)
+    _typed(body, "tools", list)
+    _typed(body, "response_format", dict)
+    _typed(body, "logit_bias", dict)
+    _metadata(body)
+    return {key: value for key, value in body.items() if key not in GATEWAY_FIELDS}
+
+
+def embeddings_request_validate(body: dict) -> dict:
+    _reject_unknown(body, EMBEDDING_FIELDS)
+    _model(body)
+    _embedding_input(body.get("input"))
+    if body.get("encoding_format") not in (None, "float", "base64"):
+        raise InvalidRequest("'encoding_format' must be 'float' or 'base64'.", param="encoding_format")
+    _integer(body, "dimensions", 1, 65536)
+    _string(body, "user", max_length=512)
+    _metadata(body)
+    return {key: value for key, value in body.items() if key not in GATEWAY_FIELDS}
+
+
+def _reject_unknown(body: dict, allowed: set[str]) -> None:
+    for key in body:
+        if key not in allowed:
+            raise InvalidRequest(
+                f"Unrecognized request argument supplied: {key}", param=key, code="unknown_parameter"
+            )
+
+
+def _model(body: dict) -> None:
+    model = body.get("model")
+    if "model" not in body:
+        raise InvalidRequest("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
+    if not isinstance(model, str) or not model.strip() or len(model) > 200:
+        raise InvalidRequest("'model' must be a non-empty string of at most 200 characters.", param="model")
+
+
+def _messages(messages: object) -> None:
+    if messages is None:
+        raise InvalidRequest(
+            "Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter"
+        )
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
+    for index, message in enumerate(messages):
+        _message(message, f"messages[{index}]")
+
+
+def _message(message: object, where: str) -> None:
+    if not isinstance(message, dict):
+        raise InvalidRequest(f"'{where}' must be an object.", param=where)
+    role = message.get("role")
+    if role not in MESSAGE_ROLES:
+        raise InvalidRequest(
+            f"'{where}.role' must be one of {', '.join(sorted(MESSAGE_ROLES))}.", param=f"{where}.role"
+        )
+    content = message.get("content")
+    if content is None:
+        if role == "assistant" and (message.get("tool_calls") or message.get("function_call")):
+            return
+        raise InvalidRequest(f"'{where}.content' is required.", param=f"{where}.content")
+    if isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise InvalidRequest(f"'{where}.content' must be a string or an array of parts.", param=f"{where}.content")
+    for index, part in enumerate(content):
+        _content_part(part, f"{where}.content[{index}]")
+
+
+def _content_part(part: object, where: str) -> None:
+    if not isinstance(part, dict) or part.get("type") not in CONTENT_PART_TYPES:
+        raise InvalidRequest(
+            f"'{where}' must be an object whose 'type' is one of {', '.join(sorted(CONTENT_PART_TYPES))}.",
+            param=where,
+        )
+    if part["type"] == "text" and not isinstance(part.get("text"), str):
+        raise InvalidRequest(f"'{where}.text' must be a string.", param=f"{where}.text")
+    if part["type"] == "image_url":
+        image = part.get("image_url")
+        if not isinstance(image, dict) or not isinstance(image.get("url"), str):
+            raise InvalidRequest(f"'{where}.image_url.url' must be a string.", param=f"{where}.image_url")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _number(body: dict, name: str, low: float, high: float) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if not _is_number(value) or not low <= value <= high:
+        raise InvalidRequest(f"'{name}' must be a number between {low} and {high}.", param=name)
+
+
+def _integer(body: dict, name: str, low: int, high: int) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if isinstance(value, float) and value.is_integer():
+        value = body[name] = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise InvalidRequest(f"'{name}' must be an integer between {low} and {high}.", param=name)
+
+
+def _boolean(body: dict, name: str) -> None:
+    if body.get(name) is not None and not isinstance(body[name], bool):
+        raise InvalidRequest(f"'{name}' must be a boolean.", param=name)
+
+
+def _string(body: dict, name: str, *, max_length: int) -> None:
+    value = body.get(name)
+    if value is not None and (not isinstance(value, str) or len(value) > max_length):
+        raise InvalidRequest(f"'{name}' must be a string of at most {max_length} characters.", param=name)
+
+
+def _typed(body: dict, name: str, kind: type) -> None:
+    if body.get(name) is not None and not isinstance(body[name], kind):
+        raise InvalidRequest(f"'{name}' must be {'an array' if kind is list else 'an object'}.", param=name)
+
+
+def _stop(stop: object) -> None:
+    if stop is None or isinstance(stop, str):
+        return
+    if (
+        not isinstance(stop, list)
+        or len(stop) > MAX_STOP_SEQUENCES
+        or not all(isinstance(item, str) for item in stop)
+    ):
+        raise InvalidRequest(
+            f"'stop' must be a string or an array of at most {MAX_STOP_SEQUENCES} strings.", param="stop"
+        )
+
+
+def _stream_options(body: dict) -> None:
+    options = body.get("stream_options")
+    if options is None:
+        return
+    if not isinstance(options, dict):
+        raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
+    if not body.get("stream"):
+        raise InvalidRequest(
+            "'stream_options' is only allowed when 'stream' is true.", param="stream_options"
+        )
+    if "include_usage" in options and not isinstance(options["include_usage"], bool):
+        raise InvalidRequest(
+            "'stream_options.include_usage' must be a boolean.", param="stream_options.include_usage"
+        )
+
+
+def _metadata(body: dict) -> None:
+    metadata = body.get("metadata")
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict) or len(metadata) > 16 or not all(
+        isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
+        for k, v in metadata.items()
+    ):
+        raise InvalidRequest(
+            "'metadata' must be an object of at most 16 string values (keys up to 64 characters, "
+            "values up to 512).",
+            param="metadata",
+        )
+
+
+def _embedding_input(value: object) -> None:
+    if value is None:
+        raise InvalidRequest("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
+    if isinstance(value, str):
+        if not value:
+            raise InvalidRequest("'input' must not be empty.", param="input")
+        return
+    if not isinstance(value, list) or not value or len(value) > MAX_EMBEDDING_INPUTS:
+        raise InvalidRequest(
+            f"'input' must be a string or a non-empty array of at most {MAX_EMBEDDING_INPUTS} items.",
+            param="input",
+        )
+    if all(isinstance(item, str) and item for item in value):
+        return
+    if all(isinstance(item, int) and not isinstance(item, bool) for item in value):
+        return
+    if all(
+        isinstance(item, list) and item and all(isinstance(t, int) and not isinstance(t, bool) for t in item)
+        for item in value
+    ):
+        return
+    raise InvalidRequest(
+        "'input' must be a string, an array of non-empty strings, an array of token ids, "
+        "or an array of arrays of token ids.",
+        param="input",
+    )

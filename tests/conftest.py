@@ -1,0 +1,104 @@
+"""Shared fixtures: real processes (the fake provider), and a configured gateway in the test DB."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_process(args: list[str], *, ready: str, env: dict | None = None) -> subprocess.Popen:
+    """Start a process and return once it prints a line containing `ready` on stdout."""
+    process = subprocess.Popen(
+        args, cwd=ROOT, env=env or os.environ.copy(), stdout=subprocess.PIPE, text=True
+    )
+    for line in process.stdout:
+        if ready in line:
+            return process
+    process.kill()
+    raise RuntimeError(f"{args!r} exited before printing {ready!r}")
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def fake_provider_url():
+    """A real fake-provider server for the whole session; its base URL (no path)."""
+    port = free_port()
+    process = start_process(
+        [sys.executable, "manage.py", "fake_provider", "--port", str(port)], ready="listening"
+    )
+    yield f"http://127.0.0.1:{port}"
+    stop_process(process)
+
+
+@dataclass
+class GatewaySetup:
+    tenant: object
+    key: object
+    raw_key: str
+    provider: object
+    anthropic_provider: object
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.raw_key}"}
+
+
+@pytest.fixture
+def gateway(db, fake_provider_url) -> GatewaySetup:
+    """A tenant with a key, and OpenAI- and Anthropic-format providers on the fake provider."""
+    from accounting.auth import auth_cache_clear
+    from accounting.services import api_key_create, tenant_create
+    from providers.models import Provider, ProviderModel
+    from providers.selectors import catalog_clear
+    from providers.services import provider_key_upsert
+
+    auth_cache_clear()
+    catalog_clear()
+    provider = Provider.objects.create(name="fake", type="openai", api_base=f"{fake_provider_url}/v1")
+    provider_key_upsert(provider=provider, name="default", secret="sk-fake-provider-secret-0001")
+    ProviderModel.objects.create(
+        provider=provider, alias="gpt-4o-mini", upstream_model="gpt-4o-mini-2024-07-18",
+        input_price_per_million="0.15", output_price_per_million="0.60", context_window=128000,
+    )
+    ProviderModel.objects.create(
+        provider=provider, alias="gpt-4o", upstream_model="gpt-4o",
+        input_price_per_million="2.50", output_price_per_million="10.00",
+    )
+    ProviderModel.objects.create(
+        provider=provider, alias="text-embedding-3-small", upstream_model="text-embedding-3-small",
+        mode="embedding", input_price_per_million="0.02",
+    )
+    anthropic = Provider.objects.create(name="fake-anthropic", type="anthropic", api_base=fake_provider_url)
+    provider_key_upsert(provider=anthropic, name="default", secret="sk-ant-fake-provider-secret-0002")
+    ProviderModel.objects.create(
+        provider=anthropic, alias="claude-haiku-4-5", upstream_model="claude-haiku-4-5",
+        input_price_per_million="1.00", output_price_per_million="5.00", max_output_tokens=8192,
+    )
+    tenant = tenant_create(slug="acme", name="Acme")
+    key, raw_key = api_key_create(tenant=tenant, name="default")
+    yield GatewaySetup(tenant=tenant, key=key, raw_key=raw_key, provider=provider, anthropic_provider=anthropic)
+    auth_cache_clear()
+    catalog_clear()
