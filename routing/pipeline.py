@@ -268,6 +268,13 @@ async def _record(
     call.recorded = True
     fields = _record_fields(call, status=status, completion_text=completion_text)
     fields.update(http_status=http_status, error_class=error_class)
+    logger.info(
+        "request %s tenant=%s endpoint=%s model=%s provider=%s status=%s http=%s error=%s "
+        "tokens=%s+%s latency_ms=%s attempts=%s",
+        call.request_id, call.auth.tenant_slug, call.endpoint, call.requested_model,
+        fields["provider_name"] or "-", status, http_status, error_class or "-",
+        fields["prompt_tokens"], fields["completion_tokens"], fields["latency_ms"], len(call.attempts),
+    )
     task = asyncio.ensure_future(usage_record_create(**fields))
     _background.add(task)
     task.add_done_callback(_record_done)

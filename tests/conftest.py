@@ -102,3 +102,14 @@ def gateway(db, fake_provider_url) -> GatewaySetup:
     yield GatewaySetup(tenant=tenant, key=key, raw_key=raw_key, provider=provider, anthropic_provider=anthropic)
     auth_cache_clear()
     catalog_clear()
+
+
+@pytest.fixture(autouse=True)
+async def _close_async_db_connections():
+    """Async ORM calls run in asgiref's worker thread; close its connection after each test so the
+    test database can be dropped at the end of the session."""
+    yield
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    await sync_to_async(connections.close_all)()

@@ -1,0 +1,131 @@
+"""A real deployment for end-to-end tests: the fake provider and the gateway under daphne, as
+processes, against a database of their own on the test PostgreSQL server, configured the way an
+operator does it (migrate, import_config, create_tenant, create_api_key)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from tests.conftest import ROOT, free_port, start_process, stop_process
+
+CONFIG = """
+providers:
+  - name: fake
+    type: openai
+    api_base: http://127.0.0.1:{fake_port}/v1
+    api_key: env:E2E_FAKE_PROVIDER_KEY
+    models:
+      - alias: gpt-4o-mini
+        upstream: gpt-4o-mini
+        input_price_per_million: 0.15
+        output_price_per_million: 0.60
+        context_window: 128000
+      - alias: text-embedding-3-small
+        mode: embedding
+        input_price_per_million: 0.02
+  - name: fake-anthropic
+    type: anthropic
+    api_base: http://127.0.0.1:{fake_port}
+    api_key: sk-ant-e2e-literal-secret-0042
+    models:
+      - alias: claude-haiku-4-5
+        input_price_per_million: 1.0
+        output_price_per_million: 5.0
+tenants:
+  - slug: acme
+    name: Acme Corp
+"""
+PROVIDER_SECRETS = ("sk-e2e-provider-secret-from-env-0041", "sk-ant-e2e-literal-secret-0042")
+
+
+@dataclass
+class Stack:
+    base_url: str
+    api_key: str
+    database_url: str
+    log_path: Path
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def wait_for_rows(self, sql: str, params: tuple, count: int, timeout: float = 10.0) -> list[tuple]:
+        """Poll until the query returns `count` rows; records are written as a stream ends."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.query(sql, params)
+            if len(rows) >= count or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.05)
+
+
+def _manage(env: dict, *args: str, stdin: str | None = None) -> str:
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, input=stdin,
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, f"manage.py {' '.join(args)} failed:\n{result.stderr}"
+    return result.stdout
+
+
+def _wait_until_serving(url: str, process: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("the gateway exited during start-up")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"the gateway did not answer {url} within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    admin_url = os.environ["DATABASE_URL"].replace("postgres://", "postgresql://", 1)
+    name = f"gw_e2e_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    database_url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+    fake_port, port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "E2E_FAKE_PROVIDER_KEY": PROVIDER_SECRETS[0],
+        "LOG_LEVEL": "DEBUG",
+        "GATEWAY_CONFIG_CACHE_SECONDS": "1",
+    }
+    fake = start_process(
+        [sys.executable, "manage.py", "fake_provider", "--port", str(fake_port)], ready="listening", env=env
+    )
+    _manage(env, "migrate", "--noinput")
+    config = tmp_path_factory.mktemp("e2e") / "gateway.yaml"
+    config.write_text(CONFIG.format(fake_port=fake_port))
+    _manage(env, "import_config", str(config))
+    api_key = _manage(env, "create_api_key", "acme", "--name", "e2e").strip().splitlines()[-1]
+    log_path = tmp_path_factory.mktemp("logs") / "gateway.log"
+    log = open(log_path, "w")
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "gateway_site.asgi:application"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_until_serving(f"http://127.0.0.1:{port}/health", gateway)
+        yield Stack(base_url=f"http://127.0.0.1:{port}", api_key=api_key, database_url=database_url, log_path=log_path)
+    finally:
+        stop_process(gateway)
+        stop_process(fake)
+        log.close()
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
