@@ -347,3 +347,28 @@ async def test_stream_cut_mid_way_ends_with_error_event_and_records_what_was_sen
     [record] = await records()
     assert record.status == "error" and record.error_class == "connection"
     assert record.completion_tokens > 0 and record.usage_estimated
+
+
+async def test_malformed_provider_answers_are_502_not_500(gateway):
+    response = await post(gateway, "/v1/chat/completions", chat_body("[[fake malformed]]"))
+    assert_openai_error(response, 502, code="upstream_server")
+    streamed = await post(gateway, "/v1/chat/completions", chat_body("[[fake malformed]]", stream=True))
+    # The fake sends a good first chunk, then a broken one: an error event ends the stream.
+    assert streamed.status_code == 200
+    events = await sse_events(streamed)
+    assert json.loads(events[-1])["error"]["code"] == "upstream_server"
+    assert "[DONE]" not in events
+
+
+async def test_x_api_key_header_authenticates_too(gateway):
+    response = await AsyncClient().post(
+        "/v1/chat/completions", chat_body(), content_type="application/json",
+        headers={"x-api-key": gateway.raw_key},
+    )
+    assert response.status_code == 200
+
+
+async def test_end_user_is_recorded(gateway):
+    await post(gateway, "/v1/chat/completions", chat_body(user="user-42"))
+    [record] = await records()
+    assert record.end_user == "user-42"
