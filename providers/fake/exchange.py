@@ -1,0 +1,64 @@
+"""One HTTP exchange over raw ASGI: read the body, send the answer, notice the client leaving."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+HOLD_LIMIT_S = 300.0
+
+
+class Exchange:
+    """One HTTP request and its response, with an ear on the client going away."""
+
+    def __init__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        self.method, self.path = scope["method"], scope["path"].rstrip("/") or "/"
+        self.headers = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
+        }
+        self.body = b""
+        self.left = asyncio.Event()
+        self._receive, self._send = receive, send
+        self._listener: asyncio.Task | None = None
+
+    async def open(self) -> bool:
+        """Read the body, then listen for http.disconnect; False if the client already left."""
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                return False
+            self.body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        self._listener = asyncio.ensure_future(self._await_leave())
+        return True
+
+    async def _await_leave(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        self.left.set()
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+
+    async def hold(self) -> None:
+        """Send nothing until the client gives up (bounded, so a forgotten test cannot leak)."""
+        try:
+            await asyncio.wait_for(self.left.wait(), HOLD_LIMIT_S)
+        except TimeoutError:
+            pass
+
+    async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        await self._send({"type": "http.response.start", "status": status, "headers": raw})
+
+    async def write(self, data: bytes, *, more: bool = True) -> bool:
+        """Send one body message; each is its own ASGI message so streams really stream."""
+        await self._send({"type": "http.response.body", "body": data, "more_body": more})
+        return not self.left.is_set()
+
+    async def respond(self, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
+        length = [("content-type", "application/json"), ("content-length", str(len(body)))]
+        await self.start(status, length + headers)
+        await self.write(body, more=False)

@@ -1,0 +1,231 @@
+"""OpenAI's dialect: chat completions (plain and streamed), embeddings, model list and errors.
+
+Reference: https://platform.openai.com/docs/api-reference/chat/object (and .../chunk-object)
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import struct
+
+from providers.fake.content import (
+    CHAT_MODELS,
+    CONTEXT_WINDOW,
+    DEFAULT_DIMENSIONS,
+    EMBEDDING_MODELS,
+    MAX_DIMENSIONS,
+    ChatRequest,
+    Completion,
+    embedding_vector,
+    tokens_count,
+)
+from providers.fake.dialect import (
+    Dialect,
+    Frames,
+    dumps,
+    is_int,
+    last_user_directive,
+    message_text,
+    stops_parse,
+)
+from providers.fake.errors import ApiError
+
+
+class OpenAIDialect(Dialect):
+    """OpenAI's chat completions, embeddings and error object."""
+
+    id_prefix = "chatcmpl-"
+    # status: (error type, code, message). 429 is spelled as a requests-per-minute limit.
+    ERRORS = {
+        400: ("invalid_request_error", None, "Invalid request."),
+        401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
+        403: ("invalid_request_error", "unsupported_country_region_territory",
+              "Country, region, or territory not supported."),
+        404: ("invalid_request_error", "model_not_found",
+              "The model does not exist or you do not have access to it."),
+        413: ("invalid_request_error", None, "Request too large."),
+        429: ("requests", "rate_limit_exceeded", "Rate limit reached for requests."),
+        500: ("server_error", None,
+              "The server had an error while processing your request. Sorry about that!"),
+        503: ("server_error", None, "The engine is currently overloaded, please try again later."),
+    }
+
+    def authenticate(self, *, headers: dict[str, str], api_key: str | None) -> None:
+        scheme, _, key = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise ApiError(401, "You didn't provide an API key. You need to provide your API key "
+                           "in an Authorization header using Bearer auth (i.e. Authorization: "
+                           "Bearer YOUR_KEY).")
+        if api_key is not None and key.strip() != api_key:
+            raise ApiError(401, f"Incorrect API key provided: {key[:3]}***{key[-2:]}.")
+
+    def error(
+        self, *, error: ApiError, request_id: str
+    ) -> tuple[dict, list[tuple[str, str]]]:
+        kind, code, message = self.ERRORS.get(
+            error.status,
+            ("server_error" if error.status >= 500 else "invalid_request_error", None,
+             f"Error {error.status}."),
+        )
+        body = {"error": {"message": error.message or message, "type": kind,
+                          "param": error.param, "code": error.code or code}}
+        headers = []
+        if error.retry_after is not None:
+            headers = [("retry-after", str(error.retry_after)),
+                       ("x-ratelimit-reset-requests", f"{error.retry_after}s")]
+        return body, headers
+
+    def context_error(self, *, tokens: int) -> ApiError:
+        return ApiError(
+            400, f"This model's maximum context length is {CONTEXT_WINDOW} tokens. However, your "
+            f"messages resulted in {CONTEXT_WINDOW + tokens} tokens. Please reduce the length of "
+            "the messages.", param="messages", code="context_length_exceeded",
+        )
+
+    def parse(self, *, body: dict, header_directive: str) -> ChatRequest:
+        model = self._required(body, name="model", kind=str, label="a string")
+        messages = self._required(body, name="messages", kind=list, label="an array of objects")
+        if not messages:
+            raise ApiError(400, "Invalid 'messages': empty array. Expected an array with minimum "
+                           "length 1, but got an empty array instead.", param="messages",
+                           code="empty_array")
+        texts = [self._message(message, index=index) for index, message in enumerate(messages)]
+        prompt, directive = last_user_directive(
+            messages=messages, texts=texts, header=header_directive)
+        options = body.get("stream_options") or {}
+        return ChatRequest(
+            model=model, prompt=prompt, max_tokens=self._max_tokens(body),
+            prompt_tokens=3 + sum(4 + tokens_count(text=t) for t in texts),
+            stop=stops_parse(body.get("stop")), stream=body.get("stream") is True,
+            include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+            directive=directive,
+        )
+
+    @staticmethod
+    def _required(body: dict, *, name: str, kind: type, label: str) -> object:
+        if name not in body:
+            raise ApiError(400, f"Missing required parameter: '{name}'.", param=name,
+                           code="missing_required_parameter")
+        if not isinstance(body[name], kind):
+            raise ApiError(400, f"Invalid type for '{name}': expected {label}, but got "
+                           f"{type(body[name]).__name__} instead.", param=name, code="invalid_type")
+        return body[name]
+
+    @staticmethod
+    def _message(message: object, *, index: int) -> str:
+        roles = ("system", "developer", "user", "assistant", "tool", "function")
+        if not isinstance(message, dict) or message.get("role") not in roles:
+            raise ApiError(400, f"Invalid value for 'messages[{index}].role': supported values are "
+                           f"{', '.join(roles)}.", param=f"messages[{index}].role",
+                           code="invalid_value")
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise ApiError(400, f"Invalid type for 'messages[{index}].content'.",
+                           param=f"messages[{index}].content", code="invalid_type")
+        return message_text(content)
+
+    @staticmethod
+    def _max_tokens(body: dict) -> int | None:
+        for name in ("max_completion_tokens", "max_tokens"):
+            value = body.get(name)
+            if value is None:
+                continue
+            if not is_int(value) or value < 1:
+                raise ApiError(400, f"Invalid '{name}': expected an integer of at least 1.",
+                               param=name, code="invalid_value")
+            return value
+        return None
+
+    def _usage(self, completion: Completion) -> dict:
+        prompt, done = completion.request.prompt_tokens, completion.completion_tokens
+        return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done,
+                "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                              "accepted_prediction_tokens": 0,
+                                              "rejected_prediction_tokens": 0}}
+
+    def _envelope(self, completion: Completion, kind: str) -> dict:
+        fingerprint = "fp_" + hashlib.sha256(completion.request.model.encode()).hexdigest()[:10]
+        return {"id": completion.id, "object": kind, "created": completion.created,
+                "model": completion.request.model, "service_tier": "default",
+                "system_fingerprint": fingerprint}
+
+    def render(self, *, completion: Completion) -> dict:
+        finish = "length" if completion.finish == "length" else "stop"
+        message = {"role": "assistant", "content": completion.text, "refusal": None,
+                   "annotations": []}
+        body = self._envelope(completion, "chat.completion") | {
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]
+        }
+        if not completion.request.directive.no_usage:
+            body["usage"] = self._usage(completion)
+        return body
+
+    def _chunk(self, completion: Completion, delta: dict, finish: str | None = None) -> bytes:
+        chunk = self._envelope(completion, "chat.completion.chunk") | {
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+        }
+        if completion.request.include_usage:
+            chunk["usage"] = None
+        return b"data: " + dumps(chunk) + b"\n\n"
+
+    def frames(self, *, completion: Completion) -> Frames:
+        finish = "length" if completion.finish == "length" else "stop"
+        tail = [self._chunk(completion, {}, finish)]
+        if completion.request.include_usage and not completion.request.directive.no_usage:
+            last = self._envelope(completion, "chat.completion.chunk") | {
+                "choices": [], "usage": self._usage(completion)}
+            tail.append(b"data: " + dumps(last) + b"\n\n")
+        return Frames(
+            early=[],
+            lead=[self._chunk(completion, {"role": "assistant", "content": "", "refusal": None})],
+            content=[self._chunk(completion, {"content": piece}) for piece in completion.pieces],
+            tail=tail + [b"data: [DONE]\n\n"],
+            bad=b'data: {"id":"' + completion.id.encode() + b'","choices":[{"delta":\n\n',
+        )
+
+    def models(self) -> dict:
+        data = [{"id": m, "object": "model", "created": 1_700_000_000, "owned_by": "fake"}
+                for m in CHAT_MODELS + EMBEDDING_MODELS]
+        return {"object": "list", "data": data}
+
+
+# --- embeddings (OpenAI only) -----------------------------------------------------------------
+
+
+def embedding_inputs(*, value: object) -> list[str | list[int]]:
+    """OpenAI's four input forms: a string, strings, a token array, or token arrays."""
+    if isinstance(value, str):
+        value = [value]
+    elif isinstance(value, list) and value and all(is_int(v) for v in value):
+        value = [value]
+    ok = isinstance(value, list) and value and all(
+        (isinstance(v, str) and v) or (isinstance(v, list) and v and all(is_int(t) for t in v))
+        for v in value)
+    if not ok:
+        raise ApiError(400, "'input' must be a non-empty string, array of strings, array of "
+                       "tokens, or array of token arrays.", param="input", code="invalid_value")
+    return value
+
+
+def embedding_options(*, body: dict) -> tuple[str, int, str]:
+    model = OpenAIDialect._required(body, name="model", kind=str, label="a string")
+    dimensions = body.get("dimensions", DEFAULT_DIMENSIONS)
+    encoding = body.get("encoding_format") or "float"
+    if not is_int(dimensions) or not 1 <= dimensions <= MAX_DIMENSIONS:
+        raise ApiError(400, f"Invalid 'dimensions': expected an integer from 1 to "
+                       f"{MAX_DIMENSIONS}.", param="dimensions", code="invalid_value")
+    if encoding not in ("float", "base64"):
+        raise ApiError(400, "Invalid 'encoding_format': expected 'float' or 'base64'.",
+                       param="encoding_format", code="invalid_value")
+    return model, dimensions, encoding
+
+
+def embedding_item(
+    *, model: str, item: str | list[int], dimensions: int, encoding: str, index: int
+) -> dict:
+    vector = embedding_vector(model=model, item=item, dimensions=dimensions)
+    if encoding == "base64":  # little-endian float32, as the openai SDK decodes it
+        vector = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+    return {"object": "embedding", "index": index, "embedding": vector}
