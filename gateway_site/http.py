@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 from django.http import HttpRequest, JsonResponse
+from django.views import defaults
 
 from gateway_site.errors import GatewayError, NotFound, error_response
 
@@ -33,6 +34,13 @@ def allow_methods(*methods: str):
         return wrapper
 
     return decorate
+
+
+def server_error(request: HttpRequest):
+    """A 500 that the API's clients can parse; pages keep Django's own error page."""
+    if request.path.startswith("/v1/"):
+        return error_response(GatewayError("The gateway failed to handle this request."))
+    return defaults.server_error(request)
 
 
 def api_not_found(request: HttpRequest, exception=None) -> JsonResponse:

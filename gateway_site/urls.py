@@ -8,3 +8,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("health", health, name="health"),
 ]
+
+handler500 = "gateway_site.http.server_error"

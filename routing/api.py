@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
+import logging
 from collections.abc import AsyncIterator
 
 from django.conf import settings
@@ -16,6 +16,8 @@ from gateway_site.errors import GatewayError, PayloadTooLarge, error_response
 from gateway_site.http import allow_methods
 from routing import pipeline
 from routing.selection import models_visible
+
+logger = logging.getLogger(__name__)
 
 
 def _body(request: HttpRequest) -> bytes:
@@ -33,14 +35,28 @@ def _with_headers(response: HttpResponse, call: pipeline.Call) -> HttpResponse:
     return response
 
 
+def _event(chunk: dict) -> bytes:
+    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+
+
 async def _sse(chunks: AsyncIterator[dict]) -> AsyncIterator[bytes]:
-    """OpenAI's stream framing: one `data:` event per chunk, then `data: [DONE]`."""
-    failed = False
-    async for chunk in chunks:
-        failed = "error" in chunk
-        yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
-    if not failed:
-        yield b"data: [DONE]\n\n"
+    """OpenAI's stream framing: one `data:` event per chunk, then `data: [DONE]`.
+
+    An unexpected failure still ends the stream with an error event: daphne would otherwise
+    leave the client waiting on a response that never completes.
+    """
+    try:
+        async for chunk in chunks:
+            yield _event(chunk)
+            if "error" in chunk:
+                return
+    except Exception:
+        logger.exception("stream failed")
+        yield _event(GatewayError("The gateway failed while streaming.").as_body())
+        return
+    finally:
+        await chunks.aclose()  # runs the pipeline's record step now, not at garbage collection
+    yield b"data: [DONE]\n\n"
 
 
 @csrf_exempt

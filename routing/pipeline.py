@@ -172,7 +172,7 @@ async def _stream_relay(call: Call, stream: AsyncIterator[dict], first: dict) ->
     """Relay upstream chunks to the client and record the outcome however the stream ends."""
     wants_usage = bool((call.payload.get("stream_options") or {}).get("include_usage"))
     texts: list[str] = []
-    status, error = "cancelled", None
+    status, http_status, error_class = "success", 200, ""
     try:
         async for chunk in _prepend(first, stream):
             relayed = _chunk_relay(call, chunk, texts, wants_usage=wants_usage)
@@ -180,18 +180,23 @@ async def _stream_relay(call: Call, stream: AsyncIterator[dict], first: dict) ->
                 yield relayed
         if wants_usage and call.usage is None:
             yield _usage_chunk(call, texts)
-        status = "success"
     except ProviderError as exc:
-        status, error = "error", exc
+        status, http_status, error_class = "error", exc.status, exc.error_class
         yield exc.as_body()
+    except (asyncio.CancelledError, GeneratorExit):
+        status, error_class = "cancelled", "client_disconnected"
+        raise
+    except Exception:
+        status, http_status, error_class = "error", 500, "internal"
+        raise
     finally:
         await stream.aclose()
         await _record(
             call,
             status=status,
             completion_text="".join(texts),
-            http_status=200 if status != "error" else error.status,
-            error_class=error.error_class if error else ("client_disconnected" if status == "cancelled" else ""),
+            http_status=http_status,
+            error_class=error_class,
         )
 
 

@@ -372,3 +372,22 @@ async def test_end_user_is_recorded(gateway):
     await post(gateway, "/v1/chat/completions", chat_body(user="user-42"))
     [record] = await records()
     assert record.end_user == "user-42"
+
+
+async def test_unexpected_failure_mid_stream_ends_the_stream_cleanly_and_is_recorded(gateway, monkeypatch):
+    from providers.adapters.openai import OpenAIAdapter
+
+    original = OpenAIAdapter.chat_stream_chunks
+
+    async def breaks_after_first(self, events, target):
+        async for chunk in original(self, events, target):
+            yield chunk
+            raise RuntimeError("a bug in an adapter")
+
+    monkeypatch.setattr(OpenAIAdapter, "chat_stream_chunks", breaks_after_first)
+    response = await post(gateway, "/v1/chat/completions", chat_body(stream=True))
+    events = await sse_events(response)
+    assert json.loads(events[-1])["error"]["type"] == "api_error"
+    assert "[DONE]" not in events
+    [record] = await records()
+    assert record.status == "error" and record.error_class == "internal" and record.http_status == 500
