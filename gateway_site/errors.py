@@ -8,6 +8,8 @@ Every error a client can see is a `GatewayError`. Its body follows OpenAI's erro
 
 from __future__ import annotations
 
+import math
+
 from django.http import JsonResponse
 
 
@@ -123,7 +125,7 @@ class ProviderError(GatewayError):
         param: str | None = None,
     ) -> None:
         status, retryable = PROVIDER_ERROR_CLASSES[error_class]
-        headers = {"retry-after": str(int(retry_after))} if retry_after else {}
+        headers = {"retry-after": str(math.ceil(retry_after))} if retry_after else {}
         super().__init__(message, param=param, code=error_class, headers=headers)
         self.error_class = error_class
         self.status = status

@@ -119,5 +119,6 @@ def _deployment(model: ProviderModel, api_key: str) -> Deployment:
             upstream_model=model.upstream_model,
             api_key=api_key,
             read_timeout=provider.timeout_seconds,
+            max_output_tokens=model.max_output_tokens,
         ),
     )

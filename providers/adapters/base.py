@@ -46,6 +46,7 @@ class Target:
     upstream_model: str
     api_key: str = field(default="", repr=False)
     read_timeout: float | None = None
+    max_output_tokens: int | None = None
 
 
 @dataclass
@@ -188,20 +189,25 @@ class Adapter:
         except httpx.TransportError as exc:
             raise self._transport_error(exc, target) from exc
         if response.status_code >= 400:
+            body_read = True
             try:
                 await response.aread()
             except httpx.HTTPError:
-                pass
+                body_read = False  # a body cut short: classify by status alone
             finally:
                 await response.aclose()
-            raise self._status_error(response, target)
+            raise self._status_error(response, target, body_read=body_read)
         return response
 
-    def _status_error(self, response: httpx.Response, target: Target) -> ProviderError:
-        try:
-            data: object = response.json()
-        except ValueError:
-            data = response.text[:500]
+    def _status_error(
+        self, response: httpx.Response, target: Target, *, body_read: bool = True
+    ) -> ProviderError:
+        data: object = ""
+        if body_read:
+            try:
+                data = response.json()
+            except ValueError:
+                data = response.text[:500]
         error_class, message = self.error_details(response.status_code, data)
         error_class = error_class or _class_for_status(response.status_code)
         message = message or f"HTTP {response.status_code}"
@@ -245,8 +251,7 @@ class Adapter:
                 event = value
             elif name == "data":
                 data_lines.append(value)
-        if data_lines:
-            yield SSEEvent(event=event or "message", data="\n".join(data_lines))
+        # An event not closed by a blank line was cut off: the spec says to discard it.
 
     def malformed(self, target: Target, what: str) -> ProviderError:
         return ProviderError(
