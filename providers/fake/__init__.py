@@ -8,13 +8,15 @@ content_block_start, ping, content_block_delta, content_block_stop, message_delt
 and its errors. Every fault a real provider can throw at the gateway (error statuses, slowness,
 hangs, dropped or stalled streams, broken JSON, missing usage) is asked for per request with a
 directive such as `[[fake status=429 retry_after=1]]` in the last user message or an
-`x-fake-directive` header; docs/fake-provider.md has the table.
+`x-fake-directive` header, or for every request at once with a server-wide directive
+(`PUT /_fake/directive`, `--directive`); docs/fake-provider.md has the table.
 
 The modules, in the order a request meets them:
 - `app`: the pure-ASGI app (no Django import), its routes, and the timing and faults every
   endpoint shares; `build_app()` makes one for `httpx.ASGITransport` in tests;
 - `exchange`: one HTTP request and response over raw ASGI;
-- `directives`: parsing `[[fake ...]]` blocks and the `x-fake-directive` header;
+- `directives`: parsing `[[fake ...]]` blocks, the `x-fake-directive` header and the
+  server-wide directive, and merging them;
 - `dialect`: the contract a vendor dialect follows; `openai` and `anthropic` implement it
   (request validation, bodies, stream frames, error shapes);
 - `content`: the deterministic answer, token counts and embedding vectors;

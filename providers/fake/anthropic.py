@@ -65,7 +65,9 @@ class AnthropicDialect(Dialect):
     def context_error(self, *, tokens: int) -> ApiError:
         return ApiError(400, f"prompt is too long: {200_000 + tokens} tokens > 200000 maximum")
 
-    def parse(self, *, body: dict, header_directive: str) -> ChatRequest:
+    def parse(
+        self, *, body: dict, header_directive: str, server_directive: str = ""
+    ) -> ChatRequest:
         model, max_tokens = body.get("model"), body.get("max_tokens")
         if not isinstance(model, str) or not model:
             raise ApiError(400, "model: Field required")
@@ -78,7 +80,7 @@ class AnthropicDialect(Dialect):
         texts = [self._message(message, index=index) for index, message in enumerate(messages)]
         self._options(body)
         prompt, directive = last_user_directive(
-            messages=messages, texts=texts, header=header_directive)
+            messages=messages, texts=texts, header=header_directive, server=server_directive)
         return ChatRequest(
             model=model, prompt=prompt, max_tokens=max_tokens,
             stop=stops_parse(body.get("stop_sequences")),

@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 from providers.fake.anthropic import AnthropicDialect
 from providers.fake.content import completion_build, request_id_new, tokens_count
 from providers.fake.dialect import Dialect, Frames, dumps
-from providers.fake.directives import Directive, directive_build, directive_extract
+from providers.fake.directives import (
+    Directive,
+    directive_build,
+    directive_extract,
+    directive_normalize,
+)
 from providers.fake.errors import ApiError, FakeConnectionDrop
 from providers.fake.exchange import Exchange
 from providers.fake.openai import (
@@ -36,6 +41,7 @@ class Settings:
     latency_ms: int
     chunk_delay_ms: int
     api_key: str | None
+    directive: str = ""  # server-wide, under every request's own directive (normalized words)
     stats: dict = field(default_factory=lambda: {"requests": 0, "by_path": {}})
 
 
@@ -137,7 +143,8 @@ async def _stream_send(
 async def _chat(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
     dialect.authenticate(headers=ex.headers, api_key=settings.api_key)
     header = ex.headers.get("x-fake-directive", "")
-    request = dialect.parse(body=_json_body(ex=ex), header_directive=header)
+    request = dialect.parse(body=_json_body(ex=ex), header_directive=header,
+                            server_directive=settings.directive)
     directive = request.directive
     if not await _before_response(ex=ex, settings=settings, dialect=dialect, directive=directive,
                                   tokens=request.prompt_tokens):
@@ -158,7 +165,8 @@ async def _embeddings(*, ex: Exchange, settings: Settings, dialect: Dialect) -> 
     inputs = embedding_inputs(value=body.get("input"))
     last_text = next((i for i in reversed(inputs) if isinstance(i, str)), "")
     directive = directive_build(header=ex.headers.get("x-fake-directive", ""),
-                                message=directive_extract(text=last_text)[1])
+                                message=directive_extract(text=last_text)[1],
+                                server=settings.directive)
     tokens = sum(len(i) if isinstance(i, list) else tokens_count(text=i) for i in inputs)
     if not await _before_response(ex=ex, settings=settings, dialect=dialect, directive=directive,
                                   tokens=tokens):
@@ -182,7 +190,27 @@ async def _stats(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
 
 async def _reset(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
     settings.stats.update(requests=0, by_path={})
+    settings.directive = ""
     await ex.respond(200, dumps(settings.stats), [])
+
+
+async def _directive_get(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
+    await ex.respond(200, dumps({"directive": settings.directive}), [])
+
+
+async def _directive_put(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
+    """Set the server-wide directive from `{"directive": "status=500 ..."}`; "" clears it."""
+    text = _json_body(ex=ex).get("directive")
+    if not isinstance(text, str):
+        raise ApiError(400, "Expected a JSON body like {\"directive\": \"status=500\"}.",
+                       param="directive")
+    settings.directive = directive_normalize(text=text)  # a bad word is a 400, nothing changes
+    await _directive_get(ex=ex, settings=settings, dialect=dialect)
+
+
+async def _directive_delete(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
+    settings.directive = ""
+    await _directive_get(ex=ex, settings=settings, dialect=dialect)
 
 
 Handler = Callable[..., Awaitable[None]]  # called as handler(ex=, settings=, dialect=)
@@ -193,6 +221,9 @@ ROUTES: dict[tuple[str, str], Handler] = {
     ("GET", "/v1/models"): _models,
     ("GET", "/_fake/stats"): _stats,
     ("POST", "/_fake/reset"): _reset,
+    ("GET", "/_fake/directive"): _directive_get,
+    ("PUT", "/_fake/directive"): _directive_put,
+    ("DELETE", "/_fake/directive"): _directive_delete,
 }
 
 
@@ -228,15 +259,22 @@ async def _lifespan(receive: Callable, send: Callable) -> None:
 
 
 def build_app(
-    *, latency_ms: int = 0, chunk_delay_ms: int = 0, api_key: str | None = None
+    *, latency_ms: int = 0, chunk_delay_ms: int = 0, api_key: str | None = None,
+    directive: str = "",
 ) -> Callable[[dict, Callable, Callable], Awaitable[None]]:
-    """The fake as an ASGI callable, with its own request counters.
+    """The fake as an ASGI callable, with its own request counters and server-wide directive.
 
     `latency_ms` delays every answer (a `delay_ms` directive replaces it for one request);
     `chunk_delay_ms` paces every stream (`chunk_delay_ms` directive likewise); `api_key`, when
-    set, is the only key accepted, otherwise any non-empty key is.
+    set, is the only key accepted, otherwise any non-empty key is. `directive` is the starting
+    server-wide directive (as for `PUT /_fake/directive`); a bad one raises ValueError.
     """
-    settings = Settings(latency_ms=latency_ms, chunk_delay_ms=chunk_delay_ms, api_key=api_key)
+    try:
+        directive = directive_normalize(text=directive)
+    except ApiError as error:
+        raise ValueError(error.message) from None
+    settings = Settings(latency_ms=latency_ms, chunk_delay_ms=chunk_delay_ms, api_key=api_key,
+                        directive=directive)
 
     async def app(scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "lifespan":

@@ -51,19 +51,23 @@ def _quiet_drops(record: logging.LogRecord) -> bool:
 
 def serve(
     *, host: str, port: int, latency_ms: int = 0, chunk_delay_ms: int = 0,
-    api_key: str | None = None, ready: Callable[[int], None] | None = None,
+    api_key: str | None = None, directive: str = "", ready: Callable[[int], None] | None = None,
 ) -> None:
     """Run the fake on daphne until SIGINT or SIGTERM, then return.
 
     `port=0` picks a free port. `ready(port)` is called with the bound port once the socket is
-    listening, so a caller can announce it without a race. Raises OSError if it cannot listen.
+    listening, so a caller can announce it without a race. `directive` is the starting
+    server-wide directive. Raises ValueError for a bad directive (before anything starts) and
+    OSError if it cannot listen.
     """
+    app = build_app(latency_ms=latency_ms, chunk_delay_ms=chunk_delay_ms, api_key=api_key,
+                    directive=directive)
     server_class = _daphne_server_class()
     from daphne.endpoints import build_endpoint_description_strings
 
     logging.getLogger("daphne.server").addFilter(_quiet_drops)
     server = server_class(
-        build_app(latency_ms=latency_ms, chunk_delay_ms=chunk_delay_ms, api_key=api_key),
+        app,
         endpoints=build_endpoint_description_strings(host=host, port=port),
         signal_handlers=True,
         # Above our own hold limit: daphne would otherwise end a stalled stream *cleanly*.

@@ -27,8 +27,9 @@ class Dialect:
     The server's behaviour (directives, timing, faults, sizes) is shared; a dialect only
     translates. Contract:
     - `authenticate(headers=, api_key=)` raises ApiError(401) when the key is missing or wrong;
-    - `parse(body=, header_directive=)` returns a ChatRequest or raises ApiError(400) naming the
-      bad field the way the vendor does;
+    - `parse(body=, header_directive=, server_directive=)` returns a ChatRequest (its directive
+      merged from the server-wide one, the header and the last user message, see
+      `directive_build`) or raises ApiError(400) naming the bad field the way the vendor does;
     - `render(completion=)` is the non-streamed JSON body, `frames(completion=)` the stream;
     - `error(error=, request_id=)` is the error body and extra headers;
     - `context_error(tokens=)` is the vendor's "prompt too long" error; `models()` its model list.
@@ -40,7 +41,9 @@ class Dialect:
     def authenticate(self, *, headers: dict[str, str], api_key: str | None) -> None:
         raise NotImplementedError
 
-    def parse(self, *, body: dict, header_directive: str) -> ChatRequest:
+    def parse(
+        self, *, body: dict, header_directive: str, server_directive: str = ""
+    ) -> ChatRequest:
         raise NotImplementedError
 
     def render(self, *, completion: Completion) -> dict:
@@ -75,11 +78,11 @@ def message_text(content: object) -> str:
 
 
 def last_user_directive(
-    *, messages: list[dict], texts: list[str], header: str
+    *, messages: list[dict], texts: list[str], header: str, server: str = ""
 ) -> tuple[str, Directive]:
     last = next((t for m, t in zip(reversed(messages), reversed(texts)) if m["role"] == "user"), "")
     prompt, found = directive_extract(text=last)
-    return prompt, directive_build(header=header, message=found)
+    return prompt, directive_build(header=header, message=found, server=server)
 
 
 def is_int(value: object) -> bool:

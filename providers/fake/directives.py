@@ -1,7 +1,7 @@
 """`[[fake ...]]` directives: what one request asks the fake to do wrong, or slowly.
 
-They come from the last user message or the `x-fake-directive` header; docs/fake-provider.md has
-the table.
+They come from the last user message or the `x-fake-directive` header, on top of the server-wide
+directive (`PUT /_fake/directive`, `--directive`); docs/fake-provider.md has the table.
 """
 
 from __future__ import annotations
@@ -59,7 +59,25 @@ def directive_extract(*, text: str) -> tuple[str, dict[str, int | bool]]:
     return _DIRECTIVE_RE.sub("", text).strip(), found
 
 
-def directive_build(*, header: str, message: dict[str, int | bool]) -> Directive:
-    """Merge the `x-fake-directive` header with the message's directives; the message wins."""
-    header = header.strip().removeprefix("[[fake").removesuffix("]]")
-    return Directive(**{**directive_parse(text=header), **message})
+def _unwrap(text: str) -> str:
+    """The words of a header-style directive, with an optional `[[fake ...]]` wrapper removed."""
+    return text.strip().removeprefix("[[fake").removesuffix("]]")
+
+
+def directive_normalize(*, text: str) -> str:
+    """Check a server-wide directive and return it as stored: its words, single-spaced.
+
+    Same words as the header (an optional `[[fake ...]]` wrapper is dropped); "" means none.
+    Raises ApiError(400) on a bad word.
+    """
+    words = " ".join(_unwrap(text).split())
+    directive_parse(text=words)
+    return words
+
+
+def directive_build(
+    *, header: str, message: dict[str, int | bool], server: str = ""
+) -> Directive:
+    """Merge key by key: the server-wide directive, then the header, then the message (wins)."""
+    return Directive(**{**directive_parse(text=server), **directive_parse(text=_unwrap(header)),
+                        **message})

@@ -83,7 +83,9 @@ class OpenAIDialect(Dialect):
             "the messages.", param="messages", code="context_length_exceeded",
         )
 
-    def parse(self, *, body: dict, header_directive: str) -> ChatRequest:
+    def parse(
+        self, *, body: dict, header_directive: str, server_directive: str = ""
+    ) -> ChatRequest:
         model = self._required(body, name="model", kind=str, label="a string")
         messages = self._required(body, name="messages", kind=list, label="an array of objects")
         if not messages:
@@ -92,7 +94,7 @@ class OpenAIDialect(Dialect):
                            code="empty_array")
         texts = [self._message(message, index=index) for index, message in enumerate(messages)]
         prompt, directive = last_user_directive(
-            messages=messages, texts=texts, header=header_directive)
+            messages=messages, texts=texts, header=header_directive, server=server_directive)
         options = body.get("stream_options") or {}
         return ChatRequest(
             model=model, prompt=prompt, max_tokens=self._max_tokens(body),

@@ -441,6 +441,135 @@ async def test_stats_count_upstream_calls_and_reset(client):
     assert (await client.get("/_fake/stats")).json() == {"requests": 0, "by_path": {}}
 
 
+# --- server-wide directive -----------------------------------------------------------------------
+
+
+async def put_directive(client, directive: object) -> httpx.Response:
+    return await client.put("/_fake/directive", json={"directive": directive})
+
+
+async def read_directive(client) -> str:
+    response = await client.get("/_fake/directive")
+    assert response.status_code == 200
+    return response.json()["directive"]
+
+
+async def test_server_directive_is_empty_by_default_and_fails_every_request(client):
+    assert await read_directive(client) == ""
+    put = await put_directive(client, " [[fake status=500  retry_after=1]] ")
+    assert put.status_code == 200 and put.json() == {"directive": "status=500 retry_after=1"}
+    assert await read_directive(client) == "status=500 retry_after=1"
+    for _ in range(2):  # sticky: not used up by the first request
+        failed = await chat(client, chat_body())
+        assert failed.status_code == 500 and failed.json()["error"]["type"] == "server_error"
+        assert failed.headers["retry-after"] == "1"
+    anthropic_failed = await messages(client, messages_body())
+    assert anthropic_failed.status_code == 500
+    assert anthropic_failed.json()["error"]["type"] == "api_error"
+    embedding = await client.post("/v1/embeddings", json={"model": "m", "input": "x"},
+                                  headers=OPENAI_AUTH)
+    assert embedding.status_code == 500
+    stats = (await client.get("/_fake/stats")).json()
+    assert stats["requests"] == 4  # the control endpoints are not counted, failures are
+
+
+async def test_server_directive_belongs_to_one_app(client):
+    await put_directive(client, "status=503")
+    other = build_app()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=other),
+                                 base_url="http://other") as healthy:
+        assert (await chat(healthy, chat_body())).status_code == 200
+        assert await read_directive(healthy) == ""
+    assert (await chat(client, chat_body())).status_code == 503
+
+
+async def test_request_directive_overrides_server_directive_key_by_key(client):
+    await put_directive(client, "status=500 retry_after=1")
+    by_message = await chat(client, chat_body("Hi [[fake status=429]]"))
+    assert by_message.status_code == 429 and by_message.headers["retry-after"] == "1"
+    by_header = await chat(client, chat_body(), headers={"x-fake-directive": "retry_after=7"})
+    assert by_header.status_code == 500 and by_header.headers["retry-after"] == "7"
+    both = await chat(client, chat_body("Hi [[fake status=429]]"),
+                      headers={"x-fake-directive": "status=503 retry_after=3"})
+    assert both.status_code == 429 and both.headers["retry-after"] == "3"
+    opted_out = await messages(client, messages_body("Hi [[fake status=0]]"))
+    assert opted_out.status_code == 200 and opted_out.json()["type"] == "message"
+    assert await read_directive(client) == "status=500 retry_after=1"  # requests do not change it
+
+
+async def test_server_directive_other_keys_apply_to_answers(client):
+    await put_directive(client, "chunks=3 no_usage")
+    body = (await chat(client, chat_body())).json()
+    assert len(body["choices"][0]["message"]["content"].split()) == 3 and "usage" not in body
+    body = (await chat(client, chat_body("Hi [[fake chunks=5]]"))).json()
+    assert len(body["choices"][0]["message"]["content"].split()) == 5 and "usage" not in body
+
+
+async def test_delete_clears_the_server_directive(client):
+    await put_directive(client, "status=500")
+    deleted = await client.delete("/_fake/directive")
+    assert deleted.status_code == 200 and deleted.json() == {"directive": ""}
+    assert await read_directive(client) == ""
+    assert (await chat(client, chat_body())).status_code == 200
+
+
+async def test_put_empty_directive_clears_it(client):
+    await put_directive(client, "status=500")
+    assert (await put_directive(client, "")).json() == {"directive": ""}
+    assert (await chat(client, chat_body())).status_code == 200
+
+
+async def test_reset_clears_the_server_directive(client):
+    await put_directive(client, "status=500")
+    await chat(client, chat_body())
+    reset = await client.post("/_fake/reset")
+    assert reset.status_code == 200 and reset.json() == {"requests": 0, "by_path": {}}
+    assert await read_directive(client) == ""
+    assert (await chat(client, chat_body())).status_code == 200
+
+
+@pytest.mark.parametrize("directive", ["status=500 explode", "status=abc", "status=-1", 500, None])
+async def test_bad_server_directive_is_400_and_keeps_the_old_one(client, directive):
+    await put_directive(client, "status=503")
+    response = await put_directive(client, directive)
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    if directive == "status=500 explode":
+        assert "explode" in response.json()["error"]["message"]
+    assert await read_directive(client) == "status=503"
+    assert (await chat(client, chat_body())).status_code == 503
+
+
+async def test_put_directive_needs_a_json_object(client):
+    for content in (b"{nope", b'"status=500"'):
+        response = await client.put("/_fake/directive", content=content)
+        assert response.status_code == 400 and "error" in response.json()
+    assert await read_directive(client) == ""
+
+
+async def test_build_app_directive_keyword():
+    app = build_app(directive="status=529")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://f") as c:
+        assert await read_directive(c) == "status=529"
+        response = await messages(c, messages_body())
+        assert response.status_code == 529
+        assert response.json()["error"]["type"] == "overloaded_error"
+    with pytest.raises(ValueError, match="explode"):
+        build_app(directive="status=500 explode")
+
+
+def test_command_rejects_a_bad_directive_flag(monkeypatch):
+    from django.core.management import CommandError, call_command
+
+    def serve(**kwargs):
+        raise AssertionError(f"started with a bad directive: {kwargs['directive']!r}")
+
+    monkeypatch.setattr("providers.management.commands.fake_provider.serve", serve)
+    with pytest.raises(CommandError, match="explode"):
+        call_command("fake_provider", "--port", "0", "--directive", "status=500 explode")
+
+
 # --- the real server ----------------------------------------------------------------------------
 
 
@@ -610,3 +739,23 @@ def test_command_exits_cleanly_on_signal(signum):
                       ).status_code == 401
     process.send_signal(signum)
     assert process.wait(10) == 0
+
+
+@pytest.mark.e2e
+def test_command_directive_flag_fails_only_that_server(fake_url):
+    process, url = start_fake("--directive", "status=503 retry_after=2")
+    try:
+        shown = httpx.get(f"{url}/_fake/directive").json()
+        assert shown == {"directive": "status=503 retry_after=2"}
+        for _ in range(2):
+            failed = httpx.post(f"{url}/v1/chat/completions", json=chat_body(),
+                                headers=OPENAI_AUTH)
+            assert failed.status_code == 503 and failed.headers["retry-after"] == "2"
+        other = httpx.post(f"{fake_url}/v1/chat/completions", json=chat_body(),
+                           headers=OPENAI_AUTH)
+        assert other.status_code == 200  # the other fake process keeps serving
+        assert httpx.delete(f"{url}/_fake/directive").json() == {"directive": ""}
+        healthy = httpx.post(f"{url}/v1/chat/completions", json=chat_body(), headers=OPENAI_AUTH)
+        assert healthy.status_code == 200
+    finally:
+        stop_fake(process)

@@ -1,6 +1,18 @@
+import argparse
+
 from django.core.management.base import BaseCommand
 
 from providers.fake import serve
+from providers.fake.directives import directive_normalize
+from providers.fake.errors import ApiError
+
+
+def _directive_arg(value: str) -> str:
+    """Check `--directive` while parsing arguments, so a typo stops the command at once."""
+    try:
+        return directive_normalize(text=value)
+    except ApiError as error:
+        raise argparse.ArgumentTypeError(error.message) from None
 
 
 class Command(BaseCommand):
@@ -21,11 +33,16 @@ class Command(BaseCommand):
                             help="Delay between streamed content chunks.")
         parser.add_argument("--api-key", default=None,
                             help="Accept only this key (default: any non-empty key).")
+        parser.add_argument("--directive", default="", type=_directive_arg,
+                            help='Server-wide directive applied to every request, e.g. '
+                                 '"status=500 retry_after=1" (see PUT /_fake/directive).')
 
-    def handle(self, *args, host, port, latency_ms, chunk_delay_ms, api_key, **options):
+    def handle(self, *args, host, port, latency_ms, chunk_delay_ms, api_key, directive,
+               **options):
         try:
             serve(host=host, port=port, latency_ms=latency_ms, chunk_delay_ms=chunk_delay_ms,
-                  api_key=api_key, ready=lambda bound: self._announce(host=host, port=bound))
+                  api_key=api_key, directive=directive,
+                  ready=lambda bound: self._announce(host=host, port=bound))
         except KeyboardInterrupt:
             pass  # Ctrl-C before the reactor took over the signal: still a clean stop
 
