@@ -8,14 +8,23 @@ literal secrets out.
 
 from __future__ import annotations
 
-import os
-from decimal import Decimal, InvalidOperation
-
 from django.db import transaction
 
 from accounting.models import Tenant
+from gateway_site.config_shape import (
+    ConfigError,
+    known,
+    list_of,
+    mapping,
+    optional_int,
+    optional_seconds,
+    price,
+    required_str,
+    secret,
+)
 from providers.models import Provider, ProviderModel
 from providers.services import provider_key_upsert
+from routing.configuration import route_import, routes_export
 
 PROVIDER_KEYS = {
     "name", "type", "api_base", "api_key", "enabled", "priority", "timeout_seconds", "models"
@@ -34,28 +43,27 @@ MODEL_KEYS = {
 TENANT_KEYS = {"slug", "name", "is_active"}
 
 
-class ConfigError(ValueError):
-    """The configuration file is not of the expected shape; the message says where."""
-
-
 @transaction.atomic
 def config_import(data: object) -> dict[str, int]:
     if not isinstance(data, dict):
-        raise ConfigError("The configuration must be a mapping with 'providers' and/or 'tenants'.")
-    _known(data, {"providers", "tenants"}, "top level")
-    counts = {"providers": 0, "models": 0, "provider_keys": 0, "tenants": 0}
-    for index, item in enumerate(_list(data, "providers")):
+        raise ConfigError("The configuration must be a mapping of providers, tenants and routes.")
+    known(data, {"providers", "tenants", "routes"}, "top level")
+    counts = {"providers": 0, "models": 0, "provider_keys": 0, "tenants": 0, "routes": 0}
+    for index, item in enumerate(list_of(data, "providers")):
         _provider_import(item, f"providers[{index}]", counts)
-    for index, item in enumerate(_list(data, "tenants")):
+    for index, item in enumerate(list_of(data, "tenants")):
         _tenant_import(item, f"tenants[{index}]")
         counts["tenants"] += 1
+    for index, item in enumerate(list_of(data, "routes")):
+        route_import(item, f"routes[{index}]")
+        counts["routes"] += 1
     return counts
 
 
 def _provider_import(item: object, where: str, counts: dict[str, int]) -> None:
-    item = _mapping(item, where)
-    _known(item, PROVIDER_KEYS, where)
-    name = _required_str(item, "name", where)
+    item = mapping(item, where)
+    known(item, PROVIDER_KEYS, where)
+    name = required_str(item, "name", where)
     wire_type = item.get("type", "openai")
     if wire_type not in Provider.WireType.values:
         raise ConfigError(f"{where}.type must be one of {', '.join(Provider.WireType.values)}.")
@@ -63,26 +71,26 @@ def _provider_import(item: object, where: str, counts: dict[str, int]) -> None:
         name=name,
         defaults={
             "type": wire_type,
-            "api_base": _required_str(item, "api_base", where),
+            "api_base": required_str(item, "api_base", where),
             "enabled": bool(item.get("enabled", True)),
-            "priority": _optional_int(item, "priority", where) or 100,
-            "timeout_seconds": _optional_seconds(item, "timeout_seconds", where),
+            "priority": optional_int(item, "priority", where) or 100,
+            "timeout_seconds": optional_seconds(item, "timeout_seconds", where),
         },
     )
     counts["providers"] += 1
     if item.get("api_key"):
-        secret, source = _secret(item["api_key"], f"{where}.api_key")
-        provider_key_upsert(provider=provider, name="default", secret=secret, source=source)
+        plaintext, source = secret(item["api_key"], f"{where}.api_key")
+        provider_key_upsert(provider=provider, name="default", secret=plaintext, source=source)
         counts["provider_keys"] += 1
-    for index, model in enumerate(_list(item, "models")):
+    for index, model in enumerate(list_of(item, "models")):
         _model_import(provider, model, f"{where}.models[{index}]")
         counts["models"] += 1
 
 
 def _model_import(provider: Provider, item: object, where: str) -> None:
-    item = _mapping(item, where)
-    _known(item, MODEL_KEYS, where)
-    alias = _required_str(item, "alias", where)
+    item = mapping(item, where)
+    known(item, MODEL_KEYS, where)
+    alias = required_str(item, "alias", where)
     mode = item.get("mode", "chat")
     if mode not in ProviderModel.Mode.values:
         raise ConfigError(f"{where}.mode must be one of {', '.join(ProviderModel.Mode.values)}.")
@@ -92,10 +100,10 @@ def _model_import(provider: Provider, item: object, where: str) -> None:
         defaults={
             "upstream_model": str(item.get("upstream") or alias),
             "mode": mode,
-            "input_price_per_million": _price(item, "input_price_per_million", where),
-            "output_price_per_million": _price(item, "output_price_per_million", where),
-            "context_window": _optional_int(item, "context_window", where),
-            "max_output_tokens": _optional_int(item, "max_output_tokens", where),
+            "input_price_per_million": price(item, "input_price_per_million", where),
+            "output_price_per_million": price(item, "output_price_per_million", where),
+            "context_window": optional_int(item, "context_window", where),
+            "max_output_tokens": optional_int(item, "max_output_tokens", where),
             "capabilities": list(item.get("capabilities") or []),
             "enabled": bool(item.get("enabled", True)),
         },
@@ -103,9 +111,9 @@ def _model_import(provider: Provider, item: object, where: str) -> None:
 
 
 def _tenant_import(item: object, where: str) -> None:
-    item = _mapping(item, where)
-    _known(item, TENANT_KEYS, where)
-    slug = _required_str(item, "slug", where)
+    item = mapping(item, where)
+    known(item, TENANT_KEYS, where)
+    slug = required_str(item, "slug", where)
     defaults = {"name": str(item.get("name") or slug)}
     if "is_active" in item:
         defaults["is_active"] = bool(item["is_active"])
@@ -131,7 +139,7 @@ def config_export() -> dict:
         {"slug": tenant.slug, "name": tenant.name, **({} if tenant.is_active else {"is_active": False})}
         for tenant in Tenant.objects.all()
     ]
-    return {"providers": providers, "tenants": tenants}
+    return {"providers": providers, "tenants": tenants, "routes": routes_export()}
 
 
 def _model_export(model: ProviderModel) -> dict:
@@ -150,70 +158,3 @@ def _model_export(model: ProviderModel) -> dict:
     if not model.enabled:
         entry["enabled"] = False
     return entry
-
-
-# --- shape checks -------------------------------------------------------------------------------
-def _secret(value: object, where: str) -> tuple[str, str]:
-    if not isinstance(value, str):
-        raise ConfigError(f"{where} must be a string (the key itself, or env:VARIABLE).")
-    if value.startswith("env:"):
-        variable = value[4:]
-        secret = os.environ.get(variable, "")
-        if not secret:
-            raise ConfigError(f"{where}: the environment variable {variable} is not set.")
-        return secret, value
-    return value, ""
-
-
-def _mapping(value: object, where: str) -> dict:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where} must be a mapping.")
-    return value
-
-
-def _list(data: dict, key: str) -> list:
-    value = data.get(key) or []
-    if not isinstance(value, list):
-        raise ConfigError(f"'{key}' must be a list.")
-    return value
-
-
-def _known(item: dict, allowed: set[str], where: str) -> None:
-    unknown = sorted(set(item) - allowed)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}.")
-
-
-def _required_str(item: dict, key: str, where: str) -> str:
-    value = item.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{where}.{key} is required and must be a string.")
-    return value.strip()
-
-
-def _price(item: dict, key: str, where: str) -> Decimal:
-    try:
-        price = Decimal(str(item.get(key, 0)))
-    except InvalidOperation as exc:
-        raise ConfigError(f"{where}.{key} must be a number.") from exc
-    if not price.is_finite() or price < 0:
-        raise ConfigError(f"{where}.{key} must be a number of at least 0.")
-    return price
-
-
-def _optional_seconds(item: dict, key: str, where: str) -> float | None:
-    value = item.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 3600:
-        raise ConfigError(f"{where}.{key} must be a number of seconds between 0 and 3600.")
-    return float(value)
-
-
-def _optional_int(item: dict, key: str, where: str) -> int | None:
-    value = item.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{where}.{key} must be a positive integer.")
-    return value

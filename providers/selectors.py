@@ -1,18 +1,13 @@
-"""Reads of the provider configuration, cached in process for the hot path.
+"""Reads of the provider configuration: the catalogue of deployable models.
 
-The catalogue (enabled models of enabled providers, with their decrypted keys) is rebuilt at most
-every `GATEWAY_CONFIG_CACHE_SECONDS`, and at once in the process where the admin saves a change
-(see `providers.apps`).
+The catalogue (enabled models of enabled providers, with their decrypted keys) is built here and
+cached by routing (`routing.selectors.routing_table_get`) together with the routing rules.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
-
-from asgiref.sync import sync_to_async
-from django.conf import settings
 
 from gateway_site.errors import InvalidRequest, ModelNotFound
 from providers.adapters import Target
@@ -21,7 +16,11 @@ from providers.models import Provider, ProviderKey, ProviderModel
 
 @dataclass(frozen=True)
 class Deployment:
-    """A provider model ready to call: its prices, limits and where to send it."""
+    """A provider model ready to call: its prices, limits and where to send it.
+
+    `key` names the (provider model, provider key) pair: circuit breakers and health are kept
+    per key, so every route that sends to the same place shares one breaker.
+    """
 
     model_id: int
     alias: str
@@ -32,12 +31,32 @@ class Deployment:
     max_output_tokens: int | None
     created: int
     target: Target
+    key: str = ""
+    priority: int = 0
+    weight: int = 1
 
 
 class Catalog:
-    def __init__(self, deployments: list[Deployment]) -> None:
+    def __init__(
+        self, deployments: list[Deployment], *, secrets: dict[int, tuple[int, str]] | None = None
+    ) -> None:
         self.deployments = deployments
+        self.by_model_id = {d.model_id: d for d in deployments}
         self.provider_names = {d.target.provider_name for d in deployments}
+        self.secrets = secrets or {}  # provider key id -> (provider id, secret)
+
+    def with_key(self, deployment: Deployment, *, key_id: int | None) -> Deployment | None:
+        """The deployment sending with a specific provider key (None: the provider's default)."""
+        if key_id is None:
+            return deployment
+        provider_id, secret = self.secrets.get(key_id, (None, ""))
+        if provider_id != deployment.target.provider_id:
+            return None  # disabled, deleted, or another provider's key
+        return replace(
+            deployment,
+            key=f"{deployment.model_id}:{key_id}",
+            target=replace(deployment.target, api_key=secret),
+        )
 
     def resolve(self, name: str, *, mode: str) -> list[Deployment]:
         """The deployments serving `name` (an alias, or `provider:model`), best first."""
@@ -72,35 +91,22 @@ class Catalog:
         return self.deployments
 
 
-_state: dict[str, tuple[float, Catalog]] = {}
-
-
-def catalog_clear() -> None:
-    _state.clear()
-
-
-async def catalog_get() -> Catalog:
-    cached = _state.get("catalog")
-    if cached is not None and cached[0] > time.monotonic():
-        return cached[1]
-    catalog = await sync_to_async(catalog_build)()
-    _state["catalog"] = (time.monotonic() + settings.GATEWAY_CONFIG_CACHE_SECONDS, catalog)
-    return catalog
-
-
 def catalog_build() -> Catalog:
-    keys: dict[int, str] = {}
+    secrets: dict[int, tuple[int, str]] = {}
+    defaults: dict[int, tuple[int, str]] = {}
     for key in ProviderKey.objects.filter(enabled=True, provider__enabled=True).order_by(
         "provider_id", "name", "pk"
     ):
-        keys.setdefault(key.provider_id, key.get_secret())
+        secrets[key.pk] = (key.provider_id, key.get_secret())
+        defaults.setdefault(key.provider_id, (key.pk, secrets[key.pk][1]))
     models = ProviderModel.objects.filter(enabled=True, provider__enabled=True).select_related(
         "provider"
     ).order_by("alias", "provider__priority", "provider__name", "pk")
-    return Catalog([_deployment(model, keys.get(model.provider_id, "")) for model in models])
+    deployments = [_deployment(model, *defaults.get(model.provider_id, (0, ""))) for model in models]
+    return Catalog(deployments, secrets=secrets)
 
 
-def _deployment(model: ProviderModel, api_key: str) -> Deployment:
+def _deployment(model: ProviderModel, key_id: int, api_key: str) -> Deployment:
     provider: Provider = model.provider
     return Deployment(
         model_id=model.pk,
@@ -121,4 +127,6 @@ def _deployment(model: ProviderModel, api_key: str) -> Deployment:
             read_timeout=provider.timeout_seconds,
             max_output_tokens=model.max_output_tokens,
         ),
+        key=f"{model.pk}:{key_id}",
+        priority=provider.priority,
     )

@@ -103,12 +103,7 @@ async def models(request: HttpRequest) -> HttpResponse:
     except GatewayError as exc:
         return error_response(exc)
     data = [
-        {
-            "id": deployment.alias,
-            "object": "model",
-            "created": deployment.created,
-            "owned_by": deployment.target.provider_name,
-        }
-        for deployment in await models_visible(auth=auth)
+        {"id": name, "object": "model", "created": created, "owned_by": owner}
+        for name, owner, created in await models_visible(auth=auth)
     ]
     return JsonResponse({"object": "list", "data": data})

@@ -12,19 +12,19 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from accounting.auth import ApiKeyContext, api_key_authenticate, bearer_token
 from accounting.pricing import cost_compute
 from accounting.services import usage_record_create
 from accounting import tokens
-from gateway_site.errors import GatewayError, NoDeploymentAvailable, ProviderError
+from gateway_site.errors import GatewayError, ProviderError
 from providers.adapters import Adapter, Usage
-from providers.http import adapter_for
 from providers.selectors import Deployment
 from routing import validation
-from routing.selection import route_select
+from routing.attempts import AttemptLog, attempts_run, stream_failure_note
+from routing.selection import RoutePlan, route_hints, route_select
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +42,9 @@ class Call:
     payload: dict = field(default_factory=dict)
     requested_model: str = ""
     stream: bool = False
+    plan: RoutePlan | None = None
     deployment: Deployment | None = None
-    attempts: list[dict] = field(default_factory=list)
+    log: AttemptLog = field(default_factory=AttemptLog)
     usage: Usage | None = None
     ttft_ms: int | None = None
     recorded: bool = False
@@ -60,9 +61,14 @@ class Call:
         if self.deployment is not None:
             headers["x-gateway-provider"] = self.deployment.target.provider_name
             headers["x-gateway-model"] = self.deployment.target.upstream_model
-        if self.attempts:
-            headers["x-gateway-attempts"] = str(len(self.attempts))
+        if self.log.attempts:
+            headers["x-gateway-attempts"] = str(self.log.attempts)
+        if self.plan is not None and self.plan.rule:
+            headers["x-gateway-route"] = self.plan.rule
         return headers
+
+    def served_by(self, deployment: Deployment) -> None:
+        self.deployment = deployment
 
 
 # --- entry points ------------------------------------------------------------------------------
@@ -78,10 +84,10 @@ async def chat(call: Call, *, headers, raw_body: bytes, max_body_bytes: int) -> 
         call.stream = body.get("stream") is True
         call.payload = validation.chat_request_validate(body)
         call.requested_model = body["model"]
-        deployments = await route_select(auth=call.auth, model=body["model"], mode="chat")
+        call.plan = await _route(call, body=body, headers=headers, mode="chat")
         if call.stream:
-            return await _stream_open(call, deployments)
-        result = await _attempt(call, deployments, lambda adapter, d: adapter.chat(call.payload, d.target))
+            return await _stream_open(call)
+        result = await _attempt(call, lambda adapter, d: adapter.chat(call.payload, d.target))
     except GatewayError as exc:
         await _record_failure(call, exc)
         raise
@@ -98,10 +104,8 @@ async def embeddings(call: Call, *, headers, raw_body: bytes, max_body_bytes: in
         body = validation.json_body(raw_body, max_bytes=max_body_bytes)
         call.payload = validation.embeddings_request_validate(body)
         call.requested_model = body["model"]
-        deployments = await route_select(auth=call.auth, model=body["model"], mode="embedding")
-        result = await _attempt(
-            call, deployments, lambda adapter, d: adapter.embeddings(call.payload, d.target)
-        )
+        call.plan = await _route(call, body=body, headers=headers, mode="embedding")
+        result = await _attempt(call, lambda adapter, d: adapter.embeddings(call.payload, d.target))
     except GatewayError as exc:
         await _record_failure(call, exc)
         raise
@@ -110,49 +114,29 @@ async def embeddings(call: Call, *, headers, raw_body: bytes, max_body_bytes: in
     return result.body
 
 
-# --- attempts -----------------------------------------------------------------------------------
-async def _attempt(
-    call: Call,
-    deployments: list[Deployment],
-    send: Callable[[Adapter, Deployment], Awaitable],
-):
-    """Try deployments in order; move on only when the failure is retryable."""
-    last_error: ProviderError | None = None
-    for deployment in deployments:
-        started = time.perf_counter()
-        call.deployment = deployment
-        try:
-            result = await send(adapter_for(deployment.target.wire_type), deployment)
-        except ProviderError as exc:
-            _attempt_note(call, deployment, started, error=exc)
-            if not exc.retryable:
-                raise
-            last_error = exc
-            continue
-        _attempt_note(call, deployment, started)
-        return result
-    if last_error is not None:
-        raise last_error
-    raise NoDeploymentAvailable(f"No provider is available for the model '{call.requested_model}'.")
+# --- route and attempts ------------------------------------------------------------------------
+async def _route(call: Call, *, body: dict, headers, mode: str) -> RoutePlan:
+    def estimate() -> tuple[int, int]:
+        completion = call.payload.get("max_completion_tokens") or call.payload.get("max_tokens") or 256
+        return _estimate(call, "")[0], completion
+
+    return await route_select(
+        auth=call.auth,
+        model=body["model"],
+        mode=mode,
+        hints=route_hints(body=body, headers=headers),
+        estimate=estimate,
+    )
 
 
-def _attempt_note(
-    call: Call, deployment: Deployment, started: float, *, error: ProviderError | None = None
-) -> None:
-    call.attempts.append(
-        {
-            "provider": deployment.target.provider_name,
-            "model": deployment.target.upstream_model,
-            "latency_ms": int((time.perf_counter() - started) * 1000),
-            "status": "error" if error else "success",
-            "error_class": error.error_class if error else "",
-            "upstream_status": error.upstream_status if error else None,
-        }
+async def _attempt(call: Call, send):
+    return await attempts_run(
+        call.plan, send, log=call.log, on_deployment=call.served_by, stream=call.stream
     )
 
 
 # --- streaming ----------------------------------------------------------------------------------
-async def _stream_open(call: Call, deployments: list[Deployment]) -> AsyncIterator[dict]:
+async def _stream_open(call: Call) -> AsyncIterator[dict]:
     async def first_chunk(adapter: Adapter, deployment: Deployment):
         stream = adapter.chat_stream(call.payload, deployment.target)
         try:
@@ -164,7 +148,7 @@ async def _stream_open(call: Call, deployments: list[Deployment]) -> AsyncIterat
             raise
         return stream, first
 
-    stream, first = await _attempt(call, deployments, first_chunk)
+    stream, first = await _attempt(call, first_chunk)
     return _stream_relay(call, stream, first)
 
 
@@ -182,6 +166,7 @@ async def _stream_relay(call: Call, stream: AsyncIterator[dict], first: dict) ->
             yield _usage_chunk(call, texts)
     except ProviderError as exc:
         status, http_status, error_class = "error", exc.status, exc.error_class
+        await stream_failure_note(call.plan, call.deployment, exc)
         yield exc.as_body()
     except (asyncio.CancelledError, GeneratorExit):
         status, error_class = "cancelled", "client_disconnected"
@@ -278,7 +263,7 @@ async def _record(
         "tokens=%s+%s latency_ms=%s attempts=%s",
         call.request_id, call.auth.tenant_slug, call.endpoint, call.requested_model,
         fields["provider_name"] or "-", status, http_status, error_class or "-",
-        fields["prompt_tokens"], fields["completion_tokens"], fields["latency_ms"], len(call.attempts),
+        fields["prompt_tokens"], fields["completion_tokens"], fields["latency_ms"], call.log.attempts,
     )
     task = asyncio.ensure_future(usage_record_create(**fields))
     _background.add(task)
@@ -328,7 +313,7 @@ def _record_fields(call: Call, *, status: str, completion_text: str) -> dict:
         "ttft_ms": call.ttft_ms,
         "stream": call.stream,
         "status": status,
-        "attempts": call.attempts,
+        "attempts": call.log.entries,
         "end_user": str(call.payload.get("user") or "")[:256],
     }
 

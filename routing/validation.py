@@ -20,7 +20,8 @@ MAX_TOKENS_LIMIT = 1_000_000
 MAX_EMBEDDING_INPUTS = 2048
 
 # Fields the gateway reads and does not forward.
-GATEWAY_FIELDS = {"metadata"}
+GATEWAY_FIELDS = {"metadata", "routing"}
+ROUTING_KEYS = {"strategy", "prefer", "exclude"}
 
 CHAT_FIELDS = {
     "model", "messages", "audio", "frequency_penalty", "function_call", "functions", "logit_bias",
@@ -77,6 +78,7 @@ def chat_request_validate(body: dict) -> dict:
     _typed(body, "response_format", dict)
     _typed(body, "logit_bias", dict)
     _metadata(body)
+    _routing(body)
     return {key: value for key, value in body.items() if key not in GATEWAY_FIELDS}
 
 
@@ -89,6 +91,7 @@ def embeddings_request_validate(body: dict) -> dict:
     _integer(body, "dimensions", 1, 65536)
     _string(body, "user", max_length=512)
     _metadata(body)
+    _routing(body)
     return {key: value for key, value in body.items() if key not in GATEWAY_FIELDS}
 
 
@@ -234,6 +237,26 @@ def _metadata(body: dict) -> None:
             "values up to 512).",
             param="metadata",
         )
+
+
+def _routing(body: dict) -> None:
+    """The gateway's routing hints: {"strategy": str, "prefer": [provider], "exclude": [provider]}."""
+    routing = body.get("routing")
+    if routing is None:
+        return
+    if not isinstance(routing, dict):
+        raise InvalidRequest("'routing' must be an object.", param="routing")
+    for key, value in routing.items():
+        if key not in ROUTING_KEYS:
+            raise InvalidRequest(
+                f"Unknown routing hint '{key}'; use {', '.join(sorted(ROUTING_KEYS))}.", param=f"routing.{key}"
+            )
+        if key == "strategy" and not isinstance(value, str):
+            raise InvalidRequest("'routing.strategy' must be a string.", param="routing.strategy")
+        if key != "strategy" and (
+            not isinstance(value, list) or not all(isinstance(item, str) for item in value)
+        ):
+            raise InvalidRequest(f"'routing.{key}' must be an array of provider names.", param=f"routing.{key}")
 
 
 def _embedding_input(value: object) -> None:

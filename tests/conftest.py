@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,11 +73,11 @@ def gateway(db, fake_provider_url) -> GatewaySetup:
     from accounting.auth import auth_cache_clear
     from accounting.services import api_key_create, tenant_create
     from providers.models import Provider, ProviderModel
-    from providers.selectors import catalog_clear
+    from routing.selectors import routing_table_clear
     from providers.services import provider_key_upsert
 
     auth_cache_clear()
-    catalog_clear()
+    routing_table_clear()
     provider = Provider.objects.create(name="fake", type="openai", api_base=f"{fake_provider_url}/v1")
     provider_key_upsert(provider=provider, name="default", secret="sk-fake-provider-secret-0001")
     ProviderModel.objects.create(
@@ -101,7 +102,13 @@ def gateway(db, fake_provider_url) -> GatewaySetup:
     key, raw_key = api_key_create(tenant=tenant, name="default")
     yield GatewaySetup(tenant=tenant, key=key, raw_key=raw_key, provider=provider, anthropic_provider=anthropic)
     auth_cache_clear()
-    catalog_clear()
+    routing_table_clear()
+
+
+@pytest.fixture(autouse=True)
+def _own_redis_namespace(settings):
+    """Each test gets its own Redis key prefix: breakers, health and counters start empty."""
+    settings.GATEWAY_REDIS_PREFIX = f"gwtest:{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture(autouse=True)

@@ -105,6 +105,7 @@ def stack(tmp_path_factory):
         "E2E_FAKE_PROVIDER_KEY": PROVIDER_SECRETS[0],
         "LOG_LEVEL": "DEBUG",
         "GATEWAY_CONFIG_CACHE_SECONDS": "1",
+        "GATEWAY_REDIS_PREFIX": f"gwtest:{name}",
     }
     fake = start_process(
         [sys.executable, "manage.py", "fake_provider", "--port", str(fake_port)], ready="listening", env=env

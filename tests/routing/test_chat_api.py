@@ -330,11 +330,12 @@ async def test_failover_to_next_provider_on_connection_error(gateway):
     await ProviderModel.objects.acreate(provider=dead, alias="gpt-4o-mini", upstream_model="gpt-4o-mini")
     response = await post(gateway, "/v1/chat/completions", chat_body())
     assert response.status_code == 200
-    assert response["x-gateway-attempts"] == "2"
+    # The dead provider is retried once (the default), then the request fails over.
+    assert response["x-gateway-attempts"] == "3"
     assert response["x-gateway-provider"] == "fake"
     [record] = await records()
-    assert [a["provider"] for a in record.attempts] == ["dead", "fake"]
-    assert [a["status"] for a in record.attempts] == ["error", "success"]
+    assert [a["provider"] for a in record.attempts] == ["dead", "dead", "fake"]
+    assert [a["status"] for a in record.attempts] == ["error", "error", "success"]
 
 
 async def test_stream_cut_mid_way_ends_with_error_event_and_records_what_was_sent(gateway):

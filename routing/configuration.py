@@ -1,0 +1,182 @@
+"""Routes in configuration files: one entry makes a route group and the rule that selects it.
+
+```yaml
+routes:
+  - model: smart              # the alias clients send
+    strategy: fallback        # fallback | round_robin | weighted | lowest_cost | lowest_latency | least_busy
+    match: {task: summarization, tenants: [acme], tags: [beta]}   # optional
+    deployments:
+      - {provider: fake-a, model: gpt-4o-mini, priority: 0, weight: 3}
+      - {provider: fake-b, model: gpt-4o-mini, priority: 1, weight: 1}
+```
+
+An entry is identified by its `name` (default: the model, plus the task when it has one), so
+importing the same file twice changes nothing; a route's deployments are replaced by the file's.
+"""
+
+from __future__ import annotations
+
+from django.db.models import Q
+
+from accounting.models import Tenant
+from gateway_site.config_shape import (
+    ConfigError,
+    known,
+    list_of,
+    mapping,
+    optional_int,
+    optional_seconds,
+    required_str,
+)
+from providers.models import ProviderKey, ProviderModel
+from routing.models import Deployment, RouteGroup, RoutingRule, Strategy
+
+ROUTE_KEYS = {
+    "model", "name", "strategy", "match", "priority", "retries", "attempt_timeout_seconds",
+    "total_timeout_seconds", "breaker", "deployments",
+}
+MATCH_KEYS = {"task", "tenants", "tags"}
+BREAKER_KEYS = {"failure_threshold", "cooldown_seconds"}
+DEPLOYMENT_KEYS = {"provider", "model", "priority", "weight", "key", "enabled"}
+
+
+def route_import(item: object, where: str) -> RoutingRule:
+    item = mapping(item, where)
+    known(item, ROUTE_KEYS, where)
+    model = required_str(item, "model", where)
+    match = mapping(item.get("match") or {}, f"{where}.match")
+    known(match, MATCH_KEYS, f"{where}.match")
+    name = item.get("name") or "-".join(filter(None, [model, match.get("task")]))
+    group = _group_upsert(item, name=str(name), where=where)
+    rule, _ = RoutingRule.objects.update_or_create(
+        name=name,
+        defaults={
+            "model": model,
+            "priority": optional_int(item, "priority", where) or 100,
+            "task": str(match.get("task") or ""),
+            "tags": [str(tag) for tag in list_of(match, "tags")],
+            "group": group,
+            "enabled": True,
+        },
+    )
+    rule.tenants.set(_tenants(list_of(match, "tenants"), f"{where}.match.tenants"))
+    return rule
+
+
+def _group_upsert(item: dict, *, name: str, where: str) -> RouteGroup:
+    strategy = item.get("strategy", Strategy.FALLBACK)
+    if strategy not in Strategy.values:
+        raise ConfigError(f"{where}.strategy must be one of {', '.join(Strategy.values)}.")
+    breaker = mapping(item.get("breaker") or {}, f"{where}.breaker")
+    known(breaker, BREAKER_KEYS, f"{where}.breaker")
+    retries = item.get("retries", 1)
+    if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= 10:
+        raise ConfigError(f"{where}.retries must be an integer from 0 to 10.")
+    group, _ = RouteGroup.objects.update_or_create(
+        name=name,
+        defaults={
+            "strategy": strategy,
+            "retries": retries,
+            "attempt_timeout_seconds": optional_seconds(item, "attempt_timeout_seconds", where),
+            "total_timeout_seconds": optional_seconds(item, "total_timeout_seconds", where) or 120.0,
+            "breaker_failure_threshold": optional_int(breaker, "failure_threshold", f"{where}.breaker"),
+            "breaker_cooldown_seconds": optional_seconds(breaker, "cooldown_seconds", f"{where}.breaker"),
+        },
+    )
+    entries = list_of(item, "deployments")
+    if not entries:
+        raise ConfigError(f"{where}.deployments must list at least one deployment.")
+    group.deployments.all().delete()
+    for index, entry in enumerate(entries):
+        _deployment_create(group, entry, f"{where}.deployments[{index}]")
+    return group
+
+
+def _deployment_create(group: RouteGroup, entry: object, where: str) -> Deployment:
+    entry = mapping(entry, where)
+    known(entry, DEPLOYMENT_KEYS, where)
+    provider = required_str(entry, "provider", where)
+    model_name = required_str(entry, "model", where)
+    model = (
+        ProviderModel.objects.filter(provider__name=provider)
+        .filter(Q(alias=model_name) | Q(upstream_model=model_name))
+        .order_by("pk")
+        .first()
+    )
+    if model is None:
+        raise ConfigError(f"{where}: provider '{provider}' has no model '{model_name}'.")
+    key = None
+    if entry.get("key"):
+        key = ProviderKey.objects.filter(provider=model.provider, name=entry["key"]).first()
+        if key is None:
+            raise ConfigError(f"{where}: provider '{provider}' has no key named '{entry['key']}'.")
+    priority = entry.get("priority", 0)
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise ConfigError(f"{where}.priority must be an integer.")
+    weight = entry.get("weight", 1)
+    if not isinstance(weight, int) or isinstance(weight, bool) or weight < 0:
+        raise ConfigError(f"{where}.weight must be an integer of at least 0.")
+    return Deployment.objects.create(
+        group=group, provider_model=model, provider_key=key, priority=priority, weight=weight,
+        enabled=bool(entry.get("enabled", True)),
+    )
+
+
+def _tenants(slugs: list, where: str) -> list[Tenant]:
+    tenants = list(Tenant.objects.filter(slug__in=[str(slug) for slug in slugs]))
+    missing = sorted({str(slug) for slug in slugs} - {tenant.slug for tenant in tenants})
+    if missing:
+        raise ConfigError(f"{where}: unknown tenant(s) {', '.join(missing)}.")
+    return tenants
+
+
+def routes_export() -> list[dict]:
+    routes = []
+    rules = RoutingRule.objects.select_related("group").prefetch_related(
+        "tenants", "group__deployments__provider_model__provider", "group__deployments__provider_key"
+    )
+    for rule in rules:
+        routes.append(_route_export(rule))
+    return routes
+
+
+def _route_export(rule: RoutingRule) -> dict:
+    group = rule.group
+    match = {
+        key: value
+        for key, value in {
+            "task": rule.task,
+            "tenants": sorted(t.slug for t in rule.tenants.all()),
+            "tags": rule.tags,
+        }.items()
+        if value
+    }
+    entry: dict = {"name": rule.name, "model": rule.model, "strategy": group.strategy}
+    if match:
+        entry["match"] = match
+    entry.update({"priority": rule.priority, "retries": group.retries})
+    for field in ("attempt_timeout_seconds", "total_timeout_seconds"):
+        if getattr(group, field) is not None:
+            entry[field] = getattr(group, field)
+    breaker = {
+        "failure_threshold": group.breaker_failure_threshold,
+        "cooldown_seconds": group.breaker_cooldown_seconds,
+    }
+    if any(value is not None for value in breaker.values()):
+        entry["breaker"] = {k: v for k, v in breaker.items() if v is not None}
+    entry["deployments"] = [_deployment_export(d) for d in group.deployments.all()]
+    return entry
+
+
+def _deployment_export(deployment: Deployment) -> dict:
+    entry = {
+        "provider": deployment.provider_model.provider.name,
+        "model": deployment.provider_model.alias,
+        "priority": deployment.priority,
+        "weight": deployment.weight,
+    }
+    if deployment.provider_key is not None:
+        entry["key"] = deployment.provider_key.name
+    if not deployment.enabled:
+        entry["enabled"] = False
+    return entry

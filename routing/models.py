@@ -1,0 +1,96 @@
+from django.db import models
+
+
+class Strategy(models.TextChoices):
+    FALLBACK = "fallback", "Priority fallback"
+    ROUND_ROBIN = "round_robin", "Round-robin"
+    WEIGHTED = "weighted", "Weighted random"
+    LOWEST_COST = "lowest_cost", "Lowest cost"
+    LOWEST_LATENCY = "lowest_latency", "Lowest latency"
+    LEAST_BUSY = "least_busy", "Least busy"
+
+
+class RouteGroup(models.Model):
+    """Deployments that can serve one logical model, and how to choose and retry among them."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    strategy = models.CharField(max_length=20, choices=Strategy.choices, default=Strategy.FALLBACK)
+    retries = models.PositiveSmallIntegerField(
+        default=1, help_text="Extra attempts on the same deployment for a retryable failure."
+    )
+    attempt_timeout_seconds = models.FloatField(
+        null=True, blank=True,
+        help_text="Limit for one attempt (for streams: until the first chunk). Empty: provider's.",
+    )
+    total_timeout_seconds = models.FloatField(
+        default=120.0, help_text="Deadline for all attempts of a request together."
+    )
+    breaker_failure_threshold = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Consecutive failures opening a deployment's breaker."
+    )
+    breaker_cooldown_seconds = models.FloatField(
+        null=True, blank=True, help_text="Seconds an open breaker waits before a probe."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Deployment(models.Model):
+    """A provider model (with an optional specific provider key) inside a route group."""
+
+    group = models.ForeignKey(RouteGroup, on_delete=models.CASCADE, related_name="deployments")
+    provider_model = models.ForeignKey(
+        "providers.ProviderModel", on_delete=models.CASCADE, related_name="deployments"
+    )
+    provider_key = models.ForeignKey(
+        "providers.ProviderKey", on_delete=models.SET_NULL, null=True, blank=True,
+        help_text="Empty: the provider's first enabled key.",
+    )
+    priority = models.IntegerField(default=0, help_text="Lower is tried first (fallback).")
+    weight = models.PositiveIntegerField(default=1, help_text="Share of traffic (weighted).")
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["group", "priority", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.group.name} → {self.provider_model}"
+
+
+class RoutingRule(models.Model):
+    """Which route group serves a request, by the model it names, who sends it and what for.
+
+    Rules are tried by ascending priority; the first that matches wins. Empty conditions match
+    everything. A request naming `provider:model` bypasses the rules.
+    """
+
+    name = models.SlugField(max_length=100, unique=True)
+    priority = models.IntegerField(default=100)
+    enabled = models.BooleanField(default=True)
+    model = models.CharField(
+        max_length=200, help_text="The model name clients send (may be a virtual alias like 'smart')."
+    )
+    tenants = models.ManyToManyField("accounting.Tenant", blank=True)
+    api_keys = models.ManyToManyField("accounting.TenantApiKey", blank=True)
+    task = models.CharField(
+        max_length=100, blank=True,
+        help_text="Matches metadata.task or the X-Gateway-Task header; empty matches any task.",
+    )
+    tags = models.JSONField(
+        default=list, blank=True, help_text="All of these tags must be sent (metadata.tags)."
+    )
+    group = models.ForeignKey(RouteGroup, on_delete=models.PROTECT, related_name="rules")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["priority", "name"]
+
+    def __str__(self) -> str:
+        return self.name
