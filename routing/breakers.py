@@ -124,12 +124,12 @@ class LocalBreakerStore(BreakerStore):
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
+        self.clock = clock
         self._breakers: dict[str, _Breaker] = {}
         self._lock = threading.Lock()
 
     async def allow(self, key: str, *, policy: BreakerPolicy) -> bool:
-        now = self._clock()
+        now = self.clock()
         with self._lock:
             breaker = self._breakers.get(key)
             if breaker is None or breaker.state == CLOSED:
@@ -148,7 +148,7 @@ class LocalBreakerStore(BreakerStore):
             self._breakers.pop(key, None)
 
     async def record_failure(self, key: str, *, policy: BreakerPolicy) -> None:
-        now = self._clock()
+        now = self.clock()
         with self._lock:
             breaker = self._breakers.setdefault(key, _Breaker())
             breaker.failures += 1
@@ -165,7 +165,7 @@ class LocalBreakerStore(BreakerStore):
         return self.statuses_sync([key], policy=policy)[key]
 
     def statuses_sync(self, keys: list[str], *, policy: BreakerPolicy) -> dict[str, BreakerStatus]:
-        now = self._clock()
+        now = self.clock()
         with self._lock:
             breakers = {key: self._breakers.get(key, _Breaker()) for key in keys}
         return {key: breaker.status(now=now, policy=policy) for key, breaker in breakers.items()}
@@ -227,11 +227,11 @@ class RedisBreakerStore(BreakerStore):
         self, *, url: str, prefix: str, clock: Callable[[], float] = time.time,
         retry_after: float = 1.0, timeout: float = 0.5,
     ) -> None:
-        self._clock = clock
+        self.clock = clock
         self._prefix = prefix
         self._redis = RedisConnections(url, timeout=timeout)
         self.fallback: RedisFallback[LocalBreakerStore] = RedisFallback(
-            what="circuit breakers", make_local=lambda: LocalBreakerStore(clock=clock),
+            what="circuit breakers", make_local=lambda: LocalBreakerStore(clock=self.clock),
             retry_after=retry_after,
         )
 
@@ -241,7 +241,7 @@ class RedisBreakerStore(BreakerStore):
     async def allow(self, key: str, *, policy: BreakerPolicy) -> bool:
         async def remote() -> bool:
             script = self._redis.async_script(_ALLOW)
-            args = [self._clock(), policy.cooldown_seconds, KEY_TTL_SECONDS]
+            args = [self.clock(), policy.cooldown_seconds, KEY_TTL_SECONDS]
             return bool(await script(keys=[self._key(key)], args=args))
 
         return await self.fallback.run(remote, lambda local: local.allow(key, policy=policy))
@@ -255,7 +255,7 @@ class RedisBreakerStore(BreakerStore):
     async def record_failure(self, key: str, *, policy: BreakerPolicy) -> None:
         async def remote() -> None:
             script = self._redis.async_script(_RECORD_FAILURE)
-            args = [self._clock(), policy.failure_threshold, KEY_TTL_SECONDS]
+            args = [self.clock(), policy.failure_threshold, KEY_TTL_SECONDS]
             if failures := await script(keys=[self._key(key)], args=args):
                 _log_opened(key, failures)
 
@@ -264,7 +264,7 @@ class RedisBreakerStore(BreakerStore):
     async def status(self, key: str, *, policy: BreakerPolicy) -> BreakerStatus:
         async def remote() -> BreakerStatus:
             values = await self._redis.async_client().hmget(self._key(key), _FIELDS)
-            return _breaker_from(values).status(now=self._clock(), policy=policy)
+            return _breaker_from(values).status(now=self.clock(), policy=policy)
 
         return await self.fallback.run(remote, lambda local: local.status(key, policy=policy))
 
@@ -273,7 +273,7 @@ class RedisBreakerStore(BreakerStore):
             pipe = self._redis.sync_client().pipeline(transaction=False)
             for key in keys:
                 pipe.hmget(self._key(key), _FIELDS)
-            now = self._clock()
+            now = self.clock()
             return {key: _breaker_from(values).status(now=now, policy=policy)
                     for key, values in zip(keys, pipe.execute())}
 

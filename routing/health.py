@@ -78,7 +78,7 @@ class LocalHealthStore(HealthStore):
     """Health in this process's memory: the embedded mode, and the fallback of the Redis store."""
 
     def __init__(self, *, clock: Callable[[], float] = time.time, alpha: float = EWMA_ALPHA) -> None:
-        self._clock = clock
+        self.clock = clock
         self._alpha = alpha
         self._health: dict[str, DeploymentHealth] = {}
         self._lock = threading.Lock()
@@ -86,7 +86,7 @@ class LocalHealthStore(HealthStore):
     async def record(
         self, key: str, *, ok: bool, latency_ms: float, ttft_ms: float | None = None, error: str = ""
     ) -> None:
-        now, alpha = self._clock(), self._alpha
+        now, alpha = self.clock(), self._alpha
         with self._lock:
             old = self._health.get(key, DeploymentHealth())
             self._health[key] = DeploymentHealth(
@@ -159,7 +159,7 @@ class RedisHealthStore(HealthStore):
         self, *, url: str, prefix: str, clock: Callable[[], float] = time.time,
         alpha: float = EWMA_ALPHA, retry_after: float = 1.0, timeout: float = 0.5,
     ) -> None:
-        self._clock, self._alpha, self._prefix = clock, alpha, prefix
+        self.clock, self._alpha, self._prefix = clock, alpha, prefix
         self._redis = RedisConnections(url, timeout=timeout)
         self.fallback: RedisFallback[LocalHealthStore] = RedisFallback(
             what="deployment health", make_local=lambda: LocalHealthStore(clock=clock, alpha=alpha),
@@ -173,7 +173,7 @@ class RedisHealthStore(HealthStore):
         self, key: str, *, ok: bool, latency_ms: float, ttft_ms: float | None = None, error: str = ""
     ) -> None:
         async def remote() -> None:
-            args = [self._clock(), int(ok), latency_ms, "" if ttft_ms is None else ttft_ms,
+            args = [self.clock(), int(ok), latency_ms, "" if ttft_ms is None else ttft_ms,
                     "" if ok else error[:MAX_ERROR_CHARS], self._alpha, KEY_TTL_SECONDS]
             await self._redis.async_script(_RECORD)(keys=[self._key(key)], args=args)
 

@@ -69,7 +69,7 @@ class Stack:
             time.sleep(0.05)
 
 
-def _manage(env: dict, *args: str, stdin: str | None = None) -> str:
+def manage(env: dict, *args: str, stdin: str | None = None) -> str:
     result = subprocess.run(
         [sys.executable, "manage.py", *args], cwd=ROOT, env=env, input=stdin,
         capture_output=True, text=True, check=False,
@@ -91,42 +91,74 @@ def _wait_until_serving(url: str, process: subprocess.Popen, timeout: float = 30
     raise RuntimeError(f"the gateway did not answer {url} within {timeout}s")
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory):
+def database_create() -> tuple[str, str]:
+    """A fresh database on the test server: (its URL, its name)."""
     admin_url = os.environ["DATABASE_URL"].replace("postgres://", "postgresql://", 1)
     name = f"gw_e2e_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    database_url = admin_url.rsplit("/", 1)[0] + f"/{name}"
-    fake_port, port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "E2E_FAKE_PROVIDER_KEY": PROVIDER_SECRETS[0],
-        "LOG_LEVEL": "DEBUG",
-        "GATEWAY_CONFIG_CACHE_SECONDS": "1",
-        "GATEWAY_REDIS_PREFIX": f"gwtest:{name}",
-    }
-    fake = start_process(
-        [sys.executable, "manage.py", "fake_provider", "--port", str(fake_port)], ready="listening", env=env
-    )
-    _manage(env, "migrate", "--noinput")
-    config = tmp_path_factory.mktemp("e2e") / "gateway.yaml"
-    config.write_text(CONFIG.format(fake_port=fake_port))
-    _manage(env, "import_config", str(config))
-    api_key = _manage(env, "create_api_key", "acme", "--name", "e2e").strip().splitlines()[-1]
-    log_path = tmp_path_factory.mktemp("logs") / "gateway.log"
+    return admin_url.rsplit("/", 1)[0] + f"/{name}", name
+
+
+def database_drop(name: str) -> None:
+    admin_url = os.environ["DATABASE_URL"].replace("postgres://", "postgresql://", 1)
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def gateway_start(env: dict, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """The gateway under daphne on a free port, as production runs it; returns (process, base URL)."""
+    port = free_port()
     log = open(log_path, "w")
-    gateway = subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "gateway_site.asgi:application"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
+    log.close()
     try:
-        _wait_until_serving(f"http://127.0.0.1:{port}/health", gateway)
-        yield Stack(base_url=f"http://127.0.0.1:{port}", api_key=api_key, database_url=database_url, log_path=log_path)
+        _wait_until_serving(f"http://127.0.0.1:{port}/health", process)
+    except RuntimeError:
+        stop_process(process)
+        raise
+    return process, f"http://127.0.0.1:{port}"
+
+
+def deployment_env(database_url: str, name: str, **extra: str) -> dict:
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "LOG_LEVEL": "DEBUG",
+        "GATEWAY_CONFIG_CACHE_SECONDS": "1",
+        "GATEWAY_REDIS_PREFIX": f"gwtest:{name}",
+        **extra,
+    }
+
+
+def fake_start(env: dict) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    process = start_process(
+        [sys.executable, "manage.py", "fake_provider", "--port", str(port)], ready="listening", env=env
+    )
+    return process, port
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    database_url, name = database_create()
+    env = deployment_env(database_url, name, E2E_FAKE_PROVIDER_KEY=PROVIDER_SECRETS[0])
+    fake, fake_port = fake_start(env)
+    processes = [fake]
+    try:
+        manage(env, "migrate", "--noinput")
+        config = tmp_path_factory.mktemp("e2e") / "gateway.yaml"
+        config.write_text(CONFIG.format(fake_port=fake_port))
+        manage(env, "import_config", str(config))
+        api_key = manage(env, "create_api_key", "acme", "--name", "e2e").strip().splitlines()[-1]
+        log_path = tmp_path_factory.mktemp("logs") / "gateway.log"
+        gateway, base_url = gateway_start(env, log_path)
+        processes.append(gateway)
+        yield Stack(base_url=base_url, api_key=api_key, database_url=database_url, log_path=log_path)
     finally:
-        stop_process(gateway)
-        stop_process(fake)
-        log.close()
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for process in processes:
+            stop_process(process)
+        database_drop(name)
