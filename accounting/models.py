@@ -1,6 +1,7 @@
 import uuid
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
@@ -90,6 +91,11 @@ class UsageRecord(models.Model):
     error_class = models.CharField(max_length=40, blank=True)
     attempts = models.JSONField(default=list, blank=True)
     end_user = models.CharField(max_length=256, blank=True)
+    cached_tokens = models.PositiveIntegerField(
+        default=0, help_text="Prompt tokens the provider served from its cache (cheaper price)."
+    )
+    task = models.CharField(max_length=100, blank=True)
+    tags = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -101,3 +107,161 @@ class UsageRecord(models.Model):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+class TenantMembership(models.Model):
+    """A Django user who belongs to a tenant: sees that tenant's dashboards, and only those."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="membership")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="members")
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.tenant.slug}"
+
+
+class Period(models.TextChoices):
+    DAILY = "daily"
+    WEEKLY = "weekly"
+    MONTHLY = "monthly"
+    TOTAL = "total"
+
+
+class Budget(models.Model):
+    """A spending cap in USD for a tenant, or for one of its API keys, per period.
+
+    A hard budget refuses requests that could push spend past it (reservation before the call); a
+    soft one only alerts. Alerts fire once per period at each threshold (percent of the amount).
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="budgets")
+    api_key = models.ForeignKey(
+        TenantApiKey, on_delete=models.CASCADE, null=True, blank=True, related_name="budgets",
+        help_text="Empty: the budget covers the whole tenant.",
+    )
+    amount_usd = models.DecimalField(max_digits=14, decimal_places=6)
+    period = models.CharField(max_length=10, choices=Period.choices, default=Period.MONTHLY)
+    hard = models.BooleanField(default=True)
+    alert_thresholds = models.JSONField(default=list, blank=True, help_text="Percentages, e.g. [50, 80, 100].")
+    alert_webhook = models.URLField(max_length=500, blank=True)
+    alert_email = models.EmailField(blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "api_key", "period"], name="uniq_budget_scope_period"),
+            models.UniqueConstraint(
+                fields=["tenant", "period"], condition=models.Q(api_key__isnull=True),
+                name="uniq_tenant_budget_period",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        scope = f"{self.tenant.slug}/{self.api_key.name}" if self.api_key_id else self.tenant.slug
+        return f"{scope} {self.period} ${self.amount_usd} ({'hard' if self.hard else 'soft'})"
+
+
+class BudgetPeriod(models.Model):
+    """Spend and reservations of one budget in one period; a new period starts a new row."""
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="periods")
+    period_start = models.DateTimeField()
+    spent_usd = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal("0"))
+    reserved_usd = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal("0"))
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["budget", "period_start"], name="uniq_budget_period")
+        ]
+
+
+class BudgetReservation(models.Model):
+    """Money held for a request in flight; settled (deleted) when its UsageRecord is written."""
+
+    budget_period = models.ForeignKey(BudgetPeriod, on_delete=models.CASCADE, related_name="reservations")
+    request_id = models.UUIDField(db_index=True)
+    amount_usd = models.DecimalField(max_digits=14, decimal_places=8)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+
+class BudgetAlert(models.Model):
+    """One alert per budget, period and threshold: recorded, then sent by webhook and email."""
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
+    period_start = models.DateTimeField()
+    threshold = models.PositiveSmallIntegerField()
+    spent_usd = models.DecimalField(max_digits=14, decimal_places=8)
+    created_at = models.DateTimeField(auto_now_add=True)
+    webhook_status = models.CharField(max_length=100, blank=True)
+    email_status = models.CharField(max_length=100, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["budget", "period_start", "threshold"], name="uniq_budget_alert")
+        ]
+
+
+class RateLimit(models.Model):
+    """Requests and tokens per minute for a tenant or one of its keys (token buckets)."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="rate_limits")
+    api_key = models.ForeignKey(
+        TenantApiKey, on_delete=models.CASCADE, null=True, blank=True, related_name="rate_limits",
+        help_text="Empty: the limit covers the whole tenant.",
+    )
+    rpm = models.PositiveIntegerField(null=True, blank=True, help_text="Requests per minute.")
+    tpm = models.PositiveIntegerField(null=True, blank=True, help_text="Tokens per minute.")
+    queue_seconds = models.FloatField(
+        default=0, help_text="Wait up to this long for capacity instead of answering 429 at once."
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "api_key"], name="uniq_rate_limit_scope"),
+            models.UniqueConstraint(
+                fields=["tenant"], condition=models.Q(api_key__isnull=True), name="uniq_tenant_rate_limit"
+            ),
+        ]
+
+
+class UsageRollup(models.Model):
+    """Usage aggregated per tenant, time bucket and one dimension; recomputed whole, idempotently."""
+
+    class Granularity(models.TextChoices):
+        HOUR = "hour"
+        DAY = "day"
+
+    class Dimension(models.TextChoices):
+        TOTAL = "total"
+        API_KEY = "api_key"
+        MODEL = "model"
+        TASK = "task"
+        TAG = "tag"
+        END_USER = "end_user"
+
+    granularity = models.CharField(max_length=4, choices=Granularity.choices)
+    bucket_start = models.DateTimeField()
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="rollups")
+    dimension = models.CharField(max_length=10, choices=Dimension.choices)
+    value = models.CharField(max_length=256, blank=True, help_text="Key id, model, task, tag or user.")
+    requests = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    errors_by_class = models.JSONField(default=dict, blank=True)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=16, decimal_places=8, default=Decimal("0"))
+    latency_p50_ms = models.FloatField(null=True, blank=True)
+    latency_p95_ms = models.FloatField(null=True, blank=True)
+    ttft_p50_ms = models.FloatField(null=True, blank=True)
+    ttft_p95_ms = models.FloatField(null=True, blank=True)
+    computed_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["granularity", "bucket_start", "tenant", "dimension", "value"], name="uniq_rollup"
+            )
+        ]
+        indexes = [models.Index(fields=["tenant", "granularity", "dimension", "bucket_start"], name="rollup_read")]
