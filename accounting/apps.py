@@ -8,11 +8,15 @@ class AccountingConfig(AppConfig):
 
     def ready(self) -> None:
         from accounting.auth import auth_cache_clear
-        from accounting.models import Tenant, TenantApiKey
+        from accounting.budgets import budget_cache_clear
+        from accounting.models import Budget, RateLimit, Tenant, TenantApiKey
+        from accounting.quotas import quota_cache_clear
 
         def clear(**kwargs) -> None:
             auth_cache_clear()
+            budget_cache_clear()
+            quota_cache_clear()
 
-        for model in (Tenant, TenantApiKey):
-            post_save.connect(clear, sender=model, dispatch_uid=f"auth-cache-{model.__name__}")
-            post_delete.connect(clear, sender=model, dispatch_uid=f"auth-cache-del-{model.__name__}")
+        for model in (Tenant, TenantApiKey, Budget, RateLimit):
+            post_save.connect(clear, sender=model, weak=False, dispatch_uid=f"auth-cache-{model.__name__}")
+            post_delete.connect(clear, sender=model, weak=False, dispatch_uid=f"auth-cache-del-{model.__name__}")

@@ -265,3 +265,20 @@ class UsageRollup(models.Model):
             )
         ]
         indexes = [models.Index(fields=["tenant", "granularity", "dimension", "bucket_start"], name="rollup_read")]
+
+
+class RollupCursor(models.Model):
+    """How far `accounting.rollups.rollup_recent` has read UsageRecords, by id.
+
+    Records with a larger id are new since the last run; their `created_at` names the buckets to
+    recompute, however old. `pending_gaps` holds id ranges skipped because they were not visible
+    yet (a transaction still open when the cursor moved past them), as `[first, last, seen_at]`.
+    """
+
+    name = models.CharField(max_length=40, unique=True)
+    last_record_id = models.BigIntegerField(default=0)
+    pending_gaps = models.JSONField(default=list, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} @ {self.last_record_id}"

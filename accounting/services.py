@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from datetime import datetime
 
 from django.db import transaction
 
+from accounting.budgets import BudgetLimit, Reservation, budget_settle
 from accounting.models import Tenant, TenantApiKey, UsageRecord
 
 API_KEY_PREFIX = "sk-gw-"
@@ -48,5 +50,24 @@ def api_key_revoke(*, key: TenantApiKey) -> None:
     key.save(update_fields=["revoked"])  # save(), not update(): the signal clears auth caches
 
 
-async def usage_record_create(**fields) -> UsageRecord:
-    return await UsageRecord.objects.acreate(**fields)
+@transaction.atomic
+def usage_record_commit(
+    *,
+    fields: dict,
+    budgets: tuple[BudgetLimit, ...] = (),
+    reservation: Reservation | None = None,
+    on_alert: Callable[[int], None] | None = None,
+) -> UsageRecord:
+    """Write a request's UsageRecord and settle its budgets in one transaction.
+
+    Spend moves only together with the record that justifies it, so a period's spend is always
+    the sum of its records. New alerts are handed to `on_alert` once the transaction commits.
+    """
+    record = UsageRecord.objects.create(**fields)
+    alert_ids = budget_settle(
+        budgets=budgets, reservation=reservation, cost=record.cost_usd, now=record.created_at
+    )
+    for alert_id in alert_ids:
+        if on_alert is not None:
+            transaction.on_commit(lambda alert_id=alert_id: on_alert(alert_id))
+    return record

@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from django.db import transaction
 
+from accounting.configuration import (
+    tenant_budget_import,
+    tenant_limits_export,
+    tenant_rate_limit_import,
+)
 from accounting.models import Tenant
 from gateway_site.config_shape import (
     ConfigError,
@@ -40,7 +45,7 @@ MODEL_KEYS = {
     "capabilities",
     "enabled",
 }
-TENANT_KEYS = {"slug", "name", "is_active"}
+TENANT_KEYS = {"slug", "name", "is_active", "budget", "rate_limit"}
 
 
 @transaction.atomic
@@ -117,7 +122,11 @@ def _tenant_import(item: object, where: str) -> None:
     defaults = {"name": str(item.get("name") or slug)}
     if "is_active" in item:
         defaults["is_active"] = bool(item["is_active"])
-    Tenant.objects.update_or_create(slug=slug, defaults=defaults)
+    tenant, _ = Tenant.objects.update_or_create(slug=slug, defaults=defaults)
+    if item.get("budget") is not None:
+        tenant_budget_import(tenant, item["budget"], f"{where}.budget")
+    if item.get("rate_limit") is not None:
+        tenant_rate_limit_import(tenant, item["rate_limit"], f"{where}.rate_limit")
 
 
 def config_export() -> dict:
@@ -136,7 +145,12 @@ def config_export() -> dict:
         entry["models"] = [_model_export(model) for model in provider.models.all()]
         providers.append(entry)
     tenants = [
-        {"slug": tenant.slug, "name": tenant.name, **({} if tenant.is_active else {"is_active": False})}
+        {
+            "slug": tenant.slug,
+            "name": tenant.name,
+            **({} if tenant.is_active else {"is_active": False}),
+            **tenant_limits_export(tenant),
+        }
         for tenant in Tenant.objects.all()
     ]
     return {"providers": providers, "tenants": tenants, "routes": routes_export()}

@@ -56,6 +56,10 @@ class ProviderModel(models.Model):
     output_price_per_million = models.DecimalField(
         max_digits=12, decimal_places=6, default=Decimal("0")
     )
+    cached_input_price_per_million = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True,
+        help_text="Price of prompt tokens served from the provider's cache; empty: the input price.",
+    )
     context_window = models.PositiveIntegerField(null=True, blank=True)
     max_output_tokens = models.PositiveIntegerField(
         null=True,
@@ -111,3 +115,32 @@ class ProviderKey(models.Model):
 
     def get_secret(self) -> str:
         return crypto.decrypt(self.encrypted_secret)
+
+
+class ModelPrice(models.Model):
+    """A provider model's prices from a point in time on (USD per million tokens).
+
+    The price in force for a request is the latest whose `effective_from` is not after the
+    request; without any, the model's own price fields apply. A change therefore never rewrites
+    the cost of requests already made, and a future change can be scheduled.
+    """
+
+    provider_model = models.ForeignKey(ProviderModel, on_delete=models.CASCADE, related_name="prices")
+    effective_from = models.DateTimeField()
+    input_price_per_million = models.DecimalField(max_digits=12, decimal_places=6)
+    output_price_per_million = models.DecimalField(max_digits=12, decimal_places=6)
+    cached_input_price_per_million = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True,
+        help_text="Price of prompt tokens served from the provider's cache; empty: the input price.",
+    )
+    source = models.CharField(max_length=32, default="admin", help_text="admin, catalogue or import.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["provider_model", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(fields=["provider_model", "effective_from"], name="uniq_model_price_time")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider_model} from {self.effective_from:%Y-%m-%d %H:%M}"

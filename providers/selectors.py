@@ -15,6 +15,16 @@ from providers.models import Provider, ProviderKey, ProviderModel
 
 
 @dataclass(frozen=True)
+class Price:
+    """USD per million tokens; cached input defaults to the input price."""
+
+    input_per_million: Decimal
+    output_per_million: Decimal
+    cached_input_per_million: Decimal | None = None
+    effective_from: float = 0.0
+
+
+@dataclass(frozen=True)
 class Deployment:
     """A provider model ready to call: its prices, limits and where to send it.
 
@@ -25,8 +35,7 @@ class Deployment:
     model_id: int
     alias: str
     mode: str
-    input_price_per_million: Decimal
-    output_price_per_million: Decimal
+    price: Price
     context_window: int | None
     max_output_tokens: int | None
     created: int
@@ -34,6 +43,14 @@ class Deployment:
     key: str = ""
     priority: int = 0
     weight: int = 1
+    scheduled_prices: tuple[Price, ...] = ()
+
+    def price_at(self, when: float) -> Price:
+        """The price in force at `when` (epoch seconds): the latest effective one, else the base."""
+        for price in self.scheduled_prices:  # newest first
+            if price.effective_from <= when:
+                return price
+        return self.price
 
 
 class Catalog:
@@ -101,7 +118,7 @@ def catalog_build() -> Catalog:
         defaults.setdefault(key.provider_id, (key.pk, secrets[key.pk][1]))
     models = ProviderModel.objects.filter(enabled=True, provider__enabled=True).select_related(
         "provider"
-    ).order_by("alias", "provider__priority", "provider__name", "pk")
+    ).prefetch_related("prices").order_by("alias", "provider__priority", "provider__name", "pk")
     deployments = [_deployment(model, *defaults.get(model.provider_id, (0, ""))) for model in models]
     return Catalog(deployments, secrets=secrets)
 
@@ -112,8 +129,20 @@ def _deployment(model: ProviderModel, key_id: int, api_key: str) -> Deployment:
         model_id=model.pk,
         alias=model.alias,
         mode=model.mode,
-        input_price_per_million=model.input_price_per_million,
-        output_price_per_million=model.output_price_per_million,
+        price=Price(
+            input_per_million=model.input_price_per_million,
+            output_per_million=model.output_price_per_million,
+            cached_input_per_million=model.cached_input_price_per_million,
+        ),
+        scheduled_prices=tuple(
+            Price(
+                input_per_million=row.input_price_per_million,
+                output_per_million=row.output_price_per_million,
+                cached_input_per_million=row.cached_input_price_per_million,
+                effective_from=row.effective_from.timestamp(),
+            )
+            for row in sorted(model.prices.all(), key=lambda row: row.effective_from, reverse=True)
+        ),
         context_window=model.context_window,
         max_output_tokens=model.max_output_tokens,
         created=int(model.created_at.timestamp()),

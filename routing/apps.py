@@ -15,7 +15,7 @@ class RoutingConfig(AppConfig):
             routing_table_clear()
 
         for model in (Provider, ProviderModel, ProviderKey, RouteGroup, Deployment, RoutingRule):
-            post_save.connect(clear, sender=model, dispatch_uid=f"routing-{model.__name__}")
-            post_delete.connect(clear, sender=model, dispatch_uid=f"routing-del-{model.__name__}")
+            post_save.connect(clear, sender=model, weak=False, dispatch_uid=f"routing-{model.__name__}")
+            post_delete.connect(clear, sender=model, weak=False, dispatch_uid=f"routing-del-{model.__name__}")
         for through in (RoutingRule.tenants.through, RoutingRule.api_keys.through):
-            m2m_changed.connect(clear, sender=through, dispatch_uid=f"routing-m2m-{through.__name__}")
+            m2m_changed.connect(clear, sender=through, weak=False, dispatch_uid=f"routing-m2m-{through.__name__}")

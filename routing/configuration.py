@@ -33,7 +33,7 @@ from routing.models import Deployment, RouteGroup, RoutingRule, Strategy
 
 ROUTE_KEYS = {
     "model", "name", "strategy", "match", "priority", "retries", "attempt_timeout_seconds",
-    "total_timeout_seconds", "breaker", "deployments",
+    "total_timeout_seconds", "breaker", "deployments", "enabled",
 }
 MATCH_KEYS = {"task", "tenants", "tags"}
 BREAKER_KEYS = {"failure_threshold", "cooldown_seconds"}
@@ -52,11 +52,11 @@ def route_import(item: object, where: str) -> RoutingRule:
         name=name,
         defaults={
             "model": model,
-            "priority": optional_int(item, "priority", where) or 100,
+            "priority": _integer(item, "priority", where, default=100),
             "task": str(match.get("task") or ""),
             "tags": [str(tag) for tag in list_of(match, "tags")],
             "group": group,
-            "enabled": True,
+            "enabled": bool(item.get("enabled", True)),
         },
     )
     rule.tenants.set(_tenants(list_of(match, "tenants"), f"{where}.match.tenants"))
@@ -110,9 +110,7 @@ def _deployment_create(group: RouteGroup, entry: object, where: str) -> Deployme
         key = ProviderKey.objects.filter(provider=model.provider, name=entry["key"]).first()
         if key is None:
             raise ConfigError(f"{where}: provider '{provider}' has no key named '{entry['key']}'.")
-    priority = entry.get("priority", 0)
-    if not isinstance(priority, int) or isinstance(priority, bool):
-        raise ConfigError(f"{where}.priority must be an integer.")
+    priority = _integer(entry, "priority", where, default=0)
     weight = entry.get("weight", 1)
     if not isinstance(weight, int) or isinstance(weight, bool) or weight < 0:
         raise ConfigError(f"{where}.weight must be an integer of at least 0.")
@@ -120,6 +118,13 @@ def _deployment_create(group: RouteGroup, entry: object, where: str) -> Deployme
         group=group, provider_model=model, provider_key=key, priority=priority, weight=weight,
         enabled=bool(entry.get("enabled", True)),
     )
+
+
+def _integer(item: dict, key: str, where: str, *, default: int) -> int:
+    value = item.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{where}.{key} must be an integer.")
+    return value
 
 
 def _tenants(slugs: list, where: str) -> list[Tenant]:
@@ -165,6 +170,8 @@ def _route_export(rule: RoutingRule) -> dict:
     if any(value is not None for value in breaker.values()):
         entry["breaker"] = {k: v for k, v in breaker.items() if v is not None}
     entry["deployments"] = [_deployment_export(d) for d in group.deployments.all()]
+    if not rule.enabled:
+        entry["enabled"] = False
     return entry
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import itertools
 import random
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
@@ -48,8 +49,11 @@ async def weighted(deployments: list[Deployment], **_) -> list[Deployment]:
 async def lowest_cost(
     deployments: list[Deployment], *, prompt_tokens: int, completion_tokens: int, **_
 ) -> list[Deployment]:
+    now = time.time()
+
     def cost(d: Deployment) -> Decimal:
-        return d.input_price_per_million * prompt_tokens + d.output_price_per_million * completion_tokens
+        price = d.price_at(now)
+        return price.input_per_million * prompt_tokens + price.output_per_million * completion_tokens
 
     return sorted(by_priority(deployments), key=cost)
 

@@ -380,4 +380,5 @@ def _usage(data: object) -> Usage | None:
     return Usage(
         prompt_tokens=sum(int(data.get(name) or 0) for name in _INPUT_TOKEN_FIELDS),
         completion_tokens=int(data.get("output_tokens") or 0),
+        cached_tokens=int(data.get("cache_read_input_tokens") or 0),
     )

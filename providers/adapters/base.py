@@ -51,24 +51,33 @@ class Target:
 
 @dataclass
 class Usage:
+    """Token counts; `cached_tokens` is the part of the prompt served from the provider's cache."""
+
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
 
     @classmethod
     def from_openai(cls, data: dict | None) -> Usage | None:
         if not isinstance(data, dict) or "prompt_tokens" not in data:
             return None
+        details = data.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else 0
         return cls(
             prompt_tokens=int(data.get("prompt_tokens") or 0),
             completion_tokens=int(data.get("completion_tokens") or 0),
+            cached_tokens=int(cached or 0),
         )
 
     def as_openai(self) -> dict:
-        return {
+        usage = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
+        if self.cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return usage
 
 
 @dataclass

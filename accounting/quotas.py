@@ -1,0 +1,138 @@
+"""Rate limits on the hot path: which buckets a request draws from, and the answer when empty.
+
+Each tenant and each key may have requests-per-minute and tokens-per-minute limits
+(`RateLimit` rows, cached here like the other hot-path configuration). A request takes one
+request and its estimated tokens (prompt plus its `max_tokens`, as OpenAI counts them) from every
+bucket that applies, all or nothing, optionally waiting up to `queue_seconds` for capacity. Once
+the real usage is known the token buckets are corrected.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db.models import Q
+
+from accounting.models import RateLimit
+from accounting.ratelimits import (
+    REQUESTS,
+    TOKENS,
+    Decision,
+    Limit,
+    acquire_waiting,
+    rate_limit_store,
+    ratelimit_headers,
+)
+from gateway_site.errors import GatewayError
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+    error_class = "rate_limit_exceeded"
+
+    def __init__(self, decision: Decision) -> None:
+        empty = [state for state in decision.limits if state.remaining <= 0] or decision.limits
+        kind = empty[0].limit.kind if empty else REQUESTS
+        if math.isinf(decision.retry_after):
+            message = "This request needs more tokens than the tokens-per-minute limit allows at all."
+        else:
+            message = (
+                f"Rate limit reached for {kind} per minute; retry after {decision.retry_after:.1f}s."
+            )
+        super().__init__(message, headers=ratelimit_headers(decision))
+        self.type = kind
+        if not math.isinf(decision.retry_after):
+            self.headers["retry-after"] = str(max(1, math.ceil(decision.retry_after)))
+
+
+@dataclass(frozen=True)
+class RateLimitRule:
+    scope: str  # "tenant:3" or "key:12"
+    rpm: int | None
+    tpm: int | None
+    queue_seconds: float
+
+
+@dataclass
+class Charge:
+    """What a request took from the token buckets, to correct once its usage is known."""
+
+    token_limits: list[Limit] = field(default_factory=list)
+    tokens: int = 0
+
+
+_cache: dict[tuple[int, int], tuple[float, tuple[RateLimitRule, ...]]] = {}
+
+
+def quota_cache_clear() -> None:
+    _cache.clear()
+
+
+async def rate_limits_for(*, tenant_id: int, key_id: int) -> tuple[RateLimitRule, ...]:
+    cached = _cache.get((tenant_id, key_id))
+    if cached is not None and cached[0] > time.monotonic():
+        return cached[1]
+    rules = await sync_to_async(_rules_load)(tenant_id, key_id)
+    if len(_cache) > 10_000:
+        _cache.clear()
+    _cache[(tenant_id, key_id)] = (time.monotonic() + settings.GATEWAY_CONFIG_CACHE_SECONDS, rules)
+    return rules
+
+
+def _rules_load(tenant_id: int, key_id: int) -> tuple[RateLimitRule, ...]:
+    rows = RateLimit.objects.filter(tenant_id=tenant_id).filter(Q(api_key__isnull=True) | Q(api_key_id=key_id))
+    return tuple(
+        RateLimitRule(
+            scope=f"key:{row.api_key_id}" if row.api_key_id else f"tenant:{tenant_id}",
+            rpm=row.rpm or None,
+            tpm=row.tpm or None,
+            queue_seconds=row.queue_seconds,
+        )
+        for row in rows
+    )
+
+
+async def rate_limit_take(
+    *, rules: tuple[RateLimitRule, ...], tokens: int
+) -> tuple[dict[str, str], Charge]:
+    """Take one request and `tokens` from every bucket, or raise RateLimited; returns headers."""
+    if not rules:
+        return {}, Charge()
+    limits, amounts = [], {}
+    charge = Charge(tokens=tokens)
+    for rule in rules:
+        if rule.rpm:
+            limit = Limit(name=f"{rule.scope}:rpm", kind=REQUESTS, per_minute=rule.rpm)
+            limits.append(limit)
+            amounts[limit.name] = 1
+        if rule.tpm:
+            limit = Limit(name=f"{rule.scope}:tpm", kind=TOKENS, per_minute=rule.tpm)
+            limits.append(limit)
+            amounts[limit.name] = tokens
+            charge.token_limits.append(limit)
+    if not limits:
+        return {}, Charge()
+    queue = max(rule.queue_seconds for rule in rules)
+    decision = await acquire_waiting(rate_limit_store(), limits, amounts, queue_seconds=queue)
+    if not decision.allowed:
+        raise RateLimited(decision)
+    return ratelimit_headers(decision), charge
+
+
+async def rate_limit_settle(*, charge: Charge, actual_tokens: int) -> None:
+    """Give back what the estimate over-charged, or take what it under-charged."""
+    difference = actual_tokens - charge.tokens
+    if not difference:
+        return
+    store = rate_limit_store()
+    for limit in charge.token_limits:
+        if difference < 0:
+            await store.refund(limit, -difference)
+        else:
+            await store.adjust(limit, difference)

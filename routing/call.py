@@ -1,0 +1,63 @@
+"""What the pipeline knows about one gateway request, shared by its steps."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from accounting.auth import ApiKeyContext
+from accounting.budgets import BudgetLimit, Reservation
+from accounting.quotas import Charge
+from providers.adapters import Usage
+from providers.selectors import Deployment
+from routing.attempts import AttemptLog
+from routing.selection import RoutePlan
+
+
+@dataclass
+class Call:
+    """What the pipeline knows about one gateway request, from arrival to its UsageRecord."""
+
+    endpoint: str
+    request_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    started: float = field(default_factory=time.perf_counter)
+    auth: ApiKeyContext | None = None
+    payload: dict = field(default_factory=dict)
+    requested_model: str = ""
+    stream: bool = False
+    plan: RoutePlan | None = None
+    deployment: Deployment | None = None
+    log: AttemptLog = field(default_factory=AttemptLog)
+    usage: Usage | None = None
+    ttft_ms: int | None = None
+    recorded: bool = False
+    prompt_estimate: int | None = None
+    budgets: tuple[BudgetLimit, ...] = ()
+    reservation: Reservation | None = None
+    extra_headers: dict[str, str] = field(default_factory=dict)
+    charge: Charge | None = None
+    task: str = ""
+    tags: tuple[str, ...] = ()
+
+    @property
+    def response_id(self) -> str:
+        return f"chatcmpl-{self.request_id.hex}"
+
+    def elapsed_ms(self) -> int:
+        return int((time.perf_counter() - self.started) * 1000)
+
+    def headers(self) -> dict[str, str]:
+        headers = {"x-request-id": str(self.request_id)}
+        if self.deployment is not None:
+            headers["x-gateway-provider"] = self.deployment.target.provider_name
+            headers["x-gateway-model"] = self.deployment.target.upstream_model
+        if self.log.attempts:
+            headers["x-gateway-attempts"] = str(self.log.attempts)
+        if self.plan is not None and self.plan.rule:
+            headers["x-gateway-route"] = self.plan.rule
+        headers.update(self.extra_headers)
+        return headers
+
+    def served_by(self, deployment: Deployment) -> None:
+        self.deployment = deployment

@@ -1,0 +1,136 @@
+"""The record step: one UsageRecord per request, written with its budget settlement."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from decimal import Decimal
+
+from asgiref.sync import sync_to_async
+
+from accounting import tokens
+from accounting.pricing import cost_compute
+from accounting.quotas import rate_limit_settle
+from accounting.services import usage_record_commit
+from gateway_site.errors import GatewayError
+from routing.call import Call
+
+logger = logging.getLogger(__name__)
+
+_background: set[asyncio.Task] = set()
+
+
+def prompt_estimate(call: Call) -> int:
+    """Prompt tokens counted by the gateway (once per request): for limits, budgets, fallbacks."""
+    if call.prompt_estimate is None:
+        if call.endpoint == "embeddings":
+            call.prompt_estimate = tokens.embedding_input_tokens(call.payload.get("input"))
+        else:
+            call.prompt_estimate = tokens.prompt_tokens(call.payload.get("messages") or [])
+    return call.prompt_estimate
+
+
+def completion_estimate(completion_text: str) -> int:
+    return tokens.text_tokens(completion_text)
+
+
+async def record_failure(call: Call, exc: GatewayError) -> None:
+    await record(call, status="error", http_status=exc.status, error_class=exc.error_class)
+
+
+async def record(
+    call: Call,
+    *,
+    status: str,
+    completion_text: str = "",
+    http_status: int = 200,
+    error_class: str = "",
+) -> None:
+    """Write the request's one UsageRecord; a client that goes away cannot cancel the write."""
+    if call.recorded or call.auth is None:
+        return
+    call.recorded = True
+    fields = _record_fields(call, status=status, completion_text=completion_text)
+    fields.update(http_status=http_status, error_class=error_class)
+    logger.info(
+        "request %s tenant=%s endpoint=%s model=%s provider=%s status=%s http=%s error=%s "
+        "tokens=%s+%s latency_ms=%s attempts=%s",
+        call.request_id, call.auth.tenant_slug, call.endpoint, call.requested_model,
+        fields["provider_name"] or "-", status, http_status, error_class or "-",
+        fields["prompt_tokens"], fields["completion_tokens"], fields["latency_ms"], call.log.attempts,
+    )
+    task = asyncio.ensure_future(
+        sync_to_async(usage_record_commit)(
+            fields=fields, budgets=call.budgets, reservation=call.reservation, on_alert=_alert_enqueue
+        )
+    )
+    _background.add(task)
+    task.add_done_callback(_record_done)
+    try:
+        await asyncio.shield(task)
+    except Exception:  # logged by _record_done; the client still gets its answer
+        pass
+    if call.charge is not None and call.charge.token_limits:
+        actual = fields["prompt_tokens"] + fields["completion_tokens"]
+        await rate_limit_settle(charge=call.charge, actual_tokens=actual)
+
+
+def _record_fields(call: Call, *, status: str, completion_text: str) -> dict:
+    # Tokens are billed when a provider answered, even in part (a stream cut after its first
+    # token); a request that never reached one costs nothing.
+    answered = status != "error" or call.usage is not None or bool(completion_text)
+    served = call.deployment if answered else None
+    estimated = call.usage is None and served is not None
+    if call.usage is not None:
+        prompt, completion = call.usage.prompt_tokens, call.usage.completion_tokens
+    elif served is not None:
+        prompt, completion = prompt_estimate(call), completion_estimate(completion_text)
+    else:
+        prompt = completion = 0
+    cached = call.usage.cached_tokens if call.usage is not None else 0
+    cost = Decimal("0")
+    if served is not None:
+        cost = cost_compute(
+            price=served.price_at(time.time()),
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cached_tokens=cached,
+        )
+    deployment = call.deployment
+    return {
+        "request_id": call.request_id,
+        "response_id": call.response_id if call.endpoint == "chat.completions" else "",
+        "tenant_id": call.auth.tenant_id,
+        "api_key_id": call.auth.key_id,
+        "endpoint": call.endpoint,
+        "requested_model": call.requested_model,
+        "provider_id": deployment.target.provider_id if deployment else None,
+        "provider_name": deployment.target.provider_name if deployment else "",
+        "served_model": deployment.target.upstream_model if deployment else "",
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "usage_estimated": estimated,
+        "cost_usd": cost,
+        "latency_ms": call.elapsed_ms(),
+        "ttft_ms": call.ttft_ms,
+        "stream": call.stream,
+        "status": status,
+        "attempts": call.log.entries,
+        "end_user": str(call.payload.get("user") or "")[:256],
+        "cached_tokens": cached,
+        "task": call.task[:100],
+        "tags": list(call.tags),
+    }
+
+
+def _alert_enqueue(alert_id: int) -> None:
+    from accounting.tasks import budget_alert_send_task
+
+    budget_alert_send_task.delay(alert_id)
+
+
+def _record_done(task: asyncio.Task) -> None:
+    _background.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("usage record write failed", exc_info=task.exception())

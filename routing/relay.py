@@ -1,0 +1,112 @@
+"""Relaying a provider's stream to the client, and recording it however it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+from gateway_site.errors import ProviderError
+from providers.adapters import Adapter, Usage
+from providers.selectors import Deployment
+from routing.attempts import stream_failure_note
+from routing.call import Call
+from routing.record import completion_estimate, prompt_estimate, record
+
+
+def choice_texts(body: dict) -> list[str]:
+    texts = []
+    for choice in body.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        part = choice.get("delta") or choice.get("message") or {}
+        content = part.get("content") if isinstance(part, dict) else None
+        if isinstance(content, str):
+            texts.append(content)
+    return texts
+
+
+def first_chunk_sender(call: Call):
+    """An attempt for a stream: it succeeds once the first chunk has arrived."""
+
+    async def send(adapter: Adapter, deployment: Deployment):
+        stream = adapter.chat_stream(call.payload, deployment.target)
+        try:
+            first = await anext(stream)
+        except StopAsyncIteration:
+            raise adapter.malformed(deployment.target, "stream (no events)") from None
+        except BaseException:
+            await stream.aclose()
+            raise
+        return stream, first
+
+    return send
+
+
+async def stream_relay(call: Call, stream: AsyncIterator[dict], first: dict) -> AsyncIterator[dict]:
+    """Relay upstream chunks to the client and record the outcome however the stream ends."""
+    wants_usage = bool((call.payload.get("stream_options") or {}).get("include_usage"))
+    texts: list[str] = []
+    status, http_status, error_class = "success", 200, ""
+    try:
+        async for chunk in _prepend(first, stream):
+            relayed = _chunk_relay(call, chunk, texts, wants_usage=wants_usage)
+            if relayed is not None:
+                yield relayed
+        if wants_usage and call.usage is None:
+            yield _usage_chunk(call, texts)
+    except ProviderError as exc:
+        status, http_status, error_class = "error", exc.status, exc.error_class
+        await stream_failure_note(call.plan, call.deployment, exc)
+        yield exc.as_body()
+    except (asyncio.CancelledError, GeneratorExit):
+        status, error_class = "cancelled", "client_disconnected"
+        raise
+    except Exception:
+        status, http_status, error_class = "error", 500, "internal"
+        raise
+    finally:
+        await stream.aclose()
+        await record(
+            call,
+            status=status,
+            completion_text="".join(texts),
+            http_status=http_status,
+            error_class=error_class,
+        )
+
+
+async def _prepend(first: dict, stream: AsyncIterator[dict]) -> AsyncIterator[dict]:
+    yield first
+    async for chunk in stream:
+        yield chunk
+
+
+def _chunk_relay(call: Call, chunk: dict, texts: list[str], *, wants_usage: bool) -> dict | None:
+    usage = Usage.from_openai(chunk.get("usage"))
+    if usage is not None:
+        call.usage = usage
+    piece = "".join(choice_texts(chunk))
+    if piece:
+        texts.append(piece)
+        if call.ttft_ms is None:
+            call.ttft_ms = call.elapsed_ms()
+    chunk["id"] = call.response_id
+    if wants_usage:
+        chunk.setdefault("usage", None)
+        return chunk
+    chunk.pop("usage", None)
+    return chunk if chunk.get("choices") else None
+
+
+def _usage_chunk(call: Call, texts: list[str]) -> dict:
+    """A final usage chunk for a client that asked for one when the provider sent none."""
+    prompt, completion = prompt_estimate(call), completion_estimate("".join(texts))
+    return {
+        "id": call.response_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": call.deployment.target.upstream_model if call.deployment else call.requested_model,
+        "choices": [],
+        "usage": Usage(prompt_tokens=prompt, completion_tokens=completion).as_openai(),
+    }

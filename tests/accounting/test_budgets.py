@@ -1,0 +1,184 @@
+"""Budgets: periods, reservation, settlement with the UsageRecord, alerts, repair."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from decimal import Decimal
+
+import pytest
+from django.core import mail
+
+from accounting.alerts import budget_alert_send
+from accounting.budgets import (
+    BudgetExceeded,
+    _budgets_load,
+    budget_recompute,
+    budget_reserve,
+    period_end,
+    period_start,
+    reservations_release_stale,
+)
+from accounting.models import Budget, BudgetAlert, BudgetPeriod, BudgetReservation, UsageRecord
+from accounting.services import api_key_create, tenant_create, usage_record_commit
+
+pytestmark = pytest.mark.django_db
+
+NOW = datetime(2026, 11, 18, 15, 30, tzinfo=dt_timezone.utc)  # a Wednesday
+
+
+@pytest.fixture
+def tenant():
+    return tenant_create(slug="acme")
+
+
+def limits(tenant, key=None):
+    return _budgets_load(tenant.pk, key.pk if key else 0)
+
+
+@pytest.fixture
+def run_on_commit(django_capture_on_commit_callbacks):
+    """Alerts are handed over when the transaction commits; run those hooks in the test."""
+
+    def run(function, *args, **kwargs):
+        with django_capture_on_commit_callbacks(execute=True):
+            return function(*args, **kwargs)
+
+    return run
+
+
+def commit(tenant, *, cost: str, reservation=None, key=None, when=NOW, alerts=None):
+    fields = {
+        "tenant_id": tenant.pk, "api_key_id": key.pk if key else None, "endpoint": "chat.completions",
+        "status": "success", "cost_usd": Decimal(cost), "created_at": when,
+        "request_id": uuid.UUID(reservation.request_id) if reservation else uuid.uuid4(),
+    }
+    return usage_record_commit(
+        fields=fields, budgets=limits(tenant, key), reservation=reservation,
+        on_alert=(alerts.append if alerts is not None else None),
+    )
+
+
+@pytest.mark.parametrize(
+    "period, start, end",
+    [
+        ("daily", datetime(2026, 11, 18, tzinfo=dt_timezone.utc), datetime(2026, 11, 19, tzinfo=dt_timezone.utc)),
+        ("weekly", datetime(2026, 11, 16, tzinfo=dt_timezone.utc), datetime(2026, 11, 23, tzinfo=dt_timezone.utc)),
+        ("monthly", datetime(2026, 11, 1, tzinfo=dt_timezone.utc), datetime(2026, 12, 1, tzinfo=dt_timezone.utc)),
+    ],
+)
+def test_periods_start_and_end_on_their_own(period, start, end):
+    assert period_start(period, NOW) == start
+    assert period_end(period, start) == end
+    assert period_end("total", period_start("total", NOW)) is None
+
+
+def test_december_rolls_into_january():
+    start = period_start("monthly", datetime(2026, 12, 31, 23, 0, tzinfo=dt_timezone.utc))
+    assert period_end("monthly", start) == datetime(2027, 1, 1, tzinfo=dt_timezone.utc)
+
+
+def test_reserve_refuses_past_a_hard_budget_with_a_clear_error(tenant):
+    Budget.objects.create(tenant=tenant, amount_usd=Decimal("1.00"), period="monthly", hard=True)
+    budgets = limits(tenant)
+    first = budget_reserve(budgets=budgets, request_id=str(uuid.uuid4()), estimate=Decimal("0.60"), now=NOW)
+    assert first is not None
+    with pytest.raises(BudgetExceeded) as refused:
+        budget_reserve(budgets=budgets, request_id=str(uuid.uuid4()), estimate=Decimal("0.60"), now=NOW)
+    body = refused.value.as_body()["error"]
+    assert refused.value.status == 429 and body["code"] == "budget_exceeded"
+    assert body["budget"]["limit_usd"] == "1.00" and body["budget"]["spent_usd"] == "0.600000"
+    assert body["budget"]["resets_at"] == "2026-12-01T00:00:00+00:00"
+    period = BudgetPeriod.objects.get()
+    assert period.reserved_usd == Decimal("0.60") and period.spent_usd == 0
+    assert BudgetReservation.objects.count() == 1  # the refused one held nothing
+
+
+def test_settlement_releases_the_reservation_and_adds_the_real_cost(tenant):
+    Budget.objects.create(tenant=tenant, amount_usd=Decimal("1.00"), period="monthly", hard=True)
+    reservation = budget_reserve(budgets=limits(tenant), request_id=str(uuid.uuid4()), estimate=Decimal("0.60"), now=NOW)
+    commit(tenant, cost="0.25", reservation=reservation)
+    period = BudgetPeriod.objects.get()
+    assert period.reserved_usd == 0 and period.spent_usd == Decimal("0.25")
+    assert not BudgetReservation.objects.exists()
+    assert UsageRecord.objects.get().cost_usd == Decimal("0.25")
+    # Room again for what the estimate held back.
+    assert budget_reserve(budgets=limits(tenant), request_id=str(uuid.uuid4()), estimate=Decimal("0.70"), now=NOW)
+
+
+def test_soft_budgets_are_not_enforced_but_tracked(tenant):
+    Budget.objects.create(tenant=tenant, amount_usd=Decimal("0.10"), period="daily", hard=False)
+    assert budget_reserve(budgets=limits(tenant), request_id=str(uuid.uuid4()), estimate=Decimal("5"), now=NOW) is None
+    commit(tenant, cost="0.50")
+    assert BudgetPeriod.objects.get().spent_usd == Decimal("0.50")
+
+
+def test_key_budget_applies_only_to_that_key(tenant):
+    key, _ = api_key_create(tenant=tenant, name="small")
+    other, _ = api_key_create(tenant=tenant, name="big")
+    Budget.objects.create(tenant=tenant, api_key=key, amount_usd=Decimal("0.01"), period="daily", hard=True)
+    with pytest.raises(BudgetExceeded) as refused:
+        budget_reserve(budgets=limits(tenant, key), request_id=str(uuid.uuid4()), estimate=Decimal("0.02"), now=NOW)
+    assert refused.value.details["scope"] == "api_key"
+    assert budget_reserve(budgets=limits(tenant, other), request_id=str(uuid.uuid4()), estimate=Decimal("0.02"), now=NOW) is None
+
+
+def test_alerts_fire_once_per_threshold_per_period(tenant, run_on_commit):
+    Budget.objects.create(
+        tenant=tenant, amount_usd=Decimal("1.00"), period="daily", hard=False, alert_thresholds=[50, 80, 100],
+    )
+    raised: list[int] = []
+    run_on_commit(commit, tenant, cost="0.40", alerts=raised)
+    assert raised == []
+    run_on_commit(commit, tenant, cost="0.45", alerts=raised)  # 85%: crosses 50 and 80 at once
+    assert sorted(BudgetAlert.objects.values_list("threshold", flat=True)) == [50, 80]
+    run_on_commit(commit, tenant, cost="0.01", alerts=raised)
+    run_on_commit(commit, tenant, cost="0.50", alerts=raised)  # 136%
+    assert sorted(BudgetAlert.objects.values_list("threshold", flat=True)) == [50, 80, 100]
+    assert len(raised) == 3
+    run_on_commit(commit, tenant, cost="0.60", when=NOW + timedelta(days=1), alerts=raised)  # a new day, 60%
+    assert BudgetAlert.objects.filter(threshold=50).count() == 2
+
+
+def test_alert_delivery_by_webhook_and_email_is_recorded(tenant, settings, httpserver_url, run_on_commit):
+    url, received = httpserver_url
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    Budget.objects.create(
+        tenant=tenant, amount_usd=Decimal("1.00"), period="monthly", hard=True,
+        alert_thresholds=[50], alert_webhook=url, alert_email="ops@example.com",
+    )
+    raised: list[int] = []
+    run_on_commit(commit, tenant, cost="0.75", alerts=raised)
+    alert = budget_alert_send(alert_id=raised[0])
+    assert alert.webhook_status == "sent: HTTP 200" and alert.email_status == "sent"
+    assert received[0]["tenant"] == "acme" and received[0]["threshold_percent"] == 50
+    assert "acme reached 50%" in mail.outbox[0].subject
+    budget_alert_send(alert_id=raised[0])  # sending again does not repeat delivered channels
+    assert len(received) == 1 and len(mail.outbox) == 1
+
+
+def test_failed_webhook_is_recorded_not_raised(tenant, run_on_commit):
+    Budget.objects.create(
+        tenant=tenant, amount_usd=Decimal("1"), period="monthly", alert_thresholds=[10],
+        alert_webhook="http://127.0.0.1:1/hook",
+    )
+    raised: list[int] = []
+    run_on_commit(commit, tenant, cost="0.5", alerts=raised)
+    assert budget_alert_send(alert_id=raised[0]).webhook_status.startswith("failed")
+
+
+def test_spend_is_recomputable_from_usage_records(tenant):
+    budget = Budget.objects.create(tenant=tenant, amount_usd=Decimal("10"), period="monthly")
+    for cost in ("0.5", "0.25", "1.0"):
+        commit(tenant, cost=cost, when=datetime.now(dt_timezone.utc))
+    BudgetPeriod.objects.update(spent_usd=Decimal("99"))  # drifted
+    assert budget_recompute(budget=budget).spent_usd == Decimal("1.75")
+
+
+def test_stale_reservations_are_released(tenant):
+    Budget.objects.create(tenant=tenant, amount_usd=Decimal("1"), period="monthly", hard=True)
+    budget_reserve(budgets=limits(tenant), request_id=str(uuid.uuid4()), estimate=Decimal("0.9"))
+    BudgetReservation.objects.update(created_at=datetime.now(dt_timezone.utc) - timedelta(hours=1))
+    assert reservations_release_stale() == 1
+    assert BudgetPeriod.objects.get().reserved_usd == 0
