@@ -132,6 +132,11 @@ CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="") or None
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TIMEZONE = "UTC"
 
+# Mail (budget alerts): EMAIL_URL such as smtp+tls://user:pass@smtp.example.com:587; the embedded
+# default prints mail to the console.
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="gateway@localhost")
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -192,3 +197,17 @@ LOGGING = {
         "httpcore": {"level": "WARNING"},
     },
 }
+
+# Celery beat: the one schedule of periodic tasks (docs/usage.md). A run that waited longer than
+# its interval is dropped (`expires`): the next one recomputes the same buckets anyway.
+CELERY_BEAT_SCHEDULE = {
+    "usage-rollup-recent": {
+        "task": "accounting.tasks.rollup_recent_task",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
+}
+
+# --- dashboards ---------------------------------------------------------------------------------
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/dashboard/"
