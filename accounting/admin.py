@@ -1,7 +1,7 @@
 from django import forms
 from django.contrib import admin, messages
 
-from accounting.models import Tenant, TenantApiKey, UsageRecord
+from accounting.models import Tenant, TenantApiKey, TenantMembership, UsageRecord
 from accounting.services import api_key_create, api_key_revoke
 
 
@@ -93,3 +93,14 @@ class UsageRecordAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(TenantMembership)
+class TenantMembershipAdmin(admin.ModelAdmin):
+    """Who may open which tenant's dashboards: a user belongs to one tenant."""
+
+    list_display = ["user", "tenant"]
+    list_filter = ["tenant"]
+    search_fields = ["user__username", "user__email", "tenant__slug"]
+    list_select_related = ["user", "tenant"]
+    autocomplete_fields = ["user"]

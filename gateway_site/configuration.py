@@ -59,8 +59,14 @@ def config_import(data: object) -> dict[str, int]:
     for index, item in enumerate(list_of(data, "tenants")):
         _tenant_import(item, f"tenants[{index}]")
         counts["tenants"] += 1
+    seen: set[str] = set()
     for index, item in enumerate(list_of(data, "routes")):
-        route_import(item, f"routes[{index}]")
+        rule = route_import(item, f"routes[{index}]")
+        if rule.name in seen:
+            raise ConfigError(
+                f"routes[{index}]: a second route named '{rule.name}'; give each route its own 'name'."
+            )
+        seen.add(rule.name)
         counts["routes"] += 1
     return counts
 

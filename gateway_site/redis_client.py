@@ -22,6 +22,8 @@ from redis.retry import Retry
 
 logger = logging.getLogger(__name__)
 
+MAX_CONNECTIONS = 32
+
 T = TypeVar("T")
 L = TypeVar("L")
 
@@ -74,7 +76,13 @@ class RedisConnections:
         if entry is None:
             for stale in [other for other in self._loops if other.is_closed()]:
                 self._loops.pop(stale)
-            client = aioredis.Redis.from_url(self.url, retry=AsyncRetry(NoBackoff(), 0), **self._options)
+            # A bounded pool that makes callers queue for a connection: a burst of requests must
+            # not open hundreds of connections at once and time out connecting.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.url, max_connections=MAX_CONNECTIONS, timeout=self._options["socket_timeout"] * 4,
+                retry=AsyncRetry(NoBackoff(), 0), **self._options,
+            )
+            client = aioredis.Redis(connection_pool=pool)
             entry = self._loops[loop] = (client, {})
         return entry
 

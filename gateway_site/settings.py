@@ -127,7 +127,19 @@ else:
 
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://")
+# Without Redis the broker is a folder in VAR_DIR, which the web process and the embedded worker
+# (started by `make run`) share on one machine.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://")
+if CELERY_BROKER_URL == "filesystem://":
+    _broker_folder = VAR_DIR / "celery-broker"
+    _broker_folder.mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_folder),
+        "data_folder_out": str(_broker_folder),
+        "control_folder": str(_broker_folder / "control"),
+        "store_processed": False,
+    }
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="") or None
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TIMEZONE = "UTC"
@@ -205,6 +217,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "accounting.tasks.rollup_recent_task",
         "schedule": 60.0,
         "options": {"expires": 55},
+    },
+    "budget-reservations-release-stale": {
+        "task": "accounting.tasks.reservations_release_stale_task",
+        "schedule": 300.0,
+        "options": {"expires": 290},
     },
 }
 

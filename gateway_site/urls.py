@@ -6,6 +6,8 @@ from gateway_site.health import health
 urlpatterns = [
     path("v1/", include("routing.urls")),
     path("admin/", admin.site.urls),
+    path("dashboard/", include("accounting.urls")),
+    path("accounts/", include("django.contrib.auth.urls")),
     path("health", health, name="health"),
 ]
 

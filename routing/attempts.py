@@ -113,7 +113,7 @@ async def _deployment_attempts(
     for attempt in range(plan.group.retries + 1):
         started = time.perf_counter()
         try:
-            result = await _attempt_once(plan, deployment, adapter, send, deadline=deadline)
+            result = await _attempt_once(plan, deployment, adapter, send, deadline=deadline, stream=stream)
         except ProviderError as exc:
             log.add(deployment, status="error", started=started, error=exc)
             await _failure_note(plan, deployment, exc, started)
@@ -130,7 +130,11 @@ async def _deployment_attempts(
     raise AssertionError("unreachable: the last attempt either returns or raises")
 
 
-async def _attempt_once(plan: RoutePlan, deployment: Deployment, adapter: Adapter, send: Send, *, deadline: _Deadline):
+async def _attempt_once(
+    plan: RoutePlan, deployment: Deployment, adapter: Adapter, send: Send, *, deadline: _Deadline,
+    stream: bool,
+):
+    """One attempt, counted in flight; a stream that started stays counted until its relay ends."""
     limit = deadline.remaining()
     if plan.group.attempt_timeout:
         limit = min(limit, plan.group.attempt_timeout)
@@ -139,11 +143,21 @@ async def _attempt_once(plan: RoutePlan, deployment: Deployment, adapter: Adapte
     in_flight[deployment.key] += 1
     try:
         async with asyncio.timeout(limit):
-            return await send(adapter, deployment)
+            result = await send(adapter, deployment)
     except TimeoutError:
-        raise _timeout(deployment, f"no answer within {limit:.1f}s") from None
-    finally:
         in_flight[deployment.key] -= 1
+        raise _timeout(deployment, f"no answer within {limit:.1f}s") from None
+    except BaseException:
+        in_flight[deployment.key] -= 1
+        raise
+    if not stream:
+        in_flight[deployment.key] -= 1
+    return result
+
+
+def stream_finished(deployment: Deployment) -> None:
+    """The relay of a started stream has ended (see `_attempt_once`)."""
+    in_flight[deployment.key] -= 1
 
 
 def _retry_wait(exc: ProviderError, *, attempt: int, retries: int, deadline: _Deadline) -> float | None:

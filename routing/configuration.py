@@ -4,7 +4,7 @@
 routes:
   - model: smart              # the alias clients send
     strategy: fallback        # fallback | round_robin | weighted | lowest_cost | lowest_latency | least_busy
-    match: {task: summarization, tenants: [acme], tags: [beta]}   # optional
+    match: {task: summarization, tenants: [acme], keys: [sk-gw-AbC123], tags: [beta]}   # optional
     deployments:
       - {provider: fake-a, model: gpt-4o-mini, priority: 0, weight: 3}
       - {provider: fake-b, model: gpt-4o-mini, priority: 1, weight: 1}
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from django.db.models import Q
 
-from accounting.models import Tenant
+from accounting.models import Tenant, TenantApiKey
 from gateway_site.config_shape import (
     ConfigError,
     known,
@@ -35,7 +35,7 @@ ROUTE_KEYS = {
     "model", "name", "strategy", "match", "priority", "retries", "attempt_timeout_seconds",
     "total_timeout_seconds", "breaker", "deployments", "enabled",
 }
-MATCH_KEYS = {"task", "tenants", "tags"}
+MATCH_KEYS = {"task", "tenants", "keys", "tags"}
 BREAKER_KEYS = {"failure_threshold", "cooldown_seconds"}
 DEPLOYMENT_KEYS = {"provider", "model", "priority", "weight", "key", "enabled"}
 
@@ -60,6 +60,7 @@ def route_import(item: object, where: str) -> RoutingRule:
         },
     )
     rule.tenants.set(_tenants(list_of(match, "tenants"), f"{where}.match.tenants"))
+    rule.api_keys.set(_keys(list_of(match, "keys"), f"{where}.match.keys"))
     return rule
 
 
@@ -127,6 +128,17 @@ def _integer(item: dict, key: str, where: str, *, default: int) -> int:
     return value
 
 
+def _keys(prefixes: list, where: str) -> list[TenantApiKey]:
+    """API keys by their visible prefix (never the secret)."""
+    keys = []
+    for prefix in prefixes:
+        found = list(TenantApiKey.objects.filter(prefix=str(prefix))[:2])
+        if len(found) != 1:
+            raise ConfigError(f"{where}: {'no' if not found else 'more than one'} API key with prefix '{prefix}'.")
+        keys.append(found[0])
+    return keys
+
+
 def _tenants(slugs: list, where: str) -> list[Tenant]:
     tenants = list(Tenant.objects.filter(slug__in=[str(slug) for slug in slugs]))
     missing = sorted({str(slug) for slug in slugs} - {tenant.slug for tenant in tenants})
@@ -138,7 +150,8 @@ def _tenants(slugs: list, where: str) -> list[Tenant]:
 def routes_export() -> list[dict]:
     routes = []
     rules = RoutingRule.objects.select_related("group").prefetch_related(
-        "tenants", "group__deployments__provider_model__provider", "group__deployments__provider_key"
+        "tenants", "api_keys", "group__deployments__provider_model__provider",
+        "group__deployments__provider_key",
     )
     for rule in rules:
         routes.append(_route_export(rule))
@@ -152,6 +165,7 @@ def _route_export(rule: RoutingRule) -> dict:
         for key, value in {
             "task": rule.task,
             "tenants": sorted(t.slug for t in rule.tenants.all()),
+            "keys": sorted(k.prefix for k in rule.api_keys.all()),
             "tags": rule.tags,
         }.items()
         if value

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from gateway_site.errors import ProviderError
 from providers.adapters import Adapter, Usage
 from providers.selectors import Deployment
-from routing.attempts import stream_failure_note
+from routing.attempts import stream_failure_note, stream_finished
 from routing.call import Call
 from routing.record import completion_estimate, prompt_estimate, record
 
@@ -66,6 +66,7 @@ async def stream_relay(call: Call, stream: AsyncIterator[dict], first: dict) -> 
         status, http_status, error_class = "error", 500, "internal"
         raise
     finally:
+        stream_finished(call.deployment)
         await stream.aclose()
         await record(
             call,

@@ -1,5 +1,6 @@
 from django.urls import path, re_path
 
+from accounting import api as usage_api
 from gateway_site.http import api_not_found
 from routing import api
 
@@ -7,5 +8,6 @@ urlpatterns = [
     path("chat/completions", api.chat_completions, name="chat-completions"),
     path("embeddings", api.embeddings, name="embeddings"),
     path("models", api.models, name="models"),
+    path("usage", usage_api.usage, name="usage"),
     re_path(r"^.*$", api_not_found),
 ]

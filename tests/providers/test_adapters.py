@@ -431,9 +431,12 @@ async def test_anthropic_response_translation(upstream, anthropic):
             }
         ],
         # 12 input + 100 cache writes + 2000 cache reads: all billed as prompt.
-        "usage": {"prompt_tokens": 2112, "completion_tokens": 9, "total_tokens": 2121},
+        "usage": {
+            "prompt_tokens": 2112, "completion_tokens": 9, "total_tokens": 2121,
+            "prompt_tokens_details": {"cached_tokens": 2000},  # cache reads, billed at the cached price
+        },
     }
-    assert result.usage == Usage(prompt_tokens=2112, completion_tokens=9)
+    assert result.usage == Usage(prompt_tokens=2112, completion_tokens=9, cached_tokens=2000)
 
 
 @pytest.mark.parametrize(
@@ -509,7 +512,10 @@ async def test_anthropic_stream_translation(upstream, anthropic):
         return {**envelope, "choices": [only]}
 
     # 25 input + 10 cache writes + 300 cache reads; output from message_delta (cumulative).
-    usage = {"prompt_tokens": 335, "completion_tokens": 15, "total_tokens": 350}
+    usage = {
+        "prompt_tokens": 335, "completion_tokens": 15, "total_tokens": 350,
+        "prompt_tokens_details": {"cached_tokens": 300},
+    }
     assert [without_created(chunk) for chunk in chunks] == [
         choice({"role": "assistant", "content": ""}),
         choice({"content": "Hello"}),

@@ -18,6 +18,11 @@ class Command(BaseCommand):
 
     def handle(self, *args, host: str, port: int, fake_port: int, **options):
         fake = self._start_fake(fake_port)
+        # Rollups, budget alerts and clean-ups: one worker with an embedded beat scheduler.
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "gateway_site", "worker", "-B", "--pool=solo",
+             "--loglevel=warning"]
+        )
         gateway = subprocess.Popen(
             [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "gateway_site.asgi:application"]
         )
@@ -28,14 +33,14 @@ class Command(BaseCommand):
             "-d '{\"model\": \"gpt-4o-mini\", \"stream\": true, \"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}'"
         )
         self.stdout.flush()
-        stop = lambda signum, frame: gateway.send_signal(signal.SIGINT)  # noqa: E731
-        signal.signal(signal.SIGTERM, stop)
+        # SIGTERM, not SIGINT: a shell starting us in the background has its children ignore SIGINT.
+        signal.signal(signal.SIGTERM, lambda signum, frame: gateway.terminate())
         try:
             code = gateway.wait()
         except KeyboardInterrupt:
             code = gateway.wait()
         finally:
-            for process in (gateway, fake):
+            for process in (gateway, worker, fake):
                 if process.poll() is None:
                     process.terminate()
                     process.wait(timeout=10)

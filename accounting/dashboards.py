@@ -1,0 +1,349 @@
+"""Reads for the dashboards: time series, breakdowns and budget burn-downs from UsageRollup.
+
+Every number here comes from UsageRollup rows (filled by the rollup task) and, for budgets, from
+the authoritative BudgetPeriod row; nothing reads UsageRecord. A range is read at one granularity
+only (hourly rows for the last 24 hours, daily rows for 7 and 30 days), so the two never add up
+twice.
+
+Percentiles cannot be merged exactly from per-bucket percentiles. Over several buckets, a p50 or
+p95 is the request-weighted mean of the bucket values: close for steady traffic, and labelled as
+such in docs/dashboards.md.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from decimal import Decimal
+
+from django.db.models import F, FloatField, Q, QuerySet, Sum
+from django.db.models.functions import Cast
+from django.utils import timezone
+
+from accounting.budgets import period_end, period_start
+from accounting.models import Budget, BudgetPeriod, Period, Tenant, TenantApiKey, UsageRollup
+
+Granularity = UsageRollup.Granularity
+Dimension = UsageRollup.Dimension
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+OTHER = "other"
+
+
+@dataclass(frozen=True)
+class Window:
+    """A range of whole buckets, [start, end), read at one granularity."""
+
+    key: str
+    granularity: str
+    start: datetime
+    end: datetime
+
+    @property
+    def step(self) -> timedelta:
+        return HOUR if self.granularity == Granularity.HOUR else DAY
+
+    @property
+    def buckets(self) -> list[datetime]:
+        count = int((self.end - self.start) / self.step)
+        return [self.start + i * self.step for i in range(count)]
+
+
+RANGES = {"24h": (Granularity.HOUR, 24), "7d": (Granularity.DAY, 7), "30d": (Granularity.DAY, 30)}
+DEFAULT_RANGE = "7d"
+
+
+def window_for(*, range_key: str, now: datetime | None = None) -> Window:
+    """The window of a range key, ending with the bucket that holds `now` (UTC buckets)."""
+    if range_key not in RANGES:
+        range_key = DEFAULT_RANGE
+    granularity, count = RANGES[range_key]
+    now = (now or timezone.now()).astimezone(dt_timezone.utc)
+    if granularity == Granularity.HOUR:
+        end = now.replace(minute=0, second=0, microsecond=0) + HOUR
+        return Window(range_key, granularity, end - count * HOUR, end)
+    end = now.replace(hour=0, minute=0, second=0, microsecond=0) + DAY
+    return Window(range_key, granularity, end - count * DAY, end)
+
+
+# --- statistics of a set of rollup rows -----------------------------------------------------------
+@dataclass
+class Stats:
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: Decimal = Decimal("0")
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    ttft_p50_ms: float | None = None
+    ttft_p95_ms: float | None = None
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests else None
+
+
+PERCENTILES = ("latency_p50_ms", "latency_p95_ms", "ttft_p50_ms", "ttft_p95_ms")
+
+
+SUMMED = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd")
+
+
+def _stats_annotations() -> dict:
+    # Annotation names must differ from the fields: `requests=Sum("requests")` would make the
+    # later `F("requests")` point at the aggregate.
+    sums = {f"{name}__sum": Sum(name) for name in SUMMED}
+    for name in PERCENTILES:
+        # sum(p * requests) and sum(requests where p is known): their ratio is the weighted mean.
+        sums[f"{name}__w"] = Sum(F(name) * Cast("requests", FloatField()))
+        sums[f"{name}__n"] = Sum("requests", filter=Q(**{f"{name}__isnull": False}))
+    return sums
+
+
+def _stats_from(row: dict) -> Stats:
+    stats = Stats(**{name: row[f"{name}__sum"] or 0 for name in SUMMED})
+    stats.cost_usd = row["cost_usd__sum"] or Decimal("0")
+    for name in PERCENTILES:
+        weight = row[f"{name}__n"]
+        setattr(stats, name, row[f"{name}__w"] / weight if weight else None)
+    return stats
+
+
+def _rollups(*, window: Window, dimension: str, tenant: Tenant | None = None) -> QuerySet[UsageRollup]:
+    rows = UsageRollup.objects.filter(
+        granularity=window.granularity, dimension=dimension,
+        bucket_start__gte=window.start, bucket_start__lt=window.end,
+    )
+    return rows.filter(tenant=tenant) if tenant is not None else rows
+
+
+# --- one tenant -----------------------------------------------------------------------------------
+def usage_totals(*, tenant: Tenant, window: Window) -> Stats:
+    row = _rollups(window=window, dimension=Dimension.TOTAL, tenant=tenant).aggregate(**_stats_annotations())
+    return _stats_from(row)
+
+
+def usage_timeline(*, tenant: Tenant, window: Window) -> list[tuple[datetime, Stats]]:
+    """One Stats per bucket of the window, empty where no rollup exists."""
+    rows = (
+        _rollups(window=window, dimension=Dimension.TOTAL, tenant=tenant)
+        .values("bucket_start").annotate(**_stats_annotations())
+    )
+    by_bucket = {row["bucket_start"]: _stats_from(row) for row in rows}
+    return [(bucket, by_bucket.get(bucket, Stats())) for bucket in window.buckets]
+
+
+@dataclass
+class BreakdownRow:
+    value: str
+    label: str
+    stats: Stats = field(default_factory=Stats)
+
+
+def usage_breakdown(*, tenant: Tenant, window: Window, dimension: str) -> list[BreakdownRow]:
+    """Totals per value of a dimension (model, API key, task, end user), dearest first."""
+    rows = (
+        _rollups(window=window, dimension=dimension, tenant=tenant)
+        .values("value").annotate(**_stats_annotations())
+    )
+    labels = _key_labels(tenant) if dimension == Dimension.API_KEY else {}
+    result = [
+        BreakdownRow(value=row["value"], label=_label(row["value"], labels), stats=_stats_from(row))
+        for row in rows
+    ]
+    result.sort(key=lambda r: (-r.stats.cost_usd, -r.stats.requests, r.label))
+    return result
+
+
+def _key_labels(tenant: Tenant) -> dict[str, str]:
+    # Only this tenant's keys: a rollup naming another tenant's key id shows as a bare id.
+    return {str(key.pk): f"{key.name} ({key.prefix}…)" for key in TenantApiKey.objects.filter(tenant=tenant)}
+
+
+def _label(value: str, labels: dict[str, str]) -> str:
+    if value in labels:
+        return labels[value]
+    return value or "(none)"
+
+
+def cost_by_model_series(*, tenant: Tenant, window: Window, top: int = 6) -> dict[str, list[float]]:
+    rows = _rollups(window=window, dimension=Dimension.MODEL, tenant=tenant).values_list(
+        "bucket_start", "value", "cost_usd"
+    )
+    return _series_top(rows, window=window, top=top)
+
+
+def _series_top(rows, *, window: Window, top: int) -> dict[str, list[float]]:
+    """{name: cost per bucket} for the `top` dearest names; the rest summed as "other"."""
+    totals: dict[str, Decimal] = defaultdict(Decimal)
+    cells: dict[tuple[datetime, str], Decimal] = defaultdict(Decimal)
+    for bucket, name, cost in rows:
+        name = name or "(none)"
+        totals[name] += cost
+        cells[bucket, name] += cost
+    keep = sorted(totals, key=lambda n: (-totals[n], n))[:top]
+    series = {name: [0.0] * len(window.buckets) for name in keep}
+    index = {bucket: i for i, bucket in enumerate(window.buckets)}
+    for (bucket, name), cost in cells.items():
+        if name not in series:
+            name = OTHER
+            series.setdefault(OTHER, [0.0] * len(index))
+        series[name][index[bucket]] += float(cost)
+    return series
+
+
+# --- every tenant (operators) ---------------------------------------------------------------------
+def tenant_comparison(*, window: Window) -> list[tuple[Tenant, Stats]]:
+    rows = _rollups(window=window, dimension=Dimension.TOTAL).values("tenant").annotate(**_stats_annotations())
+    by_tenant = {row["tenant"]: _stats_from(row) for row in rows}
+    result = [(tenant, by_tenant.get(tenant.pk, Stats())) for tenant in Tenant.objects.all()]
+    result.sort(key=lambda item: (-item[1].cost_usd, -item[1].requests, item[0].slug))
+    return result
+
+
+def cost_per_tenant_series(*, window: Window, top: int = 8) -> dict[str, list[float]]:
+    rows = _rollups(window=window, dimension=Dimension.TOTAL).values_list("bucket_start", "tenant__slug", "cost_usd")
+    return _series_top(rows, window=window, top=top)
+
+
+# --- budgets --------------------------------------------------------------------------------------
+@dataclass
+class BurnDown:
+    """A budget's current period: spend so far, and where a straight line from it ends."""
+
+    budget: Budget
+    scope: str
+    now: datetime
+    start: datetime
+    end: datetime | None
+    amount: Decimal
+    spent: Decimal
+    reserved: Decimal
+    projected: Decimal | None
+    exhausted_at: datetime | None
+    points: list[datetime]
+    remaining: list[float | None]
+    projection: list[float | None]
+
+    @property
+    def positions(self) -> list[float]:
+        """Each point's place on the time axis, 0 at the first point and 1 at the last."""
+        first, span = self.points[0], (self.points[-1] - self.points[0]) or timedelta(seconds=1)
+        return [(point - first) / span for point in self.points]
+
+    @property
+    def left(self) -> Decimal:
+        return self.amount - self.spent
+
+    @property
+    def over_budget(self) -> bool:
+        return self.projected is not None and self.projected > self.amount
+
+
+def burn_projection(*, spent: Decimal, start: datetime, end: datetime | None, now: datetime) -> Decimal | None:
+    """Spend at the period's end if it goes on at the average rate so far; None without an end."""
+    if end is None:
+        return None
+    elapsed = min(now, end) - start
+    if elapsed <= timedelta(0):
+        return spent
+    return spent * Decimal((end - start) / timedelta(seconds=1)) / Decimal(elapsed / timedelta(seconds=1))
+
+
+def burn_exhaustion(
+    *, spent: Decimal, amount: Decimal, start: datetime, end: datetime | None, now: datetime
+) -> datetime | None:
+    """When the amount runs out at the average rate so far: `now` if it already has, None if it
+    will not within the period (or the budget has no period end)."""
+    if spent >= amount:
+        return now
+    if end is None or spent <= 0 or now <= start:
+        return None
+    exhausted_at = start + (now - start) * float(amount / spent)
+    return exhausted_at if exhausted_at < end else None
+
+
+def budget_burndowns(*, tenant: Tenant, now: datetime | None = None) -> list[BurnDown]:
+    now = (now or timezone.now()).astimezone(dt_timezone.utc)
+    budgets = Budget.objects.filter(tenant=tenant, enabled=True).select_related("api_key")
+    order = {p: i for i, p in enumerate(Period.values)}
+    return [
+        _burndown(budget, now)
+        for budget in sorted(budgets, key=lambda b: (b.api_key_id is not None, order[b.period], b.pk))
+    ]
+
+
+def _burndown(budget: Budget, now: datetime) -> BurnDown:
+    start = period_start(budget.period, now)
+    end = period_end(budget.period, start)
+    granularity, step = (Granularity.HOUR, HOUR) if budget.period == Period.DAILY else (Granularity.DAY, DAY)
+    costs = list(
+        _budget_rollups(budget)
+        .filter(granularity=granularity, bucket_start__gte=start, bucket_start__lt=end or now + DAY)
+        .order_by("bucket_start").values_list("bucket_start", "cost_usd")
+    )
+    period_row = BudgetPeriod.objects.filter(budget=budget, period_start=start).first()
+    spent = period_row.spent_usd if period_row else sum((cost for t, cost in costs if t < now), Decimal("0"))
+    amount = budget.amount_usd
+    points = _grid(start if end else _total_chart_start(budget, now), end or now, step, now)
+
+    def remaining(point: datetime) -> float | None:
+        if point == now:  # the authoritative spend, which may be ahead of the rollups
+            return float(amount - spent)
+        return float(amount - sum((c for t, c in costs if t < point), Decimal("0"))) if point < now else None
+
+    return BurnDown(
+        budget=budget,
+        scope=f"key {budget.api_key.name}" if budget.api_key_id else "tenant",
+        now=now, start=start, end=end, amount=amount, spent=spent,
+        reserved=period_row.reserved_usd if period_row else Decimal("0"),
+        projected=burn_projection(spent=spent, start=start, end=end, now=now),
+        exhausted_at=burn_exhaustion(spent=spent, amount=amount, start=start, end=end, now=now),
+        points=points,
+        remaining=[remaining(point) for point in points],
+        projection=_projection_line(points, amount, spent, start, end, now),
+    )
+
+
+def _budget_rollups(budget: Budget) -> QuerySet[UsageRollup]:
+    rows = UsageRollup.objects.filter(tenant_id=budget.tenant_id)
+    if budget.api_key_id:
+        return rows.filter(dimension=Dimension.API_KEY, value=str(budget.api_key_id))
+    return rows.filter(dimension=Dimension.TOTAL)
+
+
+def _total_chart_start(budget: Budget, now: datetime) -> datetime:
+    # A budget without periods is drawn from its creation day, at most 60 days back.
+    created = budget.created_at.astimezone(dt_timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    return max(created, now.replace(hour=0, minute=0, second=0, microsecond=0) - 60 * DAY)
+
+
+def _grid(start: datetime, end: datetime, step: timedelta, now: datetime) -> list[datetime]:
+    """Points every `step` from start to end, with `now` among them when it falls inside."""
+    points, point = [], start
+    while point < end:
+        points.append(point)
+        point += step
+    points.append(end)
+    if start < now < end and now not in points:
+        points.append(now)
+    return sorted(points)
+
+
+def _projection_line(points, amount, spent, start, end, now) -> list[float | None]:
+    """Remaining budget on the straight line through (start, amount) and (now, amount - spent),
+    from now to the period's end; None before now."""
+    if end is None or now <= start:
+        return [None] * len(points)
+    rate = spent / Decimal((now - start) / timedelta(seconds=1))
+    return [
+        float(amount - rate * Decimal((point - start) / timedelta(seconds=1))) if point >= now else None
+        for point in points
+    ]

@@ -1,0 +1,38 @@
+"""Celery tasks of the accounting app: they take time buckets, never model instances, and call
+the rollup services, which recompute whole buckets so that a retry changes nothing."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from celery import shared_task
+from django.db import OperationalError
+
+from accounting.alerts import budget_alert_send
+from accounting.budgets import reservations_release_stale
+from accounting.rollups import rollup_bucket, rollup_recent
+
+
+@shared_task(ignore_result=True)
+def rollup_recent_task() -> int:
+    """Run by beat every minute (CELERY_BEAT_SCHEDULE); no retry, the next run catches up."""
+    return rollup_recent()
+
+
+@shared_task(autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)
+def rollup_bucket_task(granularity: str, bucket_start_iso: str) -> int:
+    """Recompute one bucket, e.g. after a backfill:
+    `rollup_bucket_task.delay("day", "2026-01-31T00:00:00+00:00")`."""
+    return rollup_bucket(granularity=granularity, bucket_start=datetime.fromisoformat(bucket_start_iso))
+
+
+@shared_task(autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)
+def budget_alert_send_task(alert_id: int) -> None:
+    """Deliver one budget alert (enqueued when the spend that raised it commits)."""
+    budget_alert_send(alert_id=alert_id)
+
+
+@shared_task(ignore_result=True)
+def reservations_release_stale_task() -> int:
+    """Free budget reservations of requests whose process died before settling them."""
+    return reservations_release_stale()
