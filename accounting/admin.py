@@ -1,7 +1,16 @@
 from django import forms
 from django.contrib import admin, messages
 
-from accounting.models import Tenant, TenantApiKey, TenantMembership, UsageRecord
+from accounting.models import (
+    Budget,
+    BudgetAlert,
+    BudgetPeriod,
+    RateLimit,
+    Tenant,
+    TenantApiKey,
+    TenantMembership,
+    UsageRecord,
+)
 from accounting.services import api_key_create, api_key_revoke
 
 
@@ -104,3 +113,44 @@ class TenantMembershipAdmin(admin.ModelAdmin):
     search_fields = ["user__username", "user__email", "tenant__slug"]
     list_select_related = ["user", "tenant"]
     autocomplete_fields = ["user"]
+
+
+class BudgetPeriodInline(admin.TabularInline):
+    model = BudgetPeriod
+    extra = 0
+    can_delete = False
+    fields = ["period_start", "spent_usd", "reserved_usd"]
+    readonly_fields = fields
+    ordering = ["-period_start"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Budget)
+class BudgetAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "tenant", "api_key", "period", "amount_usd", "hard", "enabled"]
+    list_filter = ["period", "hard", "enabled"]
+    search_fields = ["tenant__slug"]
+    list_select_related = ["tenant", "api_key"]
+    inlines = [BudgetPeriodInline]
+
+
+@admin.register(BudgetAlert)
+class BudgetAlertAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "budget", "period_start", "threshold", "spent_usd", "webhook_status", "email_status"]
+    list_select_related = ["budget__tenant", "budget__api_key"]
+    list_filter = ["threshold"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in self.model._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(RateLimit)
+class RateLimitAdmin(admin.ModelAdmin):
+    list_display = ["tenant", "api_key", "rpm", "tpm", "queue_seconds"]
+    list_select_related = ["tenant", "api_key"]
+    search_fields = ["tenant__slug"]

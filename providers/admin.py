@@ -1,7 +1,7 @@
 from django import forms
 from django.contrib import admin
 
-from providers.models import Provider, ProviderKey, ProviderModel
+from providers.models import ModelPrice, Provider, ProviderKey, ProviderModel
 from providers.services import provider_key_save
 
 
@@ -28,8 +28,23 @@ class ProviderAdmin(admin.ModelAdmin):
     inlines = [ProviderModelInline]
 
 
+class ModelPriceInline(admin.TabularInline):
+    """Dated prices: a new row from a future time schedules a change; past costs never move."""
+
+    model = ModelPrice
+    extra = 0
+    fields = [
+        "effective_from",
+        "input_price_per_million",
+        "output_price_per_million",
+        "cached_input_price_per_million",
+        "source",
+    ]
+
+
 @admin.register(ProviderModel)
 class ProviderModelAdmin(admin.ModelAdmin):
+    inlines = [ModelPriceInline]
     list_display = [
         "alias",
         "provider",
