@@ -18,7 +18,13 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 
 from accounting.auth import api_key_authenticate, bearer_token
-from accounting.rollups import GROUP_BY_DIMENSION, STEPS, Granularity, bucket_floor, usage_summarize
+from accounting.rollups import (
+    GROUP_BY_DIMENSION,
+    STEPS,
+    Granularity,
+    bucket_floor,
+    usage_summarize,
+)
 from gateway_site.errors import GatewayError, InvalidRequest, error_response
 from gateway_site.http import allow_methods
 

@@ -25,7 +25,14 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q, Sum
 
-from accounting.models import Budget, BudgetAlert, BudgetPeriod, BudgetReservation, Period, UsageRecord
+from accounting.models import (
+    Budget,
+    BudgetAlert,
+    BudgetPeriod,
+    BudgetReservation,
+    Period,
+    UsageRecord,
+)
 from gateway_site.errors import GatewayError
 
 EPOCH = datetime(2000, 1, 1, tzinfo=dt_timezone.utc)

@@ -13,7 +13,13 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 
 from accounting.models import Budget, Period, RateLimit, Tenant
-from gateway_site.config_shape import ConfigError, known, mapping, optional_int, optional_seconds
+from gateway_site.config_shape import (
+    ConfigError,
+    known,
+    mapping,
+    optional_int,
+    optional_seconds,
+)
 
 BUDGET_KEYS = {
     "amount_usd", "period", "hard", "alert_webhook", "alert_email", "alert_thresholds", "enabled",

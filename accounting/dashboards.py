@@ -23,7 +23,14 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 
 from accounting.budgets import period_end, period_start
-from accounting.models import Budget, BudgetPeriod, Period, Tenant, TenantApiKey, UsageRollup
+from accounting.models import (
+    Budget,
+    BudgetPeriod,
+    Period,
+    Tenant,
+    TenantApiKey,
+    UsageRollup,
+)
 
 Granularity = UsageRollup.Granularity
 Dimension = UsageRollup.Dimension

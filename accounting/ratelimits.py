@@ -21,7 +21,6 @@ optimisation into a single point of failure; budgets (in PostgreSQL) still bound
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 import random
 import threading
@@ -29,9 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from django.conf import settings
-
-from gateway_site.redis_client import RedisConnections, RedisFallback
+from gateway_site.redis_client import RedisConnections, RedisFallback, shared_store
 
 REQUESTS, TOKENS = "requests", "tokens"
 # Float slack when comparing token levels: 0.1 + 0.2 tokens of refill must still pay for 0.3.
@@ -336,16 +333,8 @@ class RedisRateLimitStore(RateLimitStore):
 
 
 def rate_limit_store() -> RateLimitStore:
-    """The process's rate-limit store: Redis when `REDIS_URL` is set, else in process."""
-    return _rate_limit_store_for(settings.REDIS_URL, settings.GATEWAY_REDIS_PREFIX)
-
-
-@functools.cache
-def _rate_limit_store_for(url: str, prefix: str) -> RateLimitStore:
-    # Keyed by the settings so a test that overrides them gets a matching store.
-    if url:
-        return RedisRateLimitStore(url=url, prefix=prefix)
-    return LocalRateLimitStore()
+    """The process's shared store: Redis when `REDIS_URL` is set, else in process."""
+    return shared_store(local=LocalRateLimitStore, remote=RedisRateLimitStore)
 
 
 async def acquire_waiting(

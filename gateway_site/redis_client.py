@@ -8,6 +8,7 @@ answers again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -15,6 +16,7 @@ from typing import Generic, TypeVar
 
 import redis
 import redis.asyncio as aioredis
+from django.conf import settings
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
@@ -150,3 +152,14 @@ class RedisFallback(Generic[L]):
             self._down_until = None
             self.local = self._make_local()
             logger.info("Redis answers again; %s back in Redis", self._what)
+
+
+def shared_store(*, local: type[L], remote: type) -> L:
+    """The process's store of one kind: `remote(url=, prefix=)` when `REDIS_URL` is set, else
+    `local()`. One per (URL, key prefix), so a test that overrides either gets a fresh store."""
+    return _store_for(local, remote, settings.REDIS_URL, settings.GATEWAY_REDIS_PREFIX)
+
+
+@functools.cache
+def _store_for(local: type, remote: type, url: str, prefix: str):
+    return remote(url=url, prefix=prefix) if url else local()

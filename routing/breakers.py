@@ -13,7 +13,6 @@ Redis stores decide from an in-process store for that call and go back to Redis 
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from gateway_site.redis_client import RedisConnections, RedisFallback
+from gateway_site.redis_client import RedisConnections, RedisFallback, shared_store
 
 logger = logging.getLogger(__name__)
 
@@ -289,13 +288,5 @@ class RedisBreakerStore(BreakerStore):
 
 
 def breaker_store() -> BreakerStore:
-    """The process's breaker store: Redis when `REDIS_URL` is set, else in process."""
-    return _breaker_store_for(settings.REDIS_URL, settings.GATEWAY_REDIS_PREFIX)
-
-
-@functools.cache
-def _breaker_store_for(url: str, prefix: str) -> BreakerStore:
-    # Keyed by the settings so a test that overrides them gets a matching store.
-    if url:
-        return RedisBreakerStore(url=url, prefix=prefix)
-    return LocalBreakerStore()
+    """The process's shared store: Redis when `REDIS_URL` is set, else in process."""
+    return shared_store(local=LocalBreakerStore, remote=RedisBreakerStore)

@@ -11,15 +11,12 @@ sample taken as is), so recent requests count most and no history needs to be ke
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from django.conf import settings
-
-from gateway_site.redis_client import RedisConnections, RedisFallback
+from gateway_site.redis_client import RedisConnections, RedisFallback, shared_store
 from routing.breakers import KEY_TTL_SECONDS
 
 EWMA_ALPHA = 0.1
@@ -212,12 +209,5 @@ class RedisHealthStore(HealthStore):
 
 
 def health_store() -> HealthStore:
-    """The process's health store: Redis when `REDIS_URL` is set, else in process."""
-    return _health_store_for(settings.REDIS_URL, settings.GATEWAY_REDIS_PREFIX)
-
-
-@functools.cache
-def _health_store_for(url: str, prefix: str) -> HealthStore:
-    if url:
-        return RedisHealthStore(url=url, prefix=prefix)
-    return LocalHealthStore()
+    """The process's shared store: Redis when `REDIS_URL` is set, else in process."""
+    return shared_store(local=LocalHealthStore, remote=RedisHealthStore)

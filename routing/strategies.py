@@ -6,7 +6,6 @@ are applied afterwards, while attempting (`routing.attempts`).
 
 from __future__ import annotations
 
-import functools
 import itertools
 import random
 import time
@@ -14,9 +13,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
-from django.conf import settings
-
-from gateway_site.redis_client import RedisConnections, RedisFallback
+from gateway_site.redis_client import RedisConnections, RedisFallback, shared_store
 from providers.selectors import Deployment
 from routing.health import health_store
 from routing.models import Strategy
@@ -92,7 +89,7 @@ class _LocalTurns:
 class _RedisTurns:
     """A counter per route group in Redis, so every replica takes turns from one sequence."""
 
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, *, url: str, prefix: str) -> None:
         self.prefix = prefix
         self.redis = RedisConnections(url)
         self.fallback: RedisFallback[_LocalTurns] = RedisFallback(
@@ -106,10 +103,5 @@ class _RedisTurns:
         return await self.fallback.run(remote, lambda local: local.next(group))
 
 
-@functools.cache
-def _turns_for(url: str, prefix: str) -> _LocalTurns | _RedisTurns:
-    return _RedisTurns(url, prefix) if url else _LocalTurns()
-
-
 async def _next_turn(group: str) -> int:
-    return await _turns_for(settings.REDIS_URL, settings.GATEWAY_REDIS_PREFIX).next(group)
+    return await shared_store(local=_LocalTurns, remote=_RedisTurns).next(group)

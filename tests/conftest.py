@@ -73,8 +73,8 @@ def gateway(db, fake_provider_url) -> GatewaySetup:
     from accounting.auth import auth_cache_clear
     from accounting.services import api_key_create, tenant_create
     from providers.models import Provider, ProviderModel
-    from routing.selectors import routing_table_clear
     from providers.services import provider_key_upsert
+    from routing.selectors import routing_table_clear
 
     auth_cache_clear()
     routing_table_clear()

@@ -1,7 +1,14 @@
 """The registry of wire-format adapters: adding a provider type is one module and one line here."""
 
 from providers.adapters.anthropic import AnthropicAdapter
-from providers.adapters.base import Adapter, ChatResult, SSEEvent, Target, UpstreamRequest, Usage
+from providers.adapters.base import (
+    Adapter,
+    ChatResult,
+    SSEEvent,
+    Target,
+    UpstreamRequest,
+    Usage,
+)
 from providers.adapters.openai import OpenAIAdapter
 
 ADAPTERS: dict[str, type[Adapter]] = {

@@ -21,7 +21,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from gateway_site.errors import InvalidRequest, ProviderError
-from providers.adapters.base import Adapter, ChatResult, SSEEvent, Target, UpstreamRequest, Usage
+from providers.adapters.base import (
+    Adapter,
+    ChatResult,
+    SSEEvent,
+    Target,
+    UpstreamRequest,
+    Usage,
+)
 
 ANTHROPIC_VERSION = "2023-06-01"
 

@@ -10,7 +10,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from gateway_site.errors import ProviderError
-from providers.adapters.base import Adapter, ChatResult, SSEEvent, Target, UpstreamRequest, Usage
+from providers.adapters.base import (
+    Adapter,
+    ChatResult,
+    SSEEvent,
+    Target,
+    UpstreamRequest,
+    Usage,
+)
 
 # OpenAI error codes that name a class of their own (https://platform.openai.com/docs/guides/error-codes).
 _CODE_CLASSES = {

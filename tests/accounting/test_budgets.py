@@ -20,7 +20,13 @@ from accounting.budgets import (
     period_start,
     reservations_release_stale,
 )
-from accounting.models import Budget, BudgetAlert, BudgetPeriod, BudgetReservation, UsageRecord
+from accounting.models import (
+    Budget,
+    BudgetAlert,
+    BudgetPeriod,
+    BudgetReservation,
+    UsageRecord,
+)
 from accounting.services import api_key_create, tenant_create, usage_record_commit
 
 pytestmark = pytest.mark.django_db

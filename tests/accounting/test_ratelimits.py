@@ -12,8 +12,15 @@ import redis
 from django.conf import settings
 
 from accounting.ratelimits import (
-    Decision, Limit, LimitState, LocalRateLimitStore, RedisRateLimitStore, acquire_waiting,
-    duration_header, rate_limit_store, ratelimit_headers,
+    Decision,
+    Limit,
+    LimitState,
+    LocalRateLimitStore,
+    RedisRateLimitStore,
+    acquire_waiting,
+    duration_header,
+    rate_limit_store,
+    ratelimit_headers,
 )
 from tests.conftest import free_port
 

@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import stop_process
-from tests.e2e.conftest import database_create, database_drop, deployment_env, gateway_start, manage
+from tests.e2e.conftest import (
+    database_create,
+    database_drop,
+    deployment_env,
+    gateway_start,
+    manage,
+)
 
 pytestmark = pytest.mark.e2e
 

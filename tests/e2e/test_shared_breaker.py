@@ -10,7 +10,14 @@ import pytest
 import redis
 
 from tests.conftest import stop_process
-from tests.e2e.conftest import database_create, database_drop, deployment_env, fake_start, gateway_start, manage
+from tests.e2e.conftest import (
+    database_create,
+    database_drop,
+    deployment_env,
+    fake_start,
+    gateway_start,
+    manage,
+)
 
 pytestmark = pytest.mark.e2e
 

@@ -26,7 +26,12 @@ import openai
 import pytest
 
 from providers.fake import build_app
-from providers.fake.content import DEFAULT_DIMENSIONS, DEFAULT_PIECES, WORDS, tokens_count
+from providers.fake.content import (
+    DEFAULT_DIMENSIONS,
+    DEFAULT_PIECES,
+    WORDS,
+    tokens_count,
+)
 from providers.fake.errors import FakeConnectionDrop
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,7 +5,6 @@ import hashlib
 import pytest
 from cryptography.fernet import Fernet
 from django.db import connection
-from django.test import override_settings
 
 from accounting.models import TenantApiKey
 from accounting.services import tenant_create

@@ -13,7 +13,11 @@ import redis
 from django.conf import settings
 
 from routing.breakers import (
-    BreakerPolicy, BreakerStatus, LocalBreakerStore, RedisBreakerStore, breaker_store,
+    BreakerPolicy,
+    BreakerStatus,
+    LocalBreakerStore,
+    RedisBreakerStore,
+    breaker_store,
 )
 from tests.conftest import free_port
 

@@ -11,7 +11,10 @@ import redis
 from django.conf import settings
 
 from routing.health import (
-    DeploymentHealth, LocalHealthStore, RedisHealthStore, health_store,
+    DeploymentHealth,
+    LocalHealthStore,
+    RedisHealthStore,
+    health_store,
 )
 from tests.conftest import free_port
 

@@ -231,8 +231,9 @@ def test_a_bad_second_route_rolls_back_the_first(catalogue, tmp_path):
 
 
 def test_two_routes_with_one_name_are_refused(tmp_path):
-    from django.core.management import CommandError, call_command
     from io import StringIO
+
+    from django.core.management import CommandError, call_command
 
     from accounting.services import tenant_create
     from providers.models import Provider, ProviderModel
@@ -252,10 +253,10 @@ def test_two_routes_with_one_name_are_refused(tmp_path):
 
 
 def test_key_scoped_route_round_trips_by_key_prefix(tmp_path):
-    from django.core.management import call_command
     from io import StringIO
 
     import yaml
+    from django.core.management import call_command
 
     from accounting.services import api_key_create, tenant_create
     from providers.models import Provider, ProviderModel

@@ -20,9 +20,14 @@ from providers.adapters import Target
 from providers.selectors import Deployment, Price
 from routing.health import LocalHealthStore, RedisHealthStore, health_store
 from routing.strategies import (
-    fallback, in_flight, least_busy, lowest_cost, lowest_latency, round_robin, weighted,
+    fallback,
+    in_flight,
+    least_busy,
+    lowest_cost,
+    lowest_latency,
+    round_robin,
+    weighted,
 )
-
 
 # The Redis of the test run, kept before a test empties settings.REDIS_URL.
 TEST_REDIS_URL = settings.REDIS_URL
@@ -266,6 +271,7 @@ async def test_least_busy_breaks_ties_by_priority(busy):
 @pytest.mark.django_db(transaction=True)
 async def test_an_open_stream_counts_as_in_flight_until_it_ends(gateway, busy):
     from django.test import AsyncClient
+
     from providers.models import ProviderKey, ProviderModel
 
     model = await ProviderModel.objects.aget(provider__name="fake", alias="gpt-4o-mini")

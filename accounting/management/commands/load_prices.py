@@ -5,7 +5,13 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from accounting.prices import CATALOGUE, CatalogueError, catalogue_load, price_changes, prices_load
+from accounting.prices import (
+    CATALOGUE,
+    CatalogueError,
+    catalogue_load,
+    price_changes,
+    prices_load,
+)
 
 
 class Command(BaseCommand):
