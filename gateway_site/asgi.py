@@ -1,4 +1,4 @@
-"""ASGI entry point: the Django HTTP app first, then WebSocket routes (none yet)."""
+"""ASGI entry point: the Django HTTP app first, then the WebSocket routes."""
 
 import os
 
@@ -14,6 +14,13 @@ if settings.GATEWAY_SERVE_STATIC:
 
     http_application = ASGIStaticFilesHandler(http_application)
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.urls import path  # noqa: E402
 
-application = ProtocolTypeRouter({"http": http_application})
+from routing.consumers import ChatConsumer  # noqa: E402
+
+# Sessions reach the consumer for the playground's logged-in users; API clients use their key.
+websocket_application = AuthMiddlewareStack(URLRouter([path("v1/ws/chat", ChatConsumer.as_asgi())]))
+
+application = ProtocolTypeRouter({"http": http_application, "websocket": websocket_application})

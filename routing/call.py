@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from decimal import Decimal
 from dataclasses import dataclass, field
 
 from accounting.auth import ApiKeyContext
@@ -37,6 +38,8 @@ class Call:
     reservation: Reservation | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)
     charge: Charge | None = None
+    cost_usd: Decimal = Decimal("0")
+    recorded_tokens: tuple[int, int] = (0, 0)
     task: str = ""
     tags: tuple[str, ...] = ()
 

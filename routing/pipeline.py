@@ -29,7 +29,7 @@ from routing.selection import RoutePlan, route_hints, route_select
 # Output tokens assumed for a budget reservation when neither the request nor the model caps them.
 DEFAULT_OUTPUT_RESERVE = 4096
 
-__all__ = ["Call", "chat", "embeddings"]
+__all__ = ["Call", "chat", "chat_parsed", "embeddings"]
 
 
 async def chat(call: Call, *, headers, raw_body: bytes, max_body_bytes: int) -> dict | AsyncIterator[dict]:
@@ -41,6 +41,15 @@ async def chat(call: Call, *, headers, raw_body: bytes, max_body_bytes: int) -> 
     call.auth = await api_key_authenticate(raw_key=bearer_token(headers))
     try:
         body = validation.json_body(raw_body, max_bytes=max_body_bytes)
+    except GatewayError as exc:
+        await record_failure(call, exc)
+        raise
+    return await chat_parsed(call, body=body, headers=headers)
+
+
+async def chat_parsed(call: Call, *, body: dict, headers) -> dict | AsyncIterator[dict]:
+    """`chat` for a caller that has authenticated (`call.auth`) and parsed the body itself."""
+    try:
         call.stream = body.get("stream") is True
         call.payload = validation.chat_request_validate(body)
         await _prepare(call, body=body, headers=headers, mode="chat")

@@ -52,6 +52,8 @@ async def record(
         return
     call.recorded = True
     fields = _record_fields(call, status=status, completion_text=completion_text)
+    call.cost_usd = fields["cost_usd"]
+    call.recorded_tokens = (fields["prompt_tokens"], fields["completion_tokens"])
     fields.update(http_status=http_status, error_class=error_class)
     logger.info(
         "request %s tenant=%s endpoint=%s model=%s provider=%s status=%s http=%s error=%s "
@@ -102,7 +104,7 @@ def _record_fields(call: Call, *, status: str, completion_text: str) -> dict:
         "request_id": call.request_id,
         "response_id": call.response_id if call.endpoint == "chat.completions" else "",
         "tenant_id": call.auth.tenant_id,
-        "api_key_id": call.auth.key_id,
+        "api_key_id": call.auth.key_id or None,  # 0: a dashboard user in the playground
         "endpoint": call.endpoint,
         "requested_model": call.requested_model,
         "provider_id": deployment.target.provider_id if deployment else None,

@@ -1,0 +1,197 @@
+"""The WebSocket chat protocol at /v1/ws/chat (docs/websocket.md), on the same pipeline as HTTP.
+
+One socket carries many requests at once, told apart by the client's ids. The socket is
+authenticated once, on connect (an `Authorization: Bearer` header, or a dashboard user's session
+from the same origin) or by a first `auth` message, and that authentication is kept for the
+socket. Never from the query string, where keys end up in access logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from urllib.parse import urlparse
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from accounting.auth import ApiKeyContext, api_key_authenticate, bearer_token
+from accounting.members import member_context
+from gateway_site.errors import AuthenticationFailed, GatewayError, InvalidRequest
+from routing import pipeline
+from routing.call import Call
+
+MAX_IN_FLIGHT = 8
+CLOSE_UNAUTHENTICATED = 4401
+REQUEST_FIELDS_EXCLUDED = {"type", "id"}
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    async def connect(self) -> None:
+        self.auth: ApiKeyContext | None = None
+        self.requests: dict[str, asyncio.Task] = {}
+        await self.accept()
+        if b"api_key" in self.scope.get("query_string", b"") or b"key=" in self.scope.get("query_string", b""):
+            await self._fail(None, InvalidRequest(
+                "Do not put API keys in the URL; send an Authorization header or an auth message."
+            ))
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        await self._connect_auth()
+
+    async def disconnect(self, code: int) -> None:
+        for task in self.requests.values():
+            task.cancel()  # the pipeline records each as cancelled, with what was streamed
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data is None or len(text_data) > settings.GATEWAY_MAX_BODY_BYTES:
+            await self._fail(None, InvalidRequest("Send JSON text frames within the body size limit."))
+            return
+        try:
+            message = json.loads(text_data)
+        except ValueError:
+            await self._fail(None, InvalidRequest("The message is not valid JSON.", code="invalid_json"))
+            return
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            await self._fail(None, InvalidRequest("A message is a JSON object with a 'type'.", param="type"))
+            return
+        await self._dispatch(message)
+
+    async def _dispatch(self, message: dict) -> None:
+        kind = message["type"]
+        if kind == "ping":
+            await self._send({"type": "pong", "id": message.get("id")})
+        elif kind == "auth":
+            await self._auth_message(message)
+        elif self.auth is None:
+            await self._fail(message.get("id"), AuthenticationFailed(
+                "Authenticate first: send {\"type\": \"auth\", \"api_key\": \"...\"}.", code="missing_api_key"
+            ))
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+        elif kind == "chat.request":
+            await self._chat_start(message)
+        elif kind == "chat.cancel":
+            await self._chat_cancel(message)
+        else:
+            await self._fail(message.get("id"), InvalidRequest(f"Unknown message type '{kind}'.", param="type"))
+
+    # --- authentication ---------------------------------------------------------------------------
+    async def _connect_auth(self) -> None:
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in self.scope["headers"]}
+        raw_key = bearer_token(headers)
+        try:
+            if raw_key:
+                self.auth = await api_key_authenticate(raw_key=raw_key)
+            elif _same_origin(headers):
+                self.auth = await member_context(user=self.scope.get("user"))
+        except GatewayError as exc:
+            await self._fail(None, exc)
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        if self.auth is not None:
+            await self._send({"type": "auth.ok", "tenant": self.auth.tenant_slug})
+
+    async def _auth_message(self, message: dict) -> None:
+        try:
+            self.auth = await api_key_authenticate(raw_key=str(message.get("api_key") or "") or None)
+        except GatewayError as exc:
+            await self._fail(message.get("id"), exc)
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        await self._send({"type": "auth.ok", "tenant": self.auth.tenant_slug})
+
+    # --- requests ---------------------------------------------------------------------------------
+    async def _chat_start(self, message: dict) -> None:
+        request_id = message.get("id")
+        if not isinstance(request_id, str) or not request_id or len(request_id) > 128:
+            await self._fail(None, InvalidRequest("'id' must be a string of 1 to 128 characters.", param="id"))
+            return
+        if request_id in self.requests:
+            await self._fail(request_id, InvalidRequest(f"A request with id '{request_id}' is in flight.", param="id"))
+            return
+        if len(self.requests) >= MAX_IN_FLIGHT:
+            await self._fail(request_id, InvalidRequest(
+                f"At most {MAX_IN_FLIGHT} requests may be in flight on one socket.", code="too_many_requests"
+            ))
+            return
+        body = {key: value for key, value in message.items() if key not in REQUEST_FIELDS_EXCLUDED}
+        task = asyncio.ensure_future(self._chat_run(request_id, body))
+        self.requests[request_id] = task
+        task.add_done_callback(lambda _: self.requests.pop(request_id, None))
+
+    async def _chat_run(self, request_id: str, body: dict) -> None:
+        call = Call(endpoint="chat.completions", auth=self.auth)
+        body["stream"] = True  # deltas as they come; usage always, for chat.done
+        body["stream_options"] = {"include_usage": True}
+        try:
+            chunks = await pipeline.chat_parsed(call, body=body, headers={})
+        except GatewayError as exc:
+            await self._fail(request_id, exc, call=call)
+            return
+        error = await self._relay(request_id, chunks)
+        if error is not None:
+            await self._fail(request_id, GatewayError(error.get("message", "")), call=call, body=error)
+            return
+        await self._send({
+            "type": "chat.done",
+            "id": request_id,
+            "response_id": call.response_id,
+            "model": call.deployment.target.upstream_model if call.deployment else call.requested_model,
+            "provider": call.deployment.target.provider_name if call.deployment else None,
+            "usage": {
+                "prompt_tokens": call.recorded_tokens[0],
+                "completion_tokens": call.recorded_tokens[1],
+                "total_tokens": sum(call.recorded_tokens),
+            },
+            "cost_usd": str(call.cost_usd),
+            "latency_ms": call.elapsed_ms(),
+            "ttft_ms": call.ttft_ms,
+        })
+
+    async def _relay(self, request_id: str, chunks) -> dict | None:
+        """Forward deltas; returns the error object if the stream ended with one."""
+        try:
+            async for chunk in chunks:
+                if "error" in chunk:
+                    return chunk["error"]
+                for choice in chunk.get("choices") or ():
+                    delta = choice.get("delta") or {}
+                    if delta.get("content") or choice.get("finish_reason"):
+                        await self._send({
+                            "type": "chat.delta",
+                            "id": request_id,
+                            "content": delta.get("content") or "",
+                            "finish_reason": choice.get("finish_reason"),
+                        })
+        finally:
+            await chunks.aclose()
+        return None
+
+    async def _chat_cancel(self, message: dict) -> None:
+        task = self.requests.get(message.get("id"))
+        if task is None:
+            await self._fail(message.get("id"), InvalidRequest("No request in flight with that id.", param="id"))
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        await self._send({"type": "chat.cancelled", "id": message["id"]})
+
+    # --- output -----------------------------------------------------------------------------------
+    async def _fail(self, request_id, exc: GatewayError, *, call: Call | None = None, body: dict | None = None) -> None:
+        error = body or exc.as_body()["error"]
+        event = {"type": "error", "id": request_id, "status": exc.status, "error": error}
+        if call is not None and call.recorded:
+            event["response_id"] = call.response_id
+        await self._send(event)
+
+    async def _send(self, event: dict) -> None:
+        await self.send(text_data=json.dumps(event, separators=(",", ":"), default=str))
+
+
+def _same_origin(headers: dict[str, str]) -> bool:
+    """Session auth only for pages of this site: a browser always sends Origin on WebSockets."""
+    origin = headers.get("origin")
+    return bool(origin) and urlparse(origin).netloc == headers.get("host")
