@@ -16,6 +16,9 @@ class Provider(models.Model):
     class WireType(models.TextChoices):
         OPENAI = "openai", "OpenAI-compatible"
         ANTHROPIC = "anthropic", "Anthropic Messages"
+        GEMINI = "gemini", "Google Gemini"
+        COHERE = "cohere", "Cohere v2"
+        AZURE = "azure", "Azure OpenAI"
 
     name = models.SlugField(max_length=64, unique=True)
     type = models.CharField(max_length=32, choices=WireType.choices, default=WireType.OPENAI)

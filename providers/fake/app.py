@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -227,6 +228,33 @@ ROUTES: dict[tuple[str, str], Handler] = {
 }
 
 
+@dataclass(frozen=True)
+class PatternRoute:
+    """A route with parameters in its path (`/v1beta/models/{model}:generateContent`); its named
+    groups land in `ex.params`. `dialect`, when set, is the wire format of the route."""
+
+    method: str
+    pattern: re.Pattern
+    handler: Handler
+    dialect: Dialect | None = None
+
+
+# Vendors whose paths carry parameters (Gemini, Azure...) add their routes here.
+PATTERN_ROUTES: list[PatternRoute] = []
+
+
+def _route_for(*, ex: Exchange) -> tuple[Handler | None, Dialect]:
+    handler = ROUTES.get((ex.method, ex.path))
+    if handler is not None:
+        return handler, _dialect_for(ex=ex)
+    for route in PATTERN_ROUTES:
+        match = route.pattern.fullmatch(ex.path)
+        if match and route.method == ex.method:
+            ex.params = match.groupdict()
+            return route.handler, route.dialect or _dialect_for(ex=ex)
+    return None, _dialect_for(ex=ex)
+
+
 def _dialect_for(*, ex: Exchange) -> Dialect:
     """Anthropic for its paths and for clients that send its headers; OpenAI otherwise."""
     anthropic_headers = "anthropic-version" in ex.headers or (
@@ -242,8 +270,7 @@ def _count(*, stats: dict, path: str) -> None:
 
 async def _dispatch(*, ex: Exchange, settings: Settings) -> None:
     _count(stats=settings.stats, path=ex.path)
-    dialect = _dialect_for(ex=ex)
-    handler = ROUTES.get((ex.method, ex.path))
+    handler, dialect = _route_for(ex=ex)
     try:
         if handler is None:
             raise ApiError(404, f"Invalid URL ({ex.method} {ex.path})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import parse_qs
 from collections.abc import Callable
 
 HOLD_LIMIT_S = 300.0
@@ -13,6 +14,8 @@ class Exchange:
 
     def __init__(self, scope: dict, receive: Callable, send: Callable) -> None:
         self.method, self.path = scope["method"], scope["path"].rstrip("/") or "/"
+        self.query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
+        self.params: dict[str, str] = {}  # a pattern route's path parameters
         self.headers = {
             k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
         }
