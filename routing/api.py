@@ -20,7 +20,7 @@ from routing.selection import models_visible
 logger = logging.getLogger(__name__)
 
 
-def _body(request: HttpRequest) -> bytes:
+def read_body(request: HttpRequest) -> bytes:
     try:
         return request.body
     except RequestDataTooBig as exc:
@@ -67,7 +67,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         result = await pipeline.chat(
             call,
             headers=request.headers,
-            raw_body=_body(request),
+            raw_body=read_body(request),
             max_body_bytes=settings.GATEWAY_MAX_BODY_BYTES,
         )
     except GatewayError as exc:
@@ -88,7 +88,7 @@ async def embeddings(request: HttpRequest) -> HttpResponse:
         result = await pipeline.embeddings(
             call,
             headers=request.headers,
-            raw_body=_body(request),
+            raw_body=read_body(request),
             max_body_bytes=settings.GATEWAY_MAX_BODY_BYTES,
         )
     except GatewayError as exc:

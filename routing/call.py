@@ -21,6 +21,7 @@ class Call:
     """What the pipeline knows about one gateway request, from arrival to its UsageRecord."""
 
     endpoint: str
+    response_prefix: str = "chatcmpl-"
     request_id: uuid.UUID = field(default_factory=uuid.uuid4)
     started: float = field(default_factory=time.perf_counter)
     auth: ApiKeyContext | None = None
@@ -45,7 +46,7 @@ class Call:
 
     @property
     def response_id(self) -> str:
-        return f"chatcmpl-{self.request_id.hex}"
+        return f"{self.response_prefix}{self.request_id.hex}"
 
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)

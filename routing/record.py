@@ -102,7 +102,7 @@ def _record_fields(call: Call, *, status: str, completion_text: str) -> dict:
     deployment = call.deployment
     return {
         "request_id": call.request_id,
-        "response_id": call.response_id if call.endpoint == "chat.completions" else "",
+        "response_id": call.response_id if call.endpoint != "embeddings" else "",
         "tenant_id": call.auth.tenant_id,
         "api_key_id": call.auth.key_id or None,  # 0: a dashboard user in the playground
         "endpoint": call.endpoint,

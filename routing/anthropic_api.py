@@ -1,0 +1,98 @@
+"""The Anthropic-compatible front door: `POST /v1/messages` and `/v1/messages/count_tokens`.
+
+Same auth, limits, routing and accounting as the OpenAI endpoint (one pipeline, two doors); only
+the wire format differs: requests are translated in, answers and streams translated out, and
+errors come back in Anthropic's error shape.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from accounting import tokens
+from accounting.auth import api_key_authenticate, bearer_token
+from gateway_site.errors import GatewayError
+from gateway_site.http import allow_methods
+from routing import pipeline, validation
+from routing.anthropic_format import anthropic_error, anthropic_events, anthropic_message, openai_payload
+from routing.api import read_body
+from routing.call import Call
+from routing.record import prompt_estimate, record_failure
+from routing.selection import route_select
+
+
+def _response(call: Call, response: HttpResponse) -> HttpResponse:
+    for name, value in call.headers().items():
+        response[name] = value
+    return response
+
+
+def _error(call: Call, exc: GatewayError) -> HttpResponse:
+    response = JsonResponse(anthropic_error(exc), status=exc.status)
+    for name, value in exc.headers.items():
+        response[name] = value
+    return _response(call, response)
+
+
+@csrf_exempt
+@allow_methods("POST")
+async def messages(request: HttpRequest) -> HttpResponse:
+    call = Call(endpoint="messages", response_prefix="msg_")
+    try:
+        raw = read_body(request)
+        call.auth = await api_key_authenticate(raw_key=bearer_token(request.headers))
+        payload = await _payload(call, raw)
+        result = await pipeline.chat_parsed(call, body=payload, headers=request.headers)
+    except GatewayError as exc:
+        return _error(call, exc)
+    model = call.deployment.target.upstream_model if call.deployment else call.requested_model
+    if isinstance(result, dict):
+        return _response(call, JsonResponse(anthropic_message(result, message_id=call.response_id, model=model)))
+    events = anthropic_events(result, message_id=call.response_id, model=model, input_tokens=prompt_estimate(call))
+    response = StreamingHttpResponse(_sse(events, result), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    return _response(call, response)
+
+
+async def _payload(call: Call, raw: bytes) -> dict:
+    """Parse and translate; a bad body after authentication is recorded like any failure."""
+    try:
+        payload = openai_payload(validation.json_body(raw, max_bytes=settings.GATEWAY_MAX_BODY_BYTES))
+    except GatewayError as exc:
+        await record_failure(call, exc)
+        raise
+    if payload["stream"]:
+        payload["stream_options"] = {"include_usage": True}
+    return payload
+
+
+async def _sse(events: AsyncIterator[tuple[str, dict]], chunks) -> AsyncIterator[bytes]:
+    try:
+        async for name, data in events:
+            yield f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+    finally:
+        await chunks.aclose()  # records the request now, however the stream ended
+
+
+@csrf_exempt
+@allow_methods("POST")
+async def count_tokens(request: HttpRequest) -> HttpResponse:
+    """Anthropic's token counting, estimated with the gateway's tokenizer (nothing is billed)."""
+    call = Call(endpoint="messages.count_tokens")
+    try:
+        raw = read_body(request)
+        auth = await api_key_authenticate(raw_key=bearer_token(request.headers))
+        body = validation.json_body(raw, max_bytes=settings.GATEWAY_MAX_BODY_BYTES)
+        payload = openai_payload({"max_tokens": 1, **body})
+        await route_select(auth=auth, model=payload["model"], mode="chat")
+    except GatewayError as exc:
+        return _error(call, exc)
+    count = tokens.prompt_tokens(payload["messages"])
+    if payload.get("tools"):
+        count += tokens.text_tokens(json.dumps(payload["tools"]))
+    return JsonResponse({"input_tokens": count})
