@@ -32,7 +32,8 @@ from providers.services import provider_key_upsert
 from routing.configuration import route_import, routes_export
 
 PROVIDER_KEYS = {
-    "name", "type", "api_base", "api_key", "enabled", "priority", "timeout_seconds", "models"
+    "name", "type", "api_base", "api_key", "enabled", "priority", "timeout_seconds", "models",
+    "unsupported_params", "unsupported_param_policy",
 }
 MODEL_KEYS = {
     "alias",
@@ -86,6 +87,8 @@ def _provider_import(item: object, where: str, counts: dict[str, int]) -> None:
             "enabled": bool(item.get("enabled", True)),
             "priority": optional_int(item, "priority", where) or 100,
             "timeout_seconds": optional_seconds(item, "timeout_seconds", where),
+            "unsupported_params": _names(item.get("unsupported_params"), f"{where}.unsupported_params"),
+            "unsupported_param_policy": _policy(item.get("unsupported_param_policy"), where),
         },
     )
     counts["providers"] += 1
@@ -121,6 +124,20 @@ def _model_import(provider: Provider, item: object, where: str) -> None:
     )
 
 
+def _names(value: object, where: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{where} must be a list of parameter names.")
+    return sorted(set(value))
+
+
+def _policy(value: object, where: str) -> str:
+    if value in (None, "drop", "reject"):
+        return value or "drop"
+    raise ConfigError(f"{where}.unsupported_param_policy must be 'drop' or 'reject'.")
+
+
 def _tenant_import(item: object, where: str) -> None:
     item = mapping(item, where)
     known(item, TENANT_KEYS, where)
@@ -143,6 +160,10 @@ def config_export() -> dict:
             entry["enabled"] = False
         if provider.priority != 100:
             entry["priority"] = provider.priority
+        if provider.unsupported_params:
+            entry["unsupported_params"] = provider.unsupported_params
+        if provider.unsupported_param_policy != "drop":
+            entry["unsupported_param_policy"] = provider.unsupported_param_policy
         if provider.timeout_seconds:
             entry["timeout_seconds"] = provider.timeout_seconds
         sources = [key.source for key in provider.keys.all() if key.source.startswith("env:")]

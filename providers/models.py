@@ -30,6 +30,15 @@ class Provider(models.Model):
     timeout_seconds = models.FloatField(
         null=True, blank=True, help_text="Read timeout for this provider; empty uses the default."
     )
+    unsupported_params = models.JSONField(
+        default=list, blank=True,
+        help_text="Request parameters this provider does not accept, on top of the ones known "
+        "for its service (see docs/providers.md).",
+    )
+    unsupported_param_policy = models.CharField(
+        max_length=8, choices=[("drop", "Drop silently"), ("reject", "Reject with a 400")], default="drop",
+        help_text="What to do with a parameter the provider does not accept.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -155,6 +155,8 @@ def _deployment(model: ProviderModel, key_id: int, api_key: str) -> Deployment:
             api_key=api_key,
             read_timeout=provider.timeout_seconds,
             max_output_tokens=model.max_output_tokens,
+            unsupported_params=frozenset(provider.unsupported_params or ()),
+            unsupported_policy=provider.unsupported_param_policy,
         ),
         key=f"{model.pk}:{key_id}",
         priority=provider.priority,

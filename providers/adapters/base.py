@@ -47,6 +47,8 @@ class Target:
     api_key: str = field(default="", repr=False)
     read_timeout: float | None = None
     max_output_tokens: int | None = None
+    unsupported_params: frozenset[str] = frozenset()
+    unsupported_policy: str = "drop"
 
 
 @dataclass
@@ -132,9 +134,25 @@ class Adapter:
         """Return (error class, message) from a vendor error body; None keeps the status default."""
         return None, ""
 
+    def unsupported(self, target: Target) -> frozenset[str]:
+        """Parameters this target does not accept: the provider's own list, plus the service's."""
+        return target.unsupported_params
+
+    def params_filter(self, payload: dict, target: Target) -> dict:
+        """Drop the parameters the target does not accept, or refuse them, as its provider says."""
+        refused = self.unsupported(target) & payload.keys()
+        if not refused:
+            return payload
+        if target.unsupported_policy == "reject":
+            name = sorted(refused)[0]
+            raise InvalidRequest(
+                f"Provider '{target.provider_name}' does not support the parameter '{name}'.", param=name
+            )
+        return {key: value for key, value in payload.items() if key not in refused}
+
     # --- shared machinery -----------------------------------------------------------------------
     async def chat(self, payload: dict, target: Target) -> ChatResult:
-        request = self.chat_request(payload, target)
+        request = self.chat_request(self.params_filter(payload, target), target)
         return self.chat_response(await self._send_json(request, target), target)
 
     async def embeddings(self, payload: dict, target: Target) -> ChatResult:
@@ -147,7 +165,7 @@ class Adapter:
         Errors before the first byte of the body (status, connect) raise from the first
         `__anext__`, which lets routing fail over before the client has seen anything.
         """
-        request = self.chat_request(payload, target)
+        request = self.chat_request(self.params_filter(payload, target), target)
         response = await self._open(request, target, stream=True)
         try:
             async for chunk in self.chat_stream_chunks(self._sse_events(response, target), target):

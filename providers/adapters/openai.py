@@ -18,6 +18,7 @@ from providers.adapters.base import (
     UpstreamRequest,
     Usage,
 )
+from providers.adapters.openai_family import quirks_for
 
 # OpenAI error codes that name a class of their own (https://platform.openai.com/docs/guides/error-codes).
 _CODE_CLASSES = {
@@ -41,12 +42,19 @@ class OpenAIAdapter(Adapter):
     def _url(self, target: Target, path: str) -> str:
         return f"{target.api_base.rstrip('/')}/{path}"
 
+    def unsupported(self, target: Target) -> frozenset[str]:
+        return target.unsupported_params | quirks_for(target.api_base).unsupported
+
     def chat_request(self, payload: dict, target: Target) -> UpstreamRequest:
-        body = {**payload, "model": target.upstream_model}
-        if body.get("stream"):
+        quirks = quirks_for(target.api_base)
+        body = {quirks.renamed.get(key, key): value for key, value in payload.items()}
+        body["model"] = target.upstream_model
+        if body.get("stream") and quirks.stream_options:
             # Always ask for usage: provider-reported tokens are the truth we bill on. The
             # pipeline forwards the usage chunk only to clients that asked for it.
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        elif not quirks.stream_options:
+            body.pop("stream_options", None)
         return UpstreamRequest(
             url=self._url(target, "chat/completions"), json=body, headers=self._headers(target)
         )
@@ -65,7 +73,7 @@ class OpenAIAdapter(Adapter):
             chunk = self.load_event(event, target)
             if "error" in chunk:
                 raise self._stream_error(chunk["error"], target)
-            yield chunk
+            yield _usage_lifted(chunk, quirks_for(target.api_base).usage_container)
 
     def embeddings_request(self, payload: dict, target: Target) -> UpstreamRequest:
         return UpstreamRequest(
@@ -98,3 +106,12 @@ class OpenAIAdapter(Adapter):
             error_class=error_class or "upstream_server",
             provider=target.provider_name,
         )
+
+
+def _usage_lifted(chunk: dict, container: str) -> dict:
+    """Move usage a service reports elsewhere (Groq: `x_groq.usage`) to where OpenAI puts it."""
+    if container and not chunk.get("usage"):
+        usage = (chunk.get(container) or {}).get("usage") if isinstance(chunk.get(container), dict) else None
+        if usage:
+            chunk["usage"] = usage
+    return chunk
