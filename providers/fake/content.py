@@ -86,6 +86,8 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     directive: Directive
+    # (name, arguments) when the answer is a tool call instead of text (see providers/fake/tools.py)
+    tool_call: tuple[str, dict] | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,9 @@ class Completion:
 
     @property
     def completion_tokens(self) -> int:
+        if self.request.tool_call:  # the call's name and arguments are what the model wrote
+            name, arguments = self.request.tool_call
+            return tokens_count(text=name + json.dumps(arguments))
         return tokens_count(text=self.text)
 
 

@@ -17,6 +17,9 @@ _INT_KEYS = frozenset(
      "disconnect_after", "stall_after"}
 )
 _FLAG_KEYS = frozenset({"context_length_exceeded", "timeout", "no_usage", "malformed"})
+# `tool=NAME`: answer with a call of the declared tool NAME (dialects that support tools).
+_NAME_KEYS = frozenset({"tool"})
+_NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -35,9 +38,10 @@ class Directive:
     timeout: bool = False
     no_usage: bool = False
     malformed: bool = False
+    tool: str | None = None
 
 
-def directive_parse(*, text: str) -> dict[str, int | bool]:
+def directive_parse(*, text: str) -> dict[str, int | bool | str]:
     """Read space-separated `key=N` and flag words; a typo is a 400, never a silent no-op."""
     found: dict[str, int | bool] = {}
     for word in text.split():
@@ -46,6 +50,8 @@ def directive_parse(*, text: str) -> dict[str, int | bool]:
             found[key] = True
         elif key in _INT_KEYS and sep and value.isascii() and value.isdigit():
             found[key] = int(value)
+        elif key in _NAME_KEYS and sep and _NAME_RE.fullmatch(value):
+            found[key] = value
         else:
             raise ApiError(400, f"Unknown fake directive {word!r} (see docs/fake-provider.md).")
     return found

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import struct
 
 from providers.fake.content import (
@@ -30,6 +31,7 @@ from providers.fake.dialect import (
     stops_parse,
 )
 from providers.fake.errors import ApiError
+from providers.fake.tools import tool_arguments, tool_choose
 
 
 class OpenAIDialect(Dialect):
@@ -101,8 +103,25 @@ class OpenAIDialect(Dialect):
             prompt_tokens=3 + sum(4 + tokens_count(text=t) for t in texts),
             stop=stops_parse(body.get("stop")), stream=body.get("stream") is True,
             include_usage=isinstance(options, dict) and options.get("include_usage") is True,
-            directive=directive,
+            directive=directive, tool_call=self._tool_call(body, directive.tool, messages),
         )
+
+    @staticmethod
+    def _tool_call(body: dict, directed: str | None, messages: list) -> tuple[str, dict] | None:
+        tools = {
+            tool["function"]["name"]: tool["function"].get("parameters") or {}
+            for tool in body.get("tools") or ()
+            if isinstance(tool, dict) and isinstance(tool.get("function"), dict) and tool["function"].get("name")
+        }
+        choice = body.get("tool_choice")
+        forced = None
+        if isinstance(choice, dict):
+            forced = (choice.get("function") or {}).get("name")
+        elif choice == "required" and tools:
+            forced = next(iter(tools))
+        last_role = messages[-1].get("role") if isinstance(messages[-1], dict) else ""
+        name = tool_choose(tools=tools, forced=forced, directed=directed, last_role=last_role)
+        return (name, tool_arguments(tools[name], name=name)) if name else None
 
     @staticmethod
     def _required(body: dict, *, name: str, kind: type, label: str) -> object:
@@ -153,10 +172,18 @@ class OpenAIDialect(Dialect):
                 "model": completion.request.model, "service_tier": "default",
                 "system_fingerprint": fingerprint}
 
+    @staticmethod
+    def _tool_calls(completion: Completion) -> list[dict]:
+        name, arguments = completion.request.tool_call
+        return [{"id": "call_" + completion.id[-24:], "type": "function",
+                 "function": {"name": name, "arguments": json.dumps(arguments)}}]
+
     def render(self, *, completion: Completion) -> dict:
         finish = "length" if completion.finish == "length" else "stop"
         message = {"role": "assistant", "content": completion.text, "refusal": None,
                    "annotations": []}
+        if completion.request.tool_call:
+            message["content"], message["tool_calls"], finish = None, self._tool_calls(completion), "tool_calls"
         body = self._envelope(completion, "chat.completion") | {
             "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]
         }
@@ -172,8 +199,22 @@ class OpenAIDialect(Dialect):
             chunk["usage"] = None
         return b"data: " + dumps(chunk) + b"\n\n"
 
+    def _tool_frames(self, completion: Completion) -> list[bytes]:
+        [call] = self._tool_calls(completion)
+        arguments = call["function"]["arguments"]
+        third = max(len(arguments) // 3, 1)
+        start = {"index": 0, "id": call["id"], "type": "function",
+                 "function": {"name": call["function"]["name"], "arguments": ""}}
+        pieces = [arguments[i:i + third] for i in range(0, len(arguments), third)]
+        return [self._chunk(completion, {"tool_calls": [start]})] + [
+            self._chunk(completion, {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+            for piece in pieces
+        ]
+
     def frames(self, *, completion: Completion) -> Frames:
         finish = "length" if completion.finish == "length" else "stop"
+        if completion.request.tool_call:
+            finish = "tool_calls"
         tail = [self._chunk(completion, {}, finish)]
         if completion.request.include_usage and not completion.request.directive.no_usage:
             last = self._envelope(completion, "chat.completion.chunk") | {
@@ -182,7 +223,8 @@ class OpenAIDialect(Dialect):
         return Frames(
             early=[],
             lead=[self._chunk(completion, {"role": "assistant", "content": "", "refusal": None})],
-            content=[self._chunk(completion, {"content": piece}) for piece in completion.pieces],
+            content=(self._tool_frames(completion) if completion.request.tool_call
+                     else [self._chunk(completion, {"content": piece}) for piece in completion.pieces]),
             tail=tail + [b"data: [DONE]\n\n"],
             bad=b'data: {"id":"' + completion.id.encode() + b'","choices":[{"delta":\n\n',
         )
