@@ -44,6 +44,7 @@ class Deployment:
     priority: int = 0
     weight: int = 1
     scheduled_prices: tuple[Price, ...] = ()
+    capabilities: frozenset[str] = frozenset()
 
     def price_at(self, when: float) -> Price:
         """The price in force at `when` (epoch seconds): the latest effective one, else the base."""
@@ -160,4 +161,5 @@ def _deployment(model: ProviderModel, key_id: int, api_key: str) -> Deployment:
         ),
         key=f"{model.pk}:{key_id}",
         priority=provider.priority,
+        capabilities=frozenset(str(c) for c in model.capabilities or ()),
     )

@@ -18,7 +18,7 @@ from accounting.auth import api_key_authenticate, bearer_token
 from accounting.budgets import budget_reserve, budgets_for
 from accounting.pricing import cost_compute
 from accounting.quotas import rate_limit_take, rate_limits_for
-from gateway_site.errors import GatewayError
+from gateway_site.errors import GatewayError, InvalidRequest
 from routing import validation
 from routing.attempts import attempts_run
 from routing.call import Call
@@ -88,7 +88,26 @@ async def _prepare(call: Call, *, body: dict, headers, mode: str) -> None:
     call.task, call.tags = hints.task, tuple(sorted(hints.tags))
     await _rate_limit(call)
     call.plan = await _route(call, hints=hints, mode=mode)
+    _content_check(call)
     await _budget_reserve(call)
+
+
+def _content_check(call: Call) -> None:
+    """Images go only to deployments that take them: a model whose capabilities are listed
+    without "vision" is left out, and a 400 names `messages` when none is left."""
+    if not any(
+        isinstance(part, dict) and part.get("type") == "image_url"
+        for message in call.payload.get("messages") or ()
+        for part in (message.get("content") if isinstance(message.get("content"), list) else ())
+    ):
+        return
+    able = [d for d in call.plan.deployments if not d.capabilities or "vision" in d.capabilities]
+    if not able:
+        raise InvalidRequest(
+            f"The model '{call.requested_model}' does not accept images.",
+            param="messages", code="unsupported_content",
+        )
+    call.plan.deployments = able
 
 
 async def _rate_limit(call: Call) -> None:

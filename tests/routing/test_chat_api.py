@@ -392,3 +392,28 @@ async def test_unexpected_failure_mid_stream_ends_the_stream_cleanly_and_is_reco
     assert "[DONE]" not in events
     [record] = await records()
     assert record.status == "error" and record.error_class == "internal" and record.http_status == 500
+
+
+IMAGE_MESSAGE = [{"role": "user", "content": [
+    {"type": "text", "text": "What is this?"},
+    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+]}]
+
+
+async def test_images_to_a_model_without_vision_are_a_400_naming_messages(gateway):
+    await ProviderModel.objects.filter(alias="gpt-4o-mini").aupdate(capabilities=["streaming"])
+    from routing.selectors import routing_table_clear
+
+    routing_table_clear()
+    response = await post(gateway, "/v1/chat/completions", json.dumps({"model": "gpt-4o-mini", "messages": IMAGE_MESSAGE}))
+    assert_openai_error(response, 400, param="messages", code="unsupported_content")
+
+
+async def test_images_pass_to_models_with_vision_or_unlisted_capabilities(gateway):
+    await ProviderModel.objects.filter(alias="gpt-4o").aupdate(capabilities=["vision"])
+    from routing.selectors import routing_table_clear
+
+    routing_table_clear()
+    for model in ("gpt-4o", "gpt-4o-mini"):
+        response = await post(gateway, "/v1/chat/completions", json.dumps({"model": model, "messages": IMAGE_MESSAGE}))
+        assert response.status_code == 200, response.content
