@@ -40,6 +40,8 @@ class Call:
     extra_headers: dict[str, str] = field(default_factory=dict)
     charge: Charge | None = None
     cost_usd: Decimal = Decimal("0")
+    schema: dict | None = None  # the JSON schema the answer must satisfy (response_format)
+    tool_called: bool = False
     recorded_tokens: tuple[int, int] = (0, 0)
     task: str = ""
     tags: tuple[str, ...] = ()

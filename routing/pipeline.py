@@ -25,6 +25,7 @@ from routing.call import Call
 from routing.record import prompt_estimate, record, record_failure
 from routing.relay import choice_texts, first_chunk_sender, stream_relay
 from routing.selection import RoutePlan, route_hints, route_select
+from routing.structured import StructuredOutputInvalid, output_problem, repair_payload, required_schema
 
 # Output tokens assumed for a budget reservation when neither the request nor the model caps them.
 DEFAULT_OUTPUT_RESERVE = 4096
@@ -52,18 +53,51 @@ async def chat_parsed(call: Call, *, body: dict, headers) -> dict | AsyncIterato
     try:
         call.stream = body.get("stream") is True
         call.payload = validation.chat_request_validate(body)
+        call.schema = required_schema(call.payload)
         await _prepare(call, body=body, headers=headers, mode="chat")
         if call.stream:
             stream, first = await _attempt(call, first_chunk_sender(call))
             return stream_relay(call, stream, first)
         result = await _attempt(call, lambda adapter, d: adapter.chat(call.payload, d.target))
+        call.usage = result.usage
+        if call.schema is not None:
+            result = await _structured(call, result)
     except GatewayError as exc:
         await record_failure(call, exc)
         raise
     result.body["id"] = call.response_id
-    call.usage = result.usage
     await record(call, status="success", completion_text="".join(choice_texts(result.body)))
     return result.body
+
+
+async def _structured(call: Call, result):
+    """Check a structured answer; ask once for a repair; both calls' tokens are billed."""
+    message = (result.body.get("choices") or [{}])[0].get("message") or {}
+    if message.get("tool_calls"):
+        return result
+    problem = output_problem(message.get("content"), call.schema)
+    if problem is None:
+        return result
+    repair = repair_payload(call.payload, answer=message.get("content") or "", problem=problem)
+    repaired = await _attempt(call, lambda adapter, d: adapter.chat(repair, d.target))
+    call.usage = _usage_sum(call.usage, repaired.usage)
+    content = ((repaired.body.get("choices") or [{}])[0].get("message") or {}).get("content")
+    problem = output_problem(content, call.schema)
+    if problem is not None:
+        raise StructuredOutputInvalid(
+            f"The model's answer does not match the requested JSON format after one repair: {problem}."
+        )
+    return repaired
+
+
+def _usage_sum(first, second):
+    if first is None or second is None:
+        return first or second
+    return type(first)(
+        prompt_tokens=first.prompt_tokens + second.prompt_tokens,
+        completion_tokens=first.completion_tokens + second.completion_tokens,
+        cached_tokens=first.cached_tokens + second.cached_tokens,
+    )
 
 
 async def embeddings(call: Call, *, headers, raw_body: bytes, max_body_bytes: int) -> dict:

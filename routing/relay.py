@@ -12,6 +12,7 @@ from providers.selectors import Deployment
 from routing.attempts import stream_failure_note, stream_finished
 from routing.call import Call
 from routing.record import completion_estimate, prompt_estimate, record
+from routing.structured import StructuredOutputInvalid, output_problem
 
 
 def choice_texts(body: dict) -> list[str]:
@@ -53,11 +54,18 @@ async def stream_relay(call: Call, stream: AsyncIterator[dict], first: dict) -> 
             relayed = _chunk_relay(call, chunk, texts, wants_usage=wants_usage)
             if relayed is not None:
                 yield relayed
+        if call.schema is not None and not call.tool_called:
+            problem = output_problem("".join(texts), call.schema)
+            if problem is not None:  # a stream cannot be repaired once sent: end it with an error
+                raise StructuredOutputInvalid(f"The streamed answer does not match the requested JSON format: {problem}.")
         if wants_usage and call.usage is None:
             yield _usage_chunk(call, texts)
     except ProviderError as exc:
         status, http_status, error_class = "error", exc.status, exc.error_class
         await stream_failure_note(call.plan, call.deployment, exc)
+        yield exc.as_body()
+    except StructuredOutputInvalid as exc:
+        status, http_status, error_class = "error", exc.status, exc.error_class
         yield exc.as_body()
     except (asyncio.CancelledError, GeneratorExit):
         status, error_class = "cancelled", "client_disconnected"
@@ -87,6 +95,8 @@ def _chunk_relay(call: Call, chunk: dict, texts: list[str], *, wants_usage: bool
     usage = Usage.from_openai(chunk.get("usage"))
     if usage is not None:
         call.usage = usage
+    if any(isinstance(c, dict) and (c.get("delta") or {}).get("tool_calls") for c in chunk.get("choices") or ()):
+        call.tool_called = True
     piece = "".join(choice_texts(chunk))
     if piece:
         texts.append(piece)

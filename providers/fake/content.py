@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import tiktoken
 
 from providers.fake.directives import Directive
+from providers.fake.tools import tool_arguments
 
 DEFAULT_PIECES = 12
 DEFAULT_DIMENSIONS = 1536
@@ -88,6 +89,8 @@ class ChatRequest:
     directive: Directive
     # (name, arguments) when the answer is a tool call instead of text (see providers/fake/tools.py)
     tool_call: tuple[str, dict] | None = None
+    # The JSON schema of a structured-output request: the answer is JSON that satisfies it.
+    structured: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,8 @@ def completion_build(*, request: ChatRequest, id_prefix: str) -> Completion:
     """Size the answer (chunks=N, else the default), then apply max_tokens and stop sequences."""
     count = request.directive.chunks if request.directive.chunks is not None else DEFAULT_PIECES
     pieces = pieces_generate(model=request.model, prompt=request.prompt, count=count)
+    if request.structured is not None:
+        pieces = _json_pieces(request)
     finish = "stop"
     if request.max_tokens is not None and request.max_tokens < len(pieces):
         pieces, finish = pieces[: request.max_tokens], "length"
@@ -123,6 +128,14 @@ def completion_build(*, request: ChatRequest, id_prefix: str) -> Completion:
         request=request, id=id_prefix + random_id(24), pieces=tuple(pieces),
         finish="stop_sequence" if stop_sequence else finish, stop_sequence=stop_sequence,
     )
+
+
+def _json_pieces(request: ChatRequest) -> list[str]:
+    """A structured answer: JSON satisfying the schema (or, with bad_json, prose around it)."""
+    text = json.dumps(tool_arguments(request.structured, name=request.model))
+    if request.directive.bad_json:
+        text = "Here you go: " + text
+    return [text[i:i + 8] for i in range(0, len(text), 8)]
 
 
 def random_id(length: int) -> str:

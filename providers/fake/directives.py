@@ -16,7 +16,7 @@ _INT_KEYS = frozenset(
     {"status", "retry_after", "delay_ms", "ttft_ms", "chunk_delay_ms", "chunks",
      "disconnect_after", "stall_after"}
 )
-_FLAG_KEYS = frozenset({"context_length_exceeded", "timeout", "no_usage", "malformed"})
+_FLAG_KEYS = frozenset({"context_length_exceeded", "timeout", "no_usage", "malformed", "bad_json"})
 # `tool=NAME`: answer with a call of the declared tool NAME (dialects that support tools).
 _NAME_KEYS = frozenset({"tool"})
 _NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
@@ -39,6 +39,7 @@ class Directive:
     no_usage: bool = False
     malformed: bool = False
     tool: str | None = None
+    bad_json: bool = False  # structured output that does not parse (to test repair)
 
 
 def directive_parse(*, text: str) -> dict[str, int | bool | str]:

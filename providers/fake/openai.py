@@ -104,7 +104,18 @@ class OpenAIDialect(Dialect):
             stop=stops_parse(body.get("stop")), stream=body.get("stream") is True,
             include_usage=isinstance(options, dict) and options.get("include_usage") is True,
             directive=directive, tool_call=self._tool_call(body, directive.tool, messages),
+            structured=self._structured(body.get("response_format")),
         )
+
+    @staticmethod
+    def _structured(response_format: object) -> dict | None:
+        if not isinstance(response_format, dict):
+            return None
+        if response_format.get("type") == "json_object":
+            return {"type": "object", "properties": {"answer": {"type": "string"}}}
+        if response_format.get("type") == "json_schema":
+            return (response_format.get("json_schema") or {}).get("schema") or {"type": "object"}
+        return None
 
     @staticmethod
     def _tool_call(body: dict, directed: str | None, messages: list) -> tuple[str, dict] | None:

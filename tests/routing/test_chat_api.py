@@ -417,3 +417,56 @@ async def test_images_pass_to_models_with_vision_or_unlisted_capabilities(gatewa
     for model in ("gpt-4o", "gpt-4o-mini"):
         response = await post(gateway, "/v1/chat/completions", json.dumps({"model": model, "messages": IMAGE_MESSAGE}))
         assert response.status_code == 200, response.content
+
+
+PERSON = {"type": "json_schema", "json_schema": {"name": "person", "strict": True, "schema": {
+    "type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"], "additionalProperties": False}}}
+
+
+async def test_structured_output_is_checked_against_the_schema(gateway):
+    response = await post(gateway, "/v1/chat/completions", chat_body("Describe someone", response_format=PERSON))
+    assert response.status_code == 200
+    person = json.loads(response.json()["choices"][0]["message"]["content"])
+    assert isinstance(person["name"], str) and isinstance(person["age"], int)
+    assert response["x-gateway-attempts"] == "1"
+
+
+async def test_structured_output_gets_one_repair_and_both_calls_are_billed(gateway):
+    response = await post(gateway, "/v1/chat/completions", chat_body("[[fake bad_json]] Describe", response_format=PERSON))
+    assert response.status_code == 200
+    assert json.loads(response.json()["choices"][0]["message"]["content"])["age"]
+    assert response["x-gateway-attempts"] == "2"
+    [record] = await records()
+    assert record.status == "success" and record.prompt_tokens > 20  # two prompts, the second longer
+
+
+async def test_structured_output_that_stays_invalid_is_a_clear_error(gateway, fake_provider_url):
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        await client.put(f"{fake_provider_url}/_fake/directive", json={"directive": "bad_json"})
+    try:
+        response = await post(gateway, "/v1/chat/completions", chat_body("Describe", response_format=PERSON))
+    finally:
+        async with httpx.AsyncClient() as client:
+            await client.delete(f"{fake_provider_url}/_fake/directive")
+    assert_openai_error(response, 502, code="structured_output_invalid")
+    assert "not valid JSON" in response.json()["error"]["message"]
+    [record] = await records()
+    assert record.error_class == "structured_output_invalid" and record.cost_usd > 0  # both calls billed
+
+
+async def test_invalid_schema_is_a_400(gateway):
+    bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}
+    response = await post(gateway, "/v1/chat/completions", chat_body(response_format=bad))
+    assert_openai_error(response, 400, param="response_format")
+
+
+async def test_streamed_structured_output_is_checked_at_the_end(gateway):
+    ok = await post(gateway, "/v1/chat/completions", chat_body("Describe", stream=True, response_format=PERSON))
+    events = await sse_events(ok)
+    assert events[-1] == "[DONE]"
+    bad = await post(gateway, "/v1/chat/completions", chat_body("[[fake bad_json]] x", stream=True, response_format=PERSON))
+    events = await sse_events(bad)
+    assert json.loads(events[-1])["error"]["code"] == "structured_output_invalid"

@@ -1,0 +1,67 @@
+"""Structured output: answers requested with `response_format` are checked before they leave.
+
+`json_object` must parse as a JSON object; `json_schema` must also validate against its schema
+(JSON Schema, as OpenAI's structured outputs use it). Providers enforce this natively where they
+can (OpenAI, Gemini, Cohere) or through the adapter (Anthropic: a forced tool); the gateway checks
+every answer anyway, asks once for a repair of a non-streamed answer that fails, and otherwise
+answers with a clear error rather than hand a client output it cannot parse.
+"""
+
+from __future__ import annotations
+
+import json
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from gateway_site.errors import GatewayError, InvalidRequest
+
+REPAIR_PROMPT = (
+    "Your previous answer did not match the required JSON format: {error}. "
+    "Reply again with only the corrected JSON, nothing else."
+)
+
+
+class StructuredOutputInvalid(GatewayError):
+    status = 502
+    type = "api_error"
+    code = "structured_output_invalid"
+    error_class = "structured_output_invalid"
+
+
+def required_schema(payload: dict) -> dict | None:
+    """The JSON schema an answer must satisfy, or None when the client asked for free text."""
+    response_format = payload.get("response_format") or {}
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind != "json_schema":
+        return None
+    schema = (response_format.get("json_schema") or {}).get("schema")
+    if not isinstance(schema, dict):
+        raise InvalidRequest("'response_format.json_schema.schema' must be an object.", param="response_format")
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        raise InvalidRequest(f"'response_format' has an invalid JSON schema: {exc.message}", param="response_format") from exc
+    return schema
+
+
+def output_problem(text: str | None, schema: dict) -> str | None:
+    """Why `text` does not satisfy `schema`, or None when it does."""
+    try:
+        value = json.loads(text or "")
+    except ValueError as exc:
+        return f"the answer is not valid JSON ({exc.msg} at character {exc.pos})"
+    errors = sorted(Draft202012Validator(schema).iter_errors(value), key=lambda e: list(e.path))
+    if not errors:
+        return None
+    error = errors[0]
+    where = "/".join(str(part) for part in error.absolute_path) or "the top level"
+    return f"at {where}: {error.message}"
+
+
+def repair_payload(payload: dict, *, answer: str, problem: str) -> dict:
+    messages = [*payload["messages"], {"role": "assistant", "content": answer},
+                {"role": "user", "content": REPAIR_PROMPT.format(error=problem)}]
+    return {**payload, "messages": messages}
