@@ -1,6 +1,7 @@
 """The registry of wire-format adapters: adding a provider type is one module and one line here."""
 
 from providers.adapters.anthropic import AnthropicAdapter
+from providers.adapters.azure import AzureOpenAIAdapter
 from providers.adapters.base import (
     Adapter,
     ChatResult,
@@ -9,11 +10,16 @@ from providers.adapters.base import (
     UpstreamRequest,
     Usage,
 )
+from providers.adapters.cohere import CohereAdapter
+from providers.adapters.gemini import GeminiAdapter
 from providers.adapters.openai import OpenAIAdapter
 
 ADAPTERS: dict[str, type[Adapter]] = {
     "openai": OpenAIAdapter,
     "anthropic": AnthropicAdapter,
+    "cohere": CohereAdapter,
+    "azure": AzureOpenAIAdapter,
+    "gemini": GeminiAdapter,
 }
 
 __all__ = [

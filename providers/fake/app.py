@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from providers.fake.anthropic import AnthropicDialect
+from providers.fake.azure import AzureDialect
+from providers.fake.cohere import CohereDialect, embed_body, embed_parse
 from providers.fake.content import completion_build, request_id_new, tokens_count
 from providers.fake.dialect import Dialect, Frames, dumps
 from providers.fake.directives import (
@@ -23,6 +25,7 @@ from providers.fake.directives import (
 )
 from providers.fake.errors import ApiError, FakeConnectionDrop
 from providers.fake.exchange import Exchange
+from providers.fake.gemini import GEMINI, GEMINI_ROUTES
 from providers.fake.openai import (
     OpenAIDialect,
     embedding_inputs,
@@ -32,6 +35,7 @@ from providers.fake.openai import (
 
 SSE_HEADERS = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache")]
 OPENAI, ANTHROPIC = OpenAIDialect(), AnthropicDialect()
+COHERE, AZURE = CohereDialect(), AzureDialect()
 
 
 # --- behaviour shared by every endpoint -------------------------------------------------------
@@ -180,6 +184,37 @@ async def _embeddings(*, ex: Exchange, settings: Settings, dialect: Dialect) -> 
     await _body_send(ex=ex, dialect=dialect, payload=payload, directive=directive)
 
 
+async def _cohere_embed(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
+    """Cohere's Embed v2; the directive comes from the header or the last text."""
+    dialect.authenticate(headers=ex.headers, api_key=settings.api_key)
+    model, texts, dimensions = embed_parse(body=_json_body(ex=ex))
+    directive = directive_build(header=ex.headers.get("x-fake-directive", ""),
+                                message=directive_extract(text=texts[-1])[1],
+                                server=settings.directive)
+    tokens = sum(tokens_count(text=text) for text in texts)
+    if not await _before_response(ex=ex, settings=settings, dialect=dialect, directive=directive,
+                                  tokens=tokens):
+        return
+    payload = embed_body(model=model, texts=texts, dimensions=dimensions,
+                         tokens=None if directive.no_usage else tokens)
+    await _body_send(ex=ex, dialect=dialect, payload=payload, directive=directive)
+
+
+def _azure(handler: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """An Azure OpenAI deployment route: `?api-version=` is required (400 without it), and the
+    deployment named in the path is the model, whatever the body says."""
+
+    async def deployment(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
+        dialect.authenticate(headers=ex.headers, api_key=settings.api_key)
+        if not ex.query.get("api-version"):
+            raise ApiError(400, "The api-version query parameter (?api-version=) is required for "
+                           "all requests.", code="MissingApiVersionParameter")
+        ex.body = dumps({**_json_body(ex=ex), "model": ex.params["deployment"]})
+        await handler(ex=ex, settings=settings, dialect=dialect)
+
+    return deployment
+
+
 async def _models(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
     dialect.authenticate(headers=ex.headers, api_key=settings.api_key)
     await ex.respond(200, dumps(dialect.models()), [(dialect.request_id_header, request_id_new())])
@@ -241,6 +276,17 @@ class PatternRoute:
 
 # Vendors whose paths carry parameters (Gemini, Azure...) add their routes here.
 PATTERN_ROUTES: list[PatternRoute] = []
+PATTERN_ROUTES += [PatternRoute(method, pattern, handler, GEMINI)
+                   for method, pattern, handler in GEMINI_ROUTES]
+# Cohere's paths hold no parameters, but are routed here to force its dialect.
+PATTERN_ROUTES += [
+    PatternRoute("POST", re.compile(r"/v2/chat"), _chat, COHERE),
+    PatternRoute("POST", re.compile(r"/v2/embed"), _cohere_embed, COHERE),
+    PatternRoute("POST", re.compile(r"/openai/deployments/(?P<deployment>[^/]+)/chat/completions"),
+                 _azure(_chat), AZURE),
+    PatternRoute("POST", re.compile(r"/openai/deployments/(?P<deployment>[^/]+)/embeddings"),
+                 _azure(_embeddings), AZURE),
+]
 
 
 def _route_for(*, ex: Exchange) -> tuple[Handler | None, Dialect]:

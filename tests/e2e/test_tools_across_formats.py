@@ -74,3 +74,32 @@ def test_anthropic_sdk_tools_on_openai_wire(stack, stream):
         ],
     )
     assert follow.stop_reason == "end_turn" and follow.content[0].text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_sdk_tools_on_anthropic_wire(stack, stream):
+    client = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=stack.api_key, max_retries=0)
+    tools = [{"type": "function", "function": {"name": WEATHER["name"], "parameters": WEATHER["schema"]}}]
+    messages = [{"role": "user", "content": "Weather in Paris? [[fake tool=get_weather]]"}]
+    if stream:
+        name, arguments, call_id = "", "", None
+        for chunk in client.chat.completions.create(model="claude-haiku-4-5", messages=messages, tools=tools, stream=True):
+            for choice in chunk.choices:
+                for call in choice.delta.tool_calls or ():
+                    call_id = call.id or call_id
+                    name += (call.function.name or "") if call.function else ""
+                    arguments += (call.function.arguments or "") if call.function else ""
+        assistant = {"role": "assistant", "tool_calls": [
+            {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}]}
+    else:
+        first = client.chat.completions.create(model="claude-haiku-4-5", messages=messages, tools=tools)
+        assert first.choices[0].finish_reason == "tool_calls"
+        call = first.choices[0].message.tool_calls[0]
+        call_id, name, arguments = call.id, call.function.name, call.function.arguments
+        assistant = first.choices[0].message.model_dump(exclude_none=True)
+    assert name == "get_weather" and json.loads(arguments)["city"]
+    answer = client.chat.completions.create(
+        model="claude-haiku-4-5", tools=tools,
+        messages=messages + [assistant, {"role": "tool", "tool_call_id": call_id, "content": "18 C"}],
+    )
+    assert answer.choices[0].finish_reason == "stop" and answer.choices[0].message.content

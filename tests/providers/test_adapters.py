@@ -20,6 +20,7 @@ import respx
 from gateway_site.errors import PROVIDER_ERROR_CLASSES, InvalidRequest, ProviderError
 from providers.adapters import ADAPTERS
 from providers.adapters.anthropic import DEFAULT_MAX_TOKENS, AnthropicAdapter
+from providers.adapters.anthropic.tools import JSON_TOOL_DESCRIPTION
 from providers.adapters.base import Adapter, Target, Usage
 from providers.adapters.openai import OpenAIAdapter
 
@@ -355,21 +356,64 @@ async def test_anthropic_parameter_translation(upstream, anthropic, extra, expec
     assert sent_json(route) == {**base, **expected}
 
 
-TOOL_MESSAGE = {"role": "tool", "tool_call_id": "c1", "content": "42"}
 FUNCTION = {"name": "f", "parameters": {}}
+WEATHER_PARAMETERS = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+    "required": ["city"],
+}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "parameters": WEATHER_PARAMETERS,
+        "strict": True,
+    },
+}
+WEATHER_TOOL = {
+    "name": "get_weather",
+    "description": "Current weather for a city",
+    "input_schema": WEATHER_PARAMETERS,
+}
+
+
+def tool_call(call_id: str, arguments: str, name: str = "get_weather") -> dict:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def assistant_calls(*calls: dict, content: str | None = None) -> dict:
+    return {"role": "assistant", "content": content, "tool_calls": list(calls)}
+
+
+def tool_result(call_id: str, content: object) -> dict:
+    return {"role": "tool", "tool_call_id": call_id, "content": content}
 
 
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
         ({"n": 2}, "n"),
-        ({"tools": [{"type": "function", "function": FUNCTION}]}, "tools"),
-        ({"tool_choice": "auto"}, "tool_choice"),
         ({"functions": [FUNCTION]}, "functions"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"function_call": "auto"}, "function_call"),
         ({"logprobs": True}, "logprobs"),
         ({"top_logprobs": 3}, "top_logprobs"),
-        ({"messages": [*HELLO, TOOL_MESSAGE]}, "messages"),
+        ({"messages": [*HELLO, {"role": "function", "name": "f", "content": "42"}]}, "messages[1].role"),
+        (
+            {"messages": [*HELLO, {"role": "assistant", "content": None, "function_call": FUNCTION}]},
+            "messages[1].function_call",
+        ),
+        ({"tools": [{"type": "custom", "custom": {"name": "grep"}}]}, "tools[0]"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "allowed_tools"}}, "tool_choice"),
+        ({"messages": [*HELLO, {"role": "tool", "content": "42"}]}, "messages[1].tool_call_id"),
+        ({"messages": [*HELLO, assistant_calls({"id": "c1"})]}, "messages[1].tool_calls[0]"),
+        ({"response_format": {"type": "xml"}}, "response_format"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "l", "schema": {"type": "array"}}}},
+            "response_format",
+        ),
         ({"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}, "messages"),
         ({"messages": [{"role": "user", "content": [image_url("ftp://x/y.png")]}]}, "messages"),
     ],
@@ -386,16 +430,17 @@ async def test_anthropic_refuses_what_it_cannot_honour(upstream, anthropic, extr
 
 
 @pytest.mark.parametrize(
-    "extra",
-    [
-        {"tools": [{"type": "function", "function": FUNCTION}]},
-        {"messages": [*HELLO, TOOL_MESSAGE]},
-        {"messages": [{"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]}]},
-    ],
+    ("arguments", "reason"),
+    [('{"city": "Par', "is not valid JSON"), ("[1, 2]", "must be a JSON object")],
 )
-def test_anthropic_tool_refusals_say_not_yet(anthropic, extra):
-    with pytest.raises(InvalidRequest, match="not supported yet for Anthropic providers"):
-        anthropic.chat_request({"messages": HELLO, **extra}, ANTHROPIC)
+def test_anthropic_tool_call_arguments_must_be_a_json_object(anthropic, arguments, reason):
+    messages = [*HELLO, assistant_calls(tool_call("call_1", arguments)), tool_result("call_1", "18C")]
+
+    with pytest.raises(InvalidRequest, match=reason) as caught:
+        anthropic.chat_request({"messages": messages, "tools": [WEATHER]}, ANTHROPIC)
+
+    assert caught.value.param == "messages[1].tool_calls[0].function.arguments"
+    assert "'messages[1].tool_calls[0].function.arguments'" in caught.value.message
 
 
 async def test_anthropic_has_no_embeddings(upstream, anthropic):
@@ -582,6 +627,344 @@ async def test_anthropic_stream_data_that_is_not_json_is_malformed(upstream, ant
 
     assert len(chunks) == 1
     assert exc.error_class == "upstream_server"
+
+
+# --- Anthropic: tools -----------------------------------------------------------------------
+
+
+async def test_anthropic_tools_translation(upstream, anthropic):
+    route = upstream.post(ANTHROPIC_URL).respond(200, json=fixture_json("anthropic_message.json"))
+    no_parameters = {"type": "function", "function": {"name": "now"}}
+
+    await anthropic.chat({"messages": HELLO, "tools": [WEATHER, no_parameters]}, ANTHROPIC)
+
+    # `strict` has no Anthropic counterpart; a function without parameters takes an empty object.
+    assert sent_json(route) == {
+        "model": "claude-sonnet-4-5",
+        "messages": HELLO,
+        "max_tokens": DEFAULT_MAX_TOKENS,
+        "tools": [WEATHER_TOOL, {"name": "now", "input_schema": {"type": "object", "properties": {}}}],
+    }
+
+
+NAMED = {"type": "function", "function": {"name": "get_weather"}}
+NO_PARALLEL = {"disable_parallel_tool_use": True}
+
+
+@pytest.mark.parametrize(
+    ("tool_choice", "parallel_tool_calls", "expected"),
+    [
+        ("auto", None, {"type": "auto"}),
+        ("required", None, {"type": "any"}),
+        ("none", None, {"type": "none"}),
+        (NAMED, None, {"type": "tool", "name": "get_weather"}),
+        ("auto", True, {"type": "auto"}),
+        (None, False, {"type": "auto", **NO_PARALLEL}),
+        ("required", False, {"type": "any", **NO_PARALLEL}),
+        (NAMED, False, {"type": "tool", "name": "get_weather", **NO_PARALLEL}),
+        ("none", False, {"type": "none"}),  # nothing to run in parallel
+    ],
+)
+def test_anthropic_tool_choice_translation(anthropic, tool_choice, parallel_tool_calls, expected):
+    payload = {"messages": HELLO, "tools": [WEATHER], "tool_choice": tool_choice}
+    if parallel_tool_calls is not None:
+        payload["parallel_tool_calls"] = parallel_tool_calls
+
+    body = anthropic.chat_request(payload, ANTHROPIC).json
+
+    assert body["tool_choice"] == expected
+
+
+def test_anthropic_without_tool_choice_sends_none(anthropic):
+    assert "tool_choice" not in anthropic.chat_request({"messages": HELLO, "tools": [WEATHER]}, ANTHROPIC).json
+
+
+async def test_anthropic_tool_history_translation(upstream, anthropic):
+    route = upstream.post(ANTHROPIC_URL).respond(200, json=fixture_json("anthropic_message.json"))
+    messages = [
+        {"role": "system", "content": "Use the tools."},
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        assistant_calls(tool_call("call_1", '{"city": "Paris"}'), tool_call("call_2", '{"city":"Rome","days":2}')),
+        tool_result("call_1", "18C"),
+        tool_result("call_2", [text("21C")]),
+        {"role": "user", "content": "And now?"},
+        assistant_calls(tool_call("call_3", "", name="now"), content="Let me check."),
+        tool_result("call_3", ""),
+    ]
+
+    await anthropic.chat({"messages": messages, "tools": [WEATHER]}, ANTHROPIC)
+
+    def tool_use(call_id: str, name: str, input_: dict) -> dict:
+        return {"type": "tool_use", "id": call_id, "name": name, "input": input_}
+
+    assert sent_json(route)["system"] == "Use the tools."
+    assert sent_json(route)["messages"] == [
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        {
+            "role": "assistant",
+            "content": [
+                tool_use("call_1", "get_weather", {"city": "Paris"}),
+                tool_use("call_2", "get_weather", {"city": "Rome", "days": 2}),
+            ],
+        },
+        # Consecutive tool results share one user turn, and the user's next words follow them.
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "call_1", "content": "18C"},
+                {"type": "tool_result", "tool_use_id": "call_2", "content": [text("21C")]},
+                text("And now?"),
+            ],
+        },
+        {"role": "assistant", "content": [text("Let me check."), tool_use("call_3", "now", {})]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_3"}]},
+    ]
+
+
+def test_anthropic_tool_results_go_before_text_in_their_turn(anthropic):
+    messages = [
+        *HELLO,
+        assistant_calls(tool_call("call_1", '{"city": "Oslo"}'), content=""),
+        {"role": "user", "content": "Quickly, please."},
+        tool_result("call_1", "-3C"),
+    ]
+
+    body = anthropic.chat_request({"messages": messages, "tools": [WEATHER]}, ANTHROPIC).json
+
+    assert body["messages"][1]["content"] == [  # the empty text is dropped: Anthropic refuses it
+        {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Oslo"}}
+    ]
+    assert body["messages"][2] == {
+        "role": "user",
+        "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "-3C"}, text("Quickly, please.")],
+    }
+
+
+def anthropic_tool_use(tool_id: str, name: str, input_: dict) -> dict:
+    return {"type": "tool_use", "id": tool_id, "name": name, "input": input_}
+
+
+def anthropic_message(*content: dict, stop_reason: str = "tool_use") -> dict:
+    return {
+        "id": "msg_tools",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-5-20250929",
+        "content": list(content),
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 30, "output_tokens": 20},
+    }
+
+
+async def test_anthropic_tool_use_response_translation(upstream, anthropic):
+    body = anthropic_message(
+        text("Let me look."),
+        anthropic_tool_use("toolu_1", "get_weather", {"city": "Paris", "days": 2}),
+        anthropic_tool_use("toolu_2", "now", {}),
+    )
+    upstream.post(ANTHROPIC_URL).respond(200, json=body)
+
+    result = await anthropic.chat({"messages": HELLO, "tools": [WEATHER]}, ANTHROPIC)
+
+    assert result.body["choices"] == [
+        {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": "Let me look.",
+                "refusal": None,
+                "tool_calls": [
+                    {
+                        "id": "toolu_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city":"Paris","days":2}'},
+                    },
+                    {"id": "toolu_2", "type": "function", "function": {"name": "now", "arguments": "{}"}},
+                ],
+            },
+            "finish_reason": "tool_calls",
+            "logprobs": None,
+        }
+    ]
+
+
+async def test_anthropic_tool_use_only_has_null_content(upstream, anthropic):
+    body = anthropic_message(anthropic_tool_use("toolu_1", "get_weather", {"city": "Paris"}))
+    upstream.post(ANTHROPIC_URL).respond(200, json=body)
+
+    result = await anthropic.chat({"messages": HELLO, "tools": [WEATHER]}, ANTHROPIC)
+
+    message = result.body["choices"][0]["message"]
+    assert message["content"] is None
+    assert json.loads(message["tool_calls"][0]["function"]["arguments"]) == {"city": "Paris"}
+
+
+def block_start(index: int, block: dict) -> tuple[str, dict]:
+    return event("content_block_start", index=index, content_block=block)
+
+
+def json_delta(index: int, partial: str) -> tuple[str, dict]:
+    return event("content_block_delta", index=index, delta={"type": "input_json_delta", "partial_json": partial})
+
+
+def block_stop(index: int) -> tuple[str, dict]:
+    return event("content_block_stop", index=index)
+
+
+TOOL_USE_DELTA = event("message_delta", delta={"stop_reason": "tool_use"})
+
+
+async def test_anthropic_stream_tool_call_deltas(upstream, anthropic):
+    body = sse(
+        MESSAGE_START,
+        block_start(0, text("")),
+        TEXT_DELTA,
+        block_stop(0),
+        block_start(1, anthropic_tool_use("toolu_1", "get_weather", {})),
+        json_delta(1, ""),  # Anthropic often opens with an empty piece
+        json_delta(1, '{"city":'),
+        json_delta(1, ' "Paris"}'),
+        block_stop(1),
+        block_start(2, anthropic_tool_use("toolu_2", "now", {})),
+        json_delta(2, "{}"),
+        block_stop(2),
+        TOOL_USE_DELTA,
+        MESSAGE_STOP,
+    )
+    upstream.post(ANTHROPIC_URL).respond(200, content=body, headers=SSE)
+
+    chunks = [chunk async for chunk in anthropic.chat_stream({**STREAM, "tools": [WEATHER]}, ANTHROPIC)]
+
+    def start(index: int, call_id: str, name: str) -> dict:
+        function = {"name": name, "arguments": ""}
+        return {"tool_calls": [{"index": index, "id": call_id, "type": "function", "function": function}]}
+
+    def arguments(index: int, piece: str) -> dict:
+        return {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+
+    # OpenAI's index is the call's place among the tool calls, not Anthropic's block index.
+    assert deltas(chunks) == [
+        {"role": "assistant", "content": ""},
+        {"content": "Hi"},
+        start(0, "toolu_1", "get_weather"),
+        arguments(0, '{"city":'),
+        arguments(0, ' "Paris"}'),
+        start(1, "toolu_2", "now"),
+        arguments(1, "{}"),
+        {},
+    ]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+async def test_anthropic_stream_input_json_delta_without_tool_block_is_malformed(upstream, anthropic):
+    body = sse(MESSAGE_START, json_delta(3, '{"city":'), TOOL_USE_DELTA, MESSAGE_STOP)
+    upstream.post(ANTHROPIC_URL).respond(200, content=body, headers=SSE)
+
+    chunks, exc = await stream_until_error(anthropic, ANTHROPIC)
+
+    assert len(chunks) == 1
+    assert exc.error_class == "upstream_server"
+    assert "input_json_delta" in exc.message
+
+
+# --- Anthropic: structured output -----------------------------------------------------------
+
+VERDICT_SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "string"}, "confidence": {"type": "number"}},
+    "required": ["answer", "confidence"],
+    "additionalProperties": False,
+}
+JSON_SCHEMA = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": VERDICT_SCHEMA, "strict": True}}
+
+
+@pytest.mark.parametrize(
+    ("response_format", "tool"),
+    [
+        (JSON_SCHEMA, {"name": "verdict", "description": JSON_TOOL_DESCRIPTION, "input_schema": VERDICT_SCHEMA}),
+        (
+            {"type": "json_schema", "json_schema": {"schema": VERDICT_SCHEMA, "description": "A verdict."}},
+            {"name": "json_response", "description": "A verdict.", "input_schema": VERDICT_SCHEMA},
+        ),
+        (
+            {"type": "json_object"},
+            {"name": "json_response", "description": JSON_TOOL_DESCRIPTION, "input_schema": {"type": "object"}},
+        ),
+    ],
+)
+async def test_anthropic_structured_output_forces_a_tool(upstream, anthropic, response_format, tool):
+    route = upstream.post(ANTHROPIC_URL).respond(200, json=fixture_json("anthropic_message.json"))
+
+    await anthropic.chat({"messages": HELLO, "response_format": response_format}, ANTHROPIC)
+
+    assert sent_json(route) == {
+        "model": "claude-sonnet-4-5",
+        "messages": HELLO,
+        "max_tokens": DEFAULT_MAX_TOKENS,
+        "tools": [tool],
+        "tool_choice": {"type": "tool", "name": tool["name"]},
+    }
+
+
+@pytest.mark.parametrize("response_format", [JSON_SCHEMA, {"type": "json_object"}])
+def test_anthropic_refuses_tools_with_json_output(anthropic, response_format):
+    payload = {"messages": HELLO, "tools": [WEATHER], "response_format": response_format}
+
+    with pytest.raises(InvalidRequest, match="cannot be combined with 'tools'.*forcing a tool") as caught:
+        anthropic.chat_request(payload, ANTHROPIC)
+
+    assert caught.value.param == "response_format"
+
+
+@pytest.mark.parametrize(
+    ("stop_reason", "finish_reason"), [("tool_use", "stop"), ("end_turn", "stop"), ("max_tokens", "length")]
+)
+async def test_anthropic_structured_output_answer_is_json_content(upstream, anthropic, stop_reason, finish_reason):
+    verdict = anthropic_tool_use("toolu_1", "verdict", {"answer": "yes", "confidence": 0.9})
+    upstream.post(ANTHROPIC_URL).respond(200, json=anthropic_message(verdict, stop_reason=stop_reason))
+
+    result = await anthropic.chat({"messages": HELLO, "response_format": JSON_SCHEMA}, ANTHROPIC)
+
+    assert result.body["choices"] == [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": '{"answer":"yes","confidence":0.9}', "refusal": None},
+            "finish_reason": finish_reason,
+            "logprobs": None,
+        }
+    ]
+
+
+async def test_anthropic_structured_output_stream_is_json_content(upstream, anthropic):
+    usage_start = event(
+        "message_start", message={"id": "msg_3", "model": "claude-x", "usage": {"input_tokens": 9, "output_tokens": 1}}
+    )
+    body = sse(
+        usage_start,
+        block_start(0, anthropic_tool_use("toolu_1", "verdict", {})),
+        json_delta(0, ""),
+        json_delta(0, '{"answer": "yes",'),
+        json_delta(0, ' "confidence": 0.9}'),
+        block_stop(0),
+        event("message_delta", delta={"stop_reason": "tool_use"}, usage={"output_tokens": 12}),
+        MESSAGE_STOP,
+    )
+    upstream.post(ANTHROPIC_URL).respond(200, content=body, headers=SSE)
+    payload = {**STREAM, "response_format": JSON_SCHEMA}
+
+    chunks = [chunk async for chunk in anthropic.chat_stream(payload, ANTHROPIC)]
+
+    assert deltas(chunks[:-1]) == [
+        {"role": "assistant", "content": ""},
+        {"content": '{"answer": "yes",'},
+        {"content": ' "confidence": 0.9}'},
+        {},
+    ]
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["usage"] == {"prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21}
+    content = "".join(delta.get("content", "") for delta in deltas(chunks[:-1]))
+    assert json.loads(content) == {"answer": "yes", "confidence": 0.9}
 
 
 # --- Anthropic: errors ----------------------------------------------------------------------
