@@ -7,6 +7,7 @@ urlpatterns = [
     path("v1/", include("routing.urls")),
     path("admin/", admin.site.urls),
     path("dashboard/", include("accounting.urls")),
+    path("playground/", include("routing.playground_urls")),
     path("accounts/", include("django.contrib.auth.urls")),
     path("health", health, name="health"),
 ]

@@ -149,12 +149,15 @@ def browser(tmp_path):
 
 def _log_in(driver, base_url: str, username: str) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     driver.get(f"{base_url}/dashboard/")
     assert "/accounts/login/?next=/dashboard/" in driver.current_url
     driver.find_element(By.NAME, "username").send_keys(username)
     driver.find_element(By.NAME, "password").send_keys(PASSWORDS[username])
     driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+    # The click only starts the form post: wait until the browser has left the login page.
+    WebDriverWait(driver, 10).until(lambda d: "/accounts/login/" not in d.current_url)
 
 
 def _fetch(driver, url: str) -> tuple[int, str]:
