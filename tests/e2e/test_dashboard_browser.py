@@ -209,6 +209,7 @@ def test_member_sees_their_dashboard_drawn(browser, gateway_url, tmp_path):
 
 def test_member_cannot_open_another_tenant_in_the_browser(browser, gateway_url):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     _log_in(browser, gateway_url, "alice")
     assert browser.current_url.endswith("/dashboard/acme/")
@@ -225,6 +226,7 @@ def test_member_cannot_open_another_tenant_in_the_browser(browser, gateway_url):
     # Logged out, the same browser is sent to the login page.
     browser.get(f"{gateway_url}/dashboard/acme/")
     browser.find_element(By.CSS_SELECTOR, ".logout button").click()
+    WebDriverWait(browser, 10).until(lambda d: d.current_url.endswith("/accounts/login/"))
     browser.get(f"{gateway_url}/dashboard/acme/")
     assert "/accounts/login/?next=/dashboard/acme/" in browser.current_url
 
