@@ -31,6 +31,7 @@ class ApiKeyContext:
     expires_at: datetime | None
     revoked: bool
     tenant_active: bool
+    keep_content: bool = False  # the tenant keeps prompts and answers (Tenant.keep_content)
 
     def allows(self, alias: str) -> bool:
         return not self.allowed_models or alias in self.allowed_models
@@ -89,6 +90,7 @@ async def _lookup(hashed: str) -> ApiKeyContext | None:
             expires_at=key.expires_at,
             revoked=key.revoked,
             tenant_active=key.tenant.is_active,
+            keep_content=key.tenant.keep_content,
         )
         # Touch last_used_at at most once per cache interval per process, not per request.
         await TenantApiKey.objects.filter(pk=key.pk).aupdate(last_used_at=timezone.now())

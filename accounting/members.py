@@ -29,4 +29,5 @@ async def member_context(*, user) -> ApiKeyContext | None:
         expires_at=None,
         revoked=False,
         tenant_active=True,
+        keep_content=membership.tenant.keep_content,
     )

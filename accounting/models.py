@@ -12,6 +12,13 @@ class Tenant(models.Model):
     slug = models.SlugField(max_length=64, unique=True)
     name = models.CharField(max_length=200, blank=True)
     is_active = models.BooleanField(default=True)
+    keep_content = models.BooleanField(
+        default=False,
+        help_text="Keep each request's prompt and answer (for dashboards, corrections and logs).",
+    )
+    content_retention_days = models.PositiveIntegerField(
+        default=30, help_text="Kept content is deleted this many days after the request."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -96,10 +103,25 @@ class UsageRecord(models.Model):
     )
     task = models.CharField(max_length=100, blank=True)
     tags = models.JSONField(default=list, blank=True)
+    route = models.CharField(max_length=100, blank=True, help_text="The routing rule that matched.")
+    route_group = models.CharField(max_length=100, blank=True)
+    experiment = models.CharField(max_length=100, blank=True)
+    variant = models.CharField(max_length=100, blank=True, help_text="The experiment variant served.")
+    conversation_id = models.CharField(max_length=200, blank=True)
+    cache = models.CharField(
+        max_length=10, blank=True, help_text="hit, miss or semantic when the cache was consulted."
+    )
+    saved_cost_usd = models.DecimalField(
+        max_digits=14, decimal_places=8, default=Decimal("0"),
+        help_text="What a cache hit saved: the cost of the answer it reused.",
+    )
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["tenant", "created_at"], name="usage_tenant_time")]
+        indexes = [
+            models.Index(fields=["tenant", "created_at"], name="usage_tenant_time"),
+            models.Index(fields=["tenant", "conversation_id"], name="usage_tenant_conversation"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.tenant_id} {self.status}"
@@ -107,6 +129,26 @@ class UsageRecord(models.Model):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+class UsageContent(models.Model):
+    """The prompt and answer of one request, kept only for tenants with `keep_content`.
+
+    Apart from the UsageRecord so that the system of record stays small, and deleted after the
+    tenant's `content_retention_days` by `accounting.tasks.content_retention_task`.
+    """
+
+    usage_record = models.OneToOneField(UsageRecord, on_delete=models.CASCADE, related_name="content")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    messages = models.JSONField(default=list, help_text="The request's messages (or embedding input).")
+    completion = models.TextField(blank=True)
+
+    class Meta:
+        verbose_name_plural = "usage content"
+
+    def __str__(self) -> str:
+        return f"content of {self.usage_record_id}"
 
 
 class TenantMembership(models.Model):
@@ -240,6 +282,7 @@ class UsageRollup(models.Model):
         TASK = "task"
         TAG = "tag"
         END_USER = "end_user"
+        ROUTE = "route"
 
     granularity = models.CharField(max_length=4, choices=Granularity.choices)
     bucket_start = models.DateTimeField()
@@ -252,6 +295,8 @@ class UsageRollup(models.Model):
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=16, decimal_places=8, default=Decimal("0"))
+    cache_hits = models.PositiveIntegerField(default=0)
+    saved_cost_usd = models.DecimalField(max_digits=16, decimal_places=8, default=Decimal("0"))
     latency_p50_ms = models.FloatField(null=True, blank=True)
     latency_p95_ms = models.FloatField(null=True, blank=True)
     ttft_p50_ms = models.FloatField(null=True, blank=True)

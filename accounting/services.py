@@ -10,7 +10,7 @@ from datetime import datetime
 from django.db import transaction
 
 from accounting.budgets import BudgetLimit, Reservation, budget_settle
-from accounting.models import Tenant, TenantApiKey, UsageRecord
+from accounting.models import Tenant, TenantApiKey, UsageContent, UsageRecord
 
 API_KEY_PREFIX = "sk-gw-"
 VISIBLE_PREFIX_LENGTH = 12
@@ -63,7 +63,12 @@ def usage_record_commit(
     Spend moves only together with the record that justifies it, so a period's spend is always
     the sum of its records. New alerts are handed to `on_alert` once the transaction commits.
     """
+    content = fields.pop("content", None)
     record = UsageRecord.objects.create(**fields)
+    if content is not None:
+        UsageContent.objects.create(
+            usage_record=record, tenant_id=record.tenant_id, created_at=record.created_at, **content
+        )
     alert_ids = budget_settle(
         budgets=budgets, reservation=reservation, cost=record.cost_usd, now=record.created_at
     )

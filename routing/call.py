@@ -45,6 +45,9 @@ class Call:
     recorded_tokens: tuple[int, int] = (0, 0)
     task: str = ""
     tags: tuple[str, ...] = ()
+    conversation_id: str = ""
+    cache: str = ""  # "hit", "miss" or "semantic" once the cache was consulted
+    saved_cost_usd: Decimal = Decimal("0")  # what a cache hit saved
 
     @property
     def response_id(self) -> str:

@@ -120,6 +120,7 @@ async def _prepare(call: Call, *, body: dict, headers, mode: str) -> None:
     call.requested_model = body["model"]
     hints = route_hints(body=body, headers=headers)
     call.task, call.tags = hints.task, tuple(sorted(hints.tags))
+    call.conversation_id = hints.conversation
     await _rate_limit(call)
     call.plan = await _route(call, hints=hints, mode=mode)
     _content_check(call)

@@ -123,7 +123,25 @@ def _record_fields(call: Call, *, status: str, completion_text: str) -> dict:
         "cached_tokens": cached,
         "task": call.task[:100],
         "tags": list(call.tags),
+        "route": call.plan.rule if call.plan else "",
+        "route_group": (call.plan.group.name or "") if call.plan else "",
+        "experiment": call.plan.experiment if call.plan else "",
+        "variant": call.plan.variant if call.plan else "",
+        "conversation_id": call.conversation_id,
+        "cache": call.cache,
+        "saved_cost_usd": call.saved_cost_usd,
+        "content": _content(call, completion_text) if call.auth.keep_content else None,
     }
+
+
+def _content(call: Call, completion_text: str) -> dict:
+    """What a tenant that keeps content keeps: the request's messages (or input) and the answer."""
+    if call.endpoint == "embeddings":
+        source = call.payload.get("input")
+        messages = source if isinstance(source, list) else [source]
+    else:
+        messages = call.payload.get("messages") or []
+    return {"messages": messages, "completion": completion_text}
 
 
 def _alert_enqueue(alert_id: int) -> None:

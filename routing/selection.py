@@ -24,7 +24,9 @@ HINT_HEADERS = {
     "exclude": "x-gateway-exclude",
     "task": "x-gateway-task",
     "tags": "x-gateway-tags",
+    "conversation": "x-gateway-conversation-id",
 }
+CONVERSATION_ID_MAX_LENGTH = 200
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class RouteHints:
     exclude: tuple[str, ...] = ()
     task: str = ""
     tags: frozenset[str] = frozenset()
+    conversation: str = ""  # sticks a conversation to one experiment variant; ties feedback together
 
 
 @dataclass
@@ -43,6 +46,8 @@ class RoutePlan:
     group: GroupConfig
     strategy: str
     deployments: list[Deployment] = field(default_factory=list)
+    experiment: str = ""
+    variant: str = ""
 
 
 def route_hints(*, body: dict, headers) -> RouteHints:
@@ -55,8 +60,15 @@ def route_hints(*, body: dict, headers) -> RouteHints:
             f"Unknown routing strategy '{strategy}'; use one of {', '.join(Strategy.values)}.",
             param="routing.strategy",
         )
+    conversation = str(metadata.get("conversation_id") or headers.get(HINT_HEADERS["conversation"]) or "")
+    if len(conversation) > CONVERSATION_ID_MAX_LENGTH:
+        raise InvalidRequest(
+            f"The conversation id is longer than {CONVERSATION_ID_MAX_LENGTH} characters.",
+            param="metadata.conversation_id",
+        )
     return RouteHints(
         strategy=strategy,
+        conversation=conversation,
         prefer=tuple(routing.get("prefer") or _header_list(headers, "prefer")),
         exclude=tuple(routing.get("exclude") or _header_list(headers, "exclude")),
         task=str(metadata.get("task") or headers.get(HINT_HEADERS["task"]) or ""),
