@@ -64,7 +64,7 @@ def bucket_end(*, granularity: str, bucket_start: datetime) -> datetime:
     return bucket_start + STEPS[granularity]
 
 
-def _bucket_checked(granularity: str, bucket_start: datetime) -> datetime:
+def bucket_checked(granularity: str, bucket_start: datetime) -> datetime:
     if granularity not in STEPS:
         raise ValueError(f"Unknown granularity {granularity!r}; use one of {sorted(STEPS)}.")
     if timezone.is_naive(bucket_start):
@@ -93,8 +93,8 @@ def percentile_cont(values: Sequence[float], fraction: float) -> float | None:
 
 # --- computing one bucket's rows --------------------------------------------------------------------
 _RECORD_FIELDS = (
-    "tenant_id", "api_key_id", "requested_model", "task", "tags", "end_user", "status", "error_class",
-    "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms", "ttft_ms",
+    "tenant_id", "api_key_id", "requested_model", "task", "tags", "end_user", "route", "status",
+    "error_class", "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms", "ttft_ms",
 )
 
 
@@ -115,6 +115,8 @@ def _dimension_values(record: dict) -> Iterator[tuple[str, str]]:
         yield Dimension.TAG, tag
     if record["end_user"]:
         yield Dimension.END_USER, record["end_user"]
+    if record["route"]:
+        yield Dimension.ROUTE, record["route"]
 
 
 def _summarize(records: list[dict]) -> dict:
@@ -150,7 +152,7 @@ def rollup_rows_python(*, start: datetime, end: datetime) -> dict[RowKey, dict]:
 # One row of `d` per (record, dimension value): the same expansion as `_dimension_values`.
 _PG_DIMENSIONS = """
 WITH r AS (
-    SELECT tenant_id, api_key_id, requested_model, task, tags, end_user, status, error_class,
+    SELECT tenant_id, api_key_id, requested_model, task, tags, end_user, route, status, error_class,
            prompt_tokens, completion_tokens, cost_usd, latency_ms, ttft_ms
     FROM {table}
     WHERE created_at >= %(start)s AND created_at < %(end)s
@@ -165,6 +167,7 @@ WITH r AS (
         WHERE jsonb_typeof(e) = 'string' AND e #>> '{{}}' <> ''
     ) AS t
     UNION ALL SELECT 'end_user', r.end_user, r.* FROM r WHERE r.end_user <> ''
+    UNION ALL SELECT 'route', r.route, r.* FROM r WHERE r.route <> ''
 )
 """
 _PG_STATS = """
@@ -227,7 +230,7 @@ def rollup_bucket(*, granularity: str, bucket_start: datetime) -> int:
     Idempotent: the rows depend only on the records of the bucket, so running it again (a retry,
     a late record, a backfill) converges on the same rows instead of adding to them.
     """
-    start = _bucket_checked(granularity, bucket_start)
+    start = bucket_checked(granularity, bucket_start)
     _bucket_lock(granularity, start)
     rows = rollup_rows_compute(start=start, end=bucket_end(granularity=granularity, bucket_start=start))
     bucket = UsageRollup.objects.filter(granularity=granularity, bucket_start=start)
@@ -314,7 +317,9 @@ def rollup_recent(*, now: datetime | None = None) -> int:
 
 
 # --- reading (the /v1/usage API) ----------------------------------------------------------------------
-GROUP_BY_DIMENSION = {"model": Dimension.MODEL, "key": Dimension.API_KEY, "day": Dimension.TOTAL}
+GROUP_BY_DIMENSION = {
+    "model": Dimension.MODEL, "key": Dimension.API_KEY, "day": Dimension.TOTAL, "route": Dimension.ROUTE,
+}
 _SUMMED = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd")
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.db import transaction
+from django.utils import timezone
 
 from accounting.budgets import BudgetLimit, Reservation, budget_settle
 from accounting.models import Tenant, TenantApiKey, UsageContent, UsageRecord
@@ -76,3 +77,29 @@ def usage_record_commit(
         if on_alert is not None:
             transaction.on_commit(lambda alert_id=alert_id: on_alert(alert_id))
     return record
+
+
+def content_retention_enforce(*, now=None) -> int:
+    """Delete each tenant's kept content older than its `content_retention_days`; returns rows deleted.
+
+    Also deletes what a tenant kept before it turned `keep_content` off, on the same schedule.
+    """
+    now = now or timezone.now()
+    deleted = 0
+    for tenant_id, days in Tenant.objects.values_list("pk", "content_retention_days"):
+        cutoff = now - timedelta(days=days)
+        deleted += UsageContent.objects.filter(tenant_id=tenant_id, created_at__lt=cutoff).delete()[0]
+    return deleted
+
+
+@transaction.atomic
+def api_key_rotate(*, key: TenantApiKey) -> str:
+    """Give a key a new secret and return its plaintext; the old one stops working at once.
+
+    The key keeps its id, so its budgets, rate limits, routing rules and usage stay attached.
+    """
+    raw_key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    key.prefix = raw_key[:VISIBLE_PREFIX_LENGTH]
+    key.hashed_key = api_key_hash(raw_key)
+    key.save(update_fields=["prefix", "hashed_key"])  # save(): the signal clears auth caches
+    return raw_key

@@ -10,6 +10,7 @@ from django.db import OperationalError
 
 from accounting.alerts import budget_alert_send
 from accounting.budgets import reservations_release_stale
+from accounting.services import content_retention_enforce
 from accounting.rollups import rollup_bucket, rollup_recent
 
 
@@ -36,3 +37,9 @@ def budget_alert_send_task(alert_id: int) -> None:
 def reservations_release_stale_task() -> int:
     """Free budget reservations of requests whose process died before settling them."""
     return reservations_release_stale()
+
+
+@shared_task(ignore_result=True)
+def content_retention_task() -> int:
+    """Delete kept prompts and answers older than their tenant's retention (beat, hourly)."""
+    return content_retention_enforce()

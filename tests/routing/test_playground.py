@@ -18,7 +18,7 @@ from django.test import Client
 from accounting.models import TenantMembership, UsageRecord
 from accounting.services import tenant_create
 from feedback.models import Feedback
-from feedback.services import feedback_upsert
+from feedback.services import feedback_submit, feedback_upsert, submission_parse
 from gateway_site.errors import InvalidRequest, NotFound
 from providers.models import Provider, ProviderModel
 from routing.models import Deployment, RouteGroup, RoutingRule
@@ -233,15 +233,15 @@ def test_service_scopes_to_the_tenant_and_keeps_sources_apart(acme, globex):
     record = _record(acme)
     with pytest.raises(NotFound):
         feedback_upsert(tenant_id=globex.pk, response_id=record.response_id, rating=1)
-    with pytest.raises(NotFound):
+    with pytest.raises(InvalidRequest):
         feedback_upsert(tenant_id=acme.pk, response_id="", rating=1)
     with pytest.raises(InvalidRequest):
         feedback_upsert(tenant_id=acme.pk, response_id=record.response_id, rating=False)
 
     _, created = feedback_upsert(tenant_id=acme.pk, response_id=record.response_id, rating=1)
-    _, created_api = feedback_upsert(
-        tenant_id=acme.pk, response_id=record.response_id, rating=-1, source="api", comment="too long"
-    )
+    _, created_api = feedback_submit(tenant_id=acme.pk, submission=submission_parse(
+        {"response_id": record.response_id, "rating": -1, "source": "api", "comment": "too long"}
+    ))
     assert created and created_api
     assert sorted(Feedback.objects.values_list("source", "rating", "comment")) == [
         ("api", -1, "too long"), ("playground", 1, ""),

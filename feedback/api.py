@@ -1,0 +1,52 @@
+"""`POST /v1/feedback` and `GET /v1/feedback`: parse, call the feedback services, serialize."""
+
+from __future__ import annotations
+
+import json
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from accounting.auth import api_key_authenticate, bearer_token
+from feedback.services import (
+    CONVERSATION_ID_MAX,
+    RESPONSE_ID_MAX,
+    feedback_read,
+    feedback_submit,
+    submission_parse,
+)
+from gateway_site.errors import GatewayError, InvalidRequest, error_response
+from gateway_site.http import allow_methods
+from routing.api import read_body
+
+
+@csrf_exempt
+@allow_methods("GET", "POST")
+async def feedback(request: HttpRequest) -> HttpResponse:
+    try:
+        auth = await api_key_authenticate(raw_key=bearer_token(request.headers))
+        if request.method == "GET":
+            return JsonResponse(await sync_to_async(feedback_read)(tenant_id=auth.tenant_id, **_query(request.GET)))
+        submission = submission_parse(_json(read_body(request)))
+        body, created = await sync_to_async(feedback_submit)(tenant_id=auth.tenant_id, submission=submission)
+    except GatewayError as exc:
+        return error_response(exc)
+    return JsonResponse(body, status=201 if created else 200)
+
+
+def _json(raw: bytes) -> object:
+    try:
+        return json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest("The body is not valid JSON.", code="invalid_json") from exc
+
+
+def _query(params) -> dict:
+    response_id = params.get("response_id") or ""
+    conversation_id = params.get("conversation_id") or ""
+    if bool(response_id) == bool(conversation_id):
+        raise InvalidRequest("Give exactly one of 'response_id' and 'conversation_id'.", param="response_id")
+    if len(response_id) > RESPONSE_ID_MAX or len(conversation_id) > CONVERSATION_ID_MAX:
+        raise InvalidRequest("The id is too long.", param="response_id" if response_id else "conversation_id")
+    return {"response_id": response_id, "conversation_id": conversation_id}
