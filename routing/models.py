@@ -94,3 +94,67 @@ class RoutingRule(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class Experiment(models.Model):
+    """A split of one routing rule's traffic between variants, compared on feedback, cost and latency.
+
+    While it runs, each request the rule matches is served by one variant, picked by weight; with
+    a conversation id (`metadata.conversation_id` or `X-Gateway-Conversation-Id`) and `sticky`,
+    every request of that conversation gets the same variant. Paused or stopped, the rule serves
+    its own route group again; promoting a variant makes its route group the rule's.
+    """
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        PAUSED = "paused"
+        STOPPED = "stopped"
+        PROMOTED = "promoted"
+
+    name = models.SlugField(max_length=100, unique=True)
+    rule = models.ForeignKey(RoutingRule, on_delete=models.CASCADE, related_name="experiments")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    sticky = models.BooleanField(default=True, help_text="Keep a conversation on one variant.")
+    description = models.TextField(blank=True)
+    winner = models.ForeignKey(
+        "ExperimentVariant", on_delete=models.SET_NULL, null=True, blank=True, related_name="+", editable=False
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["rule"], condition=models.Q(status="running"), name="one_running_experiment_per_rule"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ExperimentVariant(models.Model):
+    """One arm of an experiment: a route group, or a model alias served as the catalogue serves it."""
+
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="variants")
+    name = models.SlugField(max_length=50)
+    weight = models.PositiveIntegerField(default=1, help_text="Share of the experiment's traffic.")
+    group = models.ForeignKey(RouteGroup, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    model = models.CharField(
+        max_length=200, blank=True, help_text="A model alias (or provider:model); used when no group is set."
+    )
+
+    class Meta:
+        ordering = ["experiment", "pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["experiment", "name"], name="uniq_experiment_variant"),
+            models.CheckConstraint(
+                condition=(models.Q(group__isnull=False) & models.Q(model=""))
+                | (models.Q(group__isnull=True) & ~models.Q(model="")),
+                name="variant_group_xor_model",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.experiment.name}/{self.name}"

@@ -15,6 +15,7 @@ from accounting.auth import ApiKeyContext, model_authorize
 from gateway_site.errors import InvalidRequest, NoDeploymentAvailable
 from providers.selectors import Deployment
 from routing.models import Strategy
+from routing.experiments import variant_pick
 from routing.selectors import GroupConfig, Rule, routing_table_get
 from routing.strategies import STRATEGIES
 
@@ -95,7 +96,20 @@ async def route_select(
     """Resolve the requested model for this key into an ordered plan of deployments."""
     table = await routing_table_get()
     rule = _rule(table, auth=auth, model=model, hints=hints)
-    if rule is not None:
+    if rule is not None and rule.experiment is not None and rule.experiment.variants:
+        model_authorize(context=auth, alias=model)
+        variant = variant_pick(rule.experiment, conversation=hints.conversation)
+        if variant.group is not None:
+            group = variant.group
+            candidates = _fitting(list(group.deployments), model=model, mode=mode)
+        else:
+            candidates = table.catalog.resolve(variant.model, mode=mode)
+            group = GroupConfig.implicit(candidates)
+        plan = RoutePlan(
+            model=model, rule=rule.name, group=group, strategy=group.strategy,
+            experiment=rule.experiment.name, variant=variant.name,
+        )
+    elif rule is not None:
         model_authorize(context=auth, alias=model)
         plan = RoutePlan(model=model, rule=rule.name, group=rule.group, strategy=rule.group.strategy)
         candidates = _fitting(list(rule.group.deployments), model=model, mode=mode)

@@ -14,7 +14,7 @@ from django.conf import settings
 
 from providers.selectors import Catalog, Deployment, catalog_build
 from routing.breakers import BreakerPolicy
-from routing.models import RouteGroup, RoutingRule, Strategy
+from routing.models import Experiment, RouteGroup, RoutingRule, Strategy
 
 DEFAULT_RETRIES = 1
 DEFAULT_TOTAL_TIMEOUT = 120.0
@@ -47,6 +47,23 @@ class GroupConfig:
 
 
 @dataclass(frozen=True)
+class VariantConfig:
+    """An experiment arm: a route group, or (group None) a model alias resolved per request."""
+
+    name: str
+    weight: int
+    group: GroupConfig | None
+    model: str
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str
+    sticky: bool
+    variants: tuple[VariantConfig, ...]
+
+
+@dataclass(frozen=True)
 class Rule:
     name: str
     model: str
@@ -55,6 +72,7 @@ class Rule:
     task: str
     tags: frozenset[str]
     group: GroupConfig
+    experiment: ExperimentConfig | None = None  # a running experiment splitting this rule's traffic
 
     def matches(self, *, model: str, tenant_id: int, key_id: int, task: str, tags: frozenset[str]) -> bool:
         return (
@@ -103,6 +121,20 @@ async def routing_table_get() -> RoutingTable:
 def routing_table_build() -> RoutingTable:
     catalog = catalog_build()
     groups = {group.pk: _group(group, catalog) for group in RouteGroup.objects.prefetch_related("deployments")}
+    experiments = {
+        experiment.rule_id: ExperimentConfig(
+            name=experiment.name,
+            sticky=experiment.sticky,
+            variants=tuple(
+                VariantConfig(
+                    name=variant.name, weight=variant.weight,
+                    group=groups[variant.group_id] if variant.group_id else None, model=variant.model,
+                )
+                for variant in experiment.variants.all() if variant.weight > 0
+            ),
+        )
+        for experiment in Experiment.objects.filter(status=Experiment.Status.RUNNING).prefetch_related("variants")
+    }
     rules = [
         Rule(
             name=rule.name,
@@ -112,6 +144,7 @@ def routing_table_build() -> RoutingTable:
             task=rule.task,
             tags=frozenset(rule.tags or ()),
             group=groups[rule.group_id],
+            experiment=experiments.get(rule.pk),
         )
         for rule in RoutingRule.objects.filter(enabled=True).prefetch_related("tenants", "api_keys")
     ]
