@@ -69,7 +69,7 @@ class Table:
 
 
 # --- who sees what --------------------------------------------------------------------------------
-def _tenant_for(request: HttpRequest, slug: str) -> Tenant:
+def tenant_for(request: HttpRequest, slug: str) -> Tenant:
     if request.user.is_staff:
         return get_object_or_404(Tenant, slug=slug)
     membership = TenantMembership.objects.filter(user=request.user).select_related("tenant").first()
@@ -78,7 +78,7 @@ def _tenant_for(request: HttpRequest, slug: str) -> Tenant:
     return membership.tenant
 
 
-def _window(request: HttpRequest) -> Window:
+def window_from(request: HttpRequest) -> Window:
     return dashboards.window_for(range_key=request.GET.get("range", dashboards.DEFAULT_RANGE))
 
 
@@ -92,10 +92,10 @@ def dashboard_index(request: HttpRequest) -> HttpResponse:
         url = reverse("dashboard:tenant", kwargs={"slug": membership.tenant.slug})
         query = request.GET.urlencode()
         return redirect(f"{url}?{query}" if query else url)
-    window = _window(request)
+    window = window_from(request)
     series = dashboards.cost_per_tenant_series(window=window)
     chart = line_chart(
-        name="cost-per-tenant", title="Cost per tenant", labels=_labels(window),
+        name="cost-per-tenant", title="Cost per tenant", labels=bucket_labels(window),
         series=[Series(slug, values) for slug, values in series.items()], unit="usd",
     )
     table = _tenants_table(window)
@@ -109,14 +109,14 @@ def dashboard_index(request: HttpRequest) -> HttpResponse:
 def dashboard_export_tenants(request: HttpRequest) -> HttpResponse:
     if not request.user.is_staff:
         raise PermissionDenied
-    window = _window(request)
+    window = window_from(request)
     return _csv_response(_tenants_table(window), f"tenants-{window.key}.csv")
 
 
 @login_required
 def tenant_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
-    tenant = _tenant_for(request, slug)
-    window = _window(request)
+    tenant = tenant_for(request, slug)
+    window = window_from(request)
     timeline = dashboards.usage_timeline(tenant=tenant, window=window)
     return render(request, "dashboard/tenant.html", {
         "tenant": tenant,
@@ -131,13 +131,13 @@ def tenant_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 def tenant_export(request: HttpRequest, slug: str) -> HttpResponse:
-    tenant = _tenant_for(request, slug)
+    tenant = tenant_for(request, slug)
     name = request.GET.get("table", "")
     if name not in TABLE_NAMES:
         return HttpResponseBadRequest(
             f"Unknown table; use one of: {', '.join(TABLE_NAMES)}.", content_type="text/plain"
         )
-    window = _window(request)
+    window = window_from(request)
     return _csv_response(_table(tenant, window, name), f"{tenant.slug}-{name}-{window.key}.csv")
 
 
@@ -224,13 +224,13 @@ def _csv_response(table: Table, filename: str) -> HttpResponse:
 
 
 # --- charts ---------------------------------------------------------------------------------------
-def _labels(window: Window) -> list[str]:
+def bucket_labels(window: Window) -> list[str]:
     pattern = "%H:%M" if window.granularity == dashboards.Granularity.HOUR else "%b %d"
     return [bucket.strftime(pattern) for bucket in window.buckets]
 
 
 def _tenant_charts(tenant: Tenant, window: Window, timeline: list[tuple[datetime, Stats]]) -> list[dict]:
-    labels, stats = _labels(window), [s for _, s in timeline]
+    labels, stats = bucket_labels(window), [s for _, s in timeline]
     by_model = dashboards.cost_by_model_series(tenant=tenant, window=window)
     return [
         {"title": "Cost", "svg": bar_chart(
