@@ -12,10 +12,12 @@ from accounting.models import (
     UsageRecord,
 )
 from accounting.services import api_key_create, api_key_revoke
+from audit.admin import AuditedAdmin
+from audit.services import audit_record
 
 
 @admin.register(Tenant)
-class TenantAdmin(admin.ModelAdmin):
+class TenantAdmin(AuditedAdmin):
     list_display = ["slug", "name", "is_active", "created_at"]
     search_fields = ["slug", "name"]
     list_filter = ["is_active"]
@@ -42,7 +44,7 @@ class TenantApiKeyForm(forms.ModelForm):
 
 
 @admin.register(TenantApiKey)
-class TenantApiKeyAdmin(admin.ModelAdmin):
+class TenantApiKeyAdmin(AuditedAdmin):
     form = TenantApiKeyForm
     list_display = ["prefix", "tenant", "name", "revoked", "expires_at", "last_used_at", "created_at"]
     list_filter = ["revoked", "tenant"]
@@ -70,6 +72,7 @@ class TenantApiKeyAdmin(admin.ModelAdmin):
     def revoke(self, request, queryset):
         for key in queryset:
             api_key_revoke(key=key)
+            audit_record(action="revoked", obj=key, via="admin", user=request.user, changed_fields=["revoked"])
         self.message_user(request, f"Revoked {queryset.count()} key(s).")
 
 
@@ -128,7 +131,7 @@ class BudgetPeriodInline(admin.TabularInline):
 
 
 @admin.register(Budget)
-class BudgetAdmin(admin.ModelAdmin):
+class BudgetAdmin(AuditedAdmin):
     list_display = ["__str__", "tenant", "api_key", "period", "amount_usd", "hard", "enabled"]
     list_filter = ["period", "hard", "enabled"]
     search_fields = ["tenant__slug"]

@@ -14,10 +14,16 @@ from datetime import timezone as dt_timezone
 from decimal import Decimal
 
 from asgiref.sync import sync_to_async
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.decorators import action
+from rest_framework.response import Response
 
 from accounting.auth import api_key_authenticate, bearer_token
+from accounting.models import Budget, Tenant, TenantApiKey
 from accounting.rollups import (
     GROUP_BY_DIMENSION,
     STEPS,
@@ -25,8 +31,10 @@ from accounting.rollups import (
     bucket_floor,
     usage_summarize,
 )
+from accounting.services import api_key_create, api_key_revoke, api_key_rotate
 from gateway_site.errors import GatewayError, InvalidRequest, error_response
 from gateway_site.http import allow_methods
+from operators.api import OperatorViewSet, config_caches_clear
 
 DEFAULT_GROUP_BY = "day"
 DEFAULT_DAYS = 30
@@ -110,3 +118,123 @@ async def usage(request: HttpRequest) -> HttpResponse:
         "group_by": query.group_by,
         "data": [_serialize(entry) for entry in data],
     })
+
+
+# --- operator API: tenants, tenant keys, budgets (staff tokens; see operators.api) ---------------
+
+class TenantSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Tenant
+        fields = ["id", "slug", "name", "is_active", "keep_content", "content_retention_days", "created_at"]
+        extra_kwargs = {"content_retention_days": {"min_value": 1, "max_value": 36500}}
+
+
+class TenantApiKeySerializer(serializers.ModelSerializer):
+    """A tenant key without its secret: only the visible prefix (`sk-gw-…`) is ever shown again."""
+
+    allowed_models = serializers.ListField(
+        child=serializers.CharField(max_length=200), required=False, max_length=1000,
+        help_text="Model aliases this key may use; empty means every model.",
+    )
+
+    class Meta:
+        model = TenantApiKey
+        fields = ["id", "tenant", "name", "prefix", "allowed_models", "expires_at", "revoked", "last_used_at", "created_at"]
+        read_only_fields = ["prefix", "revoked", "last_used_at", "created_at"]
+
+    def validate_tenant(self, tenant: Tenant) -> Tenant:
+        if self.instance is not None and tenant.pk != self.instance.tenant_id:
+            raise serializers.ValidationError("A key cannot move to another tenant.")
+        return tenant
+
+    def validate_allowed_models(self, value: list[str]) -> list[str]:
+        return sorted(set(value))
+
+    def create(self, validated_data: dict) -> TenantApiKey:
+        key, raw_key = api_key_create(**validated_data)
+        key.plaintext = raw_key
+        return key
+
+
+class TenantApiKeyWithSecretSerializer(TenantApiKeySerializer):
+    key = serializers.CharField(
+        read_only=True, source="plaintext",
+        help_text="The key itself: shown in this response only, never again.",
+    )
+
+    class Meta(TenantApiKeySerializer.Meta):
+        fields = [*TenantApiKeySerializer.Meta.fields, "key"]
+
+
+class BudgetSerializer(serializers.ModelSerializer):
+    alert_thresholds = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=1000), required=False, max_length=20,
+        help_text="Percentages of the amount, e.g. [50, 80, 100].",
+    )
+
+    class Meta:
+        model = Budget
+        fields = [
+            "id", "tenant", "api_key", "amount_usd", "period", "hard", "alert_thresholds",
+            "alert_webhook", "alert_email", "enabled", "created_at", "updated_at",
+        ]
+        extra_kwargs = {"amount_usd": {"min_value": 0}}
+        validators: list = []  # the scope's uniqueness is checked in validate() and by the database
+
+    def validate(self, data: dict) -> dict:
+        tenant = data.get("tenant", getattr(self.instance, "tenant", None))
+        api_key = data.get("api_key", getattr(self.instance, "api_key", None))
+        if api_key is not None and api_key.tenant_id != tenant.pk:
+            raise serializers.ValidationError({"api_key": "This key belongs to another tenant."})
+        period = data.get("period", getattr(self.instance, "period", None))
+        taken = Budget.objects.filter(tenant=tenant, api_key=api_key, period=period)
+        if self.instance is not None:
+            taken = taken.exclude(pk=self.instance.pk)
+        if taken.exists():
+            raise serializers.ValidationError({"period": "This tenant or key already has a budget for this period."})
+        return data
+
+
+class TenantViewSet(OperatorViewSet):
+    queryset = Tenant.objects.all()
+    serializer_class = TenantSerializer
+
+
+class TenantApiKeyViewSet(OperatorViewSet):
+    """Create returns the plaintext key once (`key`); `revoke` and `rotate` are POST actions."""
+
+    queryset = TenantApiKey.objects.select_related("tenant")
+    serializer_class = TenantApiKeySerializer
+
+    @extend_schema(responses={201: TenantApiKeyWithSecretSerializer})
+    def create(self, request, *args, **kwargs):
+        return super().create(request, *args, **kwargs)
+
+    def get_serializer_class(self):
+        return TenantApiKeyWithSecretSerializer if self.action in ("create", "rotate") else TenantApiKeySerializer
+
+    @extend_schema(request=None, responses=TenantApiKeySerializer, summary="Revoke a key (it stops working at once)")
+    @action(detail=True, methods=["post"])
+    def revoke(self, request, pk=None):
+        key = self.get_object()
+        with transaction.atomic():
+            transaction.on_commit(config_caches_clear)
+            api_key_revoke(key=key)
+            self.audit("revoked", key, changed_fields=["revoked"])
+        return Response(TenantApiKeySerializer(key).data)
+
+    @extend_schema(request=None, responses=TenantApiKeyWithSecretSerializer,
+                   summary="Give a key a new secret, returned once; the old one stops working at once")
+    @action(detail=True, methods=["post"])
+    def rotate(self, request, pk=None):
+        key = self.get_object()
+        with transaction.atomic():
+            transaction.on_commit(config_caches_clear)
+            key.plaintext = api_key_rotate(key=key)
+            self.audit("rotated", key, changed_fields=["prefix"])
+        return Response(TenantApiKeyWithSecretSerializer(key).data)
+
+
+class BudgetViewSet(OperatorViewSet):
+    queryset = Budget.objects.select_related("tenant", "api_key")
+    serializer_class = BudgetSerializer

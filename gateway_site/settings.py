@@ -65,12 +65,16 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "gateway_site",
     "providers",
     "routing",
     "accounting",
     "feedback",
+    "operators",
+    "audit",
 ]
 
 MIDDLEWARE = [
@@ -181,6 +185,32 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    # OpenAPI 3 by drf-spectacular, with the gateway's error responses (docs/operator-api.md).
+    "DEFAULT_SCHEMA_CLASS": "gateway_site.openapi.GatewayAutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 100,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "LLM gateway API",
+    "DESCRIPTION": "The tenant API (OpenAI- and Anthropic-compatible, tenant API keys) and the "
+    "operator API (staff tokens). Errors use OpenAI's error object.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SORT_OPERATIONS": False,
+    # The docs page works offline: Swagger UI and Redoc are served from drf-spectacular-sidecar.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {  # one name per `object` value of the OpenAI-shaped answers
+        "ChatCompletionObjectEnum": ["chat.completion"],
+        "ListObjectEnum": ["list"],
+        "ModelObjectEnum": ["model"],
+        "UsageObjectEnum": ["usage"],
+    },
 }
 
 # --- the gateway itself -------------------------------------------------------------------------

@@ -1,15 +1,21 @@
 from django.contrib import admin
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from gateway_site.health import health
+from gateway_site.openapi import HealthDoc, documented
 
 urlpatterns = [
+    path("v1/", include("operators.urls")),  # before the tenant API, whose catch-all answers 404
     path("v1/", include("routing.urls")),
     path("admin/", admin.site.urls),
     path("dashboard/", include("accounting.urls")),
     path("playground/", include("routing.playground_urls")),
     path("accounts/", include("django.contrib.auth.urls")),
-    path("health", health, name="health"),
+    path("health", documented(health, HealthDoc), name="health"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
 ]
 
 handler500 = "gateway_site.http.server_error"

@@ -1,6 +1,8 @@
 from django import forms
 from django.contrib import admin
 
+from audit.admin import AuditedAdmin
+
 from providers.models import ModelPrice, Provider, ProviderKey, ProviderModel
 from providers.services import provider_key_save
 
@@ -21,7 +23,7 @@ class ProviderModelInline(admin.TabularInline):
 
 
 @admin.register(Provider)
-class ProviderAdmin(admin.ModelAdmin):
+class ProviderAdmin(AuditedAdmin):
     list_display = ["name", "type", "api_base", "enabled", "updated_at"]
     list_filter = ["type", "enabled"]
     search_fields = ["name", "api_base"]
@@ -43,7 +45,7 @@ class ModelPriceInline(admin.TabularInline):
 
 
 @admin.register(ProviderModel)
-class ProviderModelAdmin(admin.ModelAdmin):
+class ProviderModelAdmin(AuditedAdmin):
     inlines = [ModelPriceInline]
     list_display = [
         "alias",
@@ -81,7 +83,7 @@ class ProviderKeyForm(forms.ModelForm):
 
 
 @admin.register(ProviderKey)
-class ProviderKeyAdmin(admin.ModelAdmin):
+class ProviderKeyAdmin(AuditedAdmin):
     form = ProviderKeyForm
     list_display = ["__str__", "provider", "name", "source", "enabled", "updated_at"]
     list_filter = ["provider", "enabled"]

@@ -4,6 +4,7 @@ from django.template.response import TemplateResponse
 from django.urls import path
 
 from accounting.models import Tenant, TenantApiKey
+from audit.admin import AuditedAdmin
 from routing.explain import provider_health_rows, route_explain
 from routing.models import Deployment, RouteGroup, RoutingRule
 
@@ -16,7 +17,7 @@ class DeploymentInline(admin.TabularInline):
 
 
 @admin.register(RouteGroup)
-class RouteGroupAdmin(admin.ModelAdmin):
+class RouteGroupAdmin(AuditedAdmin):
     list_display = ["name", "strategy", "retries", "total_timeout_seconds", "updated_at"]
     list_filter = ["strategy"]
     search_fields = ["name"]
@@ -47,7 +48,7 @@ class ExplainForm(forms.Form):
 
 
 @admin.register(RoutingRule)
-class RoutingRuleAdmin(admin.ModelAdmin):
+class RoutingRuleAdmin(AuditedAdmin):
     list_display = ["name", "priority", "model", "task", "group", "enabled"]
     list_filter = ["enabled", "group"]
     search_fields = ["name", "model", "task"]

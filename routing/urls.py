@@ -1,18 +1,22 @@
 from django.urls import path, re_path
 
 from accounting import api as usage_api
+from accounting.openapi import UsageDoc
 from caching import api as cache_api
 from feedback import api as feedback_api
 from gateway_site.http import api_not_found
+from gateway_site.openapi import documented
 from routing import anthropic_api, api
+from routing import openapi as docs
 
 urlpatterns = [
-    path("chat/completions", api.chat_completions, name="chat-completions"),
-    path("embeddings", api.embeddings, name="embeddings"),
-    path("models", api.models, name="models"),
-    path("messages", anthropic_api.messages, name="messages"),
-    path("messages/count_tokens", anthropic_api.count_tokens, name="messages-count-tokens"),
-    path("usage", usage_api.usage, name="usage"),
+    path("chat/completions", documented(api.chat_completions, docs.ChatCompletionsDoc), name="chat-completions"),
+    path("embeddings", documented(api.embeddings, docs.EmbeddingsDoc), name="embeddings"),
+    path("models", documented(api.models, docs.ModelsDoc), name="models"),
+    path("messages", documented(anthropic_api.messages, docs.MessagesDoc), name="messages"),
+    path("messages/count_tokens", documented(anthropic_api.count_tokens, docs.CountTokensDoc),
+         name="messages-count-tokens"),
+    path("usage", documented(usage_api.usage, UsageDoc), name="usage"),
     path("cache/stats", cache_api.stats, name="cache-stats"),
     path("cache", cache_api.clear, name="cache-clear"),
     path("feedback", feedback_api.feedback, name="feedback"),

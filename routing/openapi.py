@@ -1,0 +1,217 @@
+"""Schema descriptions of the tenant API's plain async views (see `gateway_site.openapi`).
+
+The request serializers mirror `routing.validation` (and `routing.anthropic_format` for the
+Anthropic door): the bounds and required fields it enforces are the ones documented here, so a
+client, or a fuzzer, built from the schema sends what the views accept. They are never used to
+validate: the views keep doing that themselves.
+"""
+
+from __future__ import annotations
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
+from rest_framework import serializers
+
+from gateway_site.openapi import AnthropicError, ApiDescription
+from routing import validation
+
+TEXT_OR_PARTS = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]}
+STRING_OR_STRINGS = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+
+
+@extend_schema_field(TEXT_OR_PARTS)
+class ContentField(serializers.JSONField):
+    pass
+
+
+@extend_schema_field({"type": "object", "additionalProperties": {"type": "string", "maxLength": 512}, "maxProperties": 16})
+class MetadataField(serializers.JSONField):
+    """Gateway metadata: `task`, `tags` (comma-separated), `conversation_id`, … (docs/api.md)."""
+
+
+class RoutingHints(serializers.Serializer):
+    strategy = serializers.CharField(required=False)
+    prefer = serializers.ListField(child=serializers.CharField(), required=False)
+    exclude = serializers.ListField(child=serializers.CharField(), required=False)
+
+
+class ChatMessage(serializers.Serializer):
+    role = serializers.ChoiceField(choices=sorted(validation.MESSAGE_ROLES))
+    content = ContentField(help_text="A string, or an array of parts (text, image_url, ...).", allow_null=True)
+    name = serializers.CharField(required=False)
+    tool_calls = serializers.ListField(child=serializers.DictField(), required=False)
+    tool_call_id = serializers.CharField(required=False)
+
+
+class StreamOptions(serializers.Serializer):
+    include_usage = serializers.BooleanField(required=False)
+
+
+class CreateChatCompletion(serializers.Serializer):
+    """OpenAI's chat completion request (https://platform.openai.com/docs/api-reference/chat/create)."""
+
+    model = serializers.CharField(max_length=200, help_text="An alias, a routing rule's model, or provider:model.")
+    messages = ChatMessage(many=True, allow_empty=False)
+    temperature = serializers.FloatField(required=False, min_value=0, max_value=2)
+    top_p = serializers.FloatField(required=False, min_value=0, max_value=1)
+    presence_penalty = serializers.FloatField(required=False, min_value=-2, max_value=2)
+    frequency_penalty = serializers.FloatField(required=False, min_value=-2, max_value=2)
+    n = serializers.IntegerField(required=False, min_value=1, max_value=128)
+    max_tokens = serializers.IntegerField(required=False, min_value=1, max_value=validation.MAX_TOKENS_LIMIT)
+    max_completion_tokens = serializers.IntegerField(required=False, min_value=1, max_value=validation.MAX_TOKENS_LIMIT)
+    seed = serializers.IntegerField(required=False, min_value=-(2**63), max_value=2**63 - 1)
+    top_logprobs = serializers.IntegerField(required=False, min_value=0, max_value=20)
+    logprobs = serializers.BooleanField(required=False)
+    stream = serializers.BooleanField(required=False, help_text="Answer as server-sent events.")
+    stream_options = StreamOptions(required=False, help_text="Only with stream: true.")
+    stop = serializers.JSONField(required=False, help_text="A string or up to 4 strings.")
+    user = serializers.CharField(required=False, max_length=512)
+    tools = serializers.ListField(child=serializers.DictField(), required=False)
+    tool_choice = serializers.JSONField(required=False)
+    response_format = serializers.DictField(required=False)
+    logit_bias = serializers.DictField(required=False)
+    metadata = MetadataField(required=False)
+    routing = RoutingHints(required=False, help_text="The gateway's routing hints.")
+
+
+class ChatCompletion(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.ChoiceField(choices=["chat.completion"])
+    created = serializers.IntegerField()
+    model = serializers.CharField()
+    choices = serializers.ListField(child=serializers.DictField())
+    usage = serializers.DictField()
+
+
+class CreateEmbedding(serializers.Serializer):
+    model = serializers.CharField(max_length=200)
+    input = serializers.JSONField(
+        help_text=f"A string, or an array of up to {validation.MAX_EMBEDDING_INPUTS} strings or token arrays."
+    )
+    encoding_format = serializers.ChoiceField(choices=["float", "base64"], required=False)
+    dimensions = serializers.IntegerField(required=False, min_value=1, max_value=65536)
+    user = serializers.CharField(required=False, max_length=512)
+    metadata = MetadataField(required=False)
+    routing = RoutingHints(required=False)
+
+
+class EmbeddingList(serializers.Serializer):
+    object = serializers.ChoiceField(choices=["list"])
+    data = serializers.ListField(child=serializers.DictField())
+    model = serializers.CharField()
+    usage = serializers.DictField()
+
+
+class ModelEntry(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.ChoiceField(choices=["model"])
+    created = serializers.IntegerField()
+    owned_by = serializers.CharField()
+
+
+class ModelList(serializers.Serializer):
+    object = serializers.ChoiceField(choices=["list"])
+    data = ModelEntry(many=True)
+
+
+class AnthropicMessageParam(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["user", "assistant"])
+    content = ContentField()
+
+
+class AnthropicCreateMessage(serializers.Serializer):
+    """Anthropic's Messages request (https://docs.anthropic.com/en/api/messages)."""
+
+    model = serializers.CharField(max_length=200)
+    messages = AnthropicMessageParam(many=True, allow_empty=False)
+    max_tokens = serializers.IntegerField(min_value=1, max_value=validation.MAX_TOKENS_LIMIT)
+    system = ContentField(required=False)
+    stop_sequences = serializers.ListField(child=serializers.CharField(), required=False, max_length=4)
+    temperature = serializers.FloatField(required=False, min_value=0, max_value=1)
+    top_p = serializers.FloatField(required=False, min_value=0, max_value=1)
+    top_k = serializers.IntegerField(required=False, min_value=1)
+    stream = serializers.BooleanField(required=False)
+    metadata = serializers.DictField(required=False)
+    tools = serializers.ListField(child=serializers.DictField(), required=False)
+    tool_choice = serializers.DictField(required=False)
+
+
+class AnthropicCountTokens(AnthropicCreateMessage):
+    max_tokens = serializers.IntegerField(required=False, min_value=1, max_value=validation.MAX_TOKENS_LIMIT)
+    stream = None
+    stop_sequences = None
+    temperature = None
+    top_p = None
+    top_k = None
+
+
+class AnthropicMessage(serializers.Serializer):
+    id = serializers.CharField()
+    type = serializers.ChoiceField(choices=["message"])
+    role = serializers.ChoiceField(choices=["assistant"])
+    model = serializers.CharField()
+    content = serializers.ListField(child=serializers.DictField())
+    stop_reason = serializers.CharField(allow_null=True)
+    usage = serializers.DictField()
+
+
+class TokenCount(serializers.Serializer):
+    input_tokens = serializers.IntegerField()
+
+
+SSE = OpenApiResponse(OpenApiTypes.STR, description="Server-sent events, when `stream` is true.")
+COMPLETION_ERRORS = (400, 401, 403, 404, 413, 429, 502, 503, 504)
+
+
+class ChatCompletionsDoc(ApiDescription):
+    error_statuses = COMPLETION_ERRORS
+
+    @extend_schema(
+        operation_id="chat_completions_create", tags=["tenant API"], request=CreateChatCompletion,
+        responses={200: ChatCompletion, (200, "text/event-stream"): SSE},
+        summary="Create a chat completion (JSON, or SSE with stream: true)",
+    )
+    def post(self, request):
+        raise NotImplementedError  # never routed: describes routing.api.chat_completions
+
+
+class EmbeddingsDoc(ApiDescription):
+    error_statuses = COMPLETION_ERRORS
+
+    @extend_schema(operation_id="embeddings_create", tags=["tenant API"], request=CreateEmbedding,
+                   responses=EmbeddingList, summary="Create embeddings")
+    def post(self, request):
+        raise NotImplementedError
+
+
+class ModelsDoc(ApiDescription):
+    error_statuses = (401,)
+
+    @extend_schema(operation_id="models_list", tags=["tenant API"], responses=ModelList,
+                   summary="The models this key may use")
+    def get(self, request):
+        raise NotImplementedError
+
+
+class MessagesDoc(ApiDescription):
+    error_statuses = COMPLETION_ERRORS
+    error_serializer = AnthropicError
+
+    @extend_schema(
+        operation_id="messages_create", tags=["tenant API (Anthropic)"], request=AnthropicCreateMessage,
+        responses={200: AnthropicMessage, (200, "text/event-stream"): SSE},
+        summary="Create a message (Anthropic Messages format)",
+    )
+    def post(self, request):
+        raise NotImplementedError
+
+
+class CountTokensDoc(ApiDescription):
+    error_statuses = (400, 401, 403, 404, 413)
+    error_serializer = AnthropicError
+
+    @extend_schema(operation_id="messages_count_tokens", tags=["tenant API (Anthropic)"],
+                   request=AnthropicCountTokens, responses=TokenCount,
+                   summary="Count a request's input tokens (estimated, never billed)")
+    def post(self, request):
+        raise NotImplementedError
