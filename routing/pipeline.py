@@ -18,6 +18,7 @@ from accounting.auth import api_key_authenticate, bearer_token
 from accounting.budgets import budget_reserve, budgets_for
 from accounting.pricing import cost_compute
 from accounting.quotas import rate_limit_take, rate_limits_for
+from caching.services import cache_body, cache_completion_text, cache_fill, cache_lookup, cache_replay, cache_stream_tee
 from gateway_site.errors import GatewayError, InvalidRequest
 from routing import validation
 from routing.attempts import attempts_run
@@ -55,19 +56,36 @@ async def chat_parsed(call: Call, *, body: dict, headers) -> dict | AsyncIterato
         call.payload = validation.chat_request_validate(body)
         call.schema = required_schema(call.payload)
         await _prepare(call, body=body, headers=headers, mode="chat")
+        if call.cache_plan is not None and call.cache_plan.entry is not None:
+            return await _cached(call)
         if call.stream:
             stream, first = await _attempt(call, first_chunk_sender(call))
-            return stream_relay(call, stream, first)
-        result = await _attempt(call, lambda adapter, d: adapter.chat(call.payload, d.target))
-        call.usage = result.usage
-        if call.schema is not None:
-            result = await _structured(call, result)
+            return cache_stream_tee(call, stream_relay(call, stream, first))
+        answer = await cache_fill(call, lambda: _answer(call))
     except GatewayError as exc:
         await record_failure(call, exc)
         raise
-    result.body["id"] = call.response_id
-    await record(call, status="success", completion_text="".join(choice_texts(result.body)))
+    answer["id"] = call.response_id
+    await record(call, status="success", completion_text="".join(choice_texts(answer)))
+    return answer
+
+
+async def _answer(call: Call) -> dict:
+    result = await _attempt(call, lambda adapter, d: adapter.chat(call.payload, d.target))
+    call.usage = result.usage
+    if call.schema is not None:
+        result = await _structured(call, result)
     return result.body
+
+
+async def _cached(call: Call) -> dict | AsyncIterator[dict]:
+    """A cache hit: the stored answer, replayed as a stream or as this request's own body."""
+    if call.stream:
+        first, rest = cache_replay(call)
+        return stream_relay(call, rest, first)
+    body = cache_body(call)
+    await record(call, status="success", completion_text=cache_completion_text(call))
+    return body
 
 
 async def _structured(call: Call, result):
@@ -104,6 +122,15 @@ async def embeddings(call: Call, *, headers, raw_body: bytes, max_body_bytes: in
     call.auth = await api_key_authenticate(raw_key=bearer_token(headers))
     try:
         body = validation.json_body(raw_body, max_bytes=max_body_bytes)
+    except GatewayError as exc:
+        await record_failure(call, exc)
+        raise
+    return await embeddings_parsed(call, body=body, headers=headers)
+
+
+async def embeddings_parsed(call: Call, *, body: dict, headers) -> dict:
+    """`embeddings` for a caller that has authenticated (`call.auth`) and parsed the body itself."""
+    try:
         call.payload = validation.embeddings_request_validate(body)
         await _prepare(call, body=body, headers=headers, mode="embedding")
         result = await _attempt(call, lambda adapter, d: adapter.embeddings(call.payload, d.target))
@@ -124,6 +151,10 @@ async def _prepare(call: Call, *, body: dict, headers, mode: str) -> None:
     await _rate_limit(call)
     call.plan = await _route(call, hints=hints, mode=mode)
     _content_check(call)
+    if mode == "chat":
+        await cache_lookup(call, body=body, headers=headers)
+        if call.cache_plan is not None and call.cache_plan.entry is not None:
+            return  # answered from the cache: nothing to reserve
     await _budget_reserve(call)
 
 

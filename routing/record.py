@@ -14,6 +14,7 @@ from accounting.pricing import cost_compute
 from accounting.quotas import rate_limit_settle
 from accounting.services import usage_record_commit
 from gateway_site.errors import GatewayError
+from guardrails.services import guardrail_events_write
 from routing.call import Call
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ async def record(
         await asyncio.shield(task)
     except Exception:  # logged by _record_done; the client still gets its answer
         pass
+    if call.guard_events:
+        await guardrail_events_write(call)
     if call.charge is not None and call.charge.token_limits:
         actual = fields["prompt_tokens"] + fields["completion_tokens"]
         await rate_limit_settle(charge=call.charge, actual_tokens=actual)

@@ -74,7 +74,8 @@ async def stream_relay(call: Call, stream: AsyncIterator[dict], first: dict) -> 
         status, http_status, error_class = "error", 500, "internal"
         raise
     finally:
-        stream_finished(call.deployment)
+        if call.deployment is not None:  # None: a cached answer replayed
+            stream_finished(call.deployment)
         await stream.aclose()
         await record(
             call,

@@ -20,7 +20,7 @@ MAX_TOKENS_LIMIT = 1_000_000
 MAX_EMBEDDING_INPUTS = 2048
 
 # Fields the gateway reads and does not forward.
-GATEWAY_FIELDS = {"metadata", "routing"}
+GATEWAY_FIELDS = {"metadata", "routing", "cache"}  # `cache`: see caching.keys
 ROUTING_KEYS = {"strategy", "prefer", "exclude"}
 
 CHAT_FIELDS = {

@@ -118,6 +118,8 @@ def completion_build(*, request: ChatRequest, id_prefix: str) -> Completion:
     """Size the answer (chunks=N, else the default), then apply max_tokens and stop sequences."""
     count = request.directive.chunks if request.directive.chunks is not None else DEFAULT_PIECES
     pieces = pieces_generate(model=request.model, prompt=request.prompt, count=count)
+    if request.directive.echo:
+        pieces = [request.prompt[i:i + 5] for i in range(0, len(request.prompt), 5)]
     if request.structured is not None:
         pieces = _json_pieces(request)
     finish = "stop"

@@ -1,0 +1,332 @@
+"""Guardrail checks on the request path: the prompt before routing, the answer before it leaves.
+
+`guard_input` runs after validation and before routing: a block is a 400 (`guardrail_blocked`),
+a redaction changes the payload sent upstream, a flag only records an event. `guard_output`
+checks a finished answer; `StreamGuard` checks a stream as it goes, holding back a short tail so
+that a match split across chunks is still caught. Events are kept on the call and written with
+its UsageRecord (`routing.record`), so they carry its request and response ids.
+
+Where several rules match the same text the strongest action wins: block, then redact, then flag.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+from gateway_site.errors import GatewayError
+from guardrails.detection import DETECTORS, Match
+from guardrails.models import Action, Kind, PII_KINDS
+from guardrails.selectors import CompiledRule, RuleSet, guardrail_rules_get
+
+REDACTION_LABELS = {
+    Kind.PII_EMAIL: "EMAIL",
+    Kind.PII_PHONE: "PHONE",
+    Kind.PII_CARD: "CARD",
+    Kind.PII_IBAN: "IBAN",
+    Kind.PII_NATIONAL_ID: "NATIONAL_ID",
+    Kind.BLOCKED_PATTERN: "PATTERN",
+}
+KIND_WORDS = {
+    Kind.PII_EMAIL: "an email address",
+    Kind.PII_PHONE: "a phone number",
+    Kind.PII_CARD: "a payment card number",
+    Kind.PII_IBAN: "an IBAN",
+    Kind.PII_NATIONAL_ID: "a national id number",
+    Kind.BLOCKED_PATTERN: "a blocked pattern",
+}
+# Streams: text is held back this many characters (and to a word start) before it is sent, so that
+# an email, phone, card, IBAN or id split across chunks is seen whole. Longer pattern matches
+# split across chunks can pass.
+STREAM_HOLD_CHARS = 64
+STREAM_HOLD_MAX = 1024  # a run without whitespace is cut here anyway
+SNIPPET_CHARS = 60
+
+
+class GuardrailBlocked(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    code = "guardrail_blocked"
+    error_class = "guardrail_blocked"
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: CompiledRule
+    match: Match
+
+
+# --- scanning -------------------------------------------------------------------------------------
+def text_scan(text: str, rules: tuple[CompiledRule, ...]) -> list[Finding]:
+    """Every match of the content rules in `text`, each with the strongest rule for its kind."""
+    strongest: dict[str, CompiledRule] = {}
+    findings: list[Finding] = []
+    for rule in rules:
+        if rule.kind in PII_KINDS:
+            if rule.kind not in strongest or rule.severity > strongest[rule.kind].severity:
+                strongest[rule.kind] = rule
+        elif rule.kind == Kind.BLOCKED_PATTERN and rule.regex is not None:
+            findings += [
+                Finding(rule, Match(rule.kind, m.start(), m.end()))
+                for m in rule.regex.finditer(text)
+                if m.end() > m.start()
+            ]
+    for kind, rule in strongest.items():
+        findings += [Finding(rule, match) for match in DETECTORS[kind](text)]
+    findings.sort(key=lambda f: (f.match.start, -f.match.end))
+    return findings
+
+
+def text_redact(text: str, findings: list[Finding]) -> str:
+    """`text` with every redact finding replaced by `[REDACTED:KIND]` (overlaps merged)."""
+    parts, position = [], 0
+    for finding in findings:
+        if finding.rule.action != Action.REDACT:
+            continue
+        start, end = max(finding.match.start, position), finding.match.end
+        if end <= position:
+            continue
+        if start == finding.match.start:
+            parts += [text[position:start], f"[REDACTED:{REDACTION_LABELS[finding.rule.kind]}]"]
+        position = end
+    return "".join(parts) + text[position:]
+
+
+def _event(finding: Finding, *, direction: str, location: str, text: str, offset: int = 0) -> dict:
+    match = finding.match
+    return {
+        "rule_id": finding.rule.id,
+        "kind": finding.rule.kind,
+        "direction": direction,
+        "action": finding.rule.action,
+        "location": location,
+        "start": match.start + offset,
+        "end": match.end + offset,
+        "snippet": masked(text[match.start:match.end]),
+    }
+
+
+def masked(text: str) -> str:
+    """The shape of a match without its content: letters become x, digits 9."""
+    return re.sub(r"[^\W\d_]", "x", re.sub(r"\d", "9", text[:SNIPPET_CHARS]))
+
+
+def _blocked(finding: Finding, *, where: str) -> GuardrailBlocked:
+    rule = finding.rule
+    what = KIND_WORDS.get(rule.kind, rule.kind)
+    name = f"'{rule.label}' ({rule.kind})" if rule.label else rule.kind
+    return GuardrailBlocked(
+        f"Blocked by guardrail rule {name}: {where} contains {what}.",
+        param="messages" if where == "the prompt" else None,
+    )
+
+
+def _apply(text: str, rules: tuple[CompiledRule, ...], *, direction: str, location: str,
+           events: list[dict], where: str) -> str:
+    """Scan one text: raise on a block, record redactions and flags, return the redacted text."""
+    findings = text_scan(text, rules)
+    if not findings:
+        return text
+    block = next((f for f in findings if f.rule.action == Action.BLOCK), None)
+    if block is not None:
+        events.append(_event(block, direction=direction, location=location, text=text))
+        raise _blocked(block, where=where)
+    events += [_event(f, direction=direction, location=location, text=text) for f in findings]
+    return text_redact(text, findings)
+
+
+# --- input ----------------------------------------------------------------------------------------
+async def guard_input(call) -> None:
+    """Check the prompt of a validated request (chat or embeddings) against the tenant's rules.
+
+    Redactions replace `call.payload` (what is sent upstream, cached and recorded); size limits are
+    checked on the redacted prompt, with the token count the pipeline needs anyway."""
+    call.guard = await guardrail_rules_get(tenant_id=call.auth.tenant_id)
+    rules = call.guard.input
+    if not rules:
+        return
+    content_rules = tuple(r for r in rules if r.kind not in (Kind.MAX_PROMPT_TOKENS, Kind.MAX_PROMPT_CHARS))
+    if content_rules:
+        call.payload = _payload_checked(call.payload, content_rules, call.guard_events)
+    for rule in rules:
+        if rule.kind in (Kind.MAX_PROMPT_TOKENS, Kind.MAX_PROMPT_CHARS):
+            _size_check(call, rule)
+
+
+def _payload_checked(payload: dict, rules: tuple[CompiledRule, ...], events: list[dict]) -> dict:
+    if "messages" in payload:
+        messages = [_message_checked(m, i, rules, events) for i, m in enumerate(payload["messages"])]
+        changed = any(new is not old for new, old in zip(messages, payload["messages"]))
+        return {**payload, "messages": messages} if changed else payload
+    source = payload.get("input")
+    if isinstance(source, str):
+        text = _apply(source, rules, direction="input", location="input", events=events, where="the prompt")
+        return payload if text == source else {**payload, "input": text}
+    if isinstance(source, list) and source and isinstance(source[0], str):
+        texts = [
+            _apply(t, rules, direction="input", location=f"input[{i}]", events=events, where="the prompt")
+            for i, t in enumerate(source)
+        ]
+        return payload if texts == source else {**payload, "input": texts}
+    return payload  # token arrays carry no text to check
+
+
+def _message_checked(message: dict, index: int, rules, events: list[dict]) -> dict:
+    content = message.get("content")
+    where = f"messages[{index}].content"
+    if isinstance(content, str):
+        text = _apply(content, rules, direction="input", location=where, events=events, where="the prompt")
+        return message if text == content else {**message, "content": text}
+    if not isinstance(content, list):
+        return message
+    parts = []
+    for j, part in enumerate(content):
+        if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+            text = _apply(part["text"], rules, direction="input", location=f"{where}[{j}].text",
+                          events=events, where="the prompt")
+            part = part if text == part["text"] else {**part, "text": text}
+        parts.append(part)
+    changed = any(new is not old for new, old in zip(parts, content))
+    return {**message, "content": parts} if changed else message
+
+
+def _size_check(call, rule: CompiledRule) -> None:
+    from routing.record import prompt_estimate
+
+    if rule.kind == Kind.MAX_PROMPT_TOKENS:
+        size, unit = prompt_estimate(call), "tokens"
+    else:
+        size, unit = _prompt_chars(call.payload), "characters"
+    if size <= rule.limit:
+        return
+    call.guard_events.append({
+        "rule_id": rule.id, "kind": rule.kind, "direction": "input", "action": rule.action,
+        "location": "prompt", "start": None, "end": None, "snippet": f"{size} {unit} > {rule.limit}",
+    })
+    if rule.action == Action.BLOCK:
+        name = f"'{rule.label}' ({rule.kind})" if rule.label else rule.kind
+        raise GuardrailBlocked(
+            f"Blocked by guardrail rule {name}: the prompt is {size} {unit}, more than the {rule.limit} allowed.",
+            param="messages",
+        )
+
+
+def _prompt_chars(payload: dict) -> int:
+    if "messages" not in payload:
+        source = payload.get("input")
+        return len(source) if isinstance(source, str) else sum(len(t) for t in source or () if isinstance(t, str))
+    total = 0
+    for message in payload["messages"]:
+        content = message.get("content")
+        if isinstance(content, str):
+            total += len(content)
+        elif isinstance(content, list):
+            total += sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
+    return total
+
+
+# --- output ---------------------------------------------------------------------------------------
+def guard_output(call, body: dict) -> None:
+    """Check a finished chat answer in place: its text and its tool calls' arguments."""
+    rules = call.guard.output if call.guard is not None else ()
+    if not rules:
+        return
+    for i, choice in enumerate(body.get("choices") or ()):
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
+            continue
+        if isinstance(message.get("content"), str):
+            message["content"] = _apply(message["content"], rules, direction="output",
+                                        location=f"choices[{i}].message.content",
+                                        events=call.guard_events, where="the answer")
+        for j, tool_call in enumerate(message.get("tool_calls") or ()):
+            function = tool_call.get("function") if isinstance(tool_call, dict) else None
+            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                function["arguments"] = _apply(function["arguments"], rules, direction="output",
+                                               location=f"choices[{i}].message.tool_calls[{j}].arguments",
+                                               events=call.guard_events, where="the answer")
+
+
+class StreamGuard:
+    """Checks a stream's text as it goes, per choice.
+
+    Each delta's text joins what is held for its choice; the part that can no longer change a
+    match (all but the last `STREAM_HOLD_CHARS`, cut at a word start, never inside a match) is
+    scanned, redacted and sent, the rest is held. A choice's `finish_reason` releases what is
+    held. A block raises `GuardrailBlocked`, which the relay turns into the stream's error event.
+    """
+
+    def __init__(self, call, rules: tuple[CompiledRule, ...]) -> None:
+        self.call = call
+        self.rules = rules
+        self.held: dict[int, str] = {}
+        self.sent: dict[int, int] = {}  # characters of each choice already released
+
+    @classmethod
+    def for_call(cls, call) -> StreamGuard | None:
+        rules = call.guard.output if call.guard is not None else ()
+        return cls(call, rules) if rules else None
+
+    def chunk_check(self, chunk: dict) -> None:
+        """Replace each delta's text with what may be sent now (maybe nothing)."""
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            index = choice.get("index", 0)
+            delta = choice.get("delta")
+            piece = delta.get("content") if isinstance(delta, dict) else None
+            final = choice.get("finish_reason") is not None
+            if not isinstance(piece, str) and not (final and self.held.get(index)):
+                continue
+            released = self._release(index, self.held.get(index, "") + (piece or ""), final=final)
+            if isinstance(delta, dict):
+                delta["content"] = released
+            else:
+                choice["delta"] = {"content": released}
+
+    def finish(self) -> dict | None:
+        """A last chunk with whatever is still held (a stream that ended without finish_reason)."""
+        choices = [
+            {"index": index, "delta": {"content": self._release(index, text, final=True)}, "finish_reason": None}
+            for index, text in list(self.held.items()) if text
+        ]
+        if not choices:
+            return None
+        return {"object": "chat.completion.chunk", "created": int(time.time()),
+                "model": self.call.requested_model, "choices": choices}
+
+    def _release(self, index: int, text: str, *, final: bool) -> str:
+        findings = text_scan(text, self.rules)
+        cut = len(text) if final else _cut(text)
+        moved = True
+        while moved:  # never cut inside a match (matches of different kinds may overlap)
+            moved = False
+            for finding in findings:
+                if finding.match.start < cut < finding.match.end:
+                    cut, moved = finding.match.start, True
+        settled = [f for f in findings if f.match.end <= cut]
+        offset = self.sent.get(index, 0)
+        location = f"choices[{index}].delta.content"
+        block = next((f for f in settled if f.rule.action == Action.BLOCK), None)
+        if block is not None:
+            self.call.guard_events.append(_event(block, direction="output", location=location, text=text, offset=offset))
+            self.held.pop(index, None)
+            raise _blocked(block, where="the answer")
+        self.call.guard_events.extend(
+            _event(f, direction="output", location=location, text=text, offset=offset) for f in settled
+        )
+        self.held[index] = text[cut:]
+        self.sent[index] = offset + cut
+        return text_redact(text[:cut], settled)
+
+
+def _cut(text: str) -> int:
+    """Where to split `text` into a part to send and a part to hold (see `StreamGuard`)."""
+    limit = len(text) - STREAM_HOLD_CHARS
+    if limit <= 0:
+        return 0
+    space = max(text.rfind(" ", 0, limit + 1), text.rfind("\n", 0, limit + 1))
+    if space >= 0:
+        return space + 1
+    return limit if len(text) > STREAM_HOLD_MAX else 0

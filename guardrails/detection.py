@@ -1,0 +1,252 @@
+"""PII detection: where in a text an email, phone number, card, IBAN or national id is.
+
+Each detector finds candidates with one compiled regular expression and keeps only those that pass
+the kind's own check, so that ordinary numbers (years, prices, versions, order counts, dates) are
+not flagged:
+
+- emails: local part, `@`, a dotted domain with a letter TLD;
+- phone numbers: E.164 (`+44 20 7946 0958`, `0044…`) and national formats (`(415) 555-0132`,
+  `020 7946 0958`, `06 12 34 56 78`), each valid for its country in Google's libphonenumber
+  metadata (`phonenumbers`). A national number must start with a trunk `0`, an `(area)` or have
+  the North American 3-3-4 shape; a bare run of digits counts only right after a word such as
+  "phone", "call" or "mobile";
+- card numbers: 13 to 19 digits, optionally in groups, with a known issuer prefix and length
+  (Visa, Mastercard, Amex, Discover, Diners, JCB, UnionPay, Maestro) and a valid Luhn check digit;
+- IBANs: country code, check digits and BBAN with the country's length, the ISO 7064 mod-97 check
+  and the country's own BBAN check where there is one (`python-stdnum`);
+- national ids: US SSN (`123-45-6789`, or nine digits right after "SSN"), UK National Insurance
+  number (`QQ 12 34 56 C`), Spanish DNI/NIE (check letter) and Italian codice fiscale (check
+  character).
+
+Detectors take a string and return `Match`es (kind, start, end); they never keep the text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import phonenumbers
+from stdnum import iban as stdnum_iban
+from stdnum import luhn
+from stdnum.es import dni as es_dni
+from stdnum.es import nie as es_nie
+from stdnum.it import codicefiscale
+from stdnum.us import ssn as us_ssn
+
+# Regions whose national formats (no "+country") are recognised, most likely first.
+PHONE_REGIONS = ("US", "GB", "DE", "FR", "ES", "IT", "NL", "AU", "IN", "IE", "BE", "CH", "AT", "SE")
+
+
+@dataclass(frozen=True)
+class Match:
+    kind: str
+    start: int
+    end: int
+
+
+Detector = Callable[[str], list[Match]]
+
+# --- emails ---------------------------------------------------------------------------------------
+EMAIL = re.compile(  # Unicode letters allowed (internationalised addresses, RFC 6531)
+    r"(?<![\w.%+-])[^\W_][\w.%+-]{0,63}"
+    r"@(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+[^\W\d_]{2,24}(?![\w-])"
+)
+
+
+def emails_find(text: str) -> list[Match]:
+    if "@" not in text:
+        return []
+    return [Match("pii_email", m.start(), m.end()) for m in EMAIL.finditer(text)]
+
+
+# --- phone numbers --------------------------------------------------------------------------------
+PHONE = re.compile(
+    r"(?<![\w+@/#$€£%.,:-])"
+    r"(?:(?:\+|00)\d{1,3}[ .-]?)?"  # country code
+    r"(?:\(\d{1,5}\)[ .-]?)?"  # (area) or (0)
+    r"\d{1,14}(?:[ .-]\d{1,10}){0,6}"
+    r"(?![\w@%]|[.,:/-]\d)"
+)
+NANP_SHAPE = re.compile(r"(?:1[ .-]?)?(?:\([2-9]\d{2}\) ?|[2-9]\d{2}[ .-])[2-9]\d{2}[ .-]\d{4}")
+PHONE_CONTEXT = re.compile(
+    r"\b(?:phone|tel|telephone|call|called|calling|mobile|cell|fax|whatsapp|sms|text me|ring)\b"
+    r"\W{0,4}(?:\w+\W{1,3}){0,2}$",
+    re.IGNORECASE,
+)
+
+
+def phones_find(text: str) -> list[Match]:
+    found = []
+    for m in PHONE.finditer(text):
+        candidate = m.group()
+        digits = sum(ch.isdigit() for ch in candidate)
+        if digits < 8 or digits > 15 or "  " in candidate:
+            continue
+        if _phone_valid(candidate, digits, context=lambda: text[max(0, m.start() - 40):m.start()]):
+            found.append(Match("pii_phone", m.start(), m.end()))
+    return found
+
+
+def _phone_valid(candidate: str, digits: int, *, context: Callable[[], str]) -> bool:
+    if candidate.startswith(("+", "00")):
+        number = _phone_parse("+" + candidate[2:] if candidate.startswith("00") else candidate, None)
+        if number is None:
+            return False
+        # An explicit "+country" is strong evidence: a possible length is enough from 10 digits on
+        # (libphonenumber's ranges lag behind new allocations), below that the number must be valid.
+        if phonenumbers.is_valid_number(number):
+            return True
+        return phonenumbers.is_possible_number(number) and (digits >= 10 or bool(PHONE_CONTEXT.search(context())))
+    if digits < 9:
+        return False
+    shaped = candidate.startswith(("0", "(")) or NANP_SHAPE.fullmatch(candidate) is not None
+    if not shaped and not PHONE_CONTEXT.search(context()):
+        return False
+    for region in PHONE_REGIONS:
+        number = _phone_parse(candidate, region)
+        if number is not None and phonenumbers.is_valid_number(number):
+            return True
+    return False
+
+
+def _phone_parse(text: str, region: str | None):
+    try:
+        return phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+
+
+# --- card numbers ---------------------------------------------------------------------------------
+CARD = re.compile(r"(?<![\w.,/+-])\d(?:[ -]?\d){12,18}(?![\w]|[.,/-]\d)")
+# (prefixes, lengths): issuer ranges as published by the schemes (ISO/IEC 7812 IINs).
+CARD_BRANDS: tuple[tuple[tuple[range, ...], frozenset[int]], ...] = (
+    ((range(4, 5),), frozenset({13, 16, 19})),  # Visa
+    ((range(51, 56), range(2221, 2721)), frozenset({16})),  # Mastercard
+    ((range(34, 35), range(37, 38)), frozenset({15})),  # American Express
+    ((range(6011, 6012), range(65, 66), range(644, 650), range(622126, 622926)), frozenset(range(16, 20))),  # Discover
+    ((range(300, 306), range(36, 37), range(38, 40)), frozenset(range(14, 20))),  # Diners Club
+    ((range(3528, 3590),), frozenset(range(16, 20))),  # JCB
+    ((range(62, 63),), frozenset(range(16, 20))),  # UnionPay
+    ((range(50, 51), range(56, 60), range(6304, 6305), range(6759, 6760), range(676770, 676775)),
+     frozenset(range(12, 20))),  # Maestro
+)
+
+
+def cards_find(text: str) -> list[Match]:
+    found = []
+    for m in CARD.finditer(text):
+        candidate = m.group()
+        number = candidate.replace(" ", "").replace("-", "")
+        if _card_grouping_ok(candidate) and _card_brand_ok(number) and luhn.is_valid(number):
+            found.append(Match("pii_card", m.start(), m.end()))
+    return found
+
+
+def _card_grouping_ok(candidate: str) -> bool:
+    """Grouped numbers use one separator, in groups of 4 to 6 digits (the last may be shorter)."""
+    separators = {ch for ch in candidate if not ch.isdigit()}
+    if not separators:
+        return True
+    if len(separators) > 1:
+        return False
+    groups = candidate.split(separators.pop())
+    return all(4 <= len(g) <= 6 for g in groups[:-1]) and 1 <= len(groups[-1]) <= 6
+
+
+def _card_brand_ok(number: str) -> bool:
+    for prefixes, lengths in CARD_BRANDS:
+        if len(number) not in lengths:
+            continue
+        for prefix in prefixes:
+            width = len(str(prefix.start))
+            if int(number[:width]) in prefix:
+                return True
+    return False
+
+
+# --- IBANs ----------------------------------------------------------------------------------------
+IBAN = re.compile(r"(?<![\w])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{1,4}){3,8}(?![\w])")
+
+
+def ibans_find(text: str) -> list[Match]:
+    found = []
+    for m in IBAN.finditer(text):
+        end = _iban_end(m.group())
+        if end is not None:
+            found.append(Match("pii_iban", m.start(), m.start() + end))
+    return found
+
+
+def _iban_end(candidate: str) -> int | None:
+    """Where the valid IBAN in `candidate` ends: the whole, or the longest part ending at a group
+    boundary (`DE89 3704 0044 0532 0130 00 EUR` is an IBAN followed by a word)."""
+    ends = [len(candidate)] + [i for i in range(len(candidate) - 1, 0, -1) if candidate[i] == " "]
+    for end in ends:
+        compact = candidate[:end].replace(" ", "")
+        if 15 <= len(compact) <= 34 and stdnum_iban.is_valid(compact):
+            return end
+    return None
+
+
+# --- national ids ---------------------------------------------------------------------------------
+SSN = re.compile(r"(?<![\w-])\d{3}([- ])\d{2}\1\d{4}(?![\w]|-\d)")
+SSN_SPOKEN = re.compile(r"\b(?:SSN|social security(?: number| no\.?)?)\W{0,4}(\d{9})(?!\w)", re.IGNORECASE)
+# HMRC's rules: no D, F, I, Q, U, V in either letter, no O second, some pairs never issued.
+NINO = re.compile(
+    r"(?<![\w])(?!BG|GB|KN|NK|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]"
+    r"( ?)\d{2}\1\d{2}\1\d{2}\1[A-D](?![\w])"
+)
+DNI_NIE = re.compile(r"(?<![\w-])(?:\d{8}|[XYZ]-?\d{7})-?[A-Z](?![\w])")
+CODICE_FISCALE = re.compile(r"(?<![\w])[A-Z]{6}[0-9LMNPQRSTUV]{2}[A-EHLMPR-T][0-9LMNPQRSTUV]{2}[A-Z][0-9LMNPQRSTUV]{3}[A-Z](?![\w])")
+
+
+def national_ids_find(text: str) -> list[Match]:
+    found = [
+        Match("pii_national_id", m.start(), m.end())
+        for m in SSN.finditer(text)
+        if us_ssn.is_valid(m.group().replace(m.group(1), ""))
+    ]
+    found += [
+        Match("pii_national_id", m.start(1), m.end(1))
+        for m in SSN_SPOKEN.finditer(text)
+        if us_ssn.is_valid(m.group(1))
+    ]
+    found += [Match("pii_national_id", m.start(), m.end()) for m in NINO.finditer(text)]
+    found += [
+        Match("pii_national_id", m.start(), m.end())
+        for m in DNI_NIE.finditer(text)
+        if es_dni.is_valid(m.group()) or es_nie.is_valid(m.group())
+    ]
+    found += [
+        Match("pii_national_id", m.start(), m.end())
+        for m in CODICE_FISCALE.finditer(text)
+        if codicefiscale.is_valid(m.group())
+    ]
+    return found
+
+
+DETECTORS: dict[str, Detector] = {
+    "pii_email": emails_find,
+    "pii_phone": phones_find,
+    "pii_card": cards_find,
+    "pii_iban": ibans_find,
+    "pii_national_id": national_ids_find,
+}
+
+
+def pii_find(text: str, kinds=None) -> list[Match]:
+    """Every PII match of the given kinds (all by default), overlaps resolved: at one place the
+    longest match wins, so an IBAN's digits are not also reported as a phone number."""
+    matches = [m for kind in (kinds or DETECTORS) for m in DETECTORS[kind](text)]
+    return matches_disjoint(matches)
+
+
+def matches_disjoint(matches: list[Match]) -> list[Match]:
+    kept: list[Match] = []
+    for match in sorted(matches, key=lambda m: (m.start, -(m.end - m.start))):
+        if kept and match.start < kept[-1].end:
+            continue
+        kept.append(match)
+    return kept

@@ -1,0 +1,44 @@
+"""Writes of the guardrails app: the events a request raised, saved with its UsageRecord."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+from asgiref.sync import sync_to_async
+
+from guardrails.models import GuardrailEvent
+
+logger = logging.getLogger(__name__)
+
+_background: set[asyncio.Task] = set()
+
+
+def guardrail_events_create(*, tenant_id: int, request_id: uuid.UUID, response_id: str, events: list[dict]) -> None:
+    """One row per event, in one query. `events` hold no matched text (see `checks.masked`)."""
+    GuardrailEvent.objects.bulk_create(
+        GuardrailEvent(tenant_id=tenant_id, request_id=request_id, response_id=response_id, **event)
+        for event in events
+    )
+
+
+async def guardrail_events_write(call) -> None:
+    """Write a request's events (from its record step); a client going away cannot cancel it."""
+    events, call.guard_events = call.guard_events, []
+    task = asyncio.ensure_future(sync_to_async(guardrail_events_create)(
+        tenant_id=call.auth.tenant_id, request_id=call.request_id,
+        response_id=call.response_id if call.endpoint != "embeddings" else "", events=events,
+    ))
+    _background.add(task)
+    task.add_done_callback(_written)
+    try:
+        await asyncio.shield(task)
+    except Exception:  # logged by _written
+        pass
+
+
+def _written(task: asyncio.Task) -> None:
+    _background.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("guardrail event write failed", exc_info=task.exception())
