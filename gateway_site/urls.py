@@ -2,7 +2,8 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from gateway_site.health import health
+from gateway_site.health import health, ready
+from gateway_site.metrics import metrics_view
 from gateway_site.openapi import HealthDoc, documented
 
 urlpatterns = [
@@ -13,6 +14,8 @@ urlpatterns = [
     path("playground/", include("routing.playground_urls")),
     path("accounts/", include("django.contrib.auth.urls")),
     path("health", documented(health, HealthDoc), name="health"),
+    path("ready", ready, name="ready"),
+    path("metrics", metrics_view, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),

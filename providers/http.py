@@ -9,6 +9,7 @@ import asyncio
 import httpx
 from django.conf import settings
 
+from gateway_site.request_ids import correlation_id
 from providers.adapters import ADAPTERS, Adapter
 
 _clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
@@ -31,9 +32,16 @@ def http_client() -> httpx.AsyncClient:
                 keepalive_expiry=30,
             ),
             follow_redirects=False,
+            event_hooks={"request": [_request_id_header]},
         )
         _clients[loop] = client
     return client
+
+
+async def _request_id_header(request: httpx.Request) -> None:
+    """Providers get the request's correlation id (`gateway_site.request_ids`) as `x-request-id`."""
+    if value := correlation_id():
+        request.headers["x-request-id"] = value
 
 
 def adapter_for(wire_type: str) -> Adapter:

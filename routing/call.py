@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from accounting.auth import ApiKeyContext
 from accounting.budgets import BudgetLimit, Reservation
 from accounting.quotas import Charge
+from gateway_site import request_ids
 from providers.adapters import Usage
 from providers.selectors import Deployment
 from routing.attempts import AttemptLog
@@ -22,7 +23,7 @@ class Call:
 
     endpoint: str
     response_prefix: str = "chatcmpl-"
-    request_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    request_id: uuid.UUID = field(default_factory=request_ids.request_id_take)  # the UsageRecord's, unique
     started: float = field(default_factory=time.perf_counter)
     auth: ApiKeyContext | None = None
     payload: dict = field(default_factory=dict)
@@ -49,6 +50,8 @@ class Call:
     cache: str = ""  # "hit", "miss" or "semantic" once the cache was consulted
     saved_cost_usd: Decimal = Decimal("0")  # what a cache hit saved
     cache_plan: object = None  # caching.services.CachePlan when the cache takes part
+    # The client's x-request-id when valid, else the request id: returned, logged, sent upstream.
+    correlation_id: str = field(default_factory=request_ids.correlation_id)
 
     @property
     def response_id(self) -> str:
@@ -58,7 +61,8 @@ class Call:
         return int((time.perf_counter() - self.started) * 1000)
 
     def headers(self) -> dict[str, str]:
-        headers = {"x-request-id": str(self.request_id)}
+        headers = {"x-request-id": self.correlation_id or str(self.request_id),
+                   "x-gateway-request-id": str(self.request_id)}
         if self.deployment is not None:
             headers["x-gateway-provider"] = self.deployment.target.provider_name
             headers["x-gateway-model"] = self.deployment.target.upstream_model

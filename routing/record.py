@@ -13,7 +13,9 @@ from accounting import tokens
 from accounting.pricing import cost_compute
 from accounting.quotas import rate_limit_settle
 from accounting.services import usage_record_commit
+from gateway_site import metrics
 from gateway_site.errors import GatewayError
+from gateway_site.logs import request_line
 from guardrails.services import guardrail_events_write
 from routing.call import Call
 
@@ -56,13 +58,11 @@ async def record(
     call.cost_usd = fields["cost_usd"]
     call.recorded_tokens = (fields["prompt_tokens"], fields["completion_tokens"])
     fields.update(http_status=http_status, error_class=error_class)
-    logger.info(
-        "request %s tenant=%s endpoint=%s model=%s provider=%s status=%s http=%s error=%s "
-        "tokens=%s+%s latency_ms=%s attempts=%s",
-        call.request_id, call.auth.tenant_slug, call.endpoint, call.requested_model,
-        fields["provider_name"] or "-", status, http_status, error_class or "-",
-        fields["prompt_tokens"], fields["completion_tokens"], fields["latency_ms"], call.log.attempts,
-    )
+    metrics.request_observe(tenant=call.auth.tenant_slug, routed=call.plan is not None, fields=fields)
+    logger.info("request %s %s", call.endpoint, status, extra=request_line(
+        call_fields=fields, tenant=call.auth.tenant_slug, http_status=http_status,
+        attempts=call.log.attempts, prompt=(fields.get("content") or {}).get("messages"),
+    ))
     task = asyncio.ensure_future(
         sync_to_async(usage_record_commit)(
             fields=fields, budgets=call.budgets, reservation=call.reservation, on_alert=_alert_enqueue

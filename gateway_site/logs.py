@@ -1,0 +1,87 @@
+"""Structured logs: one JSON object per line, each carrying the request id of its request.
+
+`JsonFormatter` (python-json-logger) writes `time`, `level`, `logger`, `message`, `request_id`
+(the correlation id, see `gateway_site.request_ids`), `gateway_request_id` (the UsageRecord's id)
+and the fields a call passes in `extra`. What must never be in a log line is kept out where it is
+logged: provider keys, tenant keys and prompts are not passed to loggers (the request line carries
+the prompt only for tenants that keep content). As a second line of defence the formatter blanks
+anything shaped like a bearer token or an `sk-` key, and drops the `request` object Django attaches
+to its own records (its repr is harmless today; its attributes are not).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
+
+from gateway_site.request_ids import request_ids_current
+
+SECRET = re.compile(r"(?i)\b(bearer\s+)[^\s\"',]+|\bsk-[A-Za-z0-9_\-]{6,}")
+NOT_LOGGED = ("request", "scope", "headers")
+
+
+def redact(text: str) -> str:
+    return SECRET.sub(lambda m: f"{m.group(1) or ''}[redacted]", text)
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds the current request's ids to every record (attach it to the handler)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ids = request_ids_current()
+        if ids is not None and not hasattr(record, "request_id"):
+            record.request_id = ids.correlation_id
+            record.gateway_request_id = str(ids.request_id)
+        return True
+
+
+class JsonFormatter(_JsonFormatter):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("reserved_attrs", [*RESERVED_ATTRS, *NOT_LOGGED])
+        kwargs.setdefault("rename_fields", {"levelname": "level", "name": "logger"})
+        kwargs.setdefault("timestamp", "time")  # ISO 8601, UTC
+        super().__init__(*args, **kwargs)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+class PlainFormatter(logging.Formatter):
+    """`GATEWAY_LOG_FORMAT=plain`: one readable line, `[request id]` included, redacted alike."""
+
+    def __init__(self, fmt: str | None = None, **kwargs) -> None:
+        super().__init__(fmt, defaults={"request_id": "-"}, **kwargs)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def request_line(*, call_fields: dict, tenant: str, http_status: int, attempts: int,
+                 prompt: object = None) -> dict:
+    """The `extra` of the one log line per request, from its UsageRecord fields: no content
+    unless `prompt` is given (the tenant keeps content)."""
+    line = {
+        "tenant": tenant,
+        "endpoint": call_fields["endpoint"],
+        "model": call_fields["requested_model"],
+        "provider": call_fields["provider_name"] or None,
+        "served_model": call_fields["served_model"] or None,
+        "status": call_fields["status"],
+        "http_status": http_status,
+        "error_class": call_fields.get("error_class") or None,
+        "prompt_tokens": call_fields["prompt_tokens"],
+        "completion_tokens": call_fields["completion_tokens"],
+        "cost_usd": str(call_fields["cost_usd"]),
+        "latency_ms": call_fields["latency_ms"],
+        "ttft_ms": call_fields["ttft_ms"],
+        "stream": call_fields["stream"],
+        "attempts": attempts,
+        "route": call_fields.get("route") or None,
+        "cache": call_fields.get("cache") or None,
+    }
+    if prompt is not None:
+        line["prompt"] = prompt
+    return line
