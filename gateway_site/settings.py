@@ -77,6 +77,7 @@ INSTALLED_APPS = [
     "caching",
     "operators",
     "audit",
+    "guardrails",
 ]
 
 MIDDLEWARE = [

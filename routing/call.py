@@ -49,6 +49,8 @@ class Call:
     conversation_id: str = ""
     cache: str = ""  # "hit", "miss" or "semantic" once the cache was consulted
     saved_cost_usd: Decimal = Decimal("0")  # what a cache hit saved
+    guard: object = None  # guardrails.selectors.RuleSet: the tenant's guardrail rules
+    guard_events: list[dict] = field(default_factory=list)  # written with the UsageRecord
     cache_plan: object = None  # caching.services.CachePlan when the cache takes part
     # The client's x-request-id when valid, else the request id: returned, logged, sent upstream.
     correlation_id: str = field(default_factory=request_ids.correlation_id)

@@ -20,6 +20,7 @@ from accounting.pricing import cost_compute
 from accounting.quotas import rate_limit_take, rate_limits_for
 from caching.services import cache_body, cache_completion_text, cache_fill, cache_lookup, cache_replay, cache_stream_tee
 from gateway_site.errors import GatewayError, InvalidRequest
+from guardrails.checks import guard_input, guard_output
 from routing import validation
 from routing.attempts import attempts_run
 from routing.call import Call
@@ -55,6 +56,7 @@ async def chat_parsed(call: Call, *, body: dict, headers) -> dict | AsyncIterato
         call.stream = body.get("stream") is True
         call.payload = validation.chat_request_validate(body)
         call.schema = required_schema(call.payload)
+        await guard_input(call)
         await _prepare(call, body=body, headers=headers, mode="chat")
         if call.cache_plan is not None and call.cache_plan.entry is not None:
             return await _cached(call)
@@ -75,6 +77,7 @@ async def _answer(call: Call) -> dict:
     call.usage = result.usage
     if call.schema is not None:
         result = await _structured(call, result)
+    guard_output(call, result.body)
     return result.body
 
 
@@ -132,6 +135,7 @@ async def embeddings_parsed(call: Call, *, body: dict, headers) -> dict:
     """`embeddings` for a caller that has authenticated (`call.auth`) and parsed the body itself."""
     try:
         call.payload = validation.embeddings_request_validate(body)
+        await guard_input(call)
         await _prepare(call, body=body, headers=headers, mode="embedding")
         result = await _attempt(call, lambda adapter, d: adapter.embeddings(call.payload, d.target))
     except GatewayError as exc:

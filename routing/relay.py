@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 
 from gateway_site.errors import ProviderError
+from guardrails.checks import GuardrailBlocked, StreamGuard
 from providers.adapters import Adapter, Usage
 from providers.selectors import Deployment
 from routing.attempts import stream_failure_note, stream_finished
@@ -49,11 +50,17 @@ async def stream_relay(call: Call, stream: AsyncIterator[dict], first: dict) -> 
     wants_usage = bool((call.payload.get("stream_options") or {}).get("include_usage"))
     texts: list[str] = []
     status, http_status, error_class = "success", 200, ""
+    guard = StreamGuard.for_call(call)  # None when no output guardrail applies
     try:
         async for chunk in _prepend(first, stream):
+            if guard is not None:
+                guard.chunk_check(chunk)  # holds back a short tail, redacts, raises on a block
             relayed = _chunk_relay(call, chunk, texts, wants_usage=wants_usage)
             if relayed is not None:
                 yield relayed
+        tail = guard.finish() if guard is not None else None
+        if tail is not None:
+            yield _chunk_relay(call, tail, texts, wants_usage=wants_usage)
         if call.schema is not None and not call.tool_called:
             problem = output_problem("".join(texts), call.schema)
             if problem is not None:  # a stream cannot be repaired once sent: end it with an error
@@ -64,7 +71,7 @@ async def stream_relay(call: Call, stream: AsyncIterator[dict], first: dict) -> 
         status, http_status, error_class = "error", exc.status, exc.error_class
         await stream_failure_note(call.plan, call.deployment, exc)
         yield exc.as_body()
-    except StructuredOutputInvalid as exc:
+    except (StructuredOutputInvalid, GuardrailBlocked) as exc:
         status, http_status, error_class = "error", exc.status, exc.error_class
         yield exc.as_body()
     except (asyncio.CancelledError, GeneratorExit):

@@ -1,0 +1,338 @@
+"""The cache's steps in the request pipeline: decide, look up, fill (single flight), replay.
+
+`routing.pipeline` calls, for a chat request whose route is known:
+- `cache_lookup(call, body=, headers=)` before the budget reservation: decides from the policy and
+  the request's own options, answers `call.cache_plan.entry` on a hit (exact, then semantic);
+- `cache_fill(call, produce)` around the upstream call of a plain request: identical requests in
+  flight in this process share one upstream call, and the answer is stored before the flight ends;
+- `cache_stream_tee(call, chunks)` around a live stream, storing the answer once it ended well;
+- `cache_replay(call)` for a hit on a stream: the cached answer as upstream-style chunks, which the
+  pipeline relays like a live stream (same framing, usage chunk, record).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.conf import settings
+
+from accounting.pricing import cost_compute
+from caching import keys
+from caching.models import CacheMode
+from caching.selectors import Policy, cache_policy_for
+from caching.semantic import semantic_index, text_embed
+from caching.store import cache_store
+from gateway_site.errors import GatewayError
+from providers.adapters import Usage
+
+logger = logging.getLogger(__name__)
+
+HEADER = "x-gateway-cache"
+_WORDS = re.compile(r"\s*\S+\s*")
+
+
+@dataclass
+class CachePlan:
+    """What the cache does for one request."""
+
+    key: str
+    policy: Policy
+    options: keys.CacheOptions
+    read: bool
+    ttl: int
+    scope: str = ""
+    vector: list[float] | None = None
+    entry: dict | None = None
+    semantic: bool = field(init=False, default=False)
+
+    @property
+    def semantic_on(self) -> bool:
+        return self.policy.mode == CacheMode.SEMANTIC and bool(self.policy.embedding_model)
+
+
+def cache_plan_make(call, *, body: dict, headers, policy: Policy) -> CachePlan | None:
+    options = keys.cache_options_parse(body=body, headers=headers)
+    if policy.mode == CacheMode.OFF or options.no_store:
+        return None
+    if policy.mode == CacheMode.DETERMINISTIC and not (options.asked or keys.deterministic(call.payload)):
+        return None
+    rule, variant = call.plan.rule, call.plan.variant
+    return CachePlan(
+        key=keys.cache_key(tenant_id=call.auth.tenant_id, rule=rule, variant=variant, payload=call.payload),
+        scope=keys.semantic_scope(tenant_id=call.auth.tenant_id, rule=rule, variant=variant, payload=call.payload),
+        policy=policy,
+        options=options,
+        read=not options.no_cache,
+        ttl=options.ttl or policy.ttl_seconds,
+    )
+
+
+async def cache_lookup(call, *, body: dict, headers) -> None:
+    """Set `call.cache_plan` (None: the cache stays out of it) and, on a hit, its `entry`."""
+    keys.cache_options_parse(body=body, headers=headers)  # a bad option is a 400 whatever the policy
+    policy = await cache_policy_for(tenant_id=call.auth.tenant_id, rule=call.plan.rule)
+    plan = call.cache_plan = cache_plan_make(call, body=body, headers=headers, policy=policy)
+    if plan is None:
+        return
+    call.cache = "miss"
+    call.extra_headers[HEADER] = "miss"
+    if not plan.read:
+        return
+    store, tenant_id = cache_store(), call.auth.tenant_id
+    entry = _fresh(await store.get(tenant_id, plan.key), plan)
+    if entry is None and plan.semantic_on:
+        entry = await _semantic_lookup(call, plan)
+    if entry is None:
+        if not _shares_flight(call):  # a request sharing a flight counts in `cache_fill`
+            await store.count(tenant_id, hit=False)
+        return
+    _hit(call, plan, entry)
+    await store.count(tenant_id, hit=True, semantic=plan.semantic, saved=call.saved_cost_usd)
+
+
+def _fresh(entry: dict | None, plan: CachePlan) -> dict | None:
+    max_age = plan.options.max_age
+    if entry is not None and max_age is not None and time.time() - entry["created"] > max_age:
+        return None
+    return entry
+
+
+async def _semantic_lookup(call, plan: CachePlan) -> dict | None:
+    try:
+        plan.vector = await text_embed(
+            auth=call.auth, model=plan.policy.embedding_model, text=keys.request_text(call.payload)
+        )
+    except GatewayError as exc:  # no embedding, no semantic cache: the request goes on
+        logger.warning("semantic cache: embedding with %s failed: %s", plan.policy.embedding_model, exc.message)
+        return None
+    index, tenant_id = semantic_index(), call.auth.tenant_id
+    found = index.search(
+        tenant_id=tenant_id, scope=plan.scope, vector=plan.vector, threshold=plan.policy.semantic_threshold
+    )
+    if found is None:
+        return None
+    entry = _fresh(await cache_store().get(tenant_id, found[0]), plan)
+    if entry is None:
+        index.discard(tenant_id=tenant_id, scope=plan.scope, key=found[0])
+        return None
+    plan.semantic = True
+    return entry
+
+
+def _hit(call, plan: CachePlan, entry: dict) -> None:
+    plan.entry = entry
+    call.cache = "semantic" if plan.semantic else "hit"
+    call.extra_headers[HEADER] = "hit"
+    call.saved_cost_usd = Decimal(entry["cost_usd"])
+    call.usage = Usage.from_openai(entry["body"].get("usage"))
+
+
+def cache_body(call) -> dict:
+    """The cached answer as this request's own response (its own id)."""
+    body = copy.deepcopy(call.cache_plan.entry["body"])
+    body["id"] = call.response_id
+    return body
+
+
+# --- filling: single flight and storing -----------------------------------------------------------
+_flights: dict[tuple[int, str], asyncio.Future] = {}
+
+
+def _shares_flight(call) -> bool:
+    plan = call.cache_plan
+    return plan is not None and plan.read and not call.stream and settings.GATEWAY_CACHE_DEDUP
+
+
+async def cache_fill(call, produce: Callable[[], Awaitable[dict]]) -> dict:
+    """The answer of a plain request: `produce()`'s, or that of the identical request in flight.
+
+    The first of identical requests (same tenant, same key) calls upstream and stores the answer;
+    those arriving while it runs wait for it and are answered as hits. Its failure is theirs too.
+    If it is cancelled (its client left), the waiting requests start over.
+    """
+    if not _shares_flight(call):
+        body = await produce()
+        await _store(call, body)
+        return body
+    flight_key = (call.auth.tenant_id, call.cache_plan.key)
+    leader = _flights.get(flight_key)
+    if leader is not None:
+        shared = await asyncio.shield(leader)
+        if shared is None:
+            return await cache_fill(call, produce)
+        body, entry = shared
+        _hit(call, call.cache_plan, entry)
+        await cache_store().count(call.auth.tenant_id, hit=True, saved=call.saved_cost_usd)
+        return copy.deepcopy(body)
+    future = _flights[flight_key] = asyncio.get_running_loop().create_future()
+    await cache_store().count(call.auth.tenant_id, hit=False)
+    try:
+        body = await produce()
+        entry = await _store(call, body)
+        future.set_result((copy.deepcopy(body), entry))
+        return body
+    except GatewayError as exc:
+        future.set_exception(exc)
+        future.exception()  # retrieved: nobody waiting is not an error
+        raise
+    finally:
+        if not future.done():
+            future.set_result(None)
+        _flights.pop(flight_key, None)
+
+
+def _entry(call, body: dict, pieces: list[str] | None) -> dict:
+    stored = {name: value for name, value in body.items() if name != "id"}
+    if call.usage is not None and not stored.get("usage"):
+        stored["usage"] = call.usage.as_openai()
+    entry = {"body": stored, "cost_usd": str(_cost(call)), "created": time.time()}
+    if pieces is not None:
+        entry["pieces"] = pieces  # a streamed answer replays in its own pieces
+    return entry
+
+
+def _cost(call) -> Decimal:
+    if call.deployment is None or call.usage is None:
+        return Decimal("0")
+    return cost_compute(
+        price=call.deployment.price_at(time.time()),
+        prompt_tokens=call.usage.prompt_tokens,
+        completion_tokens=call.usage.completion_tokens,
+        cached_tokens=call.usage.cached_tokens,
+    )
+
+
+async def _store(call, body: dict, pieces: list[str] | None = None) -> dict:
+    entry = _entry(call, body, pieces)
+    plan = call.cache_plan
+    if plan is None or call.cache not in ("miss",) or not _storable(body):
+        return entry
+    tenant_id = call.auth.tenant_id
+    await cache_store().put(tenant_id, plan.key, entry, ttl=plan.ttl)
+    if plan.semantic_on:
+        await _semantic_add(call, plan)
+    return entry
+
+
+def _storable(body: dict) -> bool:
+    return all((choice or {}).get("finish_reason") in ("stop", "length", "tool_calls") for choice in body.get("choices") or [None])
+
+
+async def _semantic_add(call, plan: CachePlan) -> None:
+    if plan.vector is None:
+        try:
+            plan.vector = await text_embed(
+                auth=call.auth, model=plan.policy.embedding_model, text=keys.request_text(call.payload)
+            )
+        except GatewayError:
+            return
+    semantic_index().add(
+        tenant_id=call.auth.tenant_id, scope=plan.scope, key=plan.key, vector=plan.vector, ttl=plan.ttl
+    )
+
+
+# --- streams --------------------------------------------------------------------------------------
+async def cache_stream_tee(call, chunks: AsyncIterator[dict]) -> AsyncIterator[dict]:
+    """Pass a live stream through; once it has ended well, store its answer (text answers only)."""
+    if call.cache_plan is None:
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await chunks.aclose()  # the relay records now, not at garbage collection
+        return
+    pieces: list[str] = []
+    finish, model, storable = None, "", True
+    try:
+        async for chunk in chunks:
+            if "error" in chunk:
+                storable = False
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta") or {}
+                storable = storable and choice.get("index", 0) == 0 and not delta.get("tool_calls")
+                if isinstance(delta.get("content"), str):
+                    pieces.append(delta["content"])
+                finish = choice.get("finish_reason") or finish
+            model = model or chunk.get("model", "")
+            yield chunk
+    finally:
+        await chunks.aclose()
+    if storable and finish is not None:
+        await _store(call, _stream_body(call, pieces, finish=finish, model=model), pieces)
+
+
+def _stream_body(call, pieces: list[str], *, finish: str, model: str) -> dict:
+    if call.usage is None and call.recorded_tokens != (0, 0):
+        call.usage = Usage(prompt_tokens=call.recorded_tokens[0], completion_tokens=call.recorded_tokens[1])
+    return {
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": "".join(pieces)},
+            "logprobs": None,
+            "finish_reason": finish,
+        }],
+    }
+
+
+def cache_replay(call) -> tuple[dict, AsyncIterator[dict]]:
+    """A hit for a stream: the first chunk and the rest, as a provider would have sent them."""
+    chunks = _replay_chunks(call.cache_plan.entry, call.response_id)
+    return chunks[0], _iterate(chunks[1:])
+
+
+async def _iterate(chunks: list[dict]) -> AsyncIterator[dict]:
+    for chunk in chunks:
+        yield chunk
+
+
+def _replay_chunks(entry: dict, response_id: str) -> list[dict]:
+    body = entry["body"]
+    base = {"id": response_id, "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": body.get("model", "")}
+    chunks = []
+    for choice in body.get("choices") or ():
+        index, message = choice.get("index", 0), choice.get("message") or {}
+        chunks.append({**base, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
+                                            "logprobs": None, "finish_reason": None}]})
+        content = message.get("content") or ""
+        pieces = entry["pieces"] if "pieces" in entry else _WORDS.findall(content)
+        for piece in pieces:
+            chunks.append({**base, "choices": [{"index": index, "delta": {"content": piece},
+                                                "logprobs": None, "finish_reason": None}]})
+        if message.get("tool_calls"):
+            calls = [{"index": i, **tool_call} for i, tool_call in enumerate(message["tool_calls"])]
+            chunks.append({**base, "choices": [{"index": index, "delta": {"tool_calls": calls},
+                                                "logprobs": None, "finish_reason": None}]})
+        chunks.append({**base, "choices": [{"index": index, "delta": {}, "logprobs": None,
+                                            "finish_reason": choice.get("finish_reason") or "stop"}]})
+    if body.get("usage"):
+        chunks.append({**base, "choices": [], "usage": body["usage"]})
+    return chunks
+
+
+def cache_completion_text(call) -> str:
+    body = call.cache_plan.entry["body"]
+    return "".join(((c or {}).get("message") or {}).get("content") or "" for c in body.get("choices") or ())
+
+
+# --- operator reads and writes ----------------------------------------------------------------------
+async def cache_stats(*, tenant_id: int) -> dict:
+    """The tenant's counters and entries; `semantic_entries` counts this process's index only."""
+    stats = (await cache_store().stats(tenant_id)).as_dict()
+    return {**stats, "semantic_entries": semantic_index().count(tenant_id)}
+
+
+async def cache_clear(*, tenant_id: int) -> dict:
+    """Drop every cached answer of the tenant (exact and semantic); other tenants keep theirs."""
+    entries = await cache_store().clear(tenant_id)
+    return {"entries": entries, "semantic_entries": semantic_index().clear(tenant_id)}
