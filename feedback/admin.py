@@ -1,15 +1,15 @@
 from django.contrib import admin
 
-from feedback.models import Feedback
+from feedback.models import Feedback, FeedbackMetric, MetricValue
 
 
 @admin.register(Feedback)
 class FeedbackAdmin(admin.ModelAdmin):
     """Read-only: feedback is written by the people who rated a response, not by operators."""
 
-    list_display = ["updated_at", "tenant", "source", "rating", "response_id", "short_comment"]
-    list_filter = ["source", "rating", "tenant"]
-    search_fields = ["response_id", "comment"]
+    list_display = ["updated_at", "tenant", "source", "rating", "score", "response_id", "short_comment"]
+    list_filter = ["source", "rating", "score", "tenant"]
+    search_fields = ["response_id", "comment", "correction"]
     list_select_related = ["tenant"]
     raw_id_fields = ["usage_record"]
     show_full_result_count = False
@@ -18,6 +18,34 @@ class FeedbackAdmin(admin.ModelAdmin):
     @admin.display(description="comment")
     def short_comment(self, obj: Feedback) -> str:
         return obj.comment[:80]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in self.model._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(FeedbackMetric)
+class FeedbackMetricAdmin(admin.ModelAdmin):
+    """Named metrics a tenant may send with its feedback (`metrics` in POST /v1/feedback)."""
+
+    list_display = ["tenant", "name", "kind", "scope", "min_value", "max_value", "description"]
+    list_filter = ["kind", "scope", "tenant"]
+    search_fields = ["name", "tenant__slug"]
+    list_select_related = ["tenant"]
+
+
+@admin.register(MetricValue)
+class MetricValueAdmin(admin.ModelAdmin):
+    list_display = ["updated_at", "tenant", "metric", "value", "source", "usage_record", "conversation_id"]
+    list_filter = ["metric__name", "tenant"]
+    search_fields = ["conversation_id", "usage_record__response_id"]
+    list_select_related = ["tenant", "metric", "usage_record"]
+    raw_id_fields = ["usage_record"]
 
     def get_readonly_fields(self, request, obj=None):
         return [field.name for field in self.model._meta.fields]

@@ -1,12 +1,23 @@
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db import IntegrityError
+from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import path, reverse
+from django.utils.html import format_html
 
 from accounting.models import Tenant, TenantApiKey
 from audit.admin import AuditedAdmin
 from routing.explain import provider_health_rows, route_explain
-from routing.models import Deployment, RouteGroup, RoutingRule
+from routing.experiments import (
+    experiment_pause,
+    experiment_promote,
+    experiment_resume,
+    experiment_results,
+    experiment_stop,
+)
+from routing.models import Deployment, Experiment, ExperimentVariant, RouteGroup, RoutingRule
 
 
 class DeploymentInline(admin.TabularInline):
@@ -78,3 +89,95 @@ class RoutingRuleAdmin(AuditedAdmin):
             "opts": self.model._meta,
         }
         return TemplateResponse(request, "admin/routing/explain.html", context)
+
+
+class ExperimentVariantInline(admin.TabularInline):
+    model = ExperimentVariant
+    extra = 0
+    fields = ["name", "weight", "group", "model"]
+
+
+@admin.register(Experiment)
+class ExperimentAdmin(AuditedAdmin):
+    """Experiments split a rule's traffic; the results page compares the variants and promotes one."""
+
+    list_display = ["name", "rule", "status", "sticky", "winner", "created_at", "results_link"]
+    list_filter = ["status"]
+    search_fields = ["name", "rule__name"]
+    list_select_related = ["rule", "winner"]
+    readonly_fields = ["winner"]
+    inlines = [ExperimentVariantInline]
+    actions = ["pause_selected", "resume_selected", "stop_selected"]
+
+    @admin.display(description="results")
+    def results_link(self, obj: Experiment) -> str:
+        url = reverse("admin:routing_experiment_results", args=[obj.pk])
+        return format_html('<a href="{}">Compare variants</a>', url)
+
+    def get_urls(self):
+        results = self.admin_site.admin_view(self.results_view)
+        return [path("<int:pk>/results/", results, name="routing_experiment_results"), *super().get_urls()]
+
+    @admin.action(description="Pause the selected experiments (their rules serve their own groups)")
+    def pause_selected(self, request, queryset):
+        for experiment in queryset.filter(status=Experiment.Status.RUNNING):
+            experiment_pause(experiment)
+
+    @admin.action(description="Resume the selected experiments")
+    def resume_selected(self, request, queryset):
+        for experiment in queryset.filter(status=Experiment.Status.PAUSED):
+            try:
+                experiment_resume(experiment)
+            except IntegrityError:
+                self.message_user(
+                    request, f"{experiment.name}: another experiment already runs on its rule.", messages.ERROR
+                )
+
+    @admin.action(description="Stop the selected experiments")
+    def stop_selected(self, request, queryset):
+        for experiment in queryset.exclude(status=Experiment.Status.PROMOTED):
+            experiment_stop(experiment)
+
+    def results_view(self, request, pk: int):
+        """The read-out: rating with a confidence interval, cost per request and latency per variant."""
+        experiment = Experiment.objects.select_related("rule", "winner").filter(pk=pk).first()
+        if experiment is None or not self.has_view_permission(request, experiment):
+            raise Http404("No such experiment.")
+        if request.method == "POST":
+            if not self.has_change_permission(request, experiment):
+                raise PermissionDenied
+            return self._act(request, experiment)
+        results, verdict = experiment_results(experiment)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Experiment {experiment.name}",
+            "experiment": experiment,
+            "results": results,
+            "verdict": verdict,
+            "opts": self.model._meta,
+            "can_change": self.has_change_permission(request, experiment),
+        }
+        return TemplateResponse(request, "admin/routing/experiment_results.html", context)
+
+    def _act(self, request, experiment: Experiment):
+        action = request.POST.get("action")
+        if experiment.status == Experiment.Status.PROMOTED:
+            self.message_user(request, "This experiment is over: a variant was promoted.", messages.ERROR)
+        elif action == "pause" and experiment.status == Experiment.Status.RUNNING:
+            experiment_pause(experiment)
+        elif action == "resume" and experiment.status == Experiment.Status.PAUSED:
+            experiment_resume(experiment)
+        elif action == "stop":
+            experiment_stop(experiment)
+        elif action == "promote":
+            variant = experiment.variants.filter(pk=request.POST.get("variant") or 0).first()
+            if variant is None:
+                self.message_user(request, "Choose a variant of this experiment to promote.", messages.ERROR)
+            else:
+                group = experiment_promote(experiment, variant)
+                self.message_user(request, f"Promoted '{variant.name}': rule '{experiment.rule.name}' now uses "
+                                           f"route group '{group.name}'.")
+        else:
+            self.message_user(request, f"'{action}' is not possible while the experiment is {experiment.status}.",
+                              messages.ERROR)
+        return HttpResponseRedirect(reverse("admin:routing_experiment_results", args=[experiment.pk]))

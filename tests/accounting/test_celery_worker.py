@@ -154,3 +154,28 @@ def test_worker_runs_the_beat_task(worker, client):
         lambda: sum(recent.values_list("requests", flat=True)) == 5,
         worker=worker, what="daily rollup of the beat task",
     )
+
+
+def test_worker_rolls_feedback_up(worker, client):
+    from feedback.models import FeedbackRollup
+    from feedback.services import feedback_submit, submission_parse
+
+    tenant = tenant_create(slug="acme")
+    key, _ = api_key_create(tenant=tenant)
+    records = records_create(tenant=tenant, key=key, start=HOUR)
+    for n, record in enumerate(records):
+        record.response_id = f"chatcmpl-{n}"
+        record.save(update_fields=["response_id"])
+        feedback_submit(tenant_id=tenant.pk, submission=submission_parse(
+            {"response_id": record.response_id, "rating": "up" if n % 2 else "down"}
+        ))
+
+    client.send_task("feedback.tasks.feedback_rollup_recent_task", queue=worker.queue)
+    rows = FeedbackRollup.objects.filter(granularity="day", tenant=tenant)
+    wait_for(lambda: rows.count() == 3, worker=worker, what="daily feedback rollups (total and two models)")
+    total = FeedbackRollup.objects.get(granularity="hour", bucket_start=HOUR, tenant=tenant, dimension="total")
+    assert (total.feedback, total.ratings, total.thumbs_up, total.thumbs_down) == (5, 5, 2, 3)
+    by_model = dict(
+        FeedbackRollup.objects.filter(granularity="day", tenant=tenant, dimension="model").values_list("value", "ratings")
+    )
+    assert by_model == {"gpt-4o": 3, "gpt-4o-mini": 2}

@@ -138,3 +138,28 @@ def test_provider_keys_and_tenant_keys_never_reach_the_logs(client, stack):
     assert "error=auth" in logs  # the upstream 401 was logged, without its key
     for secret in (*PROVIDER_SECRETS, stack.api_key):
         assert secret not in logs
+
+
+def test_feedback_on_a_streamed_completion_through_the_sdk(client, stack):
+    """The id the SDK sees on a streamed completion is the one `/v1/feedback` takes."""
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Rate me"}], stream=True,
+        extra_headers={"X-Gateway-Conversation-Id": "sdk-conversation"},
+    )
+    ids = {chunk.id for chunk in stream}
+    assert len(ids) == 1
+    [response_id] = ids
+    stack.wait_for_rows("SELECT 1 FROM accounting_usagerecord WHERE response_id = %s", (response_id,), 1)
+
+    body = {"response_id": response_id, "rating": "up", "correction": "Rated.", "tags": ["sdk"]}
+    created = client.post("/feedback", body=body, cast_to=httpx.Response)
+    assert created.status_code == 201
+    again = client.post("/feedback", body=body, cast_to=httpx.Response)
+    assert again.status_code == 200
+    read = client.get("/feedback", options={"params": {"response_id": response_id}}, cast_to=httpx.Response).json()
+    assert [(e["rating"], e["correction"], e["conversation_id"]) for e in read["data"]] == [
+        (1, "Rated.", "sdk-conversation")
+    ]
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.post("/feedback", body={"response_id": "chatcmpl-nope", "rating": 1}, cast_to=httpx.Response)
+    assert missing.value.code == "response_not_found"
