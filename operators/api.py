@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import ProtectedError, RestrictedError
 from django.http import Http404
-from rest_framework import exceptions, permissions, viewsets
+from rest_framework import exceptions, pagination, permissions, viewsets
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
@@ -21,6 +21,16 @@ from operators.authentication import StaffTokenAuthentication
 
 # An id in a URL: at most 18 digits, so it always fits PostgreSQL's bigint.
 ID_PATTERN = r"[0-9]{1,18}"
+
+
+class OperatorPagination(pagination.LimitOffsetPagination):
+    """`?limit=` (default 100, at most 1000) and `?offset=`, both kept within PostgreSQL's bigint."""
+
+    max_limit = 1000
+    max_offset = 10**15
+
+    def get_offset(self, request) -> int:
+        return min(super().get_offset(request), self.max_offset)
 
 
 class Conflict(errors.GatewayError):
@@ -98,6 +108,7 @@ class OperatorViewSet(viewsets.ModelViewSet):
     permission_classes = [permissions.IsAdminUser]
     parser_classes = [JSONParser]
     renderer_classes = [JSONRenderer]
+    pagination_class = OperatorPagination
     lookup_value_regex = ID_PATTERN
     http_method_names = ["get", "post", "put", "patch", "delete"]
     schema_tags = ["operator API"]

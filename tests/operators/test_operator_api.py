@@ -72,6 +72,10 @@ def test_provider_crud_and_validation_errors_name_the_field(operator):
                  param="timeout_seconds")
     listed = operator.call("GET", "/v1/providers").json()
     assert [p["name"] for p in listed["results"]] == ["mistral"]
+    far = operator.call("GET", "/v1/providers?limit=99999999999999999999&offset=99999999999999999999")
+    assert far.status_code == 200 and far.json()["results"] == []
+    assert_error(operator.call("POST", "/v1/providers", {"name": "big", "api_base": "https://x.example",
+                                                        "priority": 2**70}), 400, param="priority")
     assert operator.call("DELETE", f"/v1/providers/{provider['id']}").status_code == 204
     assert_error(operator.call("GET", f"/v1/providers/{provider['id']}"), 404)
     assert_error(operator.call("GET", "/v1/providers/abc"), 404)
