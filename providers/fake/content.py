@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 import random
+import re
 import secrets
 import string
 import struct
@@ -149,9 +150,26 @@ def request_id_new() -> str:
 
 
 def embedding_vector(*, model: str, item: str | list[int], dimensions: int) -> list[float]:
-    """A unit vector from a hash of the input, rounded to float32 so base64 and float agree."""
-    rng = _rng(model, json.dumps(item), str(dimensions))
-    raw = [rng.gauss(0.0, 1.0) for _ in range(dimensions)]
-    norm = sum(x * x for x in raw) ** 0.5
+    """A unit vector, rounded to float32 so base64 and float agree.
+
+    Bag of words, like a (very) small real embedding model: the sum of one fixed random vector per
+    lower-cased word (or per token of a token array), so texts sharing most words point the same
+    way (a semantic cache can be tested) and unrelated texts are near orthogonal.
+    """
+    words = [str(t) for t in item] if isinstance(item, list) else _EMBEDDING_WORD.findall(item.lower())
+    raw = [0.0] * dimensions
+    for word in words or [json.dumps(item)]:
+        for index, value in enumerate(_word_vector(model, word, dimensions)):
+            raw[index] += value
+    norm = sum(x * x for x in raw) ** 0.5 or 1.0
     packed = struct.pack(f"<{dimensions}f", *(x / norm for x in raw))
     return list(struct.unpack(f"<{dimensions}f", packed))
+
+
+_EMBEDDING_WORD = re.compile(r"\w+")
+
+
+@functools.lru_cache(maxsize=4096)
+def _word_vector(model: str, word: str, dimensions: int) -> tuple[float, ...]:
+    rng = _rng(model, word, str(dimensions))
+    return tuple(rng.gauss(0.0, 1.0) for _ in range(dimensions))
