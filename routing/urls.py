@@ -4,6 +4,7 @@ from accounting import api as usage_api
 from accounting.openapi import UsageDoc
 from caching import api as cache_api
 from feedback import api as feedback_api
+from feedback.openapi import FeedbackDoc
 from gateway_site.http import api_not_found
 from gateway_site.openapi import documented
 from routing import anthropic_api, api
@@ -19,6 +20,6 @@ urlpatterns = [
     path("usage", documented(usage_api.usage, UsageDoc), name="usage"),
     path("cache/stats", cache_api.stats, name="cache-stats"),
     path("cache", cache_api.clear, name="cache-clear"),
-    path("feedback", feedback_api.feedback, name="feedback"),
+    path("feedback", documented(feedback_api.feedback, FeedbackDoc), name="feedback"),
     re_path(r"^.*$", api_not_found),
 ]
