@@ -83,6 +83,8 @@ class Stats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: Decimal = Decimal("0")
+    cache_hits: int = 0
+    saved_cost_usd: Decimal = Decimal("0")  # what answers served from the cache would have cost
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
     ttft_p50_ms: float | None = None
@@ -96,11 +98,15 @@ class Stats:
     def error_rate(self) -> float | None:
         return self.errors / self.requests if self.requests else None
 
+    @property
+    def cache_hit_rate(self) -> float | None:
+        return self.cache_hits / self.requests if self.requests else None
+
 
 PERCENTILES = ("latency_p50_ms", "latency_p95_ms", "ttft_p50_ms", "ttft_p95_ms")
 
 
-SUMMED = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd")
+SUMMED = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd", "cache_hits", "saved_cost_usd")
 
 
 def _stats_annotations() -> dict:
@@ -117,6 +123,7 @@ def _stats_annotations() -> dict:
 def _stats_from(row: dict) -> Stats:
     stats = Stats(**{name: row[f"{name}__sum"] or 0 for name in SUMMED})
     stats.cost_usd = row["cost_usd__sum"] or Decimal("0")
+    stats.saved_cost_usd = row["saved_cost_usd__sum"] or Decimal("0")
     for name in PERCENTILES:
         weight = row[f"{name}__n"]
         setattr(stats, name, row[f"{name}__w"] / weight if weight else None)

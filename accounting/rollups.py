@@ -95,7 +95,9 @@ def percentile_cont(values: Sequence[float], fraction: float) -> float | None:
 _RECORD_FIELDS = (
     "tenant_id", "api_key_id", "requested_model", "task", "tags", "end_user", "route", "status",
     "error_class", "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms", "ttft_ms",
+    "cache", "saved_cost_usd",
 )
+CACHE_HITS = ("hit", "semantic")  # UsageRecord.cache values of an answer served from the cache
 
 
 def _tags(tags) -> set[str]:
@@ -132,6 +134,8 @@ def _summarize(records: list[dict]) -> dict:
         "prompt_tokens": sum(r["prompt_tokens"] for r in records),
         "completion_tokens": sum(r["completion_tokens"] for r in records),
         "cost_usd": sum((r["cost_usd"] for r in records), Decimal("0")),
+        "cache_hits": sum(1 for r in records if r["cache"] in CACHE_HITS),
+        "saved_cost_usd": sum((r["saved_cost_usd"] for r in records), Decimal("0")),
         "latency_p50_ms": percentile_cont(latencies, 0.5),
         "latency_p95_ms": percentile_cont(latencies, 0.95),
         "ttft_p50_ms": percentile_cont(ttfts, 0.5),
@@ -153,7 +157,7 @@ def rollup_rows_python(*, start: datetime, end: datetime) -> dict[RowKey, dict]:
 _PG_DIMENSIONS = """
 WITH r AS (
     SELECT tenant_id, api_key_id, requested_model, task, tags, end_user, route, status, error_class,
-           prompt_tokens, completion_tokens, cost_usd, latency_ms, ttft_ms
+           prompt_tokens, completion_tokens, cost_usd, latency_ms, ttft_ms, cache, saved_cost_usd
     FROM {table}
     WHERE created_at >= %(start)s AND created_at < %(end)s
 ), d AS (
@@ -173,6 +177,7 @@ WITH r AS (
 _PG_STATS = """
 SELECT tenant_id, dimension, value, count(*), count(*) FILTER (WHERE status = %(error)s),
        sum(prompt_tokens), sum(completion_tokens), sum(cost_usd),
+       count(*) FILTER (WHERE cache IN ('hit', 'semantic')), sum(saved_cost_usd),
        percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms),
        percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms),
        percentile_cont(0.5) WITHIN GROUP (ORDER BY ttft_ms),
@@ -184,7 +189,7 @@ SELECT tenant_id, dimension, value, COALESCE(NULLIF(error_class, ''), %(unknown)
 FROM d WHERE status = %(error)s GROUP BY 1, 2, 3, 4 ORDER BY 4
 """
 _STAT_COLUMNS = (
-    "requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd",
+    "requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd", "cache_hits", "saved_cost_usd",
     "latency_p50_ms", "latency_p95_ms", "ttft_p50_ms", "ttft_p95_ms",
 )
 

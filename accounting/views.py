@@ -196,6 +196,8 @@ def _stats_display(stats: Stats) -> dict:
         "tokens": _display(stats.tokens, "count"),
         "error_rate": _display(stats.error_rate, "percent"),
         "latency_p95_ms": _display(stats.latency_p95_ms, "ms"),
+        "cache_hit_rate": _display(stats.cache_hit_rate, "percent"),
+        "saved_cost_usd": _display(stats.saved_cost_usd, "usd"),
     }
 
 
