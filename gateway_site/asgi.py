@@ -10,17 +10,21 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 http_application = get_asgi_application()
 
 if settings.GATEWAY_SERVE_STATIC:
-    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+    from gateway_site.static import StaticFilesApplication  # noqa: E402
 
-    http_application = ASGIStaticFilesHandler(http_application)
+    http_application = StaticFilesApplication(http_application)
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import path  # noqa: E402
 
+from gateway_site.graceful import GracefulApplication  # noqa: E402
 from routing.consumers import ChatConsumer  # noqa: E402
 
 # Sessions reach the consumer for the playground's logged-in users; API clients use their key.
 websocket_application = AuthMiddlewareStack(URLRouter([path("v1/ws/chat", ChatConsumer.as_asgi())]))
 
-application = ProtocolTypeRouter({"http": http_application, "websocket": websocket_application})
+# Outermost: what is in flight is counted, so that a worker's SIGTERM can drain it (graceful.py).
+application = GracefulApplication(
+    ProtocolTypeRouter({"http": http_application, "websocket": websocket_application})
+)

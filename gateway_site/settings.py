@@ -35,7 +35,27 @@ def _local_secret(name: str, make) -> str:
     return path.read_text().strip()
 
 
+# GATEWAY_ENV picks the deployment: "embedded" (`make run`: generated secrets, SQLite and
+# in-process state) or "production" (docs/deployment.md): secrets and services come from the
+# environment, and HTTPS, HSTS and secure cookies are on (see the production block below).
+GATEWAY_ENV = env.str("GATEWAY_ENV", default="embedded")
+if GATEWAY_ENV not in ("embedded", "production"):
+    raise ImproperlyConfigured("GATEWAY_ENV must be 'embedded' or 'production'.")
+PRODUCTION = GATEWAY_ENV == "production"
+if PRODUCTION:
+    _missing = [
+        name
+        for name in ("DJANGO_SECRET_KEY", "GATEWAY_ENCRYPTION_KEY", "ALLOWED_HOSTS", "DATABASE_URL", "REDIS_URL")
+        if not env.str(name, default="")
+    ]
+    if _missing:
+        raise ImproperlyConfigured(
+            f"GATEWAY_ENV=production needs {', '.join(_missing)} in the environment (docs/deployment.md)."
+        )
+
 DEBUG = env.bool("DEBUG", default=False)
+if PRODUCTION and DEBUG:
+    raise ImproperlyConfigured("DEBUG must be false when GATEWAY_ENV=production.")
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="") or _local_secret(
     "secret_key", lambda: secrets.token_urlsafe(50)
 )
@@ -181,9 +201,32 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
-# The embedded server serves static files itself (admin CSS); production may hand them to a proxy.
+STATIC_ROOT = Path(env.str("GATEWAY_STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
+# The ASGI app serves /static/ itself through WhiteNoise (gateway_site/static.py); production may
+# hand them to a proxy instead. Production serves what `collectstatic` put in STATIC_ROOT, with
+# hashed names and compressed copies; the embedded mode serves the apps' files as they are.
 GATEWAY_SERVE_STATIC = env.bool("GATEWAY_SERVE_STATIC", default=True)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if PRODUCTION
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = not PRODUCTION
+
+if PRODUCTION:
+    # TLS ends at the reverse proxy, which must set X-Forwarded-Proto (and drop a client's own).
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+    # Load balancers probe these over plain HTTP.
+    SECURE_REDIRECT_EXEMPT = [r"^health$", r"^ready$", r"^metrics$"]
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+    SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -238,6 +281,9 @@ GATEWAY_BREAKER_COOLDOWN_SECONDS = env.float("GATEWAY_BREAKER_COOLDOWN_SECONDS",
 GATEWAY_RETRY_AFTER_MAX_SECONDS = env.float("GATEWAY_RETRY_AFTER_MAX_SECONDS", default=10.0)
 # Key prefix for the gateway's own Redis keys (breakers, health, counters).
 GATEWAY_REDIS_PREFIX = env.str("GATEWAY_REDIS_PREFIX", default="gw")
+# On SIGTERM a worker takes no new requests and lets in-flight ones (streams included) run this
+# long; then it cuts what is left, records it as cancelled and exits (docs/deployment.md).
+GATEWAY_SHUTDOWN_GRACE_SECONDS = env.float("GATEWAY_SHUTDOWN_GRACE_SECONDS", default=30.0)
 # Response cache (docs/cache.md): the TTL of an entry when no cache policy sets one, whether
 # identical concurrent requests share one upstream call, and the semantic index's bound.
 GATEWAY_CACHE_TTL_SECONDS = env.int("GATEWAY_CACHE_TTL_SECONDS", default=3600)

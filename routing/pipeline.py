@@ -8,6 +8,7 @@ database connection or transaction while a provider is awaited.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -24,7 +25,7 @@ from guardrails.checks import guard_input, guard_output
 from routing import validation
 from routing.attempts import attempts_run
 from routing.call import Call
-from routing.record import prompt_estimate, record, record_failure
+from routing.record import prompt_estimate, record, record_cancelled, record_failure
 from routing.relay import choice_texts, first_chunk_sender, stream_relay
 from routing.selection import RoutePlan, route_hints, route_select
 from routing.structured import StructuredOutputInvalid, output_problem, repair_payload, required_schema
@@ -66,6 +67,9 @@ async def chat_parsed(call: Call, *, body: dict, headers) -> dict | AsyncIterato
         answer = await cache_fill(call, lambda: _answer(call))
     except GatewayError as exc:
         await record_failure(call, exc)
+        raise
+    except asyncio.CancelledError:
+        await record_cancelled(call)
         raise
     answer["id"] = call.response_id
     await record(call, status="success", completion_text="".join(choice_texts(answer)))
@@ -140,6 +144,9 @@ async def embeddings_parsed(call: Call, *, body: dict, headers) -> dict:
         result = await _attempt(call, lambda adapter, d: adapter.embeddings(call.payload, d.target))
     except GatewayError as exc:
         await record_failure(call, exc)
+        raise
+    except asyncio.CancelledError:
+        await record_cancelled(call)
         raise
     call.usage = result.usage
     await record(call, status="success")

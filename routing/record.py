@@ -15,6 +15,7 @@ from accounting.quotas import rate_limit_settle
 from accounting.services import usage_record_commit
 from gateway_site import metrics
 from gateway_site.errors import GatewayError
+from gateway_site.graceful import cancel_reason, shutdown_status
 from gateway_site.logs import request_line
 from guardrails.services import guardrail_events_write
 from routing.call import Call
@@ -40,6 +41,12 @@ def completion_estimate(completion_text: str) -> int:
 
 async def record_failure(call: Call, exc: GatewayError) -> None:
     await record(call, status="error", http_status=exc.status, error_class=exc.error_class)
+
+
+async def record_cancelled(call: Call) -> None:
+    """A request cancelled before its answer: the client left (499) or a worker's shutdown
+    deadline cut it (503, what the client is sent); prompt tokens count if a provider had it."""
+    await record(call, status="cancelled", http_status=shutdown_status(), error_class=cancel_reason())
 
 
 async def record(

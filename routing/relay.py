@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 
 from gateway_site.errors import ProviderError
+from gateway_site.graceful import cancel_reason
 from guardrails.checks import GuardrailBlocked, StreamGuard
 from providers.adapters import Adapter, Usage
 from providers.selectors import Deployment
@@ -75,7 +76,7 @@ async def stream_relay(call: Call, stream: AsyncIterator[dict], first: dict) -> 
         status, http_status, error_class = "error", exc.status, exc.error_class
         yield exc.as_body()
     except (asyncio.CancelledError, GeneratorExit):
-        status, error_class = "cancelled", "client_disconnected"
+        status, error_class = "cancelled", cancel_reason()  # the client left, or a worker's shutdown deadline
         raise
     except Exception:
         status, http_status, error_class = "error", 500, "internal"

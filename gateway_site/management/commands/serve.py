@@ -1,0 +1,67 @@
+"""`manage.py serve`: the production server, N daphne workers on one socket (docs/deployment.md)."""
+
+import os
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from gateway_site.supervisor import Supervisor, listening_socket
+
+
+def _bind(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise CommandError(f"--bind takes HOST:PORT, not {value!r}.")
+    return host, int(port)
+
+
+class Command(BaseCommand):
+    help = "Serve the gateway in production: N daphne workers sharing one socket, graceful on SIGTERM."
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--workers", type=int, default=int(os.environ.get("GATEWAY_WORKERS", 2)),
+            help="worker processes (default: GATEWAY_WORKERS or 2)",
+        )
+        parser.add_argument(
+            "--bind", default=os.environ.get("GATEWAY_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}"),
+            help="HOST:PORT to listen on (default: GATEWAY_BIND, else 0.0.0.0:$PORT or 0.0.0.0:8000)",
+        )
+        parser.add_argument(
+            "--grace", type=float, default=None,
+            help="seconds in-flight requests get on SIGTERM (default: GATEWAY_SHUTDOWN_GRACE_SECONDS)",
+        )
+        parser.add_argument("--no-collectstatic", action="store_true", help="skip collectstatic at start")
+        parser.add_argument(
+            "--proxy-headers", action="store_true",
+            help="take the client address from X-Forwarded-For (only behind a proxy that sets it)",
+        )
+        parser.add_argument("--access-log", default=None, help="daphne's access log: a file, or - for stdout")
+
+    def handle(self, *args, workers: int, bind: str, grace, no_collectstatic: bool, proxy_headers: bool,
+               access_log, **options):
+        if workers < 1:
+            raise CommandError("--workers must be at least 1.")
+        host, port = _bind(bind)
+        if settings.GATEWAY_SERVE_STATIC and not no_collectstatic:
+            call_command("collectstatic", "--noinput", verbosity=0)
+        env = os.environ.copy()
+        if grace is not None:
+            env["GATEWAY_SHUTDOWN_GRACE_SECONDS"] = str(grace)
+        grace = settings.GATEWAY_SHUTDOWN_GRACE_SECONDS if grace is None else grace
+        worker_args = ["--application-close-timeout", str(int(grace) + 5)]
+        worker_args += ["--proxy-headers"] if proxy_headers else []
+        worker_args += ["--access-log", access_log] if access_log else ["-v", "0"]
+        try:
+            sock = listening_socket(host, port)
+        except (OSError, ValueError) as exc:
+            raise CommandError(f"Cannot listen on {host}:{port}: {exc}") from exc
+        self.stdout.write(f"Serving on http://{host}:{sock.getsockname()[1]} with {workers} workers")
+        self.stdout.flush()
+        code = Supervisor(
+            sock=sock, workers=workers, worker_args=[*worker_args, "gateway_site.asgi:application"],
+            grace=grace, env=env,
+        ).run()
+        if code:
+            raise CommandError("The workers kept failing to start; see the log above.")

@@ -1,0 +1,160 @@
+"""The production server: one listening socket, N daphne workers sharing it, kept alive.
+
+Daphne has no worker pool, so `manage.py serve` (this module) binds the socket once and starts N
+worker processes (`gateway_site/worker.py`) that serve on the inherited file descriptor
+(`--fd`); the kernel hands each new connection to one of them. The supervisor
+
+- restarts a worker that dies (at once if it had been up a while, with a growing pause if it
+  keeps dying at start-up, and gives up after `MAX_QUICK_FAILURES` such deaths in a row);
+- on SIGTERM or SIGINT closes its copy of the socket and forwards SIGTERM to every worker, which
+  drains gracefully (docs/deployment.md), then waits for them; a worker still alive
+  `KILL_AFTER_SECONDS` past the grace period is killed;
+- on SIGHUP starts a fresh set of workers (new code, new settings) and then drains the old ones:
+  a restart without refusing a connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+logger = logging.getLogger("gateway_site.supervisor")
+
+# A worker that dies within this many seconds of starting counts as a start-up failure.
+QUICK_FAILURE_SECONDS = 10.0
+MAX_QUICK_FAILURES = 5
+MAX_RESTART_PAUSE_SECONDS = 30.0
+# Past the grace period plus this, a worker that has not exited is killed.
+KILL_AFTER_SECONDS = 10.0
+
+
+@dataclass
+class WorkerProcess:
+    slot: int
+    process: subprocess.Popen
+    started: float = field(default_factory=time.monotonic)
+    retiring: bool = False  # told to stop: its exit is not restarted
+
+
+def listening_socket(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
+    if ":" in host:
+        raise ValueError("Bind an IPv4 address (daphne adopts inherited sockets as IPv4).")
+    sock = socket.create_server((host, port), backlog=backlog)  # SO_REUSEADDR on POSIX
+    sock.set_inheritable(True)
+    return sock
+
+
+class Supervisor:
+    def __init__(self, *, sock: socket.socket, workers: int, worker_args: list[str], grace: float, env: dict):
+        self.sock = sock
+        self.size = workers
+        self.worker_args = worker_args
+        self.grace = grace
+        self.env = {**env, "GATEWAY_SUPERVISOR_PID": str(os.getpid())}
+        self.workers: list[WorkerProcess] = []
+        self.pending: dict[int, float] = {}  # slot -> when to restart it
+        self.quick_failures = 0
+        self.stopping = False
+
+    # --- processes ---------------------------------------------------------------------------------
+    def spawn(self, slot: int) -> None:
+        fd = self.sock.fileno()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway_site.worker", "--fd", str(fd), *self.worker_args],
+            env=self.env,
+            pass_fds=(fd,),
+        )
+        self.workers.append(WorkerProcess(slot=slot, process=process))
+        logger.info("worker %s started (slot %s)", process.pid, slot)
+
+    def reap(self) -> None:
+        for worker in list(self.workers):
+            code = worker.process.poll()
+            if code is None:
+                continue
+            self.workers.remove(worker)
+            if worker.retiring or self.stopping:
+                logger.info("worker %s exited (%s)", worker.process.pid, code)
+                continue
+            lived = time.monotonic() - worker.started
+            logger.error("worker %s died (status %s) after %.1fs", worker.process.pid, code, lived)
+            self.quick_failures = self.quick_failures + 1 if lived < QUICK_FAILURE_SECONDS else 0
+            pause = 0.0 if not self.quick_failures else min(2.0 ** self.quick_failures, MAX_RESTART_PAUSE_SECONDS)
+            self.pending[worker.slot] = time.monotonic() + pause
+
+    def restart_due(self) -> None:
+        now = time.monotonic()
+        for slot, when in list(self.pending.items()):
+            if when <= now:
+                del self.pending[slot]
+                self.spawn(slot)
+
+    def reload(self) -> None:
+        """SIGHUP: new workers first, then the old ones drain."""
+        old = [worker for worker in self.workers if not worker.retiring]
+        logger.info("reloading: starting %d new workers, draining %d", self.size, len(old))
+        for slot in range(self.size):
+            self.spawn(slot)
+        for worker in old:
+            worker.retiring = True
+            worker.process.send_signal(signal.SIGTERM)
+
+    # --- the loop ----------------------------------------------------------------------------------
+    def run(self) -> int:
+        wakeup_read, wakeup_write = os.pipe()
+        os.set_blocking(wakeup_write, False)
+        signal.set_wakeup_fd(wakeup_write)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(signum, lambda *_: None)  # the wakeup pipe carries the signal number
+        for slot in range(self.size):
+            self.spawn(slot)
+        try:
+            code = self._loop(wakeup_read)
+        finally:
+            signal.set_wakeup_fd(-1)
+            os.close(wakeup_read)
+            os.close(wakeup_write)
+        return code
+
+    def _loop(self, wakeup_read: int) -> int:
+        while True:
+            timeout = max(min(self.pending.values()) - time.monotonic(), 0) if self.pending else None
+            ready, _, _ = select.select([wakeup_read], [], [], timeout)
+            signals = os.read(wakeup_read, 64) if ready else b""
+            if signal.SIGTERM in signals or signal.SIGINT in signals:
+                return self.stop()
+            if signal.SIGHUP in signals:
+                self.reload()
+            self.reap()
+            if self.quick_failures >= MAX_QUICK_FAILURES:
+                logger.critical("workers keep dying at start-up; giving up")
+                self.stop()
+                return 1
+            self.restart_due()
+
+    def stop(self) -> int:
+        """Close the socket (new connections are refused once every worker has let go of it too),
+        let every worker drain, kill those past the deadline."""
+        self.stopping = True
+        self.pending.clear()
+        self.sock.close()
+        for worker in self.workers:
+            if worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace + KILL_AFTER_SECONDS
+        for worker in self.workers:
+            try:
+                worker.process.wait(timeout=max(deadline - time.monotonic(), 0))
+            except subprocess.TimeoutExpired:
+                logger.error("worker %s did not stop in time; killing it", worker.process.pid)
+                worker.process.kill()
+                worker.process.wait()
+        logger.info("all workers stopped")
+        return 0

@@ -1,0 +1,136 @@
+"""One ASGI worker process: daphne with a graceful SIGTERM.
+
+Daphne's own SIGTERM/SIGINT handling stops the reactor at once, and its "before shutdown" trigger
+(`Server.kill_all_applications`) cancels every running application instance ("Killed N pending
+application instances"): streams end mid-body and work that the cancelled views left in other
+tasks (usage records) dies with the event loop. This worker installs its own handlers instead:
+
+1. stop listening (the socket shared with the other workers stays open in them and in the
+   supervisor, which closes its own copy when the whole server stops);
+2. `graceful.drain.begin()`: refuse new requests on open connections, let in-flight ones finish;
+3. after `GATEWAY_SHUTDOWN_GRACE_SECONDS`, `graceful.drain.expire()` cuts what is left (each cut
+   request is recorded as `cancelled`, and its client gets a clean ending);
+4. wait for the tasks that are still writing usage records, then stop the reactor.
+
+A second SIGINT (Ctrl-C twice) stops at once; repeated SIGTERMs are ignored.
+
+Run it as `python -m gateway_site.worker [daphne options] gateway_site.asgi:application`; it takes
+daphne's command-line options (`--fd N` to serve on an inherited socket, as `manage.py serve`
+does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+
+from daphne.cli import CommandLineInterface  # installs the asyncio reactor: import it first
+from daphne.server import Server
+from twisted.internet import reactor
+
+logger = logging.getLogger("gateway_site.worker")
+
+# After the deadline, how long cut requests get to unwind and write their records.
+CUT_SECONDS = 5.0
+# How often a worker started by the supervisor checks that its supervisor is still alive.
+PARENT_CHECK_SECONDS = 1.0
+
+
+class GracefulServer(Server):
+    """daphne's Server with the graceful stop above instead of its immediate one."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["signal_handlers"] = False  # ours are installed just before the reactor runs
+        super().__init__(*args, **kwargs)
+        self.ready_callable = self._ready
+        self.ports = []
+        self.stopping = False
+        self.parent_pid = int(os.environ.get("GATEWAY_SUPERVISOR_PID") or 0)
+
+    def listen_success(self, port):
+        self.ports.append(port)
+        super().listen_success(port)
+
+    def _ready(self) -> None:
+        loop = asyncio.get_event_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.graceful_stop, signal.SIGTERM)
+        loop.add_signal_handler(signal.SIGINT, self.graceful_stop, signal.SIGINT)
+        if self.parent_pid:
+            reactor.callLater(PARENT_CHECK_SECONDS, self._parent_check)
+        logger.info("worker %s ready", os.getpid())
+
+    def _parent_check(self) -> None:
+        if os.getppid() != self.parent_pid:  # the supervisor died: do not serve on as an orphan
+            logger.warning("supervisor %s is gone; stopping", self.parent_pid)
+            self.graceful_stop(signal.SIGTERM)
+        elif not self.stopping:
+            reactor.callLater(PARENT_CHECK_SECONDS, self._parent_check)
+
+    def graceful_stop(self, signum: int) -> None:
+        if self.stopping:
+            if signum == signal.SIGINT:
+                logger.warning("second interrupt: stopping now")
+                self.stop()
+            return
+        self.stopping = True
+        asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        from django.conf import settings
+
+        from gateway_site.graceful import drain
+
+        grace = float(settings.GATEWAY_SHUTDOWN_GRACE_SECONDS)
+        started = time.monotonic()
+        for port in self.ports:
+            port.stopListening()
+        await drain.begin()
+        logger.info("worker %s draining: %d in flight, deadline %ss", os.getpid(), len(drain.flights), grace)
+        if not await drain.wait_idle(grace):
+            logger.warning("worker %s deadline reached: cutting %d in flight", os.getpid(), len(drain.flights))
+            drain.expire()
+            await drain.wait_idle(CUT_SECONDS)
+        await _tasks_settled(CUT_SECONDS)
+        logger.info("worker %s drained in %.2fs", os.getpid(), time.monotonic() - started)
+        self.stop()
+
+    def kill_all_applications(self):
+        # daphne's version assumes every connection has an application instance; after a drain
+        # only connections without one (idle keep-alives) can be left.
+        for details in self.connections.values():
+            details.setdefault("application_instance", _finished())
+        return super().kill_all_applications()
+
+
+def _finished() -> asyncio.Future:
+    future = asyncio.get_event_loop().create_future()
+    future.set_result(None)
+    return future
+
+
+async def _tasks_settled(timeout: float) -> None:
+    """Wait for tasks the finished requests left behind (usage records still being written,
+    WebSocket requests whose consumer has gone), so they are not destroyed with the loop."""
+    others = {task for task in asyncio.all_tasks() if task is not asyncio.current_task()}
+    if not others:
+        return
+    done, pending = await asyncio.wait(others, timeout=timeout)
+    for task in pending:
+        logger.warning("task still running at exit: %r", task)
+
+
+class WorkerCommandLine(CommandLineInterface):
+    description = "A gateway ASGI worker: daphne with a graceful SIGTERM"
+    server_class = GracefulServer
+
+
+def main() -> None:
+    WorkerCommandLine().run(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,344 @@
+"""The production deployment, as docs/deployment.md runs it: production settings, `manage.py
+serve` (N daphne workers on one socket, real processes on real ports) against PostgreSQL and
+Redis, and graceful shutdown on SIGTERM with every request recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from cryptography.fernet import Fernet
+from openai import OpenAI
+from websockets.asyncio.client import connect
+
+from tests.conftest import ROOT, free_port, stop_process
+from tests.e2e.conftest import CONFIG, database_create, database_drop, fake_start, manage
+
+pytestmark = pytest.mark.e2e
+
+# Behind the documented reverse proxy every request arrives with this header; without it the
+# production settings redirect to HTTPS.
+HTTPS = {"X-Forwarded-Proto": "https"}
+USAGE_SQL = (
+    "SELECT status, error_class, http_status, completion_tokens FROM accounting_usagerecord "
+    "WHERE response_id = %s"
+)
+
+
+def production_env(**extra: str) -> dict:
+    env = {
+        key: value for key, value in os.environ.items()
+        if not key.startswith(("GATEWAY_", "DJANGO_")) and key not in ("DEBUG", "ALLOWED_HOSTS")
+    }
+    env.update(
+        GATEWAY_ENV="production",
+        DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
+        GATEWAY_ENCRYPTION_KEY=Fernet.generate_key().decode(),
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+        DJANGO_SETTINGS_MODULE="gateway_site.settings",
+    )
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Deployment:
+    env: dict
+    api_key: str
+    database_url: str
+    static_root: Path
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def wait_for_rows(self, sql: str, params: tuple, count: int = 1, timeout: float = 10.0) -> list[tuple]:
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.query(sql, params)
+            if len(rows) >= count or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    database_url, name = database_create()
+    tmp = tmp_path_factory.mktemp("deploy")
+    env = production_env(
+        DATABASE_URL=database_url,
+        REDIS_URL=os.environ["REDIS_URL"],
+        GATEWAY_REDIS_PREFIX=f"gwtest:{name}",
+        GATEWAY_CONFIG_CACHE_SECONDS="1",
+        GATEWAY_STATIC_ROOT=str(tmp / "static"),
+        E2E_FAKE_PROVIDER_KEY="sk-e2e-provider-secret-from-env-0041",
+    )
+    fake, fake_port = fake_start(env)
+    try:
+        manage(env, "migrate", "--noinput")
+        config = tmp / "gateway.yaml"
+        config.write_text(CONFIG.format(fake_port=fake_port))
+        manage(env, "import_config", str(config))
+        api_key = manage(env, "create_api_key", "acme", "--name", "deploy").strip().splitlines()[-1]
+        manage(env, "collectstatic", "--noinput")
+        yield Deployment(env=env, api_key=api_key, database_url=database_url, static_root=tmp / "static")
+    finally:
+        stop_process(fake)
+        database_drop(name)
+
+
+class Server:
+    """`manage.py serve` as a process: its base URL, and the means to stop it."""
+
+    def __init__(self, deployment: Deployment, log_path: Path, *args: str, **env: str):
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        with open(log_path, "w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "manage.py", "serve", "--bind", f"127.0.0.1:{self.port}", *args],
+                cwd=ROOT, env={**deployment.env, **env}, stdout=log, stderr=subprocess.STDOUT,
+            )
+        self._wait_until_serving()
+
+    def _wait_until_serving(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"serve exited during start-up:\n{self.log()}"
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise AssertionError(f"serve did not answer within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def workers(self) -> list[int]:
+        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(pid) for pid in path.read_text().split()] if path.exists() else []
+
+    def terminate(self) -> float:
+        self.process.send_signal(signal.SIGTERM)
+        return time.monotonic()
+
+    def refuses_connections(self, timeout: float = 10.0) -> bool:
+        """Poll until a new connection is refused (every worker has closed the socket)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"{self.base_url}/health", timeout=1)
+            except httpx.ConnectError:
+                return True
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        return False
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+@pytest.fixture
+def serve(deployment, tmp_path):
+    servers = []
+
+    def start(*args: str, **env: str) -> Server:
+        server = Server(deployment, tmp_path / f"serve-{len(servers)}.log", *args, **env)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def _prompt(directive: str) -> list[dict]:
+    # A new prompt each time: no cache can answer it.
+    return [{"role": "user", "content": f"{directive} shutdown test {uuid.uuid4().hex}"}]
+
+
+def _openai(server: Server, deployment: Deployment) -> OpenAI:
+    return OpenAI(
+        base_url=f"{server.base_url}/v1", api_key=deployment.api_key, default_headers=HTTPS, max_retries=0
+    )
+
+
+# --- production settings ----------------------------------------------------------------------------
+
+
+def test_check_deploy_passes_with_the_production_settings():
+    env = production_env(DATABASE_URL="postgres://gateway@db/gateway", REDIS_URL="redis://redis:6379/0")
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_production_refuses_to_start_without_its_secrets():
+    env = production_env(DATABASE_URL="postgres://gateway@db/gateway")
+    del env["DJANGO_SECRET_KEY"]
+    env.pop("REDIS_URL", None)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "GATEWAY_ENV=production needs DJANGO_SECRET_KEY, REDIS_URL" in result.stderr
+
+
+def test_static_files_are_served_by_a_production_worker(deployment, serve, tmp_path):
+    static_root = tmp_path / "fresh-static"
+    server = serve("--workers", "1", GATEWAY_STATIC_ROOT=str(static_root))  # serve runs collectstatic
+    manifest = json.loads((static_root / "staticfiles.json").read_text())["paths"]
+    with httpx.Client(base_url=server.base_url, headers=HTTPS) as client:
+        css = client.get("/static/admin/css/base.css", headers={"Accept-Encoding": "gzip"})
+        assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+        assert css.headers["content-encoding"] == "gzip" and "body" in css.text
+        hashed = client.get(f"/static/{manifest['routing/playground.js']}")
+        assert hashed.status_code == 200 and "immutable" in hashed.headers["cache-control"]
+        assert hashed.content == (ROOT / "routing/static/routing/playground.js").read_bytes()
+        assert client.get("/static/routing/playground.js").status_code == 200
+        assert client.get("/static/nothing-here.js").status_code == 404
+        login = client.get("/admin/login/")
+        assert login.status_code == 200 and manifest["admin/css/base.css"] in login.text
+        assert "max-age=31536000" in login.headers["strict-transport-security"]
+    plain = httpx.get(f"{server.base_url}/admin/login/")  # no proxy header: to HTTPS
+    assert plain.status_code == 301 and plain.headers["location"].startswith("https://")
+
+
+# --- the server command ------------------------------------------------------------------------------
+
+
+def test_serve_restarts_a_worker_that_dies(deployment, serve):
+    server = serve("--workers", "2")
+    workers = server.workers()
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        current = server.workers()
+        if len(current) == 2 and workers[0] not in current:
+            break
+        time.sleep(0.1)
+    assert len(current) == 2 and workers[0] not in current and workers[1] in current
+    client = _openai(server, deployment)
+    for _ in range(4):
+        answer = client.chat.completions.create(model="gpt-4o-mini", messages=_prompt(""))
+        assert answer.choices[0].message.content
+
+
+# --- graceful shutdown --------------------------------------------------------------------------------
+
+
+def test_sigterm_during_a_stream_lets_it_finish_and_records_it(deployment, serve):
+    server = serve("--workers", "2", "--grace", "15")
+    client = _openai(server, deployment)
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", stream=True, messages=_prompt("[[fake chunks=30 chunk_delay_ms=100]]")
+    )
+    chunks = [next(stream)]
+    sent = server.terminate()
+    assert server.refuses_connections(), "a new connection was still accepted after SIGTERM"
+    chunks.extend(stream)  # the stream goes on to its end
+    texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(texts) == 30 and chunks[-1].choices[0].finish_reason == "stop"
+    assert server.process.wait(timeout=15) == 0
+    assert time.monotonic() - sent < 15
+    rows = deployment.wait_for_rows(USAGE_SQL, (chunks[0].id,))
+    assert rows == [("success", "", 200, 30)]
+    assert "Killed 0 pending application instances" in server.log()
+
+
+def test_past_the_deadline_streams_and_requests_end_cleanly_and_are_recorded(deployment, serve):
+    server = serve("--workers", "1", "--grace", "2")
+    kept_alive = httpx.Client(base_url=server.base_url, headers=HTTPS)
+    assert kept_alive.get("/health").status_code == 200  # a connection that stays open
+    slow = {}
+
+    def slow_answer() -> None:  # a non-streamed request still waiting for its provider
+        response = httpx.post(
+            f"{server.base_url}/v1/chat/completions", timeout=30,
+            headers={**HTTPS, "Authorization": f"Bearer {deployment.api_key}"},
+            json={"model": "gpt-4o-mini", "messages": _prompt("[[fake delay_ms=20000]]")},
+        )
+        slow["response"] = response
+
+    thread = threading.Thread(target=slow_answer)
+    thread.start()
+    with httpx.stream(
+        "POST", f"{server.base_url}/v1/chat/completions", timeout=30,
+        headers={**HTTPS, "Authorization": f"Bearer {deployment.api_key}"},
+        json={"model": "gpt-4o-mini", "stream": True,
+              "messages": _prompt("[[fake chunks=200 chunk_delay_ms=100]]")},
+    ) as response:
+        lines = response.iter_lines()
+        events = [next(line for line in lines if line.startswith("data: "))]
+        sent = server.terminate()
+        assert server.refuses_connections(), "a new connection was still accepted after SIGTERM"
+        refused = kept_alive.get("/v1/models", headers={"Authorization": f"Bearer {deployment.api_key}"})
+        events.extend(line for line in lines if line.startswith("data: "))  # ends without a transport error
+    thread.join(timeout=30)
+    assert server.process.wait(timeout=15) == 0
+    elapsed = time.monotonic() - sent
+    assert 2 <= elapsed < 2 + 5, elapsed
+
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "server_shutting_down"
+    assert events[-1] == "data: [DONE]"
+    assert json.loads(events[-2][6:])["error"]["code"] == "server_shutting_down"
+    chunks = [json.loads(event[6:]) for event in events[:-2]]
+    streamed = sum(1 for c in chunks for choice in c["choices"] if choice["delta"].get("content"))
+    assert 5 < streamed < 200
+    rows = deployment.wait_for_rows(USAGE_SQL, (chunks[0]["id"],))
+    assert rows == [("cancelled", "server_shutdown", 200, streamed)]
+
+    assert slow["response"].status_code == 503
+    assert slow["response"].json()["error"]["code"] == "server_shutting_down"
+    rows = deployment.wait_for_rows(
+        "SELECT status, error_class, http_status, stream FROM accounting_usagerecord "
+        "WHERE http_status = 503 AND error_class = 'server_shutdown'", (),
+    )
+    assert rows == [("cancelled", "server_shutdown", 503, False)]
+    kept_alive.close()
+
+
+def test_sigterm_lets_a_websocket_request_finish_then_closes_the_socket(deployment, serve):
+    server = serve("--workers", "1", "--grace", "15")
+    url = server.base_url.replace("http://", "ws://") + "/v1/ws/chat"
+
+    async def run():
+        headers = {"Authorization": f"Bearer {deployment.api_key}"}
+        async with connect(url, additional_headers=headers) as socket:
+            assert json.loads(await socket.recv())["type"] == "auth.ok"
+            await socket.send(json.dumps({
+                "type": "chat.request", "id": "a", "model": "gpt-4o-mini",
+                "messages": _prompt("[[fake chunks=20 chunk_delay_ms=100]]"),
+            }))
+            events = [json.loads(await asyncio.wait_for(socket.recv(), timeout=10))]
+            server.terminate()
+            while events[-1]["type"] != "chat.done":
+                events.append(json.loads(await asyncio.wait_for(socket.recv(), timeout=10)))
+            await asyncio.wait_for(socket.wait_closed(), timeout=10)
+            return events, socket.close_code
+
+    events, close_code = asyncio.run(run())
+    deltas = [e for e in events if e["type"] == "chat.delta" and e["content"]]
+    assert len(deltas) == 20 and close_code == 4503
+    assert server.process.wait(timeout=15) == 0
+    rows = deployment.wait_for_rows(USAGE_SQL, (events[-1]["response_id"],))
+    assert rows == [("success", "", 200, 20)]
