@@ -1,6 +1,8 @@
 from django import forms
 from django.contrib import admin, messages
 
+from audit.admin import AuditedAdmin
+from audit.services import audit_record
 from operators.models import StaffToken
 from operators.services import staff_token_create, staff_token_revoke
 
@@ -18,7 +20,7 @@ class StaffTokenForm(forms.ModelForm):
 
 
 @admin.register(StaffToken)
-class StaffTokenAdmin(admin.ModelAdmin):
+class StaffTokenAdmin(AuditedAdmin):
     """Tokens are shown once, when created here or with `manage.py create_staff_token`."""
 
     form = StaffTokenForm
@@ -42,4 +44,5 @@ class StaffTokenAdmin(admin.ModelAdmin):
     def revoke(self, request, queryset):
         for token in queryset:
             staff_token_revoke(token=token)
+            audit_record(action="revoked", obj=token, via="admin", user=request.user, changed_fields=["revoked"])
         self.message_user(request, f"Revoked {queryset.count()} token(s).")

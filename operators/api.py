@@ -164,17 +164,17 @@ def config_caches_clear() -> None:
 
 
 def changed_fields(instance, data: dict) -> list[str]:
-    """Names of the fields whose new value differs; a given `secret` always counts as changed."""
+    """Names of the fields whose new value differs. What is not a plain field always counts: a
+    `secret` (a rotation) or a reverse relation such as a route group's `deployments`."""
+    fields = {field.name: field for field in instance._meta.get_fields()}
     changed = []
     for name, value in data.items():
-        field = instance._meta.get_field(name) if name in {f.name for f in instance._meta.get_fields()} else None
-        if field is None:
+        field = fields.get(name)
+        if field is None or field.one_to_many:
             changed.append(name)
         elif field.many_to_many:
             if {obj.pk for obj in getattr(instance, name).all()} != {obj.pk for obj in value}:
                 changed.append(name)
-        elif field.one_to_many:
-            changed.append(name)
-        elif getattr(instance, field.attname if not field.is_relation else name) != value:
+        elif getattr(instance, name) != value:
             changed.append(name)
     return changed

@@ -47,6 +47,9 @@ def test_staff_token_command_prints_the_token_once(db, capsys):
 
     token = StaffToken.objects.get(name="script")
     assert raw not in (token.hashed_key, token.prefix) and raw.startswith(token.prefix)
+    entry = AuditEntry.objects.get(object_type="operators.stafftoken")
+    assert (entry.action, entry.via) == ("created", "command")
+    assert raw not in repr(vars(entry)) and token.hashed_key not in repr(vars(entry))
     User.objects.create_user("nobody")
     with pytest.raises(CommandError):
         call_command("create_staff_token", "nobody")
@@ -189,6 +192,12 @@ def test_routing_through_the_api_takes_effect_at_once(operator, gateway):
         content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {gateway.raw_key}",
     )
     assert chat.status_code == 404, chat.content  # no rule now, and no provider serves "smart"
+    rule_audit = AuditEntry.objects.filter(object_type="routing.routingrule").order_by("pk")
+    assert [(e.action, e.changed_fields) for e in rule_audit] == [
+        ("created", ["group", "model", "name", "tenants"]), ("changed", ["enabled"])]
+    # The failed writes (409, 400) left no audit rows: each entry shares its change's transaction.
+    assert list(AuditEntry.objects.filter(object_type="routing.routegroup").values_list("action", flat=True)) == [
+        "created"]
 
 
 def test_provider_health(operator, gateway):

@@ -1,6 +1,7 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
+from audit.services import audit_record
 from operators.services import staff_token_create
 
 
@@ -19,5 +20,7 @@ class Command(BaseCommand):
             token, raw = staff_token_create(user=user, name=name)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
+        audit_record(action="created", obj=token, via="command", actor="manage.py create_staff_token",
+                     changed_fields=["user", "name"])
         self.stdout.write(f"Created staff token {token.prefix}… '{token.name}' for {username}.")
         self.stdout.write(raw)
