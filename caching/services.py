@@ -29,6 +29,7 @@ from caching.models import CacheMode
 from caching.selectors import Policy, cache_policy_for
 from caching.semantic import semantic_index, text_embed
 from caching.store import cache_store
+from gateway_site import metrics
 from gateway_site.errors import GatewayError
 from providers.adapters import Usage
 
@@ -87,8 +88,10 @@ async def cache_lookup(call, *, body: dict, headers) -> None:
         return
     store, tenant_id = cache_store(), call.auth.tenant_id
     entry = _fresh(await store.get(tenant_id, plan.key), plan)
+    metrics.cache_lookup(call.auth.tenant_slug, "exact", entry is not None)
     if entry is None and plan.semantic_on:
         entry = await _semantic_lookup(call, plan)
+        metrics.cache_lookup(call.auth.tenant_slug, "semantic", entry is not None)
     if entry is None:
         if not _shares_flight(call):  # a request sharing a flight counts in `cache_fill`
             await store.count(tenant_id, hit=False)
@@ -168,7 +171,7 @@ async def cache_fill(call, produce: Callable[[], Awaitable[dict]]) -> dict:
         if shared is None:
             return await cache_fill(call, produce)
         body, entry = shared
-        _hit(call, call.cache_plan, entry)
+        _hit(call, call.cache_plan, entry)  # its lookup was counted a miss in the metrics: it was one
         await cache_store().count(call.auth.tenant_id, hit=True, saved=call.saved_cost_usd)
         return copy.deepcopy(body)
     future = _flights[flight_key] = asyncio.get_running_loop().create_future()
