@@ -36,7 +36,10 @@ class AuditedAdmin(admin.ModelAdmin):
     """
 
     def construct_change_message(self, request, form, formsets, add=False):
-        request._audit_changed_fields = list(form.changed_data) if form is not None else []
+        fields = list(form.changed_data) if form is not None else []
+        # An inline that changed (a route group's deployments) counts under its name.
+        fields += [formset.prefix for formset in formsets or () if formset.has_changed()]
+        request._audit_changed_fields = fields
         return super().construct_change_message(request, form, formsets, add)
 
     def log_addition(self, request, obj, message):

@@ -96,3 +96,21 @@ def test_audit_admin_is_read_only(admin_client):
     assert admin_client.get("/admin/audit/auditentry/add/").status_code == 403
     admin_client.post(f"/admin/audit/auditentry/{entry.pk}/delete/", {"post": "yes"})
     assert AuditEntry.objects.filter(pk=entry.pk).exists()
+
+
+def test_admin_route_group_with_deployments_names_the_inline(admin_client):
+    from providers.models import ProviderModel
+    from routing.models import RouteGroup
+
+    provider = Provider.objects.create(name="fake", api_base="https://fake.example/v1")
+    model = ProviderModel.objects.create(provider=provider, alias="gpt-4o", upstream_model="gpt-4o")
+    response = admin_client.post("/admin/routing/routegroup/add/", {
+        "name": "smart", "strategy": "fallback", "retries": "1", "total_timeout_seconds": "60",
+        "deployments-TOTAL_FORMS": "1", "deployments-INITIAL_FORMS": "0",
+        "deployments-0-provider_model": model.pk, "deployments-0-priority": "0", "deployments-0-weight": "1",
+        "deployments-0-enabled": "on",
+    })
+    assert response.status_code == 302, response.content[:2000]
+    assert RouteGroup.objects.get().deployments.count() == 1
+    entry = AuditEntry.objects.get(object_type="routing.routegroup")
+    assert entry.action == "created" and "deployments" in entry.changed_fields and "name" in entry.changed_fields
