@@ -41,6 +41,7 @@ KIND_WORDS = {
 # split across chunks can pass.
 STREAM_HOLD_CHARS = 64
 STREAM_HOLD_MAX = 1024  # a run without whitespace is cut here anyway
+STREAM_STEP_CHARS = 32  # scan again only once this much more text has come (not on every token)
 SNIPPET_CHARS = 60
 
 
@@ -279,7 +280,11 @@ class StreamGuard:
             final = choice.get("finish_reason") is not None
             if not isinstance(piece, str) and not (final and self.held.get(index)):
                 continue
-            released = self._release(index, self.held.get(index, "") + (piece or ""), final=final)
+            text = self.held.get(index, "") + (piece or "")
+            if final or len(text) >= STREAM_HOLD_CHARS + STREAM_STEP_CHARS:
+                released = self._release(index, text, final=final)
+            else:
+                self.held[index], released = text, ""
             if isinstance(delta, dict):
                 delta["content"] = released
             else:
