@@ -32,6 +32,8 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	@[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
+	@# The deployment files are checked offline with docker-compose's validator and systemd-analyze.
+	@[ -x /usr/bin/docker-compose ] && [ -x /usr/bin/systemd-analyze ] || (apt-get update -qq && apt-get install -y -qq docker-compose systemd)
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/python tests/check_services.py
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/pytest $(PYTEST_ARGS)
 
