@@ -14,13 +14,34 @@ from rest_framework import serializers
 
 from gateway_site.openapi import AnthropicError, ApiDescription
 from routing import validation
+from routing.anthropic_format import REQUEST_KEYS
 
-TEXT_OR_PARTS = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]}
-STRING_OR_STRINGS = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+CONTENT_PART = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {
+        "type": {"type": "string", "enum": sorted(validation.CONTENT_PART_TYPES)},
+        "text": {"type": "string", "description": "Required when type is text."},
+        "image_url": {
+            "type": "object", "required": ["url"], "properties": {"url": {"type": "string"}},
+            "description": "Required when type is image_url.",
+        },
+    },
+}
+TEXT_OR_PARTS = {"oneOf": [{"type": "string"}, {"type": "array", "items": CONTENT_PART}]}
 
 
 @extend_schema_field(TEXT_OR_PARTS)
 class ContentField(serializers.JSONField):
+    pass
+
+
+# Anthropic's content blocks: text, image, tool_use, tool_result... (translated by anthropic_format).
+BLOCK = {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}}}
+
+
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": BLOCK}]})
+class AnthropicContentField(serializers.JSONField):
     pass
 
 
@@ -116,7 +137,7 @@ class ModelList(serializers.Serializer):
 
 class AnthropicMessageParam(serializers.Serializer):
     role = serializers.ChoiceField(choices=["user", "assistant"])
-    content = ContentField()
+    content = AnthropicContentField()
 
 
 class AnthropicCreateMessage(serializers.Serializer):
@@ -125,7 +146,7 @@ class AnthropicCreateMessage(serializers.Serializer):
     model = serializers.CharField(max_length=200)
     messages = AnthropicMessageParam(many=True, allow_empty=False)
     max_tokens = serializers.IntegerField(min_value=1, max_value=validation.MAX_TOKENS_LIMIT)
-    system = ContentField(required=False)
+    system = AnthropicContentField(required=False)
     stop_sequences = serializers.ListField(child=serializers.CharField(), required=False, max_length=4)
     temperature = serializers.FloatField(required=False, min_value=0, max_value=1)
     top_p = serializers.FloatField(required=False, min_value=0, max_value=1)
@@ -158,6 +179,20 @@ class AnthropicMessage(serializers.Serializer):
 class TokenCount(serializers.Serializer):
     input_tokens = serializers.IntegerField()
 
+
+def passthrough(serializer: type[serializers.Serializer], names: set[str]) -> None:
+    """Declare the fields a view accepts without the gateway reading them (forwarded to the
+    provider as sent) as free-form, so the schema lists every field the validator allows."""
+    for name in sorted(names - set(serializer._declared_fields)):
+        serializer._declared_fields[name] = serializers.JSONField(
+            required=False, help_text="Forwarded to the provider as sent (see the vendor's reference)."
+        )
+
+
+passthrough(CreateChatCompletion, validation.CHAT_FIELDS)
+passthrough(CreateEmbedding, validation.EMBEDDING_FIELDS)
+passthrough(AnthropicCreateMessage, REQUEST_KEYS)
+passthrough(AnthropicCountTokens, REQUEST_KEYS - {"stream", "stop_sequences", "temperature", "top_p", "top_k"})
 
 SSE = OpenApiResponse(OpenApiTypes.STR, description="Server-sent events, when `stream` is true.")
 COMPLETION_ERRORS = (400, 401, 403, 404, 413, 429, 502, 503, 504)

@@ -83,6 +83,18 @@ def test_operations_declare_their_error_responses(schema):
     assert chat["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/CreateChatCompletionRequest")
 
 
+def test_request_schemas_list_what_the_validators_accept(schema):
+    from routing.anthropic_format import REQUEST_KEYS
+    from routing.validation import CHAT_FIELDS, EMBEDDING_FIELDS
+
+    components = schema["components"]["schemas"]
+    assert set(components["CreateChatCompletionRequest"]["properties"]) == CHAT_FIELDS
+    assert set(components["CreateEmbeddingRequest"]["properties"]) == EMBEDDING_FIELDS
+    assert set(components["AnthropicCreateMessageRequest"]["properties"]) == REQUEST_KEYS
+    assert components["CreateChatCompletionRequest"]["required"] == ["messages", "model"]
+    assert components["AnthropicCreateMessageRequest"]["required"] == ["max_tokens", "messages", "model"]
+
+
 def test_secrets_are_write_only_in_the_schema(schema):
     components = schema["components"]["schemas"]
     assert "secret" not in components["ProviderKey"]["properties"]
