@@ -25,6 +25,7 @@ import hmac
 import ipaddress
 import os
 from decimal import Decimal
+from pathlib import Path
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -218,6 +219,23 @@ async def metrics_view(request: HttpRequest) -> HttpResponse:
     return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
 
 
+def multiproc_dir_reset() -> int:
+    """Empty `PROMETHEUS_MULTIPROC_DIR` (creating it if needed); returns the files removed.
+
+    Run it once before the workers start (a supervisor, `manage.py metrics_reset`, or a systemd
+    `ExecStartPre`), never while they run: their counts would be lost and their open files orphaned.
+    """
+    if not MULTIPROC_DIR:
+        return 0
+    folder = Path(MULTIPROC_DIR)
+    folder.mkdir(parents=True, exist_ok=True)
+    removed = 0
+    for path in folder.glob("*.db"):
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 def _process_exit() -> None:
     """Drop this process's live gauges (in-flight requests) from the shared folder on exit."""
     multiprocess.mark_process_dead(os.getpid())
@@ -226,4 +244,7 @@ def _process_exit() -> None:
 if MULTIPROC_DIR:
     atexit.register(_process_exit)
 
-__all__ = ["cache_lookup", "exposition", "http_response_observe", "metrics_view", "operator_allowed", "request_observe"]
+__all__ = [
+    "cache_lookup", "exposition", "http_response_observe", "metrics_view", "multiproc_dir_reset",
+    "operator_allowed", "request_observe",
+]
