@@ -309,6 +309,8 @@ GATEWAY_READY_TIMEOUT = env.float("GATEWAY_READY_TIMEOUT", default=2.0)
 GATEWAY_LOG_FORMAT = env.str("GATEWAY_LOG_FORMAT", default="json")
 if GATEWAY_LOG_FORMAT not in ("json", "plain"):
     raise ImproperlyConfigured("GATEWAY_LOG_FORMAT must be json or plain")
+# Celery workers log through LOGGING below too (JSON lines), instead of replacing its handlers.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 LOGGING = {
     "version": 1,
