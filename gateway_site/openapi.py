@@ -166,3 +166,4 @@ class HealthDoc(PublicApiDescription):
                    summary="Liveness: the process is up and serving")
     def get(self, request):
         raise NotImplementedError  # never routed: describes gateway_site.health.health
+

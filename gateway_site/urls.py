@@ -1,10 +1,11 @@
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularRedocView, SpectacularSwaggerView
 
 from gateway_site.health import health, ready
 from gateway_site.metrics import metrics_view
 from gateway_site.openapi import HealthDoc, documented
+from gateway_site.openapi_views import SchemaView
 
 urlpatterns = [
     path("v1/", include("operators.urls")),  # before the tenant API, whose catch-all answers 404
@@ -16,7 +17,7 @@ urlpatterns = [
     path("health", documented(health, HealthDoc), name="health"),
     path("ready", ready, name="ready"),
     path("metrics", metrics_view, name="metrics"),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/schema/", SchemaView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
 ]
