@@ -52,7 +52,9 @@ def listening_socket(host: str, port: int, *, backlog: int = 2048) -> socket.soc
 
 
 class Supervisor:
-    def __init__(self, *, sock: socket.socket, workers: int, worker_args: list[str], grace: float, env: dict):
+    def __init__(self, *, sock: socket.socket, workers: int, worker_args: list[str], grace: float, env: dict,
+                 on_exit=None):
+        self.on_exit = on_exit  # called with the pid of each worker that has exited
         self.sock = sock
         self.size = workers
         self.worker_args = worker_args
@@ -80,6 +82,8 @@ class Supervisor:
             if code is None:
                 continue
             self.workers.remove(worker)
+            if self.on_exit is not None:
+                self.on_exit(worker.process.pid)
             if worker.retiring or self.stopping:
                 logger.info("worker %s exited (%s)", worker.process.pid, code)
                 continue
@@ -156,5 +160,7 @@ class Supervisor:
                 logger.error("worker %s did not stop in time; killing it", worker.process.pid)
                 worker.process.kill()
                 worker.process.wait()
+            if self.on_exit is not None:
+                self.on_exit(worker.process.pid)
         logger.info("all workers stopped")
         return 0

@@ -23,8 +23,9 @@ class Command(BaseCommand):
             [sys.executable, "-m", "celery", "-A", "gateway_site", "worker", "-B", "--pool=solo",
              "--loglevel=warning"]
         )
+        # One worker of the production server (gateway_site/worker.py): daphne, graceful on SIGTERM.
         gateway = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "gateway_site.asgi:application"]
+            [sys.executable, "-m", "gateway_site.worker", "-b", host, "-p", str(port), "gateway_site.asgi:application"]
         )
         self.stdout.write(
             f"Gateway on http://{host}:{port}  (admin: http://{host}:{port}/admin/)\n"

@@ -5,7 +5,9 @@ import os
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+from prometheus_client import multiprocess
 
+from gateway_site import metrics
 from gateway_site.supervisor import Supervisor, listening_socket
 
 
@@ -14,6 +16,12 @@ def _bind(value: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise CommandError(f"--bind takes HOST:PORT, not {value!r}.")
     return host, int(port)
+
+
+def _metrics_process_dead(pid: int) -> None:
+    """A worker is gone: drop its live gauges (in-flight requests) from the shared folder, which
+    its own exit hook cannot do when it was killed."""
+    multiprocess.mark_process_dead(pid, metrics.MULTIPROC_DIR)
 
 
 class Command(BaseCommand):
@@ -46,6 +54,10 @@ class Command(BaseCommand):
         host, port = _bind(bind)
         if settings.GATEWAY_SERVE_STATIC and not no_collectstatic:
             call_command("collectstatic", "--noinput", verbosity=0)
+        on_exit = None
+        if metrics.MULTIPROC_DIR:  # the workers' shared metrics folder (docs/observability.md)
+            metrics.multiproc_dir_reset()
+            on_exit = _metrics_process_dead
         env = os.environ.copy()
         if grace is not None:
             env["GATEWAY_SHUTDOWN_GRACE_SECONDS"] = str(grace)
@@ -61,7 +73,7 @@ class Command(BaseCommand):
         self.stdout.flush()
         code = Supervisor(
             sock=sock, workers=workers, worker_args=[*worker_args, "gateway_site.asgi:application"],
-            grace=grace, env=env,
+            grace=grace, env=env, on_exit=on_exit,
         ).run()
         if code:
             raise CommandError("The workers kept failing to start; see the log above.")
