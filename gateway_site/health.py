@@ -23,7 +23,9 @@ from django.http import HttpRequest, JsonResponse
 
 from gateway_site.redis_client import RedisConnections
 
+CACHE_SECONDS = 1.0
 _migrations_applied = False  # once true for this code, it stays true
+_cache: dict[tuple, tuple[float, dict]] = {}
 _redis: dict[str, RedisConnections] = {}
 
 
@@ -34,14 +36,26 @@ async def health(request: HttpRequest) -> JsonResponse:
 async def ready(request: HttpRequest) -> JsonResponse:
     from gateway_site.metrics import operator_allowed
 
-    names, checks = zip(*_checks())
-    results = await asyncio.gather(*(_timed(check) for check in checks))
-    report = dict(zip(names, results))
+    report = await _report()
     ok = all(result["status"] in ("ok", "not_configured") for result in report.values())
     body: dict = {"status": "ok" if ok else "unavailable", "checks": report}
     if operator_allowed(request):
         body["providers"] = await _providers_summary()
     return JsonResponse(body, status=200 if ok else 503)
+
+
+async def _report() -> dict:
+    """The checks' results, shared for `CACHE_SECONDS`: a flood of probes costs the database and
+    Redis one check per second per process, not one per probe."""
+    key = (settings.DATABASES["default"]["NAME"], settings.REDIS_URL, settings.CELERY_BROKER_URL)
+    cached = _cache.get(key)
+    if cached is not None and cached[0] > time.monotonic():
+        return cached[1]
+    names, checks = zip(*_checks())
+    report = dict(zip(names, await asyncio.gather(*(_timed(check) for check in checks))))
+    _cache.clear()
+    _cache[key] = (time.monotonic() + CACHE_SECONDS, report)
+    return report
 
 
 def _checks():
