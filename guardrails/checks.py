@@ -42,6 +42,7 @@ KIND_WORDS = {
 STREAM_HOLD_CHARS = 64
 STREAM_HOLD_MAX = 1024  # a run without whitespace is cut here anyway
 STREAM_STEP_CHARS = 32  # scan again only once this much more text has come (not on every token)
+STREAM_CONTEXT_CHARS = 48  # released text scanned again as context ("call me at", a word boundary)
 SNIPPET_CHARS = 60
 
 
@@ -263,6 +264,7 @@ class StreamGuard:
         self.rules = rules
         self.held: dict[int, str] = {}
         self.sent: dict[int, int] = {}  # characters of each choice already released
+        self.context: dict[int, str] = {}  # the end of what was released, as the scan sees it
 
     @classmethod
     def for_call(cls, call) -> StreamGuard | None:
@@ -302,7 +304,12 @@ class StreamGuard:
                 "model": self.call.requested_model, "choices": choices}
 
     def _release(self, index: int, text: str, *, final: bool) -> str:
-        findings = text_scan(text, self.rules)
+        context = self.context.get(index, "")
+        findings = [  # matches starting in the context were settled before
+            Finding(f.rule, Match(f.match.kind, f.match.start - len(context), f.match.end - len(context)))
+            for f in text_scan(context + text, self.rules)
+            if f.match.start >= len(context)
+        ]
         cut = len(text) if final else _cut(text)
         moved = True
         while moved:  # never cut inside a match (matches of different kinds may overlap)
@@ -323,6 +330,7 @@ class StreamGuard:
         )
         self.held[index] = text[cut:]
         self.sent[index] = offset + cut
+        self.context[index] = (context + text[:cut])[-STREAM_CONTEXT_CHARS:]
         return text_redact(text[:cut], settled)
 
 

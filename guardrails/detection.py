@@ -62,8 +62,8 @@ EMAIL_BEFORE = re.compile(r"[\w.%+-]")
 
 def emails_find(text: str) -> list[Match]:
     found, at = [], text.find("@")
-    while at > 0:
-        local = EMAIL_LOCAL.search(text, max(0, at - 64), at)
+    while at != -1:
+        local = EMAIL_LOCAL.search(text, max(0, at - 64), at) if at else None
         domain = EMAIL_DOMAIN.match(text, at + 1) if local else None
         start = local.start() if local else 0
         if domain and not (start and EMAIL_BEFORE.match(text, start - 1)):
@@ -89,17 +89,18 @@ PHONE_CONTEXT = re.compile(
 
 
 def phones_find(text: str) -> list[Match]:
-    found = []
-    for m in PHONE.finditer(text):
-        candidate = m.group()
+    def valid_end(candidate: str, start: int) -> int | None:
         if len(candidate) < 8:  # most numbers in prose: years, prices, counts
-            continue
-        digits = sum(ch.isdigit() for ch in candidate)
-        if digits < 8 or digits > 15 or "  " in candidate:
-            continue
-        if _phone_valid(candidate, digits, context=lambda: text[max(0, m.start() - 40):m.start()]):
-            found.append(Match("pii_phone", m.start(), m.end()))
-    return found
+            return None
+        for end in _group_ends(candidate, " .-"):
+            digits = sum(ch.isdigit() for ch in candidate[:end])
+            if digits < 8:
+                return None
+            if digits <= 15 and _phone_valid(candidate[:end], digits, context=lambda: text[max(0, start - 40):start]):
+                return end
+        return None
+
+    return _groups_scan(PHONE, text, "pii_phone", valid_end, " .-")
 
 
 def _phone_valid(candidate: str, digits: int, *, context: Callable[[], str]) -> bool:
@@ -148,13 +149,16 @@ CARD_BRANDS: tuple[tuple[tuple[range, ...], frozenset[int]], ...] = (
 
 
 def cards_find(text: str) -> list[Match]:
-    found = []
-    for m in CARD.finditer(text):
-        candidate = m.group()
-        number = candidate.replace(" ", "").replace("-", "")
-        if _card_grouping_ok(candidate) and _card_brand_ok(number) and luhn.is_valid(number):
-            found.append(Match("pii_card", m.start(), m.end()))
-    return found
+    def valid_end(candidate: str, start: int) -> int | None:
+        for end in _group_ends(candidate, " -"):
+            number = candidate[:end].replace(" ", "").replace("-", "")
+            if len(number) < 12:
+                return None
+            if _card_grouping_ok(candidate[:end]) and _card_brand_ok(number) and luhn.is_valid(number):
+                return end
+        return None
+
+    return _groups_scan(CARD, text, "pii_card", valid_end, " -")
 
 
 def _card_grouping_ok(candidate: str) -> bool:
@@ -184,23 +188,14 @@ IBAN = re.compile(r"[A-Z](?<![\w][A-Z])[A-Z]\d{2}(?: ?[A-Z0-9]{1,4}){3,8}(?![\w]
 
 
 def ibans_find(text: str) -> list[Match]:
-    found = []
-    for m in IBAN.finditer(text):
-        end = _iban_end(m.group())
-        if end is not None:
-            found.append(Match("pii_iban", m.start(), m.start() + end))
-    return found
+    def valid_end(candidate: str, start: int) -> int | None:
+        for end in _group_ends(candidate, " "):
+            compact = candidate[:end].replace(" ", "")
+            if 15 <= len(compact) <= 34 and stdnum_iban.is_valid(compact):
+                return end
+        return None
 
-
-def _iban_end(candidate: str) -> int | None:
-    """Where the valid IBAN in `candidate` ends: the whole, or the longest part ending at a group
-    boundary (`DE89 3704 0044 0532 0130 00 EUR` is an IBAN followed by a word)."""
-    ends = [len(candidate)] + [i for i in range(len(candidate) - 1, 0, -1) if candidate[i] == " "]
-    for end in ends:
-        compact = candidate[:end].replace(" ", "")
-        if 15 <= len(compact) <= 34 and stdnum_iban.is_valid(compact):
-            return end
-    return None
+    return _groups_scan(IBAN, text, "pii_iban", valid_end, " ")
 
 
 # --- national ids ---------------------------------------------------------------------------------
@@ -240,6 +235,31 @@ def national_ids_find(text: str) -> list[Match]:
         for m in CODICE_FISCALE.finditer(text)
         if codicefiscale.is_valid(m.group())
     ]
+    return found
+
+
+# --- grouped numbers ------------------------------------------------------------------------------
+def _group_ends(candidate: str, separators: str) -> list[int]:
+    """Where a candidate may end: its end, then before each separator, longest first."""
+    return [len(candidate)] + [i for i in range(len(candidate) - 1, 0, -1) if candidate[i] in separators]
+
+
+def _groups_scan(pattern: re.Pattern, text: str, kind: str, valid_end, separators: str) -> list[Match]:
+    """Matches of a grouped-number pattern, each trimmed to its longest valid prefix.
+
+    The patterns are greedy, so a candidate may run on into the next number ("020 7946 0958 2024",
+    "DE89 … 00 IBAN DE89 …"): the valid part ends at a group boundary, the scan resumes right after
+    it, and after an invalid candidate it resumes at the candidate's next group, where a real
+    number may start ("2024 020 7946 0958")."""
+    found, position = [], 0
+    while (m := pattern.search(text, position)) is not None:
+        end = valid_end(m.group(), m.start())
+        if end is not None:
+            found.append(Match(kind, m.start(), m.start() + end))
+            position = m.start() + end
+            continue
+        nxt = next((i for i, ch in enumerate(m.group()) if ch in separators), None)
+        position = m.start() + nxt + 1 if nxt is not None else m.end()
     return found
 
 
