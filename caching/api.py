@@ -1,35 +1,101 @@
-"""`GET /v1/cache/stats` and `DELETE /v1/cache` for the calling tenant. Parse, call, serialize.
+"""`GET /v1/cache/stats` and `DELETE /v1/cache`. Parse, call, serialize.
 
 A tenant API key sees and clears only its own tenant's entries: the store is namespaced by
-tenant, and the tenant comes from the key, never from the request.
+tenant, and the tenant comes from the key. An operator's staff token (`operators` app) names the
+tenant with `?tenant=<slug>`; without it, `GET` lists every tenant, and `DELETE` refuses. Every
+operator clear is written to the audit log.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
+from rest_framework.exceptions import AuthenticationFailed as StaffTokenRefused
 
 from accounting.auth import api_key_authenticate, bearer_token
+from accounting.models import Tenant
 from caching.services import cache_clear, cache_stats
-from gateway_site.errors import GatewayError, error_response
+from gateway_site.errors import AuthenticationFailed, GatewayError, InvalidRequest, PermissionDenied, error_response
 from gateway_site.http import allow_methods
+
+
+@dataclass(frozen=True)
+class Caller:
+    tenants: list[tuple[int, str]]  # (id, slug) of the tenants this call is about
+    staff_user: object = None
+
+
+async def _caller(request: HttpRequest, *, all_allowed: bool) -> Caller:
+    named = (request.GET.get("tenant") or "").strip()
+    try:
+        auth = await api_key_authenticate(raw_key=bearer_token(request.headers))
+    except AuthenticationFailed:
+        user = await sync_to_async(_staff_user)(request)
+        if user is None:
+            raise
+        return Caller(tenants=await sync_to_async(_tenants)(named, all_allowed=all_allowed), staff_user=user)
+    if named and named != auth.tenant_slug:
+        raise PermissionDenied("A tenant API key reaches only its own tenant's cache.", param="tenant",
+                               code="permission_denied")
+    return Caller(tenants=[(auth.tenant_id, auth.tenant_slug)])
+
+
+def _staff_user(request: HttpRequest):
+    """The active staff user of a valid staff token, else None."""
+    from operators.authentication import StaffTokenAuthentication
+
+    try:
+        found = StaffTokenAuthentication().authenticate(request)
+    except StaffTokenRefused:
+        return None
+    return found[0] if found is not None and found[0].is_staff else None
+
+
+def _tenants(named: str, *, all_allowed: bool) -> list[tuple[int, str]]:
+    if named:
+        tenant = Tenant.objects.filter(slug=named).values_list("pk", "slug").first()
+        if tenant is None:
+            raise InvalidRequest(f"No tenant '{named}'.", param="tenant", code="not_found")
+        return [tenant]
+    if not all_allowed:
+        raise InvalidRequest("Name the tenant whose cache to clear: ?tenant=<slug>.", param="tenant")
+    return list(Tenant.objects.order_by("slug").values_list("pk", "slug"))
 
 
 @allow_methods("GET")
 async def stats(request: HttpRequest) -> HttpResponse:
     try:
-        auth = await api_key_authenticate(raw_key=bearer_token(request.headers))
+        caller = await _caller(request, all_allowed=True)
     except GatewayError as exc:
         return error_response(exc)
-    return JsonResponse({"object": "cache.stats", "tenant": auth.tenant_slug, **await cache_stats(tenant_id=auth.tenant_id)})
+    entries = [
+        {"object": "cache.stats", "tenant": slug, **await cache_stats(tenant_id=tenant_id)}
+        for tenant_id, slug in caller.tenants
+    ]
+    if caller.staff_user is not None and not request.GET.get("tenant"):
+        return JsonResponse({"object": "list", "data": entries})
+    return JsonResponse(entries[0])
 
 
 @csrf_exempt
 @allow_methods("DELETE")
 async def clear(request: HttpRequest) -> HttpResponse:
     try:
-        auth = await api_key_authenticate(raw_key=bearer_token(request.headers))
+        caller = await _caller(request, all_allowed=False)
     except GatewayError as exc:
         return error_response(exc)
-    cleared = await cache_clear(tenant_id=auth.tenant_id)
-    return JsonResponse({"object": "cache.cleared", "tenant": auth.tenant_slug, **cleared})
+    [(tenant_id, slug)] = caller.tenants
+    cleared = await cache_clear(tenant_id=tenant_id)
+    if caller.staff_user is not None:
+        await sync_to_async(_audit)(tenant_id=tenant_id, user=caller.staff_user)
+    return JsonResponse({"object": "cache.cleared", "tenant": slug, **cleared})
+
+
+def _audit(*, tenant_id: int, user) -> None:
+    from audit.services import audit_record
+
+    audit_record(action="changed", obj=Tenant.objects.get(pk=tenant_id), via="api", user=user,
+                 changed_fields=["cache"])

@@ -1,0 +1,66 @@
+"""`GET /v1/cache/stats` and `DELETE /v1/cache` with an operator's staff token."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.auth import get_user_model
+from django.test import AsyncClient
+
+from accounting.services import api_key_create, tenant_create
+from audit.models import AuditEntry
+from operators.services import staff_token_create
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def ask(auth: dict, content: str = "Operator view"):
+    body = {"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": content}]}
+    return await AsyncClient().post("/v1/chat/completions", json.dumps(body), content_type="application/json", headers=auth)
+
+
+@pytest.fixture
+def staff(db):
+    def make(is_staff: bool) -> dict:
+        user = get_user_model().objects.create_user(username=f"op-{is_staff}", password="x", is_staff=True)
+        _, raw = staff_token_create(user=user, name="ops")
+        get_user_model().objects.filter(pk=user.pk).update(is_staff=is_staff)  # e.g. lost staff status
+        return {"Authorization": f"Bearer {raw}"}
+    return make
+
+
+@pytest.fixture
+def globex(gateway):
+    _, raw = api_key_create(tenant=tenant_create(slug="globex"), name="default")
+    return {"Authorization": f"Bearer {raw}"}
+
+
+async def test_staff_token_reads_every_tenant_and_clears_the_one_named(gateway, globex, staff):
+    token = await sync_to_async(staff)(True)
+    await ask(gateway.auth)
+    await ask(globex)
+    client = AsyncClient()
+    listed = (await client.get("/v1/cache/stats", headers=token)).json()
+    assert listed["object"] == "list"
+    assert {e["tenant"]: e["entries"] for e in listed["data"]} == {"acme": 1, "globex": 1}
+    one = (await client.get("/v1/cache/stats?tenant=globex", headers=token)).json()
+    assert (one["tenant"], one["entries"], one["misses"]) == ("globex", 1, 1)
+    assert (await client.delete("/v1/cache", headers=token)).status_code == 400
+    cleared = await client.delete("/v1/cache?tenant=globex", headers=token)
+    assert cleared.status_code == 200 and cleared.json()["entries"] == 1
+    assert (await ask(gateway.auth))["x-gateway-cache"] == "hit"
+    assert (await ask(globex))["x-gateway-cache"] == "miss"
+    entry = await AuditEntry.objects.aget(object_type="accounting.tenant")
+    assert (entry.action, entry.via, entry.changed_fields, entry.object_repr) == ("changed", "api", ["cache"], "globex")
+    assert (await client.get("/v1/cache/stats?tenant=nope", headers=token)).status_code == 400
+
+
+async def test_non_staff_token_and_foreign_tenant_are_refused(gateway, globex, staff):
+    token = await sync_to_async(staff)(False)
+    client = AsyncClient()
+    assert (await client.get("/v1/cache/stats", headers=token)).status_code == 401
+    refused = await client.delete("/v1/cache?tenant=globex", headers=gateway.auth)
+    assert refused.status_code == 403 and refused.json()["error"]["param"] == "tenant"
+    assert (await client.get("/v1/cache/stats?tenant=acme", headers=gateway.auth)).json()["tenant"] == "acme"
