@@ -72,6 +72,8 @@ class Call:
             headers["x-gateway-attempts"] = str(self.log.attempts)
         if self.plan is not None and self.plan.rule:
             headers["x-gateway-route"] = self.plan.rule
+        if self.plan is not None and self.plan.experiment:
+            headers["x-gateway-variant"] = f"{self.plan.experiment}/{self.plan.variant}"
         headers.update(self.extra_headers)
         return headers
 
