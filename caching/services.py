@@ -58,8 +58,7 @@ class CachePlan:
         return self.policy.mode == CacheMode.SEMANTIC and bool(self.policy.embedding_model)
 
 
-def cache_plan_make(call, *, body: dict, headers, policy: Policy) -> CachePlan | None:
-    options = keys.cache_options_parse(body=body, headers=headers)
+def cache_plan_make(call, *, options: keys.CacheOptions, policy: Policy) -> CachePlan | None:
     if policy.mode == CacheMode.OFF or options.no_store:
         return None
     if policy.mode == CacheMode.DETERMINISTIC and not (options.asked or keys.deterministic(call.payload)):
@@ -77,9 +76,9 @@ def cache_plan_make(call, *, body: dict, headers, policy: Policy) -> CachePlan |
 
 async def cache_lookup(call, *, body: dict, headers) -> None:
     """Set `call.cache_plan` (None: the cache stays out of it) and, on a hit, its `entry`."""
-    keys.cache_options_parse(body=body, headers=headers)  # a bad option is a 400 whatever the policy
+    options = keys.cache_options_parse(body=body, headers=headers)  # a bad one is a 400 whatever the policy
     policy = await cache_policy_for(tenant_id=call.auth.tenant_id, rule=call.plan.rule)
-    plan = call.cache_plan = cache_plan_make(call, body=body, headers=headers, policy=policy)
+    plan = call.cache_plan = cache_plan_make(call, options=options, policy=policy)
     if plan is None:
         return
     call.cache = "miss"
