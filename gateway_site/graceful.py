@@ -57,6 +57,8 @@ def _error_body() -> dict:
 class Flight:
     """One HTTP request or WebSocket connection being served by this process."""
 
+    __slots__ = ("kind", "cut", "closed", "streaming", "started", "requests", "_receive", "_send", "_receiving")
+
     def __init__(self, kind: str, receive, send) -> None:
         self.kind = kind
         self.cut = False  # past the deadline: the application was told the client left
@@ -96,10 +98,9 @@ class Flight:
         kind = message["type"]
         if kind == "http.response.start":
             self.started = True
-            self.streaming = any(
-                name.lower() == b"content-type" and value.startswith(b"text/event-stream")
-                for name, value in message.get("headers") or ()
-            )
+            for name, value in message.get("headers") or ():
+                if value.startswith(b"text/event-stream") and name.lower() == b"content-type":
+                    self.streaming = True
         elif kind == "http.response.body" and not message.get("more_body", False):
             self.closed = True
         elif kind == "websocket.accept":
