@@ -4,6 +4,9 @@ The numbers come from UsageRollup rows, never from raw records, so a call costs 
 rows at most. Rollups of the current hour and day are recomputed every minute by beat, so the
 newest requests show up within about a minute; the view does not recompute on read (that would
 make a GET write every tenant's rows and let any client trigger the heaviest query we have).
+
+Below it, the operator API's viewsets for tenants, tenant keys and budgets (staff tokens; see
+`operators.api` and docs/operator-api.md).
 """
 
 from __future__ import annotations

@@ -116,10 +116,10 @@ class OperatorViewSet(viewsets.ModelViewSet):
     def get_exception_handler(self):
         return operator_exception_handler
 
-    def audit(self, action: str, obj, *, changed_fields=(), object_id=None) -> None:
+    def audit(self, action: str, obj, *, changed_fields=()) -> None:
         audit_record(
             action=action, obj=obj, via="api", user=self.request.user, changed_fields=changed_fields,
-            actor=self._actor(), object_id=object_id,
+            actor=self._actor(),
         )
 
     def _actor(self) -> str:
