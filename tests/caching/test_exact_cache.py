@@ -291,3 +291,17 @@ def test_admin_shows_stats_and_clears_one_tenant(gateway, other_tenant, client, 
 
     assert async_to_sync(entries)(gateway.auth) == 0
     assert async_to_sync(entries)(other_tenant) == 1
+
+
+async def test_without_redis_the_local_cache_serves_hits_stats_and_clearing(gateway):
+    local = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "cache-test"}}
+    with override_settings(REDIS_URL="", CACHES=local):
+        from caching.store import LocalCacheStore, cache_store
+
+        assert isinstance(cache_store(), LocalCacheStore)
+        assert [(await post(gateway.auth, chat("Embedded", temperature=0)))["x-gateway-cache"] for _ in range(2)] == ["miss", "hit"]
+        client = AsyncClient()
+        stats = (await client.get("/v1/cache/stats", headers=gateway.auth)).json()
+        assert (stats["entries"], stats["hits"], stats["misses"]) == (1, 1, 1)
+        assert (await client.delete("/v1/cache", headers=gateway.auth)).json()["entries"] == 1
+        assert (await post(gateway.auth, chat("Embedded", temperature=0)))["x-gateway-cache"] == "miss"
