@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularRedocView, SpectacularSwaggerView
 
 from gateway_site.health import health, ready
+from gateway_site.health_schema import MetricsDoc, ReadyDoc
 from gateway_site.metrics import metrics_view
 from gateway_site.openapi import HealthDoc, documented
 from gateway_site.openapi_views import SchemaView
@@ -15,8 +16,8 @@ urlpatterns = [
     path("playground/", include("routing.playground_urls")),
     path("accounts/", include("django.contrib.auth.urls")),
     path("health", documented(health, HealthDoc), name="health"),
-    path("ready", ready, name="ready"),
-    path("metrics", metrics_view, name="metrics"),
+    path("ready", documented(ready, ReadyDoc), name="ready"),
+    path("metrics", documented(metrics_view, MetricsDoc), name="metrics"),
     path("api/schema/", SchemaView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
