@@ -345,6 +345,16 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 300.0,
         "options": {"expires": 290},
     },
+    "feedback-rollup-recent": {
+        "task": "feedback.tasks.feedback_rollup_recent_task",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
+    "content-retention": {
+        "task": "accounting.tasks.content_retention_task",
+        "schedule": 3600.0,
+        "options": {"expires": 3500},
+    },
 }
 
 # --- dashboards ---------------------------------------------------------------------------------
