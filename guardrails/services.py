@@ -23,8 +23,11 @@ def guardrail_events_create(*, tenant_id: int, request_id: uuid.UUID, response_i
     )
 
 
-async def guardrail_events_write(call) -> None:
-    """Write a request's events (from its record step); a client going away cannot cancel it."""
+def guardrail_events_start(call) -> asyncio.Task | None:
+    """Start writing a request's events (from its record step) in a task of its own, so that a
+    client going away, which cancels the request, cannot cancel the write."""
+    if not call.guard_events:
+        return None
     events, call.guard_events = call.guard_events, []
     task = asyncio.ensure_future(sync_to_async(guardrail_events_create)(
         tenant_id=call.auth.tenant_id, request_id=call.request_id,
@@ -32,6 +35,12 @@ async def guardrail_events_write(call) -> None:
     ))
     _background.add(task)
     task.add_done_callback(_written)
+    return task
+
+
+async def guardrail_events_wait(task: asyncio.Task | None) -> None:
+    if task is None:
+        return
     try:
         await asyncio.shield(task)
     except Exception:  # logged by _written

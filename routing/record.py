@@ -17,7 +17,7 @@ from gateway_site import metrics
 from gateway_site.errors import GatewayError
 from gateway_site.graceful import cancel_reason, shutdown_status
 from gateway_site.logs import request_line
-from guardrails.services import guardrail_events_write
+from guardrails.services import guardrail_events_start, guardrail_events_wait
 from routing.call import Call
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ async def record(
         call_fields=fields, tenant=call.auth.tenant_slug, http_status=http_status,
         attempts=call.log.attempts, prompt=(fields.get("content") or {}).get("messages"),
     ))
+    guard_write = guardrail_events_start(call)  # started first: a client leaving cannot cancel it
     task = asyncio.ensure_future(
         sync_to_async(usage_record_commit)(
             fields=fields, budgets=call.budgets, reservation=call.reservation, on_alert=_alert_enqueue
@@ -81,8 +82,7 @@ async def record(
         await asyncio.shield(task)
     except Exception:  # logged by _record_done; the client still gets its answer
         pass
-    if call.guard_events:
-        await guardrail_events_write(call)
+    await guardrail_events_wait(guard_write)
     if call.charge is not None and call.charge.token_limits:
         actual = fields["prompt_tokens"] + fields["completion_tokens"]
         await rate_limit_settle(charge=call.charge, actual_tokens=actual)
