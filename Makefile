@@ -39,3 +39,26 @@ test: $(VENV)/.installed-test
 
 clean:
 	rm -rf $(VENV) *.egg-info
+
+# The benchmark (bench/, docs/performance.md): direct vs gateway vs LiteLLM proxy. Never part of
+# `make test`. Installs wrk (Debian) and LiteLLM in its own venv when PyPI is reachable.
+BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/gateway_bench
+BENCH_REDIS_URL ?= redis://127.0.0.1:6379/7
+BENCH_ARGS ?=
+LITELLM_VENV := bench/.litellm-venv
+
+.PHONY: bench bench-profile
+
+$(LITELLM_VENV)/bin/litellm:
+	@($(PYTHON) -m venv $(LITELLM_VENV) && $(LITELLM_VENV)/bin/pip install --quiet 'litellm[proxy]') \
+		|| (echo "LiteLLM could not be installed: the table will have no LiteLLM column"; rm -rf $(LITELLM_VENV))
+
+bench: $(VENV)/.installed
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	@$(MAKE) --no-print-directory $(LITELLM_VENV)/bin/litellm || true
+	BENCH_DATABASE_URL=$(BENCH_DATABASE_URL) BENCH_REDIS_URL=$(BENCH_REDIS_URL) $(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# The same run with py-spy (a dev tool, not a project dependency) on the gateway's workers.
+bench-profile: $(VENV)/.installed
+	@[ -x $(BIN)/py-spy ] || $(BIN)/pip install --quiet py-spy
+	$(MAKE) --no-print-directory bench BENCH_ARGS="--profile 15 $(BENCH_ARGS)"
