@@ -91,6 +91,7 @@ async def _cached(call: Call) -> dict | AsyncIterator[dict]:
         first, rest = cache_replay(call)
         return stream_relay(call, rest, first)
     body = cache_body(call)
+    guard_output(call, body)  # the rules in force now, which may be newer than the stored answer
     await record(call, status="success", completion_text=cache_completion_text(call))
     return body
 

@@ -315,3 +315,16 @@ async def test_the_openai_sdk_streams_a_redacted_answer(openai_client):
             text += chunk.choices[0].delta.content or ""
         usage = chunk.usage or usage
     assert text == "Wire it to [REDACTED:IBAN] by Friday." and usage.completion_tokens > 0
+
+
+# --- the response cache ----------------------------------------------------------------------------
+async def test_a_cached_answer_is_checked_against_the_rules_in_force(gateway):
+    body = chat_body(f"[[fake echo]] mail {EMAIL}", temperature=0)
+    first = await post(gateway.raw_key, body)
+    assert first["x-gateway-cache"] == "miss" and EMAIL in first.json()["choices"][0]["message"]["content"]
+    await policy({"kind": "pii_email", "direction": "output", "action": "redact"})
+    for stream in (False, True):
+        again = await post(gateway.raw_key, chat_body(f"[[fake echo]] mail {EMAIL}", temperature=0, stream=stream))
+        assert again["x-gateway-cache"] == "hit"
+        text = streamed_text(await sse(again)) if stream else again.json()["choices"][0]["message"]["content"]
+        assert text == "mail [REDACTED:EMAIL]"
