@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from gateway_site.errors import GatewayError
 from guardrails.detection import DETECTORS, Match
 from guardrails.models import Action, Kind, PII_KINDS
-from guardrails.selectors import CompiledRule, RuleSet, guardrail_rules_get
+from guardrails.selectors import CompiledRule, guardrail_rules_get
 
 REDACTION_LABELS = {
     Kind.PII_EMAIL: "EMAIL",

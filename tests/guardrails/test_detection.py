@@ -212,11 +212,11 @@ def test_years_prices_counts_and_versions_are_never_pii(year, price, cents, coun
     assert pii_find(text) == []
 
 
-def test_a_2kb_prompt_is_scanned_in_well_under_a_millisecond_per_kb():
+def test_a_2kb_prompt_is_scanned_in_a_few_milliseconds_at_most():
     text = " ".join(ORDINARY)[:2048]
     pii_find(text)
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time: other processes on a busy machine do not count
     for _ in range(50):
         pii_find(text)
-    per_call = (time.perf_counter() - started) / 50
+    per_call = (time.process_time() - started) / 50
     assert per_call < 0.005, f"{per_call * 1e6:.0f} µs for 2 KB"
