@@ -9,8 +9,9 @@ worker processes (`gateway_site/worker.py`) that serve on the inherited file des
 - on SIGTERM or SIGINT closes its copy of the socket and forwards SIGTERM to every worker, which
   drains gracefully (docs/deployment.md), then waits for them; a worker still alive
   `KILL_AFTER_SECONDS` past the grace period is killed;
-- on SIGHUP starts a fresh set of workers (new code, new settings) and then drains the old ones:
-  a restart without refusing a connection.
+- on SIGHUP starts a fresh set of workers (new code, new settings) and, once each has reported
+  itself ready (a line with its pid on the ready pipe), drains the old ones: a restart without
+  refusing or stalling a connection.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class WorkerProcess:
     process: subprocess.Popen
     started: float = field(default_factory=time.monotonic)
     retiring: bool = False  # told to stop: its exit is not restarted
+    ready: bool = False  # serving: it wrote its pid to the ready pipe
 
 
 def listening_socket(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
@@ -64,6 +66,9 @@ class Supervisor:
         self.pending: dict[int, float] = {}  # slot -> when to restart it
         self.quick_failures = 0
         self.stopping = False
+        self.replaced: list[WorkerProcess] = []  # old workers to drain once the new ones are ready
+        self.ready_read, self.ready_write = os.pipe()
+        self.env["GATEWAY_READY_FD"] = str(self.ready_write)
 
     # --- processes ---------------------------------------------------------------------------------
     def spawn(self, slot: int) -> None:
@@ -71,7 +76,7 @@ class Supervisor:
         process = subprocess.Popen(
             [sys.executable, "-m", "gateway_site.worker", "--fd", str(fd), *self.worker_args],
             env=self.env,
-            pass_fds=(fd,),
+            pass_fds=(fd, self.ready_write),
         )
         self.workers.append(WorkerProcess(slot=slot, process=process))
         logger.info("worker %s started (slot %s)", process.pid, slot)
@@ -101,14 +106,26 @@ class Supervisor:
                 self.spawn(slot)
 
     def reload(self) -> None:
-        """SIGHUP: new workers first, then the old ones drain."""
+        """SIGHUP: new workers first; the old ones drain once the new ones serve (`ready_seen`)."""
         old = [worker for worker in self.workers if not worker.retiring]
-        logger.info("reloading: starting %d new workers, draining %d", self.size, len(old))
+        logger.info("reloading: starting %d new workers, then draining %d", self.size, len(old))
+        for worker in old:
+            worker.retiring = True  # a death from now on is not restarted: the new set covers it
+        self.replaced.extend(old)
         for slot in range(self.size):
             self.spawn(slot)
-        for worker in old:
-            worker.retiring = True
-            worker.process.send_signal(signal.SIGTERM)
+
+    def ready_seen(self, data: bytes) -> None:
+        pids = {int(pid) for pid in data.split()}
+        for worker in self.workers:
+            if worker.process.pid in pids:
+                worker.ready = True
+        if self.replaced and all(w.ready for w in self.workers if w not in self.replaced):
+            logger.info("new workers ready: draining %d old ones", len(self.replaced))
+            for worker in self.replaced:
+                if worker.process.poll() is None:
+                    worker.process.send_signal(signal.SIGTERM)
+            self.replaced = []
 
     # --- the loop ----------------------------------------------------------------------------------
     def run(self) -> int:
@@ -123,15 +140,17 @@ class Supervisor:
             code = self._loop(wakeup_read)
         finally:
             signal.set_wakeup_fd(-1)
-            os.close(wakeup_read)
-            os.close(wakeup_write)
+            for fd in (wakeup_read, wakeup_write, self.ready_read, self.ready_write):
+                os.close(fd)
         return code
 
     def _loop(self, wakeup_read: int) -> int:
         while True:
             timeout = max(min(self.pending.values()) - time.monotonic(), 0) if self.pending else None
-            ready, _, _ = select.select([wakeup_read], [], [], timeout)
-            signals = os.read(wakeup_read, 64) if ready else b""
+            ready, _, _ = select.select([wakeup_read, self.ready_read], [], [], timeout)
+            signals = os.read(wakeup_read, 64) if wakeup_read in ready else b""
+            if self.ready_read in ready:
+                self.ready_seen(os.read(self.ready_read, 4096))
             if signal.SIGTERM in signals or signal.SIGINT in signals:
                 return self.stop()
             if signal.SIGHUP in signals:

@@ -61,6 +61,8 @@ class GracefulServer(Server):
         loop.add_signal_handler(signal.SIGINT, self.graceful_stop, signal.SIGINT)
         if self.parent_pid:
             reactor.callLater(PARENT_CHECK_SECONDS, self._parent_check)
+        if os.environ.get("GATEWAY_READY_FD"):  # the supervisor waits for this on a reload
+            os.write(int(os.environ["GATEWAY_READY_FD"]), f"{os.getpid()}\n".encode())
         logger.info("worker %s ready", os.getpid())
 
     def _parent_check(self) -> None:

@@ -243,6 +243,29 @@ def test_serve_restarts_a_worker_that_dies(deployment, serve):
         assert answer.choices[0].message.content
 
 
+def test_sighup_replaces_the_workers_without_refusing_a_request(deployment, serve):
+    server = serve("--workers", "2", "--grace", "10")
+    old = set(server.workers())
+    stream = _openai(server, deployment).chat.completions.create(
+        model="gpt-4o-mini", stream=True, messages=_prompt("[[fake chunks=80 chunk_delay_ms=100]]")
+    )
+    chunks = [next(stream)]
+    server.process.send_signal(signal.SIGHUP)
+    statuses = []
+    deadline = time.monotonic() + 30
+    with httpx.Client(base_url=server.base_url) as client:
+        while time.monotonic() < deadline:
+            statuses.append(client.get("/health", headers={"Connection": "close"}).status_code)
+            current = set(server.workers())
+            if len(current) == 2 and not current & old:
+                break
+    assert len(current) == 2 and not current & old, (old, current)
+    assert set(statuses) == {200}
+    chunks.extend(stream)  # the old worker finished its stream before it left
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert deployment.wait_for_rows(USAGE_SQL, (chunks[0].id,)) == [("success", "", 200, 80)]
+
+
 # --- graceful shutdown --------------------------------------------------------------------------------
 
 
