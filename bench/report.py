@@ -86,7 +86,7 @@ def _memory_rows(data: dict) -> list[str]:
     if check:
         first, second = check["first"], check["second"]
         growth = [b - a for a, b in zip(first["workers_mb"], second["workers_mb"])]
-        rows += ["", "Gateway memory check (plain chat, c=64):", "",
+        rows += ["", "Gateway memory check (plain chat, c=16):", "",
                  "| after | requests | errors | RSS per worker (MB) |", "| --- | ---: | ---: | --- |",
                  f"| first run | {first['requests']} | {first['errors']} | "
                  f"{', '.join(f'{mb:.0f}' for mb in first['workers_mb'])} |",
