@@ -91,6 +91,16 @@ class NoDeploymentAvailable(GatewayError):
     error_class = "no_deployment"
 
 
+class DatabaseUnavailable(GatewayError):
+    """The database does not answer (down, unreachable, out of connections): a clear 503, never a 500.
+    Nothing is half-written: each write is one transaction, and a request refused here reserved nothing."""
+
+    status = 503
+    type = "api_error"
+    code = "database_unavailable"
+    error_class = "database_unavailable"
+
+
 # Provider error classes, shared by every adapter: (HTTP status shown to the client, retryable).
 PROVIDER_ERROR_CLASSES: dict[str, tuple[int, bool]] = {
     "rate_limited": (429, True),

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import functools
+import logging
 
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, JsonResponse
 from django.views import defaults
 
-from gateway_site.errors import GatewayError, NotFound, error_response
+from gateway_site.errors import DatabaseUnavailable, GatewayError, NotFound, error_response
+
+logger = logging.getLogger(__name__)
 
 
 class MethodNotAllowed(GatewayError):
@@ -29,7 +33,13 @@ def allow_methods(*methods: str):
                 )
                 response["Allow"] = ", ".join(methods)
                 return response
-            return await view(request, *args, **kwargs)
+            try:
+                return await view(request, *args, **kwargs)
+            except (OperationalError, InterfaceError):  # the database is unreachable: say so
+                logger.warning("database unavailable for %s %s", request.method, request.path, exc_info=True)
+                response = error_response(DatabaseUnavailable("The gateway's database is unavailable; retry shortly."))
+                response["Retry-After"] = "1"
+                return response
 
         return wrapper
 
