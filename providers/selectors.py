@@ -6,12 +6,17 @@ cached by routing (`routing.selectors.routing_table_get`) together with the rout
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from decimal import Decimal
+
+from cryptography.fernet import InvalidToken
 
 from gateway_site.errors import InvalidRequest, ModelNotFound
 from providers.adapters import Target
 from providers.models import Provider, ProviderKey, ProviderModel
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,15 @@ def catalog_build() -> Catalog:
     for key in ProviderKey.objects.filter(enabled=True, provider__enabled=True).order_by(
         "provider_id", "name", "pk"
     ):
-        secrets[key.pk] = (key.provider_id, key.get_secret())
+        try:
+            secrets[key.pk] = (key.provider_id, key.get_secret())
+        except InvalidToken:
+            # Encrypted under a GATEWAY_ENCRYPTION_KEY this process lacks (a replica not yet given
+            # the new key during a rotation): skip that key, so its provider's calls fail with a
+            # clear upstream error instead of every request of the gateway failing with a 500.
+            logger.error("Provider key %s (id %s) cannot be decrypted with the configured "
+                         "GATEWAY_ENCRYPTION_KEY; it is skipped.", key.name, key.pk)
+            continue
         defaults.setdefault(key.provider_id, (key.pk, secrets[key.pk][1]))
     models = ProviderModel.objects.filter(enabled=True, provider__enabled=True).select_related(
         "provider"
