@@ -38,7 +38,7 @@ async def feedback(request: HttpRequest) -> HttpResponse:
 def _json(raw: bytes) -> object:
     try:
         return json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise InvalidRequest("The body is not valid JSON.", code="invalid_json") from exc
 
 

@@ -120,7 +120,7 @@ class Flight:
             return False
         try:
             event = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # the consumer answers the bad frame
             return False
         if not isinstance(event, dict) or event.get("type") != "chat.request" or not isinstance(event.get("id"), str):
             return False

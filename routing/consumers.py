@@ -49,7 +49,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         try:
             message = json.loads(text_data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             await self._fail(None, InvalidRequest("The message is not valid JSON.", code="invalid_json"))
             return
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
@@ -168,9 +168,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         return None
 
     async def _chat_cancel(self, message: dict) -> None:
-        task = self.requests.get(message.get("id"))
+        request_id = message.get("id")
+        task = self.requests.get(request_id) if isinstance(request_id, str) else None  # a list id is unhashable
         if task is None:
-            await self._fail(message.get("id"), InvalidRequest("No request in flight with that id.", param="id"))
+            await self._fail(request_id, InvalidRequest("No request in flight with that id.", param="id"))
             return
         task.cancel()
         try:

@@ -93,7 +93,7 @@ def _json_object(request: HttpRequest) -> dict:
         payload = json.loads(request.body or b"null")
     except RequestDataTooBig as exc:
         raise PayloadTooLarge(f"Request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.") from exc
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidRequest("The body is not valid JSON.", code="invalid_json") from exc
     if not isinstance(payload, dict):
         raise InvalidRequest("The body must be a JSON object.")

@@ -53,6 +53,8 @@ def output_problem(text: str | None, schema: dict) -> str | None:
         value = json.loads(text or "")
     except ValueError as exc:
         return f"the answer is not valid JSON ({exc.msg} at character {exc.pos})"
+    except RecursionError:
+        return "the answer nests too deeply to check"
     errors = sorted(Draft202012Validator(schema).iter_errors(value), key=lambda e: list(e.path))
     if not errors:
         return None
