@@ -30,20 +30,57 @@ def choice_texts(body: dict) -> list[str]:
 
 
 def first_chunk_sender(call: Call):
-    """An attempt for a stream: it succeeds once the first chunk has arrived."""
+    """An attempt for a stream: it succeeds once a chunk carrying the answer has arrived (the
+    chunks before it, a role or a filter annotation, are relayed first)."""
 
     async def send(adapter: Adapter, deployment: Deployment):
         stream = adapter.chat_stream(call.payload, deployment.target)
+        held: list[dict] = []
         try:
-            first = await anext(stream)
+            # OpenAI opens with a role-only chunk (Azure with a filter-only one): a provider that
+            # fails after it has still not answered, so the attempt lasts until a chunk that does.
+            while not held or not _carries_answer(held[-1]):
+                held.append(await anext(stream))
         except StopAsyncIteration:
-            raise adapter.malformed(deployment.target, "stream (no events)") from None
+            await stream.aclose()
+            raise adapter.malformed(deployment.target, "stream (no answer in its events)") from None
         except BaseException:
             await stream.aclose()
             raise
-        return stream, first
+        return (_Prefixed(held[1:], stream) if len(held) > 1 else stream), held[0]
 
     return send
+
+
+def _carries_answer(chunk: dict) -> bool:
+    """A chunk with something of the answer: content, a tool call, a finish reason, usage, an error."""
+    if chunk.get("usage") or "error" in chunk:
+        return True
+    for choice in chunk.get("choices") or ():
+        if isinstance(choice, dict) and (
+            choice.get("finish_reason")
+            or any(value for name, value in (choice.get("delta") or {}).items() if name != "role")
+        ):
+            return True
+    return False
+
+
+class _Prefixed:
+    """`stream` with the chunks already read put back in front; closing it closes `stream`."""
+
+    def __init__(self, prefix: list[dict], stream: AsyncIterator[dict]) -> None:
+        self._prefix, self._stream = prefix, stream
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> dict:
+        if self._prefix:
+            return self._prefix.pop(0)
+        return await anext(self._stream)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
 
 
 async def stream_relay(call: Call, stream: AsyncIterator[dict], first: dict) -> AsyncIterator[dict]:

@@ -354,10 +354,14 @@ async def test_malformed_provider_answers_are_502_not_500(gateway):
     response = await post(gateway, "/v1/chat/completions", chat_body("[[fake malformed]]"))
     assert_openai_error(response, 502, code="upstream_server")
     streamed = await post(gateway, "/v1/chat/completions", chat_body("[[fake malformed]]", stream=True))
-    # The fake sends a good first chunk, then a broken one: an error event ends the stream.
+    # The fake sends its role-only chunk, then a broken one in place of the first content: the
+    # provider failed before answering anything, so it is a plain 502 (after any failover).
+    assert_openai_error(streamed, 502, code="upstream_server")
+    # Broken after some content: an error event ends the stream.
+    streamed = await post(gateway, "/v1/chat/completions", chat_body("[[fake disconnect_after=2]]", stream=True))
     assert streamed.status_code == 200
     events = await sse_events(streamed)
-    assert json.loads(events[-1])["error"]["code"] == "upstream_server"
+    assert json.loads(events[-1])["error"]["code"] == "connection"
     assert "[DONE]" not in events
 
 
@@ -381,9 +385,12 @@ async def test_unexpected_failure_mid_stream_ends_the_stream_cleanly_and_is_reco
     original = OpenAIAdapter.chat_stream_chunks
 
     async def breaks_after_first(self, events, target):
+        sent = 0
         async for chunk in original(self, events, target):
             yield chunk
-            raise RuntimeError("a bug in an adapter")
+            sent += 1
+            if sent == 2:  # the role chunk and the first content: the stream has begun
+                raise RuntimeError("a bug in an adapter")
 
     monkeypatch.setattr(OpenAIAdapter, "chat_stream_chunks", breaks_after_first)
     response = await post(gateway, "/v1/chat/completions", chat_body(stream=True))
