@@ -11,7 +11,8 @@ worker processes (`gateway_site/worker.py`) that serve on the inherited file des
   `KILL_AFTER_SECONDS` past the grace period is killed;
 - on SIGHUP starts a fresh set of workers (new code, new settings) and, once each has reported
   itself ready (a line with its pid on the ready pipe), drains the old ones: a restart without
-  refusing or stalling a connection.
+  refusing or stalling a connection. If a new worker dies before it serves, the reload is
+  abandoned and the old workers go on serving.
 """
 
 from __future__ import annotations
@@ -92,6 +93,9 @@ class Supervisor:
             if worker.retiring or self.stopping:
                 logger.info("worker %s exited (%s)", worker.process.pid, code)
                 continue
+            if self.replaced and not worker.ready:
+                self.reload_abort(worker, code)
+                continue
             lived = time.monotonic() - worker.started
             logger.error("worker %s died (status %s) after %.1fs", worker.process.pid, code, lived)
             self.quick_failures = self.quick_failures + 1 if lived < QUICK_FAILURE_SECONDS else 0
@@ -114,6 +118,20 @@ class Supervisor:
         self.replaced.extend(old)
         for slot in range(self.size):
             self.spawn(slot)
+
+    def reload_abort(self, failed: WorkerProcess, code: int) -> None:
+        """A new worker died before serving (broken code or settings): keep the old ones."""
+        logger.error(
+            "reload failed: new worker %s died (status %s) before serving; the old workers stay",
+            failed.process.pid, code,
+        )
+        for worker in self.workers:
+            if worker in self.replaced:
+                worker.retiring = False
+            elif worker.process.poll() is None:
+                worker.retiring = True
+                worker.process.send_signal(signal.SIGTERM)
+        self.replaced = []
 
     def ready_seen(self, data: bytes) -> None:
         pids = {int(pid) for pid in data.split()}

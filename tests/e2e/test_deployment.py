@@ -266,6 +266,24 @@ def test_sighup_replaces_the_workers_without_refusing_a_request(deployment, serv
     assert deployment.wait_for_rows(USAGE_SQL, (chunks[0].id,)) == [("success", "", 200, 80)]
 
 
+def test_a_reload_whose_new_worker_dies_keeps_the_old_workers(deployment, serve):
+    server = serve("--workers", "1", "--grace", "10")
+    [old] = server.workers()
+    server.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(server.workers()) < 2:
+        time.sleep(0.05)
+    [new] = set(server.workers()) - {old}
+    os.kill(new, signal.SIGKILL)  # as if the new code failed at start-up
+    while time.monotonic() < deadline and "reload failed" not in server.log():
+        time.sleep(0.05)
+    assert "reload failed" in server.log()
+    assert server.workers() == [old]
+    answer = _openai(server, deployment).chat.completions.create(model="gpt-4o-mini", messages=_prompt(""))
+    assert answer.choices[0].message.content
+    assert server.workers() == [old]  # not drained, not replaced
+
+
 # --- graceful shutdown --------------------------------------------------------------------------------
 
 
