@@ -212,6 +212,7 @@ def test_no_secret_in_logs_errors_admin_exports_metrics_or_audit(gateway, strict
         middle = secret[12:28]
         assert not [where for where, text in surfaces.items() if middle in text], f"part of the {name} leaks"
     assert len(surfaces) > 25
+    print(f"secrets: {len(secrets)} secrets, {len(surfaces)} surfaces, {sum(map(len, surfaces.values()))} characters scanned")
 
 
 # --- production admin -------------------------------------------------------------------------------
@@ -275,3 +276,21 @@ def test_production_admin_has_secure_session_and_csrf(tmp_path):
         if process is not None:
             stop_process(process)
         database_drop(name)
+
+
+def test_rotation_without_the_old_key_changes_nothing_and_says_why(gateway, settings):
+    from cryptography.fernet import Fernet
+    from django.core.management.base import CommandError
+
+    from providers import crypto
+    from providers.models import ProviderKey
+
+    before = dict(ProviderKey.objects.values_list("pk", "encrypted_secret"))
+    settings.GATEWAY_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]  # the old key forgotten
+    crypto.reset()
+    try:
+        with pytest.raises(CommandError, match="Keep the old key in the list"):
+            call_command("rotate_provider_keys", stdout=io.StringIO())
+    finally:
+        crypto.reset()
+    assert dict(ProviderKey.objects.values_list("pk", "encrypted_secret")) == before

@@ -140,6 +140,7 @@ def test_rotation_keeps_a_running_gateway_serving(tmp_path):
         failed = [entry for entry in traffic.statuses if entry[1] != 200]
         assert not failed, f"{len(failed)} of {len(traffic.statuses)} requests failed during rotation: {failed[:5]}"
         assert len(traffic.statuses) >= 28
+        print(f"rotation: {len(traffic.statuses)} requests, {len(traffic.statuses) - len(failed)} answered 200")
 
         # A replica left behind with only the old key: a clear error and a log line, never a 500.
         straggler, url_old = gateway_start(env_old, tmp_path / "straggler.log")
@@ -149,6 +150,7 @@ def test_rotation_keeps_a_running_gateway_serving(tmp_path):
                             timeout=10)
         assert 400 <= answer.status_code < 500 or answer.status_code in (502, 503), answer.text
         assert answer.json()["error"]["message"]
+        print(f"straggler: {answer.status_code} {answer.json()['error']}")
         log = (tmp_path / "straggler.log").read_text()
         assert "cannot be decrypted" in log and rotated not in log and PROVIDER_SECRET not in log
         for path in ("g1.log", "g2.log", "g3.log"):
