@@ -9,6 +9,8 @@ from decimal import Decimal
 
 from asgiref.sync import sync_to_async
 
+from django.db import InterfaceError, OperationalError, close_old_connections
+
 from accounting import tokens
 from accounting.pricing import cost_compute
 from accounting.quotas import rate_limit_settle
@@ -23,6 +25,8 @@ from routing.call import Call
 logger = logging.getLogger(__name__)
 
 _background: set[asyncio.Task] = set()
+# How long a record write is retried while the database is unreachable (docs/reliability.md).
+RECORD_RETRY_SECONDS = 60.0
 
 
 def prompt_estimate(call: Call) -> int:
@@ -71,21 +75,44 @@ async def record(
         attempts=call.log.attempts, prompt=(fields.get("content") or {}).get("messages"),
     ))
     guard_write = guardrail_events_start(call)  # started first: a client leaving cannot cancel it
-    task = asyncio.ensure_future(
-        sync_to_async(usage_record_commit)(
-            fields=fields, budgets=call.budgets, reservation=call.reservation, on_alert=_alert_enqueue
-        )
-    )
+    first_try = asyncio.Event()
+    task = asyncio.ensure_future(_record_commit(call, fields, first_try))
     _background.add(task)
     task.add_done_callback(_record_done)
-    try:
-        await asyncio.shield(task)
-    except Exception:  # logged by _record_done; the client still gets its answer
-        pass
+    # Normally the record is written when this returns; while the database does not answer, the
+    # client gets its answer and the write goes on in the background (`_record_commit`).
+    await first_try.wait()
     await guardrail_events_wait(guard_write)
     if call.charge is not None and call.charge.token_limits:
         actual = fields["prompt_tokens"] + fields["completion_tokens"]
         await rate_limit_settle(charge=call.charge, actual_tokens=actual)
+
+
+async def _record_commit(call: Call, fields: dict, first_try: asyncio.Event) -> None:
+    """Write the record, retried while the database is unreachable (for `RECORD_RETRY_SECONDS`),
+    so a request answered during a short outage still gets its one record and settles its
+    reservation. A write that committed before its connection died is not written twice: the
+    retry fails on the record's unique `request_id`."""
+    delay, deadline = 0.25, time.monotonic() + RECORD_RETRY_SECONDS
+    while True:
+        try:
+            await sync_to_async(_record_commit_once)(call, dict(fields), retry=delay > 0.25)
+            return
+        except (OperationalError, InterfaceError):
+            if time.monotonic() + delay > deadline:
+                raise
+            if delay == 0.25:
+                logger.warning("usage record %s not written (database unavailable); retrying", call.request_id)
+        finally:
+            first_try.set()
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+def _record_commit_once(call: Call, fields: dict, *, retry: bool) -> None:
+    if retry:
+        close_old_connections()  # drop a connection the outage broke
+    usage_record_commit(fields=fields, budgets=call.budgets, reservation=call.reservation, on_alert=_alert_enqueue)
 
 
 def _record_fields(call: Call, *, status: str, completion_text: str) -> dict:

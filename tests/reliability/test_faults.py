@@ -202,6 +202,7 @@ def chaos(tmp_path_factory):
         GATEWAY_REDIS_PREFIX=f"chaos:{name}",
         GATEWAY_CONFIG_CACHE_SECONDS="1",
         GATEWAY_READ_TIMEOUT="2",  # a stalled stream ends within the test's bound
+        GATEWAY_DB_POOL_TIMEOUT="2",  # how long a request waits for a connection in an outage
         GATEWAY_STATIC_ROOT=str(tmp / "static"),
     )
     setup_env = {**env, "DATABASE_URL": direct}  # migrations and config go straight to the database
@@ -461,15 +462,30 @@ def test_postgres_unreachable_gives_clear_503s_and_recovers(chaos):
     since = last_record_id(chaos)
     warm = asyncio.run(load(chaos.server.base_url, chaos.api_key, [{"model": "steady", "stream": False}] * 4))
     assert warm.count("answered") == 4
-    chaos.proxy.cut()
+    jobs = [{"model": m, "stream": s} for m in ("steady", "chaotic") for s in (False, True)] * 3
+
+    async def scenario():
+        # Two slow streams are under way when the database goes: they are answered, and their
+        # records wait for it to come back.
+        headers = {"Authorization": f"Bearer {chaos.api_key}", **HTTPS}
+        async with httpx.AsyncClient(base_url=chaos.server.base_url, headers=headers, timeout=30) as client:
+            started = [asyncio.Event(), asyncio.Event()]
+            in_flight = [asyncio.create_task(_slow_stream(client, event)) for event in started]
+            for event in started:
+                await asyncio.wait_for(event.wait(), 20)
+            chaos.proxy.cut()
+            began = time.monotonic()
+            cut = await load(chaos.server.base_url, chaos.api_key, jobs, concurrency=4)
+            return cut, time.monotonic() - began, await asyncio.gather(*in_flight)
+
     try:
-        started = time.monotonic()
-        jobs = [{"model": m, "stream": s} for m in ("steady", "chaotic") for s in (False, True)] * 3
-        cut = asyncio.run(load(chaos.server.base_url, chaos.api_key, jobs, concurrency=4))
-        cut_seconds = time.monotonic() - started
+        cut, cut_seconds, streamed = asyncio.run(scenario())
+        time.sleep(1)  # the outage lasts past the streams' end: their first record writes fail
     finally:
         chaos.proxy.restore()
-    print("\npostgres cut:", json.dumps(cut.summary()), f"in {cut_seconds:.1f}s")
+    print("\npostgres cut:", json.dumps(cut.summary()), f"in {cut_seconds:.1f}s;",
+          "streams in flight:", [o.kind for o in streamed])
+    assert [o.kind for o in streamed] == ["answered", "answered"]
     assert all(o.kind == "clear_error" and o.status == 503 and o.detail == "database_unavailable"
                for o in cut.outcomes), cut.outcomes[:5]
     assert cut_seconds < 30
@@ -484,10 +500,33 @@ def test_postgres_unreachable_gives_clear_503s_and_recovers(chaos):
     after = asyncio.run(load(chaos.server.base_url, chaos.api_key, jobs, concurrency=4))
     print("after restore:", json.dumps(after.summary()), f"first answer {recovery_seconds:.1f}s after restore")
     assert after.count("answered") == len(jobs)
+    # The streams answered during the outage get their one record once the database is back.
+    for outcome in streamed:
+        wait_for(lambda: chaos.query(
+            "SELECT 1 FROM accounting_usagerecord WHERE response_id = %s", (outcome.response_id,)
+        ), what="the record of a stream answered during the outage", timeout=20)
     # No half-written state: the refused requests left no record and held no money.
-    rows = chaos.query("SELECT status FROM accounting_usagerecord WHERE id > %s", (since,))
-    assert Counter(status for status, in rows)["success"] == len(rows) >= 4 + 1 + len(jobs)
+    rows = chaos.query("SELECT response_id, status FROM accounting_usagerecord WHERE id > %s", (since,))
+    assert Counter(status for _, status in rows)["success"] == len(rows) == 4 + 2 + 1 + len(jobs)
+    assert all(Counter(r for r, _ in rows)[o.response_id] == 1 for o in streamed)
     print("money:", money_settled(chaos))
+
+
+async def _slow_stream(client: httpx.AsyncClient, started: asyncio.Event) -> Outcome:
+    body = {
+        "model": "steady", "stream": True,
+        "messages": [{"role": "user", "content": f"[[fake chunks=12 chunk_delay_ms=100]] {uuid.uuid4().hex}"}],
+    }
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        lines = response.aiter_lines()
+        async for line in lines:
+            if line.startswith("data: "):
+                started.set()
+                break
+        rest = [line async for line in lines if line.startswith("data: ")]
+    first = json.loads(line[6:])
+    complete = rest and rest[-1] == "data: [DONE]" and not any('"error"' in event for event in rest)
+    return Outcome("answered" if complete else "clear_error", 200, response_id=first["id"])
 
 
 # --- a gateway worker killed mid-stream -----------------------------------------------------------------------
