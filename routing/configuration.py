@@ -80,7 +80,9 @@ def _group_upsert(item: dict, *, name: str, where: str) -> RouteGroup:
             "retries": retries,
             "attempt_timeout_seconds": optional_seconds(item, "attempt_timeout_seconds", where),
             "total_timeout_seconds": optional_seconds(item, "total_timeout_seconds", where) or 120.0,
-            "breaker_failure_threshold": optional_int(breaker, "failure_threshold", f"{where}.breaker"),
+            "breaker_failure_threshold": optional_int(
+                breaker, "failure_threshold", f"{where}.breaker", maximum=32767  # PositiveSmallIntegerField
+            ),
             "breaker_cooldown_seconds": optional_seconds(breaker, "cooldown_seconds", f"{where}.breaker"),
         },
     )

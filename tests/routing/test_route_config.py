@@ -210,11 +210,12 @@ def bad_route(**changes) -> dict:
         (bad_route(deployments=[]), "routes[0].deployments must list at least one deployment"),
         (bad_route(deployments=None), "routes[0].deployments must list at least one deployment"),
         (bad_route(model=None), "routes[0].model is required"),
+        (bad_route(breaker={"failure_threshold": 100000}), "routes[0].breaker.failure_threshold must be at most 32767"),
     ],
     ids=[
         "unknown-strategy", "unknown-provider", "unknown-model", "unknown-provider-key",
         "unknown-tenant", "unknown-match-key", "unknown-route-key", "unknown-deployment-key",
-        "empty-deployments", "missing-deployments", "missing-model",
+        "empty-deployments", "missing-deployments", "missing-model", "breaker-threshold-too-large",
     ],
 )
 def test_a_bad_route_is_a_clear_command_error_and_writes_nothing(catalogue, tmp_path, route, message):
