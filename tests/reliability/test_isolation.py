@@ -28,7 +28,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
-from django.test import AsyncClient, Client
+from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -520,3 +520,20 @@ async def test_websocket_member_session_sees_only_its_tenant(world):
     refused = await _until(socket, "chat.done", "m1")
     assert refused["type"] == "error" and B_SLUG not in json.dumps(refused)
     await socket.disconnect()
+
+
+def test_the_comparisons_catch_a_difference_and_a_leak():
+    """The sweep's own checks can fail: a distinguishable answer, and an answer carrying B's data."""
+    from django.http import HttpResponse
+
+    world = World(**{name: 0 for name in World.__dataclass_fields__})
+    world.b_raw_key, world.b_key_prefix, world.b_response_id, world.b_guardrail_response_id = "k", "p", "r", "g"
+    hidden = HttpResponse('{"error": "No such tenant <probe>."}', status=404)
+    told = HttpResponse('{"error": "Not yours."}', status=404)
+    with pytest.raises(AssertionError, match="told apart"):
+        _assert_same(told, hidden, B_SLUG, MISSING_SLUG, "probe")
+    same = [HttpResponse(f'{{"error": "No tenant {slug}", "request_id": "{uuid.uuid4()}"}}', status=404)
+            for slug in (B_SLUG, MISSING_SLUG)]
+    _assert_same(*same, B_SLUG, MISSING_SLUG, "probe")
+    with pytest.raises(AssertionError, match="B's"):
+        _assert_clean(HttpResponse(f"cost of {B_MODEL}: 1.00"), world, "probe")
