@@ -41,6 +41,7 @@ B_USER = "bravo-end-user-marker"
 B_CONVERSATION = "bravo-conversation-4242"
 B_CORRECTION = "bravo correction marker text"
 B_PROMPT = "bravo prompt marker quince"
+B_METRIC = "bravo-metric-marker"
 MISSING_SLUG = "zzzzz-tenant"  # same length as nothing in particular: the probe is masked anyway
 MISSING_MODEL = "no-such-model-here"
 UUID_RE = re.compile(r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}", re.I)
@@ -62,10 +63,11 @@ class World:
     b_rule_id: int
     b_feedback_id: int
     b_guardrail_response_id: str
+    a_response_id: str = ""
 
     def markers(self) -> list[str]:
         """Strings only B's data holds: none may appear in an answer to A."""
-        return [B_SLUG, B_NAME, B_MODEL, B_TASK, B_USER, B_CONVERSATION, B_CORRECTION, B_PROMPT,
+        return [B_SLUG, B_NAME, B_MODEL, B_METRIC, B_TASK, B_USER, B_CONVERSATION, B_CORRECTION, B_PROMPT,
                 self.b_raw_key, self.b_key_prefix, self.b_response_id, self.b_guardrail_response_id]
 
 
@@ -78,7 +80,7 @@ def world(gateway, settings) -> World:
     from accounting.models import Budget, TenantMembership
     from accounting.rollups import rollup_recent
     from accounting.services import api_key_create, tenant_create
-    from feedback.models import Feedback
+    from feedback.models import Feedback, FeedbackMetric
     from feedback.rollups import feedback_rollup_recent
     from guardrails.models import GuardrailEvent
     from providers.models import ProviderModel
@@ -101,13 +103,13 @@ def world(gateway, settings) -> World:
     TenantMembership.objects.create(user=b_member, tenant=bravo)
     budget = Budget.objects.create(tenant=bravo, amount_usd="5", period="monthly")
 
-    b_auth = {"Authorization": f"Bearer {b_raw}"}
+    b_auth, a_auth = {"Authorization": f"Bearer {b_raw}"}, gateway.auth
     client = Client()
     for auth, content, extra in (
         (b_auth, B_PROMPT, {"user": B_USER, "metadata": {"task": B_TASK, "conversation_id": B_CONVERSATION},
                             "temperature": 0}),
         (b_auth, B_PROMPT, {"model": B_MODEL, "temperature": 0}),
-        (gateway.auth, "alpha prompt", {"temperature": 0}),
+        (a_auth, "alpha prompt", {"temperature": 0}),
     ):
         body = json.loads(_chat_body(content, **extra))
         answer = client.post("/v1/chat/completions", json.dumps(body), content_type="application/json",
@@ -115,6 +117,9 @@ def world(gateway, settings) -> World:
         assert answer.status_code == 200, answer.content
         if auth is b_auth and "user" in body:
             b_response_id = answer.json()["id"]
+        if auth is a_auth:
+            a_response_id = answer.json()["id"]
+    FeedbackMetric.objects.create(tenant=bravo, name=B_METRIC)
     posted = client.post("/v1/feedback", json.dumps({"response_id": b_response_id, "rating": "down",
                                                      "correction": B_CORRECTION}),
                          content_type="application/json", headers=b_auth)
@@ -128,7 +133,7 @@ def world(gateway, settings) -> World:
         a_auth=gateway.auth, b_auth=b_auth, b_raw_key=b_raw, a_member=a_member, b_member=b_member,
         b_tenant_id=bravo.pk, b_key_id=b_key.pk, b_key_prefix=b_key.prefix, b_response_id=b_response_id,
         b_budget_id=budget.pk, b_rule_id=rule.pk, b_feedback_id=Feedback.objects.get().pk,
-        b_guardrail_response_id=guardrail_response_id,
+        b_guardrail_response_id=guardrail_response_id, a_response_id=a_response_id,
     )
 
 
@@ -227,6 +232,7 @@ def _pairs(world: World) -> list[tuple[str, str, str]]:
         ("conversation_id", B_CONVERSATION, "nobody-conversation-99"),
         ("tenant", B_SLUG, MISSING_SLUG),
         ("model", B_MODEL, MISSING_MODEL),
+        ("feedback metric", B_METRIC, "nobody-metric-marker"),
     ]
 
 
@@ -237,6 +243,7 @@ TENANT_API_CALLS = [  # (method, path template, body template or None); {v} is t
     ("POST", "/v1/feedback", {"response_id": "{v}", "rating": "up"}),
     ("POST", "/v1/feedback", {"conversation_id": "{v}", "rating": "up"}),
     ("POST", "/v1/feedback", {"response_id": "{v}", "correction": "overwrite"}),
+    ("POST", "/v1/feedback", {"response_id": "{a}", "metrics": {"{v}": 1}}),
     ("GET", "/v1/cache/stats?tenant={v}", None),
     ("DELETE", "/v1/cache?tenant={v}", None),
     ("GET", "/v1/usage?group_by=model&tenant={v}", None),
@@ -250,10 +257,10 @@ TENANT_API_CALLS = [  # (method, path template, body template or None); {v} is t
 ]
 
 
-def _fill(template, value: str):
+def _fill(template, value: str, own_response_id: str = ""):
     if template is None:
         return None
-    return json.loads(json.dumps(template).replace("{v}", value))
+    return json.loads(json.dumps(template).replace("{v}", value).replace("{a}", own_response_id))
 
 
 def _call(client: Client, method: str, path: str, body, headers: dict):
@@ -268,13 +275,15 @@ def test_tenant_key_never_reads_changes_or_infers_the_other_tenants_data(world):
     for method, path, body in TENANT_API_CALLS:
         for what, theirs, missing in _pairs(world):
             answers = [
-                _call(client, method, path.replace("{v}", value), _fill(body, value), world.a_auth)
+                _call(client, method, path.replace("{v}", value), _fill(body, value, world.a_response_id), world.a_auth)
                 for value in (theirs, missing)
             ]
             label = f"{method} {path} with B's {what}"
             for answer in answers:
                 _assert_clean(answer, world, label, sent=theirs)
             _assert_same(*answers, theirs, missing, label)
+            if what == "feedback metric" and "metrics" in (body or {}):  # reached the metric lookup
+                assert answers[0].json()["error"]["code"] == "unknown_metric", answers[0].content
     feedback = Feedback.objects.get(pk=world.b_feedback_id)
     assert (feedback.rating, feedback.correction) == (-1, B_CORRECTION), "A changed B's feedback"
     assert Feedback.objects.filter(tenant_id=world.b_tenant_id).count() == 1
