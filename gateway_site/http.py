@@ -7,7 +7,7 @@ import logging
 
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, JsonResponse
-from django.views import defaults
+from django.views import csrf, defaults
 
 from gateway_site.errors import DatabaseUnavailable, GatewayError, NotFound, error_response
 
@@ -21,16 +21,16 @@ class MethodNotAllowed(GatewayError):
     error_class = "method_not_allowed"
 
 
-def allow_methods(*methods: str):
-    """Like Django's require_http_methods, but answering in the API's error format."""
+def allow_methods(*methods: str, shape=None):
+    """Like Django's require_http_methods, but answering in the API's error format (`shape(exc)`
+    gives another API's error body, e.g. Anthropic's on /v1/messages)."""
 
     def decorate(view):
         @functools.wraps(view)
         async def wrapper(request: HttpRequest, *args, **kwargs):
             if request.method not in methods:
-                response = error_response(
-                    MethodNotAllowed(f"Method {request.method} is not allowed; use {', '.join(methods)}.")
-                )
+                exc = MethodNotAllowed(f"Method {request.method} is not allowed; use {', '.join(methods)}.")
+                response = JsonResponse(shape(exc), status=exc.status) if shape else error_response(exc)
                 response["Allow"] = ", ".join(methods)
                 return response
             try:
@@ -55,3 +55,18 @@ def server_error(request: HttpRequest):
 
 def api_not_found(request: HttpRequest, exception=None) -> JsonResponse:
     return error_response(NotFound(f"Unknown API route: {request.method} {request.path}"))
+
+
+def csrf_failure(request: HttpRequest, reason: str = ""):
+    """CSRF_FAILURE_VIEW: an unsafe method on an API route without a session's CSRF token (a
+    browser session, or a method no API view takes) gets a 403 in the API's error shape."""
+    if request.path.startswith("/v1/"):
+        return error_response(CsrfFailed(f"CSRF check failed: {reason}. API clients send a bearer key, not a session."))
+    return csrf.csrf_failure(request, reason=reason)
+
+
+class CsrfFailed(GatewayError):
+    status = 403
+    type = "permission_error"
+    code = "csrf_failed"
+    error_class = "permission"

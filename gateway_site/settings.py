@@ -61,6 +61,8 @@ SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="") or _local_secret(
 )
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# A refused CSRF check on an API route answers in the API's error shape, not an HTML page.
+CSRF_FAILURE_VIEW = "gateway_site.http.csrf_failure"
 
 # Comma-separated Fernet keys; the first encrypts, all decrypt (MultiFernet), so a key can be
 # rotated by prepending a new one and running `manage.py rotate_provider_keys`.

@@ -40,7 +40,7 @@ def _error(call: Call, exc: GatewayError) -> HttpResponse:
 
 
 @csrf_exempt
-@allow_methods("POST")
+@allow_methods("POST", shape=anthropic_error)
 async def messages(request: HttpRequest) -> HttpResponse:
     call = Call(endpoint="messages", response_prefix="msg_")
     try:
@@ -80,7 +80,7 @@ async def _sse(events: AsyncIterator[tuple[str, dict]], chunks) -> AsyncIterator
 
 
 @csrf_exempt
-@allow_methods("POST")
+@allow_methods("POST", shape=anthropic_error)
 async def count_tokens(request: HttpRequest) -> HttpResponse:
     """Anthropic's token counting, estimated with the gateway's tokenizer (nothing is billed)."""
     call = Call(endpoint="messages.count_tokens")

@@ -126,7 +126,7 @@ def _message(message: object, where: str) -> None:
     if not isinstance(message, dict):
         raise InvalidRequest(f"'{where}' must be an object.", param=where)
     role = message.get("role")
-    if role not in MESSAGE_ROLES:
+    if not isinstance(role, str) or role not in MESSAGE_ROLES:  # a list or object is unhashable
         raise InvalidRequest(
             f"'{where}.role' must be one of {', '.join(sorted(MESSAGE_ROLES))}.", param=f"{where}.role"
         )
@@ -144,7 +144,7 @@ def _message(message: object, where: str) -> None:
 
 
 def _content_part(part: object, where: str) -> None:
-    if not isinstance(part, dict) or part.get("type") not in CONTENT_PART_TYPES:
+    if not isinstance(part, dict) or not isinstance(part.get("type"), str) or part["type"] not in CONTENT_PART_TYPES:
         raise InvalidRequest(
             f"'{where}' must be an object whose 'type' is one of {', '.join(sorted(CONTENT_PART_TYPES))}.",
             param=where,

@@ -40,10 +40,11 @@ def shaped(fields: set[str]) -> st.SearchStrategy[dict]:
 
 messages = st.lists(
     st.fixed_dictionaries(
-        {"role": st.sampled_from(["user", "assistant", "system", "tool", "robot", 3])},
+        {"role": st.sampled_from(["user", "assistant", "system", "tool", "robot"]) | json_values},
         optional={
             "content": json_values | st.lists(
-                st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", "image", "tool_result"])},
+                st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", "image", "tool_result",
+                                                                "tool_use"]) | json_values},
                                       optional={"text": json_values, "image_url": json_values,
                                                 "source": json_values}),
                 max_size=3,

@@ -160,3 +160,26 @@ def test_a_burst_of_oversized_bodies_keeps_memory_bounded(hostile_stack, client)
     print(f"\nRSS growth after 40 x {4 * MAX_BODY_BYTES // 1024} KiB bodies: {growth} KiB (from {before} KiB)")
     assert growth < 8 * MAX_BODY_BYTES // 1024
     assert hostile_stack.alive()
+
+
+# --- regressions found by the schema fuzz -----------------------------------------------------------
+@pytest.mark.parametrize("message", [{"role": ["user"], "content": "Hi"}, {"role": {}, "content": "Hi"},
+                                     {"role": "user", "content": [{"type": {}, "text": "Hi"}]},
+                                     {"role": "user", "content": [{"type": ["text"], "text": "Hi"}]}])
+def test_a_list_or_object_role_or_part_type_is_a_400(client, message):
+    """`x in set` with an unhashable x raised TypeError: a 500."""
+    assert_openai_error(client.post("/v1/chat/completions", json={**CHAT, "messages": [message]}), 400)
+
+
+def test_a_wrong_method_on_the_anthropic_routes_answers_in_anthropic_shape(client):
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        assert_anthropic_error(client.request("TRACE", path), 405)
+
+
+def test_a_failed_csrf_check_on_an_api_route_answers_json(client):
+    """An unknown /v1/ route is not CSRF-exempt: Django's HTML 403 page was the answer to a PUT
+    carrying a session cookie; now the API's error shape."""
+    client.cookies.set("sessionid", "not-a-session")
+    response = client.put("/v1/providers/%C2%84", json={})
+    assert response.status_code in (403, 404), response.text[:200]
+    assert_openai_error(response, response.status_code)
