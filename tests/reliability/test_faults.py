@@ -370,6 +370,8 @@ UPSTREAM_FAULTS = [
     "status=500", "status=429 retry_after=1", "timeout", "disconnect_after=2", "malformed",
     "stall_after=2", "disconnect_after=0",
 ]
+# Faults that hit before any of the answer: every request to `chaotic` fails over to fake-b.
+BEFORE_THE_ANSWER = ["status=500", "status=429 retry_after=1", "timeout", "malformed", "disconnect_after=0"]
 
 
 def test_upstream_chaos_under_load(chaos):
@@ -392,6 +394,8 @@ def test_upstream_chaos_under_load(chaos):
     gateway_failures = [o for o in figures.outcomes if o.kind == "gateway_5xx"]
     assert not gateway_failures, gateway_failures[:5]
     assert summary["answered"] > 0 and summary["failed_over"] > 0 and summary["clear_error"] > 0
+    for fault in BEFORE_THE_ANSWER:
+        assert by_fault[fault]["answered"] == by_fault[fault]["failed_over"] == 10, (fault, by_fault[fault])
     print("records:", records_check(chaos, figures, since_id=since), "money:", money_settled(chaos))
 
 
@@ -451,6 +455,10 @@ def test_redis_stopped_and_restarted_mid_load(chaos):
     failures = [o for o in figures.outcomes if o.kind != "answered"]
     assert not failures, failures[:5]  # every request answered, before, during and after the outage
     assert phases["during_outage"] >= 40 and phases["after_restart"] >= 40
+    # Each worker noticed (its rate limits, breakers and health went in process) and came back.
+    log = chaos.server.log()
+    for what in ("rate limits", "circuit breakers", "deployment health"):
+        assert f"{what} kept in process until it answers" in log and f"{what} back in Redis" in log, what
     # Back in Redis: the rate limits' buckets (and breakers, health) are written there again.
     keys = wait_for(lambda: _redis_keys(chaos), what="the gateway's state back in Redis", timeout=10)
     print("keys back in redis:", sorted({k.split(':')[2] for k in keys}))
@@ -615,7 +623,9 @@ def test_celery_worker_killed_mid_rollup_then_next_run_equals_an_undisturbed_one
 
     from accounting.rollups import Granularity
 
-    assert last_record_id(chaos) > 0  # the scenarios above left records to roll up
+    # Records to roll up: these, and whatever the scenarios above left.
+    warm = asyncio.run(load(chaos.server.base_url, chaos.api_key, [{"model": "steady", "stream": False}] * 6))
+    assert warm.count("answered") == 6
     queue = f"chaos-rollups-{uuid.uuid4().hex[:8]}"
     broker = chaos.env["CELERY_BROKER_URL"]
     app = Celery("chaos-client", broker=broker)
