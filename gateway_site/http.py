@@ -37,7 +37,8 @@ def allow_methods(*methods: str, shape=None):
                 return await view(request, *args, **kwargs)
             except (OperationalError, InterfaceError):  # the database is unreachable: say so
                 logger.warning("database unavailable for %s %s", request.method, request.path, exc_info=True)
-                response = error_response(DatabaseUnavailable("The gateway's database is unavailable; retry shortly."))
+                exc = DatabaseUnavailable("The gateway's database is unavailable; retry shortly.")
+                response = JsonResponse(shape(exc), status=exc.status) if shape else error_response(exc)
                 response["Retry-After"] = "1"
                 return response
 

@@ -484,10 +484,14 @@ def test_postgres_unreachable_gives_clear_503s_and_recovers(chaos):
             chaos.proxy.cut()
             began = time.monotonic()
             cut = await load(chaos.server.base_url, chaos.api_key, jobs, concurrency=4)
-            return cut, time.monotonic() - began, await asyncio.gather(*in_flight)
+            seconds = time.monotonic() - began
+            anthropic = await client.post("/v1/messages", json={
+                "model": "steady", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}],
+            }, headers={"x-api-key": chaos.api_key, "anthropic-version": "2023-06-01"})
+            return cut, seconds, anthropic, await asyncio.gather(*in_flight)
 
     try:
-        cut, cut_seconds, streamed = asyncio.run(scenario())
+        cut, cut_seconds, anthropic, streamed = asyncio.run(scenario())
         time.sleep(1)  # the outage lasts past the streams' end: their first record writes fail
     finally:
         chaos.proxy.restore()
@@ -497,6 +501,8 @@ def test_postgres_unreachable_gives_clear_503s_and_recovers(chaos):
     assert all(o.kind == "clear_error" and o.status == 503 and o.detail == "database_unavailable"
                for o in cut.outcomes), cut.outcomes[:5]
     assert cut_seconds < 30
+    # The Anthropic-compatible API says the same in Anthropic's error shape.
+    assert anthropic.status_code == 503 and anthropic.json()["type"] == "error", anthropic.text
     # Recovery: the next requests are answered once the database answers again.
     started = time.monotonic()
     wait_for(
