@@ -6,6 +6,8 @@ process's memory stays bounded while it refuses them. Figures go to docs/reliabi
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import httpx
 import pytest
@@ -160,6 +162,35 @@ def test_a_burst_of_oversized_bodies_keeps_memory_bounded(hostile_stack, client)
     print(f"\nRSS growth after 40 x {4 * MAX_BODY_BYTES // 1024} KiB bodies: {growth} KiB (from {before} KiB)")
     assert growth < 8 * MAX_BODY_BYTES // 1024
     assert hostile_stack.alive()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_the_peak_memory_of_one_oversized_body_is_about_its_size(hostile_stack, client, chunked):
+    """daphne reads a whole request body into memory before the application runs, so the gateway
+    cannot refuse earlier than that: the transient peak is about the body's size (a proxy's body
+    limit bounds it in production), and it is all released after the 413."""
+    size = 16 * 1024 * 1024
+    body = b'{"model": "m", "input": "' + b"z" * size + b'"}'
+    content = (body[i:i + 65536] for i in range(0, len(body), 65536)) if chunked else body
+    before = hostile_stack.rss_kib()
+    peak, stop = [before], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], hostile_stack.rss_kib())
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        assert_openai_error(post_raw(client, "/v1/embeddings", content), 413)
+    finally:
+        stop.set()
+        sampler.join()
+    growth = peak[0] - before
+    print(f"\npeak RSS for one {size // 2**20} MiB body ({'chunked' if chunked else 'content-length'}): "
+          f"+{growth // 1024} MiB")
+    assert growth < 3 * size // 1024
 
 
 # --- regressions found by the schema fuzz -----------------------------------------------------------
