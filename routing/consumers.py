@@ -14,10 +14,11 @@ from urllib.parse import urlparse
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 from accounting.auth import ApiKeyContext, api_key_authenticate, bearer_token
 from accounting.members import member_context
-from gateway_site.errors import AuthenticationFailed, GatewayError, InvalidRequest
+from gateway_site.errors import AuthenticationFailed, DatabaseUnavailable, GatewayError, InvalidRequest
 from routing import pipeline
 from routing.call import Call
 
@@ -127,6 +128,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             chunks = await pipeline.chat_parsed(call, body=body, headers={})
         except GatewayError as exc:
             await self._fail(request_id, exc, call=call)
+            return
+        except (OperationalError, InterfaceError):  # the database is unreachable: as the HTTP API says
+            await self._fail(request_id, DatabaseUnavailable("The gateway's database is unavailable; retry shortly."))
             return
         error = await self._relay(request_id, chunks)
         if error is not None:

@@ -31,6 +31,8 @@ import psycopg
 import pytest
 import redis
 
+from websockets.asyncio.client import connect as ws_connect
+
 from tests.conftest import ROOT, free_port, stop_process
 from tests.e2e.conftest import database_create, database_drop, fake_start, manage
 from tests.e2e.test_deployment import HTTPS, Server, production_env
@@ -477,6 +479,9 @@ def test_postgres_unreachable_gives_clear_503s_and_recovers(chaos):
         # records wait for it to come back.
         headers = {"Authorization": f"Bearer {chaos.api_key}", **HTTPS}
         async with httpx.AsyncClient(base_url=chaos.server.base_url, headers=headers, timeout=30) as client:
+            ws_url = chaos.server.base_url.replace("http://", "ws://") + "/v1/ws/chat"
+            socket = await ws_connect(ws_url, additional_headers={"Authorization": f"Bearer {chaos.api_key}", **HTTPS})
+            assert json.loads(await socket.recv())["type"] == "auth.ok"
             started = [asyncio.Event(), asyncio.Event()]
             in_flight = [asyncio.create_task(_slow_stream(client, event)) for event in started]
             for event in started:
@@ -488,10 +493,16 @@ def test_postgres_unreachable_gives_clear_503s_and_recovers(chaos):
             anthropic = await client.post("/v1/messages", json={
                 "model": "steady", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}],
             }, headers={"x-api-key": chaos.api_key, "anthropic-version": "2023-06-01"})
-            return cut, seconds, anthropic, await asyncio.gather(*in_flight)
+            await socket.send(json.dumps({
+                "type": "chat.request", "id": "during-cut", "model": "steady",
+                "messages": [{"role": "user", "content": "hi"}],
+            }))
+            ws_error = json.loads(await asyncio.wait_for(socket.recv(), 20))
+            await socket.close()
+            return cut, seconds, anthropic, ws_error, await asyncio.gather(*in_flight)
 
     try:
-        cut, cut_seconds, anthropic, streamed = asyncio.run(scenario())
+        cut, cut_seconds, anthropic, ws_error, streamed = asyncio.run(scenario())
         time.sleep(1)  # the outage lasts past the streams' end: their first record writes fail
     finally:
         chaos.proxy.restore()
@@ -503,6 +514,9 @@ def test_postgres_unreachable_gives_clear_503s_and_recovers(chaos):
     assert cut_seconds < 30
     # The Anthropic-compatible API says the same in Anthropic's error shape.
     assert anthropic.status_code == 503 and anthropic.json()["type"] == "error", anthropic.text
+    # And the WebSocket API: an error event for the request, in the HTTP API's terms.
+    assert ws_error["type"] == "error" and ws_error["id"] == "during-cut" and ws_error["status"] == 503, ws_error
+    assert ws_error["error"]["code"] == "database_unavailable"
     # Recovery: the next requests are answered once the database answers again.
     started = time.monotonic()
     wait_for(
