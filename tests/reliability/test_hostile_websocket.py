@@ -52,6 +52,9 @@ def assert_still_serving(ws) -> None:
     ' "max_tokens": 1000000000000}',
     '{"type": "chat.request", "id": "b", "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}],'
     ' "temperature": NaN}',
+    '{"type": "chat.request", "id": "c", "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}],'
+    ' "tempreature": 1}',
+    '{"type": "chat.request", "id": "d", "model": "gpt-4o-mini", "messages": [{"role": ["user"], "content": "Hi"}]}',
     '{"type": "warp", "id": ' + "[" * 900 + "]" * 900 + "}",
     '{"type": "chat.request", "x": ' + "[" * 100_000 + "]" * 100_000 + "}",
 ])
