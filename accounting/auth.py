@@ -8,15 +8,15 @@ request. Saving or deleting a key or tenant clears the cache of the process that
 
 from __future__ import annotations
 
-import time
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.conf import settings
 from django.utils import timezone
 
 from accounting.models import TenantApiKey
 from accounting.services import api_key_hash
+from gateway_site.config_cache import ConfigCache
 from gateway_site.errors import AuthenticationFailed, PermissionDenied
 
 _MAX_CACHED_KEYS = 10_000
@@ -37,7 +37,7 @@ class ApiKeyContext:
         return not self.allowed_models or alias in self.allowed_models
 
 
-_cache: dict[str, tuple[float, ApiKeyContext | None]] = {}
+_cache: ConfigCache[ApiKeyContext | None] = ConfigCache("API keys", max_keys=_MAX_CACHED_KEYS)
 
 
 def auth_cache_clear() -> None:
@@ -73,13 +73,11 @@ def model_authorize(*, context: ApiKeyContext, alias: str) -> None:
 
 
 async def _lookup(hashed: str) -> ApiKeyContext | None:
-    now = time.monotonic()
-    cached = _cache.get(hashed)
-    if cached is not None and cached[0] > now:
-        return cached[1]
-    key = (
-        await TenantApiKey.objects.select_related("tenant").filter(hashed_key=hashed).afirst()
-    )
+    return await _cache.get(hashed, functools.partial(_load, hashed))
+
+
+def _load(hashed: str) -> ApiKeyContext | None:
+    key = TenantApiKey.objects.select_related("tenant").filter(hashed_key=hashed).first()
     context = None
     if key is not None:
         context = ApiKeyContext(
@@ -93,8 +91,5 @@ async def _lookup(hashed: str) -> ApiKeyContext | None:
             keep_content=key.tenant.keep_content,
         )
         # Touch last_used_at at most once per cache interval per process, not per request.
-        await TenantApiKey.objects.filter(pk=key.pk).aupdate(last_used_at=timezone.now())
-    if len(_cache) >= _MAX_CACHED_KEYS:
-        _cache.clear()
-    _cache[hashed] = (now + settings.GATEWAY_CONFIG_CACHE_SECONDS, context)
+        TenantApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
     return context

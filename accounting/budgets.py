@@ -14,16 +14,14 @@ Soft budgets are not enforced; every budget raises its alerts once per period pe
 
 from __future__ import annotations
 
-import time
+import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from decimal import Decimal
 
-from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q, Sum
+from django.db.models import F, Q, Sum, Value
 
 from accounting.models import (
     Budget,
@@ -33,6 +31,7 @@ from accounting.models import (
     Period,
     UsageRecord,
 )
+from gateway_site.config_cache import ConfigCache
 from gateway_site.errors import GatewayError
 
 EPOCH = datetime(2000, 1, 1, tzinfo=dt_timezone.utc)
@@ -113,7 +112,7 @@ def period_end(period: str, start: datetime) -> datetime | None:
 
 
 # --- definitions, cached ------------------------------------------------------------------------
-_cache: dict[tuple[int, int], tuple[float, tuple[BudgetLimit, ...]]] = {}
+_cache: ConfigCache[tuple[BudgetLimit, ...]] = ConfigCache("budgets")
 
 
 def budget_cache_clear() -> None:
@@ -121,14 +120,7 @@ def budget_cache_clear() -> None:
 
 
 async def budgets_for(*, tenant_id: int, key_id: int) -> tuple[BudgetLimit, ...]:
-    cached = _cache.get((tenant_id, key_id))
-    if cached is not None and cached[0] > time.monotonic():
-        return cached[1]
-    limits = await sync_to_async(_budgets_load)(tenant_id, key_id)
-    if len(_cache) > 10_000:
-        _cache.clear()
-    _cache[(tenant_id, key_id)] = (time.monotonic() + settings.GATEWAY_CONFIG_CACHE_SECONDS, limits)
-    return limits
+    return await _cache.get((tenant_id, key_id), functools.partial(_budgets_load, tenant_id, key_id))
 
 
 def _budgets_load(tenant_id: int, key_id: int) -> tuple[BudgetLimit, ...]:
@@ -149,15 +141,32 @@ def _budgets_load(tenant_id: int, key_id: int) -> tuple[BudgetLimit, ...]:
 
 
 # --- reserve and settle ---------------------------------------------------------------------------
-def _periods_locked(budgets: tuple[BudgetLimit, ...], now: datetime) -> list[BudgetPeriod]:
-    """The budgets' current period rows, created if new, locked in id order (no deadlocks)."""
-    ids = []
-    for budget in budgets:
-        period, _ = BudgetPeriod.objects.get_or_create(
-            budget_id=budget.budget_id, period_start=period_start(budget.period, now)
-        )
-        ids.append(period.pk)
-    return list(BudgetPeriod.objects.select_for_update().filter(pk__in=ids).order_by("pk"))
+# A period row is where concurrent requests of a tenant meet, so its row lock is held as briefly
+# as possible: each change is one conditional UPDATE (the check and the change in one statement,
+# in period-id order so that two requests never wait on each other crosswise), issued last in
+# its transaction. The ids of current period rows are kept in process; a row is created once
+# per period.
+_period_ids: dict[tuple[int, datetime], int] = {}
+_MAX_PERIOD_IDS = 10_000
+
+
+def _period_id(budget: BudgetLimit, now: datetime, *, fresh: bool = False) -> int:
+    key = (budget.budget_id, period_start(budget.period, now))
+    if fresh or key not in _period_ids:
+        if len(_period_ids) >= _MAX_PERIOD_IDS:
+            _period_ids.clear()
+        period, _ = BudgetPeriod.objects.get_or_create(budget_id=budget.budget_id, period_start=key[1])
+        _period_ids[key] = period.pk
+    return _period_ids[key]
+
+
+def _hold(budget: BudgetLimit, period_id: int, estimate: Decimal) -> bool:
+    """Add `estimate` to the period's reserved amount if spent + reserved + estimate fits."""
+    return bool(
+        BudgetPeriod.objects.filter(
+            pk=period_id, spent_usd__lte=Value(budget.amount_usd - estimate) - F("reserved_usd")
+        ).update(reserved_usd=F("reserved_usd") + estimate)
+    )
 
 
 @transaction.atomic
@@ -169,22 +178,26 @@ def budget_reserve(
     if not hard:
         return None
     now = now or _now()
-    periods = _periods_locked(hard, now)
-    by_budget = {period.budget_id: period for period in periods}
-    for budget in hard:
-        period = by_budget[budget.budget_id]
-        committed = period.spent_usd + period.reserved_usd
-        if committed + estimate > budget.amount_usd:
-            raise BudgetExceeded(
-                budget=budget, spent=committed, resets_at=period_end(budget.period, period.period_start)
-            )
-    BudgetPeriod.objects.filter(pk__in=[p.pk for p in periods]).update(
-        reserved_usd=F("reserved_usd") + estimate
+    ids = {budget.budget_id: _period_id(budget, now) for budget in hard}
+    BudgetReservation.objects.bulk_create(  # before any row lock is taken
+        BudgetReservation(budget_period_id=period_id, request_id=request_id, amount_usd=estimate)
+        for period_id in ids.values()
     )
-    BudgetReservation.objects.bulk_create(
-        BudgetReservation(budget_period=period, request_id=request_id, amount_usd=estimate) for period in periods
-    )
-    return Reservation(request_id=request_id, amount=estimate, period_ids=tuple(p.pk for p in periods))
+    for budget in sorted(hard, key=lambda b: ids[b.budget_id]):
+        if _hold(budget, ids[budget.budget_id], estimate):
+            continue
+        period = BudgetPeriod.objects.filter(pk=ids[budget.budget_id]).first()
+        if period is None:  # the cached row was deleted: find or create the period's row again
+            ids[budget.budget_id] = _period_id(budget, now, fresh=True)
+            BudgetReservation.objects.filter(request_id=request_id).update(budget_period_id=ids[budget.budget_id])
+            if _hold(budget, ids[budget.budget_id], estimate):
+                continue
+            period = BudgetPeriod.objects.get(pk=ids[budget.budget_id])
+        raise BudgetExceeded(  # the transaction's rollback takes back the other holds
+            budget=budget, spent=period.spent_usd + period.reserved_usd,
+            resets_at=period_end(budget.period, period.period_start),
+        )
+    return Reservation(request_id=request_id, amount=estimate, period_ids=tuple(sorted(ids.values())))
 
 
 def budget_settle(
@@ -192,29 +205,46 @@ def budget_settle(
 ) -> list[int]:
     """Release the reservation and add the real cost; returns ids of alerts newly raised.
 
-    Runs inside the caller's transaction (the one writing the UsageRecord).
+    Runs inside the caller's transaction (the one writing the UsageRecord), as its last writes:
+    one UPDATE per period row, releasing and spending at once.
     """
+    release: dict[int, Decimal] = {}
     if reservation is not None:
         released = BudgetReservation.objects.filter(
             request_id=reservation.request_id, budget_period_id__in=reservation.period_ids
         ).delete()[0]
         if released:
-            BudgetPeriod.objects.filter(pk__in=reservation.period_ids).update(
-                reserved_usd=F("reserved_usd") - reservation.amount
-            )
-    if not budgets or not cost:
+            release = dict.fromkeys(reservation.period_ids, reservation.amount)
+    spend: dict[int, BudgetLimit] = {}
+    if budgets and cost:
+        spend = {_period_id(budget, now): budget for budget in budgets}
+    for period_id in sorted(set(release) | set(spend)):
+        changes = {}
+        if period_id in release:
+            changes["reserved_usd"] = F("reserved_usd") - release[period_id]
+        if period_id in spend:
+            changes["spent_usd"] = F("spent_usd") + cost
+        if not BudgetPeriod.objects.filter(pk=period_id).update(**changes) and period_id in spend:
+            # The cached row was deleted: spend goes to the period's row, found or created again.
+            budget = spend.pop(period_id)
+            period_id = _period_id(budget, now, fresh=True)
+            BudgetPeriod.objects.filter(pk=period_id).update(spent_usd=F("spent_usd") + cost)
+            spend[period_id] = budget
+    alerting = {period_id: budget for period_id, budget in spend.items() if budget.thresholds}
+    if not alerting:
         return []
-    periods = _periods_locked(budgets, now)
-    BudgetPeriod.objects.filter(pk__in=[p.pk for p in periods]).update(spent_usd=F("spent_usd") + cost)
-    return _alerts_raise(budgets, periods, cost)
+    # Our UPDATE holds these rows until commit, so the spend read back is exactly ours.
+    periods = list(BudgetPeriod.objects.filter(pk__in=list(alerting)).order_by("pk"))
+    return _alerts_raise([alerting[p.pk] for p in periods], periods, cost)
 
 
-def _alerts_raise(budgets: tuple[BudgetLimit, ...], periods: list[BudgetPeriod], cost: Decimal) -> list[int]:
+def _alerts_raise(budgets: list[BudgetLimit], periods: list[BudgetPeriod], cost: Decimal) -> list[int]:
+    """`periods` as read after this request's spend was added (row-locked by it)."""
     by_budget = {period.budget_id: period for period in periods}
     raised = []
     for budget in budgets:
         period = by_budget[budget.budget_id]
-        before, after = period.spent_usd, period.spent_usd + cost  # the lock makes `before` exact
+        before, after = period.spent_usd - cost, period.spent_usd
         for threshold in budget.thresholds:
             line = budget.amount_usd * threshold / 100
             if before < line <= after:

@@ -9,12 +9,10 @@ the real usage is known the token buckets are corrected.
 
 from __future__ import annotations
 
+import functools
 import math
-import time
 from dataclasses import dataclass, field
 
-from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.db.models import Q
 
 from accounting.models import RateLimit
@@ -27,6 +25,7 @@ from accounting.ratelimits import (
     rate_limit_store,
     ratelimit_headers,
 )
+from gateway_site.config_cache import ConfigCache
 from gateway_site.errors import GatewayError
 
 
@@ -67,7 +66,7 @@ class Charge:
     tokens: int = 0
 
 
-_cache: dict[tuple[int, int], tuple[float, tuple[RateLimitRule, ...]]] = {}
+_cache: ConfigCache[tuple[RateLimitRule, ...]] = ConfigCache("rate limits")
 
 
 def quota_cache_clear() -> None:
@@ -75,14 +74,7 @@ def quota_cache_clear() -> None:
 
 
 async def rate_limits_for(*, tenant_id: int, key_id: int) -> tuple[RateLimitRule, ...]:
-    cached = _cache.get((tenant_id, key_id))
-    if cached is not None and cached[0] > time.monotonic():
-        return cached[1]
-    rules = await sync_to_async(_rules_load)(tenant_id, key_id)
-    if len(_cache) > 10_000:
-        _cache.clear()
-    _cache[(tenant_id, key_id)] = (time.monotonic() + settings.GATEWAY_CONFIG_CACHE_SECONDS, rules)
-    return rules
+    return await _cache.get((tenant_id, key_id), functools.partial(_rules_load, tenant_id, key_id))
 
 
 def _rules_load(tenant_id: int, key_id: int) -> tuple[RateLimitRule, ...]:

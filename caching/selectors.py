@@ -6,13 +6,12 @@ deleting one in the admin clears them at once in that process (see `caching.apps
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from caching.models import CacheMode, CachePolicy
+from gateway_site.config_cache import ConfigCache
 
 
 @dataclass(frozen=True)
@@ -28,11 +27,11 @@ class Policy:
 
 
 # (tenant id or None, rule name or "") -> Policy
-_state: dict[str, tuple[float, dict[tuple[int | None, str], Policy]]] = {}
+_policies: ConfigCache[dict[tuple[int | None, str], Policy]] = ConfigCache("cache policies")
 
 
 def cache_policies_clear() -> None:
-    _state.clear()
+    _policies.clear()
 
 
 def cache_policies_build() -> dict[tuple[int | None, str], Policy]:
@@ -49,11 +48,7 @@ def cache_policies_build() -> dict[tuple[int | None, str], Policy]:
 
 async def cache_policy_for(*, tenant_id: int, rule: str) -> Policy:
     """The most specific policy: tenant and rule, rule, tenant, global, else the default."""
-    cached = _state.get("policies")
-    if cached is None or cached[0] <= time.monotonic():
-        policies = await sync_to_async(cache_policies_build)()
-        cached = _state["policies"] = (time.monotonic() + settings.GATEWAY_CONFIG_CACHE_SECONDS, policies)
-    policies = cached[1]
+    policies = await _policies.get("policies", cache_policies_build)
     scopes = ((tenant_id, rule), (None, rule), (tenant_id, ""), (None, "")) if rule else (
         (tenant_id, ""), (None, ""))
     for scope in scopes:

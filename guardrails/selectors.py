@@ -8,12 +8,9 @@ process that made it (see `guardrails.apps`), other processes see it within the 
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 
-from asgiref.sync import sync_to_async
-from django.conf import settings
-
+from gateway_site.config_cache import ConfigCache
 from guardrails.models import Action, Direction, GuardrailPolicy
 
 SEVERITY = {Action.FLAG: 0, Action.REDACT: 1, Action.BLOCK: 2}
@@ -65,21 +62,16 @@ class GuardrailTable:
         return self.by_tenant.get(tenant_id, self.default)
 
 
-_state: dict[str, tuple[float, GuardrailTable]] = {}
+_tables: ConfigCache[GuardrailTable] = ConfigCache("guardrail rules")
 
 
 def guardrail_table_clear() -> None:
-    _state.clear()
+    _tables.clear()
 
 
 async def guardrail_rules_get(*, tenant_id: int) -> RuleSet:
     """The rules that apply to a tenant: no database query while the cached table is fresh."""
-    cached = _state.get("table")
-    if cached is None or cached[0] <= time.monotonic():
-        table = await sync_to_async(guardrail_table_build)()
-        cached = (time.monotonic() + settings.GATEWAY_CONFIG_CACHE_SECONDS, table)
-        _state["table"] = cached
-    return cached[1].for_tenant(tenant_id)
+    return (await _tables.get("table", guardrail_table_build)).for_tenant(tenant_id)
 
 
 def guardrail_table_build() -> GuardrailTable:

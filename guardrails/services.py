@@ -6,8 +6,7 @@ import asyncio
 import logging
 import uuid
 
-from asgiref.sync import sync_to_async
-
+from gateway_site.db_executor import db_call
 from guardrails.models import GuardrailEvent
 
 logger = logging.getLogger(__name__)
@@ -29,7 +28,8 @@ def guardrail_events_start(call) -> asyncio.Task | None:
     if not call.guard_events:
         return None
     events, call.guard_events = call.guard_events, []
-    task = asyncio.ensure_future(sync_to_async(guardrail_events_create)(
+    task = asyncio.ensure_future(db_call(
+        guardrail_events_create,
         tenant_id=call.auth.tenant_id, request_id=call.request_id,
         response_id=call.response_id if call.endpoint != "embeddings" else "", events=events,
     ))

@@ -7,14 +7,13 @@ import logging
 import time
 from decimal import Decimal
 
-from asgiref.sync import sync_to_async
-
 from django.db import InterfaceError, OperationalError, close_old_connections
 
 from accounting import tokens
 from accounting.pricing import cost_compute
 from accounting.quotas import rate_limit_settle
 from accounting.services import usage_record_commit
+from gateway_site.db_executor import db_call
 from gateway_site import metrics
 from gateway_site.errors import GatewayError
 from gateway_site.graceful import cancel_reason, shutdown_status
@@ -96,7 +95,7 @@ async def _record_commit(call: Call, fields: dict, first_try: asyncio.Event) -> 
     delay, deadline = 0.25, time.monotonic() + RECORD_RETRY_SECONDS
     while True:
         try:
-            await sync_to_async(_record_commit_once)(call, dict(fields), retry=delay > 0.25)
+            await db_call(_record_commit_once, call, dict(fields), retry=delay > 0.25)
             return
         except (OperationalError, InterfaceError):
             if time.monotonic() + delay > deadline:

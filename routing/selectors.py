@@ -6,12 +6,9 @@ admin clears it at once in the process that made it (see `routing.apps`).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 
-from asgiref.sync import sync_to_async
-from django.conf import settings
-
+from gateway_site.config_cache import ConfigCache
 from providers.selectors import Catalog, Deployment, catalog_build
 from routing.breakers import BreakerPolicy
 from routing.models import Experiment, RouteGroup, RoutingRule, Strategy
@@ -102,20 +99,15 @@ class RoutingTable:
         return None
 
 
-_state: dict[str, tuple[float, RoutingTable]] = {}
+_tables: ConfigCache[RoutingTable] = ConfigCache("routing table")
 
 
 def routing_table_clear() -> None:
-    _state.clear()
+    _tables.clear()
 
 
 async def routing_table_get() -> RoutingTable:
-    cached = _state.get("table")
-    if cached is not None and cached[0] > time.monotonic():
-        return cached[1]
-    table = await sync_to_async(routing_table_build)()
-    _state["table"] = (time.monotonic() + settings.GATEWAY_CONFIG_CACHE_SECONDS, table)
-    return table
+    return await _tables.get("table", routing_table_build)
 
 
 def routing_table_build() -> RoutingTable:

@@ -112,6 +112,14 @@ def _own_redis_namespace(settings):
 
 
 @pytest.fixture(autouse=True)
+def _database_work_on_the_request_thread(settings):
+    """In process, the hot path's database work runs on the request's thread and connection,
+    inside pytest-django's per-test transaction (gateway_site/db_executor.py); the end-to-end
+    tests' server processes run it on the database threads, as production does."""
+    settings.GATEWAY_DB_THREADS = 0
+
+
+@pytest.fixture(autouse=True)
 async def _close_async_db_connections():
     """Async ORM calls run in asgiref's worker thread; close its connection after each test so the
     test database can be dropped at the end of the session."""
