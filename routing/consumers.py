@@ -24,6 +24,7 @@ from routing.call import Call
 
 MAX_IN_FLIGHT = 8
 CLOSE_UNAUTHENTICATED = 4401
+CLOSE_TRY_AGAIN_LATER = 4503  # as on a worker's shutdown: unavailable here for now, reconnect
 REQUEST_FIELDS_EXCLUDED = {"type", "id"}
 
 
@@ -89,6 +90,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._fail(None, exc)
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
+        except (OperationalError, InterfaceError):
+            await self._database_unavailable()
+            return
         if self.auth is not None:
             await self._send({"type": "auth.ok", "tenant": self.auth.tenant_slug})
 
@@ -99,7 +103,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._fail(message.get("id"), exc)
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
+        except (OperationalError, InterfaceError):
+            await self._database_unavailable()
+            return
         await self._send({"type": "auth.ok", "tenant": self.auth.tenant_slug})
+
+    async def _database_unavailable(self) -> None:
+        """Authentication needs the database and it does not answer: say so, and close with 4503
+        (as a worker's shutdown does), so the client reconnects rather than treating its key as bad."""
+        await self._fail(None, DatabaseUnavailable("The gateway's database is unavailable; retry shortly."))
+        await self.close(code=CLOSE_TRY_AGAIN_LATER)
 
     # --- requests ---------------------------------------------------------------------------------
     async def _chat_start(self, message: dict) -> None:

@@ -22,7 +22,7 @@ import uuid
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from datetime import timezone as dt_timezone
 from pathlib import Path
 
@@ -32,6 +32,7 @@ import pytest
 import redis
 
 from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import ROOT, free_port, stop_process
 from tests.e2e.conftest import database_create, database_drop, fake_start, manage
@@ -472,6 +473,7 @@ def test_postgres_unreachable_gives_clear_503s_and_recovers(chaos):
     since = last_record_id(chaos)
     warm = asyncio.run(load(chaos.server.base_url, chaos.api_key, [{"model": "steady", "stream": False}] * 4))
     assert warm.count("answered") == 4
+    fresh_key = manage(chaos.env, "create_api_key", "acme", "--name", "fresh").strip().splitlines()[-1]
     jobs = [{"model": m, "stream": s} for m in ("steady", "chaotic") for s in (False, True)] * 3
     reads: dict[str, httpx.Response] = {}
 
@@ -500,12 +502,18 @@ def test_postgres_unreachable_gives_clear_503s_and_recovers(chaos):
             }))
             ws_error = json.loads(await asyncio.wait_for(socket.recv(), 20))
             await socket.close()
+            # A socket whose key is not in the auth cache cannot authenticate: told so, closed 4503.
+            fresh = await ws_connect(ws_url, additional_headers={"Authorization": f"Bearer {fresh_key}", **HTTPS})
+            ws_auth = (json.loads(await asyncio.wait_for(fresh.recv(), 20)), None)
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(fresh.recv(), 20)
+            ws_auth = (ws_auth[0], fresh.close_code)
             for path in ("/v1/models", "/v1/usage", "/v1/cache/stats"):  # the tenant API's reads
                 reads[path] = await client.get(path)
-            return cut, seconds, anthropic, ws_error, await asyncio.gather(*in_flight)
+            return cut, seconds, anthropic, (ws_error, ws_auth), await asyncio.gather(*in_flight)
 
     try:
-        cut, cut_seconds, anthropic, ws_error, streamed = asyncio.run(scenario())
+        cut, cut_seconds, anthropic, (ws_error, ws_auth), streamed = asyncio.run(scenario())
         time.sleep(1)  # the outage lasts past the streams' end: their first record writes fail
     finally:
         chaos.proxy.restore()
@@ -520,23 +528,26 @@ def test_postgres_unreachable_gives_clear_503s_and_recovers(chaos):
     # And the WebSocket API: an error event for the request, in the HTTP API's terms.
     assert ws_error["type"] == "error" and ws_error["id"] == "during-cut" and ws_error["status"] == 503, ws_error
     assert ws_error["error"]["code"] == "database_unavailable"
+    assert ws_auth[0]["type"] == "error" and ws_auth[0]["error"]["code"] == "database_unavailable", ws_auth
+    assert ws_auth[1] == 4503
     # Reads answer from what is cached in process, or say the database is unavailable.
     print("tenant API reads while cut:", {path: r.status_code for path, r in reads.items()})
     for path, read in reads.items():
         assert read.status_code == 200 or (
             read.status_code == 503 and read.json()["error"]["code"] == "database_unavailable"
         ), (path, read.status_code, read.text[:300])
-    # Recovery: the next requests are answered once the database answers again.
-    started = time.monotonic()
-    wait_for(
-        lambda: asyncio.run(load(chaos.server.base_url, chaos.api_key, [{"model": "steady", "stream": False}]))
-        .count("answered") == 1,
-        what="the gateway to answer again", timeout=40,  # a connection pool reconnects with a backoff
-    )
-    recovery_seconds = time.monotonic() - started
-    after = asyncio.run(load(chaos.server.base_url, chaos.api_key, jobs, concurrency=4))
-    print("after restore:", json.dumps(after.summary()), f"first answer {recovery_seconds:.1f}s after restore")
-    assert after.count("answered") == len(jobs)
+    # Recovery: within a bound, a whole batch is answered again. Until then (a connection pool
+    # reconnecting, or handing out a connection the cut broke) a request may still get a clear 503.
+    started, recovery = time.monotonic(), Figures()
+
+    def batch_answered():
+        batch = asyncio.run(load(chaos.server.base_url, chaos.api_key, jobs, concurrency=4))
+        recovery.outcomes += batch.outcomes
+        return batch.count("answered") == len(jobs)
+
+    wait_for(batch_answered, what="a whole batch answered after the restore", timeout=40)
+    print("after restore:", json.dumps(recovery.summary()), f"recovered in {time.monotonic() - started:.1f}s")
+    assert all(o.kind == "answered" or o.detail == "database_unavailable" for o in recovery.outcomes)
     # The streams answered during the outage get their one record once the database is back.
     for outcome in streamed:
         wait_for(lambda: chaos.query(
@@ -544,7 +555,7 @@ def test_postgres_unreachable_gives_clear_503s_and_recovers(chaos):
         ), what="the record of a stream answered during the outage", timeout=20)
     # No half-written state: the refused requests left no record and held no money.
     rows = chaos.query("SELECT response_id, status FROM accounting_usagerecord WHERE id > %s", (since,))
-    assert Counter(status for _, status in rows)["success"] == len(rows) == 4 + 2 + 1 + len(jobs)
+    assert Counter(status for _, status in rows)["success"] == len(rows) == 4 + 2 + recovery.count("answered")
     assert all(Counter(r for r, _ in rows)[o.response_id] == 1 for o in streamed)
     print("money:", money_settled(chaos))
 
