@@ -207,8 +207,8 @@ async def _route(call: Call, *, hints, mode: str) -> RoutePlan:
 async def _budget_reserve(call: Call) -> None:
     call.budgets = await budgets_for(tenant_id=call.auth.tenant_id, key_id=call.auth.key_id)
     if any(budget.hard for budget in call.budgets):
-        call.reservation = await db_call(budget_reserve, 
-            budgets=call.budgets, request_id=str(call.request_id), estimate=_max_cost(call)
+        call.reservation = await db_call(
+            budget_reserve, budgets=call.budgets, request_id=str(call.request_id), estimate=_max_cost(call)
         )
 
 
