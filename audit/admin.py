@@ -1,12 +1,15 @@
 from django.contrib import admin
 
 from audit.models import AuditEntry
+from gateway_site.admin import ReadOnlyAdmin
 from audit.services import audit_record, audit_update_action
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin):
+class AuditEntryAdmin(ReadOnlyAdmin):
     """Read-only: the log is written by `audit.services.audit_record` alone."""
+
+    deletable = False
 
     list_display = ["created_at", "actor", "via", "action", "object_type", "object_repr", "changed_fields"]
     list_filter = ["action", "via", "object_type"]
@@ -15,17 +18,6 @@ class AuditEntryAdmin(admin.ModelAdmin):
     list_select_related = ["user"]
     show_full_result_count = False
 
-    def get_readonly_fields(self, request, obj=None):
-        return [field.name for field in self.model._meta.fields]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 class AuditedAdmin(admin.ModelAdmin):

@@ -1,10 +1,11 @@
 from django.contrib import admin
 
 from feedback.models import Feedback, FeedbackMetric, MetricValue
+from gateway_site.admin import ReadOnlyAdmin
 
 
 @admin.register(Feedback)
-class FeedbackAdmin(admin.ModelAdmin):
+class FeedbackAdmin(ReadOnlyAdmin):
     """Read-only: feedback is written by the people who rated a response, not by operators."""
 
     list_display = ["updated_at", "tenant", "source", "rating", "score", "response_id", "short_comment"]
@@ -19,15 +20,6 @@ class FeedbackAdmin(admin.ModelAdmin):
     def short_comment(self, obj: Feedback) -> str:
         return obj.comment[:80]
 
-    def get_readonly_fields(self, request, obj=None):
-        return [field.name for field in self.model._meta.fields]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(FeedbackMetric)
 class FeedbackMetricAdmin(admin.ModelAdmin):
@@ -40,18 +32,9 @@ class FeedbackMetricAdmin(admin.ModelAdmin):
 
 
 @admin.register(MetricValue)
-class MetricValueAdmin(admin.ModelAdmin):
+class MetricValueAdmin(ReadOnlyAdmin):
     list_display = ["updated_at", "tenant", "metric", "value", "source", "usage_record", "conversation_id"]
     list_filter = ["metric__name", "tenant"]
     search_fields = ["conversation_id", "usage_record__response_id"]
     list_select_related = ["tenant", "metric", "usage_record"]
     raw_id_fields = ["usage_record"]
-
-    def get_readonly_fields(self, request, obj=None):
-        return [field.name for field in self.model._meta.fields]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html
 
+from gateway_site.admin import ReadOnlyAdmin
 from guardrails.models import GuardrailEvent, GuardrailPolicy, GuardrailRule
 
 
@@ -26,8 +27,10 @@ class GuardrailPolicyAdmin(admin.ModelAdmin):
 
 
 @admin.register(GuardrailEvent)
-class GuardrailEventAdmin(admin.ModelAdmin):
+class GuardrailEventAdmin(ReadOnlyAdmin):
     """Read-only: events are written by the gateway, one per rule that matched a request."""
+
+    deletable = False
 
     list_display = ["created_at", "tenant", "kind", "action", "direction", "location", "snippet", "usage_record"]
     list_filter = ["tenant", "kind", "action", "direction"]
@@ -41,11 +44,3 @@ class GuardrailEventAdmin(admin.ModelAdmin):
         url = reverse("admin:accounting_usagerecord_changelist") + f"?q={obj.request_id}"
         return format_html('<a href="{}">{}</a>', url, str(obj.request_id)[:8])
 
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
