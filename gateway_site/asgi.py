@@ -4,10 +4,15 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_site.settings")
 
-from django.conf import settings  # noqa: E402
-from django.core.asgi import get_asgi_application  # noqa: E402
+import django  # noqa: E402
 
-http_application = get_asgi_application()
+django.setup(set_prefix=False)  # what django.core.asgi.get_asgi_application does, before its handler
+
+from django.conf import settings  # noqa: E402
+
+from gateway_site.asgi_handler import GatewayASGIHandler  # noqa: E402
+
+http_application = GatewayASGIHandler()
 
 if settings.GATEWAY_SERVE_STATIC:
     from gateway_site.static import StaticFilesApplication  # noqa: E402

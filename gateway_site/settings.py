@@ -152,6 +152,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 GATEWAY_DB_POOL = env.bool("GATEWAY_DB_POOL", default=PRODUCTION)
 if GATEWAY_DB_POOL and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # Django then checks a connection as it leaves the pool (one round trip), so connections broken
+    # by a database restart or a network cut are replaced instead of failing a request.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": 2,
         "max_size": env.int("GATEWAY_DB_POOL_SIZE", default=20),
