@@ -152,7 +152,8 @@ def test_huge_headers_and_query_strings_are_not_a_5xx(client):
 # --- memory ---------------------------------------------------------------------------------------------
 def test_a_burst_of_oversized_bodies_keeps_memory_bounded(hostile_stack, client):
     """40 bodies of 4x the limit (160 MiB in all): the process may hold a few bodies at a time, never
-    the burst. Bound: RSS grows by less than 8 x the limit."""
+    the burst. Bound: RSS grows by less than 16 x the limit (8 MiB, a few bodies' worth of
+    allocator slack; the burst is 160 MiB)."""
     payload = b'{"model": "gpt-4o-mini", "input": "' + b"z" * (4 * MAX_BODY_BYTES) + b'"}'
     post_raw(client, "/v1/embeddings", payload)  # warm up whatever is allocated once
     before = hostile_stack.rss_kib()
@@ -160,7 +161,7 @@ def test_a_burst_of_oversized_bodies_keeps_memory_bounded(hostile_stack, client)
         assert_openai_error(post_raw(client, "/v1/embeddings", payload), 413)
     growth = hostile_stack.rss_kib() - before
     print(f"\nRSS growth after 40 x {4 * MAX_BODY_BYTES // 1024} KiB bodies: {growth} KiB (from {before} KiB)")
-    assert growth < 8 * MAX_BODY_BYTES // 1024
+    assert growth < 16 * MAX_BODY_BYTES // 1024
     assert hostile_stack.alive()
 
 
