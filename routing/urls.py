@@ -3,6 +3,7 @@ from django.urls import path, re_path
 from accounting import api as usage_api
 from accounting.openapi import UsageDoc
 from caching import api as cache_api
+from caching.openapi import CacheClearDoc, CacheStatsDoc
 from feedback import api as feedback_api
 from feedback.openapi import FeedbackDoc
 from gateway_site.http import api_not_found
@@ -18,8 +19,8 @@ urlpatterns = [
     path("messages/count_tokens", documented(anthropic_api.count_tokens, docs.CountTokensDoc),
          name="messages-count-tokens"),
     path("usage", documented(usage_api.usage, UsageDoc), name="usage"),
-    path("cache/stats", cache_api.stats, name="cache-stats"),
-    path("cache", cache_api.clear, name="cache-clear"),
+    path("cache/stats", documented(cache_api.stats, CacheStatsDoc), name="cache-stats"),
+    path("cache", documented(cache_api.clear, CacheClearDoc), name="cache-clear"),
     path("feedback", documented(feedback_api.feedback, FeedbackDoc), name="feedback"),
     re_path(r"^.*$", api_not_found),
 ]
