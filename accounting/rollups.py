@@ -216,16 +216,33 @@ def rollup_rows_compute(*, start: datetime, end: datetime) -> dict[RowKey, dict]
 
 
 # --- writing buckets --------------------------------------------------------------------------------
-def _bucket_lock(granularity: str, start: datetime) -> None:
+def bucket_lock(name: str, granularity: str, start: datetime) -> None:
     """Serialize recomputations of one bucket (beat run, task retry, manual backfill).
 
     On PostgreSQL a transaction-scoped advisory lock; SQLite already serializes writers
     (the settings open transactions IMMEDIATE).
     """
     if connection.vendor == "postgresql":
-        lock_id = zlib.crc32(f"usage-rollup:{granularity}:{start.isoformat()}".encode())
+        lock_id = zlib.crc32(f"{name}:{granularity}:{start.isoformat()}".encode())
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [lock_id])
+
+
+def bucket_rows_replace(*, model, granularity: str, start: datetime, rows: dict[RowKey, dict]) -> int:
+    """Make a bucket's rows of `model` exactly `rows` (keyed by tenant, dimension, value): rows
+    no longer computed are deleted, the others written. Run inside the caller's transaction."""
+    bucket = model.objects.filter(granularity=granularity, bucket_start=start)
+    stale = [
+        pk for pk, *key in bucket.values_list("pk", "tenant_id", "dimension", "value") if tuple(key) not in rows
+    ]
+    if stale:
+        model.objects.filter(pk__in=stale).delete()
+    for (tenant_id, dimension, value), fields in sorted(rows.items()):
+        model.objects.update_or_create(
+            granularity=granularity, bucket_start=start, tenant_id=tenant_id,
+            dimension=dimension, value=value, defaults=fields,
+        )
+    return len(rows)
 
 
 @transaction.atomic
@@ -236,20 +253,9 @@ def rollup_bucket(*, granularity: str, bucket_start: datetime) -> int:
     a late record, a backfill) converges on the same rows instead of adding to them.
     """
     start = bucket_checked(granularity, bucket_start)
-    _bucket_lock(granularity, start)
+    bucket_lock("usage-rollup", granularity, start)
     rows = rollup_rows_compute(start=start, end=bucket_end(granularity=granularity, bucket_start=start))
-    bucket = UsageRollup.objects.filter(granularity=granularity, bucket_start=start)
-    stale = [
-        pk for pk, *key in bucket.values_list("pk", "tenant_id", "dimension", "value") if tuple(key) not in rows
-    ]
-    if stale:
-        UsageRollup.objects.filter(pk__in=stale).delete()
-    for (tenant_id, dimension, value), fields in sorted(rows.items()):
-        UsageRollup.objects.update_or_create(
-            granularity=granularity, bucket_start=start, tenant_id=tenant_id,
-            dimension=dimension, value=value, defaults=fields,
-        )
-    return len(rows)
+    return bucket_rows_replace(model=UsageRollup, granularity=granularity, start=start, rows=rows)
 
 
 # --- finding the buckets to recompute -----------------------------------------------------------------

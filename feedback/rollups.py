@@ -16,21 +16,28 @@ request whose feedback changed since its last run.
 
 from __future__ import annotations
 
-import zlib
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
 from accounting.models import UsageRecord
-from accounting.rollups import STEPS, Granularity, bucket_checked, bucket_end, bucket_floor
+from accounting.rollups import (
+    STEPS,
+    Granularity,
+    RowKey,
+    bucket_checked,
+    bucket_end,
+    bucket_floor,
+    bucket_lock,
+    bucket_rows_replace,
+)
 from feedback.models import Feedback, FeedbackRollup, FeedbackRollupCursor, MetricValue
 
 Dimension = FeedbackRollup.Dimension
-RowKey = tuple[int, str, str]
 CURSOR_NAME = "feedback"
 # Changes are read again for this long after the cursor passed them: a transaction that saved
 # feedback with an earlier `updated_at` may commit after a run read past that time.
@@ -131,21 +138,9 @@ def _metric_values(*, start: datetime, end: datetime) -> Iterator[tuple[dict, st
 def feedback_rollup_bucket(*, granularity: str, bucket_start: datetime) -> int:
     """Recompute every feedback rollup row of one bucket, for every tenant; idempotent."""
     start = bucket_checked(granularity, bucket_start)
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            lock = zlib.crc32(f"feedback-rollup:{granularity}:{start.isoformat()}".encode())
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [lock])
+    bucket_lock("feedback-rollup", granularity, start)
     rows = feedback_rows_compute(start=start, end=bucket_end(granularity=granularity, bucket_start=start))
-    bucket = FeedbackRollup.objects.filter(granularity=granularity, bucket_start=start)
-    stale = [pk for pk, *key in bucket.values_list("pk", "tenant_id", "dimension", "value") if tuple(key) not in rows]
-    if stale:
-        FeedbackRollup.objects.filter(pk__in=stale).delete()
-    for (tenant_id, dimension, value), fields in sorted(rows.items()):
-        FeedbackRollup.objects.update_or_create(
-            granularity=granularity, bucket_start=start, tenant_id=tenant_id, dimension=dimension, value=value,
-            defaults=fields,
-        )
-    return len(rows)
+    return bucket_rows_replace(model=FeedbackRollup, granularity=granularity, start=start, rows=rows)
 
 
 def _changed_request_times(since: datetime | None) -> tuple[list[datetime], datetime | None]:

@@ -5,6 +5,7 @@ operator does it (migrate, import_config, create_tenant, create_api_key)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -162,3 +163,66 @@ def stack(tmp_path_factory):
         for process in processes:
             stop_process(process)
         database_drop(name)
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+)
+
+
+@pytest.fixture
+def browser(request, tmp_path):
+    """Headless Debian Chromium through chromedriver; a module sets `BROWSER_WINDOW = "W,H"`."""
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.fail("Chromium is missing: `make test` installs it (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--window-size={getattr(request.module, 'BROWSER_WINDOW', '1400,1000')}")
+    profile = tmp_path / "chromium-profile"
+    options.add_argument(f"--user-data-dir={profile}")
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    driver.set_script_timeout(15)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def wait_for(condition, *, what: str, timeout: float = 20.0):
+    """Poll `condition` until it returns something truthy (returned); fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def redis_start(port: int) -> subprocess.Popen:
+    """A private redis-server a test may stop and restart (never the machine's shared one)."""
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    wait_for(lambda: _redis_answers(port), what=f"redis-server on {port} to answer")
+    return process
+
+
+def _redis_answers(port: int) -> bool:
+    import redis
+
+    try:
+        return redis.Redis(port=port, socket_timeout=0.5).ping()
+    except redis.exceptions.ConnectionError:
+        return False

@@ -10,7 +10,6 @@ screenshot, and check that a member cannot reach the other tenant's page or expo
 from __future__ import annotations
 
 import base64
-import shutil
 from pathlib import Path
 
 import pytest
@@ -26,13 +25,7 @@ from tests.e2e.conftest import (
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--window-size=1400,1000",
-)
+BROWSER_WINDOW = "1400,1000"  # the `browser` fixture of tests/e2e/conftest.py
 PASSWORDS = {"alice": "alice-dashboard-pw-1", "bob": "bob-dashboard-pw-2", "olga": "olga-operator-pw-3"}
 
 # Run inside `manage.py shell -c` against the deployment's database. Daily rollups for the last
@@ -122,29 +115,6 @@ def gateway_url(tmp_path_factory):
         if gateway is not None:
             stop_process(gateway)
         database_drop(name)
-
-
-@pytest.fixture
-def browser(tmp_path):
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.fail("Chromium is missing: `make test` installs it (apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    profile = tmp_path / "chromium-profile"
-    options.add_argument(f"--user-data-dir={profile}")
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    driver.set_script_timeout(15)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def _log_in(driver, base_url: str, username: str) -> None:

@@ -5,7 +5,6 @@ fails while a (private) Redis is stopped and recovers when it is back."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 
 import anthropic
@@ -22,6 +21,8 @@ from tests.e2e.conftest import (
     fake_start,
     gateway_start,
     manage,
+    redis_start,
+    wait_for,
 )
 
 pytestmark = pytest.mark.e2e
@@ -182,34 +183,6 @@ def _log_text(path, *, until: str, timeout: float = 10.0) -> str:
         time.sleep(0.05)
 
 
-def redis_start(port: int) -> subprocess.Popen:
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    _wait_for(lambda: _redis_answers(port), what=f"redis on {port} to answer")
-    return process
-
-
-def _redis_answers(port: int) -> bool:
-    import redis
-
-    try:
-        return redis.Redis(port=port, socket_timeout=0.5).ping()
-    except redis.exceptions.ConnectionError:
-        return False
-
-
-def _wait_for(condition, *, what: str, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _ready(url: str) -> httpx.Response:
     return httpx.get(f"{url}/ready", timeout=10)
 
@@ -227,13 +200,13 @@ def test_ready_fails_while_redis_is_stopped_and_recovers(workers, tmp_path):
         assert first.status_code == 200, first.text
         assert first.json()["checks"]["redis"]["status"] == "ok"
         stop_process(redis_process)
-        down = _wait_for(lambda: (r := _ready(url)).status_code == 503 and r, what="/ready to fail")
+        down = wait_for(lambda: (r := _ready(url)).status_code == 503 and r, what="/ready to fail")
         checks = down.json()["checks"]
         assert checks["redis"]["status"] == "error" and checks["celery_broker"]["status"] == "error"
         assert checks["database"]["status"] == checks["migrations"]["status"] == "ok"
         assert httpx.get(f"{url}/health", timeout=5).status_code == 200  # alive, not ready
         redis_process = redis_start(port)
-        back = _wait_for(lambda: (r := _ready(url)).status_code == 200 and r, what="/ready to recover")
+        back = wait_for(lambda: (r := _ready(url)).status_code == 200 and r, what="/ready to recover")
         assert back.json()["status"] == "ok"
     finally:
         stop_process(gateway)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import itertools
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -35,13 +34,7 @@ from tests.e2e.conftest import (
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--window-size=1280,900",
-)
+BROWSER_WINDOW = "1280,900"  # the `browser` fixture of tests/e2e/conftest.py
 PASSWORD = "alice-playground-pw-1"
 SEED = f"""
 from django.contrib.auth import get_user_model
@@ -85,29 +78,6 @@ def deployment(tmp_path_factory):
         for process in processes:
             stop_process(process)
         database_drop(name)
-
-
-@pytest.fixture
-def browser(tmp_path):
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.fail("Chromium is missing: `make test` installs it (apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    profile = tmp_path / "chromium-profile"
-    options.add_argument(f"--user-data-dir={profile}")
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    driver.set_script_timeout(15)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def _open_playground(driver, base_url: str) -> None:

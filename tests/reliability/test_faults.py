@@ -35,7 +35,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import ROOT, free_port, stop_process
-from tests.e2e.conftest import database_create, database_drop, fake_start, manage
+from tests.e2e.conftest import database_create, database_drop, fake_start, manage, redis_start, wait_for
 from tests.e2e.test_deployment import HTTPS, Server, production_env
 
 pytestmark = pytest.mark.e2e
@@ -74,32 +74,6 @@ TENANT_SQL = "(SELECT id FROM accounting_tenant WHERE slug = 'acme')"
 
 
 # --- the pieces of the deployment ----------------------------------------------------------------------
-def redis_start(port: int) -> subprocess.Popen:
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    wait_for(lambda: _redis_answers(port), what=f"redis-server on {port} to answer")
-    return process
-
-
-def _redis_answers(port: int) -> bool:
-    try:
-        return redis.Redis(port=port, socket_timeout=0.5).ping()
-    except redis.exceptions.ConnectionError:
-        return False
-
-
-def wait_for(condition, *, what: str, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 class TcpProxy:
     """A TCP proxy in a thread of its own, between the gateway and PostgreSQL, that can be cut
     (listener closed, every open connection aborted: the database is unreachable) and restored."""
