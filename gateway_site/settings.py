@@ -146,10 +146,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": 20, "transaction_mode": "IMMEDIATE"}
     )
-# PostgreSQL connections from psycopg's pool (GATEWAY_DB_POOL, on in production): the hot path's
-# writes then cost no new connection (gateway_site/db_executor.py). At most GATEWAY_DB_POOL_SIZE
-# connections per process; a request waits up to GATEWAY_DB_POOL_TIMEOUT seconds for one.
-GATEWAY_DB_POOL = env.bool("GATEWAY_DB_POOL", default=PRODUCTION)
+# PostgreSQL connections from psycopg's pool (GATEWAY_DB_POOL, opt-in): the hot path's writes then
+# cost no new connection (gateway_site/db_executor.py). At most GATEWAY_DB_POOL_SIZE connections
+# per process; a request waits up to GATEWAY_DB_POOL_TIMEOUT seconds for one. Off by default: after
+# the database was cut off, a worker's pool could keep answering 503 for longer than the outage
+# (tests/reliability/test_faults.py, about one run in two); without it recovery is immediate.
+GATEWAY_DB_POOL = env.bool("GATEWAY_DB_POOL", default=False)
 if GATEWAY_DB_POOL and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     # Django then checks a connection as it leaves the pool (one round trip), so connections broken
