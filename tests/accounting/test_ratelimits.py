@@ -67,7 +67,10 @@ async def make_redis_store(redis_prefix):
     stores: list[RedisRateLimitStore] = []
 
     def make(**options) -> RedisRateLimitStore:
-        options = {"url": settings.REDIS_URL, "prefix": redis_prefix, **options}
+        # A long connect timeout: these tests are about shared counting, and a loaded CI machine once
+        # took over the default 0.5 s to open 64 connections at once (the store then, rightly,
+        # counted in process).
+        options = {"url": settings.REDIS_URL, "prefix": redis_prefix, "timeout": 5.0, **options}
         stores.append(RedisRateLimitStore(**options))
         return stores[-1]
 

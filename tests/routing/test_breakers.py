@@ -63,7 +63,8 @@ async def make_redis_store(redis_prefix, clock):
     stores: list[RedisBreakerStore] = []
 
     def make(**options) -> RedisBreakerStore:
-        options = {"url": settings.REDIS_URL, "prefix": redis_prefix, "clock": clock, **options}
+        options = {"url": settings.REDIS_URL, "prefix": redis_prefix, "clock": clock, "timeout": 5.0,
+                   **options}
         stores.append(RedisBreakerStore(**options))
         return stores[-1]
 
@@ -78,7 +79,8 @@ async def store(request, clock):
         yield LocalBreakerStore(clock=clock)
         return
     prefix = request.getfixturevalue("redis_prefix")
-    store = RedisBreakerStore(url=settings.REDIS_URL, prefix=prefix, clock=clock)
+    # A long connect timeout: a loaded machine must not send a concurrency test to the fallback.
+    store = RedisBreakerStore(url=settings.REDIS_URL, prefix=prefix, clock=clock, timeout=5.0)
     yield store
     await store.aclose()
     assert store.fallback.local_calls == 0, "the Redis store answered from its fallback"
