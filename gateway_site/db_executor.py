@@ -1,25 +1,38 @@
-"""Database work of the hot path, on a small pool of long-lived threads.
+"""Database work of the hot path, on a small pool of long-lived threads with long-lived connections.
 
 `sync_to_async` (thread-sensitive, the default) runs a request's sync calls on a thread that
 Django's ASGI handler starts for that request: a new thread per request, and a new database
 connection per request, opened on that thread and closed when the request ends. The writes of
 the hot path (the budget reservation, the UsageRecord) need neither: they are self-contained
 transactions. `db_call` runs them on `GATEWAY_DB_THREADS` threads that live as long as the
-process, and hands each call's connection back when it ends — to psycopg's pool when one is
-configured (PostgreSQL, `DATABASES[...]["OPTIONS"]["pool"]`), so a call costs no new
-connection; without a pool the connection is closed, as Django would have done.
+process, and each thread keeps its own connection from one call to the next, so a call costs no
+new connection: at most `GATEWAY_DB_THREADS` connections per process.
+
+A kept connection is checked (one `SELECT 1`) before a call when the last call on it failed with
+a database error (an outage cut it: it is replaced at once, on the next call) or when it has been
+idle for `IDLE_CHECK_SECONDS` (a database restart may have cut it since). Under load neither
+happens and a call is just its own queries.
+
+With psycopg's pool configured instead (`GATEWAY_DB_POOL`, `DATABASES[...]["OPTIONS"]["pool"]`),
+each call takes a pooled connection and hands it back when it ends.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections
 
+# A connection unused for this long is checked before it is used again.
+IDLE_CHECK_SECONDS = 1.0
+
 _executor: ThreadPoolExecutor | None = None
+_thread = threading.local()  # `last_used`: when this thread's connections last finished a call
 
 
 def _executor_get() -> ThreadPoolExecutor:
@@ -29,12 +42,34 @@ def _executor_get() -> ThreadPoolExecutor:
     return _executor
 
 
-def _run_and_release(func, args, kwargs):
+def _pooled(connection) -> bool:
+    return bool(connection.settings_dict.get("OPTIONS", {}).get("pool"))
+
+
+def _connections_check(now: float) -> None:
+    """Close this thread's kept connections that may be broken; the next query reconnects."""
+    idle = now - getattr(_thread, "last_used", now) >= IDLE_CHECK_SECONDS
+    for connection in connections.all(initialized_only=True):
+        if connection.connection is None:
+            continue
+        if connection.in_atomic_block or not connection.get_autocommit():
+            connection.close()  # a call left a transaction open: never reuse its state
+        elif connection.errors_occurred or idle:
+            if connection.is_usable():
+                connection.errors_occurred = False
+            else:
+                connection.close()
+
+
+def _run(func, args, kwargs):
+    _connections_check(time.monotonic())
     try:
         return func(*args, **kwargs)
     finally:
+        _thread.last_used = time.monotonic()
         for connection in connections.all(initialized_only=True):
-            connection.close()
+            if _pooled(connection):
+                connection.close()  # back to psycopg's pool
 
 
 async def db_call(func, /, *args, **kwargs):
@@ -46,5 +81,5 @@ async def db_call(func, /, *args, **kwargs):
     """
     if settings.GATEWAY_DB_THREADS <= 0:
         return await sync_to_async(func)(*args, **kwargs)
-    job = functools.partial(_run_and_release, func, args, kwargs)
+    job = functools.partial(_run, func, args, kwargs)
     return await sync_to_async(job, thread_sensitive=False, executor=_executor_get())()

@@ -162,7 +162,8 @@ if GATEWAY_DB_POOL and DATABASES["default"]["ENGINE"] == "django.db.backends.pos
         "max_size": env.int("GATEWAY_DB_POOL_SIZE", default=20),
         "timeout": env.float("GATEWAY_DB_POOL_TIMEOUT", default=10.0),
     }
-# Threads that run the hot path's database writes (budget reservation, UsageRecord).
+# Threads that run the hot path's database writes (budget reservation, UsageRecord), each with a
+# connection it keeps (without GATEWAY_DB_POOL): at most this many connections per process.
 GATEWAY_DB_THREADS = env.int("GATEWAY_DB_THREADS", default=8)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -83,21 +83,3 @@ async def test_zero_seconds_reads_every_time_and_errors_reach_the_caller(setting
     with pytest.raises(RuntimeError):
         await cache.get("x", broken)
     assert "x" not in cache._values and "x" not in cache._loading
-
-
-@pytest.mark.django_db(transaction=True)
-async def test_db_call_runs_on_the_database_threads_and_hands_its_connection_back(settings):
-    from django.db import connection
-
-    from gateway_site.db_executor import db_call
-
-    settings.GATEWAY_DB_THREADS = 2
-
-    def query():
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-            return threading.current_thread().name, cursor.fetchone()[0], connection.connection is not None
-
-    name, one, was_open = await db_call(query)
-    assert name.startswith("gateway-db") and one == 1 and was_open
-    assert await db_call(lambda: connection.connection is None)  # closed (or pooled) after each call
