@@ -19,6 +19,8 @@ each call takes a pooled connection and hands it back when it ends.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
 import threading
 import time
@@ -81,5 +83,8 @@ async def db_call(func, /, *args, **kwargs):
     """
     if settings.GATEWAY_DB_THREADS <= 0:
         return await sync_to_async(func)(*args, **kwargs)
-    job = functools.partial(_run, func, args, kwargs)
-    return await sync_to_async(job, thread_sensitive=False, executor=_executor_get())()
+    # The executor directly rather than through `sync_to_async(thread_sensitive=False)`, whose
+    # bookkeeping (executor choice, context copied back, exception re-raising) the hot path's
+    # self-contained writes do not need: it was about 1 ms of CPU per request.
+    job = functools.partial(contextvars.copy_context().run, _run, func, args, kwargs)
+    return await asyncio.get_running_loop().run_in_executor(_executor_get(), job)
