@@ -128,7 +128,8 @@ def _error_count(result: dict) -> int:
 
 def render(data: dict) -> str:
     lines = [f"# Benchmark {data['started']}", "",
-             f"{data['nproc']} CPUs; each cell {data['duration']:g} s; {data['workers']} workers per server; "
+             f"{data['nproc']} CPUs; each cell {data['duration']:g} s; {data['workers']} workers per server "
+             f"(gateway on {data.get('gateway_server', 'daphne')}); "
              "wrk on the same machine. Load before: `" + data["uptime_before"] + "`; after: `"
              + data.get("uptime_after", "?") + "`.", "",
              "CPU ms/req is the user+system time of every process of that server (supervisor and workers; "

@@ -207,6 +207,8 @@ def main() -> int:
                         help="seconds per cell (default 5)")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per server and mode")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--server", choices=["uvicorn", "daphne"], default="uvicorn",
+                        help="the gateway workers' ASGI server (manage.py serve --server)")
     parser.add_argument("--database-url", default=os.environ.get(
         "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/gateway_bench"),
         help="dropped and created afresh for each run")
@@ -236,7 +238,8 @@ def main() -> int:
         data["servers"]["direct"] = run_server(upstream, duration=args.duration, warmup=args.warmup)
 
         gateway = servers.gateway_start(upstream, database_url=args.database_url, redis_url=args.redis_url,
-                                        workdir=workdir, workers=args.workers)
+                                        workdir=workdir, workers=args.workers, server=args.server)
+        data["gateway_server"] = args.server
         started.append(gateway)
         print(f"gateway on {gateway.base_url} (workers {gateway.workers()})", flush=True)
         result = run_server(gateway, duration=args.duration, warmup=args.warmup)

@@ -225,7 +225,8 @@ def _manage(env: dict, *args: str) -> str:
     return done.stdout
 
 
-def gateway_start(upstream: Server, *, database_url: str, redis_url: str, workdir: Path, workers: int) -> Server:
+def gateway_start(upstream: Server, *, database_url: str, redis_url: str, workdir: Path, workers: int,
+                  server: str = "uvicorn") -> Server:
     database_recreate(database_url)
     env = gateway_env(database_url, redis_url, workdir)
     _manage(env, "migrate", "--noinput")
@@ -236,11 +237,12 @@ def gateway_start(upstream: Server, *, database_url: str, redis_url: str, workdi
     port = free_port()
     log_path = workdir / "gateway.log"
     process = _popen(
-        [sys.executable, "manage.py", "serve", "--workers", str(workers), "--bind", f"127.0.0.1:{port}"],
+        [sys.executable, "manage.py", "serve", "--workers", str(workers), "--bind", f"127.0.0.1:{port}",
+         "--server", server],
         env=env, log_path=log_path,
     )
     server = Server("gateway", f"http://127.0.0.1:{port}/v1", process, key=key, log_path=log_path,
-                    extra={"env": env, "database_url": database_url})
+                    extra={"env": env, "database_url": database_url, "server": server})
     try:
         wait_http(f"http://127.0.0.1:{port}/health", process, timeout=90, log_path=log_path)
         _wait_workers(server, workers)

@@ -24,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import time
 from contextvars import ContextVar
 
 logger = logging.getLogger(__name__)
@@ -217,6 +219,29 @@ class Drain:
 
 
 drain = Drain()
+
+# After the deadline, how long cut requests get to unwind and write their records.
+CUT_SECONDS = 5.0
+
+
+async def worker_drain(*, grace: float, keep: set[asyncio.Task] = frozenset()) -> None:
+    """A worker's SIGTERM, once it has stopped listening: refuse new requests, let in-flight ones
+    run for `grace` seconds, cut what is left, then wait for the tasks requests left behind (usage
+    records still being written) other than `keep` (the server's own). Both ASGI servers' workers
+    (gateway_site/worker.py, gateway_site/uvicorn_worker.py) end this way."""
+    started = time.monotonic()
+    await drain.begin()
+    logger.info("worker %s draining: %d in flight, deadline %ss", os.getpid(), len(drain.flights), grace)
+    if not await drain.wait_idle(grace):
+        logger.warning("worker %s deadline reached: cutting %d in flight", os.getpid(), len(drain.flights))
+        drain.expire()
+        await drain.wait_idle(CUT_SECONDS)
+    others = asyncio.all_tasks() - {asyncio.current_task(), *keep}
+    if others:
+        _, pending = await asyncio.wait(others, timeout=CUT_SECONDS)
+        for task in pending:
+            logger.warning("task still running at exit: %r", task)
+    logger.info("worker %s drained in %.2fs", os.getpid(), time.monotonic() - started)
 
 
 async def _refuse_http(send) -> None:

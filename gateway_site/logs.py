@@ -20,7 +20,7 @@ from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 from gateway_site.request_ids import request_ids_current
 
 SECRET = re.compile(r"(?i)\b(bearer\s+)[^\s\"',]+|\bsk-[A-Za-z0-9_\-]{6,}")
-NOT_LOGGED = ("request", "scope", "headers")
+NOT_LOGGED = ("request", "scope", "headers", "color_message")  # color_message: uvicorn's ANSI copy
 
 
 def redact(text: str) -> str:

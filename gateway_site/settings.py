@@ -309,6 +309,9 @@ GATEWAY_REDIS_PREFIX = env.str("GATEWAY_REDIS_PREFIX", default="gw")
 # On SIGTERM a worker takes no new requests and lets in-flight ones (streams included) run this
 # long; then it cuts what is left, records it as cancelled and exits (docs/deployment.md).
 GATEWAY_SHUTDOWN_GRACE_SECONDS = env.float("GATEWAY_SHUTDOWN_GRACE_SECONDS", default=30.0)
+# How long a uvicorn worker keeps an idle keep-alive connection: longer than the idle timeout of a
+# load balancer in front (60 s for the common ones), so the balancer, not the worker, closes it.
+GATEWAY_KEEP_ALIVE_SECONDS = env.int("GATEWAY_KEEP_ALIVE_SECONDS", default=75)
 # Response cache (docs/cache.md): the TTL of an entry when no cache policy sets one, whether
 # identical concurrent requests share one upstream call, and the semantic index's bound.
 GATEWAY_CACHE_TTL_SECONDS = env.int("GATEWAY_CACHE_TTL_SECONDS", default=3600)

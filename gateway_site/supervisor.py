@@ -1,8 +1,9 @@
-"""The production server: one listening socket, N daphne workers sharing it, kept alive.
+"""The production server: one listening socket, N ASGI workers sharing it, kept alive.
 
-Daphne has no worker pool, so `manage.py serve` (this module) binds the socket once and starts N
-worker processes (`gateway_site/worker.py`) that serve on the inherited file descriptor
-(`--fd`); the kernel hands each new connection to one of them. The supervisor
+`manage.py serve` (this module) binds the socket once and starts N worker processes
+(`gateway_site/uvicorn_worker.py`, or `gateway_site/worker.py` for daphne) that serve on the
+inherited file descriptor (`--fd`); the kernel hands each new connection to one of them. The
+supervisor
 
 - restarts a worker that dies (at once if it had been up a while, with a growing pause if it
   keeps dying at start-up, and gives up after `MAX_QUICK_FAILURES` such deaths in a row);
@@ -56,7 +57,8 @@ def listening_socket(host: str, port: int, *, backlog: int = 2048) -> socket.soc
 
 class Supervisor:
     def __init__(self, *, sock: socket.socket, workers: int, worker_args: list[str], grace: float, env: dict,
-                 on_exit=None):
+                 on_exit=None, worker_module: str = "gateway_site.uvicorn_worker"):
+        self.worker_module = worker_module  # run as `python -m MODULE --fd N *worker_args`
         self.on_exit = on_exit  # called with the pid of each worker that has exited
         self.sock = sock
         self.size = workers
@@ -75,7 +77,7 @@ class Supervisor:
     def spawn(self, slot: int) -> None:
         fd = self.sock.fileno()
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway_site.worker", "--fd", str(fd), *self.worker_args],
+            [sys.executable, "-m", self.worker_module, "--fd", str(fd), *self.worker_args],
             env=self.env,
             pass_fds=(fd, self.ready_write),
         )

@@ -26,7 +26,6 @@ import logging
 import os
 import signal
 import sys
-import time
 
 from daphne.cli import CommandLineInterface  # installs the asyncio reactor: import it first
 from daphne.server import Server
@@ -34,8 +33,6 @@ from twisted.internet import reactor
 
 logger = logging.getLogger("gateway_site.worker")
 
-# After the deadline, how long cut requests get to unwind and write their records.
-CUT_SECONDS = 5.0
 # How often a worker started by the supervisor checks that its supervisor is still alive.
 PARENT_CHECK_SECONDS = 1.0
 
@@ -84,20 +81,11 @@ class GracefulServer(Server):
     async def _drain(self) -> None:
         from django.conf import settings
 
-        from gateway_site.graceful import drain
+        from gateway_site.graceful import worker_drain
 
-        grace = float(settings.GATEWAY_SHUTDOWN_GRACE_SECONDS)
-        started = time.monotonic()
         for port in self.ports:
             port.stopListening()
-        await drain.begin()
-        logger.info("worker %s draining: %d in flight, deadline %ss", os.getpid(), len(drain.flights), grace)
-        if not await drain.wait_idle(grace):
-            logger.warning("worker %s deadline reached: cutting %d in flight", os.getpid(), len(drain.flights))
-            drain.expire()
-            await drain.wait_idle(CUT_SECONDS)
-        await _tasks_settled(CUT_SECONDS)
-        logger.info("worker %s drained in %.2fs", os.getpid(), time.monotonic() - started)
+        await worker_drain(grace=float(settings.GATEWAY_SHUTDOWN_GRACE_SECONDS))
         self.stop()
 
     def kill_all_applications(self):
@@ -112,17 +100,6 @@ def _finished() -> asyncio.Future:
     future = asyncio.get_event_loop().create_future()
     future.set_result(None)
     return future
-
-
-async def _tasks_settled(timeout: float) -> None:
-    """Wait for tasks the finished requests left behind (usage records still being written,
-    WebSocket requests whose consumer has gone), so they are not destroyed with the loop."""
-    others = {task for task in asyncio.all_tasks() if task is not asyncio.current_task()}
-    if not others:
-        return
-    done, pending = await asyncio.wait(others, timeout=timeout)
-    for task in pending:
-        logger.warning("task still running at exit: %r", task)
 
 
 class WorkerCommandLine(CommandLineInterface):
