@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -108,14 +109,21 @@ def database_drop(name: str) -> None:
 
 
 def gateway_start(env: dict, log_path: Path) -> tuple[subprocess.Popen, str]:
-    """The gateway under daphne on a free port, as production runs it; returns (process, base URL)."""
-    port = free_port()
+    """The gateway as one production worker (`gateway_site/uvicorn_worker.py`, what `manage.py
+    serve` starts) on a free port; returns (process, base URL)."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.set_inheritable(True)
+    port = sock.getsockname()[1]
     log = open(log_path, "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "gateway_site.asgi:application"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    log.close()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway_site.uvicorn_worker", "--fd", str(sock.fileno()),
+             "gateway_site.asgi:application"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, pass_fds=(sock.fileno(),),
+        )
+    finally:
+        log.close()
+        sock.close()  # the worker holds the socket now
     try:
         _wait_until_serving(f"http://127.0.0.1:{port}/health", process)
     except RuntimeError:

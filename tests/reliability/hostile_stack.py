@@ -1,6 +1,6 @@
-"""A real gateway for the hostile-input tests: daphne and the fake provider as processes, on a
-database of their own, with a tenant key and a staff token (tests/e2e/conftest.py's deployment,
-plus an operator). `rss_kib` reads the gateway process's resident memory, for the memory bounds."""
+"""A real gateway for the hostile-input tests: one production worker (uvicorn) and the fake provider
+as processes, on a database of their own, with a tenant key and a staff token
+(tests/e2e/conftest.py's deployment, plus an operator). `rss_kib` reads the gateway process's resident memory, for the memory bounds."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tests.e2e.conftest import CONFIG, PROVIDER_SECRETS, database_create, databa
     gateway_start, manage
 
 # Small enough that a body a few times over the limit is quick to send on a busy 2-core machine.
-MAX_BODY_BYTES = 512 * 1024  # under daphne's own WebSocket message limit (1 MiB)
+MAX_BODY_BYTES = 512 * 1024  # under the server's own WebSocket message limit (1 MiB)
 
 
 @dataclass
