@@ -174,8 +174,10 @@ class LocalBreakerStore(BreakerStore):
             self._breakers.pop(key, None)
 
 
-# KEYS[1] the breaker hash; ARGV now, cooldown_seconds, ttl. Returns 1 to let the call through.
+# KEYS[1] the breaker hash; ARGV now, cooldown_seconds, ttl. Returns 1 to let the call through,
+# 2 when there is no hash at all (no failure on record: a success has nothing to reset), 0 not.
 _ALLOW = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 2 end
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == 'closed' then return 1 end
 local now = tonumber(ARGV[1])
@@ -220,6 +222,11 @@ class RedisBreakerStore(BreakerStore):
     `allow` and `record_failure` are one Lua script each; success and reset are a single DEL,
     atomic by itself. `now` is passed into the scripts (not Redis TIME) so one clock rules both
     backends and tests can move it.
+
+    A success costs no round trip when this process's last `allow` for the key found no breaker
+    hash and no failure was recorded here since (the common case: a healthy deployment): there is
+    nothing to delete. A failure another process records in between is then reset by the next
+    success whose `allow` saw it, one request later than with a DEL per success.
     """
 
     def __init__(
@@ -229,6 +236,7 @@ class RedisBreakerStore(BreakerStore):
         self.clock = clock
         self._prefix = prefix
         self._redis = RedisConnections(url, timeout=timeout)
+        self._clean: set[str] = set()  # keys whose last `allow` found no hash, with no failure since
         self.fallback: RedisFallback[LocalBreakerStore] = RedisFallback(
             what="circuit breakers", make_local=lambda: LocalBreakerStore(clock=self.clock),
             retry_after=retry_after,
@@ -241,17 +249,26 @@ class RedisBreakerStore(BreakerStore):
         async def remote() -> bool:
             script = self._redis.async_script(_ALLOW)
             args = [self.clock(), policy.cooldown_seconds, KEY_TTL_SECONDS]
-            return bool(await script(keys=[self._key(key)], args=args))
+            answer = await script(keys=[self._key(key)], args=args)
+            if answer == 2:
+                self._clean.add(key)
+            else:
+                self._clean.discard(key)
+            return bool(answer)
 
         return await self.fallback.run(remote, lambda local: local.allow(key, policy=policy))
 
     async def record_success(self, key: str, *, policy: BreakerPolicy) -> None:
+        if key in self._clean:
+            return
         await self.fallback.run(
             lambda: self._redis.async_client().delete(self._key(key)),
             lambda local: local.record_success(key, policy=policy),
         )
 
     async def record_failure(self, key: str, *, policy: BreakerPolicy) -> None:
+        self._clean.discard(key)
+
         async def remote() -> None:
             script = self._redis.async_script(_RECORD_FAILURE)
             args = [self.clock(), policy.failure_threshold, KEY_TTL_SECONDS]

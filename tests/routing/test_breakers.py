@@ -236,6 +236,38 @@ async def test_two_redis_stores_share_state(make_redis_store, clock):
     assert await one.allow(KEY, policy=POLICY) is True
 
 
+async def test_a_success_after_a_clean_allow_sends_nothing_to_redis(make_redis_store, redis_prefix):
+    store = make_redis_store()
+    assert await store.allow(KEY, policy=POLICY) is True  # no breaker hash: nothing to reset
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        client.hset(f"{redis_prefix}:breaker:{KEY}", "failures", 1)  # a marker the DEL would remove
+        await store.record_success(KEY, policy=POLICY)
+        assert client.exists(f"{redis_prefix}:breaker:{KEY}")  # no DEL was sent
+    finally:
+        client.close()
+
+
+async def test_a_failure_after_a_clean_allow_is_still_reset_by_a_success(make_redis_store):
+    store = make_redis_store()
+    assert await store.allow(KEY, policy=POLICY) is True
+    await fail(store, POLICY.failure_threshold - 1)
+    await store.record_success(KEY, policy=POLICY)  # the failures were recorded here: DEL
+    await store.record_failure(KEY, policy=POLICY)
+    assert await store.allow(KEY, policy=POLICY) is True  # one failure, not the threshold
+
+
+async def test_another_processs_failures_are_reset_by_the_next_success_that_saw_them(make_redis_store):
+    one, two = make_redis_store(), make_redis_store()
+    assert await one.allow(KEY, policy=POLICY) is True  # clean
+    await fail(two, POLICY.failure_threshold - 1)  # in another process, meanwhile
+    await one.record_success(KEY, policy=POLICY)  # no round trip: the failures stay
+    assert await one.allow(KEY, policy=POLICY) is True  # sees the hash
+    await one.record_success(KEY, policy=POLICY)  # resets them
+    await two.record_failure(KEY, policy=POLICY)
+    assert await two.allow(KEY, policy=POLICY) is True  # one failure, not the threshold
+
+
 async def test_redis_keys_are_prefixed_and_expire(make_redis_store, redis_prefix):
     store = make_redis_store()
     await store.record_failure(KEY, policy=POLICY)
