@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from decimal import Decimal
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q, Sum, Value
 
 from accounting.models import (
@@ -169,7 +169,6 @@ def _hold(budget: BudgetLimit, period_id: int, estimate: Decimal) -> bool:
     )
 
 
-@transaction.atomic
 def budget_reserve(
     *, budgets: tuple[BudgetLimit, ...], request_id: str, estimate: Decimal, now: datetime | None = None
 ) -> Reservation | None:
@@ -178,6 +177,36 @@ def budget_reserve(
     if not hard:
         return None
     now = now or _now()
+    if len(hard) == 1 and connection.vendor == "postgresql":
+        period_id = _period_id(hard[0], now)
+        if _reserve_in_one_statement(hard[0], period_id, request_id=request_id, estimate=estimate, now=now):
+            return Reservation(request_id=request_id, amount=estimate, period_ids=(period_id,))
+    # Several hard budgets, another database, or a hold that did not fit (the error needs the
+    # figures) or met no row (its period row was deleted): the general path.
+    return _reserve(hard, request_id=request_id, estimate=estimate, now=now)
+
+
+def _reserve_in_one_statement(
+    budget: BudgetLimit, period_id: int, *, request_id: str, estimate: Decimal, now: datetime
+) -> bool:
+    """PostgreSQL, one hard budget (the common case): the conditional hold and its reservation row
+    in one statement, so one round trip in autocommit instead of a four-statement transaction;
+    the period row is locked for that statement only. False if nothing was held."""
+    period_table = BudgetPeriod._meta.db_table
+    reservation_table = BudgetReservation._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH hold AS (UPDATE {period_table} SET reserved_usd = reserved_usd + %s"
+            f" WHERE id = %s AND spent_usd <= %s - reserved_usd RETURNING id)"
+            f" INSERT INTO {reservation_table} (budget_period_id, request_id, amount_usd, created_at)"
+            f" SELECT id, %s, %s, %s FROM hold",
+            [estimate, period_id, budget.amount_usd - estimate, request_id, estimate, now],
+        )
+        return cursor.rowcount == 1
+
+
+@transaction.atomic
+def _reserve(hard: tuple[BudgetLimit, ...], *, request_id: str, estimate: Decimal, now: datetime) -> Reservation:
     ids = {budget.budget_id: _period_id(budget, now) for budget in hard}
     BudgetReservation.objects.bulk_create(  # before any row lock is taken
         BudgetReservation(budget_period_id=period_id, request_id=request_id, amount_usd=estimate)
@@ -208,6 +237,53 @@ def budget_settle(
     Runs inside the caller's transaction (the one writing the UsageRecord), as its last writes:
     one UPDATE per period row, releasing and spending at once.
     """
+    spend = None
+    if reservation is not None and len(reservation.period_ids) == 1 and connection.vendor == "postgresql":
+        spend = _settle_in_one_statement(budgets=budgets, reservation=reservation, cost=cost, now=now)
+    if spend is None:
+        spend = _settle(budgets=budgets, reservation=reservation, cost=cost, now=now)
+    alerting = {period_id: budget for period_id, budget in spend.items() if budget.thresholds}
+    if not alerting:
+        return []
+    # Our UPDATE holds these rows until commit, so the spend read back is exactly ours.
+    periods = list(BudgetPeriod.objects.filter(pk__in=list(alerting)).order_by("pk"))
+    return _alerts_raise([alerting[p.pk] for p in periods], periods, cost)
+
+
+def _settle_in_one_statement(
+    *, budgets: tuple[BudgetLimit, ...], reservation: Reservation, cost: Decimal, now: datetime
+) -> dict[int, BudgetLimit] | None:
+    """PostgreSQL, a reservation on one period row that is also the only one to spend on (one
+    budget, the common case): the release and the spend in one statement instead of a DELETE and
+    an UPDATE. None when the case is another (the general path then settles)."""
+    (period_id,) = reservation.period_ids
+    spend = {_period_id(budget, now): budget for budget in budgets} if budgets and cost else {}
+    if spend and set(spend) != {period_id}:
+        return None
+    period_table = BudgetPeriod._meta.db_table
+    reservation_table = BudgetReservation._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH released AS (DELETE FROM {reservation_table}"
+            f" WHERE request_id = %s AND budget_period_id = %s RETURNING amount_usd)"
+            f" UPDATE {period_table} SET reserved_usd = reserved_usd"
+            f" - COALESCE((SELECT SUM(amount_usd) FROM released), 0), spent_usd = spent_usd + %s"
+            f" WHERE id = %s",
+            [reservation.request_id, period_id, cost if spend else Decimal("0"), period_id],
+        )
+        if cursor.rowcount or not spend:
+            return spend
+    # The cached row was deleted (with its reservations): spend goes to the period's row again.
+    budget = spend.pop(period_id)
+    period_id = _period_id(budget, now, fresh=True)
+    BudgetPeriod.objects.filter(pk=period_id).update(spent_usd=F("spent_usd") + cost)
+    return {period_id: budget}
+
+
+def _settle(
+    *, budgets: tuple[BudgetLimit, ...], reservation: Reservation | None, cost: Decimal, now: datetime
+) -> dict[int, BudgetLimit]:
+    """Release and spend, one UPDATE per period row; returns the rows spent on, by period id."""
     release: dict[int, Decimal] = {}
     if reservation is not None:
         released = BudgetReservation.objects.filter(
@@ -230,12 +306,7 @@ def budget_settle(
             period_id = _period_id(budget, now, fresh=True)
             BudgetPeriod.objects.filter(pk=period_id).update(spent_usd=F("spent_usd") + cost)
             spend[period_id] = budget
-    alerting = {period_id: budget for period_id, budget in spend.items() if budget.thresholds}
-    if not alerting:
-        return []
-    # Our UPDATE holds these rows until commit, so the spend read back is exactly ours.
-    periods = list(BudgetPeriod.objects.filter(pk__in=list(alerting)).order_by("pk"))
-    return _alerts_raise([alerting[p.pk] for p in periods], periods, cost)
+    return spend
 
 
 def _alerts_raise(budgets: list[BudgetLimit], periods: list[BudgetPeriod], cost: Decimal) -> list[int]:

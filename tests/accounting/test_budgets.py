@@ -113,6 +113,47 @@ def test_settlement_releases_the_reservation_and_adds_the_real_cost(tenant):
     assert budget_reserve(budgets=limits(tenant), request_id=str(uuid.uuid4()), estimate=Decimal("0.70"), now=NOW)
 
 
+def test_one_hard_budget_is_reserved_in_one_statement_on_postgresql(tenant, django_assert_num_queries):
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the one-statement reservation is PostgreSQL's")
+    Budget.objects.create(tenant=tenant, amount_usd=Decimal("1.00"), period="monthly", hard=True)
+    budgets = limits(tenant)
+    budget_reserve(budgets=budgets, request_id=str(uuid.uuid4()), estimate=Decimal("0.10"), now=NOW)  # period row
+    request_id = str(uuid.uuid4())
+    with django_assert_num_queries(1):
+        reservation = budget_reserve(budgets=budgets, request_id=request_id, estimate=Decimal("0.60"), now=NOW)
+    period = BudgetPeriod.objects.get()
+    assert reservation.period_ids == (period.pk,) and period.reserved_usd == Decimal("0.70")
+    assert BudgetReservation.objects.get(request_id=request_id).amount_usd == Decimal("0.60")
+    with pytest.raises(BudgetExceeded):  # past the limit: nothing held, the figures in the error
+        budget_reserve(budgets=budgets, request_id=str(uuid.uuid4()), estimate=Decimal("0.31"), now=NOW)
+    assert BudgetPeriod.objects.get().reserved_usd == Decimal("0.70")
+    assert BudgetReservation.objects.count() == 2
+
+
+def test_one_budget_is_settled_in_one_statement_on_postgresql(tenant, django_assert_num_queries):
+    from django.db import connection
+
+    from accounting.budgets import budget_settle
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the one-statement settlement is PostgreSQL's")
+    Budget.objects.create(tenant=tenant, amount_usd=Decimal("1.00"), period="monthly", hard=True)
+    budgets = limits(tenant)
+    reservation = budget_reserve(budgets=budgets, request_id=str(uuid.uuid4()), estimate=Decimal("0.60"), now=NOW)
+    with django_assert_num_queries(1):
+        assert budget_settle(budgets=budgets, reservation=reservation, cost=Decimal("0.25"), now=NOW) == []
+    period = BudgetPeriod.objects.get()
+    assert period.reserved_usd == 0 and period.spent_usd == Decimal("0.25")
+    assert not BudgetReservation.objects.exists()
+    # Settled again (a retried record write): nothing left to release, the spend is the caller's.
+    with django_assert_num_queries(1):
+        budget_settle(budgets=budgets, reservation=reservation, cost=Decimal("0"), now=NOW)
+    assert BudgetPeriod.objects.get().reserved_usd == 0
+
+
 def test_soft_budgets_are_not_enforced_but_tracked(tenant):
     Budget.objects.create(tenant=tenant, amount_usd=Decimal("0.10"), period="daily", hard=False)
     assert budget_reserve(budgets=limits(tenant), request_id=str(uuid.uuid4()), estimate=Decimal("5"), now=NOW) is None
