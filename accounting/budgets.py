@@ -192,17 +192,29 @@ def _reserve_in_one_statement(
     """PostgreSQL, one hard budget (the common case): the conditional hold and its reservation row
     in one statement, so one round trip in autocommit instead of a four-statement transaction;
     the period row is locked for that statement only. False if nothing was held."""
-    period_table = BudgetPeriod._meta.db_table
-    reservation_table = BudgetReservation._meta.db_table
+    return _execute(
+        "WITH hold AS (UPDATE {periods} SET reserved_usd = reserved_usd + %s"
+        " WHERE id = %s AND spent_usd <= %s - reserved_usd RETURNING id)"
+        " INSERT INTO {reservations} (budget_period_id, request_id, amount_usd, created_at)"
+        " SELECT id, %s, %s, %s FROM hold",
+        [estimate, period_id, budget.amount_usd - estimate, request_id, estimate, now],
+    ) == 1
+
+
+def _execute(sql: str, params: list) -> int:
+    """Run one raw statement on the budget tables (`{periods}`, `{reservations}` in `sql`); returns
+    the number of rows it changed."""
+    tables = {"periods": BudgetPeriod._meta.db_table, "reservations": BudgetReservation._meta.db_table}
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"WITH hold AS (UPDATE {period_table} SET reserved_usd = reserved_usd + %s"
-            f" WHERE id = %s AND spent_usd <= %s - reserved_usd RETURNING id)"
-            f" INSERT INTO {reservation_table} (budget_period_id, request_id, amount_usd, created_at)"
-            f" SELECT id, %s, %s, %s FROM hold",
-            [estimate, period_id, budget.amount_usd - estimate, request_id, estimate, now],
-        )
-        return cursor.rowcount == 1
+        cursor.execute(sql.format(**tables), params)
+        return cursor.rowcount
+
+
+def _spend_on_fresh_period(budget: BudgetLimit, cost: Decimal, now: datetime) -> int:
+    """The cached period row was deleted: spend goes to the period's row, found or created again."""
+    period_id = _period_id(budget, now, fresh=True)
+    BudgetPeriod.objects.filter(pk=period_id).update(spent_usd=F("spent_usd") + cost)
+    return period_id
 
 
 @transaction.atomic
@@ -260,24 +272,18 @@ def _settle_in_one_statement(
     spend = {_period_id(budget, now): budget for budget in budgets} if budgets and cost else {}
     if spend and set(spend) != {period_id}:
         return None
-    period_table = BudgetPeriod._meta.db_table
-    reservation_table = BudgetReservation._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"WITH released AS (DELETE FROM {reservation_table}"
-            f" WHERE request_id = %s AND budget_period_id = %s RETURNING amount_usd)"
-            f" UPDATE {period_table} SET reserved_usd = reserved_usd"
-            f" - COALESCE((SELECT SUM(amount_usd) FROM released), 0), spent_usd = spent_usd + %s"
-            f" WHERE id = %s",
-            [reservation.request_id, period_id, cost if spend else Decimal("0"), period_id],
-        )
-        if cursor.rowcount or not spend:
-            return spend
-    # The cached row was deleted (with its reservations): spend goes to the period's row again.
-    budget = spend.pop(period_id)
-    period_id = _period_id(budget, now, fresh=True)
-    BudgetPeriod.objects.filter(pk=period_id).update(spent_usd=F("spent_usd") + cost)
-    return {period_id: budget}
+    changed = _execute(
+        "WITH released AS (DELETE FROM {reservations}"
+        " WHERE request_id = %s AND budget_period_id = %s RETURNING amount_usd)"
+        " UPDATE {periods} SET reserved_usd = reserved_usd"
+        " - COALESCE((SELECT SUM(amount_usd) FROM released), 0), spent_usd = spent_usd + %s"
+        " WHERE id = %s",
+        [reservation.request_id, period_id, cost if spend else Decimal("0"), period_id],
+    )
+    if changed or not spend:
+        return spend
+    budget = spend[period_id]  # its row was deleted, with its reservations
+    return {_spend_on_fresh_period(budget, cost, now): budget}
 
 
 def _settle(
@@ -301,11 +307,8 @@ def _settle(
         if period_id in spend:
             changes["spent_usd"] = F("spent_usd") + cost
         if not BudgetPeriod.objects.filter(pk=period_id).update(**changes) and period_id in spend:
-            # The cached row was deleted: spend goes to the period's row, found or created again.
             budget = spend.pop(period_id)
-            period_id = _period_id(budget, now, fresh=True)
-            BudgetPeriod.objects.filter(pk=period_id).update(spent_usd=F("spent_usd") + cost)
-            spend[period_id] = budget
+            spend[_spend_on_fresh_period(budget, cost, now)] = budget
     return spend
 
 

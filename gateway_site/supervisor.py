@@ -36,6 +36,32 @@ MAX_QUICK_FAILURES = 5
 MAX_RESTART_PAUSE_SECONDS = 30.0
 # Past the grace period plus this, a worker that has not exited is killed.
 KILL_AFTER_SECONDS = 10.0
+# How often a worker started by the supervisor checks that its supervisor is still alive.
+PARENT_CHECK_SECONDS = 1.0
+
+
+# --- the worker's side (gateway_site/uvicorn_worker.py, gateway_site/worker.py) ---------------------
+worker_logger = logging.getLogger("gateway_site.worker")
+
+
+def supervisor_pid() -> int:
+    """The supervisor that started this worker, or 0 when it was started by hand."""
+    return int(os.environ.get("GATEWAY_SUPERVISOR_PID") or 0)
+
+
+def supervisor_gone(pid: int) -> bool:
+    """True (and logged) once the worker's supervisor `pid` has died: do not serve on as an orphan."""
+    if os.getppid() == pid:
+        return False
+    worker_logger.warning("supervisor %s is gone; stopping", pid)
+    return True
+
+
+def worker_ready() -> None:
+    """Tell the supervisor this worker serves (it waits for the line on a reload)."""
+    if os.environ.get("GATEWAY_READY_FD"):
+        os.write(int(os.environ["GATEWAY_READY_FD"]), f"{os.getpid()}\n".encode())
+    worker_logger.info("worker %s ready", os.getpid())
 
 
 @dataclass

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import socket
 import sys
@@ -27,11 +26,10 @@ import sys
 import uvicorn
 
 from gateway_site.graceful import CUT_SECONDS
+from gateway_site.supervisor import PARENT_CHECK_SECONDS, supervisor_gone, supervisor_pid, worker_ready
 
 logger = logging.getLogger("gateway_site.worker")
 
-# How often a worker started by the supervisor checks that its supervisor is still alive.
-PARENT_CHECK_SECONDS = 1.0
 # WebSocket messages above this close the socket with 1009, as daphne's limit did.
 WS_MAX_MESSAGE_BYTES = 1024 * 1024
 
@@ -41,7 +39,7 @@ class GracefulUvicorn(uvicorn.Server):
         super().__init__(config)
         self.grace = grace
         self.stopping = False
-        self.parent_pid = int(os.environ.get("GATEWAY_SUPERVISOR_PID") or 0)
+        self.parent_pid = supervisor_pid()
         self._own_tasks: set[asyncio.Task] = set()
 
     @contextlib.contextmanager
@@ -62,15 +60,12 @@ class GracefulUvicorn(uvicorn.Server):
             return
         if self.parent_pid:
             self._own_tasks.add(asyncio.ensure_future(self._parent_check()))
-        if os.environ.get("GATEWAY_READY_FD"):  # the supervisor waits for this on a reload
-            os.write(int(os.environ["GATEWAY_READY_FD"]), f"{os.getpid()}\n".encode())
-        logger.info("worker %s ready", os.getpid())
+        worker_ready()
 
     async def _parent_check(self) -> None:
         while not self.stopping:
             await asyncio.sleep(PARENT_CHECK_SECONDS)
-            if os.getppid() != self.parent_pid:  # the supervisor died: do not serve on as an orphan
-                logger.warning("supervisor %s is gone; stopping", self.parent_pid)
+            if supervisor_gone(self.parent_pid):
                 self.graceful_stop(signal.SIGTERM)
 
     def graceful_stop(self, signum: int) -> None:

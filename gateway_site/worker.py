@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import sys
 
@@ -31,10 +30,9 @@ from daphne.cli import CommandLineInterface  # installs the asyncio reactor: imp
 from daphne.server import Server
 from twisted.internet import reactor
 
-logger = logging.getLogger("gateway_site.worker")
+from gateway_site.supervisor import PARENT_CHECK_SECONDS, supervisor_gone, supervisor_pid, worker_ready
 
-# How often a worker started by the supervisor checks that its supervisor is still alive.
-PARENT_CHECK_SECONDS = 1.0
+logger = logging.getLogger("gateway_site.worker")
 
 
 class GracefulServer(Server):
@@ -46,7 +44,7 @@ class GracefulServer(Server):
         self.ready_callable = self._ready
         self.ports = []
         self.stopping = False
-        self.parent_pid = int(os.environ.get("GATEWAY_SUPERVISOR_PID") or 0)
+        self.parent_pid = supervisor_pid()
 
     def listen_success(self, port):
         self.ports.append(port)
@@ -58,13 +56,10 @@ class GracefulServer(Server):
         loop.add_signal_handler(signal.SIGINT, self.graceful_stop, signal.SIGINT)
         if self.parent_pid:
             reactor.callLater(PARENT_CHECK_SECONDS, self._parent_check)
-        if os.environ.get("GATEWAY_READY_FD"):  # the supervisor waits for this on a reload
-            os.write(int(os.environ["GATEWAY_READY_FD"]), f"{os.getpid()}\n".encode())
-        logger.info("worker %s ready", os.getpid())
+        worker_ready()
 
     def _parent_check(self) -> None:
-        if os.getppid() != self.parent_pid:  # the supervisor died: do not serve on as an orphan
-            logger.warning("supervisor %s is gone; stopping", self.parent_pid)
+        if supervisor_gone(self.parent_pid):
             self.graceful_stop(signal.SIGTERM)
         elif not self.stopping:
             reactor.callLater(PARENT_CHECK_SECONDS, self._parent_check)
