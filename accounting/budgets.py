@@ -15,6 +15,7 @@ Soft budgets are not enforced; every budget raises its alerts once per period pe
 from __future__ import annotations
 
 import functools
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
@@ -241,83 +242,106 @@ def _reserve(hard: tuple[BudgetLimit, ...], *, request_id: str, estimate: Decima
     return Reservation(request_id=request_id, amount=estimate, period_ids=tuple(sorted(ids.values())))
 
 
+@dataclass(frozen=True)
+class Settlement:
+    """One request's part of a settlement: its budgets, its reservation, its real cost, its time."""
+
+    budgets: tuple[BudgetLimit, ...]
+    reservation: Reservation | None
+    cost: Decimal
+    now: datetime
+
+
 def budget_settle(
     *, budgets: tuple[BudgetLimit, ...], reservation: Reservation | None, cost: Decimal, now: datetime
 ) -> list[int]:
-    """Release the reservation and add the real cost; returns ids of alerts newly raised.
+    """Release the reservation and add the real cost; returns ids of alerts newly raised."""
+    return budgets_settle([Settlement(budgets=budgets, reservation=reservation, cost=cost, now=now)])
 
-    Runs inside the caller's transaction (the one writing the UsageRecord), as its last writes:
-    one UPDATE per period row, releasing and spending at once.
+
+def budgets_settle(settlements: list[Settlement]) -> list[int]:
+    """Release the reservations and add the real costs of one or more requests (a group commit of
+    their records); returns ids of alerts newly raised.
+
+    Runs inside the caller's transaction (the one writing the UsageRecords), as its last writes.
+    The requests' changes are summed per period row and each row gets one UPDATE, in period-id
+    order, so that two transactions never wait on each other crosswise; on PostgreSQL, when only
+    one row is concerned (one budget, the common case), the release and the spend are one
+    statement.
     """
-    spend = None
-    if reservation is not None and len(reservation.period_ids) == 1 and connection.vendor == "postgresql":
-        spend = _settle_in_one_statement(budgets=budgets, reservation=reservation, cost=cost, now=now)
-    if spend is None:
-        spend = _settle(budgets=budgets, reservation=reservation, cost=cost, now=now)
-    alerting = {period_id: budget for period_id, budget in spend.items() if budget.thresholds}
+    spend: dict[int, Decimal] = {}
+    owners: dict[int, tuple[BudgetLimit, datetime]] = {}  # what a spend row's repair needs
+    for item in settlements:
+        if not item.cost:
+            continue
+        for budget in item.budgets:
+            period_id = _period_id(budget, item.now)
+            spend[period_id] = spend.get(period_id, Decimal("0")) + item.cost
+            owners[period_id] = (budget, item.now)
+    reservations = [item.reservation for item in settlements if item.reservation is not None]
+    rows = set(spend).union(*(reservation.period_ids for reservation in reservations))
+    if len(rows) == 1 and connection.vendor == "postgresql":
+        (period_id,) = rows
+        missing = set() if _settle_in_one_statement(period_id, reservations, spend.get(period_id)) else rows
+    else:
+        missing = _settle(reservations, spend)
+    for period_id in missing & spend.keys():  # its row was deleted (with its reservations)
+        budget, now = owners.pop(period_id)
+        amount = spend.pop(period_id)
+        period_id = _spend_on_fresh_period(budget, amount, now)
+        spend[period_id], owners[period_id] = amount, (budget, now)
+    alerting = [period_id for period_id in spend if owners[period_id][0].thresholds]
     if not alerting:
         return []
-    # Our UPDATE holds these rows until commit, so the spend read back is exactly ours.
-    periods = list(BudgetPeriod.objects.filter(pk__in=list(alerting)).order_by("pk"))
-    return _alerts_raise([alerting[p.pk] for p in periods], periods, cost)
+    # Our UPDATEs hold these rows until commit, so the spend read back is exactly ours.
+    periods = BudgetPeriod.objects.filter(pk__in=alerting).order_by("pk")
+    return _alerts_raise([(owners[period.pk][0], period, spend[period.pk]) for period in periods])
 
 
-def _settle_in_one_statement(
-    *, budgets: tuple[BudgetLimit, ...], reservation: Reservation, cost: Decimal, now: datetime
-) -> dict[int, BudgetLimit] | None:
-    """PostgreSQL, a reservation on one period row that is also the only one to spend on (one
-    budget, the common case): the release and the spend in one statement instead of a DELETE and
-    an UPDATE. None when the case is another (the general path then settles)."""
-    (period_id,) = reservation.period_ids
-    spend = {_period_id(budget, now): budget for budget in budgets} if budgets and cost else {}
-    if spend and set(spend) != {period_id}:
-        return None
-    changed = _execute(
+def _settle_in_one_statement(period_id: int, reservations: list[Reservation], cost: Decimal | None) -> bool:
+    """PostgreSQL, every change on one period row: the reservations' release and the spend in one
+    statement instead of a DELETE and an UPDATE. False if the row is gone."""
+    request_ids = [uuid.UUID(reservation.request_id) for reservation in reservations]
+    return bool(_execute(
         "WITH released AS (DELETE FROM {reservations}"
-        " WHERE request_id = %s AND budget_period_id = %s RETURNING amount_usd)"
+        " WHERE request_id = ANY(%s) AND budget_period_id = %s RETURNING amount_usd)"
         " UPDATE {periods} SET reserved_usd = reserved_usd"
         " - COALESCE((SELECT SUM(amount_usd) FROM released), 0), spent_usd = spent_usd + %s"
         " WHERE id = %s",
-        [reservation.request_id, period_id, cost if spend else Decimal("0"), period_id],
-    )
-    if changed or not spend:
-        return spend
-    budget = spend[period_id]  # its row was deleted, with its reservations
-    return {_spend_on_fresh_period(budget, cost, now): budget}
+        [request_ids, period_id, cost or Decimal("0"), period_id],
+    ))
 
 
-def _settle(
-    *, budgets: tuple[BudgetLimit, ...], reservation: Reservation | None, cost: Decimal, now: datetime
-) -> dict[int, BudgetLimit]:
-    """Release and spend, one UPDATE per period row; returns the rows spent on, by period id."""
+def _settle(reservations: list[Reservation], spend: dict[int, Decimal]) -> set[int]:
+    """Release and spend, one UPDATE per period row; returns the rows found missing."""
     release: dict[int, Decimal] = {}
-    if reservation is not None:
-        released = BudgetReservation.objects.filter(
-            request_id=reservation.request_id, budget_period_id__in=reservation.period_ids
-        ).delete()[0]
-        if released:
-            release = dict.fromkeys(reservation.period_ids, reservation.amount)
-    spend: dict[int, BudgetLimit] = {}
-    if budgets and cost:
-        spend = {_period_id(budget, now): budget for budget in budgets}
+    if reservations:
+        # Locked, then deleted: a reservation the stale sweep released meanwhile is not released twice.
+        held = list(
+            BudgetReservation.objects.select_for_update()
+            .filter(request_id__in=[reservation.request_id for reservation in reservations])
+            .values_list("pk", "budget_period_id", "amount_usd")
+        )
+        BudgetReservation.objects.filter(pk__in=[pk for pk, _, _ in held]).delete()
+        for _, period_id, amount in held:
+            release[period_id] = release.get(period_id, Decimal("0")) + amount
+    missing = set()
     for period_id in sorted(set(release) | set(spend)):
         changes = {}
         if period_id in release:
             changes["reserved_usd"] = F("reserved_usd") - release[period_id]
         if period_id in spend:
-            changes["spent_usd"] = F("spent_usd") + cost
-        if not BudgetPeriod.objects.filter(pk=period_id).update(**changes) and period_id in spend:
-            budget = spend.pop(period_id)
-            spend[_spend_on_fresh_period(budget, cost, now)] = budget
-    return spend
+            changes["spent_usd"] = F("spent_usd") + spend[period_id]
+        if not BudgetPeriod.objects.filter(pk=period_id).update(**changes):
+            missing.add(period_id)
+    return missing
 
 
-def _alerts_raise(budgets: list[BudgetLimit], periods: list[BudgetPeriod], cost: Decimal) -> list[int]:
-    """`periods` as read after this request's spend was added (row-locked by it)."""
-    by_budget = {period.budget_id: period for period in periods}
+def _alerts_raise(spent: list[tuple[BudgetLimit, BudgetPeriod, Decimal]]) -> list[int]:
+    """For each budget, its period as read after this settlement's spend on it was added
+    (row-locked by it), and that spend."""
     raised = []
-    for budget in budgets:
-        period = by_budget[budget.budget_id]
+    for budget, period, cost in spent:
         before, after = period.spent_usd - cost, period.spent_usd
         for threshold in budget.thresholds:
             line = budget.amount_usd * threshold / 100

@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.utils import timezone
 
-from accounting.budgets import BudgetLimit, Reservation, budget_settle
+from accounting.budgets import BudgetLimit, Reservation, Settlement, budgets_settle
 from accounting.models import Tenant, TenantApiKey, UsageContent, UsageRecord
 
 API_KEY_PREFIX = "sk-gw-"
@@ -51,7 +52,16 @@ def api_key_revoke(*, key: TenantApiKey) -> None:
     key.save(update_fields=["revoked"])  # save(), not update(): the signal clears auth caches
 
 
-@transaction.atomic
+@dataclass
+class RecordWrite:
+    """One request's UsageRecord fields (`content` among them for a tenant that keeps content),
+    with the budgets and the reservation its cost settles."""
+
+    fields: dict
+    budgets: tuple[BudgetLimit, ...] = ()
+    reservation: Reservation | None = None
+
+
 def usage_record_commit(
     *,
     fields: dict,
@@ -59,24 +69,43 @@ def usage_record_commit(
     reservation: Reservation | None = None,
     on_alert: Callable[[int], None] | None = None,
 ) -> UsageRecord:
-    """Write a request's UsageRecord and settle its budgets in one transaction.
+    """Write a request's UsageRecord and settle its budgets in one transaction."""
+    [record] = usage_records_commit(
+        [RecordWrite(fields=fields, budgets=budgets, reservation=reservation)], on_alert=on_alert
+    )
+    return record
 
-    Spend moves only together with the record that justifies it, so a period's spend is always
+
+@transaction.atomic
+def usage_records_commit(
+    writes: list[RecordWrite], *, on_alert: Callable[[int], None] | None = None
+) -> list[UsageRecord]:
+    """Write requests' UsageRecords and settle their budgets in one transaction (a group commit:
+    one INSERT for the records, one UPDATE per budget period for their settlements).
+
+    Spend moves only together with the records that justify it, so a period's spend is always
     the sum of its records. New alerts are handed to `on_alert` once the transaction commits.
     """
-    content = fields.pop("content", None)
-    record = UsageRecord.objects.create(**fields)
-    if content is not None:
-        UsageContent.objects.create(
-            usage_record=record, tenant_id=record.tenant_id, created_at=record.created_at, **content
-        )
-    alert_ids = budget_settle(
-        budgets=budgets, reservation=reservation, cost=record.cost_usd, now=record.created_at
+    contents = [write.fields.get("content") for write in writes]
+    records = UsageRecord.objects.bulk_create(
+        UsageRecord(**{name: value for name, value in write.fields.items() if name != "content"})
+        for write in writes
     )
+    kept = [
+        UsageContent(usage_record=record, tenant_id=record.tenant_id, created_at=record.created_at, **content)
+        for record, content in zip(records, contents)
+        if content is not None
+    ]
+    if kept:
+        UsageContent.objects.bulk_create(kept)
+    alert_ids = budgets_settle([
+        Settlement(budgets=write.budgets, reservation=write.reservation, cost=record.cost_usd, now=record.created_at)
+        for write, record in zip(writes, records)
+    ])
     for alert_id in alert_ids:
         if on_alert is not None:
             transaction.on_commit(lambda alert_id=alert_id: on_alert(alert_id))
-    return record
+    return records
 
 
 def content_retention_enforce(*, now=None) -> int:
