@@ -7,6 +7,7 @@ state). Production sets `DATABASE_URL`, `REDIS_URL`, `DJANGO_SECRET_KEY`,
 
 import ipaddress
 import secrets
+import sys
 from pathlib import Path
 
 import environ
@@ -79,8 +80,12 @@ for _key in GATEWAY_ENCRYPTION_KEYS:
             "print(Fernet.generate_key().decode())')"
         ) from exc
 
+# daphne's app only swaps `runserver` for its ASGI development server, and importing it installs
+# Twisted's reactor: 18 MB in every process that loads the settings (each uvicorn worker, Celery,
+# every management command) for nothing. So it is installed for `runserver` alone; the daphne
+# worker (`serve --server daphne`, `make run`) imports daphne itself.
 INSTALLED_APPS = [
-    "daphne",
+    *(["daphne"] if sys.argv[1:2] == ["runserver"] else []),
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
-
 from gateway_site.errors import GatewayError, InvalidRequest
 
 REPAIR_PROMPT = (
@@ -40,6 +37,11 @@ def required_schema(payload: dict) -> dict | None:
     schema = (response_format.get("json_schema") or {}).get("schema")
     if not isinstance(schema, dict):
         raise InvalidRequest("'response_format.json_schema.schema' must be an object.", param="response_format")
+    # jsonschema is imported by the requests that use it: about 5 MB that a worker serving none
+    # of them does not hold (docs/performance.md, memory).
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
@@ -55,6 +57,8 @@ def output_problem(text: str | None, schema: dict) -> str | None:
         return f"the answer is not valid JSON ({exc.msg} at character {exc.pos})"
     except RecursionError:
         return "the answer nests too deeply to check"
+    from jsonschema import Draft202012Validator
+
     errors = sorted(Draft202012Validator(schema).iter_errors(value), key=lambda e: list(e.path))
     if not errors:
         return None
