@@ -1,4 +1,4 @@
-"""A real deployment for end-to-end tests: the fake provider and the gateway under daphne, as
+"""A real deployment for end-to-end tests: the fake provider and the gateway under uvicorn, as
 processes, against a database of their own on the test PostgreSQL server, configured the way an
 operator does it (migrate, import_config, create_tenant, create_api_key)."""
 

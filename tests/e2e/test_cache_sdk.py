@@ -1,4 +1,4 @@
-"""End to end: the response cache through the official SDKs against the gateway under daphne."""
+"""End to end: the response cache through the official SDKs against the gateway under uvicorn."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The dashboards in a real headless Chromium, against the gateway under daphne.
+"""The dashboards in a real headless Chromium, against the gateway under uvicorn.
 
 The deployment has its own database: migrated, then seeded with two tenants, a member of each,
 rollups and budgets through `manage.py shell -c` (the rollup task is not needed: the pages only

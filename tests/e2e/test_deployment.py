@@ -1,5 +1,5 @@
 """The production deployment, as docs/deployment.md runs it: production settings, `manage.py
-serve` (N daphne workers on one socket, real processes on real ports) against PostgreSQL and
+serve` (N uvicorn workers, or daphne ones, on one socket: real processes on real ports) against PostgreSQL and
 Redis, and graceful shutdown on SIGTERM with every request recorded."""
 
 from __future__ import annotations

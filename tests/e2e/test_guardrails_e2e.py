@@ -1,4 +1,4 @@
-"""End to end: guardrails in the gateway under daphne, with the official openai SDK over real HTTP.
+"""End to end: guardrails in the gateway under uvicorn, with the official openai SDK over real HTTP.
 
 The policy is written to the database by another process (as an operator's admin on another
 replica would), so the gateway only sees it when its rule cache expires

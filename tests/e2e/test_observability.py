@@ -1,4 +1,4 @@
-"""Observability of a real deployment: two daphne workers sharing one PROMETHEUS_MULTIPROC_DIR report
+"""Observability of a real deployment: two uvicorn workers sharing one PROMETHEUS_MULTIPROC_DIR report
 the sum of both on /metrics; the JSON logs of a full set of requests hold no key and no prompt; /ready
 fails while a (private) Redis is stopped and recovers when it is back."""
 

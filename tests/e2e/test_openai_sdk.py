@@ -1,4 +1,4 @@
-"""End to end: the official openai SDK against the gateway under daphne, over real HTTP."""
+"""End to end: the official openai SDK against the gateway under uvicorn, over real HTTP."""
 
 from __future__ import annotations
 

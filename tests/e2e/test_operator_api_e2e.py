@@ -1,4 +1,4 @@
-"""The operator API against the gateway under daphne: a staff token from the command, a tenant
+"""The operator API against the gateway under uvicorn: a staff token from the command, a tenant
 and its key made over HTTP, the key used by the official `openai` SDK, rotated and revoked with
 immediate effect; the schema served and valid; the Swagger UI page drawn offline in Chromium."""
 

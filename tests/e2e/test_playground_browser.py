@@ -1,4 +1,4 @@
-"""The chat playground in a real headless Chromium, against the gateway under daphne.
+"""The chat playground in a real headless Chromium, against the gateway under uvicorn.
 
 The deployment is real end to end: the fake provider and the gateway run as processes on a
 database of their own, configured with `import_config` (the e2e CONFIG: an OpenAI-format and an

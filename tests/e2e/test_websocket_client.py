@@ -1,4 +1,4 @@
-"""A real WebSocket client (the `websockets` package) against the gateway under daphne."""
+"""A real WebSocket client (the `websockets` package) against the gateway under uvicorn."""
 
 from __future__ import annotations
 
