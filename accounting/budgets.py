@@ -202,12 +202,16 @@ def _reserve_in_one_statement(
     ) == 1
 
 
+def _statement(sql: str) -> str:
+    """`sql` with the budget tables' names in place of `{periods}` and `{reservations}`."""
+    return sql.format(periods=BudgetPeriod._meta.db_table, reservations=BudgetReservation._meta.db_table)
+
+
 def _execute(sql: str, params: list) -> int:
-    """Run one raw statement on the budget tables (`{periods}`, `{reservations}` in `sql`); returns
-    the number of rows it changed."""
-    tables = {"periods": BudgetPeriod._meta.db_table, "reservations": BudgetReservation._meta.db_table}
+    """Run one raw statement on the budget tables (see `_statement`); returns the number of rows
+    it changed."""
     with connection.cursor() as cursor:
-        cursor.execute(sql.format(**tables), params)
+        cursor.execute(_statement(sql), params)
         return cursor.rowcount
 
 
@@ -280,9 +284,13 @@ def budgets_settle(settlements: list[Settlement]) -> list[int]:
             owners[period_id] = (budget, item.now)
     reservations = [item.reservation for item in settlements if item.reservation is not None]
     rows = set(spend).union(*(reservation.period_ids for reservation in reservations))
+    after: dict[int, tuple[datetime, Decimal]] = {}  # period row -> (its start, its spend now)
     if len(rows) == 1 and connection.vendor == "postgresql":
         (period_id,) = rows
-        missing = set() if _settle_in_one_statement(period_id, reservations, spend.get(period_id)) else rows
+        row = _settle_in_one_statement(period_id, reservations, spend.get(period_id))
+        if row is not None:
+            after[period_id] = row
+        missing = set() if row is not None else rows
     else:
         missing = _settle(reservations, spend)
     for period_id in missing & spend.keys():  # its row was deleted (with its reservations)
@@ -290,26 +298,36 @@ def budgets_settle(settlements: list[Settlement]) -> list[int]:
         amount = spend.pop(period_id)
         period_id = _spend_on_fresh_period(budget, amount, now)
         spend[period_id], owners[period_id] = amount, (budget, now)
-    alerting = [period_id for period_id in spend if owners[period_id][0].thresholds]
+    alerting = sorted(period_id for period_id in spend if owners[period_id][0].thresholds)
     if not alerting:
         return []
-    # Our UPDATEs hold these rows until commit, so the spend read back is exactly ours.
-    periods = BudgetPeriod.objects.filter(pk__in=alerting).order_by("pk")
-    return _alerts_raise([(owners[period.pk][0], period, spend[period.pk]) for period in periods])
+    # Our UPDATEs hold these rows until commit, so the spend read back is exactly ours; the one
+    # statement returned it already.
+    if unread := [period_id for period_id in alerting if period_id not in after]:
+        after.update(
+            (pk, (start, spent))
+            for pk, start, spent in BudgetPeriod.objects.filter(pk__in=unread).values_list("pk", "period_start", "spent_usd")
+        )
+    return _alerts_raise([(owners[period_id][0], *after[period_id], spend[period_id]) for period_id in alerting])
 
 
-def _settle_in_one_statement(period_id: int, reservations: list[Reservation], cost: Decimal | None) -> bool:
+def _settle_in_one_statement(
+    period_id: int, reservations: list[Reservation], cost: Decimal | None
+) -> tuple[datetime, Decimal] | None:
     """PostgreSQL, every change on one period row: the reservations' release and the spend in one
-    statement instead of a DELETE and an UPDATE. False if the row is gone."""
+    statement instead of a DELETE and an UPDATE. Returns the row's period start and spend after
+    it (what alerts need, without reading the row again), None if the row is gone."""
     request_ids = [uuid.UUID(reservation.request_id) for reservation in reservations]
-    return bool(_execute(
-        "WITH released AS (DELETE FROM {reservations}"
-        " WHERE request_id = ANY(%s) AND budget_period_id = %s RETURNING amount_usd)"
-        " UPDATE {periods} SET reserved_usd = reserved_usd"
-        " - COALESCE((SELECT SUM(amount_usd) FROM released), 0), spent_usd = spent_usd + %s"
-        " WHERE id = %s",
-        [request_ids, period_id, cost or Decimal("0"), period_id],
-    ))
+    with connection.cursor() as cursor:
+        cursor.execute(_statement(
+            "WITH released AS (DELETE FROM {reservations}"
+            " WHERE request_id = ANY(%s) AND budget_period_id = %s RETURNING amount_usd)"
+            " UPDATE {periods} SET reserved_usd = reserved_usd"
+            " - COALESCE((SELECT SUM(amount_usd) FROM released), 0), spent_usd = spent_usd + %s"
+            " WHERE id = %s RETURNING period_start, spent_usd"
+        ), [request_ids, period_id, cost or Decimal("0"), period_id])
+        row = cursor.fetchone()
+    return None if row is None else (row[0], row[1])
 
 
 def _settle(reservations: list[Reservation], spend: dict[int, Decimal]) -> set[int]:
@@ -337,17 +355,17 @@ def _settle(reservations: list[Reservation], spend: dict[int, Decimal]) -> set[i
     return missing
 
 
-def _alerts_raise(spent: list[tuple[BudgetLimit, BudgetPeriod, Decimal]]) -> list[int]:
-    """For each budget, its period as read after this settlement's spend on it was added
-    (row-locked by it), and that spend."""
+def _alerts_raise(spent: list[tuple[BudgetLimit, datetime, Decimal, Decimal]]) -> list[int]:
+    """For each budget: its period's start, the period's spend after this settlement (row-locked
+    by it), and what this settlement spent on it."""
     raised = []
-    for budget, period, cost in spent:
-        before, after = period.spent_usd - cost, period.spent_usd
+    for budget, period_start, after, cost in spent:
+        before = after - cost
         for threshold in budget.thresholds:
             line = budget.amount_usd * threshold / 100
             if before < line <= after:
                 alert, created = BudgetAlert.objects.get_or_create(
-                    budget_id=budget.budget_id, period_start=period.period_start, threshold=threshold,
+                    budget_id=budget.budget_id, period_start=period_start, threshold=threshold,
                     defaults={"spent_usd": after},
                 )
                 if created:

@@ -140,9 +140,11 @@ def test_one_budget_is_settled_in_one_statement_on_postgresql(tenant, django_ass
 
     if connection.vendor != "postgresql":
         pytest.skip("the one-statement settlement is PostgreSQL's")
-    Budget.objects.create(tenant=tenant, amount_usd=Decimal("1.00"), period="monthly", hard=True)
+    Budget.objects.create(tenant=tenant, amount_usd=Decimal("1.00"), period="monthly", hard=True,
+                          alert_thresholds=[50])
     budgets = limits(tenant)
     reservation = budget_reserve(budgets=budgets, request_id=str(uuid.uuid4()), estimate=Decimal("0.60"), now=NOW)
+    # The statement returns the spend after it: no second query to check the 50 % alert line.
     with django_assert_num_queries(1):
         assert budget_settle(budgets=budgets, reservation=reservation, cost=Decimal("0.25"), now=NOW) == []
     period = BudgetPeriod.objects.get()
