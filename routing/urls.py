@@ -22,5 +22,8 @@ urlpatterns = [
     path("cache/stats", documented(cache_api.stats, CacheStatsDoc), name="cache-stats"),
     path("cache", documented(cache_api.clear, CacheClearDoc), name="cache-clear"),
     path("feedback", documented(feedback_api.feedback, FeedbackDoc), name="feedback"),
-    re_path(r"^.*$", api_not_found),
 ]
+
+# Whatever neither the tenant API nor the operator API has under /v1/: the API's own 404, not
+# Django's page (included last in gateway_site/urls.py).
+not_found_patterns = [re_path(r"^.*$", api_not_found)]
