@@ -88,7 +88,9 @@ async def count_tokens(request: HttpRequest) -> HttpResponse:
         raw = read_body(request)
         auth = await api_key_authenticate(raw_key=bearer_token(request.headers))
         body = validation.json_body(raw, max_bytes=settings.GATEWAY_MAX_BODY_BYTES)
-        payload = openai_payload({"max_tokens": 1, **body})
+        # Validated as /v1/messages validates its translation: a model that is not a string (the
+        # schema fuzzer sent `{}`) is a 400 here too, not a 500 in routing.
+        payload = validation.chat_request_validate(openai_payload({"max_tokens": 1, **body}))
         await route_select(auth=auth, model=payload["model"], mode="chat")
     except GatewayError as exc:
         return _error(call, exc)

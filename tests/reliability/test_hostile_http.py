@@ -131,6 +131,13 @@ def test_absurd_anthropic_parameters_are_a_400(client, field, value):
     assert_anthropic_error(client.post("/v1/messages", json={**ANTHROPIC, field: value}), 400)
 
 
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+@pytest.mark.parametrize("model", [{}, [], 7, None])
+def test_a_model_that_is_not_a_string_is_a_400_on_the_anthropic_routes(client, path, model):
+    """count_tokens once passed `{"model": {}}` on to routing: a 500 the schema fuzzer found."""
+    assert_anthropic_error(client.post(path, json={**ANTHROPIC, "model": model}), 400)
+
+
 def test_the_largest_allowed_max_tokens_is_answered_within_the_models_cap(client, hostile_stack):
     """max_tokens at the validator's ceiling: served (the fake answers a few pieces), never a 5xx;
     the budget reservation (price x max tokens) does not overflow."""
