@@ -16,7 +16,6 @@ from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from decimal import Decimal
 
-from asgiref.sync import sync_to_async
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
@@ -35,6 +34,7 @@ from accounting.rollups import (
     usage_summarize,
 )
 from accounting.services import api_key_create, api_key_revoke, api_key_rotate
+from gateway_site.db_executor import db_call
 from gateway_site.errors import GatewayError, InvalidRequest, error_response
 from gateway_site.http import allow_methods
 from operators.api import OperatorViewSet, config_caches_clear
@@ -113,7 +113,7 @@ async def usage(request: HttpRequest) -> HttpResponse:
         query = usage_query_parse(request.GET, now=timezone.now())
     except GatewayError as exc:
         return error_response(exc)
-    data = await sync_to_async(usage_summarize)(tenant_id=auth.tenant_id, **asdict(query))
+    data = await db_call(usage_summarize, tenant_id=auth.tenant_id, **asdict(query))
     return JsonResponse({
         "object": "usage",
         "start": query.start.isoformat(),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -16,6 +15,7 @@ from feedback.services import (
     feedback_submit,
     submission_parse,
 )
+from gateway_site.db_executor import db_call
 from gateway_site.errors import GatewayError, InvalidRequest, error_response
 from gateway_site.http import allow_methods
 from routing.api import read_body
@@ -27,9 +27,9 @@ async def feedback(request: HttpRequest) -> HttpResponse:
     try:
         auth = await api_key_authenticate(raw_key=bearer_token(request.headers))
         if request.method == "GET":
-            return JsonResponse(await sync_to_async(feedback_read)(tenant_id=auth.tenant_id, **_query(request.GET)))
+            return JsonResponse(await db_call(feedback_read, tenant_id=auth.tenant_id, **_query(request.GET)))
         submission = submission_parse(_json(read_body(request)))
-        body, created = await sync_to_async(feedback_submit)(tenant_id=auth.tenant_id, submission=submission)
+        body, created = await db_call(feedback_submit, tenant_id=auth.tenant_id, submission=submission)
     except GatewayError as exc:
         return error_response(exc)
     return JsonResponse(body, status=201 if created else 200)
