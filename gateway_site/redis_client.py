@@ -7,7 +7,6 @@ answers again.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
@@ -21,6 +20,8 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.retry import Retry
+
+from gateway_site.loops import PerLoop
 
 logger = logging.getLogger(__name__)
 
@@ -48,15 +49,15 @@ class RedisConnections:
         self._options = {
             "socket_connect_timeout": timeout, "socket_timeout": timeout, "decode_responses": True,
         }
-        self._loops: dict[asyncio.AbstractEventLoop, tuple[aioredis.Redis, dict[str, AsyncScript]]] = {}
+        self._loops: PerLoop[tuple[aioredis.Redis, dict[str, AsyncScript]]] = PerLoop(self._client_make)
         self._sync: redis.Redis | None = None
 
     def async_client(self) -> aioredis.Redis:
-        return self._for_loop()[0]
+        return self._loops.get()[0]
 
     def async_script(self, source: str) -> AsyncScript:
         """`source` registered on this loop's client: EVALSHA, and EVAL when Redis lost the script."""
-        client, scripts = self._for_loop()
+        client, scripts = self._loops.get()
         if source not in scripts:
             scripts[source] = client.register_script(source)
         return scripts[source]
@@ -68,25 +69,18 @@ class RedisConnections:
 
     async def aclose(self) -> None:
         """Close the running loop's client (tests; a server process keeps its one client)."""
-        entry = self._loops.pop(asyncio.get_running_loop(), None)
+        entry = self._loops.pop()
         if entry is not None:
             await entry[0].aclose()
 
-    def _for_loop(self) -> tuple[aioredis.Redis, dict[str, AsyncScript]]:
-        loop = asyncio.get_running_loop()
-        entry = self._loops.get(loop)
-        if entry is None:
-            for stale in [other for other in self._loops if other.is_closed()]:
-                self._loops.pop(stale)
-            # A bounded pool that makes callers queue for a connection: a burst of requests must
-            # not open hundreds of connections at once and time out connecting.
-            pool = aioredis.BlockingConnectionPool.from_url(
-                self.url, max_connections=MAX_CONNECTIONS, timeout=self._options["socket_timeout"] * 4,
-                retry=AsyncRetry(NoBackoff(), 0), **self._options,
-            )
-            client = aioredis.Redis(connection_pool=pool)
-            entry = self._loops[loop] = (client, {})
-        return entry
+    def _client_make(self) -> tuple[aioredis.Redis, dict[str, AsyncScript]]:
+        # A bounded pool that makes callers queue for a connection: a burst of requests must not
+        # open hundreds of connections at once and time out connecting.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url, max_connections=MAX_CONNECTIONS, timeout=self._options["socket_timeout"] * 4,
+            retry=AsyncRetry(NoBackoff(), 0), **self._options,
+        )
+        return aioredis.Redis(connection_pool=pool), {}
 
 
 class RedisFallback(Generic[L]):

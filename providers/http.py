@@ -5,29 +5,27 @@ loop: once per process under the ASGI server, once per test loop under pytest. I
 over aiohttp's pool (`providers.transport`), which costs a quarter of httpx's own per call.
 """
 
-import asyncio
 from collections.abc import AsyncGenerator
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 from django.conf import settings
 
+from gateway_site.loops import PerLoop
 from gateway_site.request_ids import correlation_id
 from providers.adapters import ADAPTERS, Adapter
 from providers.transport import AiohttpTransport
 
 # A provider's cookies are never kept: one tenant's request must not carry state from another's.
 _NO_COOKIES = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-_clients: dict[asyncio.AbstractEventLoop, tuple[httpx.AsyncClient, AsyncGenerator]] = {}
-_adapters: dict[tuple[asyncio.AbstractEventLoop, str], Adapter] = {}
+_adapters: dict[str, PerLoop[Adapter]] = {}
 
 
 def http_client() -> httpx.AsyncClient:
-    loop = asyncio.get_running_loop()
-    if loop in _clients:
-        return _clients[loop][0]
-    for stale in [other for other in _clients if other.is_closed()]:
-        _clients.pop(stale)
+    return _clients.get()[0]
+
+
+def _client_make() -> tuple[httpx.AsyncClient, AsyncGenerator]:
     limits = httpx.Limits(
         max_connections=settings.GATEWAY_MAX_CONNECTIONS,
         max_keepalive_connections=settings.GATEWAY_MAX_CONNECTIONS,
@@ -42,8 +40,10 @@ def http_client() -> httpx.AsyncClient:
         follow_redirects=False,
         event_hooks={"request": [_request_id_header]},
     )
-    _clients[loop] = client, _closed_with_loop(client)
-    return client
+    return client, _closed_with_loop(client)
+
+
+_clients: PerLoop[tuple[httpx.AsyncClient, AsyncGenerator]] = PerLoop(_client_make)
 
 
 def _closed_with_loop(client: httpx.AsyncClient) -> AsyncGenerator:
@@ -76,11 +76,6 @@ async def _request_id_header(request: httpx.Request) -> None:
 
 
 def adapter_for(wire_type: str) -> Adapter:
-    loop = asyncio.get_running_loop()
-    adapter = _adapters.get((loop, wire_type))
-    if adapter is None:
-        for stale in [key for key in _adapters if key[0].is_closed()]:
-            _adapters.pop(stale)
-        adapter = ADAPTERS[wire_type](http_client())
-        _adapters[(loop, wire_type)] = adapter
-    return adapter
+    if wire_type not in _adapters:
+        _adapters[wire_type] = PerLoop(lambda: ADAPTERS[wire_type](http_client()))
+    return _adapters[wire_type].get()

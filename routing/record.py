@@ -18,6 +18,7 @@ from gateway_site import metrics
 from gateway_site.errors import GatewayError
 from gateway_site.graceful import cancel_reason, shutdown_status
 from gateway_site.logs import request_line
+from gateway_site.loops import PerLoop
 from guardrails.services import guardrail_events_start, guardrail_events_wait
 from routing.call import Call
 
@@ -96,7 +97,7 @@ async def _record_commit(call: Call, fields: dict, first_try: asyncio.Event) -> 
     while True:
         try:
             write = RecordWrite(fields=dict(fields), budgets=call.budgets, reservation=call.reservation)
-            await _group_commit().write(write, retry=delay > 0.25)
+            await _group_commits.get().write(write, retry=delay > 0.25)
             return
         except (OperationalError, InterfaceError):
             if time.monotonic() + delay > deadline:
@@ -151,17 +152,7 @@ class GroupCommit:
             self._writer = None
 
 
-_group_commits: dict[asyncio.AbstractEventLoop, GroupCommit] = {}
-
-
-def _group_commit() -> GroupCommit:
-    loop = asyncio.get_running_loop()
-    group = _group_commits.get(loop)
-    if group is None:
-        for stale in [other for other in _group_commits if other.is_closed()]:
-            _group_commits.pop(stale)
-        group = _group_commits[loop] = GroupCommit()
-    return group
+_group_commits: PerLoop[GroupCommit] = PerLoop(GroupCommit)
 
 
 def _records_commit(writes: list[RecordWrite], *, retry: bool) -> list[Exception | None]:
