@@ -290,9 +290,8 @@ class RedisRateLimitStore(RateLimitStore):
             args: list[float | int] = [self.clock()]
             for limit in limits:
                 args += [limit.per_minute, amounts[limit.name]]
-            script = self._redis.async_script(_ACQUIRE)
             keys = [self._key(limit.name) for limit in limits]
-            allowed, *levels = await script(keys=keys, args=args)
+            allowed, *levels = await self._redis.script(_ACQUIRE, keys=keys, args=args)
             return _decision(limits, amounts, [float(level) for level in levels], bool(allowed))
 
         return await self.fallback.run(remote, lambda local: local.acquire(limits, amounts))
@@ -310,8 +309,8 @@ class RedisRateLimitStore(RateLimitStore):
             return
 
         async def remote() -> None:
-            script = self._redis.async_script(_ADD)
-            await script(keys=[self._key(limit.name)], args=[self.clock(), limit.per_minute, delta])
+            args = [self.clock(), limit.per_minute, delta]
+            await self._redis.script(_ADD, keys=[self._key(limit.name)], args=args)
 
         await self.fallback.run(remote, local)
 

@@ -247,9 +247,8 @@ class RedisBreakerStore(BreakerStore):
 
     async def allow(self, key: str, *, policy: BreakerPolicy) -> bool:
         async def remote() -> bool:
-            script = self._redis.async_script(_ALLOW)
             args = [self.clock(), policy.cooldown_seconds, KEY_TTL_SECONDS]
-            answer = await script(keys=[self._key(key)], args=args)
+            answer = await self._redis.script(_ALLOW, keys=[self._key(key)], args=args)
             if answer == 2:
                 self._clean.add(key)
             else:
@@ -270,9 +269,8 @@ class RedisBreakerStore(BreakerStore):
         self._clean.discard(key)
 
         async def remote() -> None:
-            script = self._redis.async_script(_RECORD_FAILURE)
             args = [self.clock(), policy.failure_threshold, KEY_TTL_SECONDS]
-            if failures := await script(keys=[self._key(key)], args=args):
+            if failures := await self._redis.script(_RECORD_FAILURE, keys=[self._key(key)], args=args):
                 _log_opened(key, failures)
 
         await self.fallback.run(remote, lambda local: local.record_failure(key, policy=policy))
