@@ -8,10 +8,16 @@ one value per running loop and forgets the values of loops that have closed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Generic, TypeVar
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
+
+# Tasks started by `background`: the loop keeps only weak references to its tasks.
+_tasks: set[asyncio.Task] = set()
 
 
 class PerLoop(Generic[T]):
@@ -31,3 +37,18 @@ class PerLoop(Generic[T]):
     def pop(self) -> T | None:
         """Forget the running loop's value (the caller closes it), if it has one."""
         return self._values.pop(asyncio.get_running_loop(), None)
+
+
+def background(work: Coroutine[Any, Any, Any], *, what: str) -> asyncio.Task:
+    """Run `work` in a task of its own that the caller does not wait for, and that a caller going
+    away (a cancelled request) cannot cancel. A failure is logged as "`what` failed"."""
+    task = asyncio.ensure_future(work)
+    _tasks.add(task)
+    task.add_done_callback(lambda done: _finished(done, what))
+    return task
+
+
+def _finished(task: asyncio.Task, what: str) -> None:
+    _tasks.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("%s failed", what, exc_info=task.exception())

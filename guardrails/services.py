@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
 
 from gateway_site.db_executor import db_call
+from gateway_site.loops import background
 from guardrails.models import GuardrailEvent
-
-logger = logging.getLogger(__name__)
-
-_background: set[asyncio.Task] = set()
 
 
 def guardrail_events_create(*, tenant_id: int, request_id: uuid.UUID, response_id: str, events: list[dict]) -> None:
@@ -28,14 +24,11 @@ def guardrail_events_start(call) -> asyncio.Task | None:
     if not call.guard_events:
         return None
     events, call.guard_events = call.guard_events, []
-    task = asyncio.ensure_future(db_call(
+    return background(db_call(
         guardrail_events_create,
         tenant_id=call.auth.tenant_id, request_id=call.request_id,
         response_id=call.response_id if call.endpoint != "embeddings" else "", events=events,
-    ))
-    _background.add(task)
-    task.add_done_callback(_written)
-    return task
+    ), what="guardrail event write")
 
 
 async def guardrail_events_wait(task: asyncio.Task | None) -> None:
@@ -43,11 +36,5 @@ async def guardrail_events_wait(task: asyncio.Task | None) -> None:
         return
     try:
         await asyncio.shield(task)
-    except Exception:  # logged by _written
+    except Exception:  # logged by `background`
         pass
-
-
-def _written(task: asyncio.Task) -> None:
-    _background.discard(task)
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("guardrail event write failed", exc_info=task.exception())

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 
 from gateway_site.errors import NoDeploymentAvailable, ProviderError
+from gateway_site.loops import background
 from providers.adapters import Adapter
 from providers.http import adapter_for
 from providers.selectors import Deployment
@@ -175,7 +176,7 @@ def _retry_wait(exc: ProviderError, *, attempt: int, retries: int, deadline: _De
 
 async def _failure_note(plan: RoutePlan, deployment: Deployment, exc: ProviderError, started: float) -> None:
     latency = (time.perf_counter() - started) * 1000
-    await health_store().record(deployment.key, ok=False, latency_ms=latency, error=f"{exc.error_class}: {exc.message}")
+    _health_note(deployment, ok=False, latency_ms=latency, error=f"{exc.error_class}: {exc.message}")
     if exc.error_class in BREAKER_CLASSES:
         await breaker_store().record_failure(deployment.key, policy=plan.group.policy)
 
@@ -184,9 +185,13 @@ async def _success_note(plan: RoutePlan, deployment: Deployment, started: float,
     """For a stream, success is its first chunk: the latency measured is the time to first token."""
     latency = (time.perf_counter() - started) * 1000
     await breaker_store().record_success(deployment.key, policy=plan.group.policy)
-    await health_store().record(
-        deployment.key, ok=True, latency_ms=latency, ttft_ms=latency if stream else None
-    )
+    _health_note(deployment, ok=True, latency_ms=latency, ttft_ms=latency if stream else None)
+
+
+def _health_note(deployment: Deployment, **sample) -> None:
+    """Health is statistics: written in the background, never waited for by the request (the
+    breaker's bookkeeping, which decides where the next request goes, is waited for)."""
+    background(health_store().record(deployment.key, **sample), what="deployment health record")
 
 
 async def stream_failure_note(plan: RoutePlan, deployment: Deployment, exc: ProviderError) -> None:

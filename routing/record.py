@@ -18,13 +18,12 @@ from gateway_site import metrics
 from gateway_site.errors import GatewayError
 from gateway_site.graceful import cancel_reason, shutdown_status
 from gateway_site.logs import request_line
-from gateway_site.loops import PerLoop
+from gateway_site.loops import PerLoop, background
 from guardrails.services import guardrail_events_start, guardrail_events_wait
 from routing.call import Call
 
 logger = logging.getLogger(__name__)
 
-_background: set[asyncio.Task] = set()
 # How long a record write is retried while the database is unreachable (docs/reliability.md).
 RECORD_RETRY_SECONDS = 60.0
 
@@ -76,16 +75,17 @@ async def record(
     ))
     guard_write = guardrail_events_start(call)  # started first: a client leaving cannot cancel it
     first_try = asyncio.Event()
-    task = asyncio.ensure_future(_record_commit(call, fields, first_try))
-    _background.add(task)
-    task.add_done_callback(_record_done)
+    background(_record_commit(call, fields, first_try), what="usage record write")
+    if call.charge is not None and call.charge.token_limits:
+        # Not waited for: the next request of this process queues behind it for Redis anyway
+        # (`RedisConnections.script` keeps one loop's calls in order), and a client that goes
+        # away no longer skips it.
+        actual = fields["prompt_tokens"] + fields["completion_tokens"]
+        background(rate_limit_settle(charge=call.charge, actual_tokens=actual), what="rate limit settle")
     # Normally the record is written when this returns; while the database does not answer, the
     # client gets its answer and the write goes on in the background (`_record_commit`).
     await first_try.wait()
     await guardrail_events_wait(guard_write)
-    if call.charge is not None and call.charge.token_limits:
-        actual = fields["prompt_tokens"] + fields["completion_tokens"]
-        await rate_limit_settle(charge=call.charge, actual_tokens=actual)
 
 
 async def _record_commit(call: Call, fields: dict, first_try: asyncio.Event) -> None:
@@ -248,9 +248,3 @@ def _alert_enqueue(alert_id: int) -> None:
     from accounting.tasks import budget_alert_send_task
 
     budget_alert_send_task.delay(alert_id)
-
-
-def _record_done(task: asyncio.Task) -> None:
-    _background.discard(task)
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("usage record write failed", exc_info=task.exception())
