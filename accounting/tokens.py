@@ -20,7 +20,12 @@ TOKENS_PER_REPLY = 3
 
 @cache
 def _encoding() -> tiktoken.Encoding:
-    return tiktoken.get_encoding(settings.GATEWAY_TOKEN_ENCODING)
+    encoding = tiktoken.get_encoding(settings.GATEWAY_TOKEN_ENCODING)
+    # tiktoken keeps the ranks twice: in its Rust core, which encodes, and in a Python dict
+    # (about 10 MB in every worker for cl100k) that only pickling the encoding reads. The
+    # gateway never pickles it.
+    encoding.__dict__.pop("_mergeable_ranks", None)
+    return encoding
 
 
 def text_tokens(text: str) -> int:
