@@ -306,6 +306,10 @@ GATEWAY_MAX_CONNECTIONS = env.int("GATEWAY_MAX_CONNECTIONS", default=512)
 # probe through (half-open). Route groups may override both.
 GATEWAY_BREAKER_FAILURE_THRESHOLD = env.int("GATEWAY_BREAKER_FAILURE_THRESHOLD", default=5)
 GATEWAY_BREAKER_COOLDOWN_SECONDS = env.float("GATEWAY_BREAKER_COOLDOWN_SECONDS", default=30.0)
+# With Redis: how long a process lets a deployment with no failure on record through without
+# asking Redis again. A breaker opened by another process is seen at most this late (or at this
+# process's own first failure). 0: ask Redis on every request.
+GATEWAY_BREAKER_CLEAN_SECONDS = env.float("GATEWAY_BREAKER_CLEAN_SECONDS", default=1.0)
 # A provider's retry-after longer than this sends the request to another deployment instead of
 # waiting to retry the same one.
 GATEWAY_RETRY_AFTER_MAX_SECONDS = env.float("GATEWAY_RETRY_AFTER_MAX_SECONDS", default=10.0)

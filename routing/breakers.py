@@ -227,16 +227,24 @@ class RedisBreakerStore(BreakerStore):
     hash and no failure was recorded here since (the common case: a healthy deployment): there is
     nothing to delete. A failure another process records in between is then reset by the next
     success whose `allow` saw it, one request later than with a DEL per success.
+
+    Such a clean key is also let through without asking Redis for `clean_seconds` after that
+    `allow` (`GATEWAY_BREAKER_CLEAN_SECONDS`): a healthy deployment costs no round trip per
+    request. A breaker that another process opens meanwhile is therefore seen here up to
+    `clean_seconds` late, or at this process's own next failure of the key, which forgets it at
+    once. 0 asks Redis on every call.
     """
 
     def __init__(
         self, *, url: str, prefix: str, clock: Callable[[], float] = time.time,
-        retry_after: float = 1.0, timeout: float = 0.5,
+        retry_after: float = 1.0, timeout: float = 0.5, clean_seconds: float | None = None,
     ) -> None:
         self.clock = clock
         self._prefix = prefix
         self._redis = RedisConnections(url, timeout=timeout)
-        self._clean: set[str] = set()  # keys whose last `allow` found no hash, with no failure since
+        self.clean_seconds = settings.GATEWAY_BREAKER_CLEAN_SECONDS if clean_seconds is None else clean_seconds
+        # Keys whose last `allow` found no hash, with no failure since: when that `allow` was.
+        self._clean: dict[str, float] = {}
         self.fallback: RedisFallback[LocalBreakerStore] = RedisFallback(
             what="circuit breakers", make_local=lambda: LocalBreakerStore(clock=self.clock),
             retry_after=retry_after,
@@ -246,13 +254,18 @@ class RedisBreakerStore(BreakerStore):
         return f"{self._prefix}:breaker:{key}"
 
     async def allow(self, key: str, *, policy: BreakerPolicy) -> bool:
+        now = self.clock()
+        seen = self._clean.get(key)
+        if seen is not None and 0 <= now - seen < self.clean_seconds:
+            return True
+
         async def remote() -> bool:
-            args = [self.clock(), policy.cooldown_seconds, KEY_TTL_SECONDS]
+            args = [now, policy.cooldown_seconds, KEY_TTL_SECONDS]
             answer = await self._redis.script(_ALLOW, keys=[self._key(key)], args=args)
             if answer == 2:
-                self._clean.add(key)
+                self._clean[key] = now
             else:
-                self._clean.discard(key)
+                self._clean.pop(key, None)
             return bool(answer)
 
         return await self.fallback.run(remote, lambda local: local.allow(key, policy=policy))
@@ -266,7 +279,7 @@ class RedisBreakerStore(BreakerStore):
         )
 
     async def record_failure(self, key: str, *, policy: BreakerPolicy) -> None:
-        self._clean.discard(key)
+        self._clean.pop(key, None)
 
         async def remote() -> None:
             args = [self.clock(), policy.failure_threshold, KEY_TTL_SECONDS]

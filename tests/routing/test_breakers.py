@@ -257,15 +257,41 @@ async def test_a_failure_after_a_clean_allow_is_still_reset_by_a_success(make_re
     assert await store.allow(KEY, policy=POLICY) is True  # one failure, not the threshold
 
 
-async def test_another_processs_failures_are_reset_by_the_next_success_that_saw_them(make_redis_store):
+async def test_another_processs_failures_are_reset_by_the_next_success_that_saw_them(make_redis_store, clock):
     one, two = make_redis_store(), make_redis_store()
     assert await one.allow(KEY, policy=POLICY) is True  # clean
     await fail(two, POLICY.failure_threshold - 1)  # in another process, meanwhile
     await one.record_success(KEY, policy=POLICY)  # no round trip: the failures stay
-    assert await one.allow(KEY, policy=POLICY) is True  # sees the hash
+    clock.advance(one.clean_seconds)
+    assert await one.allow(KEY, policy=POLICY) is True  # asks Redis again, and sees the hash
     await one.record_success(KEY, policy=POLICY)  # resets them
     await two.record_failure(KEY, policy=POLICY)
     assert await two.allow(KEY, policy=POLICY) is True  # one failure, not the threshold
+
+
+async def test_a_clean_key_is_let_through_without_redis_for_clean_seconds(make_redis_store, clock):
+    one, two = make_redis_store(), make_redis_store()
+    assert await one.allow(KEY, policy=POLICY) is True  # no breaker hash: clean
+    await fail(two, POLICY.failure_threshold)  # another process opens the breaker
+    clock.advance(one.clean_seconds * 0.9)
+    assert await one.allow(KEY, policy=POLICY) is True  # not asked again yet: up to clean_seconds late
+    clock.advance(one.clean_seconds * 0.2)
+    assert await one.allow(KEY, policy=POLICY) is False  # asks Redis again: open
+
+
+async def test_a_failure_of_its_own_forgets_the_clean_key_at_once(make_redis_store, clock):
+    one, two = make_redis_store(), make_redis_store()
+    assert await one.allow(KEY, policy=POLICY) is True
+    await fail(two, POLICY.failure_threshold - 1)
+    await one.record_failure(KEY, policy=POLICY)  # the threshold's failure, seen by this process
+    assert await one.allow(KEY, policy=POLICY) is False  # no wait for clean_seconds
+
+
+async def test_clean_seconds_zero_asks_redis_every_time(make_redis_store):
+    one, two = make_redis_store(clean_seconds=0), make_redis_store()
+    assert await one.allow(KEY, policy=POLICY) is True
+    await fail(two, POLICY.failure_threshold)
+    assert await one.allow(KEY, policy=POLICY) is False
 
 
 async def test_redis_keys_are_prefixed_and_expire(make_redis_store, redis_prefix):
