@@ -11,11 +11,14 @@ to its own records (its repr is harmless today; its attributes are not).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 
+import orjson
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
+from pythonjsonlogger.orjson import orjson_default
 
 from gateway_site.request_ids import request_ids_current
 
@@ -24,7 +27,18 @@ NOT_LOGGED = ("request", "scope", "headers", "color_message")  # color_message: 
 
 
 def redact(text: str) -> str:
+    lowered = text.lower()
+    if "sk-" not in lowered and "bearer" not in lowered:
+        return text  # nothing SECRET could match: most lines, and far cheaper than the search
     return SECRET.sub(lambda m: f"{m.group(1) or ''}[redacted]", text)
+
+
+def _serialize(log_data: dict, *, default=None, cls=None, indent=None, ensure_ascii=True) -> str:
+    """orjson for a log line (a few times faster than `json`); `json` for what orjson refuses."""
+    try:
+        return orjson.dumps(log_data, default=orjson_default, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return json.dumps(log_data, default=default, cls=cls, indent=indent, ensure_ascii=ensure_ascii)
 
 
 class RequestIdFilter(logging.Filter):
@@ -43,6 +57,7 @@ class JsonFormatter(_JsonFormatter):
         kwargs.setdefault("reserved_attrs", [*RESERVED_ATTRS, *NOT_LOGGED])
         kwargs.setdefault("rename_fields", {"levelname": "level", "name": "logger"})
         kwargs.setdefault("timestamp", "time")  # ISO 8601, UTC
+        kwargs.setdefault("json_serializer", _serialize)
         super().__init__(*args, **kwargs)
 
     def format(self, record: logging.LogRecord) -> str:

@@ -16,8 +16,10 @@ from django.views.decorators.csrf import csrf_exempt
 
 from accounting import tokens
 from accounting.auth import api_key_authenticate, bearer_token
+from gateway_site import wire_json
 from gateway_site.errors import GatewayError
 from gateway_site.http import allow_methods
+from gateway_site.wire_json import JsonBody
 from routing import pipeline, validation
 from routing.anthropic_format import anthropic_error, anthropic_events, anthropic_message, openai_payload
 from routing.api import read_body
@@ -52,7 +54,7 @@ async def messages(request: HttpRequest) -> HttpResponse:
         return _error(call, exc)
     model = call.deployment.target.upstream_model if call.deployment else call.requested_model
     if isinstance(result, dict):
-        return _response(call, JsonResponse(anthropic_message(result, message_id=call.response_id, model=model)))
+        return _response(call, JsonBody(anthropic_message(result, message_id=call.response_id, model=model)))
     events = anthropic_events(result, message_id=call.response_id, model=model, input_tokens=prompt_estimate(call))
     response = StreamingHttpResponse(_sse(events, result), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
@@ -74,7 +76,7 @@ async def _payload(call: Call, raw: bytes) -> dict:
 async def _sse(events: AsyncIterator[tuple[str, dict]], chunks) -> AsyncIterator[bytes]:
     try:
         async for name, data in events:
-            yield f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+            yield b"event: " + name.encode() + b"\ndata: " + wire_json.dumps(data) + b"\n\n"
     finally:
         await chunks.aclose()  # records the request now, however the stream ended
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 
@@ -12,8 +11,10 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.views.decorators.csrf import csrf_exempt
 
 from accounting.auth import api_key_authenticate, bearer_token
+from gateway_site import wire_json
 from gateway_site.errors import GatewayError, PayloadTooLarge, error_response
 from gateway_site.http import allow_methods
+from gateway_site.wire_json import JsonBody
 from routing import pipeline
 from routing.selection import models_visible
 
@@ -36,7 +37,7 @@ def _with_headers(response: HttpResponse, call: pipeline.Call) -> HttpResponse:
 
 
 def _event(chunk: dict) -> bytes:
-    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + wire_json.dumps(chunk) + b"\n\n"
 
 
 async def _sse(chunks: AsyncIterator[dict]) -> AsyncIterator[bytes]:
@@ -73,7 +74,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     except GatewayError as exc:
         return _with_headers(error_response(exc), call)
     if isinstance(result, dict):
-        return _with_headers(JsonResponse(result), call)
+        return _with_headers(JsonBody(result), call)
     response = StreamingHttpResponse(_sse(result), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
@@ -93,7 +94,7 @@ async def embeddings(request: HttpRequest) -> HttpResponse:
         )
     except GatewayError as exc:
         return _with_headers(error_response(exc), call)
-    return _with_headers(JsonResponse(result), call)
+    return _with_headers(JsonBody(result), call)
 
 
 @allow_methods("GET")

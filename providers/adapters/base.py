@@ -25,13 +25,13 @@ A subclass implements:
 from __future__ import annotations
 
 import email.utils
-import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import httpx
 
+from gateway_site import wire_json
 from gateway_site.errors import InvalidRequest, ProviderError
 
 
@@ -180,7 +180,7 @@ class Adapter:
     async def _send_json(self, request: UpstreamRequest, target: Target) -> dict:
         response = await self._open(request, target, stream=False)
         try:
-            data = response.json()
+            data = _body_json(response)
         except ValueError as exc:
             raise ProviderError(
                 f"Provider '{target.provider_name}' returned a body that is not JSON.",
@@ -289,12 +289,20 @@ class Adapter:
 
     def load_event(self, event: SSEEvent, target: Target) -> dict:
         try:
-            data = json.loads(event.data)
+            data = wire_json.loads(event.data)
         except ValueError as exc:
             raise self.malformed(target, "stream data") from exc
         if not isinstance(data, dict):
             raise self.malformed(target, "stream data")
         return data
+
+
+def _body_json(response: httpx.Response) -> object:
+    """The body as JSON: UTF-8 through orjson; anything else (a UTF-16 body, say) as httpx reads it."""
+    try:
+        return wire_json.loads(response.content)
+    except ValueError:
+        return response.json()
 
 
 def _class_for_status(status: int) -> str:
