@@ -241,15 +241,15 @@ async def _semantic_add(call, plan: CachePlan) -> None:
 
 
 # --- streams --------------------------------------------------------------------------------------
-async def cache_stream_tee(call, chunks: AsyncIterator[dict]) -> AsyncIterator[dict]:
-    """Pass a live stream through; once it has ended well, store its answer (text answers only)."""
+def cache_stream_tee(call, chunks: AsyncIterator[dict]) -> AsyncIterator[dict]:
+    """Pass a live stream through; once it has ended well, store its answer (text answers only).
+    Without a cache plan the stream itself is returned: no layer per chunk."""
     if call.cache_plan is None:
-        try:
-            async for chunk in chunks:
-                yield chunk
-        finally:
-            await chunks.aclose()  # the relay records now, not at garbage collection
-        return
+        return chunks
+    return _stream_tee(call, chunks)
+
+
+async def _stream_tee(call, chunks: AsyncIterator[dict]) -> AsyncIterator[dict]:
     pieces: list[str] = []
     finish, model, storable = None, "", True
     try:

@@ -90,12 +90,14 @@ async def stream_relay(call: Call, stream: AsyncIterator[dict], first: dict) -> 
     status, http_status, error_class = "success", 200, ""
     guard = StreamGuard.for_call(call)  # None when no output guardrail applies
     try:
-        async for chunk in _prepend(first, stream):
+        chunk: dict | None = first
+        while chunk is not None:
             if guard is not None:
                 guard.chunk_check(chunk)  # holds back a short tail, redacts, raises on a block
             relayed = _chunk_relay(call, chunk, texts, wants_usage=wants_usage)
             if relayed is not None:
                 yield relayed
+            chunk = await anext(stream, None)
         tail = guard.finish() if guard is not None else None
         if tail is not None:
             yield _chunk_relay(call, tail, texts, wants_usage=wants_usage)
@@ -129,12 +131,6 @@ async def stream_relay(call: Call, stream: AsyncIterator[dict], first: dict) -> 
             http_status=http_status,
             error_class=error_class,
         )
-
-
-async def _prepend(first: dict, stream: AsyncIterator[dict]) -> AsyncIterator[dict]:
-    yield first
-    async for chunk in stream:
-        yield chunk
 
 
 def _chunk_relay(call: Call, chunk: dict, texts: list[str], *, wants_usage: bool) -> dict | None:

@@ -33,6 +33,7 @@ import httpx
 
 from gateway_site import wire_json
 from gateway_site.errors import InvalidRequest, ProviderError
+from providers.sse import SSEDecoder, SSEEvent
 
 
 @dataclass(frozen=True)
@@ -93,12 +94,6 @@ class UpstreamRequest:
     url: str
     json: dict
     headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class SSEEvent:
-    event: str
-    data: str
 
 
 class Adapter:
@@ -262,23 +257,13 @@ class Adapter:
     async def _sse_events(
         self, response: httpx.Response, target: Target
     ) -> AsyncIterator[SSEEvent]:
-        """Parse a text/event-stream body (https://html.spec.whatwg.org/#event-stream-interpretation)."""
-        event, data_lines = "", []
-        async for line in response.aiter_lines():
-            if not line:
-                if data_lines:
-                    yield SSEEvent(event=event or "message", data="\n".join(data_lines))
-                event, data_lines = "", []
-                continue
-            if line.startswith(":"):
-                continue
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "event":
-                event = value
-            elif name == "data":
-                data_lines.append(value)
-        # An event not closed by a blank line was cut off: the spec says to discard it.
+        """Parse a text/event-stream body (`providers.sse`)."""
+        decoder = SSEDecoder()
+        async for piece in response.aiter_bytes():
+            for event in decoder.feed(piece):
+                yield event
+        for event in decoder.end():
+            yield event
 
     def malformed(self, target: Target, what: str) -> ProviderError:
         return ProviderError(

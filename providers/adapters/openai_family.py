@@ -9,6 +9,7 @@ parameter is dropped or answered with a 400 naming it (`Provider.unsupported_par
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from urllib.parse import urlparse
 
 # Parameters only OpenAI itself understands (its own products and billing).
@@ -53,6 +54,7 @@ OLLAMA = Quirks("ollama", unsupported=OPENAI_ONLY | {"logit_bias", "logprobs", "
 OLLAMA_PORT = 11434
 
 
+@lru_cache(maxsize=1024)  # asked per request and per stream chunk; urlparse is not free
 def quirks_for(api_base: str) -> Quirks:
     parsed = urlparse(api_base)
     if parsed.port == OLLAMA_PORT:
