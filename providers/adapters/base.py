@@ -201,8 +201,10 @@ class Adapter:
             write=self.client.timeout.write,
             pool=self.client.timeout.pool,
         )
+        # The body encoded by orjson (gateway_site.wire_json), not by httpx's json.dumps.
         http_request = self.client.build_request(
-            "POST", request.url, json=request.json, headers=request.headers, timeout=timeout
+            "POST", request.url, content=wire_json.dumps(request.json),
+            headers={"content-type": "application/json", **request.headers}, timeout=timeout,
         )
         try:
             response = await self.client.send(http_request, stream=stream)
