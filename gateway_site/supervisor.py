@@ -58,9 +58,30 @@ def supervisor_gone(pid: int) -> bool:
     return True
 
 
+# Optional imports that libraries make at import time and that a web worker never uses: DRF's
+# `requests` (for its test client; 4.4 MB of a worker's heap), httpx's command-line client (rich,
+# pygments and click when they are installed; 2.4 MB). A worker starts with them skipped (an
+# ImportError, which the libraries expect) and allows them again once it is loaded
+# (`worker_ready`), so a later import of them works as usual.
+WORKER_SKIPPED_IMPORTS = ("requests", "httpx._main")
+
+
+def worker_imports_skip() -> None:
+    """First thing in a worker process: the optional imports above fail while it loads."""
+    for name in WORKER_SKIPPED_IMPORTS:
+        sys.modules.setdefault(name, None)
+
+
+def _worker_imports_allow() -> None:
+    for name in WORKER_SKIPPED_IMPORTS:
+        if name in sys.modules and sys.modules[name] is None:
+            del sys.modules[name]
+
+
 def worker_ready() -> None:
     """Tell the supervisor this worker serves (it waits for the line on a reload)."""
     _heap_freeze()
+    _worker_imports_allow()
     if os.environ.get("GATEWAY_READY_FD"):
         os.write(int(os.environ["GATEWAY_READY_FD"]), f"{os.getpid()}\n".encode())
     worker_logger.info("worker %s ready", os.getpid())

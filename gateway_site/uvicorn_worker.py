@@ -26,7 +26,9 @@ import sys
 import uvicorn
 
 from gateway_site.graceful import CUT_SECONDS
-from gateway_site.supervisor import PARENT_CHECK_SECONDS, supervisor_gone, supervisor_pid, worker_ready
+from gateway_site.supervisor import (
+    PARENT_CHECK_SECONDS, supervisor_gone, supervisor_pid, worker_imports_skip, worker_ready,
+)
 
 logger = logging.getLogger("gateway_site.worker")
 
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--access-log", default=None, help="a file, or - for stdout")
     parser.add_argument("application", help="the ASGI application, module:attribute")
     args = parser.parse_args(argv)
+    worker_imports_skip()
 
     # The application first: it sets Django up, whose LOGGING then carries uvicorn's own loggers.
     config = uvicorn.Config(

@@ -30,7 +30,9 @@ from daphne.cli import CommandLineInterface  # installs the asyncio reactor: imp
 from daphne.server import Server
 from twisted.internet import reactor
 
-from gateway_site.supervisor import PARENT_CHECK_SECONDS, supervisor_gone, supervisor_pid, worker_ready
+from gateway_site.supervisor import (
+    PARENT_CHECK_SECONDS, supervisor_gone, supervisor_pid, worker_imports_skip, worker_ready,
+)
 
 logger = logging.getLogger("gateway_site.worker")
 
@@ -103,6 +105,7 @@ class WorkerCommandLine(CommandLineInterface):
 
 
 def main() -> None:
+    worker_imports_skip()
     WorkerCommandLine().run(sys.argv[1:])
 
 
