@@ -14,6 +14,7 @@ Soft budgets are not enforced; every budget raises its alerts once per period pe
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import uuid
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from decimal import Decimal
 
-from django.db import connection, transaction
+from django.db import DataError, connection, transaction
 from django.db.models import F, Q, Sum, Value
 
 from accounting.models import (
@@ -203,8 +204,11 @@ def _reserve_in_one_statement(
 
 
 def _statement(sql: str) -> str:
-    """`sql` with the budget tables' names in place of `{periods}` and `{reservations}`."""
-    return sql.format(periods=BudgetPeriod._meta.db_table, reservations=BudgetReservation._meta.db_table)
+    """`sql` with the budget tables' names in place of `{periods}`, `{reservations}`, `{alerts}`."""
+    return sql.format(
+        periods=BudgetPeriod._meta.db_table, reservations=BudgetReservation._meta.db_table,
+        alerts=BudgetAlert._meta.db_table,
+    )
 
 
 def _execute(sql: str, params: list) -> int:
@@ -309,6 +313,70 @@ def budgets_settle(settlements: list[Settlement]) -> list[int]:
             for pk, start, spent in BudgetPeriod.objects.filter(pk__in=unread).values_list("pk", "period_start", "spent_usd")
         )
     return _alerts_raise([(owners[period_id][0], *after[period_id], spend[period_id]) for period_id in alerting])
+
+
+def records_insert_settle(
+    insert: tuple[str, list], settlements: list[Settlement]
+) -> tuple[list[int], list[int]] | None:
+    """PostgreSQL: the records' INSERT (`insert`: a statement ending in `RETURNING id`, and its
+    values), their settlement and the alerts it raises as one statement, in autocommit, when
+    every change falls on one period row (or none). Returns the new records' ids in order and
+    the ids of alerts newly raised. One round trip instead of a transaction's four (BEGIN,
+    INSERT, settle, COMMIT); a statement is atomic, so the records, the spend they justify and
+    its alerts commit together, as on the general path.
+
+    None when the general path is needed (`budgets_settle` in the caller's transaction): changes
+    on several period rows, or a period row that is gone, in which case the statement fails as a
+    whole (a division by zero on purpose) and nothing was written."""
+    rows: set[int] = set()
+    spender: BudgetLimit | None = None
+    cost = Decimal("0")
+    request_ids = []
+    for item in settlements:
+        if item.cost:
+            for budget in item.budgets:
+                rows.add(_period_id(budget, item.now))
+                spender = budget
+            cost += item.cost
+        if item.reservation is not None:
+            rows.update(item.reservation.period_ids)
+            request_ids.append(uuid.UUID(item.reservation.request_id))
+    if len(rows) > 1:
+        return None
+    sql, params = insert
+    if rows:
+        (period_id,) = rows
+        # The alert lines this spend may cross, as `_alerts_raise` draws them.
+        thresholds = list(spender.thresholds) if spender is not None else []
+        lines = [spender.amount_usd * threshold / 100 for threshold in thresholds]
+        sql = f"WITH inserted AS ({sql}), " + _statement(
+            "released AS (DELETE FROM {reservations}"
+            " WHERE request_id = ANY(%s) AND budget_period_id = %s RETURNING amount_usd),"
+            " period AS (UPDATE {periods} SET reserved_usd = reserved_usd"
+            " - COALESCE((SELECT SUM(amount_usd) FROM released), 0), spent_usd = spent_usd + %s"
+            " WHERE id = %s RETURNING budget_id, period_start, spent_usd),"
+            " raised AS (INSERT INTO {alerts}"
+            " (budget_id, period_start, threshold, spent_usd, created_at, webhook_status, email_status)"
+            " SELECT period.budget_id, period.period_start, line.threshold, period.spent_usd, NOW(), '', ''"
+            " FROM period, UNNEST(%s::integer[], %s::numeric[]) AS line(threshold, amount)"
+            " WHERE period.spent_usd - %s < line.amount AND line.amount <= period.spent_usd"
+            " ON CONFLICT (budget_id, period_start, threshold) DO NOTHING RETURNING id)"
+            # No period row: fail the whole statement, so that nothing is written without its spend.
+            " SELECT inserted.id, 1 / (SELECT COUNT(*) FROM period), ARRAY(SELECT id FROM raised) FROM inserted"
+        )
+        params = [*params, request_ids, period_id, cost, period_id, thresholds, lines, cost]
+    try:
+        # Inside a transaction (a caller's, or a test's), a savepoint keeps it usable if the
+        # statement fails; in autocommit the statement is its own transaction.
+        with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                found = cursor.fetchall()
+    except DataError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) == "22012":  # division_by_zero: the row is gone
+            return None
+        raise
+    return [row[0] for row in found], (list(found[0][2]) if rows and found else [])
 
 
 def _settle_in_one_statement(
