@@ -9,6 +9,7 @@ the real usage is known the token buckets are corrected.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import math
 from dataclasses import dataclass, field
@@ -123,8 +124,8 @@ async def rate_limit_settle(*, charge: Charge, actual_tokens: int) -> None:
     if not difference:
         return
     store = rate_limit_store()
-    for limit in charge.token_limits:
-        if difference < 0:
-            await store.refund(limit, -difference)
-        else:
-            await store.adjust(limit, difference)
+    # Together, so that they share one Redis pipeline.
+    await asyncio.gather(*(
+        store.refund(limit, -difference) if difference < 0 else store.adjust(limit, difference)
+        for limit in charge.token_limits
+    ))

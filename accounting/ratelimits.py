@@ -310,7 +310,9 @@ class RedisRateLimitStore(RateLimitStore):
 
         async def remote() -> None:
             args = [self.clock(), limit.per_minute, delta]
-            await self._redis.script(_ADD, keys=[self._key(limit.name)], args=args)
+            # A settlement nobody waits for (`quotas.rate_limit_settle`, in the background): it
+            # goes out with this loop's next Redis call, which is usually the next request's take.
+            await self._redis.script(_ADD, keys=[self._key(limit.name)], args=args, deferred=True)
 
         await self.fallback.run(remote, local)
 

@@ -52,3 +52,12 @@ def _finished(task: asyncio.Task, what: str) -> None:
     _tasks.discard(task)
     if not task.cancelled() and task.exception() is not None:
         logger.error("%s failed", what, exc_info=task.exception())
+
+
+async def background_wait() -> None:
+    """Wait for the running loop's `background` tasks that have started so far (tests that read
+    what they write; a worker's drain waits for every task anyway)."""
+    loop = asyncio.get_running_loop()
+    mine = [task for task in _tasks if task.get_loop() is loop]
+    if mine:
+        await asyncio.wait(mine)

@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 MAX_CONNECTIONS = 32
 # At most this many script calls in one pipeline.
 SCRIPT_BATCH_MAX = 256
+# A deferred script call (`RedisConnections.script(..., deferred=True)`: bookkeeping nobody waits
+# for) goes out with the loop's next call, or after this long at the latest.
+SCRIPT_DEFER_SECONDS = 0.05
 
 T = TypeVar("T")
 L = TypeVar("L")
@@ -59,12 +62,14 @@ class RedisConnections:
     def async_client(self) -> aioredis.Redis:
         return self._loops.get()[0]
 
-    async def script(self, source: str, *, keys: list[str], args: list) -> Any:
+    async def script(self, source: str, *, keys: list[str], args: list, deferred: bool = False) -> Any:
         """Run the Lua script `source` (EVALSHA, loading it when Redis does not have it).
 
         Calls made while this loop's previous calls are on the wire go out together, in one
-        pipeline, when those are answered (`ScriptBatches`)."""
-        return await self._loops.get()[1].call(source, keys, args)
+        pipeline, when those are answered (`ScriptBatches`). A `deferred` call (bookkeeping that
+        no request waits for) waits for the loop's next call to share its pipeline, at most
+        `SCRIPT_DEFER_SECONDS`; the loop's calls still reach Redis in the order they were made."""
+        return await self._loops.get()[1].call(source, keys, args, deferred=deferred)
 
     def sync_client(self) -> redis.Redis:
         if self._sync is None:
@@ -108,13 +113,25 @@ class ScriptBatches:
         self._shas: dict[str, str] = {}
         self._waiting: list[tuple[str, list[str], list, asyncio.Future]] = []
         self._sender: asyncio.Task | None = None
+        self._deadline: asyncio.TimerHandle | None = None  # of the deferred calls waiting
 
-    async def call(self, source: str, keys: list[str], args: list) -> Any:
-        answer = asyncio.get_running_loop().create_future()
+    async def call(self, source: str, keys: list[str], args: list, *, deferred: bool = False) -> Any:
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()
         self._waiting.append((source, keys, args, answer))
         if self._sender is None:
-            self._sender = asyncio.ensure_future(self._send_all())
+            if not deferred:
+                self._start()
+            elif self._deadline is None:
+                self._deadline = loop.call_later(SCRIPT_DEFER_SECONDS, self._start)
         return await answer
+
+    def _start(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if self._sender is None and self._waiting:
+            self._sender = asyncio.ensure_future(self._send_all())
 
     async def _send_all(self) -> None:
         try:

@@ -172,7 +172,8 @@ class RedisHealthStore(HealthStore):
         async def remote() -> None:
             args = [self.clock(), int(ok), latency_ms, "" if ttft_ms is None else ttft_ms,
                     "" if ok else error[:MAX_ERROR_CHARS], self._alpha, KEY_TTL_SECONDS]
-            await self._redis.script(_RECORD, keys=[self._key(key)], args=args)
+            # Statistics nobody waits for: they go out with this loop's next Redis call.
+            await self._redis.script(_RECORD, keys=[self._key(key)], args=args, deferred=True)
 
         await self.fallback.run(
             remote,

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from accounting.budgets import period_start
 from accounting.models import Budget, BudgetPeriod
 from gateway_site import metrics
+from gateway_site.loops import background_wait
 from routing.breakers import BreakerPolicy, breaker_store
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -120,6 +121,7 @@ async def test_cache_lookups_are_counted_for_the_caching_app(db):
 
 async def test_breaker_states_are_read_at_scrape_time(gateway):
     assert (await chat(gateway, "Hello")).status_code == 200
+    await background_wait()  # the health sample, written in the background
     text = await scrape()
     assert value(text, "gateway_circuit_breaker_state", provider="fake", model="gpt-4o-mini") == 0
     assert value(text, "gateway_deployment_success_ratio", provider="fake", model="gpt-4o-mini") == 1

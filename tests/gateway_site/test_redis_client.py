@@ -11,6 +11,7 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
+from gateway_site import redis_client
 from gateway_site.redis_client import REDIS_DOWN, RedisConnections
 
 # Adds ARGV[1] to the counter KEYS[1]; ARGV[1] == 'bad' is an error of that call alone.
@@ -99,3 +100,32 @@ async def test_a_dead_redis_fails_every_call_of_the_pipeline():
             await dead.script(COUNT, keys=["k"], args=[1])
     finally:
         await dead.aclose()
+
+
+async def test_a_deferred_call_waits_for_the_next_call_and_keeps_its_place(connections, key, monkeypatch):
+    monkeypatch.setattr(redis_client, "SCRIPT_DEFER_SECONDS", 60.0)
+    deferred = asyncio.ensure_future(connections.script(COUNT, keys=[key], args=[1], deferred=True))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0.05)
+    assert counter(key) is None  # not sent: nobody waits for it
+    # The next call takes it along, behind which it was made.
+    assert await connections.script(COUNT, keys=[key], args=[10]) == 11
+    assert await deferred == 1
+
+
+async def test_a_deferred_call_alone_goes_out_at_its_deadline(connections, key, monkeypatch):
+    monkeypatch.setattr(redis_client, "SCRIPT_DEFER_SECONDS", 0.2)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await asyncio.wait_for(connections.script(COUNT, keys=[key], args=[3], deferred=True), timeout=10) == 3
+    assert loop.time() - started >= 0.2
+    assert counter(key) == 3
+
+
+def counter(key: str) -> int | None:
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        value = client.get(key)
+        return None if value is None else int(value)
+    finally:
+        client.close()
