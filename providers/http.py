@@ -2,7 +2,9 @@
 
 A client holds a connection pool tied to the event loop that created it, so it is made once per
 loop: once per process under the ASGI server, once per test loop under pytest. Its requests go
-over aiohttp's pool (`providers.transport`), which costs a quarter of httpx's own per call.
+over aiohttp's pool (`providers.transport`), which costs a quarter of httpx's own per call. The
+adapters hand their requests to the client's transport themselves (`Adapter._open`, which also
+sets the correlation id as `x-request-id`); the client holds their defaults (timeouts, headers).
 """
 
 from collections.abc import AsyncGenerator
@@ -12,7 +14,6 @@ import httpx
 from django.conf import settings
 
 from gateway_site.loops import PerLoop
-from gateway_site.request_ids import correlation_id
 from providers.adapters import ADAPTERS, Adapter
 from providers.transport import AiohttpTransport
 
@@ -38,7 +39,6 @@ def _client_make() -> tuple[httpx.AsyncClient, AsyncGenerator]:
         transport=AiohttpTransport(limits=limits),
         cookies=_NO_COOKIES,
         follow_redirects=False,
-        event_hooks={"request": [_request_id_header]},
     )
     return client, _closed_with_loop(client)
 
@@ -67,12 +67,6 @@ def _closed_with_loop(client: httpx.AsyncClient) -> AsyncGenerator:
     except StopIteration:
         pass
     return generator
-
-
-async def _request_id_header(request: httpx.Request) -> None:
-    """Providers get the request's correlation id (`gateway_site.request_ids`) as `x-request-id`."""
-    if value := correlation_id():
-        request.headers["x-request-id"] = value
 
 
 def adapter_for(wire_type: str) -> Adapter:
