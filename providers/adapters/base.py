@@ -219,19 +219,13 @@ class Adapter:
             # The transport the client would pick (a proxy's, when the environment names one).
             transport = self.client._transport_for_url(http_request.url)
             response = await transport.handle_async_request(http_request)
-        except httpx.TimeoutException as exc:
+            if not stream and response.status_code < 400:
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
+        except httpx.TransportError as exc:  # timeouts included
             raise self._transport_error(exc, target) from exc
-        except httpx.TransportError as exc:
-            raise self._transport_error(exc, target) from exc
-        if not stream and response.status_code < 400:
-            try:
-                await response.aread()
-            except httpx.TimeoutException as exc:
-                raise self._transport_error(exc, target) from exc
-            except httpx.TransportError as exc:
-                raise self._transport_error(exc, target) from exc
-            finally:
-                await response.aclose()
         if response.status_code >= 400:
             body_read = True
             try:
