@@ -277,17 +277,7 @@ def budgets_settle(settlements: list[Settlement]) -> list[int]:
     one row is concerned (one budget, the common case), the release and the spend are one
     statement.
     """
-    spend: dict[int, Decimal] = {}
-    owners: dict[int, tuple[BudgetLimit, datetime]] = {}  # what a spend row's repair needs
-    for item in settlements:
-        if not item.cost:
-            continue
-        for budget in item.budgets:
-            period_id = _period_id(budget, item.now)
-            spend[period_id] = spend.get(period_id, Decimal("0")) + item.cost
-            owners[period_id] = (budget, item.now)
-    reservations = [item.reservation for item in settlements if item.reservation is not None]
-    rows = set(spend).union(*(reservation.period_ids for reservation in reservations))
+    spend, owners, reservations, rows = _changes(settlements)
     after: dict[int, tuple[datetime, Decimal]] = {}  # period row -> (its start, its spend now)
     if len(rows) == 1 and connection.vendor == "postgresql":
         (period_id,) = rows
@@ -315,6 +305,26 @@ def budgets_settle(settlements: list[Settlement]) -> list[int]:
     return _alerts_raise([(owners[period_id][0], *after[period_id], spend[period_id]) for period_id in alerting])
 
 
+def _changes(
+    settlements: list[Settlement],
+) -> tuple[dict[int, Decimal], dict[int, tuple[BudgetLimit, datetime]], list[Reservation], set[int]]:
+    """What a settlement changes, per period row: the spend added to each (a request's cost goes
+    to each of its own budgets' rows), each spend row's budget and time (what its alerts and its
+    repair need), the reservations to release, and every row concerned."""
+    spend: dict[int, Decimal] = {}
+    owners: dict[int, tuple[BudgetLimit, datetime]] = {}
+    for item in settlements:
+        if not item.cost:
+            continue
+        for budget in item.budgets:
+            period_id = _period_id(budget, item.now)
+            spend[period_id] = spend.get(period_id, Decimal("0")) + item.cost
+            owners[period_id] = (budget, item.now)
+    reservations = [item.reservation for item in settlements if item.reservation is not None]
+    rows = set(spend).union(*(reservation.period_ids for reservation in reservations))
+    return spend, owners, reservations, rows
+
+
 def records_insert_settle(
     insert: tuple[str, list], settlements: list[Settlement]
 ) -> tuple[list[int], list[int]] | None:
@@ -328,27 +338,18 @@ def records_insert_settle(
     None when the general path is needed (`budgets_settle` in the caller's transaction): changes
     on several period rows, or a period row that is gone, in which case the statement fails as a
     whole (a division by zero on purpose) and nothing was written."""
-    rows: set[int] = set()
-    spender: BudgetLimit | None = None
-    cost = Decimal("0")
-    request_ids = []
-    for item in settlements:
-        if item.cost:
-            for budget in item.budgets:
-                rows.add(_period_id(budget, item.now))
-                spender = budget
-            cost += item.cost
-        if item.reservation is not None:
-            rows.update(item.reservation.period_ids)
-            request_ids.append(uuid.UUID(item.reservation.request_id))
+    spend, owners, reservations, rows = _changes(settlements)
     if len(rows) > 1:
         return None
     sql, params = insert
     if rows:
         (period_id,) = rows
+        cost = spend.get(period_id, Decimal("0"))
+        request_ids = [uuid.UUID(reservation.request_id) for reservation in reservations]
         # The alert lines this spend may cross, as `_alerts_raise` draws them.
-        thresholds = list(spender.thresholds) if spender is not None else []
-        lines = [spender.amount_usd * threshold / 100 for threshold in thresholds]
+        owner = owners[period_id][0] if period_id in owners else None
+        thresholds = list(owner.thresholds) if owner is not None else []
+        lines = [owner.amount_usd * threshold / 100 for threshold in thresholds]
         sql = f"WITH inserted AS ({sql}), " + _statement(
             "released AS (DELETE FROM {reservations}"
             " WHERE request_id = ANY(%s) AND budget_period_id = %s RETURNING amount_usd),"

@@ -137,3 +137,20 @@ def test_records_on_several_period_rows_take_the_transaction():
     assert UsageRecord.objects.count() == 2
     assert sorted(BudgetPeriod.objects.values_list("spent_usd", flat=True)) == [Decimal("0.25")] * 2
     assert list(BudgetAlert.objects.values_list("threshold", flat=True)) == [1] and len(raised) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_group_with_a_tenant_without_budgets_spends_only_on_the_budgeted_ones():
+    budgeted_tenant, budgets = budgeted()
+    unbudgeted = tenant_create(slug=f"t{uuid.uuid4().hex[:8]}")
+    request_id, reservation = reserve(budgets)
+    writes = [
+        RecordWrite(fields=every_field(unbudgeted, uuid.uuid4(), "0.70")),
+        RecordWrite(fields=every_field(budgeted_tenant, request_id, "0.25"), budgets=budgets, reservation=reservation),
+    ]
+
+    usage_records_commit(writes)
+
+    assert UsageRecord.objects.count() == 2
+    period = BudgetPeriod.objects.get()
+    assert period.spent_usd == Decimal("0.25") and period.reserved_usd == 0
