@@ -15,7 +15,10 @@ from django.forms.models import model_to_dict
 
 from accounting.budgets import Settlement, _budgets_load, budget_reserve
 from accounting.models import Budget, BudgetAlert, BudgetPeriod, BudgetReservation, UsageRecord
-from accounting.services import RecordWrite, _records_commit, tenant_create, usage_record_commit, usage_records_commit
+from accounting.services import (
+    RecordWrite, _records_commit, api_key_create, tenant_create, usage_record_commit, usage_records_commit,
+)
+from providers.models import Provider
 
 NOW = datetime(2026, 11, 18, 15, 30, tzinfo=dt_timezone.utc)
 
@@ -84,6 +87,38 @@ def test_the_statement_writes_every_field_as_the_orm_does():
     assert stored(by_statement.pk) == stored(by_orm.pk)
     assert UsageRecord.objects.get(pk=by_statement.pk).attempts[0]["note"] == "é\u2028"
     assert BudgetPeriod.objects.get().spent_usd == Decimal("0.50")
+
+
+@pytest.mark.django_db
+def test_a_group_is_written_row_for_row_as_the_orm_writes_it():
+    """Several records in one statement (one JSON array of rows): each returned id is its own
+    record's, and every stored value is what Django's bulk_create stores for the same fields."""
+    tenant, budgets = budgeted()
+    key, _ = api_key_create(tenant=tenant)
+    provider = Provider.objects.create(name=f"p{uuid.uuid4().hex[:8]}", type="openai", api_base="http://127.0.0.1:1/v1")
+    variants = [
+        {},
+        {"api_key_id": key.pk, "provider_id": provider.pk, "ttft_ms": None, "cost_usd": Decimal("0.123456785"),
+         "attempts": [], "tags": [], "end_user": "ünïcode \u2028 \"quoted\" \\ back", "status": "error",
+         "http_status": 502, "error_class": "upstream_error", "created_at": datetime(2026, 11, 18, 15, 30, 0, 123456, tzinfo=dt_timezone.utc)},
+        {"cost_usd": Decimal("1E-8"), "saved_cost_usd": Decimal("0"), "attempts": [{"nested": {"k": [1, 2.5, None, True]}}],
+         "tags": ["x" * 100], "usage_estimated": False, "stream": False, "cache": ""},
+    ]
+
+    def fields_of(variant: dict) -> dict:
+        return every_field(tenant, uuid.uuid4(), "0.25") | variant
+
+    by_statement = usage_records_commit([RecordWrite(fields=fields_of(variant), budgets=budgets) for variant in variants])
+    by_orm = UsageRecord.objects.bulk_create([UsageRecord(**fields_of(variant)) for variant in variants])
+
+    def stored(record):
+        row = UsageRecord.objects.filter(pk=record.pk).values().get()
+        assert row["request_id"] == record.request_id  # the id returned is this record's
+        return {k: v for k, v in row.items() if k not in ("id", "request_id")}
+
+    assert [stored(record) for record in by_statement] == [stored(record) for record in by_orm]
+    assert stored(by_statement[1])["cost_usd"] == Decimal("0.12345679")
+    assert BudgetPeriod.objects.get().spent_usd == Decimal("0.25") + Decimal("0.12345679") + Decimal("0.00000001")
 
 
 @pytest.mark.parametrize("autocommit", [True, False], ids=["autocommit", "in a transaction"])
