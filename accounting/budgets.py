@@ -35,6 +35,7 @@ from accounting.models import (
 )
 from gateway_site.config_cache import ConfigCache
 from gateway_site.errors import GatewayError
+from gateway_site.prepared import prepared_cursor
 
 EPOCH = datetime(2000, 1, 1, tzinfo=dt_timezone.utc)
 
@@ -212,9 +213,9 @@ def _statement(sql: str) -> str:
 
 
 def _execute(sql: str, params: list) -> int:
-    """Run one raw statement on the budget tables (see `_statement`); returns the number of rows
-    it changed."""
-    with connection.cursor() as cursor:
+    """Run one raw statement on the budget tables (see `_statement`), prepared on the server
+    (`gateway_site.prepared`); returns the number of rows it changed."""
+    with prepared_cursor() as cursor:
         cursor.execute(_statement(sql), params)
         return cursor.rowcount
 
@@ -370,7 +371,7 @@ def records_insert_settle(
         # Inside a transaction (a caller's, or a test's), a savepoint keeps it usable if the
         # statement fails; in autocommit the statement is its own transaction.
         with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
-            with connection.cursor() as cursor:
+            with prepared_cursor() as cursor:
                 cursor.execute(sql, params)
                 found = cursor.fetchall()
     except DataError as exc:
@@ -387,7 +388,7 @@ def _settle_in_one_statement(
     statement instead of a DELETE and an UPDATE. Returns the row's period start and spend after
     it (what alerts need, without reading the row again), None if the row is gone."""
     request_ids = [uuid.UUID(reservation.request_id) for reservation in reservations]
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(_statement(
             "WITH released AS (DELETE FROM {reservations}"
             " WHERE request_id = ANY(%s) AND budget_period_id = %s RETURNING amount_usd)"

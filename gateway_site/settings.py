@@ -170,6 +170,10 @@ if GATEWAY_DB_POOL and DATABASES["default"]["ENGINE"] == "django.db.backends.pos
 # Threads that run the hot path's database writes (budget reservation, UsageRecord), each with a
 # connection it keeps (without GATEWAY_DB_POOL): at most this many connections per process.
 GATEWAY_DB_THREADS = env.int("GATEWAY_DB_THREADS", default=8)
+# The hot path's statements (budget reservation, UsageRecord with its settlement) are prepared on
+# PostgreSQL once per connection (gateway_site/prepared.py). Off for a pooler in transaction mode
+# that cannot keep prepared statements (PgBouncer before 1.21, or without max_prepared_statements).
+GATEWAY_DB_PREPARED_STATEMENTS = env.bool("GATEWAY_DB_PREPARED_STATEMENTS", default=True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")
