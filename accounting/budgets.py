@@ -35,6 +35,8 @@ from accounting.models import (
 )
 from gateway_site.config_cache import ConfigCache
 from gateway_site.errors import GatewayError
+from gateway_site import db_async
+from gateway_site.db_executor import db_call
 from gateway_site.prepared import prepared_cursor
 
 EPOCH = datetime(2000, 1, 1, tzinfo=dt_timezone.utc)
@@ -195,13 +197,39 @@ def _reserve_in_one_statement(
     """PostgreSQL, one hard budget (the common case): the conditional hold and its reservation row
     in one statement, so one round trip in autocommit instead of a four-statement transaction;
     the period row is locked for that statement only. False if nothing was held."""
-    return _execute(
+    return _execute(*_reserve_statement(budget, period_id, request_id=request_id, estimate=estimate, now=now)) == 1
+
+
+def _reserve_statement(
+    budget: BudgetLimit, period_id: int, *, request_id: str, estimate: Decimal, now: datetime
+) -> tuple[str, list]:
+    return _statement(
         "WITH hold AS (UPDATE {periods} SET reserved_usd = reserved_usd + %s"
         " WHERE id = %s AND spent_usd <= %s - reserved_usd RETURNING id)"
         " INSERT INTO {reservations} (budget_period_id, request_id, amount_usd, created_at)"
-        " SELECT id, %s, %s, %s FROM hold",
-        [estimate, period_id, budget.amount_usd - estimate, request_id, estimate, now],
-    ) == 1
+        " SELECT id, %s, %s, %s FROM hold"
+    ), [estimate, period_id, budget.amount_usd - estimate, request_id, estimate, now]
+
+
+async def budget_reserve_async(
+    *, budgets: tuple[BudgetLimit, ...], request_id: str, estimate: Decimal
+) -> Reservation | None:
+    """`budget_reserve` from the event loop: the one-statement hold on the loop's own connection
+    (`gateway_site.db_async`) when it can be (one hard budget whose period row is known), else
+    `budget_reserve` on a database thread (which also finds the figures of a refusal)."""
+    hard = [budget for budget in budgets if budget.hard]
+    if not hard:
+        return None
+    if len(hard) == 1 and db_async.in_loop():
+        now = _now()
+        period_id = _period_ids.get((hard[0].budget_id, period_start(hard[0].period, now)))
+        if period_id is not None:
+            held, _ = await db_async.statement(
+                *_reserve_statement(hard[0], period_id, request_id=request_id, estimate=estimate, now=now)
+            )
+            if held == 1:
+                return Reservation(request_id=request_id, amount=estimate, period_ids=(period_id,))
+    return await db_call(budget_reserve, budgets=budgets, request_id=request_id, estimate=estimate)
 
 
 def _statement(sql: str) -> str:
@@ -213,10 +241,10 @@ def _statement(sql: str) -> str:
 
 
 def _execute(sql: str, params: list) -> int:
-    """Run one raw statement on the budget tables (see `_statement`), prepared on the server
-    (`gateway_site.prepared`); returns the number of rows it changed."""
+    """Run one raw statement, prepared on the server (`gateway_site.prepared`); returns the
+    number of rows it changed."""
     with prepared_cursor() as cursor:
-        cursor.execute(_statement(sql), params)
+        cursor.execute(sql, params)
         return cursor.rowcount
 
 
@@ -307,18 +335,24 @@ def budgets_settle(settlements: list[Settlement]) -> list[int]:
 
 
 def _changes(
-    settlements: list[Settlement],
-) -> tuple[dict[int, Decimal], dict[int, tuple[BudgetLimit, datetime]], list[Reservation], set[int]]:
+    settlements: list[Settlement], *, known_only: bool = False
+) -> tuple[dict[int, Decimal], dict[int, tuple[BudgetLimit, datetime]], list[Reservation], set[int]] | None:
     """What a settlement changes, per period row: the spend added to each (a request's cost goes
     to each of its own budgets' rows), each spend row's budget and time (what its alerts and its
-    repair need), the reservations to release, and every row concerned."""
+    repair need), the reservations to release, and every row concerned. With `known_only` (the
+    event loop, which must not query), None when a period row's id is not known in process."""
     spend: dict[int, Decimal] = {}
     owners: dict[int, tuple[BudgetLimit, datetime]] = {}
     for item in settlements:
         if not item.cost:
             continue
         for budget in item.budgets:
-            period_id = _period_id(budget, item.now)
+            if known_only:
+                period_id = _period_ids.get((budget.budget_id, period_start(budget.period, item.now)))
+                if period_id is None:
+                    return None
+            else:
+                period_id = _period_id(budget, item.now)
             spend[period_id] = spend.get(period_id, Decimal("0")) + item.cost
             owners[period_id] = (budget, item.now)
     reservations = [item.reservation for item in settlements if item.reservation is not None]
@@ -326,20 +360,36 @@ def _changes(
     return spend, owners, reservations, rows
 
 
-def records_insert_settle(
-    insert: tuple[str, list], settlements: list[Settlement]
-) -> tuple[list[int], list[int]] | None:
-    """PostgreSQL: the records' INSERT (`insert`: a statement ending in `RETURNING id`, and its
-    values), their settlement and the alerts it raises as one statement, in autocommit, when
-    every change falls on one period row (or none). Returns the new records' ids in order and
-    the ids of alerts newly raised. One round trip instead of a transaction's four (BEGIN,
-    INSERT, settle, COMMIT); a statement is atomic, so the records, the spend they justify and
-    its alerts commit together, as on the general path.
+@dataclass(frozen=True)
+class RecordsStatement:
+    """The records' INSERT with their settlement and alerts as one statement (`records_statement`)."""
 
-    None when the general path is needed (`budgets_settle` in the caller's transaction): changes
-    on several period rows, or a period row that is gone, in which case the statement fails as a
-    whole (a division by zero on purpose) and nothing was written."""
-    spend, owners, reservations, rows = _changes(settlements)
+    sql: str
+    params: list
+    settles: bool  # whether it touches a period row (and so returns raised alerts)
+
+    def written(self, found: list[tuple]) -> tuple[list[int], list[int]]:
+        """The new records' ids in order, and the ids of alerts newly raised, from its rows."""
+        return [row[0] for row in found], (list(found[0][2]) if self.settles and found else [])
+
+
+def records_statement(
+    insert: tuple[str, list], settlements: list[Settlement], *, known_only: bool = False
+) -> RecordsStatement | None:
+    """PostgreSQL: the records' INSERT (`insert`: a statement ending in `RETURNING id`, and its
+    values), their settlement and the alerts it raises as one statement, to run in autocommit,
+    when every change falls on one period row (or none). One round trip instead of a
+    transaction's four (BEGIN, INSERT, settle, COMMIT); a statement is atomic, so the records, the
+    spend they justify and its alerts commit together, as on the general path. If the period row
+    is gone, the statement fails as a whole with a division by zero (SQLSTATE 22012, on purpose)
+    and nothing is written.
+
+    None when the general path is needed (`budgets_settle` in a transaction): changes on several
+    period rows, or with `known_only` (see `_changes`) a period row not known in process."""
+    changes = _changes(settlements, known_only=known_only)
+    if changes is None:
+        return None
+    spend, owners, reservations, rows = changes
     if len(rows) > 1:
         return None
     sql, params = insert
@@ -367,18 +417,34 @@ def records_insert_settle(
             " SELECT inserted.id, 1 / (SELECT COUNT(*) FROM period), ARRAY(SELECT id FROM raised) FROM inserted"
         )
         params = [*params, request_ids, period_id, cost, period_id, thresholds, lines, cost]
+    return RecordsStatement(sql=sql, params=params, settles=bool(rows))
+
+
+def period_row_gone(exc: DataError) -> bool:
+    """Whether a `RecordsStatement` failed because its period row was deleted meanwhile."""
+    return getattr(exc.__cause__, "sqlstate", None) == "22012"  # division_by_zero
+
+
+def records_insert_settle(
+    insert: tuple[str, list], settlements: list[Settlement]
+) -> tuple[list[int], list[int]] | None:
+    """Run `records_statement` on this thread's connection: the new records' ids in order and the
+    ids of alerts newly raised, or None when the general path is needed (nothing was written)."""
+    statement = records_statement(insert, settlements)
+    if statement is None:
+        return None
     try:
         # Inside a transaction (a caller's, or a test's), a savepoint keeps it usable if the
         # statement fails; in autocommit the statement is its own transaction.
         with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
             with prepared_cursor() as cursor:
-                cursor.execute(sql, params)
+                cursor.execute(statement.sql, statement.params)
                 found = cursor.fetchall()
     except DataError as exc:
-        if getattr(exc.__cause__, "sqlstate", None) == "22012":  # division_by_zero: the row is gone
+        if period_row_gone(exc):
             return None
         raise
-    return [row[0] for row in found], (list(found[0][2]) if rows and found else [])
+    return statement.written(found)
 
 
 def _settle_in_one_statement(

@@ -5,18 +5,21 @@ from __future__ import annotations
 import functools
 import hashlib
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 import orjson
 
-from django.db import connection, transaction
+from django.db import DataError, connection, transaction
 from django.utils import timezone
 
-from accounting.budgets import BudgetLimit, Reservation, Settlement, budgets_settle, records_insert_settle
+from accounting.budgets import (
+    BudgetLimit, Reservation, Settlement, budgets_settle, period_row_gone, records_insert_settle, records_statement,
+)
 from accounting.models import Tenant, TenantApiKey, UsageContent, UsageRecord
+from gateway_site import db_async
 
 API_KEY_PREFIX = "sk-gw-"
 VISIBLE_PREFIX_LENGTH = 12
@@ -92,6 +95,41 @@ def usage_records_commit(
     (the hot path's common case) are one statement (`budgets.records_insert_settle`).
     """
     contents = [write.fields.get("content") for write in writes]
+    records, settlements = _records_settlements(writes)
+    if connection.vendor == "postgresql" and all(content is None for content in contents):
+        written = records_insert_settle(_records_insert(records), settlements)
+        if written is not None:
+            _alerts_hand_over(_records_written(records, written), on_alert)
+            return records
+    return _records_commit(records, contents, settlements, on_alert)
+
+
+async def usage_records_commit_async(
+    writes: list[RecordWrite], *, on_alert: Callable[[list[int]], Awaitable[None]]
+) -> list[UsageRecord] | None:
+    """`usage_records_commit`'s one statement, run from the event loop on its own connection
+    (`gateway_site.db_async`); None, with nothing written, when it takes the general path
+    (`usage_records_commit` on a database thread): kept content, several period rows, a period
+    row not known in process, or one deleted meanwhile. New alerts go to `on_alert`."""
+    if any(write.fields.get("content") is not None for write in writes):
+        return None
+    records, settlements = _records_settlements(writes)
+    statement = records_statement(_records_insert(records), settlements, known_only=True)
+    if statement is None:
+        return None
+    try:
+        _, found = await db_async.statement(statement.sql, statement.params)
+    except DataError as exc:
+        if period_row_gone(exc):
+            return None
+        raise
+    alert_ids = _records_written(records, statement.written(found))
+    if alert_ids:
+        await on_alert(alert_ids)
+    return records
+
+
+def _records_settlements(writes: list[RecordWrite]) -> tuple[list[UsageRecord], list[Settlement]]:
     records = [
         UsageRecord(**{name: value for name, value in write.fields.items() if name != "content"})
         for write in writes
@@ -100,16 +138,16 @@ def usage_records_commit(
         Settlement(budgets=write.budgets, reservation=write.reservation, cost=record.cost_usd, now=record.created_at)
         for write, record in zip(writes, records)
     ]
-    if connection.vendor == "postgresql" and all(content is None for content in contents):
-        written = records_insert_settle(_records_insert(records), settlements)
-        if written is not None:
-            ids, alert_ids = written
-            for record, pk in zip(records, ids):
-                record.pk = pk
-                record._state.adding = False
-            _alerts_hand_over(alert_ids, on_alert)
-            return records
-    return _records_commit(records, contents, settlements, on_alert)
+    return records, settlements
+
+
+def _records_written(records: list[UsageRecord], written: tuple[list[int], list[int]]) -> list[int]:
+    """Give `records` the ids the statement returned; returns the ids of the alerts it raised."""
+    ids, alert_ids = written
+    for record, pk in zip(records, ids):
+        record.pk = pk
+        record._state.adding = False
+    return alert_ids
 
 
 @transaction.atomic

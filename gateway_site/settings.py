@@ -174,6 +174,9 @@ GATEWAY_DB_THREADS = env.int("GATEWAY_DB_THREADS", default=8)
 # PostgreSQL once per connection (gateway_site/prepared.py). Off for a pooler in transaction mode
 # that cannot keep prepared statements (PgBouncer before 1.21, or without max_prepared_statements).
 GATEWAY_DB_PREPARED_STATEMENTS = env.bool("GATEWAY_DB_PREPARED_STATEMENTS", default=True)
+# On PostgreSQL the hot path's two writes run in the event loop on psycopg's async connections, at
+# most this many per process (gateway_site/db_async.py); 0 sends them to the threads above.
+GATEWAY_DB_ASYNC_CONNECTIONS = env.int("GATEWAY_DB_ASYNC_CONNECTIONS", default=4)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")

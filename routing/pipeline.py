@@ -14,11 +14,10 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 
 from accounting.auth import api_key_authenticate, bearer_token
-from accounting.budgets import budget_reserve, budgets_for
+from accounting.budgets import budget_reserve_async, budgets_for
 from accounting.pricing import cost_compute
 from accounting.quotas import rate_limit_take, rate_limits_for
 from caching.services import cache_body, cache_completion_text, cache_fill, cache_lookup, cache_replay, cache_stream_tee
-from gateway_site.db_executor import db_call
 from gateway_site.errors import GatewayError, InvalidRequest
 from guardrails.checks import guard_input, guard_output
 from routing import validation
@@ -207,8 +206,8 @@ async def _route(call: Call, *, hints, mode: str) -> RoutePlan:
 async def _budget_reserve(call: Call) -> None:
     call.budgets = await budgets_for(tenant_id=call.auth.tenant_id, key_id=call.auth.key_id)
     if any(budget.hard for budget in call.budgets):
-        call.reservation = await db_call(
-            budget_reserve, budgets=call.budgets, request_id=str(call.request_id), estimate=_max_cost(call)
+        call.reservation = await budget_reserve_async(
+            budgets=call.budgets, request_id=str(call.request_id), estimate=_max_cost(call)
         )
 
 

@@ -12,7 +12,8 @@ from django.db import InterfaceError, OperationalError, close_old_connections
 from accounting import tokens
 from accounting.pricing import cost_compute
 from accounting.quotas import rate_limit_settle
-from accounting.services import RecordWrite, usage_records_commit
+from accounting.services import RecordWrite, usage_records_commit, usage_records_commit_async
+from gateway_site import db_async
 from gateway_site.db_executor import db_call
 from gateway_site import metrics
 from gateway_site.errors import GatewayError
@@ -140,7 +141,7 @@ class GroupCommit:
                 del self._waiting[:GROUP_COMMIT_MAX]
                 writes = [write for write, _, _ in batch]
                 try:
-                    outcomes = await db_call(_records_commit, writes, retry=any(retry for _, retry, _ in batch))
+                    outcomes = await _records_write(writes, retry=any(retry for _, retry, _ in batch))
                 except Exception as exc:  # noqa: BLE001 - every waiting request gets it
                     outcomes = [exc] * len(batch)
                 for (_, _, written), outcome in zip(batch, outcomes):
@@ -153,6 +154,26 @@ class GroupCommit:
 
 
 _group_commits: PerLoop[GroupCommit] = PerLoop(GroupCommit)
+
+
+async def _records_write(writes: list[RecordWrite], *, retry: bool) -> list[Exception | None]:
+    """One group's write: in the event loop when it is the one-statement kind and this is not a
+    retry after an outage (`usage_records_commit_async`), else `_records_commit` on a database
+    thread, which also writes the records one by one if the group fails."""
+    if not retry and db_async.in_loop():
+        try:
+            if await usage_records_commit_async(writes, on_alert=_alerts_enqueue) is not None:
+                return [None] * len(writes)
+        except (OperationalError, InterfaceError) as exc:
+            return [exc] * len(writes)  # retried by each `_record_commit`, on a thread
+        except Exception:  # noqa: BLE001 - `_records_commit` tells the records apart
+            logger.warning("group of %d records failed in the event loop; writing them on a thread", len(writes))
+    return await db_call(_records_commit, writes, retry=retry)
+
+
+async def _alerts_enqueue(alert_ids: list[int]) -> None:
+    """Hand new alerts to Celery from a database thread: publishing to the broker blocks."""
+    await db_call(lambda: [_alert_enqueue(alert_id) for alert_id in alert_ids])
 
 
 def _records_commit(writes: list[RecordWrite], *, retry: bool) -> list[Exception | None]:

@@ -1,0 +1,165 @@
+"""The hot path's two writes run in the event loop, on psycopg's async connections.
+
+The budget reservation and the UsageRecord with its settlement are each one prepared statement in
+autocommit (`accounting.budgets`, `gateway_site.prepared`). Run through `db_executor.db_call`,
+each costs a hand-off to a database thread and another back to the loop; a lone request paid
+about 0.5 ms of wall time per hand-off on a 2-core machine (the thread and the loop each sleep
+and are woken), more than the statement itself. Here the loop sends the statement on a
+connection of its own and awaits the answer like any other socket.
+
+Each event loop keeps up to `GATEWAY_DB_ASYNC_CONNECTIONS` connections, opened on first use, with
+the connection settings Django would use. A connection that fails is closed and replaced by the
+next call; one idle for `IDLE_CHECK_SECONDS` is checked first (a database restart may have cut
+it), as the database threads do. Everything else (a first request of a budget period, several
+hard budgets, a record that keeps content, a record that must fall back to the transaction, the
+in-process tests' shared transaction with `GATEWAY_DB_THREADS = 0`) still goes through
+`db_call`. psycopg's errors come out as Django's (`django.db.OperationalError`...), so callers
+handle an outage as they always have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+
+import psycopg
+from django.conf import settings
+from django.db import connections, utils
+
+from gateway_site.db_executor import IDLE_CHECK_SECONDS
+from gateway_site.loops import PerLoop
+
+# Django's exception for each of psycopg's, most specific first (as `DatabaseErrorWrapper` maps them).
+_DJANGO_ERRORS = tuple(
+    (getattr(psycopg, name), getattr(utils, name))
+    for name in ("DataError", "OperationalError", "IntegrityError", "InternalError", "ProgrammingError",
+                 "NotSupportedError", "DatabaseError", "InterfaceError", "Error")
+)
+
+
+def in_loop() -> bool:
+    """Whether the hot path's statements run in the event loop in this process."""
+    return (
+        settings.GATEWAY_DB_ASYNC_CONNECTIONS > 0
+        and settings.GATEWAY_DB_THREADS > 0
+        and settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+    )
+
+
+async def statement(sql: str, params: list) -> tuple[int, list[tuple]]:
+    """Run one statement in autocommit; returns the rows it changed and the rows it returned."""
+    return await _pools.get().run(sql, params)
+
+
+async def close() -> None:
+    """Close the running loop's idle connections (tests: their database must be droppable)."""
+    pool = _pools.pop()
+    if pool is not None:
+        while pool._idle:
+            await _close(pool._idle.pop()[0])
+
+
+class _Pool:
+    def __init__(self) -> None:
+        self._idle: collections.deque[tuple[psycopg.AsyncConnection, float]] = collections.deque()
+        self._open = 0
+        self._waiting: collections.deque[asyncio.Future] = collections.deque()
+
+    async def run(self, sql: str, params: list) -> tuple[int, list[tuple]]:
+        connection = await self._take()
+        healthy = False
+        try:
+            async with connection.cursor() as cursor:
+                await cursor.execute(sql, params, prepare=settings.GATEWAY_DB_PREPARED_STATEMENTS)
+                found = await cursor.fetchall() if cursor.description is not None else []
+                healthy = True
+                return cursor.rowcount, found
+        except psycopg.Error as exc:
+            # An error of the statement itself leaves the connection as good as it was.
+            healthy = not (connection.broken or connection.closed or isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)))
+            raise _django_error(exc) from exc
+        finally:
+            self._give(connection, healthy)
+
+    async def _take(self) -> psycopg.AsyncConnection:
+        while True:
+            if self._idle:
+                connection, last_used = self._idle.pop()
+                if connection.closed or connection.broken:
+                    self._open -= 1
+                    continue
+                if time.monotonic() - last_used >= IDLE_CHECK_SECONDS and not await _usable(connection):
+                    self._open -= 1
+                    continue
+                return connection
+            if self._open < settings.GATEWAY_DB_ASYNC_CONNECTIONS:
+                self._open += 1
+                try:
+                    return await _connect()
+                except BaseException:
+                    self._open -= 1
+                    self._wake()
+                    raise
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # pass on the turn this waiter was given
+                raise
+
+    def _give(self, connection: psycopg.AsyncConnection, healthy: bool) -> None:
+        if healthy:
+            self._idle.append((connection, time.monotonic()))
+        else:
+            self._open -= 1
+            asyncio.ensure_future(_close(connection))
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
+async def _connect() -> psycopg.AsyncConnection:
+    try:
+        params = connections["default"].get_connection_params()
+        params.pop("cursor_factory", None)  # Django's is a sync client-side one
+        # Prepared on request only (`prepare=`), as `gateway_site.prepared` does for Django's.
+        params["prepare_threshold"] = params.get("prepare_threshold") or 2**62
+        return await psycopg.AsyncConnection.connect(**params, autocommit=True)
+    except psycopg.Error as exc:
+        raise _django_error(exc) from exc
+
+
+async def _usable(connection: psycopg.AsyncConnection) -> bool:
+    try:
+        await connection.execute("SELECT 1")
+        return True
+    except psycopg.Error:
+        await _close(connection)
+        return False
+
+
+async def _close(connection: psycopg.AsyncConnection) -> None:
+    try:
+        await connection.close()
+    except psycopg.Error:
+        pass
+
+
+def _django_error(exc: psycopg.Error) -> Exception:
+    for psycopg_class, django_class in _DJANGO_ERRORS:
+        if isinstance(exc, psycopg_class):
+            error = django_class(*exc.args)
+            error.__cause__ = exc
+            return error
+    return exc
+
+
+_pools: PerLoop[_Pool] = PerLoop(_Pool)

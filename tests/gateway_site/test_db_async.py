@@ -1,0 +1,141 @@
+"""The hot path's two writes in the event loop (gateway_site/db_async.py): the budget reservation
+(`budget_reserve_async`) and the record with its settlement (`usage_records_commit_async`), on the
+loop's own psycopg connections; what they cannot do goes to a database thread as before."""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import OperationalError, connection, connections
+
+from accounting import budgets as budgets_module
+from accounting.budgets import BudgetExceeded, _budgets_load, budget_reserve_async
+from accounting.models import Budget, BudgetAlert, BudgetPeriod, BudgetReservation, UsageRecord
+from accounting.services import RecordWrite, tenant_create, usage_records_commit_async
+from gateway_site import db_async, db_executor
+from tests.accounting.test_record_statement import every_field
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+async def in_the_loop(settings, monkeypatch):
+    if connection.vendor != "postgresql":
+        pytest.skip("the loop's connections are PostgreSQL's")
+    settings.GATEWAY_DB_THREADS = 1  # as in a server process: the tests' shared transaction is off
+    settings.GATEWAY_DB_ASYNC_CONNECTIONS = 2
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-db")
+    monkeypatch.setattr(db_executor, "_executor", executor)
+    yield
+    await db_async.close()
+    executor.submit(connections.close_all).result()  # the test database must be droppable
+    executor.shutdown()
+
+
+async def _refuse(*args, **kwargs):
+    """`db_call` for a test whose writes must stay in the event loop."""
+    raise AssertionError("went to a database thread")
+
+
+@sync_to_async
+def budgeted(amount="10.00", thresholds=()):
+    tenant = tenant_create(slug=f"t{uuid.uuid4().hex[:8]}")
+    Budget.objects.create(tenant=tenant, amount_usd=Decimal(amount), period="monthly", hard=True,
+                          alert_thresholds=list(thresholds))
+    return tenant, _budgets_load(tenant.pk, 0)
+
+
+async def reserve(budgets, estimate="0.50"):
+    request_id = str(uuid.uuid4())
+    return request_id, await budget_reserve_async(budgets=budgets, request_id=request_id, estimate=Decimal(estimate))
+
+
+async def test_a_known_period_is_held_in_the_loop(monkeypatch):
+    _, budgets = await budgeted()
+    _, first = await reserve(budgets)  # the period's first request finds its row on a thread
+    monkeypatch.setattr(budgets_module, "db_call", _refuse)
+
+    request_id, held = await reserve(budgets)
+
+    assert held.period_ids == first.period_ids and held.amount == Decimal("0.50")
+    period = await BudgetPeriod.objects.aget()
+    assert period.reserved_usd == Decimal("1.00")
+    assert await BudgetReservation.objects.filter(request_id=request_id).aexists()
+
+
+async def test_a_refusal_still_names_its_figures():
+    _, budgets = await budgeted(amount="1.00")
+    await reserve(budgets, "0.60")
+
+    with pytest.raises(BudgetExceeded) as refused:
+        await reserve(budgets, "0.60")
+
+    assert "1.00" in str(refused.value) and await BudgetReservation.objects.acount() == 1
+
+
+async def test_records_settle_and_raise_alerts_in_the_loop(monkeypatch):
+    tenant, budgets = await budgeted(thresholds=[5])  # $0.50 of $10
+    request_id, reservation = await reserve(budgets, "0.80")  # the period's row is found on a thread
+    monkeypatch.setattr(budgets_module, "db_call", _refuse)
+    raised: list[int] = []
+
+    async def on_alert(ids):
+        raised.extend(ids)
+
+    writes = [
+        RecordWrite(fields=every_field(tenant, uuid.UUID(request_id), "0.60"), budgets=budgets, reservation=reservation),
+        RecordWrite(fields=every_field(tenant, uuid.uuid4(), "0.01"), budgets=budgets),
+    ]
+    records = await usage_records_commit_async(writes, on_alert=on_alert)
+
+    assert [record.pk for record in records] == [
+        await UsageRecord.objects.filter(request_id=write.fields["request_id"]).values_list("pk", flat=True).aget()
+        for write in writes
+    ]
+    period = await BudgetPeriod.objects.aget()
+    assert period.spent_usd == Decimal("0.61") and period.reserved_usd == 0
+    assert raised == [await BudgetAlert.objects.values_list("pk", flat=True).aget()]
+
+
+async def test_a_period_row_deleted_meanwhile_leaves_the_record_to_the_general_path():
+    tenant, budgets = await budgeted()
+    request_id, reservation = await reserve(budgets)
+    await BudgetPeriod.objects.all().adelete()
+
+    async def on_alert(ids):
+        raise AssertionError(ids)
+
+    writes = [RecordWrite(fields=every_field(tenant, uuid.UUID(request_id), "0.25"), budgets=budgets, reservation=reservation)]
+    assert await usage_records_commit_async(writes, on_alert=on_alert) is None
+    assert await UsageRecord.objects.acount() == 0  # nothing written: the thread's transaction writes it
+
+
+async def test_kept_content_goes_to_the_general_path():
+    tenant, budgets = await budgeted()
+    fields = every_field(tenant, uuid.uuid4(), "0.25") | {"content": {"messages": [], "completion": "hi"}}
+
+    async def on_alert(ids):
+        raise AssertionError(ids)
+
+    assert await usage_records_commit_async([RecordWrite(fields=fields, budgets=budgets)], on_alert=on_alert) is None
+
+
+async def test_a_cut_connection_fails_one_statement_as_djangos_error_and_is_replaced():
+    _, first = await db_async.statement("SELECT pg_backend_pid()", [])
+    (pid,) = first[0]
+    await sync_to_async(_terminate)(pid)  # a database restart, say
+
+    with pytest.raises(OperationalError):
+        await db_async.statement("SELECT pg_backend_pid()", [])
+    _, again = await db_async.statement("SELECT pg_backend_pid()", [])
+
+    assert again[0][0] != pid
+
+
+def _terminate(pid: int) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
