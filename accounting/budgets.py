@@ -385,7 +385,13 @@ def records_statement(
     and nothing is written.
 
     None when the general path is needed (`budgets_settle` in a transaction): changes on several
-    period rows, or with `known_only` (see `_changes`) a period row not known in process."""
+    period rows, or with `known_only` (see `_changes`) a period row not known in process.
+
+    Reservations are released by request id alone: every change is on one period row and a
+    request's reservations are all among its rows, so each one found is on that row. Naming the
+    row too (`AND budget_period_id = ...`) let PostgreSQL's generic plan AND in the period-id
+    index, whose entries for the current period are every reservation made since the last vacuum
+    (each request adds and deletes one): 0.19 ms of a 0.41 ms settlement on the bench database."""
     changes = _changes(settlements, known_only=known_only)
     if changes is None:
         return None
@@ -396,14 +402,14 @@ def records_statement(
     if rows:
         (period_id,) = rows
         cost = spend.get(period_id, Decimal("0"))
-        request_ids = [uuid.UUID(reservation.request_id) for reservation in reservations]
         # The alert lines this spend may cross, as `_alerts_raise` draws them.
         owner = owners[period_id][0] if period_id in owners else None
         thresholds = list(owner.thresholds) if owner is not None else []
         lines = [owner.amount_usd * threshold / 100 for threshold in thresholds]
         sql = f"WITH inserted AS ({sql}), " + _statement(
+            # Every reservation of these requests is on this row (see `records_statement`).
             "released AS (DELETE FROM {reservations}"
-            " WHERE request_id = ANY(%s) AND budget_period_id = %s RETURNING amount_usd),"
+            " WHERE request_id = ANY(%s::uuid[]) RETURNING amount_usd),"
             " period AS (UPDATE {periods} SET reserved_usd = reserved_usd"
             " - COALESCE((SELECT SUM(amount_usd) FROM released), 0), spent_usd = spent_usd + %s"
             " WHERE id = %s RETURNING budget_id, period_start, spent_usd),"
@@ -416,8 +422,15 @@ def records_statement(
             # No period row: fail the whole statement, so that nothing is written without its spend.
             " SELECT inserted.id, 1 / (SELECT COUNT(*) FROM period), ARRAY(SELECT id FROM raised) FROM inserted"
         )
-        params = [*params, request_ids, period_id, cost, period_id, thresholds, lines, cost]
+        # The arrays as PostgreSQL's array text: psycopg's array dumpers are Python loops.
+        request_ids = _array_text(str(uuid.UUID(reservation.request_id)) for reservation in reservations)
+        params = [*params, request_ids, cost, period_id, _array_text(thresholds), _array_text(lines), cost]
     return RecordsStatement(sql=sql, params=params, settles=bool(rows))
+
+
+def _array_text(values) -> str:
+    """An array's text form (`{1,2.5}`) for values whose text needs no quoting: numbers, uuids."""
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 def period_row_gone(exc: DataError) -> bool:
@@ -453,15 +466,16 @@ def _settle_in_one_statement(
     """PostgreSQL, every change on one period row: the reservations' release and the spend in one
     statement instead of a DELETE and an UPDATE. Returns the row's period start and spend after
     it (what alerts need, without reading the row again), None if the row is gone."""
-    request_ids = [uuid.UUID(reservation.request_id) for reservation in reservations]
+    request_ids = _array_text(str(uuid.UUID(reservation.request_id)) for reservation in reservations)
     with prepared_cursor() as cursor:
         cursor.execute(_statement(
+            # Every reservation of these requests is on this row (see `records_statement`).
             "WITH released AS (DELETE FROM {reservations}"
-            " WHERE request_id = ANY(%s) AND budget_period_id = %s RETURNING amount_usd)"
+            " WHERE request_id = ANY(%s::uuid[]) RETURNING amount_usd)"
             " UPDATE {periods} SET reserved_usd = reserved_usd"
             " - COALESCE((SELECT SUM(amount_usd) FROM released), 0), spent_usd = spent_usd + %s"
             " WHERE id = %s RETURNING period_start, spent_usd"
-        ), [request_ids, period_id, cost or Decimal("0"), period_id])
+        ), [request_ids, cost or Decimal("0"), period_id])
         row = cursor.fetchone()
     return None if row is None else (row[0], row[1])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import secrets
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -181,9 +182,34 @@ def _records_insert(records: list[UsageRecord]) -> tuple[str, list]:
     array per column) and spent about 190 us of CPU per record on it, where encoding the rows as
     JSON costs about 30 (docs/performance.md). Values are prepared as the ORM prepares them
     (`pre_save`, `get_prep_value`); `test_record_statement` compares the rows both write."""
-    fields = _insert_fields()
-    rows = [{field.column: field.get_prep_value(field.pre_save(record, True)) for field in fields} for record in records]
+    rows = [
+        {
+            field.column: value if type(value) in as_is else field.get_prep_value(value)
+            for field, as_is in _insert_fields_as_is()
+            for value in (field.pre_save(record, True),)
+        }
+        for record in records
+    ]
     return _records_insert_sql(), [orjson.dumps(rows, default=_record_value, option=orjson.OPT_NON_STR_KEYS).decode()]
+
+
+# Per kind of field, the types of the values its `get_prep_value` returns unchanged: those skip
+# it (about half of the cost of a record's JSON). Other values, datetimes among them (a naive one
+# is made aware), go through it.
+_UNCHANGED = {
+    "CharField": (str,), "BooleanField": (bool,), "DecimalField": (Decimal,), "UUIDField": (uuid.UUID,),
+    "IntegerField": (int,), "PositiveIntegerField": (int,), "PositiveSmallIntegerField": (int,),
+    "SmallIntegerField": (int,), "BigIntegerField": (int,), "ForeignKey": (int,),
+    "JSONField": (list, dict, str, int, float, bool),
+}
+
+
+@functools.cache
+def _insert_fields_as_is() -> tuple[tuple, ...]:
+    return tuple(
+        (field, frozenset({type(None), *_UNCHANGED.get(field.get_internal_type(), ())}))
+        for field in _insert_fields()
+    )
 
 
 def _record_value(value: object) -> str:
