@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import time
 from dataclasses import dataclass, field
 
 from django.db.models import Q
@@ -72,6 +73,7 @@ _cache: ConfigCache[tuple[RateLimitRule, ...]] = ConfigCache("rate limits")
 
 def quota_cache_clear() -> None:
     _cache.clear()
+    _refused.clear()  # limits changed: refusals under the old ones say nothing about the new
 
 
 async def rate_limits_for(*, tenant_id: int, key_id: int) -> tuple[RateLimitRule, ...]:
@@ -114,8 +116,32 @@ async def rate_limit_take(
     queue = max(rule.queue_seconds for rule in rules)
     decision = await acquire_waiting(rate_limit_store(), limits, amounts, queue_seconds=queue)
     if not decision.allowed:
+        _refusals_note(rules)
         raise RateLimited(decision)
     return ratelimit_headers(decision), charge
+
+
+# When this process last refused a request under each rule scope (time.monotonic()).
+_refused: dict[str, float] = {}
+REFUSAL_MEMORY_SECONDS = 60.0
+
+
+def rate_limit_refusing(rules: tuple[RateLimitRule, ...]) -> bool:
+    """Whether this process refused a request under one of `rules` in the last minute: while it
+    does, a request's take is answered before anything else of the request starts, so that
+    refused requests cost the database nothing (routing/pipeline.py `_prepare`)."""
+    if not _refused:
+        return False
+    now = time.monotonic()
+    return any(now - _refused.get(rule.scope, -math.inf) < REFUSAL_MEMORY_SECONDS for rule in rules)
+
+
+def _refusals_note(rules: tuple[RateLimitRule, ...]) -> None:
+    if len(_refused) >= 10_000:
+        _refused.clear()
+    now = time.monotonic()
+    for rule in rules:
+        _refused[rule.scope] = now
 
 
 async def rate_limit_settle(*, charge: Charge, actual_tokens: int) -> None:

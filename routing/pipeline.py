@@ -16,7 +16,7 @@ from decimal import Decimal
 from accounting.auth import api_key_authenticate, bearer_token
 from accounting.budgets import budget_reserve_async, budgets_for
 from accounting.pricing import cost_compute
-from accounting.quotas import rate_limit_take, rate_limits_for
+from accounting.quotas import RateLimited, rate_limit_refusing, rate_limit_take, rate_limits_for
 from caching.services import cache_body, cache_completion_text, cache_fill, cache_lookup, cache_replay, cache_stream_tee
 from gateway_site.errors import GatewayError, InvalidRequest
 from guardrails.checks import guard_input, guard_output
@@ -158,7 +158,27 @@ async def _prepare(call: Call, *, body: dict, headers, mode: str) -> None:
     hints = route_hints(body=body, headers=headers)
     call.task, call.tags = hints.task, tuple(sorted(hints.tags))
     call.conversation_id = hints.conversation
-    await _rate_limit(call)
+    rules = await rate_limits_for(tenant_id=call.auth.tenant_id, key_id=call.auth.key_id)
+    if not rules or rate_limit_refusing(rules):
+        await _rate_limit(call, rules)
+        await _route_and_reserve(call, body=body, headers=headers, hints=hints, mode=mode)
+        return
+    # The take is on its way to Redis while the route is chosen and the budget reserved: a lone
+    # request waits for one round trip instead of two. A refusal is still the answer, before any
+    # other error; the record of a refused request releases what was reserved. Once this process
+    # refuses requests under these limits, their takes go first again (`rate_limit_refusing`).
+    taking = asyncio.ensure_future(_rate_limit(call, rules))
+    try:
+        await _route_and_reserve(call, body=body, headers=headers, hints=hints, mode=mode)
+    except BaseException:
+        refusal = await _refusal(taking)
+        if refusal is not None:
+            raise refusal from None
+        raise
+    await taking
+
+
+async def _route_and_reserve(call: Call, *, body: dict, headers, hints, mode: str) -> None:
     call.plan = await _route(call, hints=hints, mode=mode)
     _content_check(call)
     if mode == "chat":
@@ -166,6 +186,17 @@ async def _prepare(call: Call, *, body: dict, headers, mode: str) -> None:
         if call.cache_plan is not None and call.cache_plan.entry is not None:
             return  # answered from the cache: nothing to reserve
     await _budget_reserve(call)
+
+
+async def _refusal(taking: asyncio.Future) -> RateLimited | None:
+    """The rate limit's refusal of a take that ran beside a step that failed, if it refused."""
+    try:
+        await taking
+    except RateLimited as exc:
+        return exc
+    except Exception:  # noqa: BLE001 - the step's own error is the answer
+        return None
+    return None
 
 
 def _content_check(call: Call) -> None:
@@ -186,8 +217,7 @@ def _content_check(call: Call) -> None:
     call.plan.deployments = able
 
 
-async def _rate_limit(call: Call) -> None:
-    rules = await rate_limits_for(tenant_id=call.auth.tenant_id, key_id=call.auth.key_id)
+async def _rate_limit(call: Call, rules) -> None:
     if rules:
         tokens = prompt_estimate(call) + (_output_cap(call, None) or 0)
         headers, call.charge = await rate_limit_take(rules=rules, tokens=tokens)

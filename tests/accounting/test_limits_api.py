@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 from django.test import AsyncClient
 
-from accounting.models import Budget, BudgetPeriod, RateLimit, UsageRecord
+from accounting.models import Budget, BudgetPeriod, BudgetReservation, RateLimit, UsageRecord
 from accounting.ratelimits import REQUESTS, Limit, rate_limit_store
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -33,6 +33,37 @@ async def test_rpm_limit_answers_429_with_openai_headers(gateway):
     assert int(third["retry-after"]) >= 1 and third["x-ratelimit-remaining-requests"] == "0"
     record = await UsageRecord.objects.order_by("-created_at").afirst()
     assert record.status == "error" and record.error_class == "rate_limit_exceeded"
+
+
+async def test_a_refusal_beside_a_reservation_releases_it_and_wins_over_other_errors(gateway, monkeypatch):
+    """The take runs beside the route and the budget reservation (routing/pipeline.py `_prepare`)
+    until the process refuses a request under the limit; then takes go first again."""
+    from routing import pipeline
+
+    await RateLimit.objects.acreate(tenant=gateway.tenant, rpm=1)
+    await Budget.objects.acreate(tenant=gateway.tenant, amount_usd=Decimal("5"), period="monthly", hard=True)
+    reserved = []
+    reserve = pipeline._budget_reserve
+
+    async def counted(call):
+        reserved.append(call.request_id)
+        await reserve(call)
+
+    monkeypatch.setattr(pipeline, "_budget_reserve", counted)
+    assert (await ask(gateway)).status_code == 200
+    assert len(reserved) == 1
+
+    refused = await ask(gateway)  # the first refusal: its reservation was made beside the take
+
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert len(reserved) == 2
+    period = await BudgetPeriod.objects.aget()
+    assert period.reserved_usd == 0 and not await BudgetReservation.objects.aexists()  # its record released it
+    unknown_model = await ask(gateway, model="no-such-model")
+    assert unknown_model.status_code == 429  # the limit answers first, as when the take went first
+    assert (await ask(gateway)).status_code == 429
+    assert len(reserved) == 2  # refusing now: takes go first, refused requests reserve nothing
+    assert await UsageRecord.objects.filter(error_class="rate_limit_exceeded").acount() == 3
 
 
 @pytest.mark.parametrize("queue_seconds, status", [(3, 200), (0, 429)])
