@@ -172,8 +172,13 @@ async def _records_write(writes: list[RecordWrite], *, retry: bool) -> list[Exce
 
 
 async def _alerts_enqueue(alert_ids: list[int]) -> None:
-    """Hand new alerts to Celery from a database thread: publishing to the broker blocks."""
-    await db_call(lambda: [_alert_enqueue(alert_id) for alert_id in alert_ids])
+    """Hand new alerts to Celery from a database thread: publishing to the broker blocks. The
+    records and their alerts are committed by now, so a broker that fails costs the alerts'
+    notifications (logged), never the records."""
+    try:
+        await db_call(lambda: [_alert_enqueue(alert_id) for alert_id in alert_ids])
+    except Exception:  # noqa: BLE001 - the records stand
+        logger.exception("budget alerts %s committed but not handed to Celery", alert_ids)
 
 
 def _records_commit(writes: list[RecordWrite], *, retry: bool) -> list[Exception | None]:

@@ -139,3 +139,22 @@ async def test_a_cut_connection_fails_one_statement_as_djangos_error_and_is_repl
 def _terminate(pid: int) -> None:
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+
+async def test_a_broker_that_fails_costs_the_alert_notice_not_the_records(monkeypatch, caplog):
+    from routing import record as record_module
+
+    tenant, budgets = await budgeted(thresholds=[5])
+    request_id, reservation = await reserve(budgets, "0.80")
+
+    def broker_down(alert_id):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(record_module, "_alert_enqueue", broker_down)
+    writes = [RecordWrite(fields=every_field(tenant, uuid.UUID(request_id), "0.60"), budgets=budgets, reservation=reservation)]
+
+    outcomes = await record_module._records_write(writes, retry=False)
+
+    assert outcomes == [None]
+    assert await UsageRecord.objects.acount() == 1 and await BudgetAlert.objects.acount() == 1
+    assert "not handed to Celery" in caplog.text
