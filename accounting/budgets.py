@@ -14,6 +14,7 @@ Soft budgets are not enforced; every budget raises its alerts once per period pe
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import uuid
@@ -33,10 +34,11 @@ from accounting.models import (
     Period,
     UsageRecord,
 )
-from gateway_site.config_cache import ConfigCache
-from gateway_site.errors import GatewayError
 from gateway_site import db_async
+from gateway_site.config_cache import ConfigCache
 from gateway_site.db_executor import db_call
+from gateway_site.errors import GatewayError
+from gateway_site.loops import PerLoop
 from gateway_site.prepared import prepared_cursor
 
 EPOCH = datetime(2000, 1, 1, tzinfo=dt_timezone.utc)
@@ -197,39 +199,95 @@ def _reserve_in_one_statement(
     """PostgreSQL, one hard budget (the common case): the conditional hold and its reservation row
     in one statement, so one round trip in autocommit instead of a four-statement transaction;
     the period row is locked for that statement only. False if nothing was held."""
-    return _execute(*_reserve_statement(budget, period_id, request_id=request_id, estimate=estimate, now=now)) == 1
+    return _execute(*_holds_statement(period_id, budget.amount_usd, [(request_id, estimate)], now=now)) == 1
 
 
-def _reserve_statement(
-    budget: BudgetLimit, period_id: int, *, request_id: str, estimate: Decimal, now: datetime
+def _holds_statement(
+    period_id: int, amount_usd: Decimal, holds: list[tuple[str, Decimal]], *, now: datetime
 ) -> tuple[str, list]:
+    """One statement that holds the sum of `holds` (request id, estimate) on a period row, if the
+    whole sum fits, and writes each one's reservation row; it changes `len(holds)` rows or none."""
+    total = sum((estimate for _, estimate in holds), Decimal("0"))
     return _statement(
         "WITH hold AS (UPDATE {periods} SET reserved_usd = reserved_usd + %s"
         " WHERE id = %s AND spent_usd <= %s - reserved_usd RETURNING id)"
         " INSERT INTO {reservations} (budget_period_id, request_id, amount_usd, created_at)"
-        " SELECT id, %s, %s, %s FROM hold"
-    ), [estimate, period_id, budget.amount_usd - estimate, request_id, estimate, now]
+        " SELECT hold.id, held.request_id, held.amount_usd, %s"
+        " FROM hold, UNNEST(%s::uuid[], %s::numeric[]) AS held(request_id, amount_usd)"
+    ), [total, period_id, amount_usd - total, now,
+        _array_text(str(uuid.UUID(request_id)) for request_id, _ in holds), _array_text(estimate for _, estimate in holds)]
 
 
 async def budget_reserve_async(
     *, budgets: tuple[BudgetLimit, ...], request_id: str, estimate: Decimal
 ) -> Reservation | None:
-    """`budget_reserve` from the event loop: the one-statement hold on the loop's own connection
-    (`gateway_site.db_async`) when it can be (one hard budget whose period row is known), else
-    `budget_reserve` on a database thread (which also finds the figures of a refusal)."""
+    """`budget_reserve` from the event loop: the one-statement hold on the loop's own connections
+    (`gateway_site.db_async`), grouped with the holds of other requests on the same period row
+    (`_HoldGroups`), when it can be (one hard budget whose period row is known); else, or when the
+    group did not fit, `budget_reserve` on a database thread (which also finds a refusal's figures)."""
     hard = [budget for budget in budgets if budget.hard]
     if not hard:
         return None
     if len(hard) == 1 and db_async.in_loop():
-        now = _now()
-        period_id = _period_ids.get((hard[0].budget_id, period_start(hard[0].period, now)))
-        if period_id is not None:
-            held, _ = await db_async.statement(
-                *_reserve_statement(hard[0], period_id, request_id=request_id, estimate=estimate, now=now)
-            )
-            if held == 1:
-                return Reservation(request_id=request_id, amount=estimate, period_ids=(period_id,))
+        period_id = _period_ids.get((hard[0].budget_id, period_start(hard[0].period, _now())))
+        if period_id is not None and await _hold_groups.get().hold(hard[0], period_id, request_id, estimate):
+            return Reservation(request_id=request_id, amount=estimate, period_ids=(period_id,))
     return await db_call(budget_reserve, budgets=budgets, request_id=request_id, estimate=estimate)
+
+
+# At most this many holds in one statement.
+HOLD_GROUP_MAX = 128
+
+
+class _HoldGroups:
+    """The budget holds of one event loop, grouped per period row as `routing.record.GroupCommit`
+    groups records: a lone request's hold goes out at once; the holds that arrive while one on the
+    same row is on the wire go out together next, as one statement (one UPDATE of the row, one
+    INSERT of their reservations), all or nothing. Under load a row is updated once for several
+    requests instead of once each. A group whose sum does not fit answers False to each of its
+    requests, which then go one by one through the general path (the ones that fit are held)."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[int, list[tuple[BudgetLimit, str, Decimal, asyncio.Future]]] = {}
+        self._writing: set[int] = set()
+
+    async def hold(self, budget: BudgetLimit, period_id: int, request_id: str, estimate: Decimal) -> bool:
+        answer = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(period_id, []).append((budget, request_id, estimate, answer))
+        if period_id not in self._writing:
+            self._writing.add(period_id)
+            asyncio.ensure_future(self._write_all(period_id))
+        return await answer
+
+    async def _write_all(self, period_id: int) -> None:
+        try:
+            while waiting := self._waiting.pop(period_id, None):
+                if len(waiting) > HOLD_GROUP_MAX:
+                    self._waiting[period_id] = waiting[HOLD_GROUP_MAX:] + self._waiting.get(period_id, [])
+                    waiting = waiting[:HOLD_GROUP_MAX]
+                group = [item for item in waiting if not item[3].done()]  # a request gone holds nothing
+                if not group:
+                    continue
+                holds = [(request_id, estimate) for _, request_id, estimate, _ in group]
+                try:
+                    held, _ = await db_async.statement(*_holds_statement(period_id, group[0][0].amount_usd, holds, now=_now()))
+                except Exception as exc:  # noqa: BLE001 - every request of the group gets it
+                    for *_, answer in group:
+                        if not answer.done():
+                            answer.set_exception(exc)
+                    continue
+                except BaseException:  # this loop is shutting down
+                    for *_, answer in group:
+                        answer.cancel()
+                    raise
+                for *_, answer in group:
+                    if not answer.done():
+                        answer.set_result(held == len(group))
+        finally:
+            self._writing.discard(period_id)
+
+
+_hold_groups: PerLoop[_HoldGroups] = PerLoop(_HoldGroups)
 
 
 def _statement(sql: str) -> str:

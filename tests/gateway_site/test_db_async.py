@@ -4,6 +4,7 @@ loop's own psycopg connections; what they cannot do goes to a database thread as
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -158,3 +159,39 @@ async def test_a_broker_that_fails_costs_the_alert_notice_not_the_records(monkey
     assert outcomes == [None]
     assert await UsageRecord.objects.acount() == 1 and await BudgetAlert.objects.acount() == 1
     assert "not handed to Celery" in caplog.text
+
+
+async def test_holds_that_meet_on_a_period_row_go_out_as_one_statement(monkeypatch):
+    _, budgets = await budgeted()
+    await reserve(budgets)  # the period's row is found on a thread
+    monkeypatch.setattr(budgets_module, "db_call", _refuse)
+    statements = []
+    run = db_async.statement
+
+    async def counted(sql, params):
+        statements.append(sql)
+        return await run(sql, params)
+
+    monkeypatch.setattr(db_async, "statement", counted)
+
+    held = await asyncio.gather(*(reserve(budgets, "0.10") for _ in range(6)))
+
+    # All six asked in the same turn of the loop: one statement holds them.
+    assert len(statements) == 1
+    assert all(reservation.amount == Decimal("0.10") for _, reservation in held)
+    period = await BudgetPeriod.objects.aget()
+    assert period.reserved_usd == Decimal("1.10")
+    assert await BudgetReservation.objects.acount() == 7
+
+
+async def test_a_group_that_does_not_fit_is_held_one_by_one():
+    _, budgets = await budgeted(amount="1.00")
+    await reserve(budgets, "0.10")  # the period's row is found on a thread
+
+    outcomes = await asyncio.gather(*(reserve(budgets, "0.40") for _ in range(3)), return_exceptions=True)
+
+    # 0.10 + 3 x 0.40 does not fit: each then tries alone, and the two that fit are held.
+    refused = [outcome for outcome in outcomes if isinstance(outcome, BudgetExceeded)]
+    assert len(refused) == 1
+    period = await BudgetPeriod.objects.aget()
+    assert period.reserved_usd == Decimal("0.90") and await BudgetReservation.objects.acount() == 3
