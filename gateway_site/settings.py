@@ -151,6 +151,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": 20, "transaction_mode": "IMMEDIATE"}
     )
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A database that does not answer (packets dropped, no refusal) fails a connection attempt
+    # after this many seconds (libpq's connect_timeout; at least 2) instead of the operating
+    # system's TCP timeout, minutes: the request gets its 503. `?connect_timeout=` in
+    # DATABASE_URL wins.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", env.int("GATEWAY_DB_CONNECT_TIMEOUT", default=5)
+    )
 # PostgreSQL connections from psycopg's pool (GATEWAY_DB_POOL, opt-in): the hot path's writes then
 # cost no new connection (gateway_site/db_executor.py). At most GATEWAY_DB_POOL_SIZE connections
 # per process; a request waits up to GATEWAY_DB_POOL_TIMEOUT seconds for one. Off by default: after

@@ -5,6 +5,8 @@ loop's own psycopg connections; what they cannot do goes to a database thread as
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -195,3 +197,20 @@ async def test_a_group_that_does_not_fit_is_held_one_by_one():
     assert len(refused) == 1
     period = await BudgetPeriod.objects.aget()
     assert period.reserved_usd == Decimal("0.90") and await BudgetReservation.objects.acount() == 3
+
+
+async def test_a_database_that_does_not_answer_fails_the_connection_in_seconds(monkeypatch):
+    """A black hole: the TCP connection is accepted and nothing ever answers. Without libpq's
+    connect_timeout (GATEWAY_DB_CONNECT_TIMEOUT) the request would wait indefinitely."""
+    assert connections["default"].settings_dict["OPTIONS"]["connect_timeout"] == 5  # the default
+    silent = socket.create_server(("127.0.0.1", 0))
+    settings_dict = connections["default"].settings_dict  # shared by every thread's connection
+    monkeypatch.setitem(settings_dict, "PORT", silent.getsockname()[1])
+    monkeypatch.setitem(settings_dict, "OPTIONS", {**settings_dict["OPTIONS"], "connect_timeout": 2})
+    started = time.monotonic()
+    try:
+        with pytest.raises(OperationalError):
+            await asyncio.wait_for(db_async.statement("SELECT 1", []), timeout=15)
+    finally:
+        silent.close()
+    assert time.monotonic() - started < 6
