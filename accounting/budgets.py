@@ -158,13 +158,22 @@ _MAX_PERIOD_IDS = 10_000
 
 
 def _period_id(budget: BudgetLimit, now: datetime, *, fresh: bool = False) -> int:
-    key = (budget.budget_id, period_start(budget.period, now))
+    key = _period_key(budget, now)
     if fresh or key not in _period_ids:
         if len(_period_ids) >= _MAX_PERIOD_IDS:
             _period_ids.clear()
         period, _ = BudgetPeriod.objects.get_or_create(budget_id=budget.budget_id, period_start=key[1])
         _period_ids[key] = period.pk
     return _period_ids[key]
+
+
+def _period_id_known(budget: BudgetLimit, now: datetime) -> int | None:
+    """The id of the budget's period row at `now` if this process knows it (no query: the loop)."""
+    return _period_ids.get(_period_key(budget, now))
+
+
+def _period_key(budget: BudgetLimit, now: datetime) -> tuple[int, datetime]:
+    return budget.budget_id, period_start(budget.period, now)
 
 
 def _hold(budget: BudgetLimit, period_id: int, estimate: Decimal) -> bool:
@@ -229,7 +238,7 @@ async def budget_reserve_async(
     if not hard:
         return None
     if len(hard) == 1 and db_async.in_loop():
-        period_id = _period_ids.get((hard[0].budget_id, period_start(hard[0].period, _now())))
+        period_id = _period_id_known(hard[0], _now())
         if period_id is not None and await _hold_groups.get().hold(hard[0], period_id, request_id, estimate):
             return Reservation(request_id=request_id, amount=estimate, period_ids=(period_id,))
     return await db_call(budget_reserve, budgets=budgets, request_id=request_id, estimate=estimate)
@@ -405,12 +414,9 @@ def _changes(
         if not item.cost:
             continue
         for budget in item.budgets:
-            if known_only:
-                period_id = _period_ids.get((budget.budget_id, period_start(budget.period, item.now)))
-                if period_id is None:
-                    return None
-            else:
-                period_id = _period_id(budget, item.now)
+            period_id = _period_id_known(budget, item.now) if known_only else _period_id(budget, item.now)
+            if period_id is None:
+                return None
             spend[period_id] = spend.get(period_id, Decimal("0")) + item.cost
             owners[period_id] = (budget, item.now)
     reservations = [item.reservation for item in settlements if item.reservation is not None]

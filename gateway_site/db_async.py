@@ -13,8 +13,8 @@ next call; one idle for `IDLE_CHECK_SECONDS` is checked first (a database restar
 it), as the database threads do. Everything else (a first request of a budget period, several
 hard budgets, a record that keeps content, a record that must fall back to the transaction, the
 in-process tests' shared transaction with `GATEWAY_DB_THREADS = 0`) still goes through
-`db_call`. psycopg's errors come out as Django's (`django.db.OperationalError`...), so callers
-handle an outage as they always have.
+`db_call`. psycopg's errors come out as Django's (`django.db.OperationalError`..., through
+Django's own `wrap_database_errors`), so callers handle an outage as they always have.
 """
 
 from __future__ import annotations
@@ -25,18 +25,11 @@ import time
 
 import psycopg
 from django.conf import settings
-from django.db import connections, utils
+from django.db import Error, InterfaceError, OperationalError, connections
 
 from gateway_site.db_executor import IDLE_CHECK_SECONDS
 from gateway_site.loops import PerLoop
-
-# Django's exception for each of psycopg's, most specific first (as `DatabaseErrorWrapper` maps them).
-_DJANGO_ERRORS = tuple(
-    (getattr(psycopg, name), getattr(utils, name))
-    for name in ("DataError", "OperationalError", "IntegrityError", "InternalError", "ProgrammingError",
-                 "NotSupportedError", "DatabaseError", "InterfaceError", "Error")
-)
-
+from gateway_site.prepared import PREPARE_WHEN_ASKED
 
 def in_loop() -> bool:
     """Whether the hot path's statements run in the event loop in this process."""
@@ -70,15 +63,16 @@ class _Pool:
         connection = await self._take()
         healthy = False
         try:
-            async with connection.cursor() as cursor:
-                await cursor.execute(sql, params, prepare=settings.GATEWAY_DB_PREPARED_STATEMENTS)
-                found = await cursor.fetchall() if cursor.description is not None else []
-                healthy = True
-                return cursor.rowcount, found
-        except psycopg.Error as exc:
+            with connections["default"].wrap_database_errors:  # psycopg's errors raised as Django's
+                async with connection.cursor() as cursor:
+                    await cursor.execute(sql, params, prepare=settings.GATEWAY_DB_PREPARED_STATEMENTS)
+                    found = await cursor.fetchall() if cursor.description is not None else []
+                    healthy = True
+                    return cursor.rowcount, found
+        except Error as exc:
             # An error of the statement itself leaves the connection as good as it was.
-            healthy = not (connection.broken or connection.closed or isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)))
-            raise _django_error(exc) from exc
+            healthy = not (connection.broken or connection.closed or isinstance(exc, (OperationalError, InterfaceError)))
+            raise
         finally:
             self._give(connection, healthy)
 
@@ -127,14 +121,13 @@ class _Pool:
 
 
 async def _connect() -> psycopg.AsyncConnection:
-    try:
-        params = connections["default"].get_connection_params()
-        params.pop("cursor_factory", None)  # Django's is a sync client-side one
-        # Prepared on request only (`prepare=`), as `gateway_site.prepared` does for Django's.
-        params["prepare_threshold"] = params.get("prepare_threshold") or 2**62
+    django_connection = connections["default"]
+    params = django_connection.get_connection_params()
+    params.pop("cursor_factory", None)  # Django's is a sync client-side one
+    if params.get("prepare_threshold") is None:
+        params["prepare_threshold"] = PREPARE_WHEN_ASKED  # as `gateway_site.prepared` does for Django's
+    with django_connection.wrap_database_errors:
         return await psycopg.AsyncConnection.connect(**params, autocommit=True)
-    except psycopg.Error as exc:
-        raise _django_error(exc) from exc
 
 
 async def _usable(connection: psycopg.AsyncConnection) -> bool:
@@ -151,15 +144,6 @@ async def _close(connection: psycopg.AsyncConnection) -> None:
         await connection.close()
     except psycopg.Error:
         pass
-
-
-def _django_error(exc: psycopg.Error) -> Exception:
-    for psycopg_class, django_class in _DJANGO_ERRORS:
-        if isinstance(exc, psycopg_class):
-            error = django_class(*exc.args)
-            error.__cause__ = exc
-            return error
-    return exc
 
 
 _pools: PerLoop[_Pool] = PerLoop(_Pool)

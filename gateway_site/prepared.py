@@ -42,8 +42,9 @@ if ServerBindingCursor is not None:
 
     _TIMESTAMPTZ_OID = psycopg.adapters.types["timestamptz"].oid
 
-# A `prepare_threshold` that no statement's count of runs reaches.
-_NEVER = 2**62
+# A `prepare_threshold` that no statement's count of runs reaches: psycopg prepares only the
+# statements it is asked to (`execute(..., prepare=True)`); also the loop's connections' (db_async).
+PREPARE_WHEN_ASKED = 2**62
 
 
 def prepared_cursor():
@@ -60,7 +61,7 @@ def prepared_cursor():
             # turns off psycopg's preparation altogether, asked for or not. A threshold no
             # statement reaches lets asked-for preparation through and nothing else: Django's own
             # cursors bind on the client and never prepare anyway.
-            raw.prepare_threshold = _NEVER
+            raw.prepare_threshold = PREPARE_WHEN_ASKED
         cursor = _PreparingCursor(raw)
         # What Django's `create_cursor` does for its own cursors: timestamps read in the
         # connection's time zone when the adapters' disagree.
