@@ -11,7 +11,8 @@ long-lived threads, which look after their own connections, so for it the hops a
 starting and joining a thread per request was once a large share of its CPU, and the two hops
 that remained cost about 145 us of CPU each. Its requests therefore run without that context and
 send both signals in the event loop itself, where the receivers find no connection to look
-after. This holds while every receiver of those signals is a plain function (Django's are): an
+after. Its log lines and metrics are taken once the response has gone to the server
+(`gateway_site.after_response`). This holds while every receiver of those signals is a plain function (Django's are): an
 async receiver would make `Signal.send` fail in the event loop, loudly, on every API request.
 
 Every other request (admin, dashboards, operator API, with sync views and ORM work that may take
@@ -27,6 +28,7 @@ from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.urls import set_script_prefix
 
+from gateway_site.after_response import after_response_begin, after_response_run
 from gateway_site.middleware import TENANT_API_PATHS
 
 
@@ -55,12 +57,16 @@ class GatewayASGIHandler(ASGIHandler):
             return
 
         async def answer():
-            response = await self.run_get_response(request)
+            pending = after_response_begin()  # this task's log lines and metrics: after the answer
             try:
-                await self.send_response(response, send)
-            except asyncio.CancelledError:
-                pass  # the client went away while the response was being sent
-            return response
+                response = await self.run_get_response(request)
+                try:
+                    await self.send_response(response, send)
+                except asyncio.CancelledError:
+                    pass  # the client went away while the response was being sent
+                return response
+            finally:
+                after_response_run(pending)
 
         # The listener first: on a disconnect it has completed, and the answer is cancelled.
         listener = asyncio.create_task(self.listen_for_disconnect(receive))

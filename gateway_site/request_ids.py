@@ -15,6 +15,7 @@ cannot forge log lines or headers; anything else is ignored and the gateway's id
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -26,6 +27,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
 
 from gateway_site import metrics
+from gateway_site.after_response import after_response
 
 logger = logging.getLogger("gateway.access")
 
@@ -82,7 +84,8 @@ class RequestIdMiddleware:
     """Start the request's ids, return `x-request-id`, count the response, log one access line.
 
     The access line and the count are taken when the response starts (for a stream: when its
-    headers go out), with the route pattern rather than the path, so unknown paths add no series.
+    headers go out), with the route pattern rather than the path, so unknown paths add no series;
+    on the tenant API they are written once the response has gone out (`after_response`).
     """
 
     sync_capable = True
@@ -118,9 +121,12 @@ class RequestIdMiddleware:
             response[HEADER] = ids.correlation_id
         match = getattr(request, "resolver_match", None)
         route = match.route if match is not None else "unmatched"
-        metrics.http_response_observe(method=request.method, route=route, status=response.status_code)
-        logger.info(
-            "http %s %s %s", request.method, route, response.status_code,
-            extra={"method": request.method, "route": route, "status": response.status_code,
-                   "duration_ms": round((time.perf_counter() - started) * 1000, 1)},
-        )
+        duration_ms = round((time.perf_counter() - started) * 1000, 1)
+        after_response(functools.partial(_access_observe, request.method, route, response.status_code, duration_ms))
+
+
+def _access_observe(method: str, route: str, status: int, duration_ms: float) -> None:
+    """The response's count and access line (after the response: `after_response`)."""
+    metrics.http_response_observe(method=method, route=route, status=status)
+    logger.info("http %s %s %s", method, route, status,
+                extra={"method": method, "route": route, "status": status, "duration_ms": duration_ms})

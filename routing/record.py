@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from decimal import Decimal
@@ -14,6 +15,7 @@ from accounting.pricing import cost_compute
 from accounting.quotas import rate_limit_settle
 from accounting.services import RecordWrite, usage_records_commit, usage_records_commit_async
 from gateway_site import db_async
+from gateway_site.after_response import after_response
 from gateway_site.db_executor import db_call
 from gateway_site import metrics
 from gateway_site.errors import GatewayError
@@ -69,11 +71,7 @@ async def record(
     call.cost_usd = fields["cost_usd"]
     call.recorded_tokens = (fields["prompt_tokens"], fields["completion_tokens"])
     fields.update(http_status=http_status, error_class=error_class)
-    metrics.request_observe(tenant=call.auth.tenant_slug, routed=call.plan is not None, fields=fields)
-    logger.info("request %s %s", call.endpoint, status, extra=request_line(
-        call_fields=fields, tenant=call.auth.tenant_slug, http_status=http_status,
-        attempts=call.log.attempts, prompt=(fields.get("content") or {}).get("messages"),
-    ))
+    after_response(functools.partial(_observe, call, fields, status=status, http_status=http_status))
     guard_write = guardrail_events_start(call)  # started first: a client leaving cannot cancel it
     first_try = asyncio.Event()
     background(_record_commit(call, fields, first_try), what="usage record write")
@@ -87,6 +85,15 @@ async def record(
     # client gets its answer and the write goes on in the background (`_record_commit`).
     await first_try.wait()
     await guardrail_events_wait(guard_write)
+
+
+def _observe(call: Call, fields: dict, *, status: str, http_status: int) -> None:
+    """The request's metrics and its one log line (after the response: `after_response`)."""
+    metrics.request_observe(tenant=call.auth.tenant_slug, routed=call.plan is not None, fields=fields)
+    logger.info("request %s %s", call.endpoint, status, extra=request_line(
+        call_fields=fields, tenant=call.auth.tenant_slug, http_status=http_status,
+        attempts=call.log.attempts, prompt=(fields.get("content") or {}).get("messages"),
+    ))
 
 
 async def _record_commit(call: Call, fields: dict, first_try: asyncio.Event) -> None:
