@@ -14,7 +14,6 @@ Soft budgets are not enforced; every budget raises its alerts once per period pe
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import uuid
@@ -38,7 +37,7 @@ from gateway_site import db_async
 from gateway_site.config_cache import ConfigCache
 from gateway_site.db_executor import db_call
 from gateway_site.errors import GatewayError
-from gateway_site.loops import PerLoop
+from gateway_site.loops import Batches, PerLoop
 from gateway_site.prepared import prepared_cursor
 
 EPOCH = datetime(2000, 1, 1, tzinfo=dt_timezone.utc)
@@ -249,51 +248,25 @@ HOLD_GROUP_MAX = 128
 
 
 class _HoldGroups:
-    """The budget holds of one event loop, grouped per period row as `routing.record.GroupCommit`
-    groups records: a lone request's hold goes out at once; the holds that arrive while one on the
-    same row is on the wire go out together next, as one statement (one UPDATE of the row, one
-    INSERT of their reservations), all or nothing. Under load a row is updated once for several
-    requests instead of once each. A group whose sum does not fit answers False to each of its
-    requests, which then go one by one through the general path (the ones that fit are held)."""
+    """The budget holds of one event loop, grouped per period row (`gateway_site.loops.Batches`,
+    as `routing.record.GroupCommit` groups records): a lone request's hold goes out at once; the
+    holds that arrive while one on the same row is on the wire go out together next, as one
+    statement (one UPDATE of the row, one INSERT of their reservations), all or nothing. Under
+    load a row is updated once for several requests instead of once each. A group whose sum does
+    not fit answers False to each of its requests, which then go one by one through the general
+    path (the ones that fit are held)."""
 
     def __init__(self) -> None:
-        self._waiting: dict[int, list[tuple[BudgetLimit, str, Decimal, asyncio.Future]]] = {}
-        self._writing: set[int] = set()
+        self._batches: Batches[tuple[BudgetLimit, str, Decimal]] = Batches(self._send, limit=HOLD_GROUP_MAX)
 
     async def hold(self, budget: BudgetLimit, period_id: int, request_id: str, estimate: Decimal) -> bool:
-        answer = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(period_id, []).append((budget, request_id, estimate, answer))
-        if period_id not in self._writing:
-            self._writing.add(period_id)
-            asyncio.ensure_future(self._write_all(period_id))
-        return await answer
+        return await self._batches.submit((budget, request_id, estimate), key=period_id)
 
-    async def _write_all(self, period_id: int) -> None:
-        try:
-            while waiting := self._waiting.pop(period_id, None):
-                if len(waiting) > HOLD_GROUP_MAX:
-                    self._waiting[period_id] = waiting[HOLD_GROUP_MAX:] + self._waiting.get(period_id, [])
-                    waiting = waiting[:HOLD_GROUP_MAX]
-                group = [item for item in waiting if not item[3].done()]  # a request gone holds nothing
-                if not group:
-                    continue
-                holds = [(request_id, estimate) for _, request_id, estimate, _ in group]
-                try:
-                    held, _ = await db_async.statement(*_holds_statement(period_id, group[0][0].amount_usd, holds, now=_now()))
-                except Exception as exc:  # noqa: BLE001 - every request of the group gets it
-                    for *_, answer in group:
-                        if not answer.done():
-                            answer.set_exception(exc)
-                    continue
-                except BaseException:  # this loop is shutting down
-                    for *_, answer in group:
-                        answer.cancel()
-                    raise
-                for *_, answer in group:
-                    if not answer.done():
-                        answer.set_result(held == len(group))
-        finally:
-            self._writing.discard(period_id)
+    @staticmethod
+    async def _send(period_id: int, group: list[tuple[BudgetLimit, str, Decimal]]) -> list[bool]:
+        holds = [(request_id, estimate) for _, request_id, estimate in group]
+        held, _ = await db_async.statement(*_holds_statement(period_id, group[0][0].amount_usd, holds, now=_now()))
+        return [held == len(group)] * len(group)
 
 
 _hold_groups: PerLoop[_HoldGroups] = PerLoop(_HoldGroups)

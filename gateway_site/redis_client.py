@@ -7,7 +7,6 @@ answers again.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import logging
@@ -23,7 +22,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
-from gateway_site.loops import PerLoop
+from gateway_site.loops import Batches, PerLoop
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +97,8 @@ def _sha(source: str) -> str:
 
 
 class ScriptBatches:
-    """Lua script calls of one event loop, sent in pipelines, one pipeline on the wire at a time.
+    """Lua script calls of one event loop, sent in pipelines, one pipeline on the wire at a time
+    (`gateway_site.loops.Batches`).
 
     A lone call goes out at once, as a plain EVALSHA would. Calls that come while a pipeline is
     out wait for its answer and then go out together in the next one, so under load one round
@@ -111,55 +111,14 @@ class ScriptBatches:
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
         self._shas: dict[str, str] = {}
-        self._waiting: list[tuple[str, list[str], list, asyncio.Future]] = []
-        self._sender: asyncio.Task | None = None
-        self._deadline: asyncio.TimerHandle | None = None  # of the deferred calls waiting
+        self._batches: Batches[tuple[str, list[str], list]] = Batches(
+            self._send, limit=SCRIPT_BATCH_MAX, defer_seconds=SCRIPT_DEFER_SECONDS,
+        )
 
     async def call(self, source: str, keys: list[str], args: list, *, deferred: bool = False) -> Any:
-        loop = asyncio.get_running_loop()
-        answer = loop.create_future()
-        self._waiting.append((source, keys, args, answer))
-        if self._sender is None:
-            if not deferred:
-                self._start()
-            elif self._deadline is None:
-                self._deadline = loop.call_later(SCRIPT_DEFER_SECONDS, self._start)
-        return await answer
+        return await self._batches.submit((source, keys, args), deferred=deferred)
 
-    def _start(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-        if self._sender is None and self._waiting:
-            self._sender = asyncio.ensure_future(self._send_all())
-
-    async def _send_all(self) -> None:
-        try:
-            while self._waiting:
-                batch = self._waiting[:SCRIPT_BATCH_MAX]
-                del self._waiting[:SCRIPT_BATCH_MAX]
-                try:
-                    results = await self._send(batch)
-                except Exception as exc:
-                    for *_, answer in batch:
-                        if not answer.done():
-                            answer.set_exception(exc)
-                    continue
-                except BaseException:  # this loop is shutting down
-                    for *_, answer in batch:
-                        answer.cancel()
-                    raise
-                for (*_, answer), result in zip(batch, results):
-                    if answer.done():
-                        continue  # its caller went away
-                    if isinstance(result, Exception):
-                        answer.set_exception(result)
-                    else:
-                        answer.set_result(result)
-        finally:
-            self._sender = None
-
-    async def _send(self, batch: list) -> list:
+    async def _send(self, _key, batch: list) -> list:
         results = await self._pipeline(batch)
         missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
         if missing:  # Redis restarted or was flushed: load the scripts, send those calls again
@@ -172,7 +131,7 @@ class ScriptBatches:
 
     async def _pipeline(self, batch: list) -> list:
         pipe = self._client.pipeline(transaction=False)
-        for source, keys, args, _ in batch:
+        for source, keys, args in batch:
             sha = self._shas.get(source)
             if sha is None:
                 sha = self._shas[source] = _sha(source)

@@ -21,7 +21,7 @@ from gateway_site import metrics
 from gateway_site.errors import GatewayError
 from gateway_site.graceful import cancel_reason, shutdown_status
 from gateway_site.logs import request_line
-from gateway_site.loops import PerLoop, background
+from gateway_site.loops import Batches, PerLoop, background
 from guardrails.services import guardrail_events_start, guardrail_events_wait
 from routing.call import Call
 
@@ -123,41 +123,23 @@ GROUP_COMMIT_MAX = 128
 
 
 class GroupCommit:
-    """The records of an event loop's requests, written together: while one transaction is being
-    written, the records that arrive wait, and the next transaction takes all of them. A lone
-    request waits for nobody (its record is written at once, as before); under load a worker
-    writes one transaction, one INSERT and one UPDATE per budget period, for many requests,
-    instead of a transaction each. Each request is still answered only once its own record has
-    committed, and a record that fails is retried alone (`_records_commit`)."""
+    """The records of an event loop's requests, written together (`gateway_site.loops.Batches`):
+    while one transaction is being written, the records that arrive wait, and the next
+    transaction takes all of them. A lone request waits for nobody (its record is written at
+    once, as before); under load a worker writes one transaction, one INSERT and one UPDATE per
+    budget period, for many requests, instead of a transaction each. Each request is still
+    answered only once its own record has committed, and a record that fails is retried alone
+    (`_records_commit`)."""
 
     def __init__(self) -> None:
-        self._waiting: list[tuple[RecordWrite, bool, asyncio.Future]] = []
-        self._writer: asyncio.Task | None = None
+        self._batches: Batches[tuple[RecordWrite, bool]] = Batches(self._send, limit=GROUP_COMMIT_MAX)
 
     async def write(self, write: RecordWrite, *, retry: bool = False) -> None:
-        written = asyncio.get_running_loop().create_future()
-        self._waiting.append((write, retry, written))
-        if self._writer is None:
-            self._writer = asyncio.ensure_future(self._write_all())
-        await asyncio.shield(written)
+        await asyncio.shield(self._batches.submit((write, retry)))
 
-    async def _write_all(self) -> None:
-        try:
-            while self._waiting:
-                batch = self._waiting[:GROUP_COMMIT_MAX]
-                del self._waiting[:GROUP_COMMIT_MAX]
-                writes = [write for write, _, _ in batch]
-                try:
-                    outcomes = await _records_write(writes, retry=any(retry for _, retry, _ in batch))
-                except Exception as exc:  # noqa: BLE001 - every waiting request gets it
-                    outcomes = [exc] * len(batch)
-                for (_, _, written), outcome in zip(batch, outcomes):
-                    if outcome is None:
-                        written.set_result(None)
-                    else:
-                        written.set_exception(outcome)
-        finally:
-            self._writer = None
+    @staticmethod
+    async def _send(_key, batch: list[tuple[RecordWrite, bool]]) -> list[Exception | None]:
+        return await _records_write([write for write, _ in batch], retry=any(retry for _, retry in batch))
 
 
 _group_commits: PerLoop[GroupCommit] = PerLoop(GroupCommit)
