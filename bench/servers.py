@@ -149,9 +149,9 @@ def wait_http(url: str, process: subprocess.Popen, *, timeout: float, log_path: 
     raise RuntimeError(f"{url} did not answer within {timeout:.0f}s; see {log_path}")
 
 
-def _popen(cmd: list[str], *, env: dict, log_path: Path) -> subprocess.Popen:
+def _popen(cmd: list[str], *, env: dict, log_path: Path, root: Path = ROOT) -> subprocess.Popen:
     log = open(log_path, "wb")  # noqa: SIM115 (the child owns it)
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def upstream_start(workdir: Path) -> Server:
@@ -218,28 +218,29 @@ def gateway_env(database_url: str, redis_url: str, workdir: Path) -> dict:
     }
 
 
-def _manage(env: dict, *args: str) -> str:
-    done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+def _manage(env: dict, *args: str, root: Path = ROOT) -> str:
+    done = subprocess.run([sys.executable, "manage.py", *args], cwd=root, env=env, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
     return done.stdout
 
 
 def gateway_start(upstream: Server, *, database_url: str, redis_url: str, workdir: Path, workers: int,
-                  server: str = "uvicorn") -> Server:
+                  server: str = "uvicorn", root: Path = ROOT) -> Server:
+    """The gateway of the checkout at `root` (this one by default; `bench/ab.py` starts another)."""
     database_recreate(database_url)
     env = gateway_env(database_url, redis_url, workdir)
-    _manage(env, "migrate", "--noinput")
+    _manage(env, "migrate", "--noinput", root=root)
     config = workdir / "gateway.yaml"
     config.write_text(GATEWAY_CONFIG.format(port=urlparse(upstream.base_url).port, model=MODEL))
-    _manage(env, "import_config", str(config))
-    key = _manage(env, "create_api_key", "bench", "--name", "bench").strip().splitlines()[-1]
+    _manage(env, "import_config", str(config), root=root)
+    key = _manage(env, "create_api_key", "bench", "--name", "bench", root=root).strip().splitlines()[-1]
     port = free_port()
     log_path = workdir / "gateway.log"
     process = _popen(
         [sys.executable, "manage.py", "serve", "--workers", str(workers), "--bind", f"127.0.0.1:{port}",
          "--server", server],
-        env=env, log_path=log_path,
+        env=env, log_path=log_path, root=root,
     )
     server = Server("gateway", f"http://127.0.0.1:{port}/v1", process, key=key, log_path=log_path,
                     extra={"env": env, "database_url": database_url, "server": server})
