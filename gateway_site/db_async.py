@@ -15,6 +15,12 @@ hard budgets, a record that keeps content, a record that must fall back to the t
 in-process tests' shared transaction with `GATEWAY_DB_THREADS = 0`) still goes through
 `db_call`. psycopg's errors come out as Django's (`django.db.OperationalError`..., through
 Django's own `wrap_database_errors`), so callers handle an outage as they always have.
+
+Why not psycopg_pool's `AsyncConnectionPool` (installed with psycopg[pool]): measured in process
+under uvloop against this pool, a one-row prepared statement cost the same CPU alone (194-239 us
+against 207-223 us on a slow machine) and 10-15 % more at 16 at once (170-237 against
+162-199 us per statement), its checkout and return doing more (a lock, a reset check, its
+maintenance tasks). Two statements a request make that about 1.5 % of a request's CPU at c=64.
 """
 
 from __future__ import annotations
