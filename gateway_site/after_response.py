@@ -19,31 +19,38 @@ from contextvars import ContextVar
 
 logger = logging.getLogger(__name__)
 
-_pending: ContextVar[list[Callable[[], None]] | None] = ContextVar("gateway_after_response", default=None)
+class _Pending(list):
+    """A request's work waiting for its response; once run, later work runs at once (a task that
+    copied the request's context, a stream closed late, may still call `after_response`)."""
+
+    ran = False
+
+
+_pending: ContextVar[_Pending | None] = ContextVar("gateway_after_response", default=None)
 
 
 def after_response(work: Callable[[], None]) -> None:
     """Run `work` once the current tenant API response has gone to the server, or now outside one."""
     pending = _pending.get()
-    if pending is None:
+    if pending is None or pending.ran:
         work()
     else:
         pending.append(work)
 
 
-def after_response_begin() -> list[Callable[[], None]]:
+def after_response_begin() -> _Pending:
     """Collect this task's `after_response` work from here on (the tenant API's answering task)."""
-    pending: list[Callable[[], None]] = []
+    pending = _Pending()
     _pending.set(pending)
     return pending
 
 
-def after_response_run(pending: list[Callable[[], None]]) -> None:
+def after_response_run(pending: _Pending) -> None:
     """Run the collected work, each on its own: one that fails is logged and the rest still run."""
-    _pending.set(None)  # anything after this runs at once
-    for work in pending:
+    pending.ran = True  # anything after this runs at once, in whichever context it comes
+    while pending:
+        work = pending.pop(0)
         try:
             work()
         except Exception:  # noqa: BLE001 - a log line or a metric must not cost the others
             logger.exception("after-response work %r failed", work)
-    pending.clear()

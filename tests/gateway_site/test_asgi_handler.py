@@ -4,6 +4,7 @@ without thread hops, every other route keeps Django's thread per request."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import threading
@@ -145,7 +146,10 @@ def test_after_response_work_runs_at_once_outside_a_tenant_api_request_and_each_
     after_response(lambda: 1 / 0)  # logged; the next one still runs
     after_response(lambda: done.append("third"))
     assert done == ["at once"]
+    copied = contextvars.copy_context()  # a task started during the request keeps this context
     after_response_run(pending)
     assert done == ["at once", "first", "third"]
     after_response(lambda: done.append("after the run: at once"))
     assert done[-1] == "after the run: at once"
+    copied.run(after_response, lambda: done.append("in a copy of the request's context: at once"))
+    assert done[-1] == "in a copy of the request's context: at once"
