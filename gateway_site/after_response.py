@@ -19,6 +19,7 @@ from contextvars import ContextVar
 
 logger = logging.getLogger(__name__)
 
+
 class _Pending(list):
     """A request's work waiting for its response; once run, later work runs at once (a task that
     copied the request's context, a stream closed late, may still call `after_response`)."""
