@@ -444,12 +444,7 @@ def records_statement(
         thresholds = list(owner.thresholds) if owner is not None else []
         lines = [owner.amount_usd * threshold / 100 for threshold in thresholds]
         sql = f"WITH inserted AS ({sql}), " + _statement(
-            # Every reservation of these requests is on this row (see `records_statement`).
-            "released AS (DELETE FROM {reservations}"
-            " WHERE request_id = ANY(%s::uuid[]) RETURNING amount_usd),"
-            " period AS (UPDATE {periods} SET reserved_usd = reserved_usd"
-            " - COALESCE((SELECT SUM(amount_usd) FROM released), 0), spent_usd = spent_usd + %s"
-            " WHERE id = %s RETURNING budget_id, period_start, spent_usd),"
+            _RELEASE_AND_SPEND + ","
             " raised AS (INSERT INTO {alerts}"
             " (budget_id, period_start, threshold, spent_usd, created_at, webhook_status, email_status)"
             " SELECT period.budget_id, period.period_start, line.threshold, period.spent_usd, NOW(), '', ''"
@@ -460,14 +455,31 @@ def records_statement(
             " SELECT inserted.id, 1 / (SELECT COUNT(*) FROM period), ARRAY(SELECT id FROM raised) FROM inserted"
         )
         # The arrays as PostgreSQL's array text: psycopg's array dumpers are Python loops.
-        request_ids = _array_text(str(uuid.UUID(reservation.request_id)) for reservation in reservations)
-        params = [*params, request_ids, cost, period_id, _array_text(thresholds), _array_text(lines), cost]
+        params = [*params, *_release_and_spend_params(reservations, cost, period_id),
+                  _array_text(thresholds), _array_text(lines), cost]
     return RecordsStatement(sql=sql, params=params, settles=bool(rows))
 
 
 def _array_text(values) -> str:
     """An array's text form (`{1,2.5}`) for values whose text needs no quoting: numbers, uuids."""
     return "{" + ",".join(map(str, values)) + "}"
+
+
+# The release of some requests' reservations and the addition of their cost to one period row, as
+# CTEs named `released` and `period` (the row's budget, start and spend after it): the one-statement
+# settlement and the records' statement both use it, with `_release_and_spend_params`. Every
+# reservation of these requests is on this row (see `records_statement`).
+_RELEASE_AND_SPEND = (
+    "released AS (DELETE FROM {reservations}"
+    " WHERE request_id = ANY(%s::uuid[]) RETURNING amount_usd),"
+    " period AS (UPDATE {periods} SET reserved_usd = reserved_usd"
+    " - COALESCE((SELECT SUM(amount_usd) FROM released), 0), spent_usd = spent_usd + %s"
+    " WHERE id = %s RETURNING budget_id, period_start, spent_usd)"
+)
+
+
+def _release_and_spend_params(reservations: list[Reservation], cost: Decimal, period_id: int) -> list:
+    return [_array_text(str(uuid.UUID(reservation.request_id)) for reservation in reservations), cost, period_id]
 
 
 def period_row_gone(exc: DataError) -> bool:
@@ -503,16 +515,11 @@ def _settle_in_one_statement(
     """PostgreSQL, every change on one period row: the reservations' release and the spend in one
     statement instead of a DELETE and an UPDATE. Returns the row's period start and spend after
     it (what alerts need, without reading the row again), None if the row is gone."""
-    request_ids = _array_text(str(uuid.UUID(reservation.request_id)) for reservation in reservations)
     with prepared_cursor() as cursor:
-        cursor.execute(_statement(
-            # Every reservation of these requests is on this row (see `records_statement`).
-            "WITH released AS (DELETE FROM {reservations}"
-            " WHERE request_id = ANY(%s::uuid[]) RETURNING amount_usd)"
-            " UPDATE {periods} SET reserved_usd = reserved_usd"
-            " - COALESCE((SELECT SUM(amount_usd) FROM released), 0), spent_usd = spent_usd + %s"
-            " WHERE id = %s RETURNING period_start, spent_usd"
-        ), [request_ids, cost or Decimal("0"), period_id])
+        cursor.execute(
+            _statement("WITH " + _RELEASE_AND_SPEND + " SELECT period_start, spent_usd FROM period"),
+            _release_and_spend_params(reservations, cost or Decimal("0"), period_id),
+        )
         row = cursor.fetchone()
     return None if row is None else (row[0], row[1])
 

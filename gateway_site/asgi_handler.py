@@ -11,9 +11,10 @@ long-lived threads, which look after their own connections, so for it the hops a
 starting and joining a thread per request was once a large share of its CPU, and the two hops
 that remained cost about 145 us of CPU each. Its requests therefore run without that context and
 send both signals in the event loop itself, where the receivers find no connection to look
-after. Its log lines and metrics are taken once the response has gone to the server
-(`gateway_site.after_response`). This holds while every receiver of those signals is a plain function (Django's are): an
+after. This holds while every receiver of those signals is a plain function (Django's are): an
 async receiver would make `Signal.send` fail in the event loop, loudly, on every API request.
+Its log lines and metrics are taken once the response has gone to the server
+(`gateway_site.after_response`).
 
 Every other request (admin, dashboards, operator API, with sync views and ORM work that may take
 a while) keeps Django's handling, thread per request included.

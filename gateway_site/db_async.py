@@ -37,6 +37,7 @@ from gateway_site.db_executor import IDLE_CHECK_SECONDS
 from gateway_site.loops import PerLoop
 from gateway_site.prepared import PREPARE_WHEN_ASKED
 
+
 def in_loop() -> bool:
     """Whether the hot path's statements run in the event loop in this process."""
     return (
