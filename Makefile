@@ -7,6 +7,8 @@ PORT ?= 8000
 # Test services: PostgreSQL and Redis on this machine unless told otherwise.
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/1
+# pytest-xdist workers; each has its own test database and Redis database (tests/conftest.py).
+TEST_WORKERS ?= 2
 
 .PHONY: run test install install-test clean
 
@@ -35,7 +37,7 @@ test: $(VENV)/.installed-test
 	@# The deployment files are checked offline with docker-compose's validator and systemd-analyze.
 	@[ -x /usr/bin/docker-compose ] && [ -x /usr/bin/systemd-analyze ] || (apt-get update -qq && apt-get install -y -qq docker-compose systemd)
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/python tests/check_services.py
-	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/pytest $(PYTEST_ARGS)
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -9,10 +9,28 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _redis_database_per_worker() -> None:
+    """`make test` runs the suite in pytest-xdist workers (gw0, gw1...); each gets the Redis
+    database after the last one's (the given one, then the next), as pytest-django gives each its
+    own test database. Keys that are not per test (the response cache's, the channel layer's)
+    then never meet another worker's, whose tenants have the same ids in their own database.
+    Run at import, before pytest-django reads the settings; the servers the tests start inherit it."""
+    worker, url = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("REDIS_URL", "")
+    if not (worker.startswith("gw") and url):
+        return
+    parts = urlsplit(url)
+    database = int(parts.path.strip("/") or 0) + int(worker[2:])
+    os.environ["REDIS_URL"] = parts._replace(path=f"/{database}").geturl()
+
+
+_redis_database_per_worker()
 
 
 def free_port() -> int:
@@ -156,3 +174,18 @@ def httpserver_url():
     yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
     server.shutdown()
     server.server_close()
+
+
+def pytest_collection_modifyitems(items):
+    """schemathesis' items (tests/reliability/test_fuzz_schema.py, one per API operation) share
+    one node id under pytest 9 (built from the function's name, without the operation in their
+    own name); pytest-xdist tells items apart by node id and ran only the first of them. Each
+    gets the id of its name, operation included, as pytest 8 gave it; and they are put in the
+    order of their ids, the same in every worker (schemathesis lists a path's methods in an order
+    that changes from one process to the next, and xdist requires one collection)."""
+    places = [index for index, item in enumerate(items) if getattr(item, "operation_label", None)]
+    for index in places:
+        if not items[index].nodeid.endswith("]"):
+            items[index]._id = items[index].parent.id.child(items[index].name)
+    for index, item in zip(places, sorted((items[index] for index in places), key=lambda item: item.nodeid)):
+        items[index] = item
