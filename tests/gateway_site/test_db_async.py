@@ -127,6 +127,25 @@ async def test_kept_content_goes_to_the_general_path():
     assert await usage_records_commit_async([RecordWrite(fields=fields, budgets=budgets)], on_alert=on_alert) is None
 
 
+@pytest.mark.parametrize("synchronous", [True, False])
+async def test_the_loops_commits_wait_for_the_wal_flush_unless_configured(settings, synchronous):
+    settings.GATEWAY_DB_SYNCHRONOUS_COMMIT = synchronous
+    tenant, budgets = await budgeted()
+    await reserve(budgets)  # the period's first request finds its row on a thread
+    request_id, reservation = await reserve(budgets)  # on the loop's connection
+    writes = [RecordWrite(fields=every_field(tenant, uuid.UUID(request_id), "0.25"), budgets=budgets,
+                          reservation=reservation)]
+
+    assert await usage_records_commit_async(writes, on_alert=_refuse) is not None
+    _, found = await db_async.statement("SELECT current_setting('synchronous_commit')", [])
+
+    assert found == [("on" if synchronous else "off",)]
+    # Committed and visible to another session at once either way.
+    period = await BudgetPeriod.objects.aget()
+    assert (period.spent_usd, period.reserved_usd) == (Decimal("0.25"), Decimal("0.50"))
+    assert await UsageRecord.objects.filter(request_id=request_id).aexists()
+
+
 async def test_a_cut_connection_fails_one_statement_as_djangos_error_and_is_replaced():
     _, first = await db_async.statement("SELECT pg_backend_pid()", [])
     (pid,) = first[0]
