@@ -1,4 +1,5 @@
-"""HTTP plumbing shared by the API views: method checks and JSON 404s in OpenAI's error shape."""
+"""HTTP plumbing shared by the views: method checks, JSON 404s in OpenAI's error shape, and the
+503 of a view that finds the database unreachable."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import functools
 import logging
 
 from django.db import InterfaceError, OperationalError
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.template import loader
 from django.views import csrf, defaults
 
 from gateway_site.errors import DatabaseUnavailable, GatewayError, NotFound, error_response
@@ -36,15 +38,28 @@ def allow_methods(*methods: str, shape=None):
             try:
                 return await view(request, *args, **kwargs)
             except (OperationalError, InterfaceError):  # the database is unreachable: say so
-                logger.warning("database unavailable for %s %s", request.method, request.path, exc_info=True)
-                exc = DatabaseUnavailable("The gateway's database is unavailable; retry shortly.")
-                response = JsonResponse(shape(exc), status=exc.status) if shape else error_response(exc)
-                response["Retry-After"] = "1"
-                return response
+                return database_unavailable(request, shape=shape)
 
         return wrapper
 
     return decorate
+
+
+def database_unavailable(request: HttpRequest, *, shape=None) -> HttpResponse:
+    """A 503 with `Retry-After` for a request that found the database unreachable (logged with
+    the exception being handled): the API's error shape (`shape` for another API's) on /v1/, a
+    short page elsewhere (dashboards, admin, playground), rendered without the request's context,
+    whose user and messages would ask the database again."""
+    logger.warning("database unavailable for %s %s", request.method, request.path, exc_info=True)
+    exc = DatabaseUnavailable("The gateway's database is unavailable; retry shortly.")
+    if shape is not None:
+        response = JsonResponse(shape(exc), status=exc.status)
+    elif request.path.startswith("/v1/"):
+        response = error_response(exc)
+    else:
+        response = HttpResponse(loader.render_to_string("503.html"), status=exc.status)
+    response["Retry-After"] = "1"
+    return response
 
 
 def server_error(request: HttpRequest):

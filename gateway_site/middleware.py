@@ -16,10 +16,14 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth.middleware import AuthenticationMiddleware as _Authentication
 from django.contrib.messages.middleware import MessageMiddleware as _Messages
 from django.contrib.sessions.middleware import SessionMiddleware as _Session
+from django.db import InterfaceError, OperationalError
 from django.middleware.clickjacking import XFrameOptionsMiddleware as _XFrame
 from django.middleware.common import CommonMiddleware as _Common
 from django.middleware.csrf import CsrfViewMiddleware as _Csrf
 from django.middleware.security import SecurityMiddleware as _Security
+from django.utils.deprecation import MiddlewareMixin
+
+from gateway_site.http import database_unavailable
 
 # The routes a tenant key calls, with nothing of a browser's session: keep this list to them.
 TENANT_API_PATHS = frozenset({
@@ -86,3 +90,15 @@ class MessageMiddleware(_TenantApiBypass, _Messages):
 
 class XFrameOptionsMiddleware(_TenantApiBypass, _XFrame):
     pass
+
+
+class DatabaseUnavailableMiddleware(_TenantApiBypass, MiddlewareMixin):
+    """A view that finds the database unreachable answers 503 with `Retry-After` instead of a 500:
+    the operator API (DRF hands on what its exception handler does not know), the dashboards, the
+    admin, the playground (`gateway_site.http.database_unavailable`). The tenant API's views say
+    so themselves (`allow_methods`); on their routes this passes the request straight on."""
+
+    def process_exception(self, request, exception):
+        if isinstance(exception, (OperationalError, InterfaceError)):
+            return database_unavailable(request)
+        return None

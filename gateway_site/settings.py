@@ -118,6 +118,8 @@ MIDDLEWARE = [
     "gateway_site.middleware.AuthenticationMiddleware",
     "gateway_site.middleware.MessageMiddleware",
     "gateway_site.middleware.XFrameOptionsMiddleware",
+    # Last: a view that finds the database unreachable answers 503, not 500.
+    "gateway_site.middleware.DatabaseUnavailableMiddleware",
 ]
 # Django's deploy checks look for its own middleware paths; `gateway_site.checks` checks that the
 # subclasses above are in place instead.

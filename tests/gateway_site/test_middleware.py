@@ -1,9 +1,11 @@
-"""Django's page middleware stays off the tenant API; its security headers do not."""
+"""Django's page middleware stays off the tenant API; its security headers do not. A page or an
+operator route that finds the database gone answers 503, not 500."""
 
 from __future__ import annotations
 
 import pytest
 from django.core.management import call_command
+from django.db import connection, connections
 from django.test import AsyncClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -33,3 +35,39 @@ def test_deploy_check_requires_the_gateway_middleware(settings):
     [error] = middleware_in_place()
     assert error.id == "gateway_site.E001" and "CsrfViewMiddleware" in error.msg
     call_command("check")  # the error is a deploy check: plain checks stay quiet
+
+
+def _connection_cut() -> None:
+    """The server ends this thread's database connection, as a database restart does."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+    finally:
+        other.close()
+
+
+@pytest.fixture
+def signed_in(client, admin_user):
+    if connection.vendor != "postgresql":
+        pytest.skip("cuts a PostgreSQL connection")
+    client.force_login(admin_user)
+    yield client
+    connection.close()  # the cut one: the test database is flushed on a new connection
+
+
+@pytest.mark.parametrize("path", ["/admin/", "/v1/tenants"])
+def test_a_page_or_operator_route_that_finds_the_database_gone_answers_503(signed_in, path, caplog):
+    _connection_cut()
+
+    response = signed_in.get(path)
+
+    assert response.status_code == 503 and response["Retry-After"] == "1"
+    if path.startswith("/v1/"):  # the operator API: the API's error shape
+        assert response.json()["error"]["code"] == "database_unavailable"
+    else:
+        assert b"Database unavailable" in response.content and response["Content-Type"].startswith("text/html")
+    assert f"database unavailable for GET {path}" in caplog.text

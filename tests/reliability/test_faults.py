@@ -458,8 +458,11 @@ def test_postgres_unreachable_gives_clear_503s_and_recovers(chaos):
     warm = asyncio.run(load(chaos.server.base_url, chaos.api_key, [{"model": "steady", "stream": False}] * 4))
     assert warm.count("answered") == 4
     fresh_key = manage(chaos.env, "create_api_key", "acme", "--name", "fresh").strip().splitlines()[-1]
+    manage(chaos.env, "createsuperuser", "--noinput", "--username", "ops-chaos", "--email", "ops@example.com")
+    staff_token = manage(chaos.env, "create_staff_token", "ops-chaos", "--name", "chaos").strip().splitlines()[-1]
     jobs = [{"model": m, "stream": s} for m in ("steady", "chaotic") for s in (False, True)] * 3
     reads: dict[str, httpx.Response] = {}
+    operator: dict[str, httpx.Response] = {}
 
     async def scenario():
         # Two slow streams are under way when the database goes: they are answered, and their
@@ -494,6 +497,8 @@ def test_postgres_unreachable_gives_clear_503s_and_recovers(chaos):
             ws_auth = (ws_auth[0], fresh.close_code)
             for path in ("/v1/models", "/v1/usage", "/v1/cache/stats"):  # the tenant API's reads
                 reads[path] = await client.get(path)
+            # The operator API, whose token is looked up in the database: a 503, not a 500.
+            operator["api"] = await client.get("/v1/tenants", headers={"Authorization": f"Bearer {staff_token}"})
             return cut, seconds, anthropic, (ws_error, ws_auth), await asyncio.gather(*in_flight)
 
     try:
@@ -520,6 +525,9 @@ def test_postgres_unreachable_gives_clear_503s_and_recovers(chaos):
         assert read.status_code == 200 or (
             read.status_code == 503 and read.json()["error"]["code"] == "database_unavailable"
         ), (path, read.status_code, read.text[:300])
+    api = operator["api"]
+    assert api.status_code == 503 and api.json()["error"]["code"] == "database_unavailable", api.text[:300]
+    assert api.headers["retry-after"] == "1"
     # Recovery: within a bound, a whole batch is answered again. Until then (a connection pool
     # reconnecting, or handing out a connection the cut broke) a request may still get a clear 503.
     started, recovery = time.monotonic(), Figures()
