@@ -195,11 +195,13 @@ def chaos(tmp_path_factory):
         server = Server(
             type("D", (), {"env": env}), tmp / "serve.log", "--workers", "2", "--no-collectstatic",
         )
-        yield Chaos(
+        chaos = Chaos(
             env=setup_env, api_key=api_key, database_url=direct, server=server, proxy=proxy,
             redis_port=redis_port, redis_process=redis_process,
             fakes={"fake-a": f"http://127.0.0.1:{port_a}", "fake-b": f"http://127.0.0.1:{port_b}"},
         )
+        yield chaos
+        redis_process = chaos.redis_process  # the Redis outage test started another one
         server.stop()
     finally:
         for process in processes:
