@@ -187,6 +187,9 @@ GATEWAY_DB_PREPARED_STATEMENTS = env.bool("GATEWAY_DB_PREPARED_STATEMENTS", defa
 # On PostgreSQL the hot path's two writes run in the event loop on psycopg's async connections, at
 # most this many per process (gateway_site/db_async.py); 0 sends them to the threads above.
 GATEWAY_DB_ASYNC_CONNECTIONS = env.int("GATEWAY_DB_ASYNC_CONNECTIONS", default=4)
+# Seconds the event loop waits for PostgreSQL's answer to one of those writes before it fails as
+# an unreachable database does (a connection whose packets are dropped; gateway_site/db_async.py).
+GATEWAY_DB_ANSWER_TIMEOUT = env.float("GATEWAY_DB_ANSWER_TIMEOUT", default=10.0)
 # Whether those two writes wait for PostgreSQL's WAL flush before the request goes on; false saves
 # the wait, and a crash of the database server may lose the last fraction of a second of them.
 GATEWAY_DB_SYNCHRONOUS_COMMIT = env.bool("GATEWAY_DB_SYNCHRONOUS_COMMIT", default=True)

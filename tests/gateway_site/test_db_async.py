@@ -218,6 +218,62 @@ async def test_a_group_that_does_not_fit_is_held_one_by_one():
     assert period.reserved_usd == Decimal("0.90") and await BudgetReservation.objects.acount() == 3
 
 
+class _Relay:
+    """A TCP relay to PostgreSQL in the test's event loop that can go silent: it then takes what
+    either side sends and drops it, and closes new connections at once (psycopg's cancel
+    request), as a network that drops a connection's packets, or a hung server, looks to the
+    client: the bytes go out, nothing comes back."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target, self.silent, self._pipes = (host, port), False, set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self._server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader, writer) -> None:
+        if self.silent:
+            writer.close()
+            return
+        upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        for source, sink in ((reader, upstream_writer), (upstream_reader, writer)):
+            pipe = asyncio.ensure_future(self._pipe(source, sink))
+            self._pipes.add(pipe)
+            pipe.add_done_callback(self._pipes.discard)
+
+    async def _pipe(self, reader, writer) -> None:
+        while data := await reader.read(65536):
+            if not self.silent:
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    def close(self) -> None:
+        self._server.close()
+        for pipe in list(self._pipes):
+            pipe.cancel()
+
+
+async def test_a_database_gone_silent_on_an_open_connection_fails_the_statement_in_seconds(monkeypatch, settings):
+    """Without `GATEWAY_DB_ANSWER_TIMEOUT` the statement would wait until TCP gives up."""
+    settings.GATEWAY_DB_ANSWER_TIMEOUT = 1
+    settings_dict = connections["default"].settings_dict
+    relay = _Relay(settings_dict["HOST"] or "127.0.0.1", int(settings_dict["PORT"] or 5432))
+    monkeypatch.setitem(settings_dict, "PORT", await relay.start())
+    try:
+        assert (await db_async.statement("SELECT 1", []))[1] == [(1,)]  # a connection through the relay
+        relay.silent = True
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="did not answer within 1 s"):
+            await asyncio.wait_for(db_async.statement("SELECT 1", []), timeout=60)
+        # The timeout, then psycopg's cancel (refused at once) and its 5 s wait for the query's end.
+        assert time.monotonic() - started < 10
+        relay.silent = False
+        assert (await db_async.statement("SELECT 1", []))[1] == [(1,)]  # on a new connection
+    finally:
+        relay.close()
+
+
 async def test_a_database_that_does_not_answer_fails_the_connection_in_seconds(monkeypatch):
     """A black hole: the TCP connection is accepted and nothing ever answers. Without libpq's
     connect_timeout (GATEWAY_DB_CONNECT_TIMEOUT) the request would wait indefinitely."""
