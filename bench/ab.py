@@ -69,37 +69,23 @@ def lone_requests(gateways: dict[str, Server], *, requests: int) -> dict[str, di
     return results
 
 
-def _wrk(server: Server, *, connections: int, duration: int) -> subprocess.Popen:
-    env = {**os.environ, "BENCH_KEY": server.key, "BENCH_MODEL": servers.MODEL, "BENCH_STREAM": "0"}
-    return subprocess.Popen(
-        ["wrk", "-t", "1", "-c", str(connections), "-d", f"{duration}s", "--timeout", "30s", "--latency",
-         "-s", str(servers.BENCH / "chat.lua"), server.chat_url],
-        env=env, stdout=subprocess.PIPE, text=True,
-    )
-
-
-def _wrk_result(process: subprocess.Popen) -> dict:
-    out = process.communicate()[0]
-    for line in out.splitlines():
-        if line.startswith("BENCH_RESULT "):
-            return json.loads(line.removeprefix("BENCH_RESULT "))
-    raise RuntimeError(f"wrk gave no result:\n{out}")
-
-
 def under_load(gateways: dict[str, Server], *, connections: int, duration: int, rounds: int) -> dict[str, dict]:
     """Both driven at once by wrk; CPU per request and req/s of each, per round and in all."""
     totals = {name: {"requests": 0, "cpu_s": 0.0, "rounds": []} for name in gateways}
     for _ in range(rounds):
         cpu = {name: servers.cpu_seconds(gateway.pids()) for name, gateway in gateways.items()}
-        running = {name: _wrk(gateway, connections=connections, duration=duration) for name, gateway in gateways.items()}
-        done = {name: _wrk_result(process) for name, process in running.items()}
+        running = {
+            name: servers.wrk_start(gateway, stream=False, connections=connections, duration=duration, threads=1)
+            for name, gateway in gateways.items()
+        }
+        done = {name: servers.wrk_result(process) for name, process in running.items()}
         for name, gateway in gateways.items():
             spent = servers.cpu_seconds(gateway.pids()) - cpu[name]
             requests = done[name]["requests"]
             totals[name]["requests"] += requests
             totals[name]["cpu_s"] += spent
-            totals[name]["rounds"].append({"rps": requests / duration, "cpu_ms": 1000 * spent / max(requests, 1),
-                                           "errors": sum(done[name][k] for k in ("connect", "read", "write", "status", "timeout"))})
+            totals[name]["rounds"].append({"rps": done[name]["rps"], "cpu_ms": 1000 * spent / max(requests, 1),
+                                           "errors": done[name]["errors"]})
     for total in totals.values():
         total["cpu_ms"] = 1000 * total["cpu_s"] / max(total["requests"], 1)
     return totals

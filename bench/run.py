@@ -36,18 +36,8 @@ RESULTS = servers.BENCH / "results"
 
 
 def wrk(server: Server, *, stream: bool, connections: int, duration: float) -> dict:
-    env = {**os.environ, "BENCH_KEY": server.key, "BENCH_MODEL": MODEL, "BENCH_STREAM": "1" if stream else "0"}
-    cmd = ["wrk", "-t", str(min(connections, 2)), "-c", str(connections), "-d", f"{max(1, round(duration))}s", "--timeout", "30s",
-           "--latency", "-s", str(servers.BENCH / "chat.lua"), server.chat_url]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    for line in done.stdout.splitlines():
-        if line.startswith("BENCH_RESULT "):
-            result = json.loads(line.removeprefix("BENCH_RESULT "))
-            result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
-            result["errors"] = sum(result[k] for k in ("connect", "read", "write", "status", "timeout"))
-            result["answered"] = result["requests"] - result["status"]
-            return result
-    raise RuntimeError(f"wrk gave no result:\n{done.stdout}\n{done.stderr}")
+    return servers.wrk_result(servers.wrk_start(
+        server, stream=stream, connections=connections, duration=duration, threads=min(connections, 2)))
 
 
 def measure(server: Server, *, stream: bool, connections: int, duration: float) -> dict:

@@ -7,11 +7,13 @@
 - `litellm_start`: the LiteLLM proxy from its own virtualenv (bench/.litellm-venv), configured to
   the same upstream, `--num_workers 2`, a master key, no database (see docs/performance.md).
 
-CPU and memory come from /proc: a server is its root process and every descendant.
+CPU and memory come from /proc: a server is its root process and every descendant. The load is
+wrk with bench/chat.lua (`wrk_start`, `wrk_result`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -321,3 +323,24 @@ def litellm_start(upstream: Server, *, workdir: Path, workers: int) -> Server:
 
 def workdir_create() -> Path:
     return Path(tempfile.mkdtemp(prefix="gwbench-"))
+
+
+def wrk_start(server: Server, *, stream: bool, connections: int, duration: float, threads: int) -> subprocess.Popen:
+    """wrk driving `server` with bench/chat.lua; `wrk_result` waits for it and reads its result."""
+    env = {**os.environ, "BENCH_KEY": server.key, "BENCH_MODEL": MODEL, "BENCH_STREAM": "1" if stream else "0"}
+    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(duration))}s", "--timeout", "30s",
+           "--latency", "-s", str(BENCH / "chat.lua"), server.chat_url]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wrk_result(process: subprocess.Popen) -> dict:
+    """chat.lua's result line, with req/s, errors of every kind together, and answered requests."""
+    out, err = process.communicate()
+    for line in out.splitlines():
+        if line.startswith("BENCH_RESULT "):
+            result = json.loads(line.removeprefix("BENCH_RESULT "))
+            result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+            result["errors"] = sum(result[k] for k in ("connect", "read", "write", "status", "timeout"))
+            result["answered"] = result["requests"] - result["status"]
+            return result
+    raise RuntimeError(f"wrk gave no result:\n{out}\n{err}")
