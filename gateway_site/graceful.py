@@ -4,10 +4,16 @@
 `Flight` for every HTTP request and WebSocket connection that is being served. The worker
 (`gateway_site/worker.py`) calls `drain.begin()` on SIGTERM, once it has stopped listening:
 
-- a new HTTP request (on a kept-alive connection) gets a 503 `server_shutting_down` and
+- a new HTTP request on a kept-alive connection gets a 503 `server_shutting_down` and
   `Connection: close`; a new WebSocket is refused; a new `chat.request` on an open socket gets an
   `error` event; a socket with no request in flight is closed with 4503;
-- in-flight requests, SSE streams and WebSocket requests run on until they finish.
+- in-flight requests, SSE streams and WebSocket requests run on until they finish;
+- the first request of a connection the worker accepted before it stopped listening is served,
+  not refused: the client connected while the worker still took connections, and its request
+  can reach the worker after the drain began (a SIGHUP reload under steady traffic hits this).
+  The servers mark such a request with `FIRST_ON_CONNECTION` in its scope;
+- every response started during the drain carries `Connection: close`, so the client's next
+  request goes to a worker that stays.
 
 If they have not finished by the deadline, the worker calls `drain.expire()`: each remaining
 application instance is told that its client went away (`http.disconnect` /
@@ -36,6 +42,9 @@ SHUTDOWN_MESSAGE = "The gateway is restarting; retry the request."
 # like the consumer's 4401, since daphne (autobahn) sends no registered code but 1000 (1012,
 # "Service Restart", would be the IANA one).
 CLOSE_SERVICE_RESTART = 4503
+
+# Scope key the worker's server sets on the first HTTP request of a connection (see above).
+FIRST_ON_CONNECTION = "gateway.first_on_connection"
 
 _flight: ContextVar[Flight | None] = ContextVar("gateway_flight", default=None)
 
@@ -100,6 +109,8 @@ class Flight:
         kind = message["type"]
         if kind == "http.response.start":
             self.started = True
+            if drain.draining and self.kind == "http":
+                message = _closing(message)
             for name, value in message.get("headers") or ():
                 if value.startswith(b"text/event-stream") and name.lower() == b"content-type":
                     self.streaming = True
@@ -244,6 +255,14 @@ async def worker_drain(*, grace: float, keep: set[asyncio.Task] = frozenset()) -
     logger.info("worker %s drained in %.2fs", os.getpid(), time.monotonic() - started)
 
 
+def _closing(start: dict) -> dict:
+    """`start` (an http.response.start) with `Connection: close` among its headers."""
+    headers = list(start.get("headers") or ())
+    if not any(name.lower() == b"connection" and value.lower() == b"close" for name, value in headers):
+        headers.append((b"connection", b"close"))
+    return {**start, "headers": headers}
+
+
 async def _refuse_http(send) -> None:
     body = json.dumps(_error_body()).encode()
     await send({
@@ -270,7 +289,7 @@ class GracefulApplication:
         if kind not in ("http", "websocket"):
             await self.application(scope, receive, send)
             return
-        if drain.draining:
+        if drain.draining and not (kind == "http" and scope.get(FIRST_ON_CONNECTION) and not drain.expired):
             await self._refuse(kind, receive, send)
             return
         flight = Flight(kind, receive, send)

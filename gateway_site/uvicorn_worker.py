@@ -24,8 +24,9 @@ import socket
 import sys
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway_site.graceful import CUT_SECONDS
+from gateway_site.graceful import CUT_SECONDS, FIRST_ON_CONNECTION
 from gateway_site.supervisor import (
     PARENT_CHECK_SECONDS, supervisor_gone, supervisor_pid, worker_imports_skip, worker_ready,
 )
@@ -34,6 +35,16 @@ logger = logging.getLogger("gateway_site.worker")
 
 # WebSocket messages above this close the socket with 1009, as daphne's limit did.
 WS_MAX_MESSAGE_BYTES = 1024 * 1024
+
+
+class MarkingHttpToolsProtocol(HttpToolsProtocol):
+    """httptools' protocol, marking the first request of each connection for the drain
+    (`graceful.FIRST_ON_CONNECTION`)."""
+
+    def on_headers_complete(self) -> None:
+        if self.cycle is None:  # no request before this one on the connection
+            self.scope[FIRST_ON_CONNECTION] = True
+        super().on_headers_complete()
 
 
 class GracefulUvicorn(uvicorn.Server):
@@ -100,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # The application first: it sets Django up, whose LOGGING then carries uvicorn's own loggers.
     config = uvicorn.Config(
-        args.application, loop="uvloop", http="httptools", ws="websockets-sansio", lifespan="off",
+        args.application, loop="uvloop", http=MarkingHttpToolsProtocol, ws="websockets-sansio", lifespan="off",
         log_config=None, access_log=args.access_log is not None,
         proxy_headers=args.proxy_headers, forwarded_allow_ips="*" if args.proxy_headers else None,
         server_header=False, ws_max_size=WS_MAX_MESSAGE_BYTES,

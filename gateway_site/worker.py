@@ -30,6 +30,7 @@ from daphne.cli import CommandLineInterface  # installs the asyncio reactor: imp
 from daphne.server import Server
 from twisted.internet import reactor
 
+from gateway_site.graceful import FIRST_ON_CONNECTION
 from gateway_site.supervisor import (
     PARENT_CHECK_SECONDS, supervisor_gone, supervisor_pid, worker_imports_skip, worker_ready,
 )
@@ -84,6 +85,13 @@ class GracefulServer(Server):
             port.stopListening()
         await worker_drain(grace=float(settings.GATEWAY_SHUTDOWN_GRACE_SECONDS))
         self.stop()
+
+    def create_application(self, protocol, scope):
+        channel = getattr(protocol, "channel", None)  # an HTTP request's connection
+        if scope["type"] == "http" and channel is not None and not getattr(channel, "gateway_served", False):
+            channel.gateway_served = True
+            scope[FIRST_ON_CONNECTION] = True
+        return super().create_application(protocol, scope)
 
     def kill_all_applications(self):
         # daphne's version assumes every connection has an application instance; after a drain

@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -317,6 +318,56 @@ def test_sigterm_during_a_stream_lets_it_finish_and_records_it(deployment, serve
     assert time.monotonic() - sent < 15
     rows = deployment.wait_for_rows(USAGE_SQL, (chunks[0].id,))
     assert rows == [("success", "", 200, 30)]
+    assert_nothing_was_cut(server.log(), server_name)
+
+
+def _holds_connection(pid: int, client_port: int) -> bool:
+    """Whether process `pid` has accepted the TCP connection whose client end is `client_port`."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[2].rsplit(":", 1)[1], 16) == client_port:  # rem_address
+                inodes.add(f"socket:[{fields[9]}]")
+    fds = Path(f"/proc/{pid}/fd")
+    return any(os.readlink(fd) in inodes for fd in fds.iterdir() if fd.exists())
+
+
+@pytest.mark.parametrize("server_name", SERVERS)
+def test_a_connection_accepted_before_sigterm_gets_its_first_request_served(deployment, serve, server_name):
+    """The race a SIGHUP reload under traffic hits: the worker accepts a connection, then starts
+    draining before the client's request reaches it. That request is served (and told to close
+    the connection), not refused; a second request on a kept-alive connection still is."""
+    server = serve("--workers", "1", "--grace", "15", "--server", server_name)
+    [worker] = server.workers()
+    stream = _openai(server, deployment).chat.completions.create(
+        model="gpt-4o-mini", stream=True, messages=_prompt("[[fake chunks=40 chunk_delay_ms=100]]")
+    )
+    chunks = [next(stream)]  # keeps the worker draining for a few seconds
+    kept_alive = httpx.Client(base_url=server.base_url)
+    assert kept_alive.get("/health").status_code == 200
+    fresh = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    deadline = time.monotonic() + 10
+    while not _holds_connection(worker, fresh.getsockname()[1]):
+        assert time.monotonic() < deadline, "the worker did not accept the connection"
+        time.sleep(0.01)
+    server.terminate()
+    assert server.refuses_connections(), "a new connection was still accepted after SIGTERM"
+
+    fresh.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += fresh.recv(4096)
+    head = answer.split(b"\r\n\r\n", 1)[0].decode().lower().split("\r\n")
+    assert head[0].startswith("http/1.1 200"), head
+    assert "connection: close" in head
+    refused = kept_alive.get("/health")
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "server_shutting_down"
+    chunks.extend(stream)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert server.process.wait(timeout=20) == 0
+    fresh.close()
+    kept_alive.close()
     assert_nothing_was_cut(server.log(), server_name)
 
 
