@@ -153,6 +153,31 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": 20, "transaction_mode": "IMMEDIATE"}
     )
+
+
+def database_network_options(seconds: int) -> dict:
+    """libpq's options for GATEWAY_DB_NETWORK_TIMEOUT (below); none for 0."""
+    if seconds <= 0:
+        return {}
+    return {
+        "tcp_user_timeout": seconds * 1000,
+        "keepalives": 1,
+        "keepalives_idle": seconds,
+        "keepalives_interval": max(seconds // 3, 1),
+        "keepalives_count": 3,
+    }
+
+
+# A PostgreSQL connection already open whose packets stop arriving (a network partition, a
+# database host that vanished) fails after about this many seconds instead of TCP's own timeouts,
+# many minutes, in which a database thread waits and the requests queued behind it too: a
+# statement the server has not acknowledged fails after it (libpq's tcp_user_timeout), and an
+# answer awaited in silence is given up after probes that go unanswered (keepalives: the first
+# after this long, three a third of it apart). A slow query of a live server is not cut: its
+# kernel acknowledges and answers the probes. 0 leaves the operating system's defaults; options
+# given in DATABASE_URL win. The event loop's two writes are bounded by GATEWAY_DB_ANSWER_TIMEOUT
+# as well.
+GATEWAY_DB_NETWORK_TIMEOUT = env.int("GATEWAY_DB_NETWORK_TIMEOUT", default=10)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # A database that does not answer (packets dropped, no refusal) fails a connection attempt
     # after this many seconds (libpq's connect_timeout; at least 2) instead of the operating
@@ -161,6 +186,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
         "connect_timeout", env.int("GATEWAY_DB_CONNECT_TIMEOUT", default=5)
     )
+    DATABASES["default"]["OPTIONS"] = {
+        **database_network_options(GATEWAY_DB_NETWORK_TIMEOUT), **DATABASES["default"]["OPTIONS"]
+    }
 # PostgreSQL connections from psycopg's pool (GATEWAY_DB_POOL, opt-in): the hot path's writes then
 # cost no new connection (gateway_site/db_executor.py). At most GATEWAY_DB_POOL_SIZE connections
 # per process; a request waits up to GATEWAY_DB_POOL_TIMEOUT seconds for one. Off by default: after
