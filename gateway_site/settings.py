@@ -221,6 +221,11 @@ GATEWAY_DB_ANSWER_TIMEOUT = env.float("GATEWAY_DB_ANSWER_TIMEOUT", default=10.0)
 # Whether those two writes wait for PostgreSQL's WAL flush before the request goes on; false saves
 # the wait, and a crash of the database server may lose the last fraction of a second of them.
 GATEWAY_DB_SYNCHRONOUS_COMMIT = env.bool("GATEWAY_DB_SYNCHRONOUS_COMMIT", default=True)
+# Answered requests' records that the database did not take at once (an outage) are also kept
+# here, one file per worker, until written: a worker that dies meanwhile loses none, the next
+# worker writes them (routing/journal.py). On the machine's own disk, writable by the workers and
+# kept across their restarts; empty: records wait in memory only, as before.
+GATEWAY_RECORD_JOURNAL_DIR = env.str("GATEWAY_RECORD_JOURNAL_DIR", default=str(VAR_DIR / "journal"))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")

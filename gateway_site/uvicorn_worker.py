@@ -54,6 +54,7 @@ class GracefulUvicorn(uvicorn.Server):
         self.stopping = False
         self.parent_pid = supervisor_pid()
         self._own_tasks: set[asyncio.Task] = set()
+        self._replaying: asyncio.Task | None = None
 
     @contextlib.contextmanager
     def capture_signals(self):
@@ -73,6 +74,10 @@ class GracefulUvicorn(uvicorn.Server):
             return
         if self.parent_pid:
             self._own_tasks.add(asyncio.ensure_future(self._parent_check()))
+        from routing.journal import replay_loop  # once Django is set up
+
+        self._replaying = asyncio.ensure_future(replay_loop())  # the records of workers that died
+        self._own_tasks.add(self._replaying)
         worker_ready()
 
     async def _parent_check(self) -> None:
@@ -93,6 +98,8 @@ class GracefulUvicorn(uvicorn.Server):
     async def _drain(self) -> None:
         from gateway_site.graceful import worker_drain
 
+        if self._replaying is not None:
+            self._replaying.cancel()
         for server in getattr(self, "servers", []):
             server.close()  # stop listening; the other workers keep the shared socket open
         await worker_drain(grace=self.grace, keep=self._own_tasks)

@@ -46,6 +46,7 @@ class GracefulServer(Server):
         super().__init__(*args, **kwargs)
         self.ready_callable = self._ready
         self.ports = []
+        self._replaying: asyncio.Future | None = None
         self.stopping = False
         self.parent_pid = supervisor_pid()
 
@@ -59,6 +60,9 @@ class GracefulServer(Server):
         loop.add_signal_handler(signal.SIGINT, self.graceful_stop, signal.SIGINT)
         if self.parent_pid:
             reactor.callLater(PARENT_CHECK_SECONDS, self._parent_check)
+        from routing.journal import replay_loop
+
+        self._replaying = asyncio.ensure_future(replay_loop())  # records of workers that died
         worker_ready()
 
     def _parent_check(self) -> None:
@@ -83,7 +87,11 @@ class GracefulServer(Server):
 
         for port in self.ports:
             port.stopListening()
-        await worker_drain(grace=float(settings.GATEWAY_SHUTDOWN_GRACE_SECONDS))
+        keep = set()
+        if self._replaying is not None:
+            self._replaying.cancel()
+            keep.add(self._replaying)
+        await worker_drain(grace=float(settings.GATEWAY_SHUTDOWN_GRACE_SECONDS), keep=keep)
         self.stop()
 
     def create_application(self, protocol, scope):

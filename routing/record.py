@@ -24,6 +24,7 @@ from gateway_site.logs import request_line
 from gateway_site.loops import Batches, PerLoop, background
 from guardrails.services import guardrail_events_start, guardrail_events_wait
 from routing.call import Call
+from routing.journal import journal
 
 logger = logging.getLogger(__name__)
 
@@ -102,16 +103,22 @@ async def _record_commit(call: Call, fields: dict, first_try: asyncio.Event) -> 
     reservation. A write that committed before its connection died is not written twice: the
     retry fails on the record's unique `request_id`."""
     delay, deadline = 0.25, time.monotonic() + RECORD_RETRY_SECONDS
+    kept = False  # in this worker's journal (`routing.journal`), which outlives the worker
     while True:
         try:
             write = RecordWrite(fields=dict(fields), budgets=call.budgets, reservation=call.reservation)
             await _group_commits.get().write(write, retry=delay > 0.25)
+            if kept:
+                journal.written(call.request_id)
             return
         except (OperationalError, InterfaceError):
             if time.monotonic() + delay > deadline:
+                if kept:
+                    journal.release()  # the next replay writes it
                 raise
             if delay == 0.25:
                 logger.warning("usage record %s not written (database unavailable); retrying", call.request_id)
+                kept = journal.keep(write)
         finally:
             first_try.set()
         await asyncio.sleep(delay)

@@ -181,6 +181,7 @@ def chaos(tmp_path_factory):
         GATEWAY_READ_TIMEOUT="2",  # a stalled stream ends within the test's bound
         GATEWAY_DB_POOL_TIMEOUT="2",  # how long a request waits for a connection in an outage
         GATEWAY_STATIC_ROOT=str(tmp / "static"),
+        GATEWAY_RECORD_JOURNAL_DIR=str(tmp / "journal"),
     )
     setup_env = {**env, "DATABASE_URL": direct}  # migrations and config go straight to the database
     processes = []
@@ -552,6 +553,49 @@ def test_postgres_unreachable_gives_clear_503s_and_recovers(chaos):
     assert Counter(status for _, status in rows)["success"] == len(rows) == 4 + 2 + recovery.count("answered")
     assert all(Counter(r for r, _ in rows)[o.response_id] == 1 for o in streamed)
     print("money:", money_settled(chaos))
+
+
+def test_records_of_a_worker_killed_during_a_postgres_outage_are_written_by_the_next(chaos):
+    """Streams answered while PostgreSQL is cut keep their records in their worker's journal
+    (routing/journal.py); the workers are killed before it comes back, and the workers that
+    replace them write those records, once each, with their settlements."""
+    journal = Path(chaos.env["GATEWAY_RECORD_JOURNAL_DIR"])
+
+    def kept() -> int:
+        return sum(len(path.read_bytes().splitlines()) for path in journal.glob("records-*.jsonl"))
+
+    async def streams_answered_during_the_cut() -> list[Outcome]:
+        headers = {"Authorization": f"Bearer {chaos.api_key}", **HTTPS}
+        async with httpx.AsyncClient(base_url=chaos.server.base_url, headers=headers, timeout=30) as client:
+            started = [asyncio.Event(), asyncio.Event()]
+            in_flight = [asyncio.create_task(_slow_stream(client, event)) for event in started]
+            for event in started:
+                await asyncio.wait_for(event.wait(), 20)
+            chaos.proxy.cut()
+            return await asyncio.gather(*in_flight)
+
+    killed = chaos.server.workers()
+    try:
+        streamed = asyncio.run(streams_answered_during_the_cut())
+        assert [o.kind for o in streamed] == ["answered", "answered"]
+        wait_for(lambda: kept() == 2, what="both records kept in the journal (their first writes failed)")
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)  # their records' retries die with them
+        wait_for(lambda: len(w := chaos.server.workers()) == 2 and not set(w) & set(killed),
+                 what="the replacement workers")
+    finally:
+        chaos.proxy.restore()
+    for outcome in streamed:
+        wait_for(lambda: chaos.query(
+            "SELECT 1 FROM accounting_usagerecord WHERE response_id = %s", (outcome.response_id,)
+        ), what="the record of a stream answered before its worker was killed", timeout=40)
+    for outcome in streamed:
+        assert chaos.query(
+            "SELECT status, stream FROM accounting_usagerecord WHERE response_id = %s", (outcome.response_id,)
+        ) == [("success", True)]
+    wait_for(lambda: not list(journal.glob("records-*.jsonl")), what="the replayed journals removed")
+    print("\nkilled workers", killed, "during the cut; records written by their successors; money:",
+          money_settled(chaos))
 
 
 async def _slow_stream(client: httpx.AsyncClient, started: asyncio.Event) -> Outcome:

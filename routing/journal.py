@@ -1,0 +1,222 @@
+"""Answered requests' UsageRecords that the database has not taken yet, kept on the worker's disk.
+
+While PostgreSQL is unreachable an answered request's record is retried in the background for
+`RECORD_RETRY_SECONDS` (`routing.record`). In memory alone it was lost if the worker died in that
+time: killed, restarted by its supervisor, or stopped by a deploy whose drain cuts the retries
+after a few seconds. So once a record's first write fails, its worker also appends it to a file
+of its own in `GATEWAY_RECORD_JOURNAL_DIR` (one JSON line: the record's fields, its budgets and
+reservation, and when it was kept), and holds an exclusive `flock` on that file while it lives.
+When every record it kept has been written, the file is emptied.
+
+Every worker looks in the folder at start and every `REPLAY_SECONDS` after (`replay_loop`): a
+file whose lock it can take belongs to a worker that is gone, and its records are written as a
+retry writes them (`routing.record._records_commit`). A record that is already there fails on its
+unique `request_id` together with its settlement (one transaction), so nothing is counted twice;
+while the database is still unreachable the file is kept for the next look. A worker whose
+retries give up releases its file (a new one takes later records), so the records it held are
+written by the next look of any worker. Files are named after the database they belong to (its
+name): a folder shared by servers of several databases (tests, a staging copy) never mixes them.
+
+The lines reach the page cache, not the disk (no fsync): a worker that dies loses nothing, a
+machine that loses power during an outage may lose the last ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import fcntl
+import hashlib
+import logging
+import os
+import time
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+from django.conf import settings
+from django.db import IntegrityError, InterfaceError, OperationalError
+
+from accounting.budgets import BudgetLimit, Reservation
+from accounting.services import RecordWrite
+
+logger = logging.getLogger(__name__)
+
+REPLAY_SECONDS = 10.0
+_PREFIX = "records-"
+
+
+def _folder() -> Path | None:
+    folder = settings.GATEWAY_RECORD_JOURNAL_DIR
+    return Path(folder) if folder else None
+
+
+def _database_tag() -> str:
+    """The database's engine and name: not its host or port, which a failover or a proxy changes."""
+    database = settings.DATABASES["default"]
+    return hashlib.sha256(f"{database['ENGINE']}|{database['NAME']}".encode()).hexdigest()[:16]
+
+
+class Journal:
+    """This process's journal file: opened (and locked) on its first record, emptied when every
+    record it holds is written."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self._pending: set[str] = set()
+
+    def keep(self, write: RecordWrite) -> bool:
+        """Append `write`; False (logged) if it could not be kept: it is then only in memory."""
+        folder = _folder()
+        if folder is None:
+            return False
+        try:
+            if self._fd is None:
+                self._fd = _open_locked(folder)
+            os.write(self._fd, _line(write))
+        except OSError:
+            logger.exception("usage record %s could not be kept in %s", write.fields.get("request_id"), folder)
+            return False
+        self._pending.add(str(write.fields["request_id"]))
+        return True
+
+    def written(self, request_id) -> None:
+        """A kept record is in the database now."""
+        self._pending.discard(str(request_id))
+        if not self._pending and self._fd is not None:
+            try:
+                os.ftruncate(self._fd, 0)
+            except OSError:
+                logger.exception("the usage record journal could not be emptied")
+
+    def release(self) -> None:
+        """Leave the current file (and what it holds) to the next replay; a new one takes later records."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self._pending.clear()
+
+
+journal = Journal()
+
+
+def _open_locked(folder: Path) -> int:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{_PREFIX}{_database_tag()}-{os.getpid()}-{time.time_ns()}.jsonl"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _plain(value):
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not kept in the journal")
+
+
+def _line(write: RecordWrite) -> bytes:
+    entry = {
+        "kept_at": datetime.now(timezone.utc),
+        "fields": write.fields,
+        "budgets": [dataclasses.asdict(budget) for budget in write.budgets],
+        "reservation": dataclasses.asdict(write.reservation) if write.reservation is not None else None,
+    }
+    return orjson.dumps(entry, default=_plain) + b"\n"
+
+
+def _write_from(entry: dict) -> RecordWrite:
+    """The `RecordWrite` a journal line holds, each field's value as the model field reads it."""
+    from accounting.models import UsageRecord
+
+    fields = {}
+    for name, value in entry["fields"].items():
+        if name == "content" or value is None:
+            fields[name] = value
+        else:
+            fields[name] = UsageRecord._meta.get_field(name).to_python(value)
+    # The request's own time, not the replay's: its spend belongs to the period it was answered in.
+    fields.setdefault("created_at", UsageRecord._meta.get_field("created_at").to_python(entry["kept_at"]))
+    budgets = tuple(
+        BudgetLimit(**{**budget, "amount_usd": Decimal(budget["amount_usd"]), "thresholds": tuple(budget["thresholds"])})
+        for budget in entry["budgets"]
+    )
+    reservation = entry["reservation"]
+    if reservation is not None:
+        reservation = Reservation(
+            request_id=reservation["request_id"], amount=Decimal(reservation["amount"]),
+            period_ids=tuple(reservation["period_ids"]),
+        )
+    return RecordWrite(fields=fields, budgets=budgets, reservation=reservation)
+
+
+def replay() -> int:
+    """Write the records of every journal whose worker is gone (a database thread's call); returns
+    how many were written. A journal stays while the database cannot be reached."""
+    folder = _folder()
+    if folder is None or not folder.is_dir():
+        return 0
+    written = 0
+    for path in sorted(folder.glob(f"{_PREFIX}{_database_tag()}-*.jsonl")):
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:  # another worker replayed it meanwhile
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its worker is alive
+            outcome = _replay_file(path)
+            if outcome is None:
+                return written  # the database is unreachable: the rest waits for the next look
+            written += outcome
+            path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+    return written
+
+
+def _replay_file(path: Path) -> int | None:
+    from routing.record import _records_commit
+
+    writes = []
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            writes.append(_write_from(orjson.loads(line)))
+        except Exception:  # noqa: BLE001 - a line cut short by a crash, or one this code cannot read
+            logger.error("usage record journal %s: line %d could not be read; left out", path.name, number)
+    if not writes:
+        return 0
+    written = 0
+    for write, outcome in zip(writes, _records_commit(writes, retry=True)):
+        if outcome is None:
+            written += 1
+        elif isinstance(outcome, (OperationalError, InterfaceError)):
+            return None
+        elif isinstance(outcome, IntegrityError):
+            pass  # written before (by its retry, or an earlier replay): nothing counted twice
+        else:
+            logger.error("usage record %s from journal %s could not be written: %r",
+                         write.fields.get("request_id"), path.name, outcome)
+    if written:
+        logger.warning("usage record journal %s: %d record(s) written after their worker had gone", path.name, written)
+    return written
+
+
+async def replay_loop() -> None:
+    """A worker's part: replay orphaned journals at start and every `REPLAY_SECONDS` after."""
+    from gateway_site.db_executor import db_call
+
+    while True:
+        try:
+            await db_call(replay)
+        except Exception:  # noqa: BLE001 - the next look tries again
+            logger.exception("usage record journals could not be replayed")
+        await asyncio.sleep(REPLAY_SECONDS)
