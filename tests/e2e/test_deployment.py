@@ -329,8 +329,13 @@ def _holds_connection(pid: int, client_port: int) -> bool:
             fields = line.split()
             if int(fields[2].rsplit(":", 1)[1], 16) == client_port:  # rem_address
                 inodes.add(f"socket:[{fields[9]}]")
-    fds = Path(f"/proc/{pid}/fd")
-    return any(os.readlink(fd) in inodes for fd in fds.iterdir() if fd.exists())
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd) in inodes:
+                return True
+        except OSError:  # closed meanwhile
+            continue
+    return False
 
 
 @pytest.mark.parametrize("server_name", SERVERS)

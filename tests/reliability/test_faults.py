@@ -36,7 +36,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import ROOT, free_port, stop_process
 from tests.e2e.conftest import database_create, database_drop, fake_start, manage, redis_start, wait_for
-from tests.e2e.test_deployment import HTTPS, Server, production_env
+from tests.e2e.test_deployment import HTTPS, Server, _holds_connection, production_env
 
 pytestmark = pytest.mark.e2e
 
@@ -618,19 +618,9 @@ async def _slow_stream(client: httpx.AsyncClient, started: asyncio.Event) -> Out
 # --- a gateway worker killed mid-stream -----------------------------------------------------------------------
 def _worker_holding(server: Server, client_port: int) -> int:
     """The pid of the `serve` worker holding the connection from `client_port`."""
-    inodes = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local, remote = fields[1].split(":")[1], fields[2].split(":")[1]
-        if int(local, 16) == server.port and int(remote, 16) == client_port:
-            inodes.add(fields[9])
     for pid in server.workers():
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                if os.readlink(fd) in {f"socket:[{inode}]" for inode in inodes}:
-                    return pid
-            except OSError:
-                continue
+        if _holds_connection(pid, client_port):
+            return pid
     raise AssertionError(f"no worker holds the connection from port {client_port}")
 
 
