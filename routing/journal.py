@@ -24,7 +24,6 @@ machine that loses power during an outage may lose the last ones.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import fcntl
 import hashlib
 import logging
@@ -58,52 +57,88 @@ def _database_tag() -> str:
     return hashlib.sha256(f"{database['ENGINE']}|{database['NAME']}".encode()).hexdigest()[:16]
 
 
+# A journal file past this size takes no more records: the next one does, and it is removed once
+# every record it holds is written (under steady load the current file is never all written).
+ROTATE_BYTES = 1 << 20
+
+
+class _File:
+    __slots__ = ("fd", "path", "pending", "size")
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / f"{_PREFIX}{_database_tag()}-{os.getpid()}-{time.time_ns()}.jsonl"
+        self.fd = _open_locked(self.path)
+        self.pending: set[str] = set()
+        self.size = 0
+
+
 class Journal:
-    """This process's journal file: opened (and locked) on its first record, emptied when every
-    record it holds is written."""
+    """This process's journal: a file opened (and locked) on its first record, emptied when every
+    record it holds is written, replaced by a new one past `ROTATE_BYTES`."""
 
     def __init__(self) -> None:
-        self._fd: int | None = None
-        self._pending: set[str] = set()
+        self._current: _File | None = None
+        self._files: dict[str, _File] = {}  # request id -> the file that holds it
 
     def keep(self, write: RecordWrite) -> bool:
         """Append `write`; False (logged) if it could not be kept: it is then only in memory."""
         folder = _folder()
         if folder is None:
             return False
+        request_id = str(write.fields["request_id"])
         try:
-            if self._fd is None:
-                self._fd = _open_locked(folder)
-            os.write(self._fd, _line(write))
+            if self._current is None or self._current.size >= ROTATE_BYTES:
+                self._rotate(folder)
+            line = _line(write)
+            os.write(self._current.fd, line)
         except OSError:
-            logger.exception("usage record %s could not be kept in %s", write.fields.get("request_id"), folder)
+            logger.exception("usage record %s could not be kept in %s", request_id, folder)
             return False
-        self._pending.add(str(write.fields["request_id"]))
+        self._current.size += len(line)
+        self._current.pending.add(request_id)
+        self._files[request_id] = self._current
         return True
 
     def written(self, request_id) -> None:
         """A kept record is in the database now."""
-        self._pending.discard(str(request_id))
-        if not self._pending and self._fd is not None:
-            try:
-                os.ftruncate(self._fd, 0)
-            except OSError:
-                logger.exception("the usage record journal could not be emptied")
+        file = self._files.pop(str(request_id), None)
+        if file is None:
+            return
+        file.pending.discard(str(request_id))
+        if file.pending:
+            return
+        try:
+            if file is self._current:
+                os.ftruncate(file.fd, 0)
+                file.size = 0
+            else:
+                _remove(file)
+        except OSError:
+            logger.exception("usage record journal %s could not be emptied", file.path.name)
 
     def release(self) -> None:
-        """Leave the current file (and what it holds) to the next replay; a new one takes later records."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-            self._pending.clear()
+        """Leave every file (and what it holds) to the next replay; new files take later records."""
+        for file in {id(f): f for f in [*self._files.values(), self._current] if f is not None}.values():
+            os.close(file.fd)
+        self._files.clear()
+        self._current = None
+
+    def _rotate(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        previous, self._current = self._current, _File(folder)
+        if previous is not None and not previous.pending:
+            _remove(previous)
+
+
+def _remove(file: _File) -> None:
+    file.path.unlink(missing_ok=True)  # still locked: no replay takes it meanwhile
+    os.close(file.fd)
 
 
 journal = Journal()
 
 
-def _open_locked(folder: Path) -> int:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{_PREFIX}{_database_tag()}-{os.getpid()}-{time.time_ns()}.jsonl"
+def _open_locked(path: Path) -> int:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -125,8 +160,8 @@ def _line(write: RecordWrite) -> bytes:
     entry = {
         "kept_at": datetime.now(timezone.utc),
         "fields": write.fields,
-        "budgets": [dataclasses.asdict(budget) for budget in write.budgets],
-        "reservation": dataclasses.asdict(write.reservation) if write.reservation is not None else None,
+        "budgets": write.budgets,  # dataclasses: orjson writes their fields
+        "reservation": write.reservation,
     }
     return orjson.dumps(entry, default=_plain) + b"\n"
 
