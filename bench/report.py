@@ -129,7 +129,9 @@ def _error_count(result: dict) -> int:
 def render(data: dict) -> str:
     lines = [f"# Benchmark {data['started']}", "",
              f"{data['nproc']} CPUs; each cell {data['duration']:g} s; {data['workers']} workers per server "
-             f"(gateway on {data.get('gateway_server', 'daphne')}); "
+             f"(gateway on {data.get('gateway_server', 'daphne')}"
+             + "".join(f", {name}={value}" for name, value in (data.get("gateway_settings") or {}).items())
+             + "); "
              "wrk on the same machine. Load before: `" + data["uptime_before"] + "`; after: `"
              + data.get("uptime_after", "?") + "`.", "",
              "CPU ms/req is the user+system time of every process of that server (supervisor and workers; "

@@ -211,6 +211,9 @@ def main() -> int:
     parser.add_argument("--profile-gil", action="store_true",
                         help="profile only the thread holding the GIL (Python CPU time, no waits)")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--gateway-setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting (environment variable) of the gateway over the production ones, to "
+                             "measure an option, e.g. GATEWAY_RECORD_JOURNAL_FIRST=true; repeatable")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("wrk is not installed: apt-get install -y wrk (make bench does it)", file=sys.stderr)
@@ -227,9 +230,11 @@ def main() -> int:
         print(f"upstream on {upstream.base_url}; workdir {workdir}", flush=True)
         data["servers"]["direct"] = run_server(upstream, duration=args.duration, warmup=args.warmup)
 
+        settings = dict(setting.split("=", 1) for setting in args.gateway_setting)
         gateway = servers.gateway_start(upstream, database_url=args.database_url, redis_url=args.redis_url,
-                                        workdir=workdir, workers=args.workers, server=args.server)
+                                        workdir=workdir, workers=args.workers, server=args.server, settings=settings)
         data["gateway_server"] = args.server
+        data["gateway_settings"] = settings
         started.append(gateway)
         print(f"gateway on {gateway.base_url} (workers {gateway.workers()})", flush=True)
         result = run_server(gateway, duration=args.duration, warmup=args.warmup)

@@ -228,10 +228,11 @@ def _manage(env: dict, *args: str, root: Path = ROOT) -> str:
 
 
 def gateway_start(upstream: Server, *, database_url: str, redis_url: str, workdir: Path, workers: int,
-                  server: str = "uvicorn", root: Path = ROOT) -> Server:
-    """The gateway of the checkout at `root` (this one by default; `bench/ab.py` starts another)."""
+                  server: str = "uvicorn", root: Path = ROOT, settings: dict | None = None) -> Server:
+    """The gateway of the checkout at `root` (this one by default; `bench/ab.py` starts another),
+    with `settings` (environment variables) over the production ones."""
     database_recreate(database_url)
-    env = gateway_env(database_url, redis_url, workdir)
+    env = {**gateway_env(database_url, redis_url, workdir), **(settings or {})}
     _manage(env, "migrate", "--noinput", root=root)
     config = workdir / "gateway.yaml"
     config.write_text(GATEWAY_CONFIG.format(port=urlparse(upstream.base_url).port, model=MODEL))

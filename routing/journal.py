@@ -6,7 +6,10 @@ time: killed, restarted by its supervisor, or stopped by a deploy whose drain cu
 after a few seconds. So once a record's first write fails, its worker also appends it to a file
 of its own in `GATEWAY_RECORD_JOURNAL_DIR` (one JSON line: the record's fields, its budgets and
 reservation, and when it was kept), and holds an exclusive `flock` on that file while it lives.
-When every record it kept has been written, the file is emptied.
+When every record it kept has been written, the file is emptied; past `ROTATE_BYTES` a new file
+takes the next records and the old one is removed once all of its are written. With
+`GATEWAY_RECORD_JOURNAL_FIRST` every record is kept this way before its answer, and the answer
+does not wait for the database (`routing.record.record`).
 
 Every worker looks in the folder at start and every `REPLAY_SECONDS` after (`replay_loop`): a
 file whose lock it can take belongs to a worker that is gone, and its records are written as a
