@@ -14,7 +14,6 @@ Soft budgets are not enforced; every budget raises its alerts once per period pe
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import uuid
@@ -227,45 +226,6 @@ def _holds_statement(
         _array_text(str(uuid.UUID(request_id)) for request_id, _ in holds), _array_text(estimate for _, estimate in holds)]
 
 
-# Per event loop, per period row: the record writes of requests already answered
-# (GATEWAY_RECORD_JOURNAL_FIRST) whose settlement will release their reservation on that row.
-_settling: PerLoop[dict[int, set[asyncio.Future]]] = PerLoop(dict)
-
-# How long a refused hold waits for those settlements before it is refused for good.
-SETTLEMENT_WAIT_SECONDS = 1.0
-
-
-def settlement_pending(reservation: Reservation | None, writing: asyncio.Future) -> None:
-    """`writing` (a record's write, not yet committed) will release `reservation`."""
-    if reservation is None:
-        return
-    settling = _settling.get()
-
-    def done(_: asyncio.Future) -> None:
-        for period_id in reservation.period_ids:
-            pending = settling.get(period_id)
-            if pending is not None:
-                pending.discard(writing)
-                if not pending:
-                    del settling[period_id]
-
-    for period_id in reservation.period_ids:
-        settling.setdefault(period_id, set()).add(writing)
-    writing.add_done_callback(done)
-
-
-async def _settlements_wait(period_id: int) -> bool:
-    """Wait for this loop's pending settlements on `period_id`; False if there were none. With
-    GATEWAY_RECORD_JOURNAL_FIRST a request is answered before its record (and the release of its
-    reservation) commits: the same client's next request, refused on a row that its own last
-    answer still holds, is held again once that settles instead of being refused."""
-    pending = _settling.get().get(period_id)
-    if not pending:
-        return False
-    await asyncio.wait(set(pending), timeout=SETTLEMENT_WAIT_SECONDS)
-    return True
-
-
 async def budget_reserve_async(
     *, budgets: tuple[BudgetLimit, ...], request_id: str, estimate: Decimal
 ) -> Reservation | None:
@@ -278,10 +238,7 @@ async def budget_reserve_async(
         return None
     if len(hard) == 1 and db_async.in_loop():
         period_id = _period_id_known(hard[0], _now())
-        if period_id is not None and (
-            await _hold_groups.get().hold(hard[0], period_id, request_id, estimate)
-            or (await _settlements_wait(period_id) and await _hold_groups.get().hold(hard[0], period_id, request_id, estimate))
-        ):
+        if period_id is not None and await _hold_groups.get().hold(hard[0], period_id, request_id, estimate):
             return Reservation(request_id=request_id, amount=estimate, period_ids=(period_id,))
     return await db_call(budget_reserve, budgets=budgets, request_id=request_id, estimate=estimate)
 

@@ -213,7 +213,7 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--gateway-setting", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting (environment variable) of the gateway over the production ones, to "
-                             "measure an option, e.g. GATEWAY_RECORD_JOURNAL_FIRST=true; repeatable")
+                             "measure an option, e.g. GATEWAY_DB_SYNCHRONOUS_COMMIT=false; repeatable")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("wrk is not installed: apt-get install -y wrk (make bench does it)", file=sys.stderr)

@@ -16,10 +16,8 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
 from dataclasses import dataclass, field
 
-from django.conf import settings
 from django.db import transaction
 
 from accounting.models import UsageRecord
@@ -202,18 +200,8 @@ def _metrics_resolve(tenant_id: int, metrics: dict) -> list[tuple[FeedbackMetric
     return resolved
 
 
-# With GATEWAY_RECORD_JOURNAL_FIRST a response is answered a moment before its record commits:
-# feedback sent at once waits this long for it before the id is called unknown.
-RECORD_WAIT_SECONDS = 1.0
-
-
 def _record(tenant_id: int, response_id: str) -> UsageRecord:
-    found = UsageRecord.objects.filter(tenant_id=tenant_id, response_id=response_id).exclude(response_id="")
-    record = found.first()
-    deadline = time.monotonic() + (RECORD_WAIT_SECONDS if settings.GATEWAY_RECORD_JOURNAL_FIRST else 0)
-    while record is None and response_id and time.monotonic() < deadline:
-        time.sleep(0.02)  # a database thread's wait for another session's commit
-        record = found.first()
+    record = UsageRecord.objects.filter(tenant_id=tenant_id, response_id=response_id).exclude(response_id="").first()
     if record is None:
         raise NotFound("No response with that id.", param="response_id", code="response_not_found")
     return record

@@ -226,13 +226,6 @@ GATEWAY_DB_SYNCHRONOUS_COMMIT = env.bool("GATEWAY_DB_SYNCHRONOUS_COMMIT", defaul
 # worker writes them (routing/journal.py). On the machine's own disk, writable by the workers and
 # kept across their restarts; empty: records wait in memory only, as before.
 GATEWAY_RECORD_JOURNAL_DIR = env.str("GATEWAY_RECORD_JOURNAL_DIR", default=str(VAR_DIR / "journal"))
-# True: on PostgreSQL a request is answered once its record is in that journal (a write to the
-# page cache, microseconds) instead of once PostgreSQL has committed it (a round trip and a WAL
-# flush: about 0.9 ms of a lone request, docs/performance.md); the commit follows at once. A
-# worker that dies in between loses nothing (the next one writes the journal's records); a power
-# loss of the gateway's machine may lose the records of its last moments; the usage API, the
-# dashboards and feedback see a record a moment after its answer (docs/reliability.md).
-GATEWAY_RECORD_JOURNAL_FIRST = env.bool("GATEWAY_RECORD_JOURNAL_FIRST", default=False)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")

@@ -7,9 +7,7 @@ after a few seconds. So once a record's first write fails, its worker also appen
 of its own in `GATEWAY_RECORD_JOURNAL_DIR` (one JSON line: the record's fields, its budgets and
 reservation, and when it was kept), and holds an exclusive `flock` on that file while it lives.
 When every record it kept has been written, the file is emptied; past `ROTATE_BYTES` a new file
-takes the next records and the old one is removed once all of its are written. With
-`GATEWAY_RECORD_JOURNAL_FIRST` every record is kept this way before its answer, and the answer
-does not wait for the database (`routing.record.record`).
+takes the next records and the old one is removed once all of its are written.
 
 Every worker looks in the folder at start and every `REPLAY_SECONDS` after (`replay_loop`): a
 file whose lock it can take belongs to a worker that is gone, and its records are written as a
@@ -182,7 +180,9 @@ def _write_from(entry: dict) -> RecordWrite:
     # The request's own time, not the replay's: its spend belongs to the period it was answered in.
     fields.setdefault("created_at", UsageRecord._meta.get_field("created_at").to_python(entry["kept_at"]))
     budgets = tuple(
-        BudgetLimit(**{**budget, "amount_usd": Decimal(budget["amount_usd"]), "thresholds": tuple(budget["thresholds"])})
+        BudgetLimit(**{
+            **budget, "amount_usd": Decimal(budget["amount_usd"]), "thresholds": tuple(budget["thresholds"]),
+        })
         for budget in entry["budgets"]
     )
     reservation = entry["reservation"]

@@ -8,12 +8,10 @@ import logging
 import time
 from decimal import Decimal
 
-from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections
 
 from accounting import tokens
 from accounting.pricing import cost_compute
-from accounting.budgets import settlement_pending
 from accounting.quotas import rate_limit_settle
 from accounting.services import RecordWrite, usage_records_commit, usage_records_commit_async
 from gateway_site import db_async
@@ -77,16 +75,7 @@ async def record(
     after_response(functools.partial(_observe, call, fields, status=status, http_status=http_status))
     guard_write = guardrail_events_start(call)  # started first: a client leaving cannot cancel it
     first_try = asyncio.Event()
-    # GATEWAY_RECORD_JOURNAL_FIRST: the answer waits for the record's line in this worker's
-    # journal (a write to the page cache) instead of PostgreSQL's commit, which follows at once;
-    # a worker that dies in between leaves the line to the next (`routing.journal`).
-    journaled = (
-        settings.GATEWAY_RECORD_JOURNAL_FIRST and db_async.in_loop()
-        and journal.keep(RecordWrite(fields=dict(fields), budgets=call.budgets, reservation=call.reservation))
-    )
-    writing = background(_record_commit(call, fields, first_try, kept=journaled), what="usage record write")
-    if journaled:
-        settlement_pending(call.reservation, writing)  # a hold refused meanwhile on its row waits for it
+    background(_record_commit(call, fields, first_try), what="usage record write")
     if call.charge is not None and call.charge.token_limits:
         # Not waited for: the next request of this process queues behind it for Redis anyway
         # (`RedisConnections.script` keeps one loop's calls in order), and a client that goes
@@ -95,8 +84,7 @@ async def record(
         background(rate_limit_settle(charge=call.charge, actual_tokens=actual), what="rate limit settle")
     # Normally the record is written when this returns; while the database does not answer, the
     # client gets its answer and the write goes on in the background (`_record_commit`).
-    if not journaled:
-        await first_try.wait()
+    await first_try.wait()
     await guardrail_events_wait(guard_write)
 
 
@@ -109,13 +97,13 @@ def _observe(call: Call, fields: dict, *, status: str, http_status: int) -> None
     ))
 
 
-async def _record_commit(call: Call, fields: dict, first_try: asyncio.Event, *, kept: bool = False) -> None:
+async def _record_commit(call: Call, fields: dict, first_try: asyncio.Event) -> None:
     """Write the record, retried while the database is unreachable (for `RECORD_RETRY_SECONDS`),
     so a request answered during a short outage still gets its one record and settles its
     reservation. A write that committed before its connection died is not written twice: the
     retry fails on the record's unique `request_id`."""
     delay, deadline = 0.25, time.monotonic() + RECORD_RETRY_SECONDS
-    # `kept`: in this worker's journal (`routing.journal`), which outlives the worker.
+    kept = False  # in this worker's journal (`routing.journal`), which outlives the worker
     while True:
         try:
             write = RecordWrite(fields=dict(fields), budgets=call.budgets, reservation=call.reservation)
@@ -130,7 +118,7 @@ async def _record_commit(call: Call, fields: dict, first_try: asyncio.Event, *, 
                 raise
             if delay == 0.25:
                 logger.warning("usage record %s not written (database unavailable); retrying", call.request_id)
-                kept = kept or journal.keep(write)
+                kept = journal.keep(write)
         finally:
             first_try.set()
         await asyncio.sleep(delay)

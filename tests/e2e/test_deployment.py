@@ -285,69 +285,6 @@ def test_a_reload_whose_new_worker_dies_keeps_the_old_workers(deployment, serve)
     assert server.workers() == [old]  # not drained, not replaced
 
 
-# --- GATEWAY_RECORD_JOURNAL_FIRST ------------------------------------------------------------------------
-
-
-def _record_writes_blocked(deployment: Deployment) -> psycopg.Connection:
-    """A transaction that keeps every UsageRecord insert waiting (reads go on) until it ends."""
-    blocker = psycopg.connect(deployment.database_url)
-    blocker.execute("LOCK TABLE accounting_usagerecord IN SHARE MODE")
-    return blocker
-
-
-def test_journal_first_answers_before_the_commit_and_a_killed_worker_loses_no_record(deployment, serve, tmp_path):
-    journal = tmp_path / "journal"
-    server = serve("--workers", "1", GATEWAY_RECORD_JOURNAL_FIRST="true", GATEWAY_RECORD_JOURNAL_DIR=str(journal))
-    client = _openai(server, deployment)
-    client.chat.completions.create(model="gpt-4o-mini", messages=_prompt(""))  # the period row is known
-    blocker = _record_writes_blocked(deployment)
-    try:
-        started = time.monotonic()
-        answer = client.with_options(timeout=10).chat.completions.create(model="gpt-4o-mini", messages=_prompt(""))
-        assert time.monotonic() - started < 5, "the answer waited for the record's commit"
-        assert deployment.query(USAGE_SQL, (answer.id,)) == []  # not written yet
-        [kept] = [line for path in journal.glob("records-*.jsonl") for line in path.read_bytes().splitlines()]
-        assert json.loads(kept)["fields"]["response_id"] == answer.id
-        # The worker dies, and so does its statement waiting on the lock: only the journal is left.
-        [worker] = server.workers()
-        os.kill(worker, signal.SIGKILL)
-        deployment.query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE wait_event_type = 'Lock' AND query LIKE %s AND pid <> pg_backend_pid()", ("%accounting_usagerecord%",),
-        )
-        deadline = time.monotonic() + 30
-        while not (current := server.workers()) or worker in current:
-            assert time.monotonic() < deadline, "no new worker"
-            time.sleep(0.05)
-    finally:
-        blocker.rollback()
-        blocker.close()
-    # The next worker writes it from the journal, once.
-    rows = deployment.wait_for_rows(USAGE_SQL, (answer.id,), timeout=30)
-    assert rows == [("success", "", 200, answer.usage.completion_tokens)]
-    assert "written after their worker had gone" in server.log()
-
-
-def test_journal_first_feedback_sent_at_once_waits_for_its_record(deployment, serve, tmp_path):
-    server = serve("--workers", "1", GATEWAY_RECORD_JOURNAL_FIRST="true",
-                   GATEWAY_RECORD_JOURNAL_DIR=str(tmp_path / "journal"))
-    client = _openai(server, deployment)
-    client.chat.completions.create(model="gpt-4o-mini", messages=_prompt(""))
-    blocker = _record_writes_blocked(deployment)
-    release = threading.Timer(0.3, blocker.rollback)  # the record commits a moment after the answer
-    try:
-        answer = client.with_options(timeout=10).chat.completions.create(model="gpt-4o-mini", messages=_prompt(""))
-        release.start()
-        sent = client.post("/feedback", body={"response_id": answer.id, "rating": 1}, cast_to=httpx.Response)
-    finally:
-        release.cancel()  # if it has not fired yet
-        if release.ident is not None:
-            release.join()
-        blocker.rollback()  # nothing left to end if the timer did it
-        blocker.close()
-    assert sent.status_code == 201, sent.text
-
-
 # --- graceful shutdown --------------------------------------------------------------------------------
 
 

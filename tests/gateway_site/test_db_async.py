@@ -80,52 +80,6 @@ async def test_a_refusal_still_names_its_figures():
     assert "1.00" in str(refused.value) and await BudgetReservation.objects.acount() == 1
 
 
-async def test_a_hold_refused_on_a_row_an_answered_request_still_holds_waits_for_its_settlement():
-    """GATEWAY_RECORD_JOURNAL_FIRST answers before the record commits: the client's next request
-    may find its last one's reservation still held. The refused hold waits for that settlement
-    (`settlement_pending`) and is held once it lands, instead of a refusal the budget does not
-    call for."""
-    tenant, budgets = await budgeted(amount="1.00")
-    request_id, reservation = await reserve(budgets, "0.60")
-    landed = asyncio.Event()
-
-    async def writing():  # the answered request's record, committed a moment later
-        await landed.wait()
-        fields = every_field(tenant, uuid.UUID(request_id), "0.10")
-        await usage_records_commit_async(
-            [RecordWrite(fields=fields, budgets=budgets, reservation=reservation)], on_alert=_refuse,
-        )
-
-    task = asyncio.ensure_future(writing())
-    budgets_module.settlement_pending(reservation, task)
-    asyncio.get_running_loop().call_later(0.2, landed.set)
-
-    _, held = await reserve(budgets, "0.60")  # 0.60 + 0.60 > 1.00 until the first settles
-
-    assert held is not None and task.done()
-    period = await BudgetPeriod.objects.aget()
-    assert period.spent_usd == Decimal("0.10") and period.reserved_usd == Decimal("0.60")
-    assert budgets_module._settling.get() == {}  # forgotten once written
-
-
-async def test_a_hold_that_does_not_fit_is_still_refused_after_the_settlements_it_waited_for():
-    tenant, budgets = await budgeted(amount="1.00")
-    request_id, reservation = await reserve(budgets, "0.60")
-
-    async def writing():
-        fields = every_field(tenant, uuid.UUID(request_id), "0.55")
-        await usage_records_commit_async(
-            [RecordWrite(fields=fields, budgets=budgets, reservation=reservation)], on_alert=_refuse,
-        )
-
-    task = asyncio.ensure_future(writing())
-    budgets_module.settlement_pending(reservation, task)
-
-    with pytest.raises(BudgetExceeded):
-        await reserve(budgets, "0.60")  # 0.55 spent + 0.60 > 1.00
-    assert task.done()
-
-
 async def test_records_settle_and_raise_alerts_in_the_loop(monkeypatch):
     tenant, budgets = await budgeted(thresholds=[5])  # $0.50 of $10
     request_id, reservation = await reserve(budgets, "0.80")  # the period's row is found on a thread

@@ -81,7 +81,10 @@ def _connect(**options) -> psycopg.Connection:
 
 def _options(conn) -> dict:
     wanted = {name.encode() for name in NETWORK_OPTIONS}
-    return {option.keyword.decode(): (option.val or b"").decode() for option in conn.pgconn.info if option.keyword in wanted}
+    return {
+        option.keyword.decode(): (option.val or b"").decode()
+        for option in conn.pgconn.info if option.keyword in wanted
+    }
 
 
 EXPECTED = {"tcp_user_timeout": "10000", "keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "3",
