@@ -15,6 +15,7 @@ import pytest
 from accounting.budgets import _budgets_load, budget_reserve
 from accounting.models import Budget, BudgetPeriod, BudgetReservation, UsageRecord
 from accounting.services import RecordWrite, tenant_create
+from routing import journal as journal_module
 from routing.journal import Journal, _line, _write_from, replay
 from tests.accounting.test_record_statement import every_field
 
@@ -147,3 +148,21 @@ def test_no_folder_keeps_nothing(settings):
     tenant, budgets = budgeted()
     assert Journal().keep(answered(tenant, budgets)) is False
     assert replay() == 0
+
+
+def test_a_full_journal_gives_way_to_a_new_one_and_is_removed_once_written(folder, monkeypatch):
+    monkeypatch.setattr(journal_module, "ROTATE_BYTES", 1)  # every record fills a file
+    tenant, budgets = budgeted()
+    journal = Journal()
+    writes = [answered(tenant, budgets) for _ in range(3)]
+    for write in writes:
+        assert journal.keep(write)
+    assert len(journals(folder)) == 3  # a long outage under load: the files stay while they hold records
+    journal.written(writes[1].fields["request_id"])
+    assert len(journals(folder)) == 2  # a full one, all written: removed
+    journal.written(writes[0].fields["request_id"])
+    [current] = journals(folder)
+    assert len(current.read_bytes().splitlines()) == 1  # the third's, still waiting
+    journal.written(writes[2].fields["request_id"])
+    assert [path.read_bytes() for path in journals(folder)] == [b""]
+    journal.release()
