@@ -15,6 +15,7 @@ from __future__ import annotations
 from asgiref.sync import sync_to_async
 from django.contrib.auth.middleware import AuthenticationMiddleware as _Authentication
 from django.contrib.messages.middleware import MessageMiddleware as _Messages
+from django.contrib.sessions.exceptions import SessionInterrupted
 from django.contrib.sessions.middleware import SessionMiddleware as _Session
 from django.db import InterfaceError, OperationalError
 from django.middleware.clickjacking import XFrameOptionsMiddleware as _XFrame
@@ -64,7 +65,26 @@ class SecurityMiddleware(_TenantApiBypass, _Security):
 
 
 class SessionMiddleware(_TenantApiBypass, _Session):
-    pass
+    def process_response(self, request, response):
+        """The session is saved after the view, out of `DatabaseUnavailableMiddleware`'s reach, and
+        Django calls a save that the database refused `SessionInterrupted` (a 400 saying the session
+        was deleted meanwhile): a database gone by then answers 503 too."""
+        try:
+            return super().process_response(request, response)
+        except (OperationalError, InterfaceError):
+            return database_unavailable(request)
+        except SessionInterrupted as exc:
+            if not _caused_by_database(exc):
+                raise
+            return database_unavailable(request)
+
+
+def _caused_by_database(exc: BaseException) -> bool:
+    while exc is not None:
+        if isinstance(exc, (OperationalError, InterfaceError)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class CommonMiddleware(_TenantApiBypass, _Common):

@@ -71,3 +71,44 @@ def test_a_page_or_operator_route_that_finds_the_database_gone_answers_503(signe
     else:
         assert b"Database unavailable" in response.content and response["Content-Type"].startswith("text/html")
     assert f"database unavailable for GET {path}" in caplog.text
+
+
+def test_a_session_that_cannot_be_saved_after_the_view_answers_503(signed_in, rf, settings, caplog):
+    """The session is saved after the view (its middleware's response step): a database gone by
+    then is a 503 as well."""
+    from django.http import HttpResponse
+
+    from gateway_site.middleware import SessionMiddleware
+
+    def view(request):
+        request.session["seen"] = True  # read before the cut, saved after the view
+        _connection_cut()
+        return HttpResponse("ok")
+
+    request = rf.get("/dashboard/")
+    request.COOKIES[settings.SESSION_COOKIE_NAME] = signed_in.session.session_key
+
+    response = SessionMiddleware(view)(request)
+
+    assert response.status_code == 503 and response["Retry-After"] == "1"
+    assert "database unavailable for GET /dashboard/" in caplog.text
+
+
+def test_a_session_deleted_meanwhile_is_still_djangos_own_error(signed_in, rf, settings):
+    """Only a database that is gone is a 503: a session another request deleted stays Django's
+    `SessionInterrupted` (a 400)."""
+    from django.contrib.sessions.exceptions import SessionInterrupted
+    from django.contrib.sessions.models import Session
+    from django.http import HttpResponse
+
+    from gateway_site.middleware import SessionMiddleware
+
+    def view(request):
+        request.session["seen"] = True
+        Session.objects.filter(session_key=request.session.session_key).delete()  # a logout elsewhere
+        return HttpResponse("ok")
+
+    request = rf.get("/dashboard/")
+    request.COOKIES[settings.SESSION_COOKIE_NAME] = signed_in.session.session_key
+    with pytest.raises(SessionInterrupted):
+        SessionMiddleware(view)(request)
