@@ -93,9 +93,9 @@ async def test_records_settle_and_raise_alerts_in_the_loop(monkeypatch):
         RecordWrite(fields=every_field(tenant, uuid.UUID(request_id), "0.60"), budgets=budgets, reservation=reservation),
         RecordWrite(fields=every_field(tenant, uuid.uuid4(), "0.01"), budgets=budgets),
     ]
-    records = await usage_records_commit_async(writes, on_alert=on_alert)
+    ids = await usage_records_commit_async(writes, on_alert=on_alert)
 
-    assert [record.pk for record in records] == [
+    assert ids == [
         await UsageRecord.objects.filter(request_id=write.fields["request_id"]).values_list("pk", flat=True).aget()
         for write in writes
     ]
@@ -289,3 +289,35 @@ async def test_a_database_that_does_not_answer_fails_the_connection_in_seconds(m
     finally:
         silent.close()
     assert time.monotonic() - started < 6
+
+
+async def test_the_loops_statement_writes_every_field_as_the_orm_does():
+    """The event loop's statement builds its rows from the fields (no model instance): each stored
+    value, defaults included, is what Django stores for the same fields."""
+    from django.forms.models import model_to_dict
+
+    tenant, budgets = await budgeted()
+    await reserve(budgets)  # the period row is known
+    given = every_field(tenant, uuid.uuid4(), "0.25")
+    sparse = {name: given[name] for name in ("request_id", "tenant_id", "endpoint", "cost_usd", "status")}
+    [full_id] = await usage_records_commit_async([RecordWrite(fields=given, budgets=budgets)], on_alert=_refuse)
+    [sparse_id] = await usage_records_commit_async(
+        [RecordWrite(fields=sparse | {"request_id": uuid.uuid4()}, budgets=budgets)], on_alert=_refuse,
+    )
+
+    @sync_to_async
+    def stored_against_orm(pk, fields):
+        by_orm = UsageRecord.objects.create(**(fields | {"request_id": uuid.uuid4()}))
+        skip = ("id", "request_id", "created_at")
+        mine, theirs = (
+            {k: v for k, v in model_to_dict(UsageRecord.objects.get(pk=key)).items() if k not in skip}
+            for key in (pk, by_orm.pk)
+        )
+        return mine, theirs
+
+    mine, theirs = await stored_against_orm(full_id, given)
+    assert mine == theirs
+    mine, theirs = await stored_against_orm(sparse_id, sparse)
+    assert mine == theirs  # the defaults of every field left out
+    period = await BudgetPeriod.objects.aget()
+    assert period.spent_usd == Decimal("0.50")
