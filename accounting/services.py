@@ -151,17 +151,13 @@ def _rows_settlements(writes: list[RecordWrite]) -> tuple[tuple[str, list], list
         fields = write.fields
         if not known.issuperset(name for name in fields if name != "content"):
             return None
-        row = {}
-        for field, as_is in _insert_fields_as_is():
-            value = fields[field.attname] if field.attname in fields else field.get_default()
-            row[field.column] = value if type(value) in as_is else field.get_prep_value(value)
+        row = _insert_row(lambda field: fields[field.attname] if field.attname in fields else field.get_default())
         rows.append(row)
         settlements.append(Settlement(
             budgets=write.budgets, reservation=write.reservation,
             cost=row["cost_usd"], now=row["created_at"],
         ))
-    params = [orjson.dumps(rows, default=_record_value, option=orjson.OPT_NON_STR_KEYS).decode()]
-    return (_records_insert_sql(), params), settlements
+    return _rows_insert(rows), settlements
 
 
 def _records_settlements(writes: list[RecordWrite]) -> tuple[list[UsageRecord], list[Settlement]]:
@@ -216,14 +212,19 @@ def _records_insert(records: list[UsageRecord]) -> tuple[str, list]:
     array per column) and spent about 190 us of CPU per record on it, where encoding the rows as
     JSON costs about 30 (docs/performance.md). Values are prepared as the ORM prepares them
     (`pre_save`, `get_prep_value`); `test_record_statement` compares the rows both write."""
-    rows = [
-        {
-            field.column: value if type(value) in as_is else field.get_prep_value(value)
-            for field, as_is in _insert_fields_as_is()
-            for value in (field.pre_save(record, True),)
-        }
-        for record in records
-    ]
+    return _rows_insert([_insert_row(lambda field, record=record: field.pre_save(record, True)) for record in records])
+
+
+def _insert_row(value_of: Callable) -> dict:
+    """One row of `_records_insert`: each insert field's value (`value_of(field)`), prepared."""
+    return {
+        field.column: value if type(value) in as_is else field.get_prep_value(value)
+        for field, as_is in _insert_fields_as_is()
+        for value in (value_of(field),)
+    }
+
+
+def _rows_insert(rows: list[dict]) -> tuple[str, list]:
     return _records_insert_sql(), [orjson.dumps(rows, default=_record_value, option=orjson.OPT_NON_STR_KEYS).decode()]
 
 
