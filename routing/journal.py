@@ -39,7 +39,7 @@ from django.conf import settings
 from django.db import IntegrityError, InterfaceError, OperationalError
 
 from accounting.budgets import BudgetLimit, Reservation
-from accounting.services import RecordWrite
+from accounting.services import RecordWrite, _record_value
 
 logger = logging.getLogger(__name__)
 
@@ -149,14 +149,6 @@ def _open_locked(path: Path) -> int:
     return fd
 
 
-def _plain(value):
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(f"{type(value).__name__} is not kept in the journal")
-
-
 def _line(write: RecordWrite) -> bytes:
     entry = {
         "kept_at": datetime.now(timezone.utc),
@@ -164,7 +156,7 @@ def _line(write: RecordWrite) -> bytes:
         "budgets": write.budgets,  # dataclasses: orjson writes their fields
         "reservation": write.reservation,
     }
-    return orjson.dumps(entry, default=_plain) + b"\n"
+    return orjson.dumps(entry, default=_record_value) + b"\n"
 
 
 def _write_from(entry: dict) -> RecordWrite:
