@@ -103,7 +103,14 @@ def main() -> int:
         "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/gateway_bench"),
         help="this checkout's database, dropped and created afresh; the base's gets the suffix _base")
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/7"))
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting (environment variable) of this checkout's gateway; repeatable")
+    parser.add_argument("--base-setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting of the base's gateway: with --base HEAD, compares two settings of one "
+                             "revision; repeatable")
     args = parser.parse_args()
+    settings = {"this": dict(s.split("=", 1) for s in args.setting),
+                "base": dict(s.split("=", 1) for s in args.base_setting)}
 
     base_root = Path(tempfile.mkdtemp(prefix="gwbench-base-"))
     subprocess.run(["git", "-C", str(servers.ROOT), "worktree", "add", "--detach", "--force", str(base_root), args.base],
@@ -118,9 +125,12 @@ def main() -> int:
                                           ("base", base_root, args.database_url + "_base")):
             gateways[name] = servers.gateway_start(
                 upstream, database_url=database_url, redis_url=args.redis_url, workdir=servers.workdir_create(),
-                workers=args.workers, root=root)
+                workers=args.workers, root=root, settings=settings[name])
             started.append(gateways[name])
         print(f"this checkout against {args.base} ({base_root}), {args.workers} worker(s) each", flush=True)
+        for name, given in settings.items():
+            if given:
+                print(f"  {name} with " + ", ".join(f"{k}={v}" for k, v in given.items()), flush=True)
         if args.requests:
             lone = lone_requests(gateways, requests=args.requests)
             for name, result in lone.items():

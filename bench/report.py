@@ -144,7 +144,7 @@ def render(data: dict) -> str:
     profile = data.get("profile")
     if profile:
         cell = profile["cell"]
-        lines += ["", f"Profiled run (py-spy on each worker, c=64 plain chat): {cell['rps']:.0f} req/s, "
+        lines += ["", f"Profiled run (py-spy on each worker, c={profile.get('connections', 64)} plain chat): {cell['rps']:.0f} req/s, "
                   f"{cell['cpu_ms_per_req']:.2f} CPU ms/req; stacks in {', '.join(profile['stacks'])} "
                   "(summarise with `bench/profile_report.py`)."]
     for note in data.get("notes", []):

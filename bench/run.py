@@ -168,8 +168,8 @@ def run_server(server: Server, *, duration: float, warmup: float) -> dict:
     return {"cells": cells, "memory": memory(server), "answered": answered, "slack": slack}
 
 
-def profile(server: Server, *, seconds: float, out: Path, gil: bool = False) -> dict:
-    """py-spy on every worker during a c=64 plain-chat wrk run; collapsed stacks per worker.
+def profile(server: Server, *, seconds: float, out: Path, gil: bool = False, connections: int = 64) -> dict:
+    """py-spy on every worker during a plain-chat wrk run (c=64 unless told); collapsed stacks per worker.
 
     By default py-spy samples every thread that is not idle, waits for PostgreSQL included (a
     wall-clock view of the busy threads); with `gil` only the thread holding the GIL: Python's own
@@ -185,10 +185,10 @@ def profile(server: Server, *, seconds: float, out: Path, gil: bool = False) -> 
             [spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200", "--nonblocking",
              "--format", "raw", *(["--gil"] if gil else []), "--output", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     time.sleep(1)
-    result = measure(server, stream=False, connections=64, duration=seconds)
+    result = measure(server, stream=False, connections=connections, duration=seconds)
     for spy_process in spies:
         spy_process.wait(timeout=120)
-    return {"cell": result, "stacks": [str(f) for f in files], "gil": gil}
+    return {"cell": result, "stacks": [str(f) for f in files], "gil": gil, "connections": connections}
 
 
 def main() -> int:
@@ -207,7 +207,9 @@ def main() -> int:
                         help="requests per memory-check run (two runs; 0 skips the check)")
     parser.add_argument("--no-litellm", action="store_true", help="leave the LiteLLM column out")
     parser.add_argument("--profile", type=float, default=0, metavar="SECONDS",
-                        help="also profile the gateway's workers with py-spy under c=64 plain chat")
+                        help="also profile the gateway's workers with py-spy under plain chat")
+    parser.add_argument("--profile-connections", type=int, default=64, metavar="N",
+                        help="wrk's connections while profiling (1 for where a lone request's CPU goes)")
     parser.add_argument("--profile-gil", action="store_true",
                         help="profile only the thread holding the GIL (Python CPU time, no waits)")
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -242,9 +244,10 @@ def main() -> int:
         if args.profile:
             stacks = args.output / f"{stamp}-profile"
             args.output.mkdir(parents=True, exist_ok=True)
-            data["profile"] = profile(gateway, seconds=args.profile, out=stacks, gil=args.profile_gil)
+            data["profile"] = profile(gateway, seconds=args.profile, out=stacks, gil=args.profile_gil,
+                                      connections=args.profile_connections)
             result["answered"] += data["profile"]["cell"]["answered"]
-            result["slack"] += 64
+            result["slack"] += args.profile_connections
 
         if args.no_litellm:
             data["notes"].append("LiteLLM left out (--no-litellm).")
