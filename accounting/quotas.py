@@ -97,8 +97,33 @@ async def rate_limit_take(
     *, rules: tuple[RateLimitRule, ...], tokens: int
 ) -> tuple[dict[str, str], Charge]:
     """Take one request and `tokens` from every bucket, or raise RateLimited; returns headers."""
-    if not rules:
+    limits, amounts, charge = _buckets(rules, tokens)
+    if not limits:
         return {}, Charge()
+    queue = max(rule.queue_seconds for rule in rules)
+    decision = await acquire_waiting(rate_limit_store(), limits, amounts, queue_seconds=queue)
+    if not decision.allowed:
+        _refusals_note(rules)
+        raise RateLimited(decision)
+    return ratelimit_headers(decision), charge
+
+
+def rate_limit_take_now(
+    *, rules: tuple[RateLimitRule, ...], tokens: int
+) -> tuple[dict[str, str], Charge] | None:
+    """`rate_limit_take` when the store can answer without waiting (its in-process buckets, or
+    this process's leases of the Redis ones) and the take is allowed; None otherwise, and then
+    `rate_limit_take` decides (a refusal, a queue, a round trip to Redis)."""
+    limits, amounts, charge = _buckets(rules, tokens)
+    if not limits:
+        return {}, Charge()
+    decision = rate_limit_store().acquire_now(limits, amounts)
+    if decision is None:
+        return None
+    return ratelimit_headers(decision), charge
+
+
+def _buckets(rules: tuple[RateLimitRule, ...], tokens: int) -> tuple[list[Limit], dict[str, int], Charge]:
     limits, amounts = [], {}
     charge = Charge(tokens=tokens)
     for rule in rules:
@@ -111,14 +136,7 @@ async def rate_limit_take(
             limits.append(limit)
             amounts[limit.name] = tokens
             charge.token_limits.append(limit)
-    if not limits:
-        return {}, Charge()
-    queue = max(rule.queue_seconds for rule in rules)
-    decision = await acquire_waiting(rate_limit_store(), limits, amounts, queue_seconds=queue)
-    if not decision.allowed:
-        _refusals_note(rules)
-        raise RateLimited(decision)
-    return ratelimit_headers(decision), charge
+    return limits, amounts, charge
 
 
 # When this process last refused a request under each rule scope (time.monotonic()).

@@ -122,6 +122,9 @@ class RateLimitStore:
     - `refund(limit, amount)` gives tokens back (usage below the estimate), never above capacity.
     - `adjust(limit, amount)` takes more tokens (usage above the estimate) without a check: the
       bucket may go negative and the next requests wait until it has refilled.
+    - `acquire_now(limits, amounts)` is the same take when it can be decided without waiting for
+      anything (in process; with Redis, from this process's leases), and None when it cannot or
+      when it would be refused: then `acquire` decides.
     - `states_sync(limits)` only reads; for sync callers (admin pages), one round trip.
 
     A bucket not seen before is full. Buckets are keyed by `Limit.name` alone; the capacity comes
@@ -131,6 +134,9 @@ class RateLimitStore:
 
     async def acquire(self, limits: list[Limit], amounts: dict[str, int]) -> Decision:
         raise NotImplementedError
+
+    def acquire_now(self, limits: list[Limit], amounts: dict[str, int]) -> Decision | None:
+        return None
 
     async def refund(self, limit: Limit, amount: int) -> None:
         raise NotImplementedError
@@ -175,6 +181,13 @@ class LocalRateLimitStore(RateLimitStore):
             self._buckets[limit.name] = _Bucket(level, stamp)
 
     async def acquire(self, limits: list[Limit], amounts: dict[str, int]) -> Decision:
+        return self._take(limits, amounts)
+
+    def acquire_now(self, limits: list[Limit], amounts: dict[str, int]) -> Decision | None:
+        decision = self._take(limits, amounts)
+        return decision if decision.allowed else None
+
+    def _take(self, limits: list[Limit], amounts: dict[str, int]) -> Decision:
         limits = _checked(limits, amounts)
         now = self.clock()
         with self._lock:
@@ -223,24 +236,35 @@ local function store(key, capacity, level, stamp)
 end
 """
 
-# KEYS the buckets; ARGV now, then capacity and amount per key. Returns {allowed, level...}, the
-# levels as strings (a Lua number would come back truncated to an integer).
+# KEYS the buckets; ARGV now, then per key: capacity, amount, lease wanted, lease given back.
+# What is given back is added first (never above capacity), whatever the decision. When every
+# amount fits, each is taken, and with it a lease of up to what was wanted, from the upper half of
+# the bucket only. Returns {allowed, levels..., leases...}, as strings (a Lua number would come
+# back truncated to an integer); the levels are after the take when allowed (the lease still in
+# them, as if it had not been taken), before it when refused.
 _ACQUIRE = _REFILL + """
 local now = tonumber(ARGV[1])
 local levels, stamps, fits = {}, {}, true
 for i, key in ipairs(KEYS) do
-  local level, stamp = refill(key, tonumber(ARGV[2 * i]), now)
-  levels[i], stamps[i] = level, stamp
-  if level + 1e-9 < tonumber(ARGV[2 * i + 1]) then fits = false end  -- EPSILON
+  local capacity = tonumber(ARGV[4 * i - 2])
+  local level, stamp = refill(key, capacity, now)
+  levels[i], stamps[i] = math.min(capacity, level + tonumber(ARGV[4 * i + 1])), stamp
+  if levels[i] + 1e-9 < tonumber(ARGV[4 * i - 1]) then fits = false end  -- EPSILON
 end
-if fits then
-  for i, key in ipairs(KEYS) do
-    levels[i] = levels[i] - tonumber(ARGV[2 * i + 1])
-    store(key, tonumber(ARGV[2 * i]), levels[i], stamps[i])
+local out, leases = {fits and 1 or 0}, {}
+for i, key in ipairs(KEYS) do
+  local capacity = tonumber(ARGV[4 * i - 2])
+  leases[i] = 0
+  if fits then
+    levels[i] = levels[i] - tonumber(ARGV[4 * i - 1])
+    leases[i] = math.max(0, math.floor(math.min(tonumber(ARGV[4 * i]), levels[i] - capacity / 2)))
+    store(key, capacity, levels[i] - leases[i], stamps[i])
+  elseif tonumber(ARGV[4 * i + 1]) > 0 then
+    store(key, capacity, levels[i], stamps[i])
   end
+  out[i + 1] = string.format('%.17g', levels[i])
+  out[#KEYS + i + 1] = string.format('%.17g', leases[i])
 end
-local out = {fits and 1 or 0}
-for i = 1, #KEYS do out[i + 1] = string.format('%.17g', levels[i]) end
 return out
 """
 
@@ -256,6 +280,30 @@ def _float(value: str | None) -> float | None:
     return float(value) if value is not None else None
 
 
+@dataclass
+class _Lease:
+    """Tokens of one bucket this process took from Redis ahead of its requests."""
+
+    per_minute: int  # the capacity it was taken under: a changed limit ends it
+    left: float  # not yet used by a request
+    level: float  # the bucket's level in Redis after the take (the lease not in it)
+    expires: float  # clock(): after this the lease goes back with the bucket's next take
+
+
+@dataclass
+class _Traffic:
+    """A bucket's tokens taken by this process in the current and the previous second."""
+
+    started: float
+    now: float = 0.0
+    before: float = 0.0
+
+
+# A lease is at most this share of its bucket's capacity, and lives at most this long.
+LEASE_MAX_SHARE = 0.01
+LEASE_MAX_SECONDS = 1.0
+
+
 class RedisRateLimitStore(RateLimitStore):
     """Buckets in Redis, one hash {tokens, updated_at} per bucket (`{prefix}:rl:{name}`), shared
     by every replica.
@@ -264,11 +312,21 @@ class RedisRateLimitStore(RateLimitStore):
     over one bucket. `now` is passed into the scripts (not Redis TIME) so one clock rules both
     backends and tests can move it. A bucket's key expires a minute after it would be full again.
     The keys of one call must live on one Redis node (no Redis Cluster slots).
+
+    Leases: a process that takes from a bucket often takes, with a request's amount, a lease of
+    `lease_seconds` of its own traffic of the last second (at most `LEASE_MAX_SHARE` of the
+    capacity, and only from the upper half of the bucket), and serves its next requests from it in
+    process (`acquire_now`), refunds and corrections included, until it runs short or is
+    `LEASE_MAX_SECONDS` old. The next take of the bucket that goes to Redis gives what is left
+    back in the same script call. Leased tokens are taken from the bucket, so every process
+    together never takes more than the limit; a bucket below half full is never leased, so near
+    its limit every request is decided by Redis, exactly. A process that stops taking keeps its
+    last lease (under `lease_seconds` of its traffic) until the bucket refills it.
     """
 
     def __init__(
         self, *, url: str, prefix: str, clock: Callable[[], float] = time.time,
-        retry_after: float = 1.0, timeout: float = 0.5,
+        retry_after: float = 1.0, timeout: float = 0.5, lease_seconds: float | None = None,
     ) -> None:
         self.clock = clock
         self._prefix = prefix
@@ -277,30 +335,117 @@ class RedisRateLimitStore(RateLimitStore):
             what="rate limits", make_local=lambda: LocalRateLimitStore(clock=self.clock),
             retry_after=retry_after,
         )
+        if lease_seconds is None:
+            from django.conf import settings
+
+            lease_seconds = settings.GATEWAY_RATE_LIMIT_LEASE_SECONDS
+        self.lease_seconds = lease_seconds
+        self._leases: dict[str, _Lease] = {}
+        self._traffic: dict[str, _Traffic] = {}
 
     def _key(self, name: str) -> str:
         return f"{self._prefix}:rl:{name}"
+
+    def acquire_now(self, limits: list[Limit], amounts: dict[str, int]) -> Decision | None:
+        """The take from this process's leases, when every bucket's lease holds its amount; None
+        when one does not (then `acquire` asks Redis). Nothing here awaits."""
+        if not self._leases:
+            return None
+        limits = _checked(limits, amounts)
+        now = self.clock()
+        leases = []
+        for limit in limits:
+            lease = self._leases.get(limit.name)
+            if not _lease_holds(lease, limit, amounts[limit.name], now):
+                return None
+            leases.append(lease)
+        states = []
+        for limit, lease in zip(limits, leases):
+            lease.left -= amounts[limit.name]
+            self._traffic_note(limit.name, amounts[limit.name], now)
+            states.append(_state(limit, lease.level + lease.left))
+        return Decision(True, states)
 
     async def acquire(self, limits: list[Limit], amounts: dict[str, int]) -> Decision:
         limits = _checked(limits, amounts)
         if not limits:
             return Decision(True, [])
+        decision = self.acquire_now(limits, amounts)
+        if decision is not None:
+            return decision
 
         async def remote() -> Decision:
-            args: list[float | int] = [self.clock()]
+            now = self.clock()
+            args: list[float | int] = [now]
             for limit in limits:
-                args += [limit.per_minute, amounts[limit.name]]
+                amount = amounts[limit.name]
+                self._traffic_note(limit.name, amount, now)
+                # What is left of the bucket's lease goes back in this call; a fresh one comes.
+                lease = self._leases.pop(limit.name, None)
+                back = lease.left if lease is not None and lease.per_minute == limit.per_minute else 0
+                args += [limit.per_minute, amount, self._lease_wanted(limit, amount), back]
             keys = [self._key(limit.name) for limit in limits]
-            allowed, *levels = await self._redis.script(_ACQUIRE, keys=keys, args=args)
-            return _decision(limits, amounts, [float(level) for level in levels], bool(allowed))
+            allowed, *out = await self._redis.script(_ACQUIRE, keys=keys, args=args)
+            levels = [float(level) for level in out[:len(limits)]]
+            if allowed:
+                for limit, level, lease in zip(limits, levels, out[len(limits):]):
+                    self._lease_add(limit, level, float(lease), now)
+            return _decision(limits, amounts, levels, bool(allowed))
 
         return await self.fallback.run(remote, lambda local: local.acquire(limits, amounts))
 
+    def _traffic_note(self, name: str, amount: int, now: float) -> None:
+        if self.lease_seconds <= 0:
+            return
+        traffic = self._traffic.get(name)
+        if traffic is None:
+            if len(self._traffic) >= 10_000:
+                self._traffic.clear()
+            traffic = self._traffic[name] = _Traffic(started=now)
+        elif now - traffic.started >= 1.0:
+            traffic.before = traffic.now if now - traffic.started < 2.0 else 0.0
+            traffic.now, traffic.started = 0.0, now
+        traffic.now += amount
+
+    def _lease_wanted(self, limit: Limit, amount: int) -> int:
+        """`lease_seconds` of this process's takes of the bucket in the last whole second, at
+        most `LEASE_MAX_SHARE` of its capacity; nothing if that would not serve two requests."""
+        traffic = self._traffic.get(limit.name)
+        if traffic is None or self.lease_seconds <= 0:
+            return 0
+        wanted = min(traffic.before * self.lease_seconds, limit.per_minute * LEASE_MAX_SHARE)
+        return int(wanted) if wanted >= 2 * max(amount, 1) else 0
+
+    def _lease_add(self, limit: Limit, level: float, tokens: float, now: float) -> None:
+        if tokens <= 0:
+            return
+        lease = self._leases.get(limit.name)
+        if lease is not None and lease.per_minute == limit.per_minute:
+            # Another take of this loop got a lease meanwhile: one lease, both their tokens.
+            lease.left += tokens
+            lease.level = min(lease.level, level - tokens)
+            lease.expires = now + LEASE_MAX_SECONDS
+            return
+        self._leases[limit.name] = _Lease(limit.per_minute, tokens, level - tokens, now + LEASE_MAX_SECONDS)
+
     async def refund(self, limit: Limit, amount: int) -> None:
+        if self._lease_change(limit, _amount(amount)):
+            return
         await self._add(limit, _amount(amount), lambda local: local.refund(limit, amount))
 
     async def adjust(self, limit: Limit, amount: int) -> None:
+        if self._lease_change(limit, -_amount(amount)):
+            return
         await self._add(limit, -_amount(amount), lambda local: local.adjust(limit, amount))
+
+    def _lease_change(self, limit: Limit, delta: int) -> bool:
+        """A refund or a correction made on the bucket's live lease, if it has one that covers it
+        (the tokens were taken from Redis already: the lease gives them back or pays for more)."""
+        lease = self._leases.get(limit.name)
+        if delta == 0 or not _lease_holds(lease, limit, max(0, -delta), self.clock()):
+            return False
+        lease.left += delta
+        return True
 
     async def _add(
         self, limit: Limit, delta: int, local: Callable[[LocalRateLimitStore], Awaitable[None]],
@@ -331,6 +476,13 @@ class RedisRateLimitStore(RateLimitStore):
 
     async def aclose(self) -> None:
         await self._redis.aclose()
+
+
+def _lease_holds(lease: _Lease | None, limit: Limit, amount: int, now: float) -> bool:
+    return (
+        lease is not None and lease.per_minute == limit.per_minute and now < lease.expires
+        and lease.left + EPSILON >= amount
+    )
 
 
 def rate_limit_store() -> RateLimitStore:

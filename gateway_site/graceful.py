@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 
 logger = logging.getLogger(__name__)
@@ -235,6 +236,16 @@ drain = Drain()
 CUT_SECONDS = 5.0
 
 
+_drain_hooks: list[Callable[[], None]] = []
+
+
+def at_drain(hook: Callable[[], None]) -> Callable[[], None]:
+    """Run `hook` in the event loop when a worker's drain has let its requests finish, before it
+    waits for the tasks they left (a decorator: budget leases are released this way)."""
+    _drain_hooks.append(hook)
+    return hook
+
+
 async def worker_drain(*, grace: float, keep: set[asyncio.Task] = frozenset()) -> None:
     """A worker's SIGTERM, once it has stopped listening: refuse new requests, let in-flight ones
     run for `grace` seconds, cut what is left, then wait for the tasks requests left behind (usage
@@ -247,6 +258,11 @@ async def worker_drain(*, grace: float, keep: set[asyncio.Task] = frozenset()) -
         logger.warning("worker %s deadline reached: cutting %d in flight", os.getpid(), len(drain.flights))
         drain.expire()
         await drain.wait_idle(CUT_SECONDS)
+    for hook in _drain_hooks:
+        try:
+            hook()
+        except Exception:  # noqa: BLE001 - the drain goes on
+            logger.exception("drain hook %s failed", getattr(hook, "__qualname__", hook))
     others = asyncio.all_tasks() - {asyncio.current_task(), *keep}
     if others:
         _, pending = await asyncio.wait(others, timeout=CUT_SECONDS)

@@ -369,6 +369,15 @@ GATEWAY_BREAKER_CLEAN_SECONDS = env.float("GATEWAY_BREAKER_CLEAN_SECONDS", defau
 # A provider's retry-after longer than this sends the request to another deployment instead of
 # waiting to retry the same one.
 GATEWAY_RETRY_AFTER_MAX_SECONDS = env.float("GATEWAY_RETRY_AFTER_MAX_SECONDS", default=10.0)
+# With Redis: how many seconds of its own recent traffic on a rate-limit bucket a process takes from
+# the bucket ahead (a lease), to serve the next requests without a Redis round trip each. Only the
+# upper half of a bucket is leased, at most 1 % of its capacity; 0 asks Redis on every request.
+GATEWAY_RATE_LIMIT_LEASE_SECONDS = env.float("GATEWAY_RATE_LIMIT_LEASE_SECONDS", default=0.1)
+# With PostgreSQL: how many seconds of its own recent reservations on a hard budget a process
+# reserves ahead (a lease, accounting/budget_leases.py), so that its next requests reserve without
+# a round trip each. At most 1 % of the budget, only while it keeps ten times the lease free;
+# 0 reserves every request on its own.
+GATEWAY_BUDGET_LEASE_SECONDS = env.float("GATEWAY_BUDGET_LEASE_SECONDS", default=0.1)
 # Key prefix for the gateway's own Redis keys (breakers, health, counters).
 GATEWAY_REDIS_PREFIX = env.str("GATEWAY_REDIS_PREFIX", default="gw")
 # On SIGTERM a worker takes no new requests and lets in-flight ones (streams included) run this

@@ -14,9 +14,16 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 
 from accounting.auth import api_key_authenticate, bearer_token
+from accounting.budget_leases import budget_lease_draw
 from accounting.budgets import budget_reserve_async, budgets_for
 from accounting.pricing import cost_compute
-from accounting.quotas import RateLimited, rate_limit_refusing, rate_limit_take, rate_limits_for
+from accounting.quotas import (
+    RateLimited,
+    rate_limit_refusing,
+    rate_limit_take,
+    rate_limit_take_now,
+    rate_limits_for,
+)
 from caching.services import cache_body, cache_completion_text, cache_fill, cache_lookup, cache_replay, cache_stream_tee
 from gateway_site.errors import GatewayError, InvalidRequest
 from guardrails.checks import guard_input, guard_output
@@ -159,6 +166,10 @@ async def _prepare(call: Call, *, body: dict, headers, mode: str) -> None:
     call.task, call.tags = hints.task, tuple(sorted(hints.tags))
     call.conversation_id = hints.conversation
     rules = await rate_limits_for(tenant_id=call.auth.tenant_id, key_id=call.auth.key_id)
+    if rules and _rate_limit_now(call, rules):
+        # Taken in process (the store's own buckets, or this process's leases of the Redis ones).
+        await _route_and_reserve(call, body=body, headers=headers, hints=hints, mode=mode)
+        return
     if not rules or rate_limit_refusing(rules):
         await _rate_limit(call, rules)
         await _route_and_reserve(call, body=body, headers=headers, hints=hints, mode=mode)
@@ -217,10 +228,22 @@ def _content_check(call: Call) -> None:
     call.plan.deployments = able
 
 
+def _rate_limit_now(call: Call, rules) -> bool:
+    taken = rate_limit_take_now(rules=rules, tokens=_rate_limit_tokens(call))
+    if taken is None:
+        return False
+    headers, call.charge = taken
+    call.extra_headers.update(headers)
+    return True
+
+
+def _rate_limit_tokens(call: Call) -> int:
+    return prompt_estimate(call) + (_output_cap(call, None) or 0)
+
+
 async def _rate_limit(call: Call, rules) -> None:
     if rules:
-        tokens = prompt_estimate(call) + (_output_cap(call, None) or 0)
-        headers, call.charge = await rate_limit_take(rules=rules, tokens=tokens)
+        headers, call.charge = await rate_limit_take(rules=rules, tokens=_rate_limit_tokens(call))
         call.extra_headers.update(headers)
 
 
@@ -236,9 +259,12 @@ async def _route(call: Call, *, hints, mode: str) -> RoutePlan:
 async def _budget_reserve(call: Call) -> None:
     call.budgets = await budgets_for(tenant_id=call.auth.tenant_id, key_id=call.auth.key_id)
     if any(budget.hard for budget in call.budgets):
-        call.reservation = await budget_reserve_async(
-            budgets=call.budgets, request_id=str(call.request_id), estimate=_max_cost(call)
-        )
+        estimate = _max_cost(call)
+        call.budget_draw = budget_lease_draw(call.budgets, estimate)
+        if call.budget_draw is None:
+            call.reservation = await budget_reserve_async(
+                budgets=call.budgets, request_id=str(call.request_id), estimate=estimate
+            )
 
 
 def _output_cap(call: Call, deployment) -> int | None:

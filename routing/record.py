@@ -102,6 +102,14 @@ async def _record_commit(call: Call, fields: dict, first_try: asyncio.Event) -> 
     so a request answered during a short outage still gets its one record and settles its
     reservation. A write that committed before its connection died is not written twice: the
     retry fails on the record's unique `request_id`."""
+    try:
+        await _record_commit_retried(call, fields, first_try)
+    finally:
+        if call.budget_draw is not None:
+            call.budget_draw.settled()  # its lease may be released once its draws are recorded
+
+
+async def _record_commit_retried(call: Call, fields: dict, first_try: asyncio.Event) -> None:
     delay, deadline = 0.25, time.monotonic() + RECORD_RETRY_SECONDS
     kept = False  # in this worker's journal (`routing.journal`), which outlives the worker
     while True:

@@ -304,6 +304,126 @@ async def test_dead_redis_fails_open_to_in_process_buckets(clock, caplog):
     await store.aclose()
 
 
+# --- Redis: leases ------------------------------------------------------------------------------
+BUSY = Limit("key:7:rpm", "requests", 6000)  # 1 % is 60 requests
+
+
+def level_in_redis(redis_prefix: str, limit: Limit) -> float:
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        tokens = client.hget(f"{redis_prefix}:rl:{limit.name}", "tokens")
+    finally:
+        client.close()
+    return float(limit.per_minute) if tokens is None else float(tokens)
+
+
+async def busy_second(store, clock, limit: Limit = BUSY, takes: int = 200, amount: int = 1) -> None:
+    """`takes` takes of `amount` in one second of the store's clock; then the next second begins
+    (and the bucket refills by a second's worth)."""
+    for _ in range(takes):
+        assert (await store.acquire([limit], {limit.name: amount})).allowed
+    clock.advance(1.0)
+
+
+async def test_a_busy_process_serves_its_next_takes_from_a_lease(make_redis_store, redis_prefix, clock):
+    store = make_redis_store(clock=clock, lease_seconds=0.1)
+    await busy_second(store, clock)  # 200 a second: 0.1 s of it is 20 requests
+    assert store.acquire_now([BUSY], {BUSY.name: 1}) is None  # no lease yet: this take asks Redis
+    level = 6000 - 200 + 100  # a second's refill
+
+    decision = await take(store, BUSY)  # the request's one and a lease of 20, from Redis
+
+    assert decision.allowed and state_of(decision, BUSY).remaining == level - 1
+    assert level_in_redis(redis_prefix, BUSY) == level - 21
+    served = [store.acquire_now([BUSY], {BUSY.name: 1}) for _ in range(20)]
+    assert all(decision is not None and decision.allowed for decision in served)
+    assert [state_of(decision, BUSY).remaining for decision in served[:2]] == [level - 2, level - 3]
+    assert level_in_redis(redis_prefix, BUSY) == level - 21  # not one round trip more
+    assert store.acquire_now([BUSY], {BUSY.name: 1}) is None  # used up: the next take asks Redis
+
+
+async def test_processes_with_leases_never_take_more_than_the_limit(make_redis_store, clock):
+    one = make_redis_store(clock=clock, lease_seconds=0.1)
+    two = make_redis_store(clock=clock, lease_seconds=0.1)
+    calls = 0
+    for store in (one, two):
+        script = store._redis.script
+
+        async def counted(*args, _script=script, **kwargs):
+            nonlocal calls
+            calls += 1
+            return await _script(*args, **kwargs)
+
+        store._redis.script = counted
+    for _ in range(100):  # a busy second for both
+        for store in (one, two):
+            assert (await take(store, BUSY)).allowed
+    clock.advance(1.0)  # and a second's refill: 5,900 left
+    calls = 0
+    for _ in range(1000):  # 2,000 takes, the clock still, all in the bucket's upper half
+        assert all([(await take(store, BUSY)).allowed for store in (one, two)])
+    assert calls <= 2000 / 11 + 2  # each went to Redis once per lease of 10 (0.1 s of 100 a second)
+    allowed = 200 + 2000
+    while True:  # on until both are refused
+        results = [(await take(store, BUSY)).allowed for store in (one, two)]
+        allowed += sum(results)
+        if not any(results):
+            break
+
+    assert allowed == 6000 + 100  # the bucket and a second of refill, not one request more
+
+
+async def test_a_bucket_below_half_full_is_not_leased(make_redis_store, redis_prefix, clock):
+    store = make_redis_store(clock=clock, lease_seconds=0.1)
+    assert (await store.acquire([BUSY], {BUSY.name: 3000})).allowed  # half of it gone
+    await busy_second(store, clock)
+
+    assert (await take(store, BUSY)).allowed
+
+    assert level_in_redis(redis_prefix, BUSY) == 6000 - 3000 - 200 + 100 - 1  # the request's one alone
+    assert store.acquire_now([BUSY], {BUSY.name: 1}) is None
+
+
+async def test_what_is_left_of_a_lease_goes_back_with_the_next_take(make_redis_store, redis_prefix, clock):
+    store = make_redis_store(clock=clock, lease_seconds=0.1)
+    await busy_second(store, clock)
+    await take(store, BUSY)  # and a lease of 20
+    assert store.acquire_now([BUSY], {BUSY.name: 1}) is not None  # 19 left
+    assert level_in_redis(redis_prefix, BUSY) == 6000 - 200 + 100 - 21
+    clock.advance(1.0)  # the lease is over (and a second refilled)
+    assert store.acquire_now([BUSY], {BUSY.name: 1}) is None
+
+    await take(store, BUSY)  # the 19 go back; the last second saw two takes: no lease worth it
+
+    assert level_in_redis(redis_prefix, BUSY) == 6000 - 200 + 100 - 21 + 100 + 19 - 1
+
+
+async def test_refunds_and_corrections_go_to_a_live_lease(make_redis_store, redis_prefix, clock):
+    tpm = Limit("key:7:tpm", "tokens", 600_000)  # 1 % is 6,000 tokens
+    store = make_redis_store(clock=clock, lease_seconds=0.1)
+    await busy_second(store, clock, tpm, takes=100, amount=100)  # 10,000 tokens a second
+    assert (await store.acquire([tpm], {tpm.name: 100})).allowed  # and a lease of 1,000 tokens
+    before = level_in_redis(redis_prefix, tpm)
+    assert before == 600_000 - 100 - 1_000  # the second's refill had filled the bucket again
+
+    await store.refund(tpm, 60)
+    await store.adjust(tpm, 500)
+
+    assert level_in_redis(redis_prefix, tpm) == before  # both in process
+    assert store.acquire_now([tpm], {tpm.name: 560}) is not None  # 1,000 + 60 - 500
+    assert store.acquire_now([tpm], {tpm.name: 1}) is None
+    await store.adjust(tpm, 50)  # more than the lease holds now: to Redis
+    assert level_in_redis(redis_prefix, tpm) == before - 50
+
+
+async def test_leases_are_off_at_zero_seconds(make_redis_store, redis_prefix, clock):
+    store = make_redis_store(clock=clock, lease_seconds=0)
+    await busy_second(store, clock)
+    await take(store, BUSY)
+    assert level_in_redis(redis_prefix, BUSY) == 6000 - 200 + 100 - 1
+    assert store.acquire_now([BUSY], {BUSY.name: 1}) is None
+
+
 # --- queueing ----------------------------------------------------------------------------------
 @pytest.fixture
 def real_store(make_store):
