@@ -40,6 +40,7 @@ from accounting.budgets import BudgetLimit, _holds_statement, _now, _period_id_k
 from gateway_site import db_async
 from gateway_site.graceful import at_drain
 from gateway_site.loops import PerLoop, background
+from gateway_site.rates import RecentAmounts
 
 # A lease is at most this share of its budget, is taken only while the budget keeps this many
 # times the lease free (spend and every reservation counted), and takes draws for this long.
@@ -65,15 +66,6 @@ class _Lease:
     expires: float  # clock(): no draws from then on
     drawn: int = 0  # drawn requests whose records are not written yet
     open: bool = True  # takes draws
-
-
-@dataclass
-class _Traffic:
-    """Estimates reserved on one period row by this loop in the current and the previous second."""
-
-    started: float
-    now: float = 0.0
-    before: float = 0.0
 
 
 class LeaseDraw:
@@ -106,7 +98,7 @@ class BudgetLeases:
         self._retired = False  # drained: no more leases
         self._leases: dict[int, _Lease] = {}
         self._taking: set[int] = set()
-        self._traffic: dict[int, _Traffic] = {}
+        self._traffic = RecentAmounts()
 
     @property
     def seconds(self) -> float:
@@ -125,7 +117,7 @@ class BudgetLeases:
         if period_id is None:
             return None
         now = self._clock()
-        self._traffic_note(period_id, float(estimate), now)
+        self._traffic.note(period_id, float(estimate), now)
         lease = self._leases.get(period_id)
         if lease is not None:
             if now < lease.expires and lease.left >= estimate:
@@ -142,22 +134,11 @@ class BudgetLeases:
         for lease in list(self._leases.values()):
             self._retire(lease)
 
-    def _traffic_note(self, period_id: int, estimate: float, now: float) -> None:
-        traffic = self._traffic.get(period_id)
-        if traffic is None:
-            if len(self._traffic) >= 10_000:
-                self._traffic.clear()
-            traffic = self._traffic[period_id] = _Traffic(started=now)
-        elif now - traffic.started >= 1.0:
-            traffic.before = traffic.now if now - traffic.started < 2.0 else 0.0
-            traffic.now, traffic.started = 0.0, now
-        traffic.now += estimate
-
     def _take_maybe(self, budget: BudgetLimit, period_id: int, estimate: Decimal) -> None:
         if period_id in self._taking:
             return
-        traffic = self._traffic[period_id]
-        wanted = min(traffic.before * self.seconds, float(budget.amount_usd * LEASE_MAX_SHARE))
+        recent = self._traffic.last_second(period_id)
+        wanted = min(recent * self.seconds, float(budget.amount_usd * LEASE_MAX_SHARE))
         if wanted < 2 * float(estimate):
             return  # it would not serve two requests: not worth a row
         self._taking.add(period_id)

@@ -28,6 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from gateway_site.rates import RecentAmounts
 from gateway_site.redis_client import RedisConnections, RedisFallback, shared_store
 
 REQUESTS, TOKENS = "requests", "tokens"
@@ -290,15 +291,6 @@ class _Lease:
     expires: float  # clock(): after this the lease goes back with the bucket's next take
 
 
-@dataclass
-class _Traffic:
-    """A bucket's tokens taken by this process in the current and the previous second."""
-
-    started: float
-    now: float = 0.0
-    before: float = 0.0
-
-
 # A lease is at most this share of its bucket's capacity, and lives at most this long.
 LEASE_MAX_SHARE = 0.01
 LEASE_MAX_SECONDS = 1.0
@@ -341,7 +333,7 @@ class RedisRateLimitStore(RateLimitStore):
             lease_seconds = settings.GATEWAY_RATE_LIMIT_LEASE_SECONDS
         self.lease_seconds = lease_seconds
         self._leases: dict[str, _Lease] = {}
-        self._traffic: dict[str, _Traffic] = {}
+        self._traffic = RecentAmounts()
 
     def _key(self, name: str) -> str:
         return f"{self._prefix}:rl:{name}"
@@ -395,25 +387,16 @@ class RedisRateLimitStore(RateLimitStore):
         return await self.fallback.run(remote, lambda local: local.acquire(limits, amounts))
 
     def _traffic_note(self, name: str, amount: int, now: float) -> None:
-        if self.lease_seconds <= 0:
-            return
-        traffic = self._traffic.get(name)
-        if traffic is None:
-            if len(self._traffic) >= 10_000:
-                self._traffic.clear()
-            traffic = self._traffic[name] = _Traffic(started=now)
-        elif now - traffic.started >= 1.0:
-            traffic.before = traffic.now if now - traffic.started < 2.0 else 0.0
-            traffic.now, traffic.started = 0.0, now
-        traffic.now += amount
+        if self.lease_seconds > 0:
+            self._traffic.note(name, amount, now)
 
     def _lease_wanted(self, limit: Limit, amount: int) -> int:
         """`lease_seconds` of this process's takes of the bucket in the last whole second, at
         most `LEASE_MAX_SHARE` of its capacity; nothing if that would not serve two requests."""
-        traffic = self._traffic.get(limit.name)
-        if traffic is None or self.lease_seconds <= 0:
+        if self.lease_seconds <= 0:
             return 0
-        wanted = min(traffic.before * self.lease_seconds, limit.per_minute * LEASE_MAX_SHARE)
+        recent = self._traffic.last_second(limit.name)
+        wanted = min(recent * self.lease_seconds, limit.per_minute * LEASE_MAX_SHARE)
         return int(wanted) if wanted >= 2 * max(amount, 1) else 0
 
     def _lease_add(self, limit: Limit, level: float, tokens: float, now: float) -> None:

@@ -292,6 +292,52 @@ def test_a_reload_whose_new_worker_dies_keeps_the_old_workers(deployment, serve)
 SERVERS = ["uvicorn", "daphne"]
 
 
+LEASING_SQL = (
+    "SELECT p.spent_usd, p.reserved_usd,"
+    " (SELECT COUNT(*) FROM accounting_budgetreservation r WHERE r.budget_period_id = p.id),"
+    " (SELECT COUNT(*) FROM accounting_usagerecord u WHERE u.tenant_id = b.tenant_id),"
+    " (SELECT COALESCE(SUM(u.cost_usd), 0) FROM accounting_usagerecord u WHERE u.tenant_id = b.tenant_id)"
+    " FROM accounting_budgetperiod p JOIN accounting_budget b ON b.id = p.budget_id"
+    " JOIN accounting_tenant t ON t.id = b.tenant_id WHERE t.slug = 'leasing'"
+)
+RESERVATIONS_MADE_SQL = "SELECT last_value FROM accounting_budgetreservation_id_seq"
+
+
+def test_a_busy_worker_reserves_from_leases_and_its_drain_releases_them(deployment, serve, tmp_path):
+    """docs/accounting.md, budgets: a worker busy on a hard budget reserves ahead (a lease row of its
+    own) and its requests draw from it; on SIGTERM the lease is released, and the period's spend is
+    its records' cost with nothing left reserved."""
+    config = tmp_path / "leasing.yaml"
+    config.write_text("tenants:\n  - slug: leasing\n    budget: {amount_usd: 1000, period: monthly, hard: true}\n")
+    manage(deployment.env, "import_config", str(config))
+    key = manage(deployment.env, "create_api_key", "leasing", "--name", "lease").strip().splitlines()[-1]
+    server = serve("--workers", "1")
+    answered = 0
+    with httpx.Client(base_url=f"{server.base_url}/v1", timeout=10,
+                      headers={**HTTPS, "authorization": f"Bearer {key}"}) as client:
+
+        def ask() -> None:
+            nonlocal answered
+            response = client.post("/chat/completions", json={
+                "model": "gpt-4o-mini", "messages": _prompt("lease"), "max_tokens": 16})
+            assert response.status_code == 200, response.text
+            answered += 1
+
+        ask()  # the period's row is found
+        made = deployment.query(RESERVATIONS_MADE_SQL)[0][0]
+        started = time.monotonic()
+        while time.monotonic() - started < 2.5:  # a busy second, then a lease is worth taking
+            ask()
+        made = deployment.query(RESERVATIONS_MADE_SQL)[0][0] - made
+    server.terminate()
+    assert server.process.wait(timeout=20) == 0
+
+    assert made < (answered - 1) / 2, f"{made} reservation rows for {answered - 1} requests: no leases"
+    spent, reserved, rows, records, cost = deployment.query(LEASING_SQL)[0]
+    assert (reserved, rows, records) == (0, 0, answered)  # the drain released the last lease
+    assert spent == cost > 0
+
+
 def assert_nothing_was_cut(log: str, server_name: str) -> None:
     """No request or task was cut at exit, in the words of each server and of graceful.py."""
     assert "task still running at exit" not in log

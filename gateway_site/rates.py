@@ -1,0 +1,37 @@
+"""What a process took lately, per key: what its leases of rate limits and budgets size on."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+
+@dataclass
+class _Window:
+    started: float
+    now: float = 0.0  # noted since `started`
+    before: float = 0.0  # noted in the second before it (0 if that second is older)
+
+
+class RecentAmounts:
+    """Per key, the amounts noted in the current second of a clock and in the one before it."""
+
+    def __init__(self, *, max_keys: int = 10_000) -> None:
+        self._windows: dict[Hashable, _Window] = {}
+        self._max_keys = max_keys
+
+    def note(self, key: Hashable, amount: float, now: float) -> None:
+        window = self._windows.get(key)
+        if window is None:
+            if len(self._windows) >= self._max_keys:
+                self._windows.clear()
+            window = self._windows[key] = _Window(started=now)
+        elif now - window.started >= 1.0:
+            window.before = window.now if now - window.started < 2.0 else 0.0
+            window.now, window.started = 0.0, now
+        window.now += amount
+
+    def last_second(self, key: Hashable) -> float:
+        """What was noted in the last whole second: 0 for a key not seen then."""
+        window = self._windows.get(key)
+        return 0.0 if window is None else window.before
