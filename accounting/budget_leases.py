@@ -28,6 +28,7 @@ What a lease changes in the accounting, and what it does not:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -35,12 +36,15 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 from accounting.budgets import BudgetLimit, _holds_statement, _now, _period_id_known, _statement
 from gateway_site import db_async
 from gateway_site.graceful import at_drain
 from gateway_site.loops import PerLoop, background
 from gateway_site.rates import RecentAmounts
+
+logger = logging.getLogger(__name__)
 
 # A lease is at most this share of its budget, is taken only while the budget keeps this many
 # times the lease free (spend and every reservation counted), and takes draws for this long.
@@ -98,6 +102,7 @@ class BudgetLeases:
         self._retired = False  # drained: no more leases
         self._leases: dict[int, _Lease] = {}
         self._taking: set[int] = set()
+        self._quiet_until: dict[int, float] = {}  # period row -> no lease taken before then
         self._traffic = RecentAmounts()
 
     @property
@@ -135,7 +140,7 @@ class BudgetLeases:
             self._retire(lease)
 
     def _take_maybe(self, budget: BudgetLimit, period_id: int, estimate: Decimal) -> None:
-        if period_id in self._taking:
+        if period_id in self._taking or self._clock() < self._quiet_until.get(period_id, -1.0):
             return
         recent = self._traffic.last_second(period_id)
         wanted = min(recent * self.seconds, float(budget.amount_usd * LEASE_MAX_SHARE))
@@ -154,6 +159,12 @@ class BudgetLeases:
             held, _ = await db_async.statement(
                 *_holds_statement(period_id, budget.amount_usd - kept_free, [(lease_id, amount)], now=_now())
             )
+        except (OperationalError, InterfaceError) as exc:
+            # The database is unreachable: the requests' own holds say so (a 503 each); no lease
+            # is tried again on this row for a while, rather than once per request.
+            self._quiet_until[period_id] = self._clock() + self._max_seconds
+            logger.info("budget lease on period %s not taken: %s", period_id, exc)
+            return
         finally:
             self._taking.discard(period_id)
         if held != 1:

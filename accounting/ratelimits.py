@@ -374,7 +374,7 @@ class RedisRateLimitStore(RateLimitStore):
                 self._traffic_note(limit.name, amount, now)
                 # What is left of the bucket's lease goes back in this call; a fresh one comes.
                 lease = self._leases.pop(limit.name, None)
-                back = lease.left if lease is not None and lease.per_minute == limit.per_minute else 0
+                back = lease.left if lease is not None else 0  # never above capacity, in the script
                 args += [limit.per_minute, amount, self._lease_wanted(limit, amount), back]
             keys = [self._key(limit.name) for limit in limits]
             allowed, *out = await self._redis.script(_ACQUIRE, keys=keys, args=args)

@@ -3,12 +3,13 @@ reservation of its own, on the real PostgreSQL, and the accounting comes out as 
 
 from __future__ import annotations
 
+import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import pytest
-from django.db import connection, connections
+from django.db import OperationalError, connection, connections
 
 from accounting.budget_leases import BudgetLeases
 from accounting.models import BudgetPeriod, BudgetReservation
@@ -173,3 +174,26 @@ async def test_a_drained_loop_takes_no_more_leases(statements):
     assert leases.draw(budgets, CENT) is None
     await background_wait()
     assert await BudgetReservation.objects.acount() == 1
+
+
+async def test_a_database_gone_costs_one_try_per_second_not_one_per_request(monkeypatch, caplog):
+    _, budgets, leases, clock = await leased(draws=100)  # the lease is taken
+    clock.advance(60.0)  # and over; its drawn requests: none
+    for _ in range(100):
+        assert leases.draw(budgets, CENT) is None  # a busy second without a lease
+    clock.advance(1.0)
+    tries = []
+
+    async def unreachable(sql, params):
+        tries.append(sql)
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(db_async, "statement", unreachable)
+    with caplog.at_level(logging.INFO, logger="accounting.budget_leases"):
+        for _ in range(50):
+            assert leases.draw(budgets, CENT) is None
+            await background_wait()
+
+    assert len(tries) == 1  # one try at a lease for the row, then quiet
+    assert "not taken: connection refused" in caplog.text
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
