@@ -4,8 +4,8 @@ Every request on a hard budget reserves its most possible cost before it goes up
 (`accounting.budgets`): one round trip to PostgreSQL that a lone request waits for. A process
 that reserves on a budget's period row often instead takes a lease: one reservation row of its
 own (`BudgetReservation`, under a request id of its own) holding `GATEWAY_BUDGET_LEASE_SECONDS` of
-what its requests reserved there in the last second, at most `LEASE_MAX_SHARE` of the budget,
-and only while the budget keeps `LEASE_HEADROOM` times the lease free. Its next requests draw
+what its requests reserved there in the last second, at most 1 % of the budget
+(`gateway_site.rates.LEASE_MAX_SHARE`), and only while the budget keeps `LEASE_HEADROOM` times the lease free. Its next requests draw
 their estimates from the lease in process, without a round trip; a request that does not fit in
 what is left reserves as before.
 
@@ -42,15 +42,13 @@ from accounting.budgets import BudgetLimit, _holds_statement, _now, _period_id_k
 from gateway_site import db_async
 from gateway_site.graceful import at_drain
 from gateway_site.loops import PerLoop, background
-from gateway_site.rates import RecentAmounts
+from gateway_site.rates import LEASE_MAX_SECONDS, RecentAmounts
 
 logger = logging.getLogger(__name__)
 
-# A lease is at most this share of its budget, is taken only while the budget keeps this many
-# times the lease free (spend and every reservation counted), and takes draws for this long.
-LEASE_MAX_SHARE = Decimal("0.01")
+# A lease is taken only while the budget keeps this many times it free (spend and every
+# reservation counted); its size and life are the rate limits' (`gateway_site.rates`).
 LEASE_HEADROOM = 10
-LEASE_MAX_SECONDS = 1.0
 _UNIT = Decimal("0.00000001")  # BudgetReservation.amount_usd's places
 
 _RELEASE = _statement(
@@ -142,9 +140,9 @@ class BudgetLeases:
     def _take_maybe(self, budget: BudgetLimit, period_id: int, estimate: Decimal) -> None:
         if period_id in self._taking or self._clock() < self._quiet_until.get(period_id, -1.0):
             return
-        recent = self._traffic.last_second(period_id)
-        wanted = min(recent * self.seconds, float(budget.amount_usd * LEASE_MAX_SHARE))
-        if wanted < 2 * float(estimate):
+        wanted = self._traffic.ahead(
+            period_id, seconds=self.seconds, capacity=float(budget.amount_usd), amount=float(estimate))
+        if not wanted:
             return  # it would not serve two requests: not worth a row
         self._taking.add(period_id)
         amount = Decimal(repr(wanted)).quantize(_UNIT)

@@ -28,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from gateway_site.rates import RecentAmounts
+from gateway_site.rates import LEASE_MAX_SECONDS, RecentAmounts
 from gateway_site.redis_client import RedisConnections, RedisFallback, shared_store
 
 REQUESTS, TOKENS = "requests", "tokens"
@@ -291,11 +291,6 @@ class _Lease:
     expires: float  # clock(): after this the lease goes back with the bucket's next take
 
 
-# A lease is at most this share of its bucket's capacity, and lives at most this long.
-LEASE_MAX_SHARE = 0.01
-LEASE_MAX_SECONDS = 1.0
-
-
 class RedisRateLimitStore(RateLimitStore):
     """Buckets in Redis, one hash {tokens, updated_at} per bucket (`{prefix}:rl:{name}`), shared
     by every replica.
@@ -343,7 +338,9 @@ class RedisRateLimitStore(RateLimitStore):
         when one does not (then `acquire` asks Redis). Nothing here awaits."""
         if not self._leases:
             return None
-        limits = _checked(limits, amounts)
+        return self._from_leases(_checked(limits, amounts), amounts)
+
+    def _from_leases(self, limits: list[Limit], amounts: dict[str, int]) -> Decision | None:
         now = self.clock()
         leases = []
         for limit in limits:
@@ -362,8 +359,7 @@ class RedisRateLimitStore(RateLimitStore):
         limits = _checked(limits, amounts)
         if not limits:
             return Decision(True, [])
-        decision = self.acquire_now(limits, amounts)
-        if decision is not None:
+        if self._leases and (decision := self._from_leases(limits, amounts)) is not None:
             return decision
 
         async def remote() -> Decision:
@@ -391,13 +387,10 @@ class RedisRateLimitStore(RateLimitStore):
             self._traffic.note(name, amount, now)
 
     def _lease_wanted(self, limit: Limit, amount: int) -> int:
-        """`lease_seconds` of this process's takes of the bucket in the last whole second, at
-        most `LEASE_MAX_SHARE` of its capacity; nothing if that would not serve two requests."""
         if self.lease_seconds <= 0:
             return 0
-        recent = self._traffic.last_second(limit.name)
-        wanted = min(recent * self.lease_seconds, limit.per_minute * LEASE_MAX_SHARE)
-        return int(wanted) if wanted >= 2 * max(amount, 1) else 0
+        return int(self._traffic.ahead(
+            limit.name, seconds=self.lease_seconds, capacity=limit.per_minute, amount=max(amount, 1)))
 
     def _lease_add(self, limit: Limit, level: float, tokens: float, now: float) -> None:
         if tokens <= 0:

@@ -1,9 +1,14 @@
-"""What a process took lately, per key: what its leases of rate limits and budgets size on."""
+"""What a process took lately, per key, and the lease it takes ahead on that: the leases of rate
+limits (`accounting.ratelimits`) and of budgets (`accounting.budget_leases`) size themselves alike."""
 
 from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass
+
+# A lease is at most this share of what it is taken from, and takes draws for at most this long.
+LEASE_MAX_SHARE = 0.01
+LEASE_MAX_SECONDS = 1.0
 
 
 @dataclass
@@ -35,3 +40,9 @@ class RecentAmounts:
         """What was noted in the last whole second: 0 for a key not seen then."""
         window = self._windows.get(key)
         return 0.0 if window is None else window.before
+
+    def ahead(self, key: Hashable, *, seconds: float, capacity: float, amount: float) -> float:
+        """A lease's size: `seconds` of what was noted in the last whole second, at most
+        `LEASE_MAX_SHARE` of `capacity`; 0 if that would not serve two more of `amount`."""
+        wanted = min(self.last_second(key) * seconds, capacity * LEASE_MAX_SHARE)
+        return wanted if wanted >= 2 * amount else 0.0

@@ -167,9 +167,7 @@ async def _prepare(call: Call, *, body: dict, headers, mode: str) -> None:
     call.conversation_id = hints.conversation
     rules = await rate_limits_for(tenant_id=call.auth.tenant_id, key_id=call.auth.key_id)
     if rules and _rate_limit_now(call, rules):
-        # Taken in process (the store's own buckets, or this process's leases of the Redis ones).
-        await _route_and_reserve(call, body=body, headers=headers, hints=hints, mode=mode)
-        return
+        rules = ()  # taken in process (the store's own buckets, or this process's leases of Redis's)
     if not rules or rate_limit_refusing(rules):
         await _rate_limit(call, rules)
         await _route_and_reserve(call, body=body, headers=headers, hints=hints, mode=mode)
