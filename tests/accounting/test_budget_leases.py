@@ -17,8 +17,7 @@ from accounting.services import RecordWrite, usage_records_commit_async
 from gateway_site import db_async, db_executor
 from gateway_site.loops import background_wait
 from tests.accounting.test_ratelimits import Clock
-from tests.accounting.test_record_statement import every_field
-from tests.gateway_site.test_db_async import budgeted, reserve
+from tests.gateway_site.test_db_async import budgeted, fields_now, reserve
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -98,7 +97,7 @@ async def test_a_busy_loop_draws_from_its_lease_without_a_round_trip(statements)
 async def test_drawn_requests_spend_and_the_lease_is_released_after_their_records(statements):
     tenant, budgets, leases, _ = await leased()
     draws = [leases.draw(budgets, CENT) for _ in range(3)]
-    writes = [RecordWrite(fields=every_field(tenant, uuid.uuid4(), "0.004"), budgets=budgets) for _ in draws]
+    writes = [RecordWrite(fields=fields_now(tenant, uuid.uuid4(), "0.004"), budgets=budgets) for _ in draws]
     assert await usage_records_commit_async(writes[:2], on_alert=no_alerts) is not None
     for draw in draws[:2]:
         draw.settled()

@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from accounting.budgets import _budgets_load, budget_reserve
 from accounting.models import Budget, BudgetPeriod, UsageRecord
@@ -38,7 +39,7 @@ def requests(count: int) -> None:
     for _ in range(count):
         request_id = uuid.uuid4()
         reservation = budget_reserve(budgets=budgets, request_id=str(request_id), estimate=Decimal("0.10"))
-        usage_records_commit([RecordWrite(fields=every_field(tenant, request_id, "0.01"), budgets=budgets,
+        usage_records_commit([RecordWrite(fields=every_field(tenant, request_id, "0.01", created_at=timezone.now()), budgets=budgets,
                                           reservation=reservation)])
 
 

@@ -36,10 +36,13 @@ def budgeted(thresholds=()):
     return tenant, _budgets_load(tenant.pk, 0)
 
 
-def every_field(tenant, request_id: uuid.UUID, cost: str) -> dict:
-    """A record with a value other than its default in every field that has one."""
+def every_field(tenant, request_id: uuid.UUID, cost: str, *, created_at: datetime = NOW) -> dict:
+    """A record with a value other than its default in every field that has one. A record whose
+    budget was reserved at the current time (the event loop's hold, which takes no `now`) must be
+    created at the current time too (`created_at=timezone.now()`): its settlement is to the period
+    of `created_at`."""
     return {
-        "request_id": request_id, "response_id": "chatcmpl-1", "created_at": NOW, "tenant_id": tenant.pk,
+        "request_id": request_id, "response_id": "chatcmpl-1", "created_at": created_at, "tenant_id": tenant.pk,
         "api_key_id": None, "endpoint": "chat.completions", "requested_model": "gpt-4o-mini",
         "provider_id": None, "provider_name": "fake", "served_model": "gpt-4o-mini-2024-07-18",
         "prompt_tokens": 12, "completion_tokens": 34, "usage_estimated": True, "cost_usd": Decimal(cost),

@@ -14,6 +14,7 @@ from decimal import Decimal
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import OperationalError, connection, connections
+from django.utils import timezone
 
 from accounting import budgets as budgets_module
 from accounting.budgets import BudgetExceeded, _budgets_load, budget_reserve_async
@@ -50,6 +51,11 @@ def budgeted(amount="10.00", thresholds=()):
     Budget.objects.create(tenant=tenant, amount_usd=Decimal(amount), period="monthly", hard=True,
                           alert_thresholds=list(thresholds))
     return tenant, _budgets_load(tenant.pk, 0)
+
+
+def fields_now(tenant, request_id: uuid.UUID, cost: str) -> dict:
+    """`every_field` created now: the loop's hold reserves in the current period."""
+    return every_field(tenant, request_id, cost, created_at=timezone.now())
 
 
 async def reserve(budgets, estimate="0.50"):
@@ -90,8 +96,8 @@ async def test_records_settle_and_raise_alerts_in_the_loop(monkeypatch):
         raised.extend(ids)
 
     writes = [
-        RecordWrite(fields=every_field(tenant, uuid.UUID(request_id), "0.60"), budgets=budgets, reservation=reservation),
-        RecordWrite(fields=every_field(tenant, uuid.uuid4(), "0.01"), budgets=budgets),
+        RecordWrite(fields=fields_now(tenant, uuid.UUID(request_id), "0.60"), budgets=budgets, reservation=reservation),
+        RecordWrite(fields=fields_now(tenant, uuid.uuid4(), "0.01"), budgets=budgets),
     ]
     ids = await usage_records_commit_async(writes, on_alert=on_alert)
 
@@ -112,14 +118,14 @@ async def test_a_period_row_deleted_meanwhile_leaves_the_record_to_the_general_p
     async def on_alert(ids):
         raise AssertionError(ids)
 
-    writes = [RecordWrite(fields=every_field(tenant, uuid.UUID(request_id), "0.25"), budgets=budgets, reservation=reservation)]
+    writes = [RecordWrite(fields=fields_now(tenant, uuid.UUID(request_id), "0.25"), budgets=budgets, reservation=reservation)]
     assert await usage_records_commit_async(writes, on_alert=on_alert) is None
     assert await UsageRecord.objects.acount() == 0  # nothing written: the thread's transaction writes it
 
 
 async def test_kept_content_goes_to_the_general_path():
     tenant, budgets = await budgeted()
-    fields = every_field(tenant, uuid.uuid4(), "0.25") | {"content": {"messages": [], "completion": "hi"}}
+    fields = fields_now(tenant, uuid.uuid4(), "0.25") | {"content": {"messages": [], "completion": "hi"}}
 
     async def on_alert(ids):
         raise AssertionError(ids)
@@ -133,7 +139,7 @@ async def test_the_loops_commits_wait_for_the_wal_flush_unless_configured(settin
     tenant, budgets = await budgeted()
     await reserve(budgets)  # the period's first request finds its row on a thread
     request_id, reservation = await reserve(budgets)  # on the loop's connection
-    writes = [RecordWrite(fields=every_field(tenant, uuid.UUID(request_id), "0.25"), budgets=budgets,
+    writes = [RecordWrite(fields=fields_now(tenant, uuid.UUID(request_id), "0.25"), budgets=budgets,
                           reservation=reservation)]
 
     assert await usage_records_commit_async(writes, on_alert=_refuse) is not None
@@ -173,7 +179,7 @@ async def test_a_broker_that_fails_costs_the_alert_notice_not_the_records(monkey
         raise ConnectionError("broker down")
 
     monkeypatch.setattr(record_module, "_alert_enqueue", broker_down)
-    writes = [RecordWrite(fields=every_field(tenant, uuid.UUID(request_id), "0.60"), budgets=budgets, reservation=reservation)]
+    writes = [RecordWrite(fields=fields_now(tenant, uuid.UUID(request_id), "0.60"), budgets=budgets, reservation=reservation)]
 
     outcomes = await record_module._records_write(writes, retry=False)
 
@@ -298,7 +304,7 @@ async def test_the_loops_statement_writes_every_field_as_the_orm_does():
 
     tenant, budgets = await budgeted()
     await reserve(budgets)  # the period row is known
-    given = every_field(tenant, uuid.uuid4(), "0.25")
+    given = fields_now(tenant, uuid.uuid4(), "0.25")
     sparse = {name: given[name] for name in ("request_id", "tenant_id", "endpoint", "cost_usd", "status")}
     [full_id] = await usage_records_commit_async([RecordWrite(fields=given, budgets=budgets)], on_alert=_refuse)
     [sparse_id] = await usage_records_commit_async(
