@@ -9,9 +9,12 @@ database connection or transaction while a provider is awaited.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
+
+from django.db import InterfaceError, OperationalError
 
 from accounting.auth import api_key_authenticate, bearer_token
 from accounting.budget_leases import budget_lease_draw
@@ -34,6 +37,8 @@ from routing.record import prompt_estimate, record, record_cancelled, record_fai
 from routing.relay import choice_texts, first_chunk_sender, stream_relay
 from routing.selection import RoutePlan, route_hints, route_select
 from routing.structured import StructuredOutputInvalid, output_problem, repair_payload, required_schema
+
+logger = logging.getLogger(__name__)
 
 # Output tokens assumed for a budget reservation when neither the request nor the model caps them.
 DEFAULT_OUTPUT_RESERVE = 4096
@@ -76,9 +81,23 @@ async def chat_parsed(call: Call, *, body: dict, headers) -> dict | AsyncIterato
     except asyncio.CancelledError:
         await record_cancelled(call)
         raise
+    except (OperationalError, InterfaceError):
+        raise  # the database is unreachable: the view answers 503 (`gateway_site.http.allow_methods`)
+    except Exception:
+        await _record_unexpected(call)
+        raise
     answer["id"] = call.response_id
     await record(call, status="success", completion_text="".join(choice_texts(answer)))
     return answer
+
+
+async def _record_unexpected(call: Call) -> None:
+    """A request that failed on a bug of the gateway (the client gets a 500) still gets its one
+    record, which releases what it reserved or drew on a budget; the bug itself is raised on."""
+    try:
+        await record_failure(call, GatewayError("The gateway failed to handle this request."))
+    except Exception:  # noqa: BLE001 - the original error is the one to raise
+        logger.exception("request %s: its failure could not be recorded", call.request_id)
 
 
 async def _answer(call: Call) -> dict:
@@ -153,6 +172,11 @@ async def embeddings_parsed(call: Call, *, body: dict, headers) -> dict:
         raise
     except asyncio.CancelledError:
         await record_cancelled(call)
+        raise
+    except (OperationalError, InterfaceError):
+        raise  # the database is unreachable: the view answers 503 (`gateway_site.http.allow_methods`)
+    except Exception:
+        await _record_unexpected(call)
         raise
     call.usage = result.usage
     await record(call, status="success")

@@ -281,6 +281,34 @@ async def test_body_too_large_is_413(gateway):
     assert_openai_error(response, 413, code="request_too_large")
 
 
+# --- errors: the gateway's own -------------------------------------------------------------------
+@pytest.mark.parametrize("path, body", [
+    ("/v1/chat/completions", chat_body()),
+    ("/v1/embeddings", json.dumps({"model": "text-embedding-3-small", "input": "hello"})),
+])
+async def test_a_bug_is_a_500_in_the_apis_shape_and_still_recorded_and_released(gateway, monkeypatch, path, body):
+    """A request that fails on a bug of the gateway (here: once its budget is reserved) still gets
+    its one UsageRecord, which releases the reservation."""
+    from accounting.models import Budget, BudgetPeriod
+    from routing import pipeline
+
+    await Budget.objects.acreate(tenant=gateway.tenant, amount_usd=Decimal("10"), period="monthly", hard=True)
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(pipeline, "attempts_run", broken)
+    client = AsyncClient(raise_request_exception=False)
+    response = await client.post(path, body, content_type="application/json", headers=gateway.auth)
+
+    assert response.status_code == 500
+    assert response.json()["error"]["type"] == "api_error"
+    [record] = await records()
+    assert (record.status, record.http_status, record.error_class) == ("error", 500, "internal")
+    period = await BudgetPeriod.objects.aget()
+    assert period.reserved_usd == 0 and period.spent_usd == record.cost_usd
+
+
 # --- errors: upstream side -----------------------------------------------------------------------
 @pytest.mark.parametrize(
     "directive, status, error_class",
