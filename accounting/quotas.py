@@ -162,8 +162,19 @@ def _refusals_note(rules: tuple[RateLimitRule, ...]) -> None:
         _refused[rule.scope] = now
 
 
-async def rate_limit_settle(*, charge: Charge, actual_tokens: int) -> None:
-    """Give back what the estimate over-charged, or take what it under-charged."""
+def rate_limit_settle_now(*, charge: Charge, actual_tokens: int) -> list[Limit]:
+    """`rate_limit_settle` of what can be settled without waiting (the in-process buckets, or this
+    process's leases of the Redis ones); returns the token limits left for `rate_limit_settle`."""
+    difference = actual_tokens - charge.tokens
+    if not difference:
+        return []
+    store = rate_limit_store()
+    return [limit for limit in charge.token_limits if not store.change_now(limit, -difference)]
+
+
+async def rate_limit_settle(*, charge: Charge, actual_tokens: int, limits: list[Limit] | None = None) -> None:
+    """Give back what the estimate over-charged, or take what it under-charged (on `limits`, by
+    default every token limit of the charge)."""
     difference = actual_tokens - charge.tokens
     if not difference:
         return
@@ -171,5 +182,5 @@ async def rate_limit_settle(*, charge: Charge, actual_tokens: int) -> None:
     # Together, so that they share one Redis pipeline.
     await asyncio.gather(*(
         store.refund(limit, -difference) if difference < 0 else store.adjust(limit, difference)
-        for limit in charge.token_limits
+        for limit in (charge.token_limits if limits is None else limits)
     ))

@@ -145,6 +145,12 @@ class RateLimitStore:
     async def adjust(self, limit: Limit, amount: int) -> None:
         raise NotImplementedError
 
+    def change_now(self, limit: Limit, delta: int) -> bool:
+        """A refund (`delta` > 0) or an adjustment (< 0) made without waiting, when the store can
+        (its in-process buckets, or this process's live lease of the Redis bucket); False when
+        it cannot, and then `refund` or `adjust` makes it."""
+        return False
+
     def states_sync(self, limits: list[Limit]) -> dict[str, LimitState]:
         raise NotImplementedError
 
@@ -206,6 +212,10 @@ class LocalRateLimitStore(RateLimitStore):
 
     async def adjust(self, limit: Limit, amount: int) -> None:
         self._add(limit, -_amount(amount))
+
+    def change_now(self, limit: Limit, delta: int) -> bool:
+        self._add(limit, delta)
+        return True
 
     def _add(self, limit: Limit, delta: int) -> None:
         now = self.clock()
@@ -413,6 +423,9 @@ class RedisRateLimitStore(RateLimitStore):
         if self._lease_change(limit, -_amount(amount)):
             return
         await self._add(limit, -_amount(amount), lambda local: local.adjust(limit, amount))
+
+    def change_now(self, limit: Limit, delta: int) -> bool:
+        return self._lease_change(limit, delta)
 
     def _lease_change(self, limit: Limit, delta: int) -> bool:
         """A refund or a correction made on the bucket's live lease, if it has one that covers it

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from django.conf import settings
 
 from gateway_site.errors import NoDeploymentAvailable, ProviderError
-from gateway_site.loops import background
 from providers.adapters import Adapter
 from providers.http import adapter_for
 from providers.selectors import Deployment
@@ -189,9 +188,9 @@ async def _success_note(plan: RoutePlan, deployment: Deployment, started: float,
 
 
 def _health_note(deployment: Deployment, **sample) -> None:
-    """Health is statistics: written in the background, never waited for by the request (the
+    """Health is statistics: counted in the background, never waited for by the request (the
     breaker's bookkeeping, which decides where the next request goes, is waited for)."""
-    background(health_store().record(deployment.key, **sample), what="deployment health record")
+    health_store().note(deployment.key, **sample)
 
 
 async def stream_failure_note(plan: RoutePlan, deployment: Deployment, exc: ProviderError) -> None:

@@ -11,11 +11,13 @@ sample taken as is), so recent requests count most and no history needs to be ke
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from gateway_site.loops import PerLoop, background
 from gateway_site.redis_client import RedisConnections, RedisFallback, shared_store
 from routing.breakers import KEY_TTL_SECONDS
 
@@ -43,6 +45,24 @@ def ewma(old: float | None, sample: float, *, alpha: float) -> float:
     return sample if old is None else old + alpha * (sample - old)
 
 
+@dataclass(frozen=True)
+class _Sample:
+    """One attempt, as counted: its error already cut, `at` its wall-clock time."""
+
+    ok: bool
+    latency_ms: float
+    ttft_ms: float | None
+    error: str
+    at: float
+
+    @classmethod
+    def of(cls, *, ok: bool, latency_ms: float, ttft_ms: float | None, error: str, now: float) -> _Sample:
+        return cls(ok, latency_ms, ttft_ms, "" if ok else error[:MAX_ERROR_CHARS], now)
+
+    def args(self) -> tuple:
+        return self.at, int(self.ok), self.latency_ms, "" if self.ttft_ms is None else self.ttft_ms, self.error
+
+
 class HealthStore:
     """Where deployment health lives. Every backend keeps the same numbers:
 
@@ -54,11 +74,17 @@ class HealthStore:
     - `latencies`: per key, the ttft EWMA when known, else the latency EWMA, else None; one round
       trip for all keys.
     - `snapshot` and `snapshots_sync` (for the admin): everything above; unknown keys read empty.
+
+    `note` is `record` for the request path: it returns at once, and the sample is counted in the
+    background (on Redis, together with the other samples of this loop's last few milliseconds).
     """
 
     async def record(
         self, key: str, *, ok: bool, latency_ms: float, ttft_ms: float | None = None, error: str = ""
     ) -> None:
+        raise NotImplementedError
+
+    def note(self, key: str, *, ok: bool, latency_ms: float, ttft_ms: float | None = None, error: str = "") -> None:
         raise NotImplementedError
 
     async def latencies(self, keys: list[str]) -> dict[str, float | None]:
@@ -83,18 +109,28 @@ class LocalHealthStore(HealthStore):
     async def record(
         self, key: str, *, ok: bool, latency_ms: float, ttft_ms: float | None = None, error: str = ""
     ) -> None:
-        now, alpha = self.clock(), self._alpha
+        self.note(key, ok=ok, latency_ms=latency_ms, ttft_ms=ttft_ms, error=error)
+
+    def note(self, key: str, *, ok: bool, latency_ms: float, ttft_ms: float | None = None, error: str = "") -> None:
+        self.samples_apply(key, [_Sample.of(ok=ok, latency_ms=latency_ms, ttft_ms=ttft_ms, error=error, now=self.clock())])
+
+    def samples_apply(self, key: str, samples: list[_Sample]) -> None:
+        """Count `samples`, in order (what the Redis script does with the same samples)."""
+        alpha = self._alpha
         with self._lock:
-            old = self._health.get(key, DeploymentHealth())
-            self._health[key] = DeploymentHealth(
-                requests=old.requests + 1,
-                failures=old.failures + (0 if ok else 1),
-                success_rate=ewma(old.success_rate, 1.0 if ok else 0.0, alpha=alpha),
-                latency_ms=ewma(old.latency_ms, latency_ms, alpha=alpha) if ok else old.latency_ms,
-                ttft_ms=old.ttft_ms if ttft_ms is None else ewma(old.ttft_ms, ttft_ms, alpha=alpha),
-                last_error=old.last_error if ok else error[:MAX_ERROR_CHARS],
-                last_error_at=old.last_error_at if ok else now,
-            )
+            health = self._health.get(key, DeploymentHealth())
+            for sample in samples:
+                ok = sample.ok
+                health = DeploymentHealth(
+                    requests=health.requests + 1,
+                    failures=health.failures + (0 if ok else 1),
+                    success_rate=ewma(health.success_rate, 1.0 if ok else 0.0, alpha=alpha),
+                    latency_ms=ewma(health.latency_ms, sample.latency_ms, alpha=alpha) if ok else health.latency_ms,
+                    ttft_ms=health.ttft_ms if sample.ttft_ms is None else ewma(health.ttft_ms, sample.ttft_ms, alpha=alpha),
+                    last_error=health.last_error if ok else sample.error,
+                    last_error_at=health.last_error_at if ok else sample.at,
+                )
+            self._health[key] = health
 
     async def latencies(self, keys: list[str]) -> dict[str, float | None]:
         return {key: health.ranking_latency_ms for key, health in self.snapshots_sync(keys).items()}
@@ -107,28 +143,37 @@ class LocalHealthStore(HealthStore):
             return {key: self._health.get(key, DeploymentHealth()) for key in keys}
 
 
-# KEYS[1] the health hash; ARGV now, ok (1/0), latency_ms, ttft_ms ('' for none), error, alpha,
-# ttl. Updates every average in one step, so concurrent records from many replicas all count.
+# KEYS[1] the health hash; ARGV alpha, ttl, then five per sample, oldest first: its time, ok (1/0),
+# latency_ms, ttft_ms ('' for none), error. Counts the samples in order in one step, so concurrent
+# records from many replicas all count, and a loop's samples of a few milliseconds are one call.
 _RECORD = """
 local key = KEYS[1]
-local alpha = tonumber(ARGV[6])
-local function ewma(field, sample)
-  local old = tonumber(redis.call('HGET', key, field))
-  local new = sample
-  if old then new = old + alpha * (sample - old) end
-  redis.call('HSET', key, field, string.format('%.17g', new))
+local alpha = tonumber(ARGV[1])
+local now = redis.call('HMGET', key, 'success_rate', 'latency_ms', 'ttft_ms')
+local rate, latency, ttft = tonumber(now[1]), tonumber(now[2]), tonumber(now[3])
+local function ewma(old, sample)
+  if old then return old + alpha * (sample - old) end
+  return sample
 end
-redis.call('HINCRBY', key, 'requests', 1)
-if ARGV[2] == '1' then
-  ewma('success_rate', 1)
-  ewma('latency_ms', tonumber(ARGV[3]))
-else
-  ewma('success_rate', 0)
-  redis.call('HINCRBY', key, 'failures', 1)
-  redis.call('HSET', key, 'last_error', ARGV[5], 'last_error_at', ARGV[1])
+local requests, failures = 0, 0
+for i = 3, #ARGV, 5 do
+  requests = requests + 1
+  if ARGV[i + 1] == '1' then
+    rate = ewma(rate, 1)
+    latency = ewma(latency, tonumber(ARGV[i + 2]))
+  else
+    rate = ewma(rate, 0)
+    failures = failures + 1
+    redis.call('HSET', key, 'last_error', ARGV[i + 4], 'last_error_at', ARGV[i])
+  end
+  if ARGV[i + 3] ~= '' then ttft = ewma(ttft, tonumber(ARGV[i + 3])) end
 end
-if ARGV[4] ~= '' then ewma('ttft_ms', tonumber(ARGV[4])) end
-redis.call('EXPIRE', key, ARGV[7])
+redis.call('HINCRBY', key, 'requests', requests)
+if failures > 0 then redis.call('HINCRBY', key, 'failures', failures) end
+for field, value in pairs({success_rate = rate, latency_ms = latency, ttft_ms = ttft}) do
+  redis.call('HSET', key, field, string.format('%.17g', value))
+end
+redis.call('EXPIRE', key, ARGV[2])
 return 1
 """
 
@@ -149,6 +194,14 @@ def _health_from(fields: dict[str, str]) -> DeploymentHealth:
     )
 
 
+@dataclass
+class _Pending:
+    """One loop's samples not yet sent to Redis, per key, and whether their sender is running."""
+
+    samples: dict[str, list[_Sample]] = field(default_factory=dict)
+    sending: bool = False
+
+
 class RedisHealthStore(HealthStore):
     """Health in Redis, one hash per key (`{prefix}:health:{key}`), updated by one Lua script."""
 
@@ -162,6 +215,7 @@ class RedisHealthStore(HealthStore):
             what="deployment health", make_local=lambda: LocalHealthStore(clock=clock, alpha=alpha),
             retry_after=retry_after,
         )
+        self._pending: PerLoop[_Pending] = PerLoop(_Pending)
 
     def _key(self, key: str) -> str:
         return f"{self._prefix}:health:{key}"
@@ -169,16 +223,40 @@ class RedisHealthStore(HealthStore):
     async def record(
         self, key: str, *, ok: bool, latency_ms: float, ttft_ms: float | None = None, error: str = ""
     ) -> None:
+        await self._samples_send(key, [self._sample(ok=ok, latency_ms=latency_ms, ttft_ms=ttft_ms, error=error)])
+
+    def note(self, key: str, *, ok: bool, latency_ms: float, ttft_ms: float | None = None, error: str = "") -> None:
+        """The sample joins this loop's pending ones; the first of them starts their sender, which
+        sends all that have come meanwhile, one script call per key, with the loop's next Redis
+        call (`RedisConnections.script(deferred=True)`, at most `SCRIPT_DEFER_SECONDS` later)."""
+        pending = self._pending.get()
+        pending.samples.setdefault(key, []).append(
+            self._sample(ok=ok, latency_ms=latency_ms, ttft_ms=ttft_ms, error=error))
+        if not pending.sending:
+            pending.sending = True
+            background(self._pending_send(pending), what="deployment health record")
+
+    def _sample(self, **sample) -> _Sample:
+        return _Sample.of(**sample, now=self.clock())
+
+    async def _pending_send(self, pending: _Pending) -> None:
+        try:
+            while pending.samples:
+                samples, pending.samples = pending.samples, {}
+                await asyncio.gather(*(self._samples_send(key, batch) for key, batch in samples.items()))
+        finally:
+            pending.sending = False
+
+    async def _samples_send(self, key: str, samples: list[_Sample]) -> None:
         async def remote() -> None:
-            args = [self.clock(), int(ok), latency_ms, "" if ttft_ms is None else ttft_ms,
-                    "" if ok else error[:MAX_ERROR_CHARS], self._alpha, KEY_TTL_SECONDS]
+            args = [self._alpha, KEY_TTL_SECONDS, *(arg for sample in samples for arg in sample.args())]
             # Statistics nobody waits for: they go out with this loop's next Redis call.
             await self._redis.script(_RECORD, keys=[self._key(key)], args=args, deferred=True)
 
-        await self.fallback.run(
-            remote,
-            lambda local: local.record(key, ok=ok, latency_ms=latency_ms, ttft_ms=ttft_ms, error=error),
-        )
+        async def local(store: LocalHealthStore) -> None:
+            store.samples_apply(key, samples)
+
+        await self.fallback.run(remote, local)
 
     async def latencies(self, keys: list[str]) -> dict[str, float | None]:
         async def remote() -> dict[str, float | None]:

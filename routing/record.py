@@ -12,7 +12,7 @@ from django.db import InterfaceError, OperationalError, close_old_connections
 
 from accounting import tokens
 from accounting.pricing import cost_compute
-from accounting.quotas import rate_limit_settle
+from accounting.quotas import rate_limit_settle, rate_limit_settle_now
 from accounting.services import RecordWrite, usage_records_commit, usage_records_commit_async
 from gateway_site import db_async
 from gateway_site.after_response import after_response
@@ -77,11 +77,14 @@ async def record(
     first_try = asyncio.Event()
     background(_record_commit(call, fields, first_try), what="usage record write")
     if call.charge is not None and call.charge.token_limits:
-        # Not waited for: the next request of this process queues behind it for Redis anyway
-        # (`RedisConnections.script` keeps one loop's calls in order), and a client that goes
-        # away no longer skips it.
+        # In process when a lease covers it; else not waited for: the next request of this process
+        # queues behind it for Redis anyway (`RedisConnections.script` keeps one loop's calls in
+        # order), and a client that goes away no longer skips it.
         actual = fields["prompt_tokens"] + fields["completion_tokens"]
-        background(rate_limit_settle(charge=call.charge, actual_tokens=actual), what="rate limit settle")
+        left = rate_limit_settle_now(charge=call.charge, actual_tokens=actual)
+        if left:
+            background(rate_limit_settle(charge=call.charge, actual_tokens=actual, limits=left),
+                       what="rate limit settle")
     # Normally the record is written when this returns; while the database does not answer, the
     # client gets its answer and the write goes on in the background (`_record_commit`).
     await first_try.wait()

@@ -416,6 +416,23 @@ async def test_refunds_and_corrections_go_to_a_live_lease(make_redis_store, redi
     assert level_in_redis(redis_prefix, tpm) == before - 50
 
 
+async def test_a_settlement_covered_by_a_live_lease_is_made_without_waiting(make_redis_store, redis_prefix, clock):
+    """`change_now` (a request's token correction on its way out): in the lease when it covers
+    it, nothing awaited; else False, and the caller sends it to Redis (`refund`/`adjust`)."""
+    tpm = Limit("key:7:tpm", "tokens", 600_000)
+    store = make_redis_store(clock=clock, lease_seconds=0.1)
+    await busy_second(store, clock, tpm, takes=100, amount=100)
+    assert (await store.acquire([tpm], {tpm.name: 100})).allowed  # and a lease of 1,000 tokens
+    before = level_in_redis(redis_prefix, tpm)
+
+    assert store.change_now(tpm, 60) and store.change_now(tpm, -500)
+
+    assert store.acquire_now([tpm], {tpm.name: 560}) is not None  # 1,000 + 60 - 500
+    assert not store.change_now(tpm, -50)  # the lease cannot pay for it
+    assert level_in_redis(redis_prefix, tpm) == before  # nothing of it went to Redis here
+    assert LocalRateLimitStore(clock=clock).change_now(tpm, -50)  # in process: always at once
+
+
 async def test_leases_are_off_at_zero_seconds(make_redis_store, redis_prefix, clock):
     store = make_redis_store(clock=clock, lease_seconds=0)
     await busy_second(store, clock)

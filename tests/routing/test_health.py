@@ -16,6 +16,7 @@ from routing.health import (
     RedisHealthStore,
     health_store,
 )
+from gateway_site.loops import background_wait
 from tests.conftest import free_port
 
 NOW = 1_700_000_000.0
@@ -125,6 +126,62 @@ async def test_concurrent_records_all_count(store):
     await asyncio.gather(*[store.record("12", ok=i % 2 == 0, latency_ms=100) for i in range(50)])
     health = await store.snapshot("12")
     assert (health.requests, health.failures, health.latency_ms) == (50, 25, pytest.approx(100.0))
+
+
+async def test_noted_samples_count_as_recorded_ones_in_order(store, clock):
+    """`note` (the request path's) returns at once; its samples, counted in the background, come to
+    the same figures as `record` of the same sequence."""
+    store.note("12", ok=True, latency_ms=100)
+    store.note("12", ok=True, latency_ms=200, ttft_ms=20)
+    clock.now += 5
+    store.note("12", ok=False, latency_ms=999, error="x" * 1000)
+    store.note("12", ok=True, latency_ms=300, ttft_ms=40)
+    store.note("other", ok=True, latency_ms=7)
+    await background_wait()
+
+    health = await store.snapshot("12")
+    assert (health.requests, health.failures) == (4, 1)
+    assert health.success_rate == pytest.approx(0.91)
+    assert health.latency_ms == pytest.approx(129.0)
+    assert health.ttft_ms == pytest.approx(22.0)
+    assert (health.last_error, health.last_error_at) == ("x" * 300, NOW + 5)
+    assert (await store.snapshot("other")).latency_ms == pytest.approx(7.0)
+
+
+async def test_a_loops_noted_samples_go_to_redis_together(redis_prefix, clock):
+    """A burst of samples is a couple of script calls, not one per request."""
+    store = RedisHealthStore(url=settings.REDIS_URL, prefix=redis_prefix, clock=clock, timeout=5.0)
+    connections = store._redis
+    calls = []
+    script = connections.script
+
+    async def counted(source, *, keys, args, deferred=False):
+        calls.append(keys)
+        return await script(source, keys=keys, args=args, deferred=deferred)
+
+    connections.script = counted
+    for i in range(200):
+        store.note("12", ok=i % 4 != 0, latency_ms=100, error="ProviderError: 503")
+        if i % 20 == 0:
+            await asyncio.sleep(0)  # requests come and go meanwhile
+    await background_wait()
+
+    health = await store.snapshot("12")
+    assert (health.requests, health.failures) == (200, 50)
+    assert len(calls) <= 3, calls
+    assert store.fallback.local_calls == 0
+    await store.aclose()
+
+
+async def test_noted_samples_are_counted_in_process_while_redis_is_down(clock):
+    store = RedisHealthStore(url=f"redis://127.0.0.1:{free_port()}/0", prefix="down", clock=clock, timeout=0.2)
+    store.note("12", ok=True, latency_ms=100)
+    store.note("12", ok=False, latency_ms=5, error="ConnectError: refused")
+    await background_wait()
+
+    health = await store.snapshot("12")
+    assert (health.requests, health.failures, health.latency_ms) == (2, 1, pytest.approx(100.0))
+    await store.aclose()
 
 
 async def test_two_redis_stores_share_health(redis_prefix, clock):
