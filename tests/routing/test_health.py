@@ -168,7 +168,9 @@ async def test_a_loops_noted_samples_go_to_redis_together(redis_prefix, clock):
 
     health = await store.snapshot("12")
     assert (health.requests, health.failures) == (200, 50)
-    assert len(calls) <= 3, calls
+    # Two or three here (the first sample's call, then what came while it waited); one more per
+    # 50 ms the loop might stall on a loaded machine; one per sample before.
+    assert len(calls) < 10, calls
     assert store.fallback.local_calls == 0
     await store.aclose()
 
