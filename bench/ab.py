@@ -109,6 +109,8 @@ def main() -> int:
                         help="a setting of the base's gateway: with --base HEAD, compares two settings of one "
                              "revision; repeatable")
     args = parser.parse_args()
+    for share, pid, command in servers.busy_elsewhere()[:5]:
+        print(f"warning: busy before the run: {share:.0%} of a core, pid {pid} `{command}`", file=sys.stderr, flush=True)
     settings = {"this": dict(s.split("=", 1) for s in args.setting),
                 "base": dict(s.split("=", 1) for s in args.base_setting)}
 

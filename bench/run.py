@@ -225,6 +225,12 @@ def main() -> int:
     workdir = servers.workdir_create()
     data = {"started": stamp, "duration": args.duration, "workers": args.workers, "uptime_before": _uptime(),
             "nproc": os.cpu_count(), "servers": {}, "notes": []}
+    busy = servers.busy_elsewhere()
+    if busy:
+        data["notes"].append("Busy before the run (share of a core over one second): " + "; ".join(
+            f"{share:.0%} pid {pid} `{command}`" for share, pid, command in busy[:5]
+        ) + ". Those processes compete with the servers measured here.")
+        print("warning: " + data["notes"][-1], file=sys.stderr, flush=True)
     started: list[Server] = []
     try:
         upstream = servers.upstream_start(workdir)

@@ -99,6 +99,22 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLOCK_TICKS
 
 
+def busy_elsewhere(seconds: float = 1.0, *, at_least: float = 0.02) -> list[tuple[float, int, str]]:
+    """The processes that used at least `at_least` of a core during `seconds` before a run, as
+    (share of a core, pid, command line), busiest first: a benchmark beside them measures them too
+    (a run once met a dozen servers a failed test run had left behind)."""
+    mine = set(process_tree(os.getpid()))
+    pids = [int(entry) for entry in os.listdir("/proc") if entry.isdigit() and int(entry) not in mine]
+    before = {pid: cpu_seconds([pid]) for pid in pids}
+    time.sleep(seconds)
+    busy = []
+    for pid, used in before.items():
+        share = (cpu_seconds([pid]) - used) / seconds
+        if share >= at_least:
+            busy.append((share, pid, _cmdline(pid)[:120] or f"[{pid}]"))
+    return sorted(busy, reverse=True)
+
+
 def rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
