@@ -149,8 +149,8 @@ class LocalHealthStore(HealthStore):
 _RECORD = """
 local key = KEYS[1]
 local alpha = tonumber(ARGV[1])
-local now = redis.call('HMGET', key, 'success_rate', 'latency_ms', 'ttft_ms')
-local rate, latency, ttft = tonumber(now[1]), tonumber(now[2]), tonumber(now[3])
+local kept = redis.call('HMGET', key, 'success_rate', 'latency_ms', 'ttft_ms')
+local rate, latency, ttft = tonumber(kept[1]), tonumber(kept[2]), tonumber(kept[3])
 local function ewma(old, sample)
   if old then return old + alpha * (sample - old) end
   return sample
