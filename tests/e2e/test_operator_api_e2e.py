@@ -12,7 +12,7 @@ import openai
 import pytest
 from openapi_spec_validator import validate
 
-from tests.e2e.conftest import manage
+from tests.e2e.conftest import manage, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -63,9 +63,16 @@ def test_provider_health_counts_the_requests_it_served(stack, ops):
     providers = ops.get("/v1/providers").json()["results"]
     fake = next(p for p in providers if p["name"] == "fake")
     assert chat(stack, stack.api_key)
-    health = ops.get(f"/v1/providers/{fake['id']}/health").json()
-    by_alias = {d["alias"]: d for d in health["deployments"]}
-    assert health["status"] == "healthy" and by_alias["gpt-4o-mini"]["health"]["requests"] >= 1
+
+    def counted():
+        # Health samples reach Redis in the background, at most 50 ms after the answer
+        # (docs/routing.md): read until this request's is there.
+        health = ops.get(f"/v1/providers/{fake['id']}/health").json()
+        by_alias = {d["alias"]: d for d in health["deployments"]}
+        return health if by_alias["gpt-4o-mini"]["health"]["requests"] >= 1 else None
+
+    health = wait_for(counted, what="the request in the provider's health", timeout=5)
+    assert health["status"] == "healthy"
     assert "secret" not in httpx.get(f"{stack.base_url}/v1/provider-keys", headers=ops.headers).text
 
 
