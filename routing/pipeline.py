@@ -75,29 +75,28 @@ async def chat_parsed(call: Call, *, body: dict, headers) -> dict | AsyncIterato
             stream, first = await _attempt(call, first_chunk_sender(call))
             return cache_stream_tee(call, stream_relay(call, stream, first))
         answer = await cache_fill(call, lambda: _answer(call))
-    except GatewayError as exc:
-        await record_failure(call, exc)
-        raise
-    except asyncio.CancelledError:
-        await record_cancelled(call)
-        raise
-    except (OperationalError, InterfaceError):
-        raise  # the database is unreachable: the view answers 503 (`gateway_site.http.allow_methods`)
-    except Exception:
-        await _record_unexpected(call)
+    except BaseException as exc:
+        await _failure_record(call, exc)
         raise
     answer["id"] = call.response_id
     await record(call, status="success", completion_text="".join(choice_texts(answer)))
     return answer
 
 
-async def _record_unexpected(call: Call) -> None:
-    """A request that failed on a bug of the gateway (the client gets a 500) still gets its one
-    record, which releases what it reserved or drew on a budget; the bug itself is raised on."""
-    try:
-        await record_failure(call, GatewayError("The gateway failed to handle this request."))
-    except Exception:  # noqa: BLE001 - the original error is the one to raise
-        logger.exception("request %s: its failure could not be recorded", call.request_id)
+async def _failure_record(call: Call, exc: BaseException) -> None:
+    """The record of a request that ended in `exc`: its error; a cancellation (the client left, or
+    a worker's shutdown cut it); a bug of the gateway (the client gets a 500), which still gets its
+    one record, so that what it reserved or drew on a budget is released. None while the database
+    is unreachable (the view answers 503, `gateway_site.http.allow_methods`)."""
+    if isinstance(exc, GatewayError):
+        await record_failure(call, exc)
+    elif isinstance(exc, asyncio.CancelledError):
+        await record_cancelled(call)
+    elif isinstance(exc, Exception) and not isinstance(exc, (OperationalError, InterfaceError)):
+        try:
+            await record_failure(call, GatewayError("The gateway failed to handle this request."))
+        except Exception:  # noqa: BLE001 - the original error is the one to raise
+            logger.exception("request %s: its failure could not be recorded", call.request_id)
 
 
 async def _answer(call: Call) -> dict:
@@ -167,16 +166,8 @@ async def embeddings_parsed(call: Call, *, body: dict, headers) -> dict:
         await guard_input(call)
         await _prepare(call, body=body, headers=headers, mode="embedding")
         result = await _attempt(call, lambda adapter, d: adapter.embeddings(call.payload, d.target))
-    except GatewayError as exc:
-        await record_failure(call, exc)
-        raise
-    except asyncio.CancelledError:
-        await record_cancelled(call)
-        raise
-    except (OperationalError, InterfaceError):
-        raise  # the database is unreachable: the view answers 503 (`gateway_site.http.allow_methods`)
-    except Exception:
-        await _record_unexpected(call)
+    except BaseException as exc:
+        await _failure_record(call, exc)
         raise
     call.usage = result.usage
     await record(call, status="success")
