@@ -87,6 +87,11 @@ class HealthStore:
     def note(self, key: str, *, ok: bool, latency_ms: float, ttft_ms: float | None = None, error: str = "") -> None:
         raise NotImplementedError
 
+    clock: Callable[[], float]
+
+    def _sample(self, **sample) -> _Sample:
+        return _Sample.of(**sample, now=self.clock())
+
     async def latencies(self, keys: list[str]) -> dict[str, float | None]:
         raise NotImplementedError
 
@@ -112,7 +117,7 @@ class LocalHealthStore(HealthStore):
         self.note(key, ok=ok, latency_ms=latency_ms, ttft_ms=ttft_ms, error=error)
 
     def note(self, key: str, *, ok: bool, latency_ms: float, ttft_ms: float | None = None, error: str = "") -> None:
-        self.samples_apply(key, [_Sample.of(ok=ok, latency_ms=latency_ms, ttft_ms=ttft_ms, error=error, now=self.clock())])
+        self.samples_apply(key, [self._sample(ok=ok, latency_ms=latency_ms, ttft_ms=ttft_ms, error=error)])
 
     def samples_apply(self, key: str, samples: list[_Sample]) -> None:
         """Count `samples`, in order (what the Redis script does with the same samples)."""
@@ -235,9 +240,6 @@ class RedisHealthStore(HealthStore):
         if not pending.sending:
             pending.sending = True
             background(self._pending_send(pending), what="deployment health record")
-
-    def _sample(self, **sample) -> _Sample:
-        return _Sample.of(**sample, now=self.clock())
 
     async def _pending_send(self, pending: _Pending) -> None:
         try:
