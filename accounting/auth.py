@@ -58,8 +58,13 @@ async def api_key_authenticate(*, raw_key: str | None) -> ApiKeyContext:
         raise AuthenticationFailed(
             "Missing API key. Send it as 'Authorization: Bearer <key>'.", code="missing_api_key"
         )
-    hashed = api_key_hash(raw_key)
-    context = await _lookup(hashed)
+    return await api_key_authenticate_hashed(hashed_key=api_key_hash(raw_key))
+
+
+async def api_key_authenticate_hashed(*, hashed_key: str) -> ApiKeyContext:
+    """`api_key_authenticate` for a holder of the key's hash, not the key: a WebSocket checks its
+    key again on every request (revoked, expired, tenant deactivated) without keeping the secret."""
+    context = await _lookup(hashed_key)
     if context is None or context.revoked or not context.tenant_active:
         raise AuthenticationFailed("Invalid API key.")
     if context.expires_at is not None and context.expires_at <= timezone.now():

@@ -156,10 +156,11 @@ def config_caches_clear() -> None:
     """
     from accounting.auth import auth_cache_clear
     from accounting.budgets import budget_cache_clear
+    from accounting.members import member_cache_clear
     from accounting.quotas import quota_cache_clear
     from routing.selectors import routing_table_clear
 
-    for clear in (auth_cache_clear, budget_cache_clear, quota_cache_clear, routing_table_clear):
+    for clear in (auth_cache_clear, budget_cache_clear, member_cache_clear, quota_cache_clear, routing_table_clear):
         clear()
 
 

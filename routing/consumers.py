@@ -1,23 +1,29 @@
 """The WebSocket chat protocol at /v1/ws/chat (docs/websocket.md), on the same pipeline as HTTP.
 
 One socket carries many requests at once, told apart by the client's ids. The socket is
-authenticated once, on connect (an `Authorization: Bearer` header, or a dashboard user's session
-from the same origin) or by a first `auth` message, and that authentication is kept for the
-socket. Never from the query string, where keys end up in access logs.
+authenticated on connect (an `Authorization: Bearer` header, or a dashboard user's session from
+the same origin) or by a first `auth` message; never from the query string, where keys end up in
+access logs. Every `chat.request` checks that credential again, as fresh as HTTP checks a key (the
+same cached lookups): a key revoked or expired, a tenant deactivated, a member logged out or
+removed ends the socket with 4401 before the request reaches the pipeline. The consumer keeps the
+key's hash for this, never the key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlparse
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from accounting.auth import ApiKeyContext, api_key_authenticate, bearer_token
-from accounting.members import member_context
+from accounting.auth import ApiKeyContext, api_key_authenticate, api_key_authenticate_hashed, bearer_token
+from accounting.members import member_session_authenticate, member_session_context
+from accounting.services import api_key_hash
 from gateway_site.errors import AuthenticationFailed, DatabaseUnavailable, GatewayError, InvalidRequest
 from routing import pipeline
 from routing.call import Call
@@ -31,6 +37,8 @@ REQUEST_FIELDS_EXCLUDED = {"type", "id"}
 class ChatConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         self.auth: ApiKeyContext | None = None
+        # How to check the credential again, per request: the key's hash or the member's session.
+        self.credential: Callable[[], Awaitable[ApiKeyContext]] | None = None
         self.requests: dict[str, asyncio.Task] = {}
         await self.accept()
         if b"api_key" in self.scope.get("query_string", b"") or b"key=" in self.scope.get("query_string", b""):
@@ -71,7 +79,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             ))
             await self.close(code=CLOSE_UNAUTHENTICATED)
         elif kind == "chat.request":
-            await self._chat_start(message)
+            if await self._reauthenticate(message.get("id")):
+                await self._chat_start(message)
         elif kind == "chat.cancel":
             await self._chat_cancel(message)
         else:
@@ -83,9 +92,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         raw_key = bearer_token(headers)
         try:
             if raw_key:
-                self.auth = await api_key_authenticate(raw_key=raw_key)
+                await self._key_authenticate(raw_key)
             elif _same_origin(headers):
-                self.auth = await member_context(user=self.scope.get("user"))
+                await self._member_authenticate()
         except GatewayError as exc:
             await self._fail(None, exc)
             await self.close(code=CLOSE_UNAUTHENTICATED)
@@ -96,9 +105,24 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.auth is not None:
             await self._send({"type": "auth.ok", "tenant": self.auth.tenant_slug})
 
+    async def _key_authenticate(self, raw_key: str | None) -> None:
+        self.auth = await api_key_authenticate(raw_key=raw_key)
+        self.credential = functools.partial(api_key_authenticate_hashed, hashed_key=api_key_hash(raw_key))
+
+    async def _member_authenticate(self) -> None:
+        """A logged-in member of a tenant; anyone else may still send an `auth` message."""
+        user, session = self.scope.get("user"), self.scope.get("session")
+        if user is None or not user.is_authenticated or session is None or not session.session_key:
+            return
+        self.auth = await member_session_context(session_key=session.session_key, user_id=user.pk)
+        if self.auth is not None:
+            self.credential = functools.partial(
+                member_session_authenticate, session_key=session.session_key, user_id=user.pk
+            )
+
     async def _auth_message(self, message: dict) -> None:
         try:
-            self.auth = await api_key_authenticate(raw_key=str(message.get("api_key") or "") or None)
+            await self._key_authenticate(str(message.get("api_key") or "") or None)
         except GatewayError as exc:
             await self._fail(message.get("id"), exc)
             await self.close(code=CLOSE_UNAUTHENTICATED)
@@ -107,6 +131,22 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._database_unavailable()
             return
         await self._send({"type": "auth.ok", "tenant": self.auth.tenant_slug})
+
+    async def _reauthenticate(self, request_id) -> bool:
+        """Check the socket's credential again before a request, as HTTP does for each (and cached as
+        long): a dead one gets an `error` event and the socket is closed with 4401. Requests already
+        running are not checked again; the close cancels those still running (recorded as such)."""
+        try:
+            self.auth = await self.credential()
+        except GatewayError as exc:
+            self.auth = self.credential = None  # frames that arrive before the close are refused too
+            await self._fail(request_id, exc)
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return False
+        except (OperationalError, InterfaceError):  # as a request on the socket says it: stays open
+            await self._fail(request_id, DatabaseUnavailable("The gateway's database is unavailable; retry shortly."))
+            return False
+        return True
 
     async def _database_unavailable(self) -> None:
         """Authentication needs the database and it does not answer: say so, and close with 4503
@@ -129,12 +169,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             ))
             return
         body = {key: value for key, value in message.items() if key not in REQUEST_FIELDS_EXCLUDED}
-        task = asyncio.ensure_future(self._chat_run(request_id, body))
+        task = asyncio.ensure_future(self._chat_run(request_id, body, auth=self.auth))
         self.requests[request_id] = task
         task.add_done_callback(lambda _: self.requests.pop(request_id, None))
 
-    async def _chat_run(self, request_id: str, body: dict) -> None:
-        call = Call(endpoint="chat.completions", auth=self.auth)
+    async def _chat_run(self, request_id: str, body: dict, *, auth: ApiKeyContext) -> None:
+        call = Call(endpoint="chat.completions", auth=auth)
         body["stream"] = True  # deltas as they come; usage always, for chat.done
         body["stream_options"] = {"include_usage": True}
         try:

@@ -4,6 +4,12 @@ A request naming `provider:model` goes to that provider. Otherwise the first mat
 rule names a route group; without one, every provider serving the alias forms an implicit
 priority-fallback group. The client's hints (strategy, preferred and excluded providers) act
 only within that set: they can never reach a deployment the rules did not offer.
+
+A key's allow-list names aliases. A rule's model name is what the operator published: a key that
+allows that name reaches the rule's deployments, whatever their aliases (a key that does not, none
+of them). Without a rule, every deployment the name resolves to (an alias, `provider:alias` or
+`provider:upstream_name`) is checked on its own alias, and those the key may not use are dropped
+before any strategy or hint sees them.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from accounting.auth import ApiKeyContext, model_authorize
-from gateway_site.errors import InvalidRequest, NoDeploymentAvailable
+from gateway_site.errors import InvalidRequest, NoDeploymentAvailable, PermissionDenied
 from providers.selectors import Deployment
 from routing.models import Strategy
 from routing.experiments import variant_pick
@@ -114,8 +120,7 @@ async def route_select(
         plan = RoutePlan(model=model, rule=rule.name, group=rule.group, strategy=rule.group.strategy)
         candidates = _fitting(list(rule.group.deployments), model=model, mode=mode)
     else:
-        candidates = table.catalog.resolve(model, mode=mode)
-        model_authorize(context=auth, alias=candidates[0].alias)
+        candidates = _allowed(table.catalog.resolve(model, mode=mode), auth=auth, model=model)
         group = GroupConfig.implicit(candidates)
         plan = RoutePlan(model=model, rule="", group=group, strategy=group.strategy)
     candidates = _excluded(candidates, hints.exclude)
@@ -132,6 +137,15 @@ def _rule(table, *, auth: ApiKeyContext, model: str, hints: RouteHints) -> Rule 
     return table.rule_for(
         model=model, tenant_id=auth.tenant_id, key_id=auth.key_id, task=hints.task, tags=hints.tags
     )
+
+
+def _allowed(deployments: list[Deployment], *, auth: ApiKeyContext, model: str) -> list[Deployment]:
+    """The deployments whose alias the key allows: `provider:name` matches aliases and upstream
+    names alike, so one name can resolve to deployments of several aliases."""
+    allowed = [d for d in deployments if auth.allows(d.alias)]
+    if not allowed:
+        raise PermissionDenied(f"This API key is not allowed to use the model '{model}'.", param="model")
+    return allowed
 
 
 def _fitting(deployments: list[Deployment], *, model: str, mode: str) -> list[Deployment]:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import pytest
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.utils import timezone
 
 from accounting.models import UsageRecord
 from gateway_site.asgi import application
@@ -200,3 +203,141 @@ async def test_the_channel_layer_is_redis_when_redis_is_configured(settings):
     channel = await layer.new_channel()
     await layer.send(channel, {"type": "probe", "n": 1})
     assert (await layer.receive(channel))["n"] == 1
+
+
+# --- a credential that dies while the socket is open (docs/websocket.md, "Authentication") -------
+# The cache's interval is long here: what ends the socket is the change, cleared at once in the
+# process that made it, not the interval running out.
+LONG_CACHE_SECONDS = 3600
+
+
+async def working(socket: WebsocketCommunicator, *, auth_message: str | None = None) -> None:
+    """Open the socket and have one request answered on it."""
+    assert (await socket.connect())[0]
+    if auth_message is not None:
+        await socket.send_json_to({"type": "auth", "api_key": auth_message})
+    assert (await receive(socket))["type"] == "auth.ok"
+    await socket.send_json_to(request("before"))
+    await until(socket, "chat.done", "before")
+
+
+async def assert_refused_and_closed(socket: WebsocketCommunicator, code: str) -> None:
+    """The next request gets an error with `code`, the socket is closed with 4401, and the request
+    never reached the pipeline: the only UsageRecord is the one of the request before."""
+    await socket.send_json_to(request("after"))
+    event = await receive(socket)
+    assert event["type"] == "error" and event["id"] == "after", event
+    assert event["status"] == 401 and event["error"]["code"] == code
+    assert (await socket.receive_output(timeout=TIMEOUT)) == {"type": "websocket.close", "code": 4401}
+    assert [record.status async for record in UsageRecord.objects.all()] == ["success"]
+
+
+@pytest.mark.parametrize("by_message", [False, True], ids=["header", "auth-message"])
+async def test_a_key_revoked_while_the_socket_is_open_ends_it(gateway, settings, by_message):
+    from accounting.services import api_key_revoke
+
+    settings.GATEWAY_CONFIG_CACHE_SECONDS = LONG_CACHE_SECONDS
+    socket = connect() if by_message else connect(gateway)
+    await working(socket, auth_message=gateway.raw_key if by_message else None)
+    await sync_to_async(api_key_revoke)(key=gateway.key)
+    await assert_refused_and_closed(socket, "invalid_api_key")
+
+
+async def test_a_key_that_expired_while_the_socket_is_open_ends_it(gateway, settings):
+    from accounting.services import api_key_create
+
+    settings.GATEWAY_CONFIG_CACHE_SECONDS = LONG_CACHE_SECONDS
+    key, raw = await sync_to_async(api_key_create)(
+        tenant=gateway.tenant, name="short", expires_at=timezone.now() + timedelta(days=1)
+    )
+    socket = connect(key=raw)
+    await working(socket)
+    key.expires_at = timezone.now() - timedelta(seconds=1)
+    await key.asave(update_fields=["expires_at"])
+    await assert_refused_and_closed(socket, "expired_api_key")
+
+
+async def test_a_tenant_deactivated_while_the_socket_is_open_ends_it(gateway, settings):
+    settings.GATEWAY_CONFIG_CACHE_SECONDS = LONG_CACHE_SECONDS
+    socket = connect(gateway)
+    await working(socket)
+    gateway.tenant.is_active = False
+    await gateway.tenant.asave(update_fields=["is_active"])
+    await assert_refused_and_closed(socket, "invalid_api_key")
+
+
+async def test_requests_on_a_working_key_keep_being_answered(gateway, settings):
+    settings.GATEWAY_CONFIG_CACHE_SECONDS = LONG_CACHE_SECONDS
+    socket = connect(gateway)
+    await working(socket)
+    await socket.send_json_to(request("again"))
+    done, _ = await until(socket, "chat.done", "again")
+    assert done["id"] == "again" and await UsageRecord.objects.acount() == 2
+    await socket.disconnect()
+
+
+# --- a member's session (the playground) ---------------------------------------------------------
+@pytest.fixture
+def member(gateway, django_user_model):
+    """A member of the gateway's tenant, logged in with a real session: (client, user)."""
+    from django.test import Client
+
+    from accounting.models import TenantMembership
+
+    user = django_user_model.objects.create_user(username="mia", password="pw-mia-12345")
+    TenantMembership.objects.create(user=user, tenant=gateway.tenant)
+    client = Client()
+    assert client.login(username="mia", password="pw-mia-12345")
+    return client, user
+
+
+def member_socket(client) -> WebsocketCommunicator:
+    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
+    return WebsocketCommunicator(application, "/v1/ws/chat", headers=[
+        (b"origin", b"http://testserver"), (b"host", b"testserver"), (b"cookie", cookie),
+    ])
+
+
+async def test_a_member_who_logs_out_ends_the_playground_socket(member, settings):
+    settings.GATEWAY_CONFIG_CACHE_SECONDS = LONG_CACHE_SECONDS
+    client, _ = member
+    socket = member_socket(client)
+    await working(socket)
+    response = await sync_to_async(client.post)("/accounts/logout/")
+    assert response.status_code in (200, 302)
+    await assert_refused_and_closed(socket, "session_expired")
+
+
+async def test_a_member_removed_from_the_tenant_ends_the_playground_socket(member, settings):
+    from accounting.models import TenantMembership
+
+    settings.GATEWAY_CONFIG_CACHE_SECONDS = LONG_CACHE_SECONDS
+    client, user = member
+    socket = member_socket(client)
+    await working(socket)
+    await (await TenantMembership.objects.aget(user=user)).adelete()
+    await assert_refused_and_closed(socket, "session_expired")
+
+
+async def test_a_member_deactivated_ends_the_playground_socket(member, settings):
+    settings.GATEWAY_CONFIG_CACHE_SECONDS = LONG_CACHE_SECONDS
+    client, user = member
+    socket = member_socket(client)
+    await working(socket)
+    user.is_active = False
+    await user.asave(update_fields=["is_active"])
+    await assert_refused_and_closed(socket, "session_expired")
+
+
+def test_a_members_session_is_checked_once_per_cache_interval(member, settings, django_assert_num_queries):
+    """The check before each request costs no query while the cached answer is fresh."""
+    from accounting.members import member_cache_clear, member_session_context
+
+    settings.GATEWAY_CONFIG_CACHE_SECONDS = LONG_CACHE_SECONDS
+    client, user = member
+    session_key = client.cookies["sessionid"].value
+    member_cache_clear()
+    first = async_to_sync(member_session_context)(session_key=session_key, user_id=user.pk)
+    with django_assert_num_queries(0):
+        again = async_to_sync(member_session_context)(session_key=session_key, user_id=user.pk)
+    assert first is again and first.tenant_slug == "acme" and first.key_id == 0
