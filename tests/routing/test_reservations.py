@@ -152,6 +152,21 @@ def test_the_repair_prompt_stays_within_what_is_reserved_for_it():
         assert prompt_tokens(repaired["messages"]) <= bound
 
 
+async def test_failed_attempts_are_not_billed_though_the_provider_generated_them(gateway, fake_provider_url):
+    """The documented bound on retries (docs/accounting.md): a non-streamed answer whose connection
+    drops mid-body is retried (the default group: one retry on the one deployment); the provider
+    generated it each time, the record bills what answered: nothing."""
+    budget = await hard_budget(gateway, Decimal("1"))
+    before = await fake_stats(fake_provider_url)
+    response = await ask(gateway, "Hello [[fake disconnect_after=1]]", max_tokens=5)
+    assert response.status_code == 502
+    calls, _, completion = await billed_since(fake_provider_url, before)
+    assert calls == 2 and completion == 2 * 5
+    record = await UsageRecord.objects.aget()
+    assert record.error_class == "connection" and record.cost_usd == 0
+    assert (await settled(budget)).spent_usd == 0
+
+
 # --- n choices --------------------------------------------------------------------------------------
 async def test_n_choices_reserve_every_choice_and_the_prompt_once(gateway, fake_provider_url):
     content, cap = "Name three rivers [[fake chunks=90]]", 100
