@@ -36,7 +36,13 @@ from routing.call import Call
 from routing.record import prompt_estimate, record, record_cancelled, record_failure
 from routing.relay import choice_texts, first_chunk_sender, stream_relay
 from routing.selection import RoutePlan, route_hints, route_select
-from routing.structured import StructuredOutputInvalid, output_problem, repair_payload, required_schema
+from routing.structured import (
+    StructuredOutputInvalid,
+    output_problem,
+    repair_payload,
+    repair_prompt_tokens,
+    required_schema,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -280,7 +286,9 @@ async def _budget_reserve(call: Call) -> None:
             )
 
 
-def _output_cap(call: Call, deployment) -> int | None:
+def _output_cap(call: Call, deployment, *, prompt: int | None = None) -> int | None:
+    """The most tokens one choice of an answer may have (`prompt`: of a call whose prompt is not
+    the request's own, for what is left of the context window)."""
     if call.endpoint == "embeddings":
         return 0
     requested = call.payload.get("max_completion_tokens") or call.payload.get("max_tokens")
@@ -289,21 +297,40 @@ def _output_cap(call: Call, deployment) -> int | None:
     if deployment.max_output_tokens:
         return deployment.max_output_tokens
     if deployment.context_window:
-        return max(deployment.context_window - prompt_estimate(call), 0)
+        return max(deployment.context_window - (prompt_estimate(call) if prompt is None else prompt), 0)
     return DEFAULT_OUTPUT_RESERVE
 
 
 def _max_cost(call: Call) -> Decimal:
-    """The most this request could cost on any deployment it may reach: what a budget reserves."""
+    """The most this request could cost on the deployments it may reach: what a budget reserves.
+
+    Every upstream call the request may make counts, each at the dearest deployment that may serve
+    it (the repair may fail over from the deployment of the first answer): the answer, whose `n`
+    choices are billed up to the output cap each and the prompt once; and, for a structured answer
+    that is not streamed, the repair call (`_structured`), whose prompt is the request's, the first
+    answer (choice 0, up to its output cap) and the instruction (`repair_prompt_tokens`). Retries
+    and fallbacks do not add: only the attempt that answers is billed (docs/accounting.md)."""
     now = time.time()
+    deployments = call.plan.deployments
+    choices = call.payload.get("n") or 1
     prompt = prompt_estimate(call)
-    return max(
-        cost_compute(
-            price=deployment.price_at(now),
-            prompt_tokens=prompt,
-            completion_tokens=_output_cap(call, deployment) or 0,
-        )
-        for deployment in call.plan.deployments
+    calls = [prompt]  # each call's prompt tokens
+    if call.schema is not None and not call.stream:
+        answer = max(_output_cap(call, d) or 0 for d in deployments)
+        calls.append(repair_prompt_tokens(prompt_tokens=prompt, answer_tokens=answer))
+    return sum(
+        (
+            max(
+                cost_compute(
+                    price=d.price_at(now),
+                    prompt_tokens=tokens,
+                    completion_tokens=(_output_cap(call, d, prompt=tokens) or 0) * choices,
+                )
+                for d in deployments
+            )
+            for tokens in calls
+        ),
+        Decimal("0"),
     )
 
 

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import json
 
+from accounting.tokens import TOKENS_PER_MESSAGE
 from gateway_site.errors import GatewayError, InvalidRequest
 
 REPAIR_PROMPT = (
     "Your previous answer did not match the required JSON format: {error}. "
     "Reply again with only the corrected JSON, nothing else."
 )
+# A repair quotes at most this much of the problem, in ASCII (a JSON Schema message repeats the
+# value it rejects, which may be the whole answer): the repair call's prompt then has a bound
+# before the first answer exists, which a budget reserves up front (`repair_prompt_tokens`).
+REPAIR_PROBLEM_MAX_CHARS = 200
 
 
 class StructuredOutputInvalid(GatewayError):
@@ -69,5 +74,22 @@ def output_problem(text: str | None, schema: dict) -> str | None:
 
 def repair_payload(payload: dict, *, answer: str, problem: str) -> dict:
     messages = [*payload["messages"], {"role": "assistant", "content": answer},
-                {"role": "user", "content": REPAIR_PROMPT.format(error=problem)}]
+                {"role": "user", "content": _repair_instruction(problem)}]
     return {**payload, "messages": messages}
+
+
+def _repair_instruction(problem: str) -> str:
+    quoted = problem.encode("ascii", "backslashreplace").decode()
+    if len(quoted) > REPAIR_PROBLEM_MAX_CHARS:
+        quoted = quoted[: REPAIR_PROBLEM_MAX_CHARS - 3] + "..."
+    return REPAIR_PROMPT.format(error=quoted)
+
+
+def repair_prompt_tokens(*, prompt_tokens: int, answer_tokens: int) -> int:
+    """The most prompt tokens of the repair call (`repair_payload`) of a request whose prompt is
+    `prompt_tokens` and whose first answer is at most `answer_tokens`, counted as
+    `accounting.tokens.prompt_tokens` counts: two more messages, the answer and the instruction.
+    The instruction is ASCII, so its tokens are at most its bytes (a byte-level BPE token is at
+    least one byte, whichever tokenizer the provider uses)."""
+    instruction = len(REPAIR_PROMPT.format(error="")) + REPAIR_PROBLEM_MAX_CHARS
+    return prompt_tokens + 2 * TOKENS_PER_MESSAGE + answer_tokens + instruction

@@ -47,7 +47,18 @@ class Settings:
     chunk_delay_ms: int
     api_key: str | None
     directive: str = ""  # server-wide, under every request's own directive (normalized words)
-    stats: dict = field(default_factory=lambda: {"requests": 0, "by_path": {}})
+    stats: dict = field(default_factory=lambda: {"requests": 0, "by_path": {}, "usage": _no_usage()})
+
+    def bill(self, *, prompt_tokens: int, completion_tokens: int = 0) -> None:
+        """The ledger (`usage` in `GET /_fake/stats`): the tokens of every answer generated, as a
+        provider bills them, whether or not the answer reached the client whole."""
+        usage = self.stats["usage"]
+        usage["prompt_tokens"] += prompt_tokens
+        usage["completion_tokens"] += completion_tokens
+
+
+def _no_usage() -> dict:
+    return {"prompt_tokens": 0, "completion_tokens": 0}
 
 
 async def _error_send(*, ex: Exchange, dialect: Dialect, error: ApiError) -> None:
@@ -155,6 +166,7 @@ async def _chat(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
                                   tokens=request.prompt_tokens):
         return
     completion = completion_build(request=request, id_prefix=dialect.id_prefix)
+    settings.bill(prompt_tokens=request.prompt_tokens, completion_tokens=completion.billed_completion_tokens)
     if request.stream:
         await _stream_send(ex=ex, settings=settings, frames=dialect.frames(completion=completion),
                            directive=directive)
@@ -176,6 +188,7 @@ async def _embeddings(*, ex: Exchange, settings: Settings, dialect: Dialect) -> 
     if not await _before_response(ex=ex, settings=settings, dialect=dialect, directive=directive,
                                   tokens=tokens):
         return
+    settings.bill(prompt_tokens=tokens)
     payload = {"object": "list", "model": model, "data": [
         embedding_item(model=model, item=item, dimensions=dimensions, encoding=encoding, index=i)
         for i, item in enumerate(inputs)]}
@@ -195,6 +208,7 @@ async def _cohere_embed(*, ex: Exchange, settings: Settings, dialect: Dialect) -
     if not await _before_response(ex=ex, settings=settings, dialect=dialect, directive=directive,
                                   tokens=tokens):
         return
+    settings.bill(prompt_tokens=tokens)
     payload = embed_body(model=model, texts=texts, dimensions=dimensions,
                          tokens=None if directive.no_usage else tokens)
     await _body_send(ex=ex, dialect=dialect, payload=payload, directive=directive)
@@ -225,7 +239,7 @@ async def _stats(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
 
 
 async def _reset(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
-    settings.stats.update(requests=0, by_path={})
+    settings.stats.update(requests=0, by_path={}, usage=_no_usage())
     settings.directive = ""
     await ex.respond(200, dumps(settings.stats), [])
 

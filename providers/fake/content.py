@@ -15,7 +15,7 @@ import secrets
 import string
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import tiktoken
 
@@ -92,6 +92,8 @@ class ChatRequest:
     tool_call: tuple[str, dict] | None = None
     # The JSON schema of a structured-output request: the answer is JSON that satisfies it.
     structured: dict | None = None
+    # How many choices to generate (OpenAI's `n`); each is billed, the prompt once.
+    choices: int = 1
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,16 @@ class Completion:
     finish: str  # "stop", "length" or "stop_sequence"; each dialect spells it its own way
     stop_sequence: str | None
     created: int = field(default_factory=lambda: int(time.time()))
+    others: tuple[Completion, ...] = ()  # choices 1 to n-1 of a request for `n` choices
+
+    @property
+    def choices(self) -> tuple[Completion, ...]:
+        return (self, *self.others)
+
+    @property
+    def billed_completion_tokens(self) -> int:
+        """Every choice's tokens: what the provider bills as completion (prompt once)."""
+        return sum(choice.completion_tokens for choice in self.choices)
 
     @property
     def text(self) -> str:
@@ -116,9 +128,19 @@ class Completion:
 
 
 def completion_build(*, request: ChatRequest, id_prefix: str) -> Completion:
-    """Size the answer (chunks=N, else the default), then apply max_tokens and stop sequences."""
+    """The answer, with one more of its own for each further choice asked for (`n`)."""
+    completion = _choice_build(request=request, completion_id=id_prefix + random_id(24), index=0)
+    others = tuple(_choice_build(request=request, completion_id=completion.id, index=index)
+                   for index in range(1, request.choices))
+    return replace(completion, others=others) if others else completion
+
+
+def _choice_build(*, request: ChatRequest, completion_id: str, index: int) -> Completion:
+    """Size one choice (chunks=N, else the default), then apply max_tokens and stop sequences.
+    Choice 0 is the answer a request for one choice gets; each other choice its own words."""
     count = request.directive.chunks if request.directive.chunks is not None else DEFAULT_PIECES
-    pieces = pieces_generate(model=request.model, prompt=request.prompt, count=count)
+    salt = f"\x00choice {index}" if index else ""
+    pieces = pieces_generate(model=request.model, prompt=request.prompt + salt, count=count)
     if request.directive.echo:
         pieces = [request.prompt[i:i + 5] for i in range(0, len(request.prompt), 5)]
     if request.structured is not None:
@@ -128,17 +150,32 @@ def completion_build(*, request: ChatRequest, id_prefix: str) -> Completion:
         pieces, finish = pieces[: request.max_tokens], "length"
     pieces, stop_sequence = _stop_cut(pieces=pieces, stops=request.stop)
     return Completion(
-        request=request, id=id_prefix + random_id(24), pieces=tuple(pieces),
+        request=request, id=completion_id, pieces=tuple(pieces),
         finish="stop_sequence" if stop_sequence else finish, stop_sequence=stop_sequence,
     )
 
 
 def _json_pieces(request: ChatRequest) -> list[str]:
-    """A structured answer: JSON satisfying the schema (or, with bad_json, prose around it)."""
+    """A structured answer: JSON satisfying the schema (or, with bad_json, prose around it), one
+    token a piece, so that max_tokens=N cuts it after N tokens as a real model would."""
     text = json.dumps(tool_arguments(request.structured, name=request.model))
     if request.directive.bad_json:
         text = "Here you go: " + text
-    return [text[i:i + 8] for i in range(0, len(text), 8)]
+    return token_pieces(text=text)
+
+
+def token_pieces(*, text: str) -> list[str]:
+    """`text` split at its tokens' boundaries (a character spread over several tokens stays whole
+    in one piece)."""
+    pieces, pending = [], b""
+    for token in _encoding().decode_tokens_bytes(_encoding().encode(text, disallowed_special=())):
+        pending += token
+        try:
+            pieces.append(pending.decode())
+        except UnicodeDecodeError:
+            continue
+        pending = b""
+    return pieces
 
 
 def random_id(length: int) -> str:

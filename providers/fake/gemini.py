@@ -360,6 +360,7 @@ async def _generate(
                                          tokens=request.prompt_tokens):
         return
     completion = completion_build(request=request, id_prefix="")
+    settings.bill(prompt_tokens=request.prompt_tokens, completion_tokens=completion.billed_completion_tokens)
     if stream:
         await shared._stream_send(ex=ex, settings=settings, directive=request.directive,
                                   frames=dialect.frames(completion=completion))
@@ -394,6 +395,7 @@ async def _embed(
     if not await shared._before_response(ex=ex, settings=settings, dialect=dialect,
                                          directive=directive, tokens=tokens):
         return
+    settings.bill(prompt_tokens=tokens)
     vectors = [{"values": embedding_vector(model=model, item=text, dimensions=dimensions)}
                for text, dimensions in items]
     payload = {"embeddings": vectors} if batch else {"embedding": vectors[0]}

@@ -105,7 +105,19 @@ class OpenAIDialect(Dialect):
             include_usage=isinstance(options, dict) and options.get("include_usage") is True,
             directive=directive, tool_call=self._tool_call(body, directive.tool, messages),
             structured=self._structured(body.get("response_format")),
+            choices=self._choices(body),
         )
+
+    @staticmethod
+    def _choices(body: dict) -> int:
+        """`n`: 1 to 128 choices (https://platform.openai.com/docs/api-reference/chat/create#chat-create-n)."""
+        value = body.get("n")
+        if value is None:
+            return 1
+        if not is_int(value) or not 1 <= value <= 128:
+            raise ApiError(400, f"Invalid 'n': expected an integer from 1 to 128, but got {value!r} "
+                           "instead.", param="n", code="invalid_value")
+        return value
 
     @staticmethod
     def _structured(response_format: object) -> dict | None:
@@ -170,7 +182,9 @@ class OpenAIDialect(Dialect):
         return None
 
     def _usage(self, completion: Completion) -> dict:
-        prompt, done = completion.request.prompt_tokens, completion.completion_tokens
+        # "You will be charged based on the number of generated tokens across all of the
+        # choices": the prompt once, every choice's completion.
+        prompt, done = completion.request.prompt_tokens, completion.billed_completion_tokens
         return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done,
                 "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
                 "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
@@ -190,52 +204,68 @@ class OpenAIDialect(Dialect):
                  "function": {"name": name, "arguments": json.dumps(arguments)}}]
 
     def render(self, *, completion: Completion) -> dict:
-        finish = "length" if completion.finish == "length" else "stop"
-        message = {"role": "assistant", "content": completion.text, "refusal": None,
-                   "annotations": []}
-        if completion.request.tool_call:
-            message["content"], message["tool_calls"], finish = None, self._tool_calls(completion), "tool_calls"
         body = self._envelope(completion, "chat.completion") | {
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]
+            "choices": [self._choice(choice, index) for index, choice in enumerate(completion.choices)]
         }
         if not completion.request.directive.no_usage:
             body["usage"] = self._usage(completion)
         return body
 
-    def _chunk(self, completion: Completion, delta: dict, finish: str | None = None) -> bytes:
+    def _choice(self, completion: Completion, index: int) -> dict:
+        finish = "length" if completion.finish == "length" else "stop"
+        message = {"role": "assistant", "content": completion.text, "refusal": None,
+                   "annotations": []}
+        if completion.request.tool_call:
+            message["content"], message["tool_calls"], finish = None, self._tool_calls(completion), "tool_calls"
+        return {"index": index, "message": message, "logprobs": None, "finish_reason": finish}
+
+    def _chunk(self, completion: Completion, delta: dict, finish: str | None = None, *,
+               index: int = 0) -> bytes:
         chunk = self._envelope(completion, "chat.completion.chunk") | {
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+            "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}]
         }
         if completion.request.include_usage:
             chunk["usage"] = None
         return b"data: " + dumps(chunk) + b"\n\n"
 
-    def _tool_frames(self, completion: Completion) -> list[bytes]:
+    def _tool_frames(self, completion: Completion, index: int) -> list[bytes]:
         [call] = self._tool_calls(completion)
         arguments = call["function"]["arguments"]
         third = max(len(arguments) // 3, 1)
         start = {"index": 0, "id": call["id"], "type": "function",
                  "function": {"name": call["function"]["name"], "arguments": ""}}
         pieces = [arguments[i:i + third] for i in range(0, len(arguments), third)]
-        return [self._chunk(completion, {"tool_calls": [start]})] + [
-            self._chunk(completion, {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+        return [self._chunk(completion, {"tool_calls": [start]}, index=index)] + [
+            self._chunk(completion, {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]},
+                        index=index)
             for piece in pieces
         ]
 
-    def frames(self, *, completion: Completion) -> Frames:
+    def _content_frames(self, completion: Completion, index: int) -> list[bytes]:
+        if completion.request.tool_call:
+            return self._tool_frames(completion, index)
+        return [self._chunk(completion, {"content": piece}, index=index) for piece in completion.pieces]
+
+    def _finish(self, completion: Completion, index: int) -> bytes:
         finish = "length" if completion.finish == "length" else "stop"
         if completion.request.tool_call:
             finish = "tool_calls"
-        tail = [self._chunk(completion, {}, finish)]
+        return self._chunk(completion, {}, finish, index=index)
+
+    def frames(self, *, completion: Completion) -> Frames:
+        """With `n` choices, each choice's events carry its `index`: every choice's role event
+        first, then each choice's content in turn, then every choice's finish."""
+        choices = list(enumerate(completion.choices))
+        tail = [self._finish(choice, index) for index, choice in choices]
         if completion.request.include_usage and not completion.request.directive.no_usage:
             last = self._envelope(completion, "chat.completion.chunk") | {
                 "choices": [], "usage": self._usage(completion)}
             tail.append(b"data: " + dumps(last) + b"\n\n")
+        role = {"role": "assistant", "content": "", "refusal": None}
         return Frames(
             early=[],
-            lead=[self._chunk(completion, {"role": "assistant", "content": "", "refusal": None})],
-            content=(self._tool_frames(completion) if completion.request.tool_call
-                     else [self._chunk(completion, {"content": piece}) for piece in completion.pieces]),
+            lead=[self._chunk(choice, role, index=index) for index, choice in choices],
+            content=[frame for index, choice in choices for frame in self._content_frames(choice, index)],
             tail=tail + [b"data: [DONE]\n\n"],
             bad=b'data: {"id":"' + completion.id.encode() + b'","choices":[{"delta":\n\n',
         )

@@ -35,11 +35,19 @@ tenants:
     budget: {{amount_usd: {budget}, period: monthly, hard: true}}
   - slug: limited
     rate_limit: {{rpm: 10}}
+  - slug: structured
+    budget: {{amount_usd: {structured_budget}, period: monthly, hard: true}}
 """
 # What one request reserves: 7 prompt tokens as the gateway counts "hi" (3 per message, 3 for
 # the reply, 1 for the text) plus max_tokens=20, at $1000 per million tokens.
 RESERVE = Decimal("0.027")
 BUDGET = RESERVE * 10
+# Structured requests whose answers are cut at max_tokens=8 (so not JSON) cost two calls each
+# (the answer and its repair): about 0.07, where reserving the first call alone would hold 0.027.
+STRUCTURED_BUDGET = Decimal("1.0")
+PERSON = {"type": "json_schema", "json_schema": {"name": "person", "schema": {
+    "type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"]}}}
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +60,11 @@ def deployment(tmp_path_factory):
         processes.append(fake)
         manage(env, "migrate", "--noinput")
         config = tmp_path_factory.mktemp("limits") / "gateway.yaml"
-        config.write_text(CONFIG.format(port=port, budget=BUDGET))
+        config.write_text(CONFIG.format(port=port, budget=BUDGET, structured_budget=STRUCTURED_BUDGET))
         manage(env, "import_config", str(config))
         keys = {
-            slug: manage(env, "create_api_key", slug).strip().splitlines()[-1] for slug in ("budgeted", "limited")
+            slug: manage(env, "create_api_key", slug).strip().splitlines()[-1]
+            for slug in ("budgeted", "limited", "structured")
         }
         logs = tmp_path_factory.mktemp("limits-logs")
         urls = []
@@ -70,20 +79,35 @@ def deployment(tmp_path_factory):
         database_drop(name)
 
 
-async def _send(client: httpx.AsyncClient, url: str, key: str) -> httpx.Response:
+async def _send(client: httpx.AsyncClient, url: str, key: str, body: dict | None = None) -> httpx.Response:
     return await client.post(
         f"{url}/v1/chat/completions",
         headers={"Authorization": f"Bearer {key}"},
-        json={"model": "gpt-4o-mini", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]},
+        json=body or {"model": "gpt-4o-mini", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]},
         timeout=30,
     )
 
 
-async def _burst(deployment, slug: str, count: int) -> list[httpx.Response]:
+async def _burst(deployment, slug: str, count: int, body: dict | None = None) -> list[httpx.Response]:
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=100)) as client:
         return await asyncio.gather(*(
-            _send(client, deployment["urls"][i % 2], deployment["keys"][slug]) for i in range(count)
+            _send(client, deployment["urls"][i % 2], deployment["keys"][slug], body) for i in range(count)
         ))
+
+
+def _spend(deployment, slug: str) -> tuple[int, Decimal, Decimal, Decimal]:
+    """The tenant's records, the sum of their costs, and its budget period's spend and reservations."""
+    with psycopg.connect(deployment["database_url"]) as conn:
+        records, spent_by_records = conn.execute(
+            "SELECT count(*), coalesce(sum(cost_usd), 0) FROM accounting_usagerecord r"
+            " JOIN accounting_tenant t ON t.id = r.tenant_id WHERE t.slug = %s", (slug,)
+        ).fetchone()
+        spent, reserved = conn.execute(
+            "SELECT p.spent_usd, p.reserved_usd FROM accounting_budgetperiod p"
+            " JOIN accounting_budget b ON b.id = p.budget_id JOIN accounting_tenant t ON t.id = b.tenant_id"
+            " WHERE t.slug = %s", (slug,)
+        ).fetchone()
+    return records, spent_by_records, spent, reserved
 
 
 def test_fifty_concurrent_requests_never_overspend_a_hard_budget(deployment):
@@ -98,17 +122,30 @@ def test_fifty_concurrent_requests_never_overspend_a_hard_budget(deployment):
     assert len(ok) >= 10 and len(refused) >= 20
     assert all(r.json()["error"]["code"] == "budget_exceeded" for r in refused)
     with psycopg.connect(deployment["database_url"]) as conn:
-        (records, successes, spent_by_records) = conn.execute(
-            "SELECT count(*), count(*) FILTER (WHERE status = 'success'), coalesce(sum(cost_usd), 0) "
-            "FROM accounting_usagerecord r JOIN accounting_tenant t ON t.id = r.tenant_id WHERE t.slug = 'budgeted'"
+        (successes,) = conn.execute(
+            "SELECT count(*) FROM accounting_usagerecord r JOIN accounting_tenant t ON t.id = r.tenant_id"
+            " WHERE t.slug = 'budgeted' AND status = 'success'"
         ).fetchone()
-        (spent, reserved) = conn.execute(
-            "SELECT spent_usd, reserved_usd FROM accounting_budgetperiod"
-        ).fetchone()
+    records, spent_by_records, spent, reserved = _spend(deployment, "budgeted")
     assert records == 50 and successes == len(ok)  # every answered request has its record
     assert spent == spent_by_records  # spend is exactly the sum of the records
     assert reserved == 0  # nothing left held once every request settled
     assert spent <= BUDGET
+
+
+def test_concurrent_structured_repairs_never_overspend_a_hard_budget(deployment):
+    """Each request may make two upstream calls (its answer and the repair of an answer that is
+    not the JSON asked for): its reservation covers both, so spend stays within the budget."""
+    body = {"model": "gpt-4o-mini", "max_tokens": 8, "response_format": PERSON,
+            "messages": [{"role": "user", "content": "[[fake bad_json]] Describe someone"}]}
+    responses = asyncio.run(_burst(deployment, "structured", 30, body))
+    records, spent_by_records, spent, reserved = _spend(deployment, "structured")
+    assert records == 30 and spent == spent_by_records and reserved == 0
+    assert spent <= STRUCTURED_BUDGET
+    assert {r.status_code for r in responses} <= {429, 502}  # answers cut at 8 tokens never parse
+    refused = [r for r in responses if r.status_code == 429]
+    assert all(r.json()["error"]["code"] == "budget_exceeded" for r in refused)
+    assert 0 < len(refused) < 30
 
 
 def test_two_processes_enforce_one_rpm_limit(deployment):

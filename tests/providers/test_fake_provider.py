@@ -163,6 +163,51 @@ async def test_stop_sequence_cuts_before_it(client):
     assert body["choices"][0]["finish_reason"] == "stop"
 
 
+async def test_n_choices_are_each_billed_and_the_prompt_once(client):
+    one = (await chat(client, chat_body(max_tokens=5))).json()
+    three = (await chat(client, chat_body(n=3, max_tokens=5))).json()
+    assert [choice["index"] for choice in three["choices"]] == [0, 1, 2]
+    assert three["choices"][0] == one["choices"][0]  # choice 0 is the one-choice answer
+    assert len({choice["message"]["content"] for choice in three["choices"]}) == 3
+    assert three["usage"]["prompt_tokens"] == one["usage"]["prompt_tokens"]
+    assert three["usage"]["completion_tokens"] == 3 * 5 == sum(
+        tokens_count(text=choice["message"]["content"]) for choice in three["choices"])
+    stream = openai_chunks((await chat(client, chat_body(n=3, max_tokens=5, stream=True))).text)
+    texts = {index: "" for index in range(3)}
+    for chunk in stream:
+        [choice] = chunk["choices"]
+        texts[choice["index"]] += choice["delta"].get("content") or ""
+    assert [texts[index] for index in range(3)] == [c["message"]["content"] for c in three["choices"]]
+    assert [c["choices"][0]["finish_reason"] for c in stream[-3:]] == ["length"] * 3
+    refused = await chat(client, chat_body(n=129))
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "n"
+
+
+async def test_structured_answers_are_cut_by_max_tokens_in_tokens(client):
+    schema = {"type": "json_schema", "json_schema": {"name": "p", "schema": {
+        "type": "object", "properties": {"name": {"type": "string"}, "city": {"type": "string"}}}}}
+    whole = (await chat(client, chat_body("[[fake bad_json]] x", response_format=schema))).json()
+    text = whole["choices"][0]["message"]["content"]
+    assert text.startswith("Here you go: {") and json.loads(text.removeprefix("Here you go: "))
+    assert whole["usage"]["completion_tokens"] == tokens_count(text=text) > 6
+    cut = (await chat(client, chat_body("[[fake bad_json]] x", response_format=schema, max_tokens=6))).json()
+    assert cut["choices"][0]["finish_reason"] == "length" and cut["usage"]["completion_tokens"] == 6
+    assert text.startswith(cut["choices"][0]["message"]["content"])
+
+
+async def test_the_ledger_counts_the_tokens_of_every_answer_generated(client):
+    await chat(client, chat_body(n=2, max_tokens=4))
+    await chat(client, chat_body("[[fake status=500]]"))  # no answer, nothing billed
+    with pytest.raises(FakeConnectionDrop):  # in process, the drop raises inside the app
+        await chat(client, chat_body("cut [[fake disconnect_after=1]]", stream=True, max_tokens=3))
+    await client.post("/v1/embeddings", json={"model": "m", "input": "alpha beta"}, headers=OPENAI_AUTH)
+    prompt = 3 + 4 + tokens_count(text="Hello there")
+    usage = (await client.get("/_fake/stats")).json()["usage"]
+    cut = 3 + 4 + tokens_count(text="cut [[fake disconnect_after=1]]")  # a directive is prompt text too
+    assert usage == {"prompt_tokens": prompt + cut + tokens_count(text="alpha beta"),
+                     "completion_tokens": 2 * 4 + 3}  # a stream cut short is billed whole
+
+
 async def test_directive_in_text_parts_of_last_user_message(client):
     body = chat_body()
     body["messages"] = [
@@ -441,9 +486,10 @@ async def test_stats_count_upstream_calls_and_reset(client):
     await chat(client, chat_body("[[fake status=500]]"))
     await messages(client, messages_body())
     stats = (await client.get("/_fake/stats")).json()
-    assert stats == {"requests": 3, "by_path": {"/v1/chat/completions": 2, "/v1/messages": 1}}
+    assert stats["requests"] == 3 and stats["by_path"] == {"/v1/chat/completions": 2, "/v1/messages": 1}
     await client.post("/_fake/reset")
-    assert (await client.get("/_fake/stats")).json() == {"requests": 0, "by_path": {}}
+    zero = {"requests": 0, "by_path": {}, "usage": {"prompt_tokens": 0, "completion_tokens": 0}}
+    assert (await client.get("/_fake/stats")).json() == zero
 
 
 # --- server-wide directive -----------------------------------------------------------------------
@@ -528,7 +574,7 @@ async def test_reset_clears_the_server_directive(client):
     await put_directive(client, "status=500")
     await chat(client, chat_body())
     reset = await client.post("/_fake/reset")
-    assert reset.status_code == 200 and reset.json() == {"requests": 0, "by_path": {}}
+    assert reset.status_code == 200 and reset.json()["requests"] == 0 and reset.json()["by_path"] == {}
     assert await read_directive(client) == ""
     assert (await chat(client, chat_body())).status_code == 200
 
