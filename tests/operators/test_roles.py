@@ -22,6 +22,7 @@ from accounting.models import Budget
 from audit.models import AuditEntry
 from operators import urls as operator_urls
 from operators.api import OperatorViewSet
+from operators.permissions import OperatorPermission
 from operators.services import staff_token_create
 from routing.models import Deployment, RouteGroup, RoutingRule
 from tests.conftest import role_join
@@ -63,9 +64,12 @@ def _routed_operator_views(resolver: URLResolver) -> set[str]:
     return names
 
 
-def test_the_sweep_covers_every_operator_view_in_the_urlconf():
+def test_the_sweep_covers_every_operator_view_and_each_checks_model_permissions():
     assert _routed_operator_views(get_resolver()) == {pattern.name for pattern in operator_urls.urlpatterns}
     assert len(CALLS) == 51  # 8 viewsets x (list: GET, POST; detail: GET, PUT, PATCH, DELETE) + 3 actions
+    for pattern in operator_urls.urlpatterns:  # an action's own permission_classes would replace the check
+        view = pattern.callback.cls(**pattern.callback.initkwargs)
+        assert [type(permission) for permission in view.get_permissions()] == [OperatorPermission], pattern.name
 
 
 @pytest.fixture

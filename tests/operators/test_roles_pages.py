@@ -115,4 +115,7 @@ def test_a_viewer_reads_keys_without_any_secret_and_no_staff_token(gateway):
         assert not [secret for secret in secrets if secret in text], url
         assert 'name="secret"' not in text and 'type="password"' not in text, url  # view only: no form
     assert gateway.key.prefix in answers["/v1/tenant-keys"].content.decode()
+    rotated = api.post(f"/v1/tenant-keys/{gateway.key.pk}/rotate")  # a new secret is for operators only
+    assert rotated.status_code == 403 and "key" not in rotated.json()
+    assert api.get("/v1/models", headers={"Authorization": f"Bearer {gateway.raw_key}"}).status_code == 200
     assert admin.get("/admin/operators/stafftoken/").status_code == 403  # tokens are the superusers'
