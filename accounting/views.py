@@ -2,9 +2,9 @@
 
 An operator is a staff user with the view permission on what the page shows (usage records here,
 feedback in `feedback.views`); staff without it are treated like anyone else, who sees their
-membership's tenant or nothing. Views parse the range, check who may see which tenant, call the selectors in
-`accounting.dashboards`, and hand rows and SVG charts to the templates; the CSV export writes the
-same rows as the tables on the page. A member asking for another tenant gets the same 404 as for
+membership's tenant or nothing. Views parse the range, check who may see which tenant, call the
+selectors in `accounting.dashboards`, and hand rows and SVG charts to the templates; the CSV
+export writes the same rows as the tables on the page. A member asking for another tenant gets the same 404 as for
 a tenant that does not exist, so the answer never tells whether it exists.
 """
 

@@ -1,6 +1,7 @@
 """What every operator API view shares: staff-token auth, model permissions per action
-(`operators.permissions`), JSON only, the gateway's error shape, and an audit entry for every write. The viewsets live with the app owning their model
-(`providers.api`, `accounting.api`, `routing.operator_api`); `operators.urls` routes them.
+(`operators.permissions`), JSON only, the gateway's error shape, and an audit entry for every
+write. The viewsets live with the app owning their model (`providers.api`, `accounting.api`,
+`routing.operator_api`); `operators.urls` routes them.
 """
 
 from __future__ import annotations

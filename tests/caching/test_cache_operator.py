@@ -73,7 +73,8 @@ async def test_a_staff_token_needs_the_cache_permission(gateway, globex, staff):
     await ask(globex)
     client = AsyncClient()
     nobody = await sync_to_async(staff)(True, group=None)
-    for method, url, permission in (("get", "/v1/cache/stats", "view"), ("get", "/v1/cache/stats?tenant=globex", "view"),
+    for method, url, permission in (("get", "/v1/cache/stats", "view"),
+                                    ("get", "/v1/cache/stats?tenant=globex", "view"),
                                     ("delete", "/v1/cache?tenant=globex", "change")):
         refused = await getattr(client, method)(url, headers=nobody)
         assert refused.status_code == 403, refused.content
