@@ -5,8 +5,8 @@ rows at most. Rollups of the current hour and day are recomputed every minute by
 newest requests show up within about a minute; the view does not recompute on read (that would
 make a GET write every tenant's rows and let any client trigger the heaviest query we have).
 
-Below it, the operator API's viewsets for tenants, tenant keys and budgets (staff tokens; see
-`operators.api` and docs/operator-api.md).
+Below it, the operator API's viewsets for tenants, tenant keys and budgets (staff tokens and model
+permissions; see `operators.api` and docs/operator-api.md).
 """
 
 from __future__ import annotations
@@ -208,6 +208,8 @@ class TenantApiKeyViewSet(OperatorViewSet):
 
     queryset = TenantApiKey.objects.select_related("tenant")
     serializer_class = TenantApiKeySerializer
+    # Both change the key; rotate also answers with a new secret, so a viewer may call neither.
+    action_verbs = {"revoke": "change", "rotate": "change"}
 
     @extend_schema(responses={201: TenantApiKeyWithSecretSerializer})
     def create(self, request, *args, **kwargs):

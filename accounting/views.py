@@ -1,8 +1,10 @@
 """Dashboard pages: operators compare every tenant, a tenant member sees only their own tenant.
 
-Views parse the range, check who may see which tenant, call the selectors in
-`accounting.dashboards`, and hand rows and SVG charts to the templates; the CSV export writes the
-same rows as the tables on the page. A member asking for another tenant gets the same 404 as for
+An operator is a staff user with the view permission on what the page shows (usage records here,
+feedback in `feedback.views`); staff without it are treated like anyone else, who sees their
+membership's tenant or nothing. Views parse the range, check who may see which tenant, call the
+selectors in `accounting.dashboards`, and hand rows and SVG charts to the templates; the CSV
+export writes the same rows as the tables on the page. A member asking for another tenant gets the same 404 as for
 a tenant that does not exist, so the answer never tells whether it exists.
 """
 
@@ -69,8 +71,15 @@ class Table:
 
 
 # --- who sees what --------------------------------------------------------------------------------
-def tenant_for(request: HttpRequest, slug: str) -> Tenant:
-    if request.user.is_staff:
+USAGE_PERMISSION = "accounting.view_usagerecord"
+
+
+def sees_every_tenant(user, *, permission: str = USAGE_PERMISSION) -> bool:
+    return user.is_staff and user.has_perm(permission)
+
+
+def tenant_for(request: HttpRequest, slug: str, *, permission: str = USAGE_PERMISSION) -> Tenant:
+    if sees_every_tenant(request.user, permission=permission):
         return get_object_or_404(Tenant, slug=slug)
     membership = TenantMembership.objects.filter(user=request.user).select_related("tenant").first()
     if membership is None or membership.tenant.slug != slug:
@@ -85,7 +94,7 @@ def window_from(request: HttpRequest) -> Window:
 # --- pages ----------------------------------------------------------------------------------------
 @login_required
 def dashboard_index(request: HttpRequest) -> HttpResponse:
-    if not request.user.is_staff:
+    if not sees_every_tenant(request.user):
         membership = TenantMembership.objects.filter(user=request.user).select_related("tenant").first()
         if membership is None:
             raise PermissionDenied("This account belongs to no tenant.")
@@ -107,7 +116,7 @@ def dashboard_index(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def dashboard_export_tenants(request: HttpRequest) -> HttpResponse:
-    if not request.user.is_staff:
+    if not sees_every_tenant(request.user):
         raise PermissionDenied
     window = window_from(request)
     return _csv_response(_tenants_table(window), f"tenants-{window.key}.csv")
@@ -126,6 +135,7 @@ def tenant_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
         "charts": _tenant_charts(tenant, window, timeline),
         "budgets": [_budget_view(b) for b in dashboards.budget_burndowns(tenant=tenant)],
         "tables": [_table(tenant, window, name, timeline) for name in TABLE_NAMES],
+        "sees_every_tenant": sees_every_tenant(request.user),
     })
 
 

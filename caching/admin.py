@@ -1,5 +1,6 @@
 from asgiref.sync import async_to_sync
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path
@@ -29,6 +30,9 @@ class CachePolicyAdmin(admin.ModelAdmin):
 
     def stats_view(self, request):
         """Per tenant: entries, hits, misses, hit rate and saved cost, with a clear button."""
+        # admin_view checks is_staff only; every tenant's figures need the view permission.
+        if not self.has_view_permission(request):
+            raise PermissionDenied
         rows = [(tenant, async_to_sync(cache_stats)(tenant_id=tenant.pk)) for tenant in Tenant.objects.all()]
         context = {
             **self.admin_site.each_context(request),
@@ -41,7 +45,7 @@ class CachePolicyAdmin(admin.ModelAdmin):
 
     def clear_view(self, request, tenant_id: int):
         if not self.has_change_permission(request):
-            return redirect("admin:caching_cache_stats")
+            raise PermissionDenied
         tenant = get_object_or_404(Tenant, pk=tenant_id)
         cleared = async_to_sync(cache_clear)(tenant_id=tenant.pk)
         messages.success(

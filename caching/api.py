@@ -2,8 +2,9 @@
 
 A tenant API key sees and clears only its own tenant's entries: the store is namespaced by
 tenant, and the tenant comes from the key. An operator's staff token (`operators` app) names the
-tenant with `?tenant=<slug>`; without it, `GET` lists every tenant, and `DELETE` refuses. Every
-operator clear is written to the audit log.
+tenant with `?tenant=<slug>`; without it, `GET` lists every tenant, and `DELETE` refuses. The
+token's user needs the permission the admin's cache pages need: `caching.view_cachepolicy` to read,
+`caching.change_cachepolicy` to clear. Every operator clear is written to the audit log.
 """
 
 from __future__ import annotations
@@ -22,18 +23,22 @@ from gateway_site.errors import AuthenticationFailed, GatewayError, InvalidReque
 from gateway_site.http import allow_methods
 
 
+READ_PERMISSION = "caching.view_cachepolicy"
+CLEAR_PERMISSION = "caching.change_cachepolicy"
+
+
 @dataclass(frozen=True)
 class Caller:
     tenants: list[tuple[int, str]]  # (id, slug) of the tenants this call is about
     staff_user: object = None
 
 
-async def _caller(request: HttpRequest, *, all_allowed: bool) -> Caller:
+async def _caller(request: HttpRequest, *, all_allowed: bool, permission: str) -> Caller:
     named = (request.GET.get("tenant") or "").strip()
     try:
         auth = await api_key_authenticate(raw_key=bearer_token(request.headers))
     except AuthenticationFailed:
-        user = await sync_to_async(_staff_user)(request)
+        user = await sync_to_async(_staff_user)(request, permission=permission)
         if user is None:
             raise
         return Caller(tenants=await sync_to_async(_tenants)(named, all_allowed=all_allowed), staff_user=user)
@@ -43,15 +48,19 @@ async def _caller(request: HttpRequest, *, all_allowed: bool) -> Caller:
     return Caller(tenants=[(auth.tenant_id, auth.tenant_slug)])
 
 
-def _staff_user(request: HttpRequest):
-    """The active staff user of a valid staff token, else None."""
+def _staff_user(request: HttpRequest, *, permission: str):
+    """The active staff user of a valid staff token, else None; a 403 without the permission."""
     from operators.authentication import StaffTokenAuthentication
 
     try:
         found = StaffTokenAuthentication().authenticate(request)
     except StaffTokenRefused:
         return None
-    return found[0] if found is not None and found[0].is_staff else None
+    if found is None or not found[0].is_staff:
+        return None
+    if not found[0].has_perm(permission):
+        raise PermissionDenied(f"This action needs the permission '{permission}'.", code="permission_denied")
+    return found[0]
 
 
 def _tenants(named: str, *, all_allowed: bool) -> list[tuple[int, str]]:
@@ -68,7 +77,7 @@ def _tenants(named: str, *, all_allowed: bool) -> list[tuple[int, str]]:
 @allow_methods("GET")
 async def stats(request: HttpRequest) -> HttpResponse:
     try:
-        caller = await _caller(request, all_allowed=True)
+        caller = await _caller(request, all_allowed=True, permission=READ_PERMISSION)
     except GatewayError as exc:
         return error_response(exc)
     entries = [
@@ -84,7 +93,7 @@ async def stats(request: HttpRequest) -> HttpResponse:
 @allow_methods("DELETE")
 async def clear(request: HttpRequest) -> HttpResponse:
     try:
-        caller = await _caller(request, all_allowed=False)
+        caller = await _caller(request, all_allowed=False, permission=CLEAR_PERMISSION)
     except GatewayError as exc:
         return error_response(exc)
     [(tenant_id, slug)] = caller.tenants

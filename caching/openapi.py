@@ -10,7 +10,8 @@ from gateway_site.openapi import ApiDescription
 
 TENANT_PARAMETER = OpenApiParameter(
     "tenant", OpenApiTypes.STR,
-    description="With a staff token: the tenant's slug. A tenant key may only name its own tenant.",
+    description="With a staff token: the tenant's slug (its user needs `caching.view_cachepolicy` to read, "
+    "`caching.change_cachepolicy` to clear). A tenant key may only name its own tenant.",
 )
 
 

@@ -1,7 +1,8 @@
 """Feedback dashboards: a tenant's members see their tenant, operators every tenant.
 
-Same rules as the usage dashboards (`accounting.views`): a member asking for another tenant gets
-the same 404 as for a tenant that does not exist.
+Same rules as the usage dashboards (`accounting.views`): an operator is staff with the view
+permission on feedback; a member asking for another tenant gets the same 404 as for a tenant that
+does not exist.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from django.shortcuts import render
 
 from accounting.charts import Series, line_chart
 from accounting.models import Tenant
-from accounting.views import RANGE_CHOICES, bucket_labels, tenant_for, window_from
+from accounting.views import RANGE_CHOICES, bucket_labels, sees_every_tenant, tenant_for, window_from
 from feedback import dashboards
 from feedback.models import FeedbackMetric, FeedbackRollup
 
+FEEDBACK_PERMISSION = "feedback.view_feedback"
 Dimension = FeedbackRollup.Dimension
 BREAKDOWNS = ((Dimension.MODEL, "By model"), (Dimension.ROUTE, "By route"), (Dimension.TAG, "By request tag"),
               (Dimension.VARIANT, "By experiment variant"))
@@ -61,14 +63,14 @@ def _page(request: HttpRequest, tenant: Tenant | None) -> HttpResponse:
 
 @login_required
 def operator_feedback(request: HttpRequest) -> HttpResponse:
-    if not request.user.is_staff:
+    if not sees_every_tenant(request.user, permission=FEEDBACK_PERMISSION):
         raise PermissionDenied
     return _page(request, None)
 
 
 @login_required
 def tenant_feedback(request: HttpRequest, slug: str) -> HttpResponse:
-    return _page(request, tenant_for(request, slug))
+    return _page(request, tenant_for(request, slug, permission=FEEDBACK_PERMISSION))
 
 
 def _jsonl(request: HttpRequest, tenant: Tenant | None, filename: str) -> StreamingHttpResponse:
@@ -82,12 +84,12 @@ def _jsonl(request: HttpRequest, tenant: Tenant | None, filename: str) -> Stream
 
 @login_required
 def operator_corrections(request: HttpRequest) -> HttpResponse:
-    if not request.user.is_staff:
+    if not sees_every_tenant(request.user, permission=FEEDBACK_PERMISSION):
         raise PermissionDenied
     return _jsonl(request, None, "all-tenants")
 
 
 @login_required
 def tenant_corrections(request: HttpRequest, slug: str) -> HttpResponse:
-    tenant = tenant_for(request, slug)
+    tenant = tenant_for(request, slug, permission=FEEDBACK_PERMISSION)
     return _jsonl(request, tenant, tenant.slug)

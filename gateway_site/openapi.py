@@ -23,7 +23,8 @@ from rest_framework.views import APIView
 ERROR_DESCRIPTIONS = {
     400: "Invalid request: the message names the parameter (`param`).",
     401: "Missing or invalid credentials.",
-    403: "Authenticated, but not allowed (a model the key may not use, or not staff).",
+    403: "Authenticated, but not allowed: a model the key may not use; on the operator API, not staff or "
+    "without the permission the action needs (the message names it).",
     404: "No such object, model or route.",
     405: "Method not allowed on this route.",
     409: "Conflict: the change would break a uniqueness rule or orphan objects that depend on it.",

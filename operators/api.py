@@ -1,6 +1,7 @@
-"""What every operator API view shares: staff-token auth, JSON only, the gateway's error shape,
-and an audit entry for every write. The viewsets live with the app owning their model
-(`providers.api`, `accounting.api`, `routing.operator_api`); `operators.urls` routes them.
+"""What every operator API view shares: staff-token auth, model permissions per action
+(`operators.permissions`), JSON only, the gateway's error shape, and an audit entry for every
+write. The viewsets live with the app owning their model (`providers.api`, `accounting.api`,
+`routing.operator_api`); `operators.urls` routes them.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import ProtectedError, RestrictedError
 from django.http import Http404
-from rest_framework import exceptions, pagination, permissions, viewsets
+from rest_framework import exceptions, pagination, viewsets
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
@@ -18,6 +19,7 @@ from rest_framework.response import Response
 from audit.services import audit_record, audit_update_action
 from gateway_site import errors
 from operators.authentication import StaffTokenAuthentication
+from operators.permissions import OperatorPermission
 
 # An id in a URL: at most 18 digits, so it always fits PostgreSQL's bigint.
 ID_PATTERN = r"[0-9]{1,18}"
@@ -67,7 +69,7 @@ def _gateway_error(exc) -> errors.GatewayError | None:
             code="missing_api_key" if missing else "invalid_api_key",
         )
     if isinstance(exc, exceptions.PermissionDenied):
-        return errors.PermissionDenied("The operator API is for staff users.", code="permission_denied")
+        return errors.PermissionDenied(str(exc.detail), code="permission_denied")
     if isinstance(exc, (exceptions.NotFound, Http404)):
         return errors.NotFound("No such object.")
     if isinstance(exc, (ProtectedError, RestrictedError)):
@@ -100,12 +102,16 @@ def operator_exception_handler(exc, context):
 class OperatorViewSet(viewsets.ModelViewSet):
     """CRUD for staff: list, create, retrieve, update (PUT/PATCH), delete; every write audited.
 
+    Each action needs its model permission (view, add, change, delete); a custom action names its
+    verb in `action_verbs`, e.g. `{"revoke": "change"}` (see `operators.permissions`).
+
     Writes run in one transaction with their audit entry. Saving through the ORM fires the same
     signals as the admin, which clear the hot path's caches (auth, routing table, budgets).
     """
 
     authentication_classes = [StaffTokenAuthentication, SessionAuthentication]
-    permission_classes = [permissions.IsAdminUser]
+    permission_classes = [OperatorPermission]
+    action_verbs: dict[str, str] = {}
     parser_classes = [JSONParser]
     renderer_classes = [JSONRenderer]
     pagination_class = OperatorPagination

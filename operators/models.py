@@ -7,7 +7,8 @@ class StaffToken(models.Model):
 
     Like tenant keys, the secret is random (256 bits) and shown once at creation
     (`operators.services.staff_token_create`); `prefix` lets an operator recognise it in lists.
-    A token acts with its user's rights, and only while that user is active staff.
+    A token acts with its user's permissions (`operators.permissions`), and only while that user is
+    active staff.
     """
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="staff_tokens")

@@ -1,5 +1,6 @@
 """Operator API for providers, their models and keys: `/v1/providers`, `/v1/provider-models`,
-`/v1/provider-keys`, and `GET /v1/providers/{id}/health`. Staff only (see `operators.api`).
+`/v1/provider-keys`, and `GET /v1/providers/{id}/health`. Staff with the model's permission (see
+`operators.permissions`).
 
 A provider key's secret is write-only: it is encrypted on the way in (`providers.services`) and no
 response ever carries it. Sending a new `secret` to an existing key is a rotation.
@@ -155,6 +156,7 @@ def provider_health(*, provider: Provider) -> dict:
 class ProviderViewSet(OperatorViewSet):
     queryset = Provider.objects.all()
     serializer_class = ProviderSerializer
+    action_verbs = {"health": "view"}
 
     @extend_schema(responses=ProviderHealthSerializer, summary="Breaker state and recent health of a provider's deployments")
     @action(detail=True, methods=["get"])

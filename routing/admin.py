@@ -41,6 +41,9 @@ class RouteGroupAdmin(AuditedAdmin):
 
     def health_view(self, request):
         """Provider health: every deployable (model, key) pair, its breaker and its recent health."""
+        # admin_view checks is_staff only: the page needs the view permission of its admin's model.
+        if not self.has_view_permission(request):
+            raise PermissionDenied
         context = {
             **self.admin_site.each_context(request),
             "title": "Provider health",
@@ -73,6 +76,8 @@ class RoutingRuleAdmin(AuditedAdmin):
 
     def explain_view(self, request):
         """Dry run: the deployments a request would try, in order, with breaker and health."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
         form = ExplainForm(request.GET or None)
         explanation = None
         if form.is_valid():
@@ -140,8 +145,10 @@ class ExperimentAdmin(AuditedAdmin):
 
     def results_view(self, request, pk: int):
         """The read-out: rating with a confidence interval, cost per request and latency per variant."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
         experiment = Experiment.objects.select_related("rule", "winner").filter(pk=pk).first()
-        if experiment is None or not self.has_view_permission(request, experiment):
+        if experiment is None:
             raise Http404("No such experiment.")
         if request.method == "POST":
             if not self.has_change_permission(request, experiment):

@@ -1,6 +1,6 @@
 """Operator API for routing: `/v1/routing-rules` and `/v1/route-groups` (with their deployments).
 
-Staff only (see `operators.api`). The tenant-facing routing views are in `routing.api`.
+Staff with the model's permission (see `operators.permissions`). The tenant-facing routing views are in `routing.api`.
 """
 
 from __future__ import annotations

@@ -123,6 +123,25 @@ def gateway(db, fake_provider_url) -> GatewaySetup:
     routing_table_clear()
 
 
+def role_join(user, group: str) -> None:
+    """Put a user in one of the operator roles' groups (`Gateway viewers`, `Gateway operators`).
+
+    The groups come from a data migration. A transactional test's flush empties every table and
+    post_migrate brings back the permissions, not the groups: the migration's own function makes
+    them again (it is idempotent)."""
+    from importlib import import_module
+
+    from django.apps import apps
+    from django.contrib.auth.models import Group
+    from django.db import connection
+
+    if not Group.objects.filter(name=group).exists():
+        roles = import_module("operators.migrations.0002_operator_roles")
+        with connection.schema_editor() as editor:
+            roles.roles_create(apps, editor)
+    user.groups.add(Group.objects.get(name=group))
+
+
 @pytest.fixture(autouse=True)
 def _own_redis_namespace(settings):
     """Each test gets its own Redis key prefix: breakers, health and counters start empty."""

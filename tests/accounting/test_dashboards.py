@@ -17,6 +17,7 @@ from accounting.charts import Series, bar_chart, line_chart, nice_ticks
 from accounting.dashboards import burn_exhaustion, burn_projection, window_for
 from accounting.models import Budget, BudgetPeriod, TenantMembership, UsageRollup
 from accounting.services import api_key_create, tenant_create
+from tests.conftest import role_join
 
 pytestmark = pytest.mark.django_db
 UTC = dt_timezone.utc
@@ -57,7 +58,9 @@ def member_b(django_user_model, globex):
 
 @pytest.fixture
 def staff(django_user_model):
-    return _user(django_user_model, "operator", staff=True)
+    user = _user(django_user_model, "operator", staff=True)
+    role_join(user, "Gateway viewers")  # staff status alone no longer shows every tenant
+    return user
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from django.test import AsyncClient
 from accounting.services import api_key_create, tenant_create
 from audit.models import AuditEntry
 from operators.services import staff_token_create
+from tests.conftest import role_join
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -23,8 +24,10 @@ async def ask(auth: dict, content: str = "Operator view"):
 
 @pytest.fixture
 def staff(db):
-    def make(is_staff: bool) -> dict:
-        user = get_user_model().objects.create_user(username=f"op-{is_staff}", password="x", is_staff=True)
+    def make(is_staff: bool, *, group: str | None = "Gateway operators") -> dict:
+        user = get_user_model().objects.create_user(username=f"op-{is_staff}-{group}", is_staff=True)
+        if group:
+            role_join(user, group)
         _, raw = staff_token_create(user=user, name="ops")
         get_user_model().objects.filter(pk=user.pk).update(is_staff=is_staff)  # e.g. lost staff status
         return {"Authorization": f"Bearer {raw}"}
@@ -64,3 +67,25 @@ async def test_non_staff_token_and_foreign_tenant_are_refused(gateway, globex, s
     refused = await client.delete("/v1/cache?tenant=globex", headers=gateway.auth)
     assert refused.status_code == 403 and refused.json()["error"]["param"] == "tenant"
     assert (await client.get("/v1/cache/stats?tenant=acme", headers=gateway.auth)).json()["tenant"] == "acme"
+
+
+async def test_a_staff_token_needs_the_cache_permission(gateway, globex, staff):
+    await ask(globex)
+    client = AsyncClient()
+    nobody = await sync_to_async(staff)(True, group=None)
+    for method, url, permission in (("get", "/v1/cache/stats", "view"),
+                                    ("get", "/v1/cache/stats?tenant=globex", "view"),
+                                    ("delete", "/v1/cache?tenant=globex", "change")):
+        refused = await getattr(client, method)(url, headers=nobody)
+        assert refused.status_code == 403, refused.content
+        assert refused.json()["error"] == {
+            "message": f"This action needs the permission 'caching.{permission}_cachepolicy'.",
+            "type": "permission_error", "param": None, "code": "permission_denied",
+        }
+    viewer = await sync_to_async(staff)(True, group="Gateway viewers")
+    assert (await client.get("/v1/cache/stats?tenant=globex", headers=viewer)).json()["entries"] == 1
+    assert (await client.delete("/v1/cache?tenant=globex", headers=viewer)).status_code == 403
+    assert (await client.get("/v1/cache/stats", headers=globex)).json()["entries"] == 1  # nothing was cleared
+    assert not await AuditEntry.objects.filter(object_type="accounting.tenant").aexists()
+    # A tenant key still reads and clears its own tenant's cache, with no user behind it.
+    assert (await client.delete("/v1/cache", headers=globex)).json()["entries"] == 1

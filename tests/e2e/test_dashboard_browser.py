@@ -35,6 +35,7 @@ import math
 from datetime import datetime, timezone
 from decimal import Decimal
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from accounting.budgets import period_start
 from accounting.dashboards import window_for
 from accounting.models import Budget, BudgetPeriod, TenantMembership, UsageRollup
@@ -45,7 +46,8 @@ globex = tenant_create(slug="globex", name="Globex")
 for name, tenant in (("alice", acme), ("bob", globex)):
     user = get_user_model().objects.create_user(username=name, password=PASSWORDS[name])
     TenantMembership.objects.create(user=user, tenant=tenant)
-get_user_model().objects.create_user(username="olga", password=PASSWORDS["olga"], is_staff=True)
+olga = get_user_model().objects.create_user(username="olga", password=PASSWORDS["olga"], is_staff=True)
+olga.groups.add(Group.objects.get(name="Gateway viewers"))  # made by operators' migration 0002
 web, _ = api_key_create(tenant=acme, name="web")
 batch, _ = api_key_create(tenant=acme, name="batch")
 

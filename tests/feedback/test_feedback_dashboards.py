@@ -17,12 +17,15 @@ from accounting.services import tenant_create
 from feedback.models import FeedbackMetric
 from feedback.rollups import feedback_rollup_recent
 from feedback.services import feedback_submit, submission_parse
+from tests.conftest import role_join
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _client(django_user_model, name: str, *, tenant=None, staff=False) -> Client:
+def _client(django_user_model, name: str, *, tenant=None, staff=False, group=None) -> Client:
     user = django_user_model.objects.create_user(username=name, password="pw", is_staff=staff)
+    if group:
+        role_join(user, group)
     if tenant is not None:
         TenantMembership.objects.create(user=user, tenant=tenant)
     client = Client()
@@ -114,7 +117,7 @@ def test_corrections_export_in_chat_fine_tuning_format(seeded, django_user_model
 
 
 def test_operator_sees_every_tenant_but_content_only_where_kept(seeded, django_user_model):
-    client = _client(django_user_model, "olga", staff=True)
+    client = _client(django_user_model, "olga", staff=True, group="Gateway viewers")
     html = client.get("/dashboard/feedback/?range=24h").content.decode()
     tenants = html.split('data-table="tenants"', 1)[1].split("</table>", 1)[0]
     assert "acme" in tenants and "globex" in tenants

@@ -41,3 +41,23 @@ def test_real_providers_are_registered_when_their_keys_are_set(monkeypatch):
     assert openai.keys.get().get_secret() == "sk-real-openai-0000"
     assert anthropic.keys.get().source == "env:ANTHROPIC_API_KEY"
     assert set(openai.models.values_list("alias", flat=True)) >= {"gpt-4o-mini", "text-embedding-3-small"}
+
+
+def test_the_demo_admin_keeps_every_operator_permission(monkeypatch):
+    """The demo admin is a superuser: the operator roles (docs/operator-api.md) restrict staff only."""
+    from django.test import Client
+
+    from accounting.models import Tenant
+    from operators.services import staff_token_create
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    seed()
+    _, token = staff_token_create(user=get_user_model().objects.get(username="admin"), name="demo")
+    client = Client(headers={"Authorization": f"Bearer {token}"})
+    demo = Tenant.objects.get(slug="demo")
+    created = client.post("/v1/tenant-keys", {"tenant": demo.pk, "name": "ops"}, content_type="application/json")
+    assert created.status_code == 201 and created.json()["key"].startswith("sk-gw-")
+    assert client.post(f"/v1/tenant-keys/{created.json()['id']}/rotate").status_code == 200
+    assert client.get("/v1/cache/stats?tenant=demo").status_code == 200
+    assert client.delete("/v1/cache?tenant=demo").status_code == 200

@@ -1,4 +1,5 @@
-"""A staff user with a staff token, and a Django test client speaking JSON with it."""
+"""A staff user of the `Gateway operators` group with a staff token, and a Django test client
+speaking JSON with it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 from django.test import Client
+
+from tests.conftest import role_join
 
 
 @dataclass
@@ -29,5 +32,6 @@ def operator(db) -> Operator:
     from operators.services import staff_token_create
 
     user = User.objects.create_user("ops", password="x", is_staff=True)
+    role_join(user, "Gateway operators")
     _, raw = staff_token_create(user=user, name="ci")
     return Operator(user=user, token=raw, client=Client())

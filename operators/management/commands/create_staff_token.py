@@ -6,10 +6,15 @@ from operators.services import staff_token_create
 
 
 class Command(BaseCommand):
-    help = "Create an operator API token for a staff user. The token is printed once, alone on the last line."
+    help = (
+        "Create an operator API token for a staff user. The token is printed once, alone on the last line. "
+        "It acts with the user's permissions: a superuser may do everything, a member of 'Gateway viewers' "
+        "only read, of 'Gateway operators' also change the configuration (docs/operator-api.md)."
+    )
 
     def add_arguments(self, parser):
-        parser.add_argument("username", help="An active staff user (createsuperuser makes one).")
+        parser.add_argument("username", help="An active staff user (createsuperuser makes one; a staff user "
+                            "needs a group or permissions in the admin to do anything with the token).")
         parser.add_argument("--name", default="default")
 
     def handle(self, *args, username: str, name: str, **options):
