@@ -61,6 +61,15 @@ class PermissionDenied(GatewayError):
     error_class = "permission"
 
 
+class AuthThrottled(GatewayError):
+    """Too many failed authentications from the client's address (`gateway_site.auth_throttle`)."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "too_many_auth_failures"
+    error_class = "auth_throttled"
+
+
 class InvalidRequest(GatewayError):
     status = 400
     type = "invalid_request_error"

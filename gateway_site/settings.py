@@ -386,6 +386,15 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- the gateway itself -------------------------------------------------------------------------
+# Failed authentications (a refused tenant API key or staff token) one client address may make
+# in a minute; past it the address gets a 429 until the minute is over, a right key included
+# (gateway_site/auth_throttle.py). 0 turns it off.
+try:
+    GATEWAY_AUTH_FAILURES_PER_MINUTE = env.int("GATEWAY_AUTH_FAILURES_PER_MINUTE", default=20)
+except ValueError:
+    GATEWAY_AUTH_FAILURES_PER_MINUTE = -1
+if GATEWAY_AUTH_FAILURES_PER_MINUTE < 0:
+    raise ImproperlyConfigured("GATEWAY_AUTH_FAILURES_PER_MINUTE must be a whole number: 0 (off) or more.")
 # Largest request body accepted by the API, in bytes; larger bodies get a 413.
 GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=10 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_BODY_BYTES

@@ -18,12 +18,15 @@ from django.db import InterfaceError, OperationalError
 
 from accounting.auth import ApiKeyContext, api_key_authenticate, bearer_token
 from accounting.members import member_context
-from gateway_site.errors import AuthenticationFailed, DatabaseUnavailable, GatewayError, InvalidRequest
+from gateway_site.errors import (
+    AuthenticationFailed, AuthThrottled, DatabaseUnavailable, GatewayError, InvalidRequest,
+)
 from routing import pipeline
 from routing.call import Call
 
 MAX_IN_FLIGHT = 8
 CLOSE_UNAUTHENTICATED = 4401
+CLOSE_THROTTLED = 4429  # too many failed authentications from this address (gateway_site/auth_throttle.py)
 CLOSE_TRY_AGAIN_LATER = 4503  # as on a worker's shutdown: unavailable here for now, reconnect
 REQUEST_FIELDS_EXCLUDED = {"type", "id"}
 
@@ -83,12 +86,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         raw_key = bearer_token(headers)
         try:
             if raw_key:
-                self.auth = await api_key_authenticate(raw_key=raw_key)
+                self.auth = await api_key_authenticate(raw_key=raw_key, client=self._client(), door="websocket")
             elif _same_origin(headers):
                 self.auth = await member_context(user=self.scope.get("user"))
         except GatewayError as exc:
-            await self._fail(None, exc)
-            await self.close(code=CLOSE_UNAUTHENTICATED)
+            await self._auth_refused(None, exc)
             return
         except (OperationalError, InterfaceError):
             await self._database_unavailable()
@@ -98,15 +100,27 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def _auth_message(self, message: dict) -> None:
         try:
-            self.auth = await api_key_authenticate(raw_key=str(message.get("api_key") or "") or None)
+            self.auth = await api_key_authenticate(
+                raw_key=str(message.get("api_key") or "") or None, client=self._client(), door="websocket"
+            )
         except GatewayError as exc:
-            await self._fail(message.get("id"), exc)
-            await self.close(code=CLOSE_UNAUTHENTICATED)
+            await self._auth_refused(message.get("id"), exc)
             return
         except (OperationalError, InterfaceError):
             await self._database_unavailable()
             return
         await self._send({"type": "auth.ok", "tenant": self.auth.tenant_slug})
+
+    async def _auth_refused(self, request_id, exc: GatewayError) -> None:
+        """Say why and close: 4429 for an address refused after too many failures (its error event
+        says how long), 4401 otherwise."""
+        await self._fail(request_id, exc)
+        await self.close(code=CLOSE_THROTTLED if isinstance(exc, AuthThrottled) else CLOSE_UNAUTHENTICATED)
+
+    def _client(self) -> str:
+        """The peer's address (the ASGI scope's client), for the throttle of failed authentications."""
+        client = self.scope.get("client")
+        return str(client[0]) if client else ""
 
     async def _database_unavailable(self) -> None:
         """Authentication needs the database and it does not answer: say so, and close with 4503
