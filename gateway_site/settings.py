@@ -395,6 +395,13 @@ except ValueError:
     GATEWAY_AUTH_FAILURES_PER_MINUTE = -1
 if GATEWAY_AUTH_FAILURES_PER_MINUTE < 0:
     raise ImproperlyConfigured("GATEWAY_AUTH_FAILURES_PER_MINUTE must be a whole number: 0 (off) or more.")
+# Providers' api_base and budget alert webhooks may not point at link-local or cloud metadata
+# addresses (169.254.0.0/16, fe80::/10, fd00:ec2::254), nor at host names resolving to them;
+# loopback and private ranges are allowed (gateway_site/upstream_urls.py). true allows those too.
+_allow_private = env.str("GATEWAY_ALLOW_PRIVATE_UPSTREAMS", default="false").strip().lower()
+if _allow_private not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+    raise ImproperlyConfigured("GATEWAY_ALLOW_PRIVATE_UPSTREAMS must be true or false.")
+GATEWAY_ALLOW_PRIVATE_UPSTREAMS = _allow_private in ("true", "1", "yes", "on")
 # Largest request body accepted by the API, in bytes; larger bodies get a 413.
 GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=10 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_BODY_BYTES
