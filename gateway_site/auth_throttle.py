@@ -17,12 +17,14 @@ the operator API's staff tokens. A request without any key is not a guess and is
   worker processes an address can therefore try at most N-1 keys past the limit.
 - The address is the ASGI scope's client (Django's `REMOTE_ADDR`): the peer, or, when the server
   runs with `--proxy-headers` (`manage.py serve`), the address the proxy put in X-Forwarded-For.
-  Behind a proxy without it every client has the proxy's address and shares one count. A request
-  whose server reports no address (a Unix socket) is not throttled.
+  Behind a proxy without it every client has the proxy's address and shares one count. An IPv6
+  address counts by its /64. A request whose server reports no address (a Unix socket) is not
+  throttled.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import threading
 import time
@@ -85,6 +87,11 @@ class AuthFailureStore:
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._refused: dict[str, float] = {}  # address -> when its window ends (clock)
+
+    @property
+    def refusing(self) -> bool:
+        """Whether this process refuses any address now (most of the time: none)."""
+        return bool(self._refused)
 
     def refused_for(self, address: str) -> float:
         """Seconds this process still refuses `address`; 0 when it does not."""
@@ -167,8 +174,8 @@ def auth_throttle_check(*, client: str | None, door: str) -> None:
     No I/O: what this process has learnt from its own counts."""
     if not client or not settings.GATEWAY_AUTH_FAILURES_PER_MINUTE:
         return
-    left = auth_failure_store().refused_for(client)
-    if left:
+    store = auth_failure_store()
+    if store.refusing and (left := store.refused_for(_counted_as(client))):
         raise _throttled(door=door, seconds=left)
 
 
@@ -178,8 +185,8 @@ async def auth_failure_count(*, client: str | None, door: str, error: GatewayErr
     metrics.AUTH_FAILURES.labels(door).inc()
     if not client or not settings.GATEWAY_AUTH_FAILURES_PER_MINUTE:
         return error
-    store = auth_failure_store()
-    return _verdict(store, client, door, error, await store.count(client))
+    store, address = auth_failure_store(), _counted_as(client)
+    return _verdict(store, address, door, error, await store.count(address))
 
 
 def auth_failure_count_sync(*, client: str | None, door: str, error: Exception) -> Exception:
@@ -187,15 +194,29 @@ def auth_failure_count_sync(*, client: str | None, door: str, error: Exception) 
     metrics.AUTH_FAILURES.labels(door).inc()
     if not client or not settings.GATEWAY_AUTH_FAILURES_PER_MINUTE:
         return error
-    store = auth_failure_store()
-    return _verdict(store, client, door, error, store.count_sync(client))
+    store, address = auth_failure_store(), _counted_as(client)
+    return _verdict(store, address, door, error, store.count_sync(address))
 
 
-def _verdict(store: AuthFailureStore, client: str, door: str, error, counted: tuple[int, float]):
+def _counted_as(client: str) -> str:
+    """The address failures count against: an IPv4 address itself, an IPv6 address's /64 (one
+    site's whole prefix, which a client can pick addresses from at will)."""
+    if ":" not in client:
+        return client
+    try:
+        address = ipaddress.IPv6Address(client.split("%", 1)[0])
+    except ValueError:
+        return client
+    if address.ipv4_mapped is not None:  # a dual-stack socket's IPv4 client
+        return str(address.ipv4_mapped)
+    return f"{ipaddress.IPv6Network((address, 64), strict=False).network_address}/64"
+
+
+def _verdict(store: AuthFailureStore, address: str, door: str, error, counted: tuple[int, float]):
     failures, left = counted
     if failures <= settings.GATEWAY_AUTH_FAILURES_PER_MINUTE:
         return error
-    store.refuse(client, left)
+    store.refuse(address, left)
     return _throttled(door=door, seconds=left)
 
 

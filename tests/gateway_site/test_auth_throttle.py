@@ -84,6 +84,15 @@ async def test_the_anthropic_door_answers_in_its_own_shape(gateway, limit):
     assert answers[-1].headers["retry-after"]
 
 
+async def test_an_ipv6_client_counts_by_its_64(gateway, limit):
+    """A client picks addresses from its /64 at will: they share one count."""
+    for n in range(LIMIT):
+        assert (await _from(f"2001:db8:5:6::{n + 1}").get("/v1/models", headers=WRONG)).status_code == 401
+    assert (await _from("2001:db8:5:6:ffff::9").get("/v1/models", headers=WRONG)).status_code == 429
+    assert (await _from("2001:db8:5:6::77").get("/v1/models", headers=gateway.auth)).status_code == 429
+    assert (await _from("2001:db8:5:7::1").get("/v1/models", headers=gateway.auth)).status_code == 200
+
+
 async def test_a_missing_key_is_not_a_guess(gateway, limit):
     attacker = _from(ATTACKER)
     for _ in range(LIMIT + 2):
