@@ -9,6 +9,7 @@ from django.conf import settings
 from django.core.mail import send_mail
 
 from accounting.models import BudgetAlert
+from gateway_site.upstream_urls import url_destination_problem
 
 logger = logging.getLogger(__name__)
 WEBHOOK_TIMEOUT_SECONDS = 5.0
@@ -43,6 +44,10 @@ def budget_alert_send(*, alert_id: int) -> BudgetAlert:
 
 
 def _webhook_post(url: str, payload: dict) -> str:
+    # Checked when the budget was saved, and again now: the host name may resolve elsewhere today.
+    if problem := url_destination_problem(url):
+        logger.warning("budget alert webhook refused: %s", problem)
+        return "refused: link-local or cloud metadata address"
     try:
         response = httpx.post(url, json=payload, timeout=WEBHOOK_TIMEOUT_SECONDS)
     except httpx.HTTPError as exc:

@@ -36,7 +36,7 @@ from accounting.rollups import (
 from accounting.services import api_key_create, api_key_revoke, api_key_rotate
 from gateway_site.db_executor import db_call
 from gateway_site.errors import GatewayError, InvalidRequest, error_response
-from gateway_site.http import allow_methods
+from gateway_site.http import allow_methods, client_address
 from operators.api import OperatorViewSet, config_caches_clear
 
 DEFAULT_GROUP_BY = "day"
@@ -109,7 +109,7 @@ def _serialize(entry: dict) -> dict:
 @allow_methods("GET")
 async def usage(request: HttpRequest) -> HttpResponse:
     try:
-        auth = await api_key_authenticate(raw_key=bearer_token(request.headers))
+        auth = await api_key_authenticate(raw_key=bearer_token(request.headers), client=client_address(request))
         query = usage_query_parse(request.GET, now=timezone.now())
     except GatewayError as exc:
         return error_response(exc)

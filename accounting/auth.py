@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from accounting.models import TenantApiKey
 from accounting.services import api_key_hash
+from gateway_site.auth_throttle import auth_failure_count, auth_throttle_check
 from gateway_site.config_cache import ConfigCache
 from gateway_site.errors import AuthenticationFailed, PermissionDenied
 
@@ -53,12 +54,22 @@ def bearer_token(headers) -> str | None:
     return (headers.get("x-api-key") or "").strip() or None
 
 
-async def api_key_authenticate(*, raw_key: str | None) -> ApiKeyContext:
+async def api_key_authenticate(*, raw_key: str | None, client: str | None, door: str = "api") -> ApiKeyContext:
+    """The key's context, or `AuthenticationFailed`. `client` is the caller's address: one that
+    failed too often is refused (`AuthThrottled`) before its key is looked up, and a refused key
+    counts against it (`gateway_site.auth_throttle`); None leaves both to the caller. `door` names
+    the entry point in the metrics: api (HTTP), websocket."""
     if not raw_key:
         raise AuthenticationFailed(
             "Missing API key. Send it as 'Authorization: Bearer <key>'.", code="missing_api_key"
         )
-    return await api_key_authenticate_hashed(hashed_key=api_key_hash(raw_key))
+    if client is None:
+        return await api_key_authenticate_hashed(hashed_key=api_key_hash(raw_key))
+    auth_throttle_check(client=client, door=door)
+    try:
+        return await api_key_authenticate_hashed(hashed_key=api_key_hash(raw_key))
+    except AuthenticationFailed as exc:
+        raise await auth_failure_count(client=client, door=door, error=exc) from None
 
 
 async def api_key_authenticate_hashed(*, hashed_key: str) -> ApiKeyContext:

@@ -15,6 +15,7 @@ from decimal import Decimal, InvalidOperation
 from accounting.models import Budget, Period, RateLimit, Tenant
 from gateway_site.config_shape import (
     ConfigError,
+    destination,
     known,
     mapping,
     optional_int,
@@ -50,7 +51,7 @@ def tenant_budget_import(tenant: Tenant, value: object, where: str) -> Budget:
         defaults={
             "amount_usd": amount,
             "hard": bool(item.get("hard", True)),
-            "alert_webhook": str(item.get("alert_webhook") or ""),
+            "alert_webhook": destination(item, "alert_webhook", where) if item.get("alert_webhook") else "",
             "alert_email": str(item.get("alert_email") or ""),
             "alert_thresholds": sorted(set(thresholds)),
             "enabled": bool(item.get("enabled", True)),

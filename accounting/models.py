@@ -5,6 +5,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from gateway_site.upstream_urls import upstream_url_validate
+
 
 class Tenant(models.Model):
     """A team or customer that calls the gateway with its own API keys."""
@@ -184,7 +186,8 @@ class Budget(models.Model):
     period = models.CharField(max_length=10, choices=Period.choices, default=Period.MONTHLY)
     hard = models.BooleanField(default=True)
     alert_thresholds = models.JSONField(default=list, blank=True, help_text="Percentages, e.g. [50, 80, 100].")
-    alert_webhook = models.URLField(max_length=500, blank=True)
+    # Never a link-local or cloud metadata address; checked again when an alert is sent.
+    alert_webhook = models.URLField(max_length=500, blank=True, validators=[upstream_url_validate])
     alert_email = models.EmailField(blank=True)
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)

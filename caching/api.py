@@ -15,12 +15,16 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework.exceptions import AuthenticationFailed as StaffTokenRefused
+from rest_framework.exceptions import Throttled
 
 from accounting.auth import api_key_authenticate, bearer_token
 from accounting.models import Tenant
 from caching.services import cache_clear, cache_stats
-from gateway_site.errors import AuthenticationFailed, GatewayError, InvalidRequest, PermissionDenied, error_response
-from gateway_site.http import allow_methods
+from gateway_site.auth_throttle import auth_throttle_check
+from gateway_site.errors import (
+    AuthenticationFailed, AuthThrottled, GatewayError, InvalidRequest, PermissionDenied, error_response,
+)
+from gateway_site.http import allow_methods, client_address
 
 
 READ_PERMISSION = "caching.view_cachepolicy"
@@ -35,8 +39,11 @@ class Caller:
 
 async def _caller(request: HttpRequest, *, all_allowed: bool, permission: str) -> Caller:
     named = (request.GET.get("tenant") or "").strip()
+    # The key may be a tenant's or a staff token: a refusal is counted once, by the staff token's
+    # check (`operators.authentication`), and not when the staff token is good.
+    auth_throttle_check(client=client_address(request), door="api")
     try:
-        auth = await api_key_authenticate(raw_key=bearer_token(request.headers))
+        auth = await api_key_authenticate(raw_key=bearer_token(request.headers), client=None)
     except AuthenticationFailed:
         user = await sync_to_async(_staff_user)(request, permission=permission)
         if user is None:
@@ -56,6 +63,8 @@ def _staff_user(request: HttpRequest, *, permission: str):
         found = StaffTokenAuthentication().authenticate(request)
     except StaffTokenRefused:
         return None
+    except Throttled as exc:  # this refusal took the address past the limit of failures
+        raise AuthThrottled(str(exc.detail), headers={"retry-after": str(exc.wait or 1)}) from None
     if found is None or not found[0].is_staff:
         return None
     if not found[0].has_perm(permission):

@@ -17,7 +17,7 @@ from feedback.services import (
 )
 from gateway_site.db_executor import db_call
 from gateway_site.errors import GatewayError, InvalidRequest, error_response
-from gateway_site.http import allow_methods
+from gateway_site.http import allow_methods, client_address
 from routing.api import read_body
 
 
@@ -25,7 +25,7 @@ from routing.api import read_body
 @allow_methods("GET", "POST")
 async def feedback(request: HttpRequest) -> HttpResponse:
     try:
-        auth = await api_key_authenticate(raw_key=bearer_token(request.headers))
+        auth = await api_key_authenticate(raw_key=bearer_token(request.headers), client=client_address(request))
         if request.method == "GET":
             return JsonResponse(await db_call(feedback_read, tenant_id=auth.tenant_id, **_query(request.GET)))
         submission = submission_parse(_json(read_body(request)))

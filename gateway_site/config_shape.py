@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from decimal import Decimal, InvalidOperation
 
+from gateway_site.upstream_urls import url_destination_problem
+
 
 class ConfigError(ValueError):
     """The configuration file is not of the expected shape; the message says where."""
@@ -46,6 +48,15 @@ def required_str(item: dict, key: str, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{where}.{key} is required and must be a string.")
     return value.strip()
+
+
+def destination(item: dict, key: str, where: str) -> str:
+    """A URL the gateway will send requests to (a provider's api_base, a webhook): a string, and
+    never a link-local or cloud metadata address (`gateway_site.upstream_urls`)."""
+    value = required_str(item, key, where)
+    if problem := url_destination_problem(value):
+        raise ConfigError(f"{where}.{key}: {problem}")
+    return value
 
 
 def price(item: dict, key: str, where: str) -> Decimal:

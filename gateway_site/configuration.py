@@ -18,6 +18,7 @@ from accounting.configuration import (
 from accounting.models import Tenant
 from gateway_site.config_shape import (
     ConfigError,
+    destination,
     known,
     list_of,
     mapping,
@@ -83,7 +84,7 @@ def _provider_import(item: object, where: str, counts: dict[str, int]) -> None:
         name=name,
         defaults={
             "type": wire_type,
-            "api_base": required_str(item, "api_base", where),
+            "api_base": destination(item, "api_base", where),
             "enabled": bool(item.get("enabled", True)),
             "priority": optional_int(item, "priority", where) or 100,
             "timeout_seconds": optional_seconds(item, "timeout_seconds", where),

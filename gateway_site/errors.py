@@ -12,6 +12,8 @@ import math
 
 from django.http import JsonResponse
 
+from gateway_site.redact import secrets_redact
+
 
 class GatewayError(Exception):
     status = 500
@@ -57,6 +59,15 @@ class PermissionDenied(GatewayError):
     type = "permission_error"
     code = "model_not_allowed"
     error_class = "permission"
+
+
+class AuthThrottled(GatewayError):
+    """Too many failed authentications from the client's address (`gateway_site.auth_throttle`)."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "too_many_auth_failures"
+    error_class = "auth_throttled"
 
 
 class InvalidRequest(GatewayError):
@@ -120,6 +131,10 @@ class ProviderError(GatewayError):
 
     `retryable` tells routing whether another attempt (or another deployment) may succeed;
     errors caused by the tenant's own request are never retried.
+
+    The message often quotes the upstream, which may quote the key it was sent: it is scrubbed
+    here (`secret`, the provider key of the call, and anything shaped like a key), so the tenant's
+    answer, the UsageRecord, health's `last_error` and the logs only ever see the scrubbed text.
     """
 
     type = "api_error"
@@ -133,9 +148,11 @@ class ProviderError(GatewayError):
         upstream_status: int | None = None,
         retry_after: float | None = None,
         param: str | None = None,
+        secret: str = "",
     ) -> None:
         status, retryable = PROVIDER_ERROR_CLASSES[error_class]
         headers = {"retry-after": str(math.ceil(retry_after))} if retry_after else {}
+        message = secrets_redact(message, secret=secret)
         super().__init__(message, param=param, code=error_class, headers=headers)
         self.error_class = error_class
         self.status = status

@@ -23,6 +23,12 @@ class MethodNotAllowed(GatewayError):
     error_class = "method_not_allowed"
 
 
+def client_address(request: HttpRequest) -> str:
+    """The caller's address: the ASGI scope's client (the peer, or with `--proxy-headers` the
+    address the proxy forwarded); "" when the server reports none (a Unix socket)."""
+    return request.META.get("REMOTE_ADDR") or ""
+
+
 def allow_methods(*methods: str, shape=None):
     """Like Django's require_http_methods, but answering in the API's error format (`shape(exc)`
     gives another API's error body, e.g. Anthropic's on /v1/messages)."""

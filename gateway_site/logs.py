@@ -5,32 +5,25 @@
 and the fields a call passes in `extra`. What must never be in a log line is kept out where it is
 logged: provider keys, tenant keys and prompts are not passed to loggers (the request line carries
 the prompt only for tenants that keep content). As a second line of defence the formatter blanks
-anything shaped like a bearer token or an `sk-` key, and drops the `request` object Django attaches
-to its own records (its repr is harmless today; its attributes are not).
+anything shaped like a key or a query-string credential (`gateway_site.redact`), and drops the
+`request` object Django attaches to its own records (its repr is harmless today; its attributes
+are not).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 
 import orjson
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 from pythonjsonlogger.orjson import orjson_default
 
+from gateway_site.redact import secrets_redact
 from gateway_site.request_ids import request_ids_current
 
-SECRET = re.compile(r"(?i)\b(bearer\s+)[^\s\"',]+|\bsk-[A-Za-z0-9_\-]{6,}")
 NOT_LOGGED = ("request", "scope", "headers", "color_message")  # color_message: uvicorn's ANSI copy
-
-
-def redact(text: str) -> str:
-    lowered = text.lower()
-    if "sk-" not in lowered and "bearer" not in lowered:
-        return text  # nothing SECRET could match: most lines, and far cheaper than the search
-    return SECRET.sub(lambda m: f"{m.group(1) or ''}[redacted]", text)
 
 
 def _serialize(log_data: dict, *, default=None, cls=None, indent=None, ensure_ascii=True) -> str:
@@ -61,7 +54,7 @@ class JsonFormatter(_JsonFormatter):
         super().__init__(*args, **kwargs)
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        return secrets_redact(super().format(record))
 
 
 class PlainFormatter(logging.Formatter):
@@ -71,7 +64,7 @@ class PlainFormatter(logging.Formatter):
         super().__init__(fmt, defaults={"request_id": "-"}, **kwargs)
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        return secrets_redact(super().format(record))
 
 
 def request_line(*, call_fields: dict, tenant: str, http_status: int, attempts: int,

@@ -104,6 +104,16 @@ HTTP_RESPONSES = Counter(
     "HTTP responses of every endpoint (including failed authentication), by route and status code.",
     ["method", "route", "status"],
 )
+AUTH_FAILURES = Counter(
+    "gateway_auth_failures_total",
+    "Keys refused (tenant API keys, staff tokens), by door: api (HTTP), websocket, operator.",
+    ["door"],
+)
+AUTH_THROTTLED = Counter(
+    "gateway_auth_throttled_total",
+    "Requests refused with a 429 because their address failed to authenticate too often, by door.",
+    ["door"],
+)
 IN_FLIGHT = Gauge(
     "gateway_http_requests_in_flight",
     "HTTP requests being handled (until their response headers), summed over live processes.",

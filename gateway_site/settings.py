@@ -6,7 +6,9 @@ state). Production sets `DATABASE_URL`, `REDIS_URL`, `DJANGO_SECRET_KEY`,
 """
 
 import ipaddress
+import os
 import secrets
+import stat
 import sys
 from pathlib import Path
 
@@ -22,6 +24,32 @@ if (BASE_DIR / ".env").exists():
     environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 
+def _owner_only(path: Path, mode: int) -> None:
+    """Take group and other permissions off `path` (a file or folder of an older version, created
+    world-readable), when this user owns it. A shared folder (sticky, like /tmp) is left alone."""
+    info = path.stat()
+    loose = stat.S_IMODE(info.st_mode) & 0o077
+    if loose and info.st_uid == os.geteuid() and not info.st_mode & stat.S_ISVTX:
+        path.chmod(mode)
+
+
+def _private_folder(path: Path) -> Path:
+    """VAR_DIR holds sessions and kept prompts (the SQLite file) and the generated secrets: it is
+    created 0700, and an existing one is tightened to 0700 at every start."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _owner_only(path, 0o700)
+    return path
+
+
+def _private_file(path: Path) -> Path:
+    """Create `path` 0600 (before anything is written to it), or tighten an existing one."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        _owner_only(path, 0o600)
+    return path
+
+
 def _local_secret(name: str, make) -> str:
     """Read a secret kept in VAR_DIR, creating it on first use.
 
@@ -30,10 +58,12 @@ def _local_secret(name: str, make) -> str:
     """
     path = VAR_DIR / name
     if not path.exists():
-        VAR_DIR.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(make())
-    return path.read_text().strip()
+        _private_file(_private_folder(VAR_DIR) / name).write_text(make())
+    return _private_file(path).read_text().strip()
+
+
+if VAR_DIR.is_dir():  # an existing var/ of an older version: tightened at every start
+    _private_folder(VAR_DIR)
 
 
 # GATEWAY_ENV picks the deployment: "embedded" (`make run`: generated secrets, SQLite and
@@ -153,6 +183,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": 20, "transaction_mode": "IMMEDIATE"}
     )
+    # The file holds sessions and kept prompts: created 0600 before SQLite opens it (SQLite gives
+    # its journal and WAL files the database file's permissions), tightened if it exists.
+    _sqlite = Path(str(DATABASES["default"]["NAME"]))
+    if str(_sqlite) not in ("", ":memory:") and not str(_sqlite).startswith("file:"):
+        if _sqlite.parent == VAR_DIR:
+            _private_folder(VAR_DIR)
+        if _sqlite.parent.is_dir():
+            _private_file(_sqlite)
 
 
 def database_network_options(seconds: int) -> dict:
@@ -256,7 +294,7 @@ else:
 # (started by `make run`) share on one machine.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://")
 if CELERY_BROKER_URL == "filesystem://":
-    _broker_folder = VAR_DIR / "celery-broker"
+    _broker_folder = _private_folder(VAR_DIR) / "celery-broker"
     _broker_folder.mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_folder),
@@ -348,6 +386,22 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- the gateway itself -------------------------------------------------------------------------
+# Failed authentications (a refused tenant API key or staff token) one client address may make
+# in a minute; past it the address gets a 429 until the minute is over, a right key included
+# (gateway_site/auth_throttle.py). 0 turns it off.
+try:
+    GATEWAY_AUTH_FAILURES_PER_MINUTE = env.int("GATEWAY_AUTH_FAILURES_PER_MINUTE", default=20)
+except ValueError:
+    GATEWAY_AUTH_FAILURES_PER_MINUTE = -1
+if GATEWAY_AUTH_FAILURES_PER_MINUTE < 0:
+    raise ImproperlyConfigured("GATEWAY_AUTH_FAILURES_PER_MINUTE must be a whole number: 0 (off) or more.")
+# Providers' api_base and budget alert webhooks may not point at link-local or cloud metadata
+# addresses (169.254.0.0/16, fe80::/10, fd00:ec2::254), nor at host names resolving to them;
+# loopback and private ranges are allowed (gateway_site/upstream_urls.py). true allows those too.
+_allow_private = env.str("GATEWAY_ALLOW_PRIVATE_UPSTREAMS", default="false").strip().lower()
+if _allow_private not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+    raise ImproperlyConfigured("GATEWAY_ALLOW_PRIVATE_UPSTREAMS must be true or false.")
+GATEWAY_ALLOW_PRIVATE_UPSTREAMS = _allow_private in ("true", "1", "yes", "on")
 # Largest request body accepted by the API, in bytes; larger bodies get a 413.
 GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=10 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_BODY_BYTES

@@ -130,8 +130,12 @@ def main(argv: list[str] | None = None) -> None:
 
     config.timeout_keep_alive = settings.GATEWAY_KEEP_ALIVE_SECONDS
     if args.access_log:
+        from gateway_site.logs import PlainFormatter
+
         handler = (logging.StreamHandler(sys.stdout) if args.access_log == "-"
                    else logging.FileHandler(args.access_log))
+        # uvicorn writes the path with its query string: a key sent as `?api_key=` is blanked.
+        handler.setFormatter(PlainFormatter("%(message)s"))
         access = logging.getLogger("uvicorn.access")
         access.addHandler(handler)
         access.setLevel(logging.INFO)

@@ -31,6 +31,7 @@ from daphne.server import Server
 from twisted.internet import reactor
 
 from gateway_site.graceful import FIRST_ON_CONNECTION
+from gateway_site.redact import secrets_redact
 from gateway_site.supervisor import (
     PARENT_CHECK_SECONDS, supervisor_gone, supervisor_pid, worker_imports_skip, worker_ready,
 )
@@ -93,6 +94,12 @@ class GracefulServer(Server):
             keep.add(self._replaying)
         await worker_drain(grace=float(settings.GATEWAY_SHUTDOWN_GRACE_SECONDS), keep=keep)
         self.stop()
+
+    def log_action(self, protocol, action, details):
+        # daphne's access log writes the request's whole URI: a key sent as `?api_key=` is blanked.
+        if "path" in details:
+            details = {**details, "path": secrets_redact(str(details["path"]))}
+        super().log_action(protocol, action, details)
 
     def create_application(self, protocol, scope):
         channel = getattr(protocol, "channel", None)  # an HTTP request's connection

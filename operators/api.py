@@ -68,6 +68,8 @@ def _gateway_error(exc) -> errors.GatewayError | None:
             "Missing staff token. Send it as 'Authorization: Bearer <token>'." if missing else str(exc.detail),
             code="missing_api_key" if missing else "invalid_api_key",
         )
+    if isinstance(exc, exceptions.Throttled):  # too many failed staff tokens from this address
+        return errors.AuthThrottled(str(exc.detail), headers={"retry-after": str(exc.wait or 1)})
     if isinstance(exc, exceptions.PermissionDenied):
         return errors.PermissionDenied(str(exc.detail), code="permission_denied")
     if isinstance(exc, (exceptions.NotFound, Http404)):
@@ -92,6 +94,8 @@ def operator_exception_handler(exc, context):
     if error is None:
         return None
     response = Response(error.as_body(), status=error.status)
+    for name, value in error.headers.items():
+        response[name] = value
     if error.status == 401:
         response["WWW-Authenticate"] = 'Bearer realm="operator-api"'
     if isinstance(exc, exceptions.MethodNotAllowed):

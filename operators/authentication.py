@@ -8,6 +8,9 @@ from rest_framework import authentication, exceptions
 
 from accounting.auth import bearer_token
 from accounting.services import api_key_hash
+from gateway_site.auth_throttle import auth_failure_count_sync, auth_throttle_check
+from gateway_site.errors import AuthThrottled
+from gateway_site.http import client_address
 from operators.models import StaffToken
 
 
@@ -22,14 +25,29 @@ class StaffTokenAuthentication(authentication.BaseAuthentication):
         raw = bearer_token(request.headers)
         if not raw:
             return None
+        # An address that failed too often is refused before the lookup (gateway_site/auth_throttle.py).
+        client = client_address(request)
+        try:
+            auth_throttle_check(client=client, door="operator")
+        except AuthThrottled as exc:
+            raise _throttled(exc) from None
         token = StaffToken.objects.select_related("user").filter(hashed_key=api_key_hash(raw)).first()
         if token is None or token.revoked or not token.user.is_active:
-            raise exceptions.AuthenticationFailed("Invalid staff token.")
+            refused = exceptions.AuthenticationFailed("Invalid staff token.")
+            error = auth_failure_count_sync(client=client, door="operator", error=refused)
+            raise _throttled(error) if isinstance(error, AuthThrottled) else refused
         StaffToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
         return token.user, token
 
     def authenticate_header(self, request) -> str:
         return 'Bearer realm="operator-api"'
+
+
+def _throttled(exc: AuthThrottled) -> exceptions.Throttled:
+    """DRF's 429, which the operator API answers in the gateway's error shape (`operators.api`)."""
+    throttled = exceptions.Throttled(detail=exc.message)
+    throttled.wait = int(exc.headers["retry-after"])  # set after: DRF would add its own sentence
+    return throttled
 
 
 class StaffTokenScheme(OpenApiAuthenticationExtension):

@@ -2,6 +2,7 @@ from decimal import Decimal
 
 from django.db import models
 
+from gateway_site.upstream_urls import upstream_url_validate
 from providers import crypto
 
 
@@ -22,7 +23,8 @@ class Provider(models.Model):
 
     name = models.SlugField(max_length=64, unique=True)
     type = models.CharField(max_length=32, choices=WireType.choices, default=WireType.OPENAI)
-    api_base = models.URLField(max_length=500)
+    # Never a link-local or cloud metadata address (gateway_site/upstream_urls.py).
+    api_base = models.URLField(max_length=500, validators=[upstream_url_validate])
     enabled = models.BooleanField(default=True)
     priority = models.IntegerField(
         default=100, help_text="Among providers serving the same alias, lower is tried first."

@@ -18,7 +18,7 @@ from accounting import tokens
 from accounting.auth import api_key_authenticate, bearer_token
 from gateway_site import wire_json
 from gateway_site.errors import GatewayError
-from gateway_site.http import allow_methods
+from gateway_site.http import allow_methods, client_address
 from gateway_site.wire_json import JsonBody
 from routing import pipeline, validation
 from routing.anthropic_format import anthropic_error, anthropic_events, anthropic_message, openai_payload
@@ -47,7 +47,7 @@ async def messages(request: HttpRequest) -> HttpResponse:
     call = Call(endpoint="messages", response_prefix="msg_")
     try:
         raw = read_body(request)
-        call.auth = await api_key_authenticate(raw_key=bearer_token(request.headers))
+        call.auth = await api_key_authenticate(raw_key=bearer_token(request.headers), client=client_address(request))
         payload = await _payload(call, raw)
         result = await pipeline.chat_parsed(call, body=payload, headers=request.headers)
     except GatewayError as exc:
@@ -88,7 +88,7 @@ async def count_tokens(request: HttpRequest) -> HttpResponse:
     call = Call(endpoint="messages.count_tokens")
     try:
         raw = read_body(request)
-        auth = await api_key_authenticate(raw_key=bearer_token(request.headers))
+        auth = await api_key_authenticate(raw_key=bearer_token(request.headers), client=client_address(request))
         body = validation.json_body(raw, max_bytes=settings.GATEWAY_MAX_BODY_BYTES)
         # Validated as /v1/messages validates its translation: a model that is not a string (the
         # schema fuzzer sent `{}`) is a 400 here too, not a 500 in routing.

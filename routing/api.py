@@ -13,7 +13,7 @@ from django.views.decorators.csrf import csrf_exempt
 from accounting.auth import api_key_authenticate, bearer_token
 from gateway_site import wire_json
 from gateway_site.errors import GatewayError, PayloadTooLarge, error_response
-from gateway_site.http import allow_methods
+from gateway_site.http import allow_methods, client_address
 from gateway_site.wire_json import JsonBody
 from routing import pipeline
 from routing.selection import models_visible
@@ -68,6 +68,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         result = await pipeline.chat(
             call,
             headers=request.headers,
+            client=client_address(request),
             raw_body=read_body(request),
             max_body_bytes=settings.GATEWAY_MAX_BODY_BYTES,
         )
@@ -89,6 +90,7 @@ async def embeddings(request: HttpRequest) -> HttpResponse:
         result = await pipeline.embeddings(
             call,
             headers=request.headers,
+            client=client_address(request),
             raw_body=read_body(request),
             max_body_bytes=settings.GATEWAY_MAX_BODY_BYTES,
         )
@@ -100,7 +102,7 @@ async def embeddings(request: HttpRequest) -> HttpResponse:
 @allow_methods("GET")
 async def models(request: HttpRequest) -> HttpResponse:
     try:
-        auth = await api_key_authenticate(raw_key=bearer_token(request.headers))
+        auth = await api_key_authenticate(raw_key=bearer_token(request.headers), client=client_address(request))
     except GatewayError as exc:
         return error_response(exc)
     data = [

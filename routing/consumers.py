@@ -24,12 +24,15 @@ from django.db import InterfaceError, OperationalError
 from accounting.auth import ApiKeyContext, api_key_authenticate, api_key_authenticate_hashed, bearer_token
 from accounting.members import member_session_authenticate, member_session_context
 from accounting.services import api_key_hash
-from gateway_site.errors import AuthenticationFailed, DatabaseUnavailable, GatewayError, InvalidRequest
+from gateway_site.errors import (
+    AuthenticationFailed, AuthThrottled, DatabaseUnavailable, GatewayError, InvalidRequest,
+)
 from routing import pipeline
 from routing.call import Call
 
 MAX_IN_FLIGHT = 8
 CLOSE_UNAUTHENTICATED = 4401
+CLOSE_THROTTLED = 4429  # too many failed authentications from this address (gateway_site/auth_throttle.py)
 CLOSE_TRY_AGAIN_LATER = 4503  # as on a worker's shutdown: unavailable here for now, reconnect
 REQUEST_FIELDS_EXCLUDED = {"type", "id"}
 
@@ -96,8 +99,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             elif _same_origin(headers):
                 await self._member_authenticate()
         except GatewayError as exc:
-            await self._fail(None, exc)
-            await self.close(code=CLOSE_UNAUTHENTICATED)
+            await self._auth_refused(None, exc)
             return
         except (OperationalError, InterfaceError):
             await self._database_unavailable()
@@ -106,7 +108,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._send({"type": "auth.ok", "tenant": self.auth.tenant_slug})
 
     async def _key_authenticate(self, raw_key: str | None) -> None:
-        self.auth = await api_key_authenticate(raw_key=raw_key)
+        self.auth = await api_key_authenticate(raw_key=raw_key, client=self._client(), door="websocket")
         self.credential = functools.partial(api_key_authenticate_hashed, hashed_key=api_key_hash(raw_key))
 
     async def _member_authenticate(self) -> None:
@@ -124,8 +126,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             await self._key_authenticate(str(message.get("api_key") or "") or None)
         except GatewayError as exc:
-            await self._fail(message.get("id"), exc)
-            await self.close(code=CLOSE_UNAUTHENTICATED)
+            await self._auth_refused(message.get("id"), exc)
             return
         except (OperationalError, InterfaceError):
             await self._database_unavailable()
@@ -140,13 +141,23 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.auth = await self.credential()
         except GatewayError as exc:
             self.auth = self.credential = None  # frames that arrive before the close are refused too
-            await self._fail(request_id, exc)
-            await self.close(code=CLOSE_UNAUTHENTICATED)
+            await self._auth_refused(request_id, exc)
             return False
         except (OperationalError, InterfaceError):  # as a request on the socket says it: stays open
             await self._fail(request_id, DatabaseUnavailable("The gateway's database is unavailable; retry shortly."))
             return False
         return True
+
+    async def _auth_refused(self, request_id, exc: GatewayError) -> None:
+        """Say why and close: 4429 for an address refused after too many failures (its error event
+        says how long), 4401 otherwise."""
+        await self._fail(request_id, exc)
+        await self.close(code=CLOSE_THROTTLED if isinstance(exc, AuthThrottled) else CLOSE_UNAUTHENTICATED)
+
+    def _client(self) -> str:
+        """The peer's address (the ASGI scope's client), for the throttle of failed authentications."""
+        client = self.scope.get("client")
+        return str(client[0]) if client else ""
 
     async def _database_unavailable(self) -> None:
         """Authentication needs the database and it does not answer: say so, and close with 4503

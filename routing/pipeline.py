@@ -52,13 +52,16 @@ DEFAULT_OUTPUT_RESERVE = 4096
 __all__ = ["Call", "chat", "chat_parsed", "embeddings"]
 
 
-async def chat(call: Call, *, headers, raw_body: bytes, max_body_bytes: int) -> dict | AsyncIterator[dict]:
+async def chat(
+    call: Call, *, headers, client: str, raw_body: bytes, max_body_bytes: int
+) -> dict | AsyncIterator[dict]:
     """Serve a chat completion: the finished body, or an iterator of chunks for a stream.
 
     A stream is returned only once its first chunk has arrived, so that a provider failing before
     the first token fails over (or becomes a plain HTTP error) without the client seeing a byte.
+    `client` is the caller's address, for the throttle of failed authentications.
     """
-    call.auth = await api_key_authenticate(raw_key=bearer_token(headers))
+    call.auth = await api_key_authenticate(raw_key=bearer_token(headers), client=client)
     try:
         body = validation.json_body(raw_body, max_bytes=max_body_bytes)
     except GatewayError as exc:
@@ -155,8 +158,8 @@ def _usage_sum(first, second):
     )
 
 
-async def embeddings(call: Call, *, headers, raw_body: bytes, max_body_bytes: int) -> dict:
-    call.auth = await api_key_authenticate(raw_key=bearer_token(headers))
+async def embeddings(call: Call, *, headers, client: str, raw_body: bytes, max_body_bytes: int) -> dict:
+    call.auth = await api_key_authenticate(raw_key=bearer_token(headers), client=client)
     try:
         body = validation.json_body(raw_body, max_bytes=max_body_bytes)
     except GatewayError as exc:

@@ -6,7 +6,9 @@ and says how the vendor spells its errors. Everything else lives here, once:
 
 - sending over the shared `httpx.AsyncClient` (never one client per request),
 - status handling: any non-2xx becomes a `ProviderError` with one of the shared error classes
-  (`PROVIDER_ERROR_CLASSES`), its `retry-after`, and the vendor's message,
+  (`PROVIDER_ERROR_CLASSES`), its `retry-after`, and the vendor's message, scrubbed of the
+  call's key and anything shaped like one (a subclass that builds a `ProviderError` from the
+  vendor's words, such as a mid-stream error event, passes `secret=target.api_key` too),
 - transport failures: timeouts become `timeout`, resets and refused connections `connection`,
 - Server-Sent Events parsing for streams, and closing the upstream response when the consumer
   stops early (client gone, error), so the pooled connection is released.
@@ -256,6 +258,7 @@ class Adapter:
             provider=target.provider_name,
             upstream_status=response.status_code,
             retry_after=_retry_after(response.headers),
+            secret=target.api_key,
         )
 
     def _transport_error(self, exc: httpx.HTTPError, target: Target) -> ProviderError:

@@ -224,6 +224,7 @@ class GeminiAdapter(Adapter):
             f"Provider '{target.provider_name}' failed mid-stream: {message or 'error event'}",
             error_class=error_class or "upstream_server",
             provider=target.provider_name,
+            secret=target.api_key,
         )
 
     def _raise_if_blocked(self, data: dict, target: Target) -> None:

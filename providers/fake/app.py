@@ -92,9 +92,24 @@ async def _before_response(
         raise FakeConnectionDrop("held for the whole hold limit")
     if directive.context_length_exceeded:
         raise dialect.context_error(tokens=tokens)
+    if directive.quote_key:
+        raise _key_quoted(ex=ex, directive=directive)
     if directive.status is not None and directive.status >= 400:
         raise ApiError(directive.status, retry_after=directive.retry_after)
     return True
+
+
+def _key_quoted(*, ex: Exchange, directive: Directive) -> ApiError:
+    """OpenAI's 401 quotes the key it was sent, masked ("Incorrect API key provided:
+    sk-proj-****abcd"); a misbehaving proxy in front of a provider quotes it whole, as here."""
+    scheme, _, bearer = ex.headers.get("authorization", "").partition(" ")
+    key = next((k.strip() for k in (
+        bearer if scheme.lower() == "bearer" else "", ex.headers.get("x-api-key", ""),
+        ex.headers.get("api-key", ""), ex.headers.get("x-goog-api-key", ""), ex.query.get("key", ""),
+    ) if k.strip()), "")
+    status = directive.status if directive.status is not None and directive.status >= 400 else 401
+    return ApiError(status, f"Incorrect API key provided: {key}. You can find your API key at "
+                    "https://platform.openai.com/account/api-keys.", retry_after=directive.retry_after)
 
 
 async def _body_send(

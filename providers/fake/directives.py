@@ -16,7 +16,9 @@ _INT_KEYS = frozenset(
     {"status", "retry_after", "delay_ms", "ttft_ms", "chunk_delay_ms", "chunks",
      "disconnect_after", "stall_after"}
 )
-_FLAG_KEYS = frozenset({"context_length_exceeded", "timeout", "no_usage", "malformed", "bad_json", "echo"})
+_FLAG_KEYS = frozenset(
+    {"context_length_exceeded", "timeout", "no_usage", "malformed", "bad_json", "echo", "quote_key"}
+)
 # `tool=NAME`: answer with a call of the declared tool NAME (dialects that support tools).
 _NAME_KEYS = frozenset({"tool"})
 _NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
@@ -41,6 +43,7 @@ class Directive:
     tool: str | None = None
     bad_json: bool = False  # structured output that does not parse (to test repair)
     echo: bool = False  # answer with the prompt itself, in 5-character pieces (to test guardrails)
+    quote_key: bool = False  # an error whose message quotes the key sent, whole (to test scrubbing)
 
 
 def directive_parse(*, text: str) -> dict[str, int | bool | str]:

@@ -9,6 +9,7 @@ https://docs.anthropic.com/en/docs/build-with-claude/streaming.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -189,6 +190,18 @@ async def test_openai_error_object_mid_stream(upstream, openai):
     assert exc.error_class == "rate_limited"
     assert exc.retryable is True
     assert exc.message == "Provider 'p' failed mid-stream: Rate limit reached"
+
+
+async def test_an_error_event_quoting_the_key_is_scrubbed(upstream, openai):
+    """The key is the target's own (no key shape): only the exact-secret rule catches it."""
+    target = dataclasses.replace(OPENAI, api_key="plain-upstream-secret-4d5e6f")
+    error = {"message": "proxy refused plain-upstream-secret-4d5e6f", "type": "server_error"}
+    body = first_event("openai_chat_stream.txt") + f"data: {json.dumps({'error': error})}\n\n".encode()
+    upstream.post(OPENAI_URL).respond(200, content=body, headers=SSE)
+
+    _, exc = await stream_until_error(openai, target)
+
+    assert exc.message == "Provider 'p' failed mid-stream: proxy refused [redacted]"
 
 
 @pytest.mark.parametrize(

@@ -280,6 +280,16 @@ async def test_context_length_exceeded_is_openai_400(client):
     assert error["code"] == "context_length_exceeded" and error["param"] == "messages"
 
 
+async def test_quote_key_answers_an_error_quoting_the_key_whole(client):
+    openai_error = await chat(client, chat_body("Hi [[fake quote_key]]"))
+    assert openai_error.status_code == 401
+    assert "Incorrect API key provided: sk-test." in openai_error.json()["error"]["message"]
+    anthropic_error = await client.post("/v1/messages", json=messages_body("Hi [[fake quote_key status=403]]"),
+                                        headers=ANTHROPIC_AUTH)
+    assert anthropic_error.status_code == 403
+    assert "Incorrect API key provided: sk-ant-test." in anthropic_error.json()["error"]["message"]
+
+
 async def test_unknown_directive_is_rejected(client):
     response = await chat(client, chat_body("Hi [[fake status=500 explode]]"))
     assert response.status_code == 400 and "explode" in response.json()["error"]["message"]

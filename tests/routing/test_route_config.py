@@ -110,7 +110,7 @@ def test_import_creates_the_group_the_rule_and_its_deployments(catalogue, tmp_pa
 def test_an_imported_route_is_what_route_select_uses(catalogue, tmp_path):
     import_text(tmp_path, ROUTES)
     _, raw_key = api_key_create(tenant=Tenant.objects.get(slug="acme"))
-    auth = async_to_sync(api_key_authenticate)(raw_key=raw_key)
+    auth = async_to_sync(api_key_authenticate)(raw_key=raw_key, client="127.0.0.1")
     plan = async_to_sync(route_select)(
         auth=auth, model="smart", mode="chat", hints=RouteHints(task="summarization")
     )

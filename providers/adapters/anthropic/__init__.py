@@ -206,4 +206,5 @@ class AnthropicAdapter(Adapter):
             f"Provider '{target.provider_name}' failed mid-stream: {message or 'error event'}",
             error_class=error_class or "upstream_server",
             provider=target.provider_name,
+            secret=target.api_key,
         )
