@@ -19,7 +19,7 @@ from django.test import AsyncClient
 
 from gateway_site.asgi import application
 from gateway_site.auth_throttle import RedisAuthFailureStore
-from tests.conftest import ROOT
+from tests.conftest import ROOT, role_join
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -149,6 +149,7 @@ def operator_token(db):
     from operators.services import staff_token_create
 
     user = User.objects.create_user("ops", password="x", is_staff=True)
+    role_join(user, "Gateway operators")
     return staff_token_create(user=user, name="ci")[1]
 
 
