@@ -142,6 +142,23 @@ def role_join(user, group: str) -> None:
     user.groups.add(Group.objects.get(name=group))
 
 
+def logged_in_client(name: str, *, staff: bool = False, group: str | None = None, tenant=None):
+    """A Django test client logged in as a new user: staff or not, in a role's group, a tenant's member."""
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    from accounting.models import TenantMembership
+
+    user = User.objects.create_user(name, password="pw", is_staff=staff)
+    if group:
+        role_join(user, group)
+    if tenant is not None:
+        TenantMembership.objects.create(user=user, tenant=tenant)
+    client = Client()
+    client.force_login(user)
+    return client
+
+
 @pytest.fixture(autouse=True)
 def _own_redis_namespace(settings):
     """Each test gets its own Redis key prefix: breakers, health and counters start empty."""

@@ -11,26 +11,19 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from accounting.models import TenantMembership, UsageContent, UsageRecord
+from accounting.models import UsageContent, UsageRecord
 from accounting.rollups import rollup_recent
 from accounting.services import tenant_create
 from feedback.models import FeedbackMetric
 from feedback.rollups import feedback_rollup_recent
 from feedback.services import feedback_submit, submission_parse
-from tests.conftest import role_join
+from tests.conftest import logged_in_client
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _client(django_user_model, name: str, *, tenant=None, staff=False, group=None) -> Client:
-    user = django_user_model.objects.create_user(username=name, password="pw", is_staff=staff)
-    if group:
-        role_join(user, group)
-    if tenant is not None:
-        TenantMembership.objects.create(user=user, tenant=tenant)
-    client = Client()
-    client.force_login(user)
-    return client
+def _client(django_user_model, name: str, *, tenant=None, staff=False, group=None):
+    return logged_in_client(name, staff=staff, group=group, tenant=tenant)
 
 
 def _answered(tenant, n: int, *, model: str, route: str = "", prompt: str = "", answer: str = ""):

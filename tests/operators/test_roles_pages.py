@@ -8,26 +8,18 @@ from asgiref.sync import async_to_sync
 from django.contrib.auth.models import User
 from django.test import Client
 
-from accounting.models import TenantMembership
 from accounting.services import tenant_create
 from caching.services import cache_stats
 from caching.store import cache_store
 from providers.models import ProviderModel
 from routing.models import Deployment, Experiment, ExperimentVariant, RouteGroup, RoutingRule
-from tests.conftest import role_join
+from tests.conftest import logged_in_client, role_join
 
 pytestmark = pytest.mark.django_db
 
 
-def staff_client(name: str, *, group: str | None = None, tenant=None) -> Client:
-    user = User.objects.create_user(name, is_staff=True)
-    if group:
-        role_join(user, group)
-    if tenant is not None:
-        TenantMembership.objects.create(user=user, tenant=tenant)
-    client = Client()
-    client.force_login(user)
-    return client
+def staff_client(name: str, *, group: str | None = None, tenant=None):
+    return logged_in_client(name, staff=True, group=group, tenant=tenant)
 
 
 @pytest.fixture
