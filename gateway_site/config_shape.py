@@ -78,12 +78,17 @@ def optional_seconds(item: dict, key: str, where: str) -> float | None:
     return float(value)
 
 
-def optional_int(item: dict, key: str, where: str, *, maximum: int | None = None) -> int | None:
+# The largest value of an integer column (Django's IntegerField and PositiveIntegerField on
+# PostgreSQL): past it the write would fail with a DataError instead of a clear message.
+INTEGER_MAX = 2_147_483_647
+
+
+def optional_int(item: dict, key: str, where: str, *, maximum: int = INTEGER_MAX) -> int | None:
     value = item.get(key)
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{where}.{key} must be a positive integer.")
-    if maximum is not None and value > maximum:  # the column's range: a clear error, not a DataError
+    if value > maximum:  # the column's range: a clear error, not a DataError
         raise ConfigError(f"{where}.{key} must be at most {maximum}.")
     return value

@@ -82,6 +82,9 @@ def test_export_round_trips_and_never_contains_secrets(config_file):
         ("providers: [{name: x, api_base: http://h, api_key: env:NOT_SET_ANYWHERE}]", "NOT_SET_ANYWHERE"),
         ("providers: [{name: x, api_base: http://h, models: [{alias: m, input_price_per_million: -1}]}]", "input_price"),
         ("tenants: [{slug: a, colour: red}]", "colour"),
+        ("tenants: [{slug: a, rate_limit: {tpm: 3000000000}}]", "tpm must be at most 2147483647"),
+        ("providers: [{name: x, api_base: http://h, models: [{alias: m, context_window: 9999999999}]}]",
+         "context_window must be at most"),
         ("[1, 2]", "mapping"),
         ("providers: {", "not valid YAML"),
     ],
@@ -91,7 +94,7 @@ def test_import_rejects_bad_files_clearly_and_writes_nothing(tmp_path, text, mes
     path.write_text(text)
     with pytest.raises(CommandError, match=message):
         call_command("import_config", str(path), stdout=StringIO())
-    assert Provider.objects.count() == 0
+    assert Provider.objects.count() == 0 and Tenant.objects.count() == 0
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
