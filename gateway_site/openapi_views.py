@@ -3,6 +3,8 @@ class setting and so is imported while drf_spectacular.views itself is being imp
 
 from __future__ import annotations
 
+from drf_spectacular.settings import spectacular_settings
+from drf_spectacular.utils import extend_schema
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.response import Response
 
@@ -14,11 +16,14 @@ class SchemaView(SpectacularAPIView):
 
     _schema: dict | None = None
 
-    def _get_schema_response(self, request):
+    @extend_schema(exclude=True)  # the schema does not describe itself (SERVE_INCLUDE_SCHEMA is off)
+    def get(self, request, *args, **kwargs):
         if self.api_version or request.version or request.GET.get("version") or request.GET.get("lang"):
-            return super()._get_schema_response(request)
+            return super().get(request, *args, **kwargs)
         if SchemaView._schema is None:
-            generator = self.generator_class(urlconf=self.urlconf, patterns=self.patterns)
-            SchemaView._schema = generator.get_schema(request=request, public=self.serve_public)
-        filename = self._get_filename(request, None)
+            response = super().get(request, *args, **kwargs)
+            SchemaView._schema = response.data
+            return response
+        # The name drf-spectacular gives it: the title, and the negotiated format (yaml or json).
+        filename = f"{spectacular_settings.TITLE or 'schema'}.{request.accepted_renderer.format}"
         return Response(data=SchemaView._schema, headers={"Content-Disposition": f'inline; filename="{filename}"'})

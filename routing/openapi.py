@@ -180,19 +180,25 @@ class TokenCount(serializers.Serializer):
     input_tokens = serializers.IntegerField()
 
 
-def passthrough(serializer: type[serializers.Serializer], names: set[str]) -> None:
-    """Declare the fields a view accepts without the gateway reading them (forwarded to the
-    provider as sent) as free-form, so the schema lists every field the validator allows."""
-    for name in sorted(names - set(serializer._declared_fields)):
-        serializer._declared_fields[name] = serializers.JSONField(
+def passthrough(serializer: type[serializers.Serializer], names: set[str]) -> type[serializers.Serializer]:
+    """`serializer` with the fields a view accepts without the gateway reading them (forwarded to
+    the provider as sent) declared as free-form, so the schema lists every field the validator
+    allows. A subclass of the same name: DRF collects a serializer's fields when its class is made."""
+    extra = {
+        name: serializers.JSONField(
             required=False, help_text="Forwarded to the provider as sent (see the vendor's reference)."
         )
+        for name in sorted(names - set(serializer().fields))
+    }
+    return type(serializer.__name__, (serializer,), {"__module__": serializer.__module__, **extra})
 
 
-passthrough(CreateChatCompletion, validation.CHAT_FIELDS)
-passthrough(CreateEmbedding, validation.EMBEDDING_FIELDS)
-passthrough(AnthropicCreateMessage, REQUEST_KEYS)
-passthrough(AnthropicCountTokens, REQUEST_KEYS - {"stream", "stop_sequences", "temperature", "top_p", "top_k"})
+CreateChatCompletion = passthrough(CreateChatCompletion, validation.CHAT_FIELDS)
+CreateEmbedding = passthrough(CreateEmbedding, validation.EMBEDDING_FIELDS)
+AnthropicCreateMessage = passthrough(AnthropicCreateMessage, REQUEST_KEYS)
+AnthropicCountTokens = passthrough(
+    AnthropicCountTokens, REQUEST_KEYS - {"stream", "stop_sequences", "temperature", "top_p", "top_k"}
+)
 
 SSE = OpenApiResponse(OpenApiTypes.STR, description="Server-sent events, when `stream` is true.")
 COMPLETION_ERRORS = (400, 401, 403, 404, 413, 429, 502, 503, 504)

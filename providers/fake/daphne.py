@@ -30,10 +30,16 @@ def _daphne_server_class() -> type:
                 instance.add_done_callback(lambda future: self._drop_if_crashed(protocol, future))
             return queue
 
+        async def handle_reply(self, protocol, message):
+            # Whether the response has started, in the connection's own entry, for the check below.
+            if message.get("type") == "http.response.start" and protocol in self.connections:
+                self.connections[protocol]["fake_response_started"] = True
+            await super().handle_reply(protocol, message)
+
         def _drop_if_crashed(self, protocol, future) -> None:
             if future.cancelled() or future.exception() is None:
                 return
-            started = getattr(protocol, "_response_started", False)
+            started = self.connections.get(protocol, {}).get("fake_response_started", False)
             if not (started or isinstance(future.exception(), FakeConnectionDrop)):
                 return  # nothing sent yet: daphne's own 500 page is right
             if protocol.channel is not None and protocol.channel.transport is not None:

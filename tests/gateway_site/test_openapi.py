@@ -114,3 +114,20 @@ def test_docs_pages_work_offline():
     assert finders.find("drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js")
     redoc = Client().get("/api/redoc/")
     assert redoc.status_code == 200 and b"drf_spectacular_sidecar/redoc" in redoc.content
+
+
+@pytest.mark.django_db
+def test_the_schema_is_served_the_same_once_generated():
+    """The first request generates the schema (drf-spectacular's own response), later ones serve
+    the process's copy: the same body, under the same file name, in the negotiated format."""
+    client = Client()
+    answers = [client.get("/api/schema/", HTTP_ACCEPT=accept)
+               for accept in ("application/vnd.oai.openapi+json", "application/vnd.oai.openapi+json",
+                              "application/vnd.oai.openapi")]
+    assert [answer.status_code for answer in answers] == [200] * 3
+    first, second, yaml_answer = answers
+    assert second.content == first.content
+    assert second["Content-Disposition"] == first["Content-Disposition"]
+    assert re.fullmatch(r'inline; filename=".+\.json"', second["Content-Disposition"])
+    assert re.fullmatch(r'inline; filename=".+\.yaml"', yaml_answer["Content-Disposition"])
+    assert yaml_answer.content.startswith(b"openapi:")
