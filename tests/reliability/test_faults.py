@@ -668,6 +668,8 @@ def test_gateway_worker_killed_mid_stream_counts_nothing_twice(chaos):
     assert killed_records <= 1
     assert len(chaos.query("SELECT id FROM accounting_usagerecord WHERE id > %s", (since,))) == 6 + killed_records
     # Its reservation outlived the worker; the periodic task frees it, and spend equals the records.
+    # The replacement's budget lease, if the 6 requests made it take one, goes a second later.
+    wait_for(lambda: chaos.money()["held"] <= 1 - killed_records, what="only the killed request's reservation held")
     held = chaos.money()["held"]
     released = manage(
         chaos.env, "shell", "-c",
