@@ -64,6 +64,11 @@ def cache_plan_make(call, *, options: keys.CacheOptions, policy: Policy) -> Cach
     if policy.mode == CacheMode.DETERMINISTIC and not (options.asked or keys.deterministic(call.payload)):
         return None
     rule, variant = call.plan.rule, call.plan.variant
+    if not rule:
+        # No rule: the route is the deployments the name resolved to for this key, whose
+        # allow-list may have left some out ("fake:premium" names the aliases "premium" and
+        # "house"): a key allowed only "house" must not be answered what "premium" wrote.
+        rule = "aliases:" + ",".join(sorted({deployment.alias for deployment in call.plan.deployments}))
     return CachePlan(
         key=keys.cache_key(tenant_id=call.auth.tenant_id, rule=rule, variant=variant, payload=call.payload),
         scope=keys.semantic_scope(tenant_id=call.auth.tenant_id, rule=rule, variant=variant, payload=call.payload),

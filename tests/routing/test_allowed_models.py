@@ -160,3 +160,20 @@ async def test_a_rule_is_reached_by_its_published_name_only(gateway, limited):
     assert await served_model() == ALLOWED_UPSTREAM
     assert (await post(assistant_only, "/v1/chat/completions", chat("house"))).status_code == 403
     assert (await post(limited, "/v1/chat/completions", chat("assistant"))).status_code == 403
+
+
+async def test_a_cached_answer_of_a_disallowed_alias_is_not_served_to_the_limited_key(gateway, limited):
+    """The response cache is the tenant's, keyed by the requested name: "fake:premium" asked by a
+    key that may use every model is answered by "premium" and cached; the same request from the
+    key allowed only "house" must not get that answer."""
+    body = chat("fake:premium", temperature=0)  # deterministic: cached under the default policy
+    first = await post(gateway.raw_key, "/v1/chat/completions", body)
+    assert first.status_code == 200 and first.headers["x-gateway-cache"] == "miss"
+    assert await served_model() == "premium-large"
+    again = await post(gateway.raw_key, "/v1/chat/completions", body)
+    assert again.headers["x-gateway-cache"] == "hit"  # the cache is on for this request
+
+    limited_answer = await post(limited, "/v1/chat/completions", body)
+    assert limited_answer.status_code == 200, limited_answer.content
+    assert limited_answer.headers["x-gateway-cache"] == "miss"
+    assert await served_model() == ALLOWED_UPSTREAM
