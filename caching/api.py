@@ -58,6 +58,7 @@ async def _caller(request: HttpRequest, *, all_allowed: bool, permission: str) -
 def _staff_user(request: HttpRequest, *, permission: str):
     """The active staff user of a valid staff token, else None; a 403 without the permission."""
     from operators.authentication import StaffTokenAuthentication
+    from operators.permissions import permission_denied_message
 
     try:
         found = StaffTokenAuthentication().authenticate(request)
@@ -68,7 +69,7 @@ def _staff_user(request: HttpRequest, *, permission: str):
     if found is None or not found[0].is_staff:
         return None
     if not found[0].has_perm(permission):
-        raise PermissionDenied(f"This action needs the permission '{permission}'.", code="permission_denied")
+        raise PermissionDenied(permission_denied_message(permission), code="permission_denied")
     return found[0]
 
 

@@ -14,16 +14,16 @@ class SchemaView(SpectacularAPIView):
     it costs about a third of a second of CPU, which a public route should not spend per request.
     A `?version=` or `?lang=` variant is generated each time, as drf-spectacular does."""
 
-    _schema: dict | None = None
+    generated_schema: dict | None = None  # the default variant, once generated
 
     @extend_schema(exclude=True)  # the schema does not describe itself (SERVE_INCLUDE_SCHEMA is off)
     def get(self, request, *args, **kwargs):
         if self.api_version or request.version or request.GET.get("version") or request.GET.get("lang"):
             return super().get(request, *args, **kwargs)
-        if SchemaView._schema is None:
+        if SchemaView.generated_schema is None:
             response = super().get(request, *args, **kwargs)
-            SchemaView._schema = response.data
+            SchemaView.generated_schema = response.data
             return response
         # The name drf-spectacular gives it: the title, and the negotiated format (yaml or json).
         filename = f"{spectacular_settings.TITLE or 'schema'}.{request.accepted_renderer.format}"
-        return Response(data=SchemaView._schema, headers={"Content-Disposition": f'inline; filename="{filename}"'})
+        return Response(data=SchemaView.generated_schema, headers={"Content-Disposition": f'inline; filename="{filename}"'})
