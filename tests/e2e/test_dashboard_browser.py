@@ -32,7 +32,7 @@ PASSWORDS = {"alice": "alice-dashboard-pw-1", "bob": "bob-dashboard-pw-2", "olga
 # seven days and hourly ones for the last 24 hours, per model, key, task and end user; budgets.
 SEED = """
 import math
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
@@ -61,8 +61,13 @@ def put(tenant, granularity, bucket, dimension, value, scale, cost):
         latency_p95_ms=900 + 400 * scale, ttft_p50_ms=120.0, ttft_p95_ms=380.0,
     )
 
-for range_key, granularity in (("7d", "day"), ("24h", "hour")):
-    for i, bucket in enumerate(window_for(range_key=range_key).buckets):
+# The hourly window as the page may draw it: this hour's, or the next one's if the clock turns
+# the hour between this seed and the page (it did: 23 bars of 24).
+seed_time = datetime.now(timezone.utc)
+hourly = sorted(set(window_for(range_key="24h", now=seed_time).buckets)
+                | set(window_for(range_key="24h", now=seed_time + timedelta(hours=1)).buckets))
+for range_key, granularity, buckets in (("7d", "day", window_for(range_key="7d").buckets), ("24h", "hour", hourly)):
+    for i, bucket in enumerate(buckets):
         scale = 1.2 + math.sin(i / 2.0)
         base = 1.5 * scale if granularity == "day" else 0.06 * scale
         put(acme, granularity, bucket, "total", "", scale, base)
