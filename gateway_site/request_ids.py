@@ -80,12 +80,31 @@ def correlation_id() -> str:
     return ids.correlation_id if ids is not None else ""
 
 
+def request_begin(request: HttpRequest) -> tuple[RequestIds, float]:
+    """A request starts: its ids, the in-flight gauge, the clock of its access line."""
+    metrics.IN_FLIGHT.inc()
+    return request_ids_begin(request.headers.get(HEADER)), time.perf_counter()
+
+
+def request_finish(request: HttpRequest, response: HttpResponse | None, *, ids: RequestIds, started: float,
+                   route: str) -> None:
+    """Its response is ready (None: the request was cancelled before it had one): `x-request-id`,
+    and the count and access line once the response has gone out (`after_response`)."""
+    metrics.IN_FLIGHT.dec()
+    if response is None:
+        return
+    if HEADER not in response:
+        response[HEADER] = ids.correlation_id
+    duration_ms = round((time.perf_counter() - started) * 1000, 1)
+    after_response(functools.partial(_access_observe, request.method, route, response.status_code, duration_ms))
+
+
 class RequestIdMiddleware:
-    """Start the request's ids, return `x-request-id`, count the response, log one access line.
+    """Django's pages and the operator API: start the request's ids, return `x-request-id`, count
+    the response, log one access line (the tenant API's app does the same: `gateway_site.api_app`).
 
     The access line and the count are taken when the response starts (for a stream: when its
-    headers go out), with the route pattern rather than the path, so unknown paths add no series;
-    on the tenant API they are written once the response has gone out (`after_response`).
+    headers go out), with the route pattern rather than the path, so unknown paths add no series.
     """
 
     sync_capable = True
@@ -100,29 +119,21 @@ class RequestIdMiddleware:
     def __call__(self, request: HttpRequest):
         if self.is_async:
             return self._acall(request)
-        ids, started = self._begin(request)
+        ids, started = request_begin(request)
         response = self.get_response(request)
-        self._finish(request, response, ids, started)
+        request_finish(request, response, ids=ids, started=started, route=_route(request))
         return response
 
     async def _acall(self, request: HttpRequest) -> HttpResponse:
-        ids, started = self._begin(request)
+        ids, started = request_begin(request)
         response = await self.get_response(request)
-        self._finish(request, response, ids, started)
+        request_finish(request, response, ids=ids, started=started, route=_route(request))
         return response
 
-    def _begin(self, request: HttpRequest) -> tuple[RequestIds, float]:
-        metrics.IN_FLIGHT.inc()
-        return request_ids_begin(request.headers.get(HEADER)), time.perf_counter()
 
-    def _finish(self, request: HttpRequest, response: HttpResponse, ids: RequestIds, started: float) -> None:
-        metrics.IN_FLIGHT.dec()
-        if HEADER not in response:
-            response[HEADER] = ids.correlation_id
-        match = getattr(request, "resolver_match", None)
-        route = match.route if match is not None else "unmatched"
-        duration_ms = round((time.perf_counter() - started) * 1000, 1)
-        after_response(functools.partial(_access_observe, request.method, route, response.status_code, duration_ms))
+def _route(request: HttpRequest) -> str:
+    match = getattr(request, "resolver_match", None)
+    return match.route if match is not None else "unmatched"
 
 
 def _access_observe(method: str, route: str, status: int, duration_ms: float) -> None:

@@ -7,11 +7,12 @@ from gateway_site.health_schema import MetricsDoc, ReadyDoc
 from gateway_site.metrics import metrics_view
 from gateway_site.openapi import HealthDoc, documented
 from gateway_site.openapi_views import SchemaView
-from routing.urls import not_found_patterns
+from routing.urls import not_found_patterns, tenant_api_patterns
 
 urlpatterns = [
-    # The tenant API first: its routes are the hot path, and a request that passes an include
-    # whose prefix matches (operators' "v1/") costs Django a list of everything it tried.
+    # The tenant API, served before Django by its own ASGI app (gateway_site/asgi.py): listed here
+    # for the OpenAPI schema and reverse(), and for Django's test client.
+    *tenant_api_patterns,
     path("v1/", include("routing.urls")),
     path("v1/", include("operators.urls")),
     path("v1/", include(not_found_patterns)),

@@ -1,4 +1,5 @@
 from django.urls import path, re_path
+from django.views.decorators.csrf import csrf_exempt
 
 from accounting import api as usage_api
 from accounting.openapi import UsageDoc
@@ -11,19 +12,34 @@ from gateway_site.openapi import documented
 from routing import anthropic_api, api
 from routing import openapi as docs
 
-urlpatterns = [
-    path("chat/completions", documented(api.chat_completions, docs.ChatCompletionsDoc), name="chat-completions"),
-    path("embeddings", documented(api.embeddings, docs.EmbeddingsDoc), name="embeddings"),
-    path("models", documented(api.models, docs.ModelsDoc), name="models"),
-    path("messages", documented(anthropic_api.messages, docs.MessagesDoc), name="messages"),
-    path("messages/count_tokens", documented(anthropic_api.count_tokens, docs.CountTokensDoc),
+# The tenant API: the routes a tenant key calls, with nothing of a browser's session. This list is
+# the one source of their paths: gateway_site/asgi.py serves them with their own ASGI app before
+# Django (gateway_site/api_app.py), and gateway_site/urls.py includes the same list in the URLconf
+# for the OpenAPI schema and `reverse()`.
+tenant_api_patterns = [
+    path("v1/chat/completions", documented(api.chat_completions, docs.ChatCompletionsDoc), name="chat-completions"),
+    path("v1/embeddings", documented(api.embeddings, docs.EmbeddingsDoc), name="embeddings"),
+    path("v1/models", documented(api.models, docs.ModelsDoc), name="models"),
+    path("v1/messages", documented(anthropic_api.messages, docs.MessagesDoc), name="messages"),
+    path("v1/messages/count_tokens", documented(anthropic_api.count_tokens, docs.CountTokensDoc),
          name="messages-count-tokens"),
-    path("usage", documented(usage_api.usage, UsageDoc), name="usage"),
+    path("v1/usage", documented(usage_api.usage, UsageDoc), name="usage"),
+    path("v1/feedback", documented(feedback_api.feedback, FeedbackDoc), name="feedback"),
+]
+
+
+def tenant_api_routes() -> dict:
+    """{"/v1/models": view, ...}: the tenant API's table for `gateway_site.api_app.ApiApplication`."""
+    return {f"/{route.pattern}": route.callback for route in tenant_api_patterns}
+
+
+# The cache's routes take a tenant key or an operator's staff token (caching/api.py): Django's.
+urlpatterns = [
     path("cache/stats", documented(cache_api.stats, CacheStatsDoc), name="cache-stats"),
     path("cache", documented(cache_api.clear, CacheClearDoc), name="cache-clear"),
-    path("feedback", documented(feedback_api.feedback, FeedbackDoc), name="feedback"),
 ]
 
 # Whatever neither the tenant API nor the operator API has under /v1/: the API's own 404, not
-# Django's page (included last in gateway_site/urls.py).
-not_found_patterns = [re_path(r"^.*$", api_not_found)]
+# Django's page (included last in gateway_site/urls.py). Exempt from CSRF so that a POST gets
+# the 404 too, not a 403 for a session token it was never meant to carry.
+not_found_patterns = [re_path(r"^.*$", csrf_exempt(api_not_found))]

@@ -1,0 +1,173 @@
+"""The tenant API as its own ASGI application, routed before Django (`gateway_site/asgi.py`).
+
+The tenant API's views are plain async functions that take a Django `HttpRequest` and return an
+`HttpResponse` or a `StreamingHttpResponse`. Django's `ASGIHandler` would run each request inside
+asgiref's `ThreadSensitiveContext` (a new single-thread executor per request), hop to a thread to
+send `request_started` and again to close the response, and run its middleware (session, auth,
+messages, CSRF...) through `sync_to_async`: all of it for requests that authenticate by key, keep
+no session and do their database work on `gateway_site.db_executor`'s own threads.
+
+`ApiApplication` serves the paths of its route table itself, in the event loop, and hands every
+other request to `fallback` (Django, for the admin, dashboards, playground, operator API):
+
+- the body is read like Django reads it (a spooled file), and the request is Django's public
+  `ASGIRequest(scope, body_file)`; a view reads it with `request.body`, which raises
+  `RequestDataTooBig` past `DATA_UPLOAD_MAX_MEMORY_SIZE` (`GATEWAY_MAX_BODY_BYTES`: the views
+  answer 413);
+- a client that goes away (`http.disconnect`) cancels the view, a stream included, as Django does;
+- `request_started` and `request_finished` are sent in the event loop, where their receivers
+  (Django's `close_old_connections`, `reset_queries`, `close_caches`) find no connection of the
+  request's to look after; an async receiver would make `Signal.send` fail loudly here;
+- the request id, the in-flight gauge and the access line are `gateway_site.request_ids`'; the log
+  lines and metrics are taken once the response has gone out (`gateway_site.after_response`);
+- Django's `SecurityMiddleware` hooks run inline: the HTTPS redirect and the security headers of
+  the production settings (`SECURE_*`), the same as on Django's pages;
+- an exception a view lets out is logged and answered 500 in the API's error shape, a
+  `SuspiciousOperation` (a `Host` not in `ALLOWED_HOSTS` on a redirect) 400.
+
+What a view needs to say itself: its methods (`gateway_site.http.allow_methods`, 405 with `Allow`,
+and 503 for a database that is unreachable), and its errors (`gateway_site.errors`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from collections.abc import Callable, Mapping
+from contextlib import aclosing
+
+from django.conf import settings
+from django.core import signals
+from django.core.exceptions import SuspiciousOperation
+from django.core.handlers.asgi import ASGIRequest
+from django.http import HttpRequest, HttpResponse
+from django.middleware.security import SecurityMiddleware
+
+from gateway_site import request_ids
+from gateway_site.after_response import after_response_begin, after_response_run
+from gateway_site.errors import GatewayError, InvalidRequest, error_response
+
+logger = logging.getLogger(__name__)
+
+View = Callable[[HttpRequest], "asyncio.Future[HttpResponse]"]
+
+
+class ApiApplication:
+    """ASGI app: `routes` maps an exact path ("/v1/models") to its async view; `fallback` gets the
+    rest (HTTP of other paths, and anything that is not HTTP)."""
+
+    def __init__(self, routes: Mapping[str, View], *, fallback) -> None:
+        self.routes = dict(routes)
+        self.fallback = fallback
+        # Its hooks only: the class is Django's, with the settings read once, as in MIDDLEWARE.
+        self.security = SecurityMiddleware(get_response=lambda request: None)
+
+    async def __call__(self, scope, receive, send) -> None:
+        view = self.routes.get(scope["path"]) if scope["type"] == "http" else None
+        if view is None:
+            await self.fallback(scope, receive, send)
+            return
+        body_file = await _body_read(receive)
+        if body_file is None:
+            return  # the client left before its request was complete
+        signals.request_started.send(sender=ApiApplication, scope=scope)
+        try:
+            request = ASGIRequest(scope, body_file)
+        except UnicodeDecodeError:
+            body_file.close()
+            await _response_send(error_response(InvalidRequest("The request's URL is not valid UTF-8.")), send)
+            signals.request_finished.send(sender=ApiApplication)
+            return
+        try:
+            await self._serve(view, request, receive, send)
+        finally:
+            request.close()  # and its body file
+
+    async def _serve(self, view: View, request: ASGIRequest, receive, send) -> None:
+        """Answer while listening for the client's disconnect, which cancels the answer."""
+
+        async def answer() -> HttpResponse:
+            pending = after_response_begin()  # this task's log lines and metrics: after the answer
+            try:
+                response = await self._respond(view, request)
+                try:
+                    await _response_send(response, send)
+                except asyncio.CancelledError:
+                    pass  # the client went away while the response was being sent
+                return response
+            finally:
+                after_response_run(pending)
+
+        # The listener first: on a disconnect it has completed, and the answer is cancelled.
+        listener = asyncio.create_task(_disconnect_wait(receive))
+        answering = asyncio.create_task(answer())
+        try:
+            await asyncio.wait((listener, answering), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (listener, answering):
+                if not task.done():
+                    task.cancel()
+                    try:
+                        await task
+                    except asyncio.CancelledError:
+                        pass
+        if answering.cancelled():
+            signals.request_finished.send(sender=ApiApplication)
+        else:
+            answering.result().close()  # sends request_finished
+
+    async def _respond(self, view: View, request: ASGIRequest) -> HttpResponse:
+        route = request.path.removeprefix("/")  # the access log's and metrics' route label
+        ids, started = request_ids.request_begin(request)
+        response = None
+        try:
+            try:
+                response = self.security.process_request(request) or await view(request)
+                response = self.security.process_response(request, response)
+            except SuspiciousOperation as exc:
+                logger.warning("refused %s %s: %s", request.method, request.path, exc)
+                response = error_response(InvalidRequest("The request was refused as suspicious."))
+            except Exception:  # noqa: BLE001 - the client gets the API's 500, the log the traceback
+                logger.exception("Internal Server Error: %s %s", request.method, request.path)
+                response = error_response(GatewayError("The gateway failed to handle this request."))
+            return response
+        finally:
+            request_ids.request_finish(request, response, ids=ids, started=started, route=route)
+
+
+async def _body_read(receive):
+    """The request body in a spooled file (in memory up to FILE_UPLOAD_MAX_MEMORY_SIZE, as Django
+    reads it), or None if the client disconnected first."""
+    body_file = tempfile.SpooledTemporaryFile(max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE, mode="w+b")
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            body_file.close()
+            return None
+        if body := message.get("body"):
+            body_file.write(body)
+        if not message.get("more_body", False):
+            body_file.seek(0)
+            return body_file
+
+
+async def _disconnect_wait(receive) -> None:
+    """Returns when the client goes away (the only message ASGI sends after a complete body)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _response_send(response: HttpResponse, send) -> None:
+    headers = [(name.encode("ascii"), value.encode("latin-1")) for name, value in response.items()]
+    headers += [(b"set-cookie", cookie.output(header="").strip().encode("ascii"))
+                for cookie in response.cookies.values()]
+    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+    if not response.streaming:
+        await send({"type": "http.response.body", "body": response.content})
+        return
+    async with aclosing(aiter(response)) as parts:
+        async for part in parts:
+            if part:
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+    await send({"type": "http.response.body"})

@@ -1,0 +1,317 @@
+"""The tenant API's own ASGI app (gateway_site/api_app.py), as a server calls it through
+`gateway_site.asgi.application`: its routes are answered in the event loop, without Django's
+thread per request or middleware; every other route keeps Django's handling."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography.fernet import Fernet
+from django.core import signals
+from django.http import JsonResponse
+from django.urls import resolve
+
+from gateway_site.api_app import ApiApplication
+from gateway_site.asgi import application
+from routing.urls import tenant_api_routes
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Served:
+    def __init__(self, sent: list) -> None:
+        start = next(m for m in sent if m["type"] == "http.response.start")
+        self.status = start["status"]
+        self.headers = {name.decode().lower(): value.decode() for name, value in start["headers"]}
+        self.body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+    def json(self):
+        return json.loads(self.body)
+
+
+async def serve(app, path: str, *, method: str = "GET", body: bytes = b"", headers=(), scheme: str = "http",
+                client_gone: asyncio.Event | None = None) -> Served:
+    """One request through `app`; the client stays until `client_gone` is set (or the answer)."""
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+        "scheme": scheme, "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+        "headers": [(b"host", b"testserver"), *headers], "client": ("127.0.0.1", 40000),
+        "server": ("testserver", 80),
+    }
+    requests = [{"type": "http.request", "body": body, "more_body": False}]
+    gone = client_gone or asyncio.Event()
+    sent: list = []
+
+    async def receive():
+        if requests:
+            return requests.pop()
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    try:
+        await app(scope, receive, send)
+    finally:
+        gone.set()
+    return Served(sent) if sent else None
+
+
+class Signals:
+    """The threads on which `request_started` and `request_finished` are sent."""
+
+    def __enter__(self) -> list[threading.Thread]:
+        self.threads: list[threading.Thread] = []
+        signals.request_started.connect(self.note, weak=False)
+        signals.request_finished.connect(self.note, weak=False)
+        return self.threads
+
+    def note(self, **kwargs) -> None:
+        self.threads.append(threading.current_thread())
+
+    def __exit__(self, *exc) -> None:
+        signals.request_started.disconnect(self.note)
+        signals.request_finished.disconnect(self.note)
+
+
+def test_the_tenant_routes_are_one_table_that_the_urlconf_lists_too():
+    routes = tenant_api_routes()
+    assert set(routes) == {
+        "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/v1/messages", "/v1/messages/count_tokens",
+        "/v1/usage", "/v1/feedback",
+    }
+    for path, view in routes.items():
+        assert resolve(path).func is view  # the schema and reverse() see the view the app serves
+
+
+async def test_tenant_api_requests_run_in_the_event_loop_without_django_middleware():
+    with Signals() as threads:
+        served = await serve(application, "/v1/models")
+
+    assert served.status == 401 and served.json()["error"]["type"] == "invalid_request_error"
+    # Both signals, once each, on the event loop's own thread: no thread hop for either.
+    assert threads == [threading.current_thread()] * 2
+    assert served.headers["x-content-type-options"] == "nosniff"  # SecurityMiddleware's hooks, inline
+    assert served.headers["x-request-id"]
+    assert "x-frame-options" not in served.headers and "vary" not in served.headers
+    assert "set-cookie" not in served.headers  # no session, no CSRF cookie
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_other_routes_keep_djangos_handling():
+    with Signals() as threads:
+        health = await serve(application, "/health")
+        page = await serve(application, "/admin/login/")
+
+    assert health.status == 200 and health.headers["x-request-id"]
+    assert len(threads) == 4 and threading.current_thread() not in threads  # Django's thread per request
+    assert page.headers["x-frame-options"] == "DENY" and "csrftoken" in page.headers["set-cookie"]
+
+
+async def test_a_method_a_route_does_not_take_is_405_with_allow():
+    served = await serve(application, "/v1/chat/completions", method="GET")
+    assert served.status == 405 and served.headers["allow"] == "POST"
+    assert served.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_a_body_past_the_limit_is_413(settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = settings.GATEWAY_MAX_BODY_BYTES = 100
+    served = await serve(application, "/v1/chat/completions", method="POST", body=b"x" * 101,
+                         headers=[(b"content-type", b"application/json")])
+    assert served.status == 413 and served.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
+async def test_an_unknown_v1_route_is_a_json_404_whatever_the_method(method):
+    served = await serve(application, "/v1/no-such-route", method=method, body=b"{}")
+    assert served.status == 404
+    assert served.json()["error"]["message"] == f"Unknown API route: {method} /v1/no-such-route"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_operator_api_under_v1_is_still_djangos():
+    served = await serve(application, "/v1/tenants", method="POST", body=b"{}",
+                         headers=[(b"content-type", b"application/json")])
+    assert served.status in (401, 403)  # DRF's authentication, not the API's 404
+
+
+async def test_a_client_that_goes_away_cancels_the_view():
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def slow(request):
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    gone = asyncio.Event()
+    app = ApiApplication({"/v1/slow": slow}, fallback=None)
+    with Signals() as threads:
+        serving = asyncio.create_task(serve(app, "/v1/slow", client_gone=gone))
+        await started.wait()
+        gone.set()
+        assert await serving is None  # nothing sent: the client is gone
+    assert cancelled.is_set()
+    assert threads == [threading.current_thread()] * 2  # request_finished still sent
+
+
+async def test_a_view_that_fails_is_a_500_in_the_api_error_shape(caplog):
+    async def broken(request):
+        raise RuntimeError("boom")
+
+    served = await serve(ApiApplication({"/v1/broken": broken}, fallback=None), "/v1/broken")
+
+    assert served.status == 500 and served.json()["error"]["type"] == "api_error"
+    assert served.headers["x-request-id"]
+    assert "Internal Server Error: GET /v1/broken" in caplog.text and "RuntimeError: boom" in caplog.text
+
+
+async def test_https_is_required_where_the_settings_say_so(settings):
+    settings.SECURE_SSL_REDIRECT = True
+    settings.SECURE_HSTS_SECONDS = 3600
+
+    async def ok(request):
+        return JsonResponse({"ok": True})
+
+    app = ApiApplication({"/v1/ok": ok}, fallback=None)
+    plain = await serve(app, "/v1/ok")
+    secure = await serve(app, "/v1/ok", scheme="https")
+
+    assert plain.status == 301 and plain.headers["location"] == "https://testserver/v1/ok"
+    assert secure.status == 200 and secure.headers["strict-transport-security"] == "max-age=3600"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_streams_go_out_part_by_part_through_a_real_client(gateway):
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://testserver") as c:
+        async with c.stream("POST", "/v1/chat/completions", headers=gateway.auth, json={
+            "model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}],
+        }) as response:
+            events = [line async for line in response.aiter_lines() if line.startswith("data: ")]
+    assert response.status_code == 200 and response.headers["content-type"] == "text/event-stream"
+    assert events[-1] == "data: [DONE]" and len(events) > 2
+
+
+class _Order(logging.Handler):
+    """Notes each log line of the request log and the access log in `events`."""
+
+    def __init__(self, events: list) -> None:
+        super().__init__()
+        self.events = events
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.events.append(("log", record.getMessage()))
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_tenant_api_answer_goes_out_before_its_log_lines_and_metrics(gateway):
+    from gateway_site import metrics
+
+    events: list = []
+    order = _Order(events)
+    loggers = [logging.getLogger("routing.record"), logging.getLogger("gateway.access")]
+    for each in loggers:
+        each.addHandler(order)
+    observe = metrics.request_observe
+
+    def observed(**kwargs) -> None:
+        events.append(("metrics", kwargs["fields"]["status"]))
+        observe(**kwargs)
+
+    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    headers = [(b"content-type", b"application/json"), (b"authorization", f"Bearer {gateway.raw_key}".encode())]
+
+    sent: list = []
+
+    async def send(message):
+        events.append(("send", message["type"], message.get("status")))
+        sent.append(message)
+
+    metrics.request_observe = observed
+    try:
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+            "query_string": b"", "root_path": "", "client": ("127.0.0.1", 40000), "server": ("testserver", 80),
+            "headers": [(b"host", b"testserver"), *headers],
+        }
+        requests = [{"type": "http.request", "body": body, "more_body": False}]
+        client_gone = asyncio.Event()
+
+        async def receive():
+            if requests:
+                return requests.pop()
+            await client_gone.wait()
+            return {"type": "http.disconnect"}
+
+        try:
+            await application(scope, receive, send)
+        finally:
+            client_gone.set()
+    finally:
+        metrics.request_observe = observe
+        for each in loggers:
+            each.removeHandler(order)
+
+    assert events[:2] == [("send", "http.response.start", 200), ("send", "http.response.body", None)]
+    # All three follow the answer, and all three are done by the time the request is.
+    assert sorted(events[2:]) == sorted([
+        ("metrics", "success"), ("log", "request chat.completions success"),
+        ("log", "http POST v1/chat/completions 200"),
+    ])
+
+
+def test_after_response_work_runs_at_once_outside_a_tenant_api_request_and_each_on_its_own():
+    from gateway_site.after_response import after_response, after_response_begin, after_response_run
+
+    done: list[str] = []
+    after_response(lambda: done.append("at once"))
+    assert done == ["at once"]
+
+    pending = after_response_begin()
+    after_response(lambda: done.append("first"))
+    after_response(lambda: 1 / 0)  # logged; the next one still runs
+    after_response(lambda: done.append("third"))
+    assert done == ["at once"]
+    copied = contextvars.copy_context()  # a task started during the request keeps this context
+    after_response_run(pending)
+    assert done == ["at once", "first", "third"]
+    after_response(lambda: done.append("after the run: at once"))
+    assert done[-1] == "after the run: at once"
+    copied.run(after_response, lambda: done.append("in a copy of the request's context: at once"))
+    assert done[-1] == "in a copy of the request's context: at once"
+
+
+def test_djangos_checks_pass_in_production_and_its_deploy_checks_too():
+    """Django's security checks are on (nothing silenced): the production settings give what
+    `check --deploy` asks for. The embedded mode (HTTP on localhost) is not a deployment."""
+    env = {
+        **os.environ,
+        "GATEWAY_ENV": "production",
+        "DJANGO_SECRET_KEY": "x7Vd-" + "k3pQz9Lm2Rt8Wn5Yb4Hc6Jf1Gs0Ua" * 2,
+        "GATEWAY_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        "ALLOWED_HOSTS": "gateway.example.com",
+        "DATABASE_URL": os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/gateway"),
+        "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+    }
+    env.pop("DEBUG", None)
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    for args in (["check"], ["check", "--deploy"]):
+        done = subprocess.run([sys.executable, "manage.py", *args, "--fail-level", "WARNING"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "System check identified no issues (0 silenced)." in done.stdout
