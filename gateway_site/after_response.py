@@ -3,10 +3,11 @@
 A request's log lines and metrics (the record step's request line, the access line) describe work
 that is done by the time they are taken, and nobody waits for them; before the response they
 added their CPU (about a tenth of a millisecond) to every request's latency. Inside a tenant API
-request (`GatewayASGIHandler._tenant_api`), `after_response` keeps them until the response has been
-handed to the server, in the same task, and runs them then: a lone request's answer leaves before
-them, and they still run before the request is done (a client that goes away included). Anywhere
-else (WebSocket messages, Celery, tests calling a step directly) they run at once, as before.
+request (`gateway_site.api_app.ApiApplication`), `after_response` keeps them until the response
+has been handed to the server, in the same task, and runs them then: a lone request's answer
+leaves before them, and they still run before the request is done (a client that goes away
+included). Anywhere else (WebSocket messages, Celery, tests calling a step directly) they run at
+once, as before.
 
 What must hold when the client has its answer stays before it: the UsageRecord commits first.
 """

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import aclosing
 
 from django.conf import settings
@@ -50,7 +50,7 @@ from gateway_site.errors import GatewayError, InvalidRequest, error_response
 
 logger = logging.getLogger(__name__)
 
-View = Callable[[HttpRequest], "asyncio.Future[HttpResponse]"]
+View = Callable[[HttpRequest], Awaitable[HttpResponse]]
 
 
 class ApiApplication:
