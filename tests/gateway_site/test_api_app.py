@@ -13,6 +13,7 @@ import threading
 import httpx
 import pytest
 from django.core import signals
+from prometheus_client import REGISTRY
 from django.http import JsonResponse
 from django.urls import resolve
 
@@ -152,13 +153,20 @@ async def test_a_client_that_goes_away_cancels_the_view():
 
     gone = asyncio.Event()
     app = ApiApplication({"/v1/slow": slow}, fallback=None)
+    before = in_flight()
     with Signals() as threads:
         serving = asyncio.create_task(serve(app, "/v1/slow", client_gone=gone))
         await started.wait()
+        assert in_flight() == before + 1
         gone.set()
         assert await serving is None  # nothing sent: the client is gone
     assert cancelled.is_set()
     assert threads == [threading.current_thread()] * 2  # request_finished still sent
+    assert in_flight() == before  # the request no longer counts as in flight
+
+
+def in_flight() -> float:
+    return REGISTRY.get_sample_value("gateway_http_requests_in_flight")
 
 
 async def test_a_view_that_fails_is_a_500_in_the_api_error_shape(caplog):
