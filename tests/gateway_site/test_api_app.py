@@ -33,11 +33,11 @@ class Served:
 
 
 async def serve(app, path: str, *, method: str = "GET", body: bytes = b"", headers=(), scheme: str = "http",
-                client_gone: asyncio.Event | None = None) -> Served:
+                query: bytes = b"", client_gone: asyncio.Event | None = None) -> Served:
     """One request through `app`; the client stays until `client_gone` is set (or the answer)."""
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-        "scheme": scheme, "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+        "scheme": scheme, "path": path, "raw_path": path.encode(), "query_string": query, "root_path": "",
         "headers": [(b"host", b"testserver"), *headers], "client": ("127.0.0.1", 40000),
         "server": ("testserver", 80),
     }
@@ -116,6 +116,13 @@ async def test_a_method_a_route_does_not_take_is_405_with_allow():
     served = await serve(application, "/v1/chat/completions", method="GET")
     assert served.status == 405 and served.headers["allow"] == "POST"
     assert served.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_a_query_string_that_is_not_utf8_is_a_400():
+    with Signals() as threads:
+        served = await serve(application, "/v1/usage", query=b"start=\xff")
+    assert served.status == 400 and served.json()["error"]["type"] == "invalid_request_error"
+    assert len(threads) == 2
 
 
 async def test_a_body_past_the_limit_is_413(settings):
