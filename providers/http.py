@@ -1,52 +1,43 @@
-"""The one shared `httpx.AsyncClient` of a process, and the adapters bound to it.
+"""The one `UpstreamClient` of an event loop, and the adapters bound to it.
 
 A client holds a connection pool tied to the event loop that created it, so it is made once per
-loop: once per process under the ASGI server, once per test loop under pytest. Its requests go
-over aiohttp's pool (`providers.transport`), which costs a quarter of httpx's own per call. The
-adapters hand their requests to the client's transport themselves (`Adapter._open`, which also
-sets the correlation id as `x-request-id`); the client holds their defaults (timeouts, headers).
+loop: once per process under the ASGI server, once per test loop under pytest. Every upstream
+provider call goes through it (`providers/transport.py`); the adapters add their headers, the
+correlation id as `x-request-id` and a target's own read timeout (`Adapter._open`).
 """
 
 from collections.abc import AsyncGenerator
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 
-import httpx
 from django.conf import settings
 
 from gateway_site.loops import PerLoop
 from providers.adapters import ADAPTERS, Adapter
-from providers.transport import AiohttpTransport
+from providers.transport import Timeouts, UpstreamClient
 
-# A provider's cookies are never kept: one tenant's request must not carry state from another's.
-_NO_COOKIES = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
 _adapters: dict[str, PerLoop[Adapter]] = {}
 
 
-def http_client() -> httpx.AsyncClient:
+def http_client() -> UpstreamClient:
     return _clients.get()[0]
 
 
-def _client_make() -> tuple[httpx.AsyncClient, AsyncGenerator]:
-    limits = httpx.Limits(
-        max_connections=settings.GATEWAY_MAX_CONNECTIONS,
-        max_keepalive_connections=settings.GATEWAY_MAX_CONNECTIONS,
-        keepalive_expiry=30,
-    )
-    client = httpx.AsyncClient(
-        timeout=httpx.Timeout(
-            settings.GATEWAY_READ_TIMEOUT, connect=settings.GATEWAY_CONNECT_TIMEOUT
+def _client_make() -> tuple[UpstreamClient, AsyncGenerator]:
+    client = UpstreamClient(
+        timeouts=Timeouts(
+            connect=settings.GATEWAY_CONNECT_TIMEOUT,
+            read=settings.GATEWAY_READ_TIMEOUT,
+            pool=settings.GATEWAY_READ_TIMEOUT,
         ),
-        transport=AiohttpTransport(limits=limits),
-        cookies=_NO_COOKIES,
-        follow_redirects=False,
+        max_connections=settings.GATEWAY_MAX_CONNECTIONS,
+        keepalive_expiry=30,
     )
     return client, _closed_with_loop(client)
 
 
-_clients: PerLoop[tuple[httpx.AsyncClient, AsyncGenerator]] = PerLoop(_client_make)
+_clients: PerLoop[tuple[UpstreamClient, AsyncGenerator]] = PerLoop(_client_make)
 
 
-def _closed_with_loop(client: httpx.AsyncClient) -> AsyncGenerator:
+def _closed_with_loop(client: UpstreamClient) -> AsyncGenerator:
     """Close `client` when its event loop shuts down, while the loop still runs.
 
     Returns an async generator already standing at its `yield`: the loop took note of it at its

@@ -6,8 +6,8 @@ lines end with CRLF, LF or CR; a line starting with ":" is a comment; `event:` n
 dropped); an event not closed by a blank line when the stream ends was cut off and is dropped.
 The body is UTF-8 (the spec's only encoding); a malformed byte becomes U+FFFD.
 
-Decoding bytes directly, rather than through httpx's text and line decoders, saves two layers of
-Python per network read on every stream (docs/performance.md).
+Decoding bytes directly, rather than through a text decoder and then a line decoder, saves two
+layers of Python per network read on every stream (docs/performance.md).
 """
 
 from __future__ import annotations

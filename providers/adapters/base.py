@@ -4,7 +4,8 @@ The gateway's own language is OpenAI's chat completions and embeddings format: r
 it and responses leave in it. An adapter translates that to and from one vendor's wire format,
 and says how the vendor spells its errors. Everything else lives here, once:
 
-- sending over the shared `httpx.AsyncClient` (never one client per request),
+- sending over the event loop's shared `UpstreamClient` (`providers/transport.py`; never one
+  client per request),
 - status handling: any non-2xx becomes a `ProviderError` with one of the shared error classes
   (`PROVIDER_ERROR_CLASSES`), its `retry-after`, and the vendor's message, scrubbed of the
   call's key and anything shaped like one (a subclass that builds a `ProviderError` from the
@@ -26,18 +27,17 @@ A subclass implements:
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
-import functools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-
-import httpx
 
 from gateway_site import wire_json
 from gateway_site.errors import InvalidRequest, ProviderError
 from gateway_site.request_ids import correlation_id
 from providers.sse import SSEDecoder, SSEEvent
+from providers.transport import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
 
 
 @dataclass(frozen=True)
@@ -106,10 +106,8 @@ class Adapter:
     wire_type = ""
     supports_embeddings = False
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(self, client: UpstreamClient) -> None:
         self.client = client
-        # Requests go to the client's transport directly (`_open`): the client's headers by default.
-        self._client_headers = dict(client.headers)
 
     # --- what a subclass implements -------------------------------------------------------------
     def chat_request(self, payload: dict, target: Target) -> UpstreamRequest:
@@ -171,9 +169,7 @@ class Adapter:
         try:
             async for chunk in self.chat_stream_chunks(self._sse_events(response, target), target):
                 yield chunk
-        except httpx.TimeoutException as exc:
-            raise self._transport_error(exc, target) from exc
-        except httpx.TransportError as exc:
+        except UpstreamError as exc:  # timeouts included
             raise self._transport_error(exc, target) from exc
         finally:
             await response.aclose()
@@ -200,48 +196,33 @@ class Adapter:
 
     async def _open(
         self, request: UpstreamRequest, target: Target, *, stream: bool
-    ) -> httpx.Response:
-        timeout = httpx.Timeout(
-            self.client.timeout.connect,
-            read=target.read_timeout or self.client.timeout.read,
-            write=self.client.timeout.write,
-            pool=self.client.timeout.pool,
-        )
-        headers = {**self._client_headers, "content-type": "application/json", **request.headers}
+    ) -> UpstreamResponse:
+        timeouts = self.client.timeouts
+        if target.read_timeout and target.read_timeout != timeouts.read:
+            timeouts = dataclasses.replace(timeouts, read=target.read_timeout)
+        headers = {"content-type": "application/json", **request.headers}
         if request_id := correlation_id():
             headers["x-request-id"] = request_id
-        # The body encoded by orjson (gateway_site.wire_json), not by httpx's json.dumps. Sent by
-        # the client's transport itself: `AsyncClient.send`'s layers (auth and redirect flows,
-        # cookies, which the client never keeps, event hooks, its log line) cost about 100 us of
-        # CPU per call, a third of the call (docs/performance.md).
-        http_request = httpx.Request(
-            "POST", _url(request.url), content=wire_json.dumps(request.json), headers=headers,
-            extensions={"timeout": timeout.as_dict()},
-        )
         try:
-            # The transport the client would pick (a proxy's, when the environment names one).
-            transport = self.client._transport_for_url(http_request.url)
-            response = await transport.handle_async_request(http_request)
+            # The body encoded by orjson (gateway_site.wire_json).
+            response = await self.client.post(
+                request.url, content=wire_json.dumps(request.json), headers=headers, timeouts=timeouts
+            )
             if not stream and response.status_code < 400:
-                try:
-                    await response.aread()
-                finally:
-                    await response.aclose()
-        except httpx.TransportError as exc:  # timeouts included
+                await response.aread()
+        except UpstreamError as exc:  # timeouts included
             raise self._transport_error(exc, target) from exc
         if response.status_code >= 400:
-            body_read = True
             try:
                 await response.aread()
-            except httpx.HTTPError:
+                body_read = True
+            except UpstreamError:
                 body_read = False  # a body cut short: classify by status alone
-            finally:
-                await response.aclose()
             raise self._status_error(response, target, body_read=body_read)
         return response
 
     def _status_error(
-        self, response: httpx.Response, target: Target, *, body_read: bool = True
+        self, response: UpstreamResponse, target: Target, *, body_read: bool = True
     ) -> ProviderError:
         data: object = ""
         if body_read:
@@ -261,21 +242,21 @@ class Adapter:
             secret=target.api_key,
         )
 
-    def _transport_error(self, exc: httpx.HTTPError, target: Target) -> ProviderError:
-        if isinstance(exc, httpx.TimeoutException):
+    def _transport_error(self, exc: UpstreamError, target: Target) -> ProviderError:
+        if isinstance(exc, UpstreamTimeout):
             return ProviderError(
-                f"Provider '{target.provider_name}' timed out ({type(exc).__name__}).",
+                f"Provider '{target.provider_name}' timed out ({exc.kind}).",
                 error_class="timeout",
                 provider=target.provider_name,
             )
         return ProviderError(
-            f"Connection to provider '{target.provider_name}' failed ({type(exc).__name__}).",
+            f"Connection to provider '{target.provider_name}' failed ({exc.kind}).",
             error_class="connection",
             provider=target.provider_name,
         )
 
     async def _sse_events(
-        self, response: httpx.Response, target: Target
+        self, response: UpstreamResponse, target: Target
     ) -> AsyncIterator[SSEEvent]:
         """Parse a text/event-stream body (`providers.sse`)."""
         decoder = SSEDecoder()
@@ -302,8 +283,8 @@ class Adapter:
         return data
 
 
-def _body_json(response: httpx.Response) -> object:
-    """The body as JSON: UTF-8 through orjson; anything else (a UTF-16 body, say) as httpx reads it."""
+def _body_json(response: UpstreamResponse) -> object:
+    """The body as JSON: UTF-8 through orjson; anything else (a UTF-16 body, say) through `json`."""
     try:
         return wire_json.loads(response.content)
     except ValueError:
@@ -324,7 +305,7 @@ def _class_for_status(status: int) -> str:
     return "bad_request"
 
 
-def _retry_after(headers: httpx.Headers) -> float | None:
+def _retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait, from `retry-after-ms`, `retry-after` (seconds or an HTTP date)."""
     if value := headers.get("retry-after-ms"):
         try:
@@ -343,10 +324,3 @@ def _retry_after(headers: httpx.Headers) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(parsed.timestamp() - time.time(), 0.0)
-
-
-@functools.lru_cache(maxsize=1024)
-def _url(url: str) -> httpx.URL:
-    """An upstream URL parsed once: httpx parses a string URL on every request (about 15-20 us,
-    half of building the request); a deployment's URLs are few and `httpx.URL` is immutable."""
-    return httpx.URL(url)

@@ -33,7 +33,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-import httpx
 
 from gateway_site.errors import InvalidRequest, ProviderError
 from providers.adapters.base import (
@@ -44,6 +43,7 @@ from providers.adapters.base import (
     UpstreamRequest,
     Usage,
 )
+from providers.transport import UpstreamResponse
 
 API_VERSION = "v1beta"
 
@@ -208,7 +208,7 @@ class GeminiAdapter(Adapter):
         return _ERROR_CLASSES.get(kind), message
 
     def _status_error(
-        self, response: httpx.Response, target: Target, *, body_read: bool = True
+        self, response: UpstreamResponse, target: Target, *, body_read: bool = True
     ) -> ProviderError:
         # Gemini tells how long to wait in a RetryInfo detail of the body, not in a header.
         error = super()._status_error(response, target, body_read=body_read)
@@ -645,7 +645,7 @@ def _error_reasons(error: dict) -> set[str]:
     return {str(d.get("reason")) for d in _error_details(error) if d.get("reason")}
 
 
-def _retry_delay(response: httpx.Response) -> float | None:
+def _retry_delay(response: UpstreamResponse) -> float | None:
     """Seconds from a google.rpc.RetryInfo detail: `{"retryDelay": "37s"}`."""
     try:
         error = _error_object(response.json())

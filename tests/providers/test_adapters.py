@@ -1,5 +1,6 @@
-"""Adapter translation tests: the network is stubbed at the edge with respx, and each test asserts
-the exact JSON sent upstream and the exact OpenAI-shaped body parsed back.
+"""Adapter wire tests: each adapter sends through the client production uses, over real sockets, to
+a local server that answers as the provider would (`upstream.py`); each test asserts the exact
+JSON and headers sent upstream and the exact OpenAI-shaped body parsed back.
 
 Fixtures under `fixtures/` follow the vendors' documented bodies:
 https://platform.openai.com/docs/api-reference/chat/object,
@@ -9,14 +10,13 @@ https://docs.anthropic.com/en/docs/build-with-claude/streaming.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
 from pathlib import Path
 
-import httpx
 import pytest
-import respx
 
 from gateway_site.errors import PROVIDER_ERROR_CLASSES, InvalidRequest, ProviderError
 from providers.adapters import ADAPTERS
@@ -24,17 +24,19 @@ from providers.adapters.anthropic import DEFAULT_MAX_TOKENS, AnthropicAdapter
 from providers.adapters.anthropic.tools import JSON_TOOL_DESCRIPTION
 from providers.adapters.base import Adapter, Target, Usage
 from providers.adapters.openai import OpenAIAdapter
+from providers.transport import Timeouts, UpstreamClient
+from tests.providers.upstream import UPSTREAM, Reply, Route, Unanswered, refused_url
 
 FIXTURES = Path(__file__).parent / "fixtures"
-OPENAI_URL = "https://api.openai.com/v1/chat/completions"
-ANTHROPIC_URL = "https://api.anthropic.com/v1/messages"
+OPENAI_URL = f"{UPSTREAM.url}/v1/chat/completions"
+ANTHROPIC_URL = f"{UPSTREAM.url}/v1/messages"
 SSE = {"content-type": "text/event-stream"}
 
 OPENAI = Target(
     provider_id=1,
     provider_name="p",
     wire_type="openai",
-    api_base="https://api.openai.com/v1",
+    api_base=f"{UPSTREAM.url}/v1",
     upstream_model="gpt-4o-mini",
     api_key="sk-test",
 )
@@ -42,7 +44,7 @@ ANTHROPIC = Target(
     provider_id=1,
     provider_name="p",
     wire_type="anthropic",
-    api_base="https://api.anthropic.com",
+    api_base=UPSTREAM.url,
     upstream_model="claude-sonnet-4-5",
     api_key="sk-test",
 )
@@ -62,7 +64,7 @@ def first_event(name: str) -> bytes:
     return fixture_bytes(name).split(b"\n\n")[0] + b"\n\n"
 
 
-def sent_json(route: respx.Route) -> dict:
+def sent_json(route: Route) -> dict:
     return json.loads(route.calls.last.request.content)
 
 
@@ -88,24 +90,12 @@ async def stream_until_error(
 
 
 @pytest.fixture
-def upstream():
-    with respx.mock(assert_all_called=False) as mock:
-        yield mock
-
-
-@pytest.fixture
-async def client():
-    async with httpx.AsyncClient() as client:
-        yield client
-
-
-@pytest.fixture
-def openai(client: httpx.AsyncClient) -> OpenAIAdapter:
+def openai(client: UpstreamClient) -> OpenAIAdapter:
     return OpenAIAdapter(client)
 
 
 @pytest.fixture
-def anthropic(client: httpx.AsyncClient) -> AnthropicAdapter:
+def anthropic(client: UpstreamClient) -> AnthropicAdapter:
     return AnthropicAdapter(client)
 
 
@@ -169,7 +159,7 @@ async def test_openai_stream_always_asks_for_usage(upstream, openai, stream_opti
 
 async def test_openai_embeddings(upstream, openai):
     embeddings = fixture_json("openai_embeddings.json")
-    route = upstream.post("https://api.openai.com/v1/embeddings").respond(200, json=embeddings)
+    route = upstream.post(f"{UPSTREAM.url}/v1/embeddings").respond(200, json=embeddings)
 
     result = await openai.embeddings({"model": "alias", "input": "hello world"}, OPENAI)
 
@@ -520,9 +510,7 @@ async def test_anthropic_stop_reasons(upstream, anthropic, stop_reason, finish_r
 async def test_anthropic_usage_without_cache_fields_and_without_usage(upstream, anthropic):
     plain = {**fixture_json("anthropic_message.json"), "usage": {"input_tokens": 5, "output_tokens": 3}}
     no_usage = {key: value for key, value in plain.items() if key != "usage"}
-    upstream.post(ANTHROPIC_URL).mock(
-        side_effect=[httpx.Response(200, json=plain), httpx.Response(200, json=no_usage)]
-    )
+    upstream.post(ANTHROPIC_URL).respond_in_turn(Reply.of(200, json=plain), Reply.of(200, json=no_usage))
 
     first = await anthropic.chat({"messages": HELLO}, ANTHROPIC)
     second = await anthropic.chat({"messages": HELLO}, ANTHROPIC)
@@ -1061,53 +1049,80 @@ async def test_body_that_is_not_json_is_upstream_server(
     assert caught.value.upstream_status == 200
 
 
+def silent(upstream, target: Target, url: str, stack: contextlib.ExitStack) -> Target:
+    """The provider reads the request and says nothing: the target's read timeout runs out."""
+    upstream.post(url).silence()
+    return dataclasses.replace(target, read_timeout=0.3)
+
+
+def unanswered(upstream, target: Target, url: str, stack: contextlib.ExitStack) -> Target:
+    """Nothing accepts the connection: the client's connect timeout runs out."""
+    return dataclasses.replace(target, api_base=stack.enter_context(Unanswered()))
+
+
+def refused(upstream, target: Target, url: str, stack: contextlib.ExitStack) -> Target:
+    return dataclasses.replace(target, api_base=refused_url())
+
+
+def hung_up(upstream, target: Target, url: str, stack: contextlib.ExitStack) -> Target:
+    """The provider reads the request and closes the connection without an answer."""
+    upstream.post(url).hang_up()
+    return target
+
+
 @pytest.mark.parametrize(("adapter_class", "target", "url", "stream_fixture"), BOTH)
 @pytest.mark.parametrize(
     ("failure", "error_class"),
     [
-        (httpx.ReadTimeout("timed out"), "timeout"),
-        (httpx.ConnectTimeout("timed out"), "timeout"),
-        (httpx.ConnectError("connection refused"), "connection"),
-        (httpx.RemoteProtocolError("peer closed connection"), "connection"),
+        pytest.param(silent, "timeout", id="read-timeout"),
+        pytest.param(unanswered, "timeout", id="connect-timeout"),
+        pytest.param(refused, "connection", id="refused"),
+        pytest.param(hung_up, "connection", id="closed-without-answer"),
     ],
 )
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 async def test_transport_failures(
-    upstream, client, adapter_class, target, url, stream_fixture, failure, error_class, stream
+    upstream, adapter_class, target, url, stream_fixture, failure, error_class, stream
 ):
-    upstream.post(url).mock(side_effect=failure)
-    adapter: Adapter = adapter_class(client)
     payload = {"messages": HELLO, "stream": stream}
-
-    with pytest.raises(ProviderError) as caught:
-        if stream:
-            _ = [chunk async for chunk in adapter.chat_stream(payload, target)]
-        else:
-            await adapter.chat(payload, target)
+    with contextlib.ExitStack() as stack:
+        target = failure(upstream, target, url, stack)
+        client = UpstreamClient(timeouts=Timeouts(connect=0.3, read=5.0, pool=5.0))
+        adapter: Adapter = adapter_class(client)
+        try:
+            with pytest.raises(ProviderError) as caught:
+                if stream:
+                    _ = [chunk async for chunk in adapter.chat_stream(payload, target)]
+                else:
+                    await adapter.chat(payload, target)
+        finally:
+            await client.aclose()
 
     assert caught.value.error_class == error_class
     assert caught.value.retryable is True
     assert caught.value.status == PROVIDER_ERROR_CLASSES[error_class][0]
 
 
-class _StallingStream(httpx.AsyncByteStream):
-    """A body that sends one event, then times out: a provider stalling mid-answer."""
+@pytest.mark.parametrize(("adapter_class", "target", "url", "stream_fixture"), BOTH)
+async def test_timeout_mid_stream(upstream, client, adapter_class, target, url, stream_fixture):
+    """The provider sends one event, then nothing: the read timeout runs out mid-answer."""
+    upstream.post(url).respond(200, stream=[first_event(stream_fixture)], stall=True, headers=SSE)
+    stalling = dataclasses.replace(target, read_timeout=0.3)
 
-    def __init__(self, first: bytes) -> None:
-        self.first = first
+    chunks, exc = await stream_until_error(adapter_class(client), stalling)
 
-    async def __aiter__(self):
-        yield self.first
-        raise httpx.ReadTimeout("stalled")
+    assert len(chunks) == 1
+    assert exc.error_class == "timeout"
+    assert exc.retryable is True
 
 
 @pytest.mark.parametrize(("adapter_class", "target", "url", "stream_fixture"), BOTH)
-async def test_timeout_mid_stream(upstream, client, adapter_class, target, url, stream_fixture):
-    stalling = _StallingStream(first_event(stream_fixture))
-    upstream.post(url).respond(200, stream=stalling, headers=SSE)
+async def test_stream_cut_mid_answer(upstream, client, adapter_class, target, url, stream_fixture):
+    """The provider sends one event and closes the connection: what it sent, then `connection`."""
+    upstream.post(url).respond(200, stream=[first_event(stream_fixture)], cut=True, headers=SSE)
 
     chunks, exc = await stream_until_error(adapter_class(client), target)
 
     assert len(chunks) == 1
-    assert exc.error_class == "timeout"
+    assert exc.error_class == "connection"
     assert exc.retryable is True

@@ -1,4 +1,5 @@
-"""Azure OpenAI adapter: the network is stubbed with respx; each test asserts the exact URL,
+"""Azure OpenAI adapter: the adapter sends through the client production uses, over real sockets,
+to a local server answering as Azure does (`upstream.py`); each test asserts the exact URL,
 headers and JSON sent, and the OpenAI-shaped body parsed back.
 
 Fixtures `fixtures/azure_*` follow Azure's documented bodies, content-filter annotations included:
@@ -14,15 +15,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-import respx
 
 from gateway_site.errors import ProviderError
 from providers.adapters import ADAPTERS
 from providers.adapters.azure import DEFAULT_API_VERSION, AzureOpenAIAdapter
 from providers.adapters.base import Target, Usage
+from tests.providers.upstream import UPSTREAM, Route
 
 FIXTURES = Path(__file__).parent / "fixtures"
-RESOURCE = "https://contoso.openai.azure.com"
+RESOURCE = UPSTREAM.url
 CHAT_URL = f"{RESOURCE}/openai/deployments/gpt-4o-prod/chat/completions"
 SSE = {"content-type": "text/event-stream"}
 AZURE = Target(
@@ -44,20 +45,13 @@ def fixture_bytes(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
 
 
-def sent(route: respx.Route) -> httpx.Request:
+def sent(route: Route) -> httpx.Request:
     return route.calls.last.request
 
 
 @pytest.fixture
-def upstream():
-    with respx.mock(assert_all_called=False) as mock:
-        yield mock
-
-
-@pytest.fixture
-async def azure():
-    async with httpx.AsyncClient() as client:
-        yield AzureOpenAIAdapter(client)
+def azure(client):
+    return AzureOpenAIAdapter(client)
 
 
 def test_registry_maps_azure():

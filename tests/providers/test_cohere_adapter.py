@@ -1,4 +1,5 @@
-"""Cohere v2 adapter: the network is stubbed with respx; each test asserts the exact JSON sent to
+"""Cohere v2 adapter: the adapter sends through the client production uses, over real sockets, to a
+local server answering as Cohere does (`upstream.py`); each test asserts the exact JSON sent to
 Cohere and the exact OpenAI-shaped body parsed back.
 
 Fixtures `fixtures/cohere_*` follow Cohere's documented bodies: https://docs.cohere.com/reference/chat
@@ -15,24 +16,23 @@ import struct
 import time
 from pathlib import Path
 
-import httpx
 import pytest
-import respx
 
 from gateway_site.errors import PROVIDER_ERROR_CLASSES, InvalidRequest, ProviderError
 from providers.adapters import ADAPTERS
 from providers.adapters.base import Target, Usage
 from providers.adapters.cohere import CohereAdapter
+from tests.providers.upstream import UPSTREAM, Route
 
 FIXTURES = Path(__file__).parent / "fixtures"
-CHAT_URL = "https://api.cohere.com/v2/chat"
-EMBED_URL = "https://api.cohere.com/v2/embed"
+CHAT_URL = f"{UPSTREAM.url}/v2/chat"
+EMBED_URL = f"{UPSTREAM.url}/v2/embed"
 SSE = {"content-type": "text/event-stream"}
 COHERE = Target(
     provider_id=1,
     provider_name="co",
     wire_type="cohere",
-    api_base="https://api.cohere.com",
+    api_base=UPSTREAM.url,
     upstream_model="command-a-03-2025",
     api_key="co-test",
 )
@@ -55,7 +55,7 @@ def fixture_bytes(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
 
 
-def sent_json(route: respx.Route) -> dict:
+def sent_json(route: Route) -> dict:
     return json.loads(route.calls.last.request.content)
 
 
@@ -65,15 +65,8 @@ def without_created(body: dict) -> dict:
 
 
 @pytest.fixture
-def upstream():
-    with respx.mock(assert_all_called=False) as mock:
-        yield mock
-
-
-@pytest.fixture
-async def cohere():
-    async with httpx.AsyncClient() as client:
-        yield CohereAdapter(client)
+def cohere(client):
+    return CohereAdapter(client)
 
 
 def test_registry_maps_cohere():

@@ -1,5 +1,6 @@
-"""Gemini adapter translation tests: the network is stubbed at the edge with respx, and each test
-asserts the exact JSON sent upstream and the exact OpenAI-shaped body parsed back.
+"""Gemini adapter wire tests: the adapter sends through the client production uses, over real
+sockets, to a local server answering as Gemini does (`upstream.py`); each test asserts the exact
+JSON sent upstream and the exact OpenAI-shaped body parsed back.
 
 Fixtures under `fixtures/gemini_*` follow Google's documented bodies:
 https://ai.google.dev/api/generate-content#v1beta.GenerateContentResponse (plain and `alt=sse`
@@ -15,17 +16,16 @@ import struct
 import time
 from pathlib import Path
 
-import httpx
 import pytest
-import respx
 
 from gateway_site.errors import PROVIDER_ERROR_CLASSES, InvalidRequest, ProviderError
 from providers.adapters import ADAPTERS
 from providers.adapters.base import Target, Usage
 from providers.adapters.gemini import GeminiAdapter
+from tests.providers.upstream import UPSTREAM, Reply, Route
 
 FIXTURES = Path(__file__).parent / "fixtures"
-BASE = "https://generativelanguage.googleapis.com/v1beta/models"
+BASE = f"{UPSTREAM.url}/v1beta/models"
 GENERATE_URL = f"{BASE}/gemini-2.5-flash:generateContent"
 STREAM_URL = f"{BASE}/gemini-2.5-flash:streamGenerateContent?alt=sse"
 SSE = {"content-type": "text/event-stream"}
@@ -33,7 +33,7 @@ GEMINI = Target(
     provider_id=1,
     provider_name="g",
     wire_type="gemini",
-    api_base="https://generativelanguage.googleapis.com",
+    api_base=UPSTREAM.url,
     upstream_model="gemini-2.5-flash",
     api_key="AIza-test",
 )
@@ -64,7 +64,7 @@ def fixture_bytes(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
 
 
-def sent_json(route: respx.Route) -> dict:
+def sent_json(route: Route) -> dict:
     return json.loads(route.calls.last.request.content)
 
 
@@ -78,15 +78,8 @@ CALLS = fixture_json("gemini_function_call.json")
 
 
 @pytest.fixture
-def upstream():
-    with respx.mock(assert_all_called=False) as mock:
-        yield mock
-
-
-@pytest.fixture
-async def gemini():
-    async with httpx.AsyncClient() as client:
-        yield GeminiAdapter(client)
+def gemini(client):
+    return GeminiAdapter(client)
 
 
 def test_registry_maps_gemini():
@@ -184,7 +177,7 @@ async def test_request_translation(upstream, gemini):
 async def test_url_and_headers(upstream, gemini):
     route = upstream.post(GENERATE_URL).respond(200, json=ANSWER)
     prefixed = Target(**{**GEMINI.__dict__, "upstream_model": "models/gemini-2.5-flash",
-                         "api_base": "https://generativelanguage.googleapis.com/"})
+                         "api_base": f"{UPSTREAM.url}/"})
 
     await gemini.chat({"model": "alias", "messages": HELLO}, prefixed)
 
@@ -610,8 +603,8 @@ async def test_invalid_api_key_is_auth_despite_invalid_argument(upstream, gemini
 
 async def test_error_wrapped_in_an_array_and_plain_text_errors(upstream, gemini):
     wrapped = [google_error(429, "RESOURCE_EXHAUSTED", "Quota exceeded.")]
-    upstream.post(GENERATE_URL).mock(side_effect=[
-        httpx.Response(429, json=wrapped), httpx.Response(502, text="<html>Bad Gateway</html>")])
+    upstream.post(GENERATE_URL).respond_in_turn(
+        Reply.of(429, json=wrapped), Reply.of(502, text="<html>Bad Gateway</html>"))
 
     with pytest.raises(ProviderError) as first:
         await gemini.chat({"messages": HELLO}, GEMINI)
