@@ -6,3 +6,7 @@ class GatewaySiteConfig(AppConfig):
 
     def ready(self) -> None:
         from gateway_site import checks  # noqa: F401  (registers the checks)
+        from gateway_site.config_generation import config_signals_connect
+
+        # Every configuration change raises the generation that every process's caches read.
+        config_signals_connect()
