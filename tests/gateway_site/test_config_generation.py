@@ -135,15 +135,16 @@ def test_the_counter_moves_with_the_change_in_its_transaction():
 def test_logins_and_anonymous_sessions_leave_it_alone(db, django_user_model):
     user = django_user_model.objects.create_user("ann", password="pw-ann-12345")
     client = Client()
-    client.get("/accounts/login/")
-    client.post("/accounts/login/", {"username": "ann", "password": "pw-ann-12345"})
+    anonymous = client.session  # a visitor's session, with data but nobody logged in
+    anonymous["seen"] = True
+    anonymous.save()
     before = counter_read()
+    response = client.post("/accounts/login/", {"username": "ann", "password": "pw-ann-12345"})
+    assert response.status_code == 302
+    assert not Session.objects.filter(session_key=anonymous.session_key).exists()  # the login replaced it
     user.refresh_from_db()
     user.save(update_fields=["last_login"])
-    anonymous = Session.objects.create(session_key="anonymous0000000000000000000000x", session_data="",
-                                       expire_date="2999-01-01T00:00:00Z")
-    anonymous.delete()
-    assert counter_read() == before
+    assert counter_read() == before  # last_login saved, the visitor's session deleted: nothing to see
     Session.objects.get(session_key=client.cookies["sessionid"].value).delete()  # a logged-in one ends
     assert counter_read() == before + 1
 
