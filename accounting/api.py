@@ -37,7 +37,7 @@ from accounting.services import api_key_create, api_key_revoke, api_key_rotate
 from gateway_site.db_executor import db_call
 from gateway_site.errors import GatewayError, InvalidRequest, error_response
 from gateway_site.http import allow_methods, client_address
-from operators.api import OperatorViewSet, config_caches_clear
+from operators.api import OperatorViewSet
 
 DEFAULT_GROUP_BY = "day"
 DEFAULT_DAYS = 30
@@ -223,7 +223,6 @@ class TenantApiKeyViewSet(OperatorViewSet):
     def revoke(self, request, pk=None):
         key = self.get_object()
         with transaction.atomic():
-            transaction.on_commit(config_caches_clear)
             api_key_revoke(key=key)
             self.audit("revoked", key, changed_fields=["revoked"])
         return Response(TenantApiKeySerializer(key).data)
@@ -234,7 +233,6 @@ class TenantApiKeyViewSet(OperatorViewSet):
     def rotate(self, request, pk=None):
         key = self.get_object()
         with transaction.atomic():
-            transaction.on_commit(config_caches_clear)
             key.plaintext = api_key_rotate(key=key)
             self.audit("rotated", key, changed_fields=["prefix"])
         return Response(TenantApiKeyWithSecretSerializer(key).data)

@@ -1,9 +1,9 @@
 """Authentication of tenant API keys on the hot path.
 
 A key is looked up by its SHA-256 hash (the only form stored), and the result is kept in process
-for `GATEWAY_CONFIG_CACHE_SECONDS` so that a busy key costs one query per interval, not one per
-request. Saving or deleting a key or tenant clears the cache of the process that did it (see
-`accounting.apps`); other processes notice within the interval.
+while the configuration generation stays the same (`gateway_site.config_generation`), so that a
+busy key costs no query per request. Saving or deleting a key or tenant raises the generation:
+the process that did it sees the change at once, the others within `GATEWAY_CONFIG_CACHE_SECONDS`.
 """
 
 from __future__ import annotations
@@ -106,6 +106,6 @@ def _load(hashed: str) -> ApiKeyContext | None:
             tenant_active=key.tenant.is_active,
             keep_content=key.tenant.keep_content,
         )
-        # Touch last_used_at at most once per cache interval per process, not per request.
+        # Touch last_used_at once per load (a change or the safety refresh), not per request.
         TenantApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
     return context

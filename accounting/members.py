@@ -2,9 +2,10 @@
 
 A WebSocket opened with a member's session checks that session again before every request
 (`member_session_authenticate`): still logged in, the user still active, still a member of an
-active tenant. Like an API key's lookup, the answer is kept in process for
-`GATEWAY_CONFIG_CACHE_SECONDS`, and cleared at once in the process that logs the user out or
-changes the user, a membership or a tenant (`accounting.apps`).
+active tenant. Like an API key's lookup, the answer is kept in process while the configuration
+generation stays the same: a logout, and a change of the user, a membership or a tenant raise it
+(`gateway_site.config_generation`), seen at once in the process that made it and within
+`GATEWAY_CONFIG_CACHE_SECONDS` in the others.
 """
 
 from __future__ import annotations

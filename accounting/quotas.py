@@ -28,6 +28,7 @@ from accounting.ratelimits import (
     ratelimit_headers,
 )
 from gateway_site.config_cache import ConfigCache
+from gateway_site.config_generation import generation
 from gateway_site.errors import GatewayError
 
 
@@ -73,7 +74,7 @@ _cache: ConfigCache[tuple[RateLimitRule, ...]] = ConfigCache("rate limits")
 
 def quota_cache_clear() -> None:
     _cache.clear()
-    _refused.clear()  # limits changed: refusals under the old ones say nothing about the new
+    _refused.clear()
 
 
 async def rate_limits_for(*, tenant_id: int, key_id: int) -> tuple[RateLimitRule, ...]:
@@ -139,8 +140,9 @@ def _buckets(rules: tuple[RateLimitRule, ...], tokens: int) -> tuple[list[Limit]
     return limits, amounts, charge
 
 
-# When this process last refused a request under each rule scope (time.monotonic()).
-_refused: dict[str, float] = {}
+# When this process last refused a request under each rule scope (time.monotonic()), and under
+# which configuration generation: once the limits change, refusals under the old ones say nothing.
+_refused: dict[str, tuple[int, float]] = {}
 REFUSAL_MEMORY_SECONDS = 60.0
 
 
@@ -150,16 +152,20 @@ def rate_limit_refusing(rules: tuple[RateLimitRule, ...]) -> bool:
     refused requests cost the database nothing (routing/pipeline.py `_prepare`)."""
     if not _refused:
         return False
-    now = time.monotonic()
-    return any(now - _refused.get(rule.scope, -math.inf) < REFUSAL_MEMORY_SECONDS for rule in rules)
+    now, current = time.monotonic(), generation.seen()
+    for rule in rules:
+        refused = _refused.get(rule.scope)
+        if refused is not None and refused[0] == current and now - refused[1] < REFUSAL_MEMORY_SECONDS:
+            return True
+    return False
 
 
 def _refusals_note(rules: tuple[RateLimitRule, ...]) -> None:
     if len(_refused) >= 10_000:
         _refused.clear()
-    now = time.monotonic()
+    refused = (generation.seen(), time.monotonic())
     for rule in rules:
-        _refused[rule.scope] = now
+        _refused[rule.scope] = refused
 
 
 def rate_limit_settle_now(*, charge: Charge, actual_tokens: int) -> list[Limit]:

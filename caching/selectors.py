@@ -1,7 +1,8 @@
 """Reads for the cache: which policy applies to a request, cached in process for the hot path.
 
-The policies are loaded in one sync step and kept for `GATEWAY_CONFIG_CACHE_SECONDS`; saving or
-deleting one in the admin clears them at once in that process (see `caching.apps`).
+The policies are loaded in one sync step and kept while the configuration generation stays the
+same (`gateway_site.config_generation`): a change is seen at once in the process that made it,
+within `GATEWAY_CONFIG_CACHE_SECONDS` in the others.
 """
 
 from __future__ import annotations

@@ -404,9 +404,9 @@ GATEWAY_ALLOW_PRIVATE_UPSTREAMS = _allow_private in ("true", "1", "yes", "on")
 # Largest request body accepted by the API, in bytes; larger bodies get a 413.
 GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=10 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_BODY_BYTES
-# How long a resolved API key and the provider catalogue stay cached in a process. Changes made
-# in the admin clear the cache of the process that made them at once, other processes within this.
-GATEWAY_CONFIG_CACHE_SECONDS = env.float("GATEWAY_CONFIG_CACHE_SECONDS", default=10.0)
+# How often a process reads the configuration generation (gateway_site/config_generation.py):
+# a change is seen at once by the process that made it, by the others within this.
+GATEWAY_CONFIG_CACHE_SECONDS = env.float("GATEWAY_CONFIG_CACHE_SECONDS", default=1.0)
 # Timeouts towards providers, in seconds.
 GATEWAY_CONNECT_TIMEOUT = env.float("GATEWAY_CONNECT_TIMEOUT", default=5.0)
 GATEWAY_READ_TIMEOUT = env.float("GATEWAY_READ_TIMEOUT", default=120.0)

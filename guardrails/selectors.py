@@ -1,8 +1,8 @@
 """The guardrail rules of each tenant, compiled and cached in process for the hot path.
 
 Built in one sync step (every enabled policy with its enabled rules, regexes compiled once) and
-kept for `GATEWAY_CONFIG_CACHE_SECONDS`; a save or delete in the admin clears it at once in the
-process that made it (see `guardrails.apps`), other processes see it within the interval.
+kept while the configuration generation stays the same (`gateway_site.config_generation`): a
+change is seen at once in the process that made it, within `GATEWAY_CONFIG_CACHE_SECONDS` in others.
 """
 
 from __future__ import annotations

@@ -109,8 +109,9 @@ class OperatorViewSet(viewsets.ModelViewSet):
     Each action needs its model permission (view, add, change, delete); a custom action names its
     verb in `action_verbs`, e.g. `{"revoke": "change"}` (see `operators.permissions`).
 
-    Writes run in one transaction with their audit entry. Saving through the ORM fires the same
-    signals as the admin, which clear the hot path's caches (auth, routing table, budgets).
+    Writes run in one transaction with their audit entry. Saving through the ORM raises the
+    configuration generation in that transaction, as the admin's saves do
+    (`gateway_site.config_generation`): every process's caches see the change.
     """
 
     authentication_classes = [StaffTokenAuthentication, SessionAuthentication]
@@ -139,13 +140,11 @@ class OperatorViewSet(viewsets.ModelViewSet):
 
     @transaction.atomic
     def perform_create(self, serializer) -> None:
-        transaction.on_commit(config_caches_clear)
         serializer.save()
         self.audit("created", serializer.instance, changed_fields=serializer.validated_data)
 
     @transaction.atomic
     def perform_update(self, serializer) -> None:
-        transaction.on_commit(config_caches_clear)
         changed = changed_fields(serializer.instance, serializer.validated_data)
         serializer.save()
         action = audit_update_action(obj=serializer.instance, changed_fields=changed)
@@ -153,25 +152,8 @@ class OperatorViewSet(viewsets.ModelViewSet):
 
     @transaction.atomic
     def perform_destroy(self, instance) -> None:
-        transaction.on_commit(config_caches_clear)
         self.audit("deleted", instance)
         instance.delete()
-
-
-def config_caches_clear() -> None:
-    """Clear this process's hot-path caches once a change is committed.
-
-    The models' save/delete signals already clear them, but inside the transaction: a request
-    served between that signal and the commit could cache the old configuration again.
-    """
-    from accounting.auth import auth_cache_clear
-    from accounting.budgets import budget_cache_clear
-    from accounting.members import member_cache_clear
-    from accounting.quotas import quota_cache_clear
-    from routing.selectors import routing_table_clear
-
-    for clear in (auth_cache_clear, budget_cache_clear, member_cache_clear, quota_cache_clear, routing_table_clear):
-        clear()
 
 
 def changed_fields(instance, data: dict) -> list[str]:

@@ -1,7 +1,8 @@
 """The routing table: rules, route groups and the provider catalogue, cached for the hot path.
 
-Built in one sync step and kept in process for `GATEWAY_CONFIG_CACHE_SECONDS`; a save in the
-admin clears it at once in the process that made it (see `routing.apps`).
+Built in one sync step and kept in process while the configuration generation stays the same
+(`gateway_site.config_generation`): any change to a rule, group, provider or model is seen at once
+in the process that made it and within `GATEWAY_CONFIG_CACHE_SECONDS` in the others.
 """
 
 from __future__ import annotations
