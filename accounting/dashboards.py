@@ -361,28 +361,3 @@ def _projection_line(points, amount, spent, start, end, now) -> list[float | Non
         float(amount - rate * Decimal((point - start) / timedelta(seconds=1))) if point >= now else None
         for point in points
     ]
-
-
-# --- guardrails -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class GuardrailCount:
-    tenant: str
-    kind: str
-    action: str
-    events: int
-
-
-def guardrail_event_counts(*, window: Window, tenant: Tenant | None = None) -> list[GuardrailCount]:
-    """Guardrail events per tenant, kind and action in the window, most first. Counted from the
-    events themselves (indexed by tenant and time), which are few next to usage records."""
-    from django.db.models import Count
-
-    from guardrails.models import GuardrailEvent
-
-    rows = GuardrailEvent.objects.filter(created_at__gte=window.start, created_at__lt=window.end)
-    if tenant is not None:
-        rows = rows.filter(tenant=tenant)
-    counted = rows.values("tenant__slug", "kind", "action").annotate(events=Count("pk"))
-    result = [GuardrailCount(r["tenant__slug"], r["kind"], r["action"], r["events"]) for r in counted]
-    result.sort(key=lambda c: (-c.events, c.tenant, c.kind, c.action))
-    return result

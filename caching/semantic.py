@@ -97,15 +97,3 @@ def semantic_index() -> SemanticIndex:
         _index.clear()
         _index[bound] = SemanticIndex(max_entries=settings.GATEWAY_SEMANTIC_CACHE_MAX_ENTRIES)
     return _index[bound]
-
-
-async def text_embed(*, auth, model: str, text: str) -> list[float]:
-    """`text` embedded by the gateway model `model`, through the embeddings pipeline (so routing,
-    limits, budgets and the UsageRecord of the embedding call are the usual ones)."""
-    from routing import pipeline  # the pipeline calls the cache: import at call time
-    from routing.call import Call
-
-    call = Call(endpoint="embeddings", auth=auth)
-    body = {"model": model, "input": text, "metadata": {"task": SEMANTIC_TASK}}
-    body = await pipeline.embeddings_parsed(call, body=body, headers={})
-    return body["data"][0]["embedding"]

@@ -1,8 +1,10 @@
 """The cache's steps in the request pipeline: decide, look up, fill (single flight), replay.
 
 `routing.pipeline` calls, for a chat request whose route is known:
-- `cache_lookup(call, body=, headers=)` before the budget reservation: decides from the policy and
-  the request's own options, answers `call.cache_plan.entry` on a hit (exact, then semantic);
+- `cache_lookup(call, body=, headers=, embed=)` before the budget reservation: decides from the
+  policy and the request's own options, answers `call.cache_plan.entry` on a hit (exact, then
+  semantic; `embed` embeds the request's text for the semantic lookup, through the pipeline, so
+  the embedding call is routed, limited and recorded like any other);
 - `cache_fill(call, produce)` around the upstream call of a plain request: identical requests in
   flight in this process share one upstream call, and the answer is stored before the flight ends;
 - `cache_stream_tee(call, chunks)` around a live stream, storing the answer once it ended well;
@@ -27,7 +29,7 @@ from accounting.pricing import cost_compute
 from caching import keys
 from caching.models import CacheMode
 from caching.selectors import Policy, cache_policy_for
-from caching.semantic import semantic_index, text_embed
+from caching.semantic import semantic_index
 from caching.store import cache_store
 from gateway_site import metrics
 from gateway_site.errors import GatewayError
@@ -37,6 +39,10 @@ logger = logging.getLogger(__name__)
 
 HEADER = "x-gateway-cache"
 _WORDS = re.compile(r"\s*\S+\s*")
+
+
+# `embed(auth=, model=, text=)`: the text's embedding by the gateway model `model`.
+Embed = Callable[..., Awaitable[list[float]]]
 
 
 @dataclass
@@ -49,6 +55,7 @@ class CachePlan:
     read: bool
     ttl: int
     scope: str = ""
+    embed: Embed | None = None
     vector: list[float] | None = None
     entry: dict | None = None
     semantic: bool = field(init=False, default=False)
@@ -79,13 +86,14 @@ def cache_plan_make(call, *, options: keys.CacheOptions, policy: Policy) -> Cach
     )
 
 
-async def cache_lookup(call, *, body: dict, headers) -> None:
+async def cache_lookup(call, *, body: dict, headers, embed: Embed) -> None:
     """Set `call.cache_plan` (None: the cache stays out of it) and, on a hit, its `entry`."""
     options = keys.cache_options_parse(body=body, headers=headers)  # a bad one is a 400 whatever the policy
     policy = await cache_policy_for(tenant_id=call.auth.tenant_id, rule=call.plan.rule)
     plan = call.cache_plan = cache_plan_make(call, options=options, policy=policy)
     if plan is None:
         return
+    plan.embed = embed
     call.cache = "miss"
     call.extra_headers[HEADER] = "miss"
     if not plan.read:
@@ -113,7 +121,7 @@ def _fresh(entry: dict | None, plan: CachePlan) -> dict | None:
 
 async def _semantic_lookup(call, plan: CachePlan) -> dict | None:
     try:
-        plan.vector = await text_embed(
+        plan.vector = await plan.embed(
             auth=call.auth, model=plan.policy.embedding_model, text=keys.request_text(call.payload)
         )
     except GatewayError as exc:  # no embedding, no semantic cache: the request goes on
@@ -235,7 +243,7 @@ def _storable(body: dict) -> bool:
 async def _semantic_add(call, plan: CachePlan) -> None:
     if plan.vector is None:
         try:
-            plan.vector = await text_embed(
+            plan.vector = await plan.embed(
                 auth=call.auth, model=plan.policy.embedding_model, text=keys.request_text(call.payload)
             )
         except GatewayError:

@@ -59,4 +59,4 @@ class MetricsDoc(PublicApiDescription):
         },
     )
     def get(self, request):
-        raise NotImplementedError  # never routed: describes gateway_site.metrics.metrics_view
+        raise NotImplementedError  # never routed: describes gateway_site.metrics_scrape.metrics_view

@@ -1,4 +1,5 @@
-"""Prometheus metrics of the gateway, and `/metrics`, where Prometheus reads them.
+"""Prometheus metrics of the gateway (`/metrics`, where Prometheus reads them, is
+`gateway_site.metrics_scrape`).
 
 Several worker processes: with `PROMETHEUS_MULTIPROC_DIR` set, `prometheus_client` runs in its
 multiprocess mode. Each process writes its counters and histograms to memory-mapped files in that
@@ -27,22 +28,9 @@ import os
 from decimal import Decimal
 from pathlib import Path
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
-
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-    multiprocess,
-)
-
-from gateway_site.errors import PermissionDenied, error_response
+from django.http import HttpRequest
+from prometheus_client import Counter, Gauge, Histogram, multiprocess
 
 MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
 UNKNOWN = "-"
@@ -169,24 +157,6 @@ def http_response_observe(*, method: str, route: str, status: int) -> None:
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
 
-def exposition() -> bytes:
-    """The text Prometheus scrapes: every process's metrics, then the scrape-time gauges.
-
-    Sync: the scrape-time gauges read the database and Redis; the view runs this in a thread.
-    """
-    from gateway_site.metrics_scrape import SharedStateCollector
-
-    if MULTIPROC_DIR:
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        recorded = generate_latest(registry)
-    else:
-        recorded = generate_latest(REGISTRY)
-    shared = CollectorRegistry()
-    shared.register(SharedStateCollector())
-    return recorded + generate_latest(shared)
-
-
 FORWARDING_HEADERS = (
     "HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP", "HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST",
 )
@@ -219,16 +189,6 @@ def _networks(entries: tuple[str, ...]) -> tuple:
     return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
 
 
-async def metrics_view(request: HttpRequest) -> HttpResponse:
-    if not operator_allowed(request):
-        return error_response(PermissionDenied(
-            "Metrics need the metrics token (Authorization: Bearer) or an allowed address.",
-            code="metrics_forbidden",
-        ))
-    body = await sync_to_async(exposition)()
-    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
-
-
 def multiproc_dir_reset() -> int:
     """Empty `PROMETHEUS_MULTIPROC_DIR` (creating it if needed); returns the files removed.
 
@@ -255,6 +215,6 @@ if MULTIPROC_DIR:
     atexit.register(_process_exit)
 
 __all__ = [
-    "cache_lookup", "exposition", "http_response_observe", "metrics_view", "multiproc_dir_reset",
+    "MULTIPROC_DIR", "cache_lookup", "http_response_observe", "multiproc_dir_reset",
     "operator_allowed", "request_observe",
 ]

@@ -1,4 +1,5 @@
-"""Gauges computed at scrape time from shared state: circuit breakers, deployment health, budgets.
+"""`/metrics`: the metrics every process recorded (`gateway_site.metrics`), then gauges computed at
+scrape time from shared state: circuit breakers, deployment health, budgets.
 
 Breakers and health live in Redis (or in process in the embedded mode) and budgets in the
 database, so every worker reads the same values; keeping them as per-process gauges would make
@@ -11,7 +12,16 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest, HttpResponse
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
+
+from accounting.budgets import period_start
+from accounting.models import Budget, BudgetPeriod
+from gateway_site.errors import PermissionDenied, error_response
+from gateway_site.metrics import MULTIPROC_DIR, operator_allowed
+from routing.explain import provider_health_rows
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +50,6 @@ class SharedStateCollector:
 
 
 def _deployment_families() -> list[GaugeMetricFamily]:
-    from routing.explain import provider_health_rows
 
     labels = ["provider", "model", "deployment"]
     state = GaugeMetricFamily(
@@ -68,8 +77,6 @@ def _deployment_families() -> list[GaugeMetricFamily]:
 
 
 def _budget_families() -> list[GaugeMetricFamily]:
-    from accounting.budgets import period_start
-    from accounting.models import Budget, BudgetPeriod
 
     labels = ["tenant", "scope", "period", "hard"]
     families = {
@@ -100,3 +107,29 @@ def _budget_families() -> list[GaugeMetricFamily]:
         families["reserved_usd"].add_metric(values, reserved)
         families["limit_usd"].add_metric(values, amount)
     return list(families.values())
+
+
+def exposition() -> bytes:
+    """The text Prometheus scrapes: every process's metrics, then the scrape-time gauges.
+
+    Sync: the scrape-time gauges read the database and Redis; the view runs this in a thread.
+    """
+    if MULTIPROC_DIR:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        recorded = generate_latest(registry)
+    else:
+        recorded = generate_latest(REGISTRY)
+    shared = CollectorRegistry()
+    shared.register(SharedStateCollector())
+    return recorded + generate_latest(shared)
+
+
+async def metrics_view(request: HttpRequest) -> HttpResponse:
+    if not operator_allowed(request):
+        return error_response(PermissionDenied(
+            "Metrics need the metrics token (Authorization: Bearer) or an allowed address.",
+            code="metrics_forbidden",
+        ))
+    body = await sync_to_async(exposition)()
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)

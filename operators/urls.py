@@ -3,11 +3,11 @@
 from rest_framework.routers import SimpleRouter
 
 from accounting.api import BudgetViewSet, TenantApiKeyViewSet, TenantViewSet
-from providers.api import ProviderKeyViewSet, ProviderModelViewSet, ProviderViewSet
-from routing.operator_api import RouteGroupViewSet, RoutingRuleViewSet
+from providers.api import ProviderKeyViewSet, ProviderModelViewSet
+from routing.operator_api import ProviderHealthViewSet, RouteGroupViewSet, RoutingRuleViewSet
 
 router = SimpleRouter(trailing_slash=False)
-router.register("providers", ProviderViewSet, basename="operator-provider")
+router.register("providers", ProviderHealthViewSet, basename="operator-provider")
 router.register("provider-models", ProviderModelViewSet, basename="operator-provider-model")
 router.register("provider-keys", ProviderKeyViewSet, basename="operator-provider-key")
 router.register("tenants", TenantViewSet, basename="operator-tenant")

@@ -1,6 +1,6 @@
 """Operator API for providers, their models and keys: `/v1/providers`, `/v1/provider-models`,
-`/v1/provider-keys`, and `GET /v1/providers/{id}/health`. Staff with the model's permission (see
-`operators.permissions`).
+`/v1/provider-keys` (`GET /v1/providers/{id}/health` is routing's: `routing.operator_api`). Staff
+with the model's permission (see `operators.permissions`).
 
 A provider key's secret is write-only: it is encrypted on the way in (`providers.services`) and no
 response ever carries it. Sending a new `secret` to an existing key is a rotation.
@@ -8,12 +8,7 @@ response ever carries it. Sending a new `secret` to an existing key is a rotatio
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
-from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
-from rest_framework.decorators import action
-from rest_framework.response import Response
 
 from operators.api import OperatorViewSet
 from providers.models import Provider, ProviderKey, ProviderModel
@@ -83,85 +78,9 @@ class ProviderKeySerializer(serializers.ModelSerializer):
         return provider_key_save(key=instance, secret=secret)
 
 
-class BreakerSerializer(serializers.Serializer):
-    state = serializers.ChoiceField(choices=["closed", "open", "half_open"])
-    failures = serializers.IntegerField()
-    retry_in = serializers.FloatField(help_text="Seconds until an open breaker lets a probe through.")
-
-
-class HealthNumbersSerializer(serializers.Serializer):
-    requests = serializers.IntegerField()
-    failures = serializers.IntegerField()
-    success_rate = serializers.FloatField(allow_null=True, help_text="Moving average, 0 to 1.")
-    latency_ms = serializers.FloatField(allow_null=True)
-    ttft_ms = serializers.FloatField(allow_null=True)
-    last_error = serializers.CharField(allow_blank=True)
-    last_error_at = serializers.FloatField(allow_null=True, help_text="Unix time.")
-
-
-class DeploymentHealthSerializer(serializers.Serializer):
-    key = serializers.CharField(help_text="The (provider model, provider key) pair breakers are kept for.")
-    model_id = serializers.IntegerField()
-    alias = serializers.CharField()
-    upstream_model = serializers.CharField()
-    breaker = BreakerSerializer()
-    health = HealthNumbersSerializer()
-
-
-class ProviderHealthSerializer(serializers.Serializer):
-    id = serializers.IntegerField()
-    name = serializers.CharField()
-    enabled = serializers.BooleanField()
-    status = serializers.ChoiceField(
-        choices=["healthy", "degraded", "down", "unknown", "disabled"],
-        help_text="down: every breaker open; degraded: some open; unknown: nothing deployable.",
-    )
-    deployments = DeploymentHealthSerializer(many=True)
-
-
-CLOSED_BREAKER = SimpleNamespace(state="closed", failures=0, retry_in=0.0)
-
-
-def provider_health(*, provider: Provider) -> dict:
-    """The provider's deployments with breaker and health, from the admin's health page service."""
-    from routing.explain import provider_health_rows  # routing builds on providers, not the reverse
-
-    rows = [row for row in provider_health_rows() if row["deployment"].target.provider_id == provider.pk]
-    deployments = [
-        {
-            "key": row["key"],
-            "model_id": row["deployment"].model_id,
-            "alias": row["deployment"].alias,
-            "upstream_model": row["deployment"].target.upstream_model,
-            "breaker": row["breaker"] or CLOSED_BREAKER,
-            "health": row["health"],
-        }
-        for row in rows
-    ]
-    states = [d["breaker"].state for d in deployments]
-    if not provider.enabled:
-        status = "disabled"
-    elif not states:
-        status = "unknown"
-    elif all(state == "open" for state in states):
-        status = "down"
-    elif any(state != "closed" for state in states):
-        status = "degraded"
-    else:
-        status = "healthy"
-    return {"id": provider.pk, "name": provider.name, "enabled": provider.enabled, "status": status,
-            "deployments": deployments}
-
-
 class ProviderViewSet(OperatorViewSet):
     queryset = Provider.objects.all()
     serializer_class = ProviderSerializer
-    action_verbs = {"health": "view"}
-
-    @extend_schema(responses=ProviderHealthSerializer, summary="Breaker state and recent health of a provider's deployments")
-    @action(detail=True, methods=["get"])
-    def health(self, request, pk=None):
-        return Response(ProviderHealthSerializer(provider_health(provider=self.get_object())).data)
 
 
 class ProviderModelViewSet(OperatorViewSet):

@@ -27,6 +27,7 @@ from accounting.quotas import (
     rate_limit_take_now,
     rate_limits_for,
 )
+from caching.semantic import SEMANTIC_TASK
 from caching.services import cache_body, cache_completion_text, cache_fill, cache_lookup, cache_replay, cache_stream_tee
 from gateway_site.errors import GatewayError, InvalidRequest
 from guardrails.checks import guard_input, guard_output
@@ -168,6 +169,16 @@ async def embeddings(call: Call, *, headers, client: str, raw_body: bytes, max_b
     return await embeddings_parsed(call, body=body, headers=headers)
 
 
+async def text_embed(*, auth, model: str, text: str) -> list[float]:
+    """`text` embedded by the gateway model `model`, through the embeddings pipeline (routing,
+    limits, budgets and the UsageRecord of the embedding call are the usual ones); the semantic
+    cache's `embed`."""
+    call = Call(endpoint="embeddings", auth=auth)
+    body = {"model": model, "input": text, "metadata": {"task": SEMANTIC_TASK}}
+    body = await embeddings_parsed(call, body=body, headers={})
+    return body["data"][0]["embedding"]
+
+
 async def embeddings_parsed(call: Call, *, body: dict, headers) -> dict:
     """`embeddings` for a caller that has authenticated (`call.auth`) and parsed the body itself."""
     try:
@@ -215,7 +226,7 @@ async def _route_and_reserve(call: Call, *, body: dict, headers, hints, mode: st
     call.plan = await _route(call, hints=hints, mode=mode)
     _content_check(call)
     if mode == "chat":
-        await cache_lookup(call, body=body, headers=headers)
+        await cache_lookup(call, body=body, headers=headers, embed=text_embed)
         if call.cache_plan is not None and call.cache_plan.entry is not None:
             return  # answered from the cache: nothing to reserve
     await _budget_reserve(call)

@@ -2,7 +2,7 @@
 
 from django import template
 
-from accounting.dashboards import guardrail_event_counts
+from guardrails.dashboards import guardrail_event_counts
 
 register = template.Library()
 

@@ -6,26 +6,32 @@ providers/fake/daphne.py runs it as a real server.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from providers.fake.anthropic import AnthropicDialect
 from providers.fake.azure import AzureDialect
 from providers.fake.cohere import CohereDialect, embed_body, embed_parse
 from providers.fake.content import completion_build, request_id_new, tokens_count
-from providers.fake.dialect import Dialect, Frames, dumps
+from providers.fake.dialect import Dialect, dumps
 from providers.fake.directives import (
-    Directive,
     directive_build,
     directive_extract,
     directive_normalize,
 )
-from providers.fake.errors import ApiError, FakeConnectionDrop
+from providers.fake.errors import ApiError
 from providers.fake.exchange import Exchange
 from providers.fake.gemini import GEMINI, GEMINI_ROUTES
+from providers.fake.respond import (
+    Settings,
+    body_send,
+    before_response,
+    error_send,
+    json_body,
+    no_usage,
+    stream_send,
+)
 from providers.fake.openai import (
     OpenAIDialect,
     embedding_inputs,
@@ -33,139 +39,8 @@ from providers.fake.openai import (
     embedding_options,
 )
 
-SSE_HEADERS = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache")]
 OPENAI, ANTHROPIC = OpenAIDialect(), AnthropicDialect()
 COHERE, AZURE = CohereDialect(), AzureDialect()
-
-
-# --- behaviour shared by every endpoint -------------------------------------------------------
-
-
-@dataclass
-class Settings:
-    latency_ms: int
-    chunk_delay_ms: int
-    api_key: str | None
-    directive: str = ""  # server-wide, under every request's own directive (normalized words)
-    stats: dict = field(default_factory=lambda: {"requests": 0, "by_path": {}, "usage": _no_usage()})
-
-    def bill(self, *, prompt_tokens: int, completion_tokens: int = 0) -> None:
-        """The ledger (`usage` in `GET /_fake/stats`): the tokens of every answer generated, as a
-        provider bills them, whether or not the answer reached the client whole."""
-        usage = self.stats["usage"]
-        usage["prompt_tokens"] += prompt_tokens
-        usage["completion_tokens"] += completion_tokens
-
-
-def _no_usage() -> dict:
-    return {"prompt_tokens": 0, "completion_tokens": 0}
-
-
-async def _error_send(*, ex: Exchange, dialect: Dialect, error: ApiError) -> None:
-    request_id = request_id_new()
-    body, headers = dialect.error(error=error, request_id=request_id)
-    headers.append((dialect.request_id_header, request_id))
-    await ex.respond(error.status, dumps(body), headers)
-
-
-def _json_body(*, ex: Exchange) -> dict:
-    try:
-        body = json.loads(ex.body)
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        raise ApiError(400, "We could not parse the JSON body of your request. The API expects "
-                       "a JSON payload.")
-    return body
-
-
-async def _before_response(
-    *, ex: Exchange, settings: Settings, dialect: Dialect, directive: Directive, tokens: int
-) -> bool:
-    """Apply what happens before any byte goes out; False when the client left while held."""
-    delay = directive.delay_ms if directive.delay_ms is not None else settings.latency_ms
-    await asyncio.sleep(delay / 1000)
-    if directive.timeout:
-        await ex.hold()
-        if ex.left.is_set():
-            return False
-        raise FakeConnectionDrop("held for the whole hold limit")
-    if directive.context_length_exceeded:
-        raise dialect.context_error(tokens=tokens)
-    if directive.quote_key:
-        raise _key_quoted(ex=ex, directive=directive)
-    if directive.status is not None and directive.status >= 400:
-        raise ApiError(directive.status, retry_after=directive.retry_after)
-    return True
-
-
-def _key_quoted(*, ex: Exchange, directive: Directive) -> ApiError:
-    """OpenAI's 401 quotes the key it was sent, masked ("Incorrect API key provided:
-    sk-proj-****abcd"); a misbehaving proxy in front of a provider quotes it whole, as here."""
-    scheme, _, bearer = ex.headers.get("authorization", "").partition(" ")
-    key = next((k.strip() for k in (
-        bearer if scheme.lower() == "bearer" else "", ex.headers.get("x-api-key", ""),
-        ex.headers.get("api-key", ""), ex.headers.get("x-goog-api-key", ""), ex.query.get("key", ""),
-    ) if k.strip()), "")
-    status = directive.status if directive.status is not None and directive.status >= 400 else 401
-    return ApiError(status, f"Incorrect API key provided: {key}. You can find your API key at "
-                    "https://platform.openai.com/account/api-keys.", retry_after=directive.retry_after)
-
-
-async def _body_send(
-    *, ex: Exchange, dialect: Dialect, payload: dict, directive: Directive
-) -> None:
-    """Send a JSON answer, or break it as asked: truncated JSON, or a connection cut mid-body."""
-    body = dumps(payload)
-    if directive.malformed:
-        body = body[: len(body) // 2]
-    headers = [(dialect.request_id_header, request_id_new())]
-    if directive.disconnect_after is None and directive.stall_after is None:
-        await ex.respond(200, body, headers)
-        return
-    await ex.start(200, [("content-type", "application/json"),
-                         ("content-length", str(len(body)))] + headers)
-    await ex.write(body[: len(body) // 2])
-    if directive.stall_after is not None:
-        await ex.hold()
-    raise FakeConnectionDrop("disconnect_after/stall_after on a non-streamed answer")
-
-
-async def _cut_check(*, ex: Exchange, directive: Directive, sent: int, total: int) -> None:
-    """Drop or stall the stream once `sent` content events are out, if the directive says so."""
-    if directive.stall_after is not None and sent == min(directive.stall_after, total):
-        await ex.hold()
-        raise FakeConnectionDrop("stall_after")
-    if directive.disconnect_after is not None and sent == min(directive.disconnect_after, total):
-        raise FakeConnectionDrop("disconnect_after")
-
-
-async def _stream_send(
-    *, ex: Exchange, settings: Settings, frames: Frames, directive: Directive
-) -> None:
-    """Send a stream event by event, with the asked-for first-token wait, pacing and faults."""
-    delay = directive.chunk_delay_ms
-    delay = settings.chunk_delay_ms if delay is None else delay
-    content = list(frames.content)
-    if directive.malformed:
-        content[:1] = [frames.bad]
-    await ex.start(200, SSE_HEADERS)
-    await ex.write(b"")  # daphne (Twisted) holds the headers back until the first body write
-    for frame in frames.early:
-        await ex.write(frame)
-    await asyncio.sleep(directive.ttft_ms / 1000)
-    for frame in frames.lead:
-        await ex.write(frame)
-    for index, frame in enumerate(content):
-        await _cut_check(ex=ex, directive=directive, sent=index, total=len(content))
-        if index:
-            await asyncio.sleep(delay / 1000)
-        if not await ex.write(frame):
-            return
-    await _cut_check(ex=ex, directive=directive, sent=len(content), total=len(content))
-    for frame in frames.tail:
-        await ex.write(frame)
-    await ex.write(b"", more=False)
 
 
 # --- endpoints --------------------------------------------------------------------------------
@@ -174,25 +49,25 @@ async def _stream_send(
 async def _chat(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
     dialect.authenticate(headers=ex.headers, api_key=settings.api_key)
     header = ex.headers.get("x-fake-directive", "")
-    request = dialect.parse(body=_json_body(ex=ex), header_directive=header,
+    request = dialect.parse(body=json_body(ex=ex), header_directive=header,
                             server_directive=settings.directive)
     directive = request.directive
-    if not await _before_response(ex=ex, settings=settings, dialect=dialect, directive=directive,
+    if not await before_response(ex=ex, settings=settings, dialect=dialect, directive=directive,
                                   tokens=request.prompt_tokens):
         return
     completion = completion_build(request=request, id_prefix=dialect.id_prefix)
     settings.bill(prompt_tokens=request.prompt_tokens, completion_tokens=completion.billed_completion_tokens)
     if request.stream:
-        await _stream_send(ex=ex, settings=settings, frames=dialect.frames(completion=completion),
+        await stream_send(ex=ex, settings=settings, frames=dialect.frames(completion=completion),
                            directive=directive)
     else:
-        await _body_send(ex=ex, dialect=dialect, payload=dialect.render(completion=completion),
+        await body_send(ex=ex, dialect=dialect, payload=dialect.render(completion=completion),
                          directive=directive)
 
 
 async def _embeddings(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
     dialect.authenticate(headers=ex.headers, api_key=settings.api_key)
-    body = _json_body(ex=ex)
+    body = json_body(ex=ex)
     model, dimensions, encoding = embedding_options(body=body)
     inputs = embedding_inputs(value=body.get("input"))
     last_text = next((i for i in reversed(inputs) if isinstance(i, str)), "")
@@ -200,7 +75,7 @@ async def _embeddings(*, ex: Exchange, settings: Settings, dialect: Dialect) -> 
                                 message=directive_extract(text=last_text)[1],
                                 server=settings.directive)
     tokens = sum(len(i) if isinstance(i, list) else tokens_count(text=i) for i in inputs)
-    if not await _before_response(ex=ex, settings=settings, dialect=dialect, directive=directive,
+    if not await before_response(ex=ex, settings=settings, dialect=dialect, directive=directive,
                                   tokens=tokens):
         return
     settings.bill(prompt_tokens=tokens)
@@ -209,24 +84,24 @@ async def _embeddings(*, ex: Exchange, settings: Settings, dialect: Dialect) -> 
         for i, item in enumerate(inputs)]}
     if not directive.no_usage:
         payload["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
-    await _body_send(ex=ex, dialect=dialect, payload=payload, directive=directive)
+    await body_send(ex=ex, dialect=dialect, payload=payload, directive=directive)
 
 
 async def _cohere_embed(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
     """Cohere's Embed v2; the directive comes from the header or the last text."""
     dialect.authenticate(headers=ex.headers, api_key=settings.api_key)
-    model, texts, dimensions = embed_parse(body=_json_body(ex=ex))
+    model, texts, dimensions = embed_parse(body=json_body(ex=ex))
     directive = directive_build(header=ex.headers.get("x-fake-directive", ""),
                                 message=directive_extract(text=texts[-1])[1],
                                 server=settings.directive)
     tokens = sum(tokens_count(text=text) for text in texts)
-    if not await _before_response(ex=ex, settings=settings, dialect=dialect, directive=directive,
+    if not await before_response(ex=ex, settings=settings, dialect=dialect, directive=directive,
                                   tokens=tokens):
         return
     settings.bill(prompt_tokens=tokens)
     payload = embed_body(model=model, texts=texts, dimensions=dimensions,
                          tokens=None if directive.no_usage else tokens)
-    await _body_send(ex=ex, dialect=dialect, payload=payload, directive=directive)
+    await body_send(ex=ex, dialect=dialect, payload=payload, directive=directive)
 
 
 def _azure(handler: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
@@ -238,7 +113,7 @@ def _azure(handler: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[N
         if not ex.query.get("api-version"):
             raise ApiError(400, "The api-version query parameter (?api-version=) is required for "
                            "all requests.", code="MissingApiVersionParameter")
-        ex.body = dumps({**_json_body(ex=ex), "model": ex.params["deployment"]})
+        ex.body = dumps({**json_body(ex=ex), "model": ex.params["deployment"]})
         await handler(ex=ex, settings=settings, dialect=dialect)
 
     return deployment
@@ -254,7 +129,7 @@ async def _stats(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
 
 
 async def _reset(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
-    settings.stats.update(requests=0, by_path={}, usage=_no_usage())
+    settings.stats.update(requests=0, by_path={}, usage=no_usage())
     settings.directive = ""
     await ex.respond(200, dumps(settings.stats), [])
 
@@ -265,7 +140,7 @@ async def _directive_get(*, ex: Exchange, settings: Settings, dialect: Dialect) 
 
 async def _directive_put(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
     """Set the server-wide directive from `{"directive": "status=500 ..."}`; "" clears it."""
-    text = _json_body(ex=ex).get("directive")
+    text = json_body(ex=ex).get("directive")
     if not isinstance(text, str):
         raise ApiError(400, "Expected a JSON body like {\"directive\": \"status=500\"}.",
                        param="directive")
@@ -351,7 +226,7 @@ async def _dispatch(*, ex: Exchange, settings: Settings) -> None:
             raise ApiError(404, f"Invalid URL ({ex.method} {ex.path})")
         await handler(ex=ex, settings=settings, dialect=dialect)
     except ApiError as error:
-        await _error_send(ex=ex, dialect=dialect, error=error)
+        await error_send(ex=ex, dialect=dialect, error=error)
 
 
 async def _lifespan(receive: Callable, send: Callable) -> None:

@@ -4,7 +4,7 @@ batchEmbedContents, the model list, and google.rpc errors.
 Gemini's paths carry the model and the method (`/v1beta/models/{model}:generateContent`), and a
 stream is asked for by the method rather than by the body, so its endpoints are handlers of their
 own, registered in `app.PATTERN_ROUTES`; auth, validation and bodies are the dialect's, timing
-and faults are app's, shared with every dialect.
+and faults are `respond`'s, shared with every dialect.
 
 References: https://ai.google.dev/api/generate-content, https://ai.google.dev/api/embeddings,
 https://ai.google.dev/gemini-api/docs/troubleshooting (errors),
@@ -17,9 +17,7 @@ import base64
 import json
 import re
 
-# app imports this module for GEMINI_ROUTES; its shared timing and fault helpers are used at call
-# time, once both modules are loaded.
-from providers.fake import app as shared
+from providers.fake import respond
 from providers.fake.content import (
     MAX_DIMENSIONS,
     ChatRequest,
@@ -340,46 +338,46 @@ def _signatures_check(contents: list[dict], *, model: str) -> None:
 # --- endpoints ------------------------------------------------------------------------------
 
 
-def _authenticate(*, ex: Exchange, settings: shared.Settings, dialect: GeminiDialect) -> None:
+def _authenticate(*, ex: Exchange, settings: respond.Settings, dialect: GeminiDialect) -> None:
     dialect.authenticate(headers=ex.headers, api_key=settings.api_key, query=ex.query)
 
 
 async def _generate(
-    *, ex: Exchange, settings: shared.Settings, dialect: GeminiDialect, stream: bool = False
+    *, ex: Exchange, settings: respond.Settings, dialect: GeminiDialect, stream: bool = False
 ) -> None:
     _authenticate(ex=ex, settings=settings, dialect=dialect)
     if stream and ex.query.get("alt") != "sse":
         raise ApiError(400, "The fake streams Gemini answers only as server-sent events: add "
                        "?alt=sse to streamGenerateContent.")
-    request = dialect.parse(body=shared._json_body(ex=ex),
+    request = dialect.parse(body=respond.json_body(ex=ex),
                             header_directive=ex.headers.get("x-fake-directive", ""),
                             server_directive=settings.directive, model=ex.params["model"],
                             stream=stream)
-    if not await shared._before_response(ex=ex, settings=settings, dialect=dialect,
+    if not await respond.before_response(ex=ex, settings=settings, dialect=dialect,
                                          directive=request.directive,
                                          tokens=request.prompt_tokens):
         return
     completion = completion_build(request=request, id_prefix="")
     settings.bill(prompt_tokens=request.prompt_tokens, completion_tokens=completion.billed_completion_tokens)
     if stream:
-        await shared._stream_send(ex=ex, settings=settings, directive=request.directive,
+        await respond.stream_send(ex=ex, settings=settings, directive=request.directive,
                                   frames=dialect.frames(completion=completion))
     else:
-        await shared._body_send(ex=ex, dialect=dialect, directive=request.directive,
+        await respond.body_send(ex=ex, dialect=dialect, directive=request.directive,
                                 payload=dialect.render(completion=completion))
 
 
 async def _stream_generate(
-    *, ex: Exchange, settings: shared.Settings, dialect: GeminiDialect
+    *, ex: Exchange, settings: respond.Settings, dialect: GeminiDialect
 ) -> None:
     await _generate(ex=ex, settings=settings, dialect=dialect, stream=True)
 
 
 async def _embed(
-    *, ex: Exchange, settings: shared.Settings, dialect: GeminiDialect, batch: bool = False
+    *, ex: Exchange, settings: respond.Settings, dialect: GeminiDialect, batch: bool = False
 ) -> None:
     _authenticate(ex=ex, settings=settings, dialect=dialect)
-    body, model = shared._json_body(ex=ex), ex.params["model"]
+    body, model = respond.json_body(ex=ex), ex.params["model"]
     if batch:
         requests = _known(body, {"requests"}, where="").get("requests")
         if not isinstance(requests, list) or not requests:
@@ -392,24 +390,24 @@ async def _embed(
                                 message=directive_extract(text=items[-1][0])[1],
                                 server=settings.directive)
     tokens = sum(tokens_count(text=text) for text, _ in items)
-    if not await shared._before_response(ex=ex, settings=settings, dialect=dialect,
+    if not await respond.before_response(ex=ex, settings=settings, dialect=dialect,
                                          directive=directive, tokens=tokens):
         return
     settings.bill(prompt_tokens=tokens)
     vectors = [{"values": embedding_vector(model=model, item=text, dimensions=dimensions)}
                for text, dimensions in items]
     payload = {"embeddings": vectors} if batch else {"embedding": vectors[0]}
-    await shared._body_send(ex=ex, dialect=dialect, payload=payload, directive=directive)
+    await respond.body_send(ex=ex, dialect=dialect, payload=payload, directive=directive)
 
 
 async def _batch_embed(
-    *, ex: Exchange, settings: shared.Settings, dialect: GeminiDialect
+    *, ex: Exchange, settings: respond.Settings, dialect: GeminiDialect
 ) -> None:
     await _embed(ex=ex, settings=settings, dialect=dialect, batch=True)
 
 
 async def _models(
-    *, ex: Exchange, settings: shared.Settings, dialect: GeminiDialect
+    *, ex: Exchange, settings: respond.Settings, dialect: GeminiDialect
 ) -> None:
     _authenticate(ex=ex, settings=settings, dialect=dialect)
     await ex.respond(200, dumps(dialect.models()), [])

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from accounting.budgets import period_start
 from accounting.models import Budget, BudgetPeriod
-from gateway_site import metrics
+from gateway_site import metrics, metrics_scrape
 from gateway_site.loops import background_wait
 from routing.breakers import BreakerPolicy, breaker_store
 
@@ -44,7 +44,7 @@ async def from_address(address: str, headers: dict | None = None):
     """The view itself, for a peer address the test client cannot take."""
     request = AsyncRequestFactory().get("/metrics", headers=headers or {})
     request.META["REMOTE_ADDR"] = address
-    return await metrics.metrics_view(request)
+    return await metrics_scrape.metrics_view(request)
 
 
 async def chat(gateway, content: str, **extra):

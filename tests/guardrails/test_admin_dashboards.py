@@ -8,7 +8,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from accounting.dashboards import guardrail_event_counts, window_for
+from accounting.dashboards import window_for
+from guardrails.dashboards import guardrail_event_counts
 from accounting.models import TenantMembership
 from accounting.services import tenant_create
 from guardrails.models import GuardrailEvent, GuardrailPolicy, GuardrailRule

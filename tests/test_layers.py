@@ -1,0 +1,162 @@
+"""The project's layers, checked on its source: no import runs up a layer, no two files import
+each other (directly or round a circle).
+
+Every `import` and `from ... import` of every module of the apps (migrations left out), at
+module level or inside a function, resolved to a project module, is an edge. The layers, from
+the ground up, are `LAYERS`; a module belongs to the first entry whose prefix it starts with.
+docs/architecture.md "Layers" describes them.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = ("kernel", "gateway_site", "audit", "operators", "providers", "accounting", "caching",
+        "guardrails", "feedback", "routing")
+
+# (layer, module prefixes), bottom first. A module belongs to the layer of the longest prefix it
+# starts with, and may import its own layer and those below. The kernel (errors, event loops,
+# database and Redis access, HTTP helpers, metrics, logs) imports no app. Site wiring (settings,
+# URLconfs, ASGI and Celery apps, server workers, management commands of the site) may import
+# anything.
+WIRING = (
+    "gateway_site.settings", "gateway_site.urls", "gateway_site.asgi",
+    "gateway_site.celery", "gateway_site.apps", "gateway_site.configuration", "gateway_site.health",
+    "gateway_site.health_schema", "gateway_site.metrics_scrape", "gateway_site.supervisor",
+    "gateway_site.worker", "gateway_site.uvicorn_worker", "gateway_site.management",
+    "gateway_site.openapi_views", "operators.urls", "accounting.urls", "feedback.urls",
+    "routing.urls", "caching.urls", "providers.urls", "guardrails.urls", "audit.urls",
+)
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("kernel", ("kernel", "gateway_site")),
+    ("audit", ("audit",)),
+    ("operators", ("operators",)),
+    ("providers", ("providers",)),
+    ("accounting", ("accounting",)),
+    ("features", ("caching", "guardrails", "feedback")),
+    ("routing", ("routing",)),
+    ("wiring", WIRING),
+)
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def project_modules() -> dict[str, Path]:
+    modules = {}
+    for app in APPS:
+        for path in (ROOT / app).rglob("*.py") if (ROOT / app).is_dir() else ():
+            if "migrations" in path.parts:
+                continue
+            modules[_module_name(path)] = path
+    return modules
+
+
+def _resolve(name: str, modules: dict[str, Path]) -> str | None:
+    while name:
+        if name in modules:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def import_edges() -> dict[str, set[str]]:
+    """module -> the project modules it imports (anywhere in its body)."""
+    modules = project_modules()
+    edges: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([base] if base else []))
+                names = [f"{base}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for name in names:
+                target = _resolve(name, modules)
+                if target and target != module:
+                    targets.add(target)
+        edges[module] = targets
+    return edges
+
+
+def layer_of(module: str) -> int:
+    matches = [
+        (len(prefix), index)
+        for index, (_, prefixes) in enumerate(LAYERS)
+        for prefix in prefixes
+        if module == prefix or module.startswith(prefix + ".")
+    ]
+    assert matches, f"{module} is in no layer: add it to LAYERS"
+    return max(matches)[1]
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(edges.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return groups
+
+
+def test_no_import_runs_up_a_layer():
+    edges = import_edges()
+    upward = sorted(
+        f"{module} ({LAYERS[layer_of(module)][0]}) imports {target} ({LAYERS[layer_of(target)][0]})"
+        for module, targets in edges.items()
+        for target in targets
+        if layer_of(target) > layer_of(module)
+    )
+    assert upward == []
+
+
+def test_no_two_modules_import_each_other_even_round_a_circle():
+    assert cycles(import_edges()) == []
+
+
+def test_the_scan_sees_function_level_imports_and_the_checks_can_fail():
+    edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(edges) == [["a", "b", "c"]]
+    # `caching.semantic` imports inside a function; the scan must see such imports.
+    source = "def f():\n    from routing import pipeline\n"
+    found = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom)]
+    assert found and found[0].module == "routing"
