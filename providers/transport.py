@@ -16,9 +16,11 @@ What the adapters rely on:
 - the bytes a provider sent before a cut reach the consumer before the error: a stream's body is
   read by a task of its own that always waits in `readany`, so what arrives while the consumer
   is busy is taken off the connection before aiohttp turns the cut into an error (once it has,
-  aiohttp raises the error ahead of any bytes still in its buffer). The task reads as fast as the
-  provider sends: a stream is held in memory up to the pace of its consumer, as a provider's
-  answers are bounded by their output tokens;
+  aiohttp raises the error ahead of any bytes still in its buffer; a `readany` already waiting
+  returns the bytes that woke it even when the cut follows them at once, which
+  tests/providers/test_transport.py holds for the aiohttp installed). The task reads as fast as
+  the provider sends: for a slow consumer the bytes wait in memory, at most one answer, whose
+  size its output tokens bound;
 - nothing is shared between requests but connections: no cookie jar (a provider's cookie must
   never travel with another tenant's request), no redirects, no decompression (requests ask for
   `identity`);

@@ -19,6 +19,7 @@ be module constants; the `upstream` fixture clears its routes around each test.
 
 from __future__ import annotations
 
+import contextlib
 import json as jsonlib
 import socket
 import threading
@@ -198,7 +199,8 @@ def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
                 released.wait(STALL_LIMIT_SECONDS)
             if reply.cut or reply.stall:
                 self.close_connection = True
-                self.connection.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):  # the client may have gone already
+                    self.connection.shutdown(socket.SHUT_RDWR)
                 return
             self.wfile.write(b"0\r\n\r\n")
 
