@@ -46,7 +46,7 @@ class RedisConnections:
     """Clients for one Redis URL: one `redis.asyncio` client per running event loop, one sync client.
 
     An asyncio client's connections belong to the loop that opened them: one per process under the
-    ASGI server, one per test under pytest (as `providers.http` does for httpx). Timeouts are short
+    ASGI server, one per test under pytest (as `providers.http` does for the upstream client). Timeouts are short
     and retries off, so a dead Redis costs one short wait and then the in-process fallback.
     """
 
