@@ -217,3 +217,13 @@ def test_a_member_removed_is_refused_by_another_process_within_the_interval(worl
     elsewhere.interval_passes()
     assert sessions() is None
 
+
+
+def test_refusals_remembered_under_old_limits_are_forgotten_when_the_configuration_changes():
+    from accounting.quotas import RateLimitRule, _refusals_note, rate_limit_refusing
+
+    rules = (RateLimitRule(scope="key:987654", rpm=1, tpm=None, queue_seconds=0.0),)
+    _refusals_note(rules)
+    assert rate_limit_refusing(rules)  # refused at once while the limits stay the same
+    generation.changed()  # the limit was raised (or any configuration changed)
+    assert not rate_limit_refusing(rules)
