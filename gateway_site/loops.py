@@ -39,6 +39,11 @@ class PerLoop(Generic[T]):
             self._values[loop] = self._make()
         return self._values[loop]
 
+    def forget_closed(self) -> None:
+        """Forget the values of loops that are closed."""
+        for stale in [other for other in self._values if other.is_closed()]:
+            del self._values[stale]
+
     def pop(self) -> T | None:
         """Forget the running loop's value (the caller closes it), if it has one."""
         return self._values.pop(asyncio.get_running_loop(), None)

@@ -1,4 +1,4 @@
-"""Group commit of UsageRecords (routing/record.py `GroupCommit`, accounting `usage_records_commit`):
+"""Group commit of UsageRecords (routing/record.py `GroupCommit`, accounting `usage_records_create`):
 records that arrive while a transaction is written share the next one; spend, reservations and
 alerts come out as if each had been written alone; one bad record does not sink the others."""
 
@@ -16,7 +16,7 @@ from django.db import IntegrityError, connection
 
 from accounting.budgets import _budgets_load, budget_reserve
 from accounting.models import Budget, BudgetAlert, BudgetPeriod, BudgetReservation, UsageRecord
-from accounting.services import RecordWrite, tenant_create, usage_records_commit
+from accounting.services import RecordWrite, tenant_create, usage_records_create
 from routing.record import GroupCommit
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -37,9 +37,9 @@ def budgeted_tenant(slug: str, amount: str = "100.00", thresholds: list[int] | N
     return tenant, _budgets_load(tenant.pk, 0)
 
 
-def reserved_write(tenant, budgets, *, cost: str, estimate: str = "0.50") -> RecordWrite:
+async def reserved_write(tenant, budgets, *, cost: str, estimate: str = "0.50") -> RecordWrite:
     request_id = str(uuid.uuid4())
-    reservation = budget_reserve(budgets=budgets, request_id=request_id, estimate=Decimal(estimate), now=NOW)
+    reservation = await budget_reserve(budgets=budgets, request_id=request_id, estimate=Decimal(estimate), now=NOW)
     fields = {"request_id": uuid.UUID(request_id), "tenant_id": tenant.pk, "endpoint": "chat.completions",
               "status": "success", "cost_usd": Decimal(cost), "created_at": NOW}
     return RecordWrite(fields=fields, budgets=budgets, reservation=reservation)
@@ -53,7 +53,7 @@ def transactions_of_records() -> int:
 
 async def test_records_arriving_together_share_transactions_and_settle_exactly():
     tenant, budgets = await sync_to_async(budgeted_tenant)("acme")
-    writes = [await sync_to_async(reserved_write)(tenant, budgets, cost="0.01") for _ in range(40)]
+    writes = [await reserved_write(tenant, budgets, cost="0.01") for _ in range(40)]
     group = GroupCommit()
 
     await asyncio.gather(*(group.write(write) for write in writes))
@@ -70,17 +70,17 @@ async def test_a_lone_record_waits_for_nobody():
     tenant, budgets = await sync_to_async(budgeted_tenant)("acme")
     group = GroupCommit()
     for cost in ("0.10", "0.20"):
-        await group.write(await sync_to_async(reserved_write)(tenant, budgets, cost=cost))
+        await group.write(await reserved_write(tenant, budgets, cost=cost))
     assert await sync_to_async(transactions_of_records)() == 2
     assert (await BudgetPeriod.objects.aget()).spent_usd == Decimal("0.30")
 
 
 async def test_one_record_already_written_does_not_sink_the_others():
     tenant, budgets = await sync_to_async(budgeted_tenant)("acme")
-    first = await sync_to_async(reserved_write)(tenant, budgets, cost="0.05")
+    first = await reserved_write(tenant, budgets, cost="0.05")
     group = GroupCommit()
     await group.write(first)
-    others = [await sync_to_async(reserved_write)(tenant, budgets, cost="0.01") for _ in range(5)]
+    others = [await reserved_write(tenant, budgets, cost="0.01") for _ in range(5)]
     again = RecordWrite(fields=dict(first.fields), budgets=budgets, reservation=first.reservation)
 
     # One transaction for the six fails on the duplicate request id: each is then written alone.
@@ -93,19 +93,24 @@ async def test_one_record_already_written_does_not_sink_the_others():
     assert period.spent_usd == Decimal("0.10") and period.reserved_usd == 0
 
 
-def test_a_group_spanning_tenants_settles_each_period_and_raises_each_alert_once():
-    acme, acme_budgets = budgeted_tenant("acme", amount="1.00", thresholds=[50, 80])
-    globex, globex_budgets = budgeted_tenant("globex", amount="1.00", thresholds=[50])
-    writes = [reserved_write(acme, acme_budgets, cost="0.30", estimate="0.30") for _ in range(3)]
-    writes += [reserved_write(globex, globex_budgets, cost="0.20", estimate="0.20") for _ in range(2)]
-    alerts: list[int] = []
+async def test_a_group_spanning_tenants_settles_each_period_and_raises_each_alert_once():
+    acme, acme_budgets = await sync_to_async(budgeted_tenant)("acme", amount="1.00", thresholds=[50, 80])
+    globex, globex_budgets = await sync_to_async(budgeted_tenant)("globex", amount="1.00", thresholds=[50])
+    writes = [await reserved_write(acme, acme_budgets, cost="0.30", estimate="0.30") for _ in range(3)]
+    writes += [await reserved_write(globex, globex_budgets, cost="0.20", estimate="0.20") for _ in range(2)]
 
-    usage_records_commit(writes, on_alert=alerts.append)
+    _, alert_ids = await usage_records_create(writes)
 
-    spent = dict(BudgetPeriod.objects.values_list("budget__tenant__slug", "spent_usd"))
-    assert spent == {"acme": Decimal("0.90"), "globex": Decimal("0.40")}
-    assert not BudgetPeriod.objects.exclude(reserved_usd=0).exists()
-    assert not BudgetReservation.objects.exists()
-    # 0.00 -> 0.90 crosses acme's 50 % and 80 % once each; globex's 0.40 crosses nothing.
-    assert sorted(BudgetAlert.objects.values_list("budget__tenant__slug", "threshold")) == [("acme", 50), ("acme", 80)]
-    assert transactions_of_records() == 1
+    @sync_to_async
+    def check():
+        spent = dict(BudgetPeriod.objects.values_list("budget__tenant__slug", "spent_usd"))
+        assert spent == {"acme": Decimal("0.90"), "globex": Decimal("0.40")}
+        assert not BudgetPeriod.objects.exclude(reserved_usd=0).exists()
+        assert not BudgetReservation.objects.exists()
+        # 0.00 -> 0.90 crosses acme's 50 % and 80 % once each; globex's 0.40 crosses nothing.
+        alerts = BudgetAlert.objects.order_by("budget__tenant__slug", "threshold")
+        assert [(a.budget.tenant.slug, a.threshold) for a in alerts] == [("acme", 50), ("acme", 80)]
+        assert sorted(alert_ids) == sorted(alert.pk for alert in alerts)
+        assert transactions_of_records() == 1
+
+    await check()

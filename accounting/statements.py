@@ -1,0 +1,315 @@
+"""The money statements, in PostgreSQL's dialect and in SQLite's.
+
+Two operations, each with one meaning in both dialects (`accounting.budgets` and
+`accounting.services` hold the logic above them, once):
+
+- `reserve`: on the period rows of a request's hard budgets (found by budget and period start),
+  under their row locks, hold the estimate on every one of them if it fits on every one, and write
+  the request's reservation rows; or hold nothing. It reports, per budget, its period row (None:
+  there is none, a first request of the period or a row deleted) and what was spent or reserved
+  on it before (a refusal's figures).
+- `write`: insert the UsageRecords (and the UsageContent of those that keep it), release their
+  requests' reservations, add their costs to their budgets' period rows (the row is created if it
+  is missing: spend is never lost with a deleted row) and insert the alerts whose lines that spend
+  crossed. It returns the records' ids and the new alerts' ids.
+
+PostgreSQL runs each as one statement (data-modifying CTEs) in autocommit on the loop's
+connections (`gateway_site.db_async.statement`): one round trip, atomic. SQLite runs the same
+steps as statements in one transaction on a database thread (`gateway_site.db_async.steps`).
+
+Values reach the database as statement parameters, prepared by each model field's public
+`get_db_prep_save` (the ORM's own route); lists go as PostgreSQL array text (`_array`), so that
+each statement's text is fixed and psycopg prepares it once per connection.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+
+from django.db import connections
+
+from accounting.models import BudgetAlert, BudgetPeriod, BudgetReservation, UsageContent, UsageRecord
+from gateway_site import db_async
+
+# (budget id, period start, budget amount), in budget-id order: the order rows are locked in.
+Want = tuple[int, datetime, Decimal]
+# (budget id, period row id or None, spent + reserved on it before)
+Found = tuple[int, int | None, Decimal | None]
+
+
+@functools.cache
+def _database():
+    """A database wrapper for value preparation only (it never connects): Django's `connection`
+    is one per context in the event loop, made on first use."""
+    return connections.create_connection("default")
+
+
+def prep(field, value):
+    return field.get_db_prep_save(value, _database())
+
+
+@functools.cache
+def insert_fields() -> tuple:
+    return tuple(
+        field for field in UsageRecord._meta.concrete_fields
+        if not field.primary_key and not getattr(field, "generated", False)
+    )
+
+
+def _q(name: str) -> str:
+    return _database().ops.quote_name(name)
+
+
+def _tables() -> dict[str, str]:
+    return {
+        "periods": _q(BudgetPeriod._meta.db_table), "reservations": _q(BudgetReservation._meta.db_table),
+        "alerts": _q(BudgetAlert._meta.db_table), "records": _q(UsageRecord._meta.db_table),
+        "contents": _q(UsageContent._meta.db_table),
+    }
+
+
+def _array(values) -> str:
+    """PostgreSQL's array text (`{"1","2.5"}`) of numbers, uuids, timestamps: no quote inside."""
+    return "{" + ",".join(f'"{value}"' for value in values) + "}"
+
+
+def _decimal(value) -> Decimal | None:
+    """A DecimalField read by a raw cursor: a Decimal from PostgreSQL, a number from SQLite."""
+    if value is None or isinstance(value, Decimal):
+        return value
+    return Decimal(str(value)).quantize(Decimal("0.00000001"))  # the fields' places
+
+
+# --- PostgreSQL -------------------------------------------------------------------------------------
+# The estimate is held only if every wanted row exists and it fits on every one (`verdict`), on
+# the rows as locked (`FOR UPDATE` waits for a concurrent change and reads the row after it).
+_PG_RESERVE = """
+WITH want AS (
+    SELECT * FROM UNNEST(%(budgets)s::bigint[], %(starts)s::timestamptz[], %(amounts)s::numeric[])
+        AS w(budget_id, period_start, amount_usd)
+), locked AS (
+    SELECT p.id, p.budget_id, p.spent_usd + p.reserved_usd AS taken
+    FROM {periods} p JOIN want w ON p.budget_id = w.budget_id AND p.period_start = w.period_start
+    ORDER BY p.budget_id FOR UPDATE OF p
+), verdict AS (
+    SELECT (SELECT COUNT(*) FROM locked) = (SELECT COUNT(*) FROM want) AND NOT EXISTS (
+        SELECT 1 FROM locked l JOIN want w USING (budget_id) WHERE l.taken + %(estimate)s > w.amount_usd
+    ) AS held
+), hold AS (
+    UPDATE {periods} p SET reserved_usd = p.reserved_usd + %(estimate)s
+    FROM locked, verdict WHERE verdict.held AND p.id = locked.id RETURNING p.id
+), kept AS (
+    INSERT INTO {reservations} (budget_period_id, request_id, amount_usd, created_at)
+    SELECT id, %(request_id)s::uuid, %(estimate)s, %(now)s::timestamptz FROM hold
+)
+SELECT verdict.held, w.budget_id, l.id, l.taken
+FROM want w CROSS JOIN verdict LEFT JOIN locked l USING (budget_id) ORDER BY w.budget_id
+"""
+
+_PG_PERIODS_CREATE = """
+INSERT INTO {periods} (budget_id, period_start, spent_usd, reserved_usd)
+SELECT budget_id, period_start, 0, 0
+FROM UNNEST(%(budgets)s::bigint[], %(starts)s::timestamptz[]) AS n(budget_id, period_start)
+ON CONFLICT (budget_id, period_start) DO NOTHING
+"""
+
+# The settlement after the records' INSERT (`inserted`, `contents` before it). Each row's change is
+# the released reservations on it and the spend added to it, summed; a missing row is created with
+# its spend. Rows change in (budget, period start) order, as `_PG_RESERVE` locks them.
+_PG_SETTLE = """
+released AS (
+    DELETE FROM {reservations} WHERE request_id = ANY(%(releases)s::uuid[])
+    RETURNING budget_period_id, amount_usd
+), changes AS (
+    SELECT budget_id, period_start, SUM(cost) AS cost, SUM(amount) AS released FROM (
+        SELECT p.budget_id, p.period_start, 0 AS cost, r.amount_usd AS amount
+        FROM released r JOIN {periods} p ON p.id = r.budget_period_id
+        UNION ALL
+        SELECT budget_id, period_start, cost, 0
+        FROM UNNEST(%(budgets)s::bigint[], %(starts)s::timestamptz[], %(costs)s::numeric[])
+            AS s(budget_id, period_start, cost)
+    ) AS c GROUP BY budget_id, period_start
+), period AS (
+    INSERT INTO {periods} AS p (budget_id, period_start, spent_usd, reserved_usd)
+    SELECT budget_id, period_start, cost, -released FROM changes ORDER BY budget_id, period_start
+    ON CONFLICT (budget_id, period_start) DO UPDATE SET
+        spent_usd = p.spent_usd + EXCLUDED.spent_usd, reserved_usd = p.reserved_usd + EXCLUDED.reserved_usd
+    RETURNING p.budget_id, p.period_start, p.spent_usd
+), raised AS (
+    INSERT INTO {alerts} (budget_id, period_start, threshold, spent_usd, created_at, webhook_status, email_status)
+    SELECT period.budget_id, period.period_start, line.threshold, period.spent_usd, %(now)s::timestamptz, '', ''
+    FROM period JOIN changes USING (budget_id, period_start)
+    JOIN UNNEST(%(line_budgets)s::bigint[], %(thresholds)s::integer[], %(lines)s::numeric[])
+        AS line(budget_id, threshold, amount) USING (budget_id)
+    WHERE period.spent_usd - changes.cost < line.amount AND line.amount <= period.spent_usd
+    ON CONFLICT (budget_id, period_start, threshold) DO NOTHING RETURNING id
+)
+SELECT inserted.id, inserted.request_id, ARRAY(SELECT id FROM raised) FROM inserted
+"""
+
+
+@functools.cache
+def _pg_write_sql(records: int, contents: int) -> str:
+    """The records' INSERT (`records` rows), their contents' and the settlement, as one statement."""
+    columns = ", ".join(_q(field.column) for field in insert_fields())
+    row = "(" + ", ".join(["%s"] * len(insert_fields())) + ")"
+    tables = _tables()
+    sql = (
+        f"WITH inserted AS (INSERT INTO {tables['records']} ({columns}) VALUES "
+        + ", ".join([row] * records) + " RETURNING id, request_id), "
+    )
+    if contents:
+        sql += (
+            f"contents AS (INSERT INTO {tables['contents']} (usage_record_id, tenant_id, created_at, messages, completion)"
+            " SELECT inserted.id, c.tenant_id, c.created_at, c.messages, c.completion FROM (VALUES "
+            + ", ".join(["(%s::uuid, %s::bigint, %s::timestamptz, %s::jsonb, %s::text)"] * contents)
+            + ") AS c(request_id, tenant_id, created_at, messages, completion)"
+            " JOIN inserted USING (request_id)), "
+        )
+    sql += _PG_SETTLE.format(**tables)
+    # psycopg takes one style of placeholder per statement: the named ones become positional.
+    for name in _PG_SETTLE_ORDER:
+        sql = sql.replace(f"%({name})s", "%s", 1)
+    return sql
+
+
+# The named parameters of `_PG_SETTLE`, in the order they appear.
+_PG_SETTLE_ORDER = ("releases", "budgets", "starts", "costs", "now", "line_budgets", "thresholds", "lines")
+
+
+class Postgres:
+    async def reserve(self, want: Sequence[Want], *, request_id: str, estimate: Decimal, now: datetime):
+        rows = await db_async.statement(_PG_RESERVE.format(**_tables()), {
+            "budgets": _array(b for b, _, _ in want), "starts": _array(s for _, s, _ in want),
+            "amounts": _array(a for _, _, a in want), "estimate": estimate, "request_id": request_id, "now": now,
+        })
+        return bool(rows[0][0]), [(budget_id, period_id, taken) for _, budget_id, period_id, taken in rows]
+
+    async def periods_create(self, keys: Sequence[tuple[int, datetime]]) -> None:
+        await db_async.statement(_PG_PERIODS_CREATE.format(**_tables()), {
+            "budgets": _array(b for b, _ in keys), "starts": _array(s for _, s in keys),
+        })
+
+    async def write(self, records, contents, releases, spend, lines, now) -> tuple[dict, list[int]]:
+        """`records`: each record's values in `insert_fields` order; `contents`: (request id,
+        tenant id, created at, messages, completion) of those that keep it, prepared; `releases`:
+        the requests whose reservations go; `spend`: (budget id, period start, cost), unique per
+        row; `lines`: (budget id, threshold, amount) that the spend may cross. Returns the new
+        records' ids by request id (a UUID), and the new alerts' ids."""
+        params = [value for values in records for value in values]
+        params += [value for content in contents for value in content]
+        named = {
+            "releases": _array(releases), "budgets": _array(b for b, _, _ in spend),
+            "starts": _array(s for _, s, _ in spend), "costs": _array(c for _, _, c in spend),
+            "line_budgets": _array(b for b, _, _ in lines), "thresholds": _array(t for _, t, _ in lines),
+            "lines": _array(a for _, _, a in lines), "now": now,
+        }
+        rows = await db_async.statement(
+            _pg_write_sql(len(records), len(contents)), params + [named[name] for name in _PG_SETTLE_ORDER]
+        )
+        return {request_id: pk for pk, request_id, _ in rows}, list(rows[0][2]) if rows else []
+
+
+# --- SQLite -------------------------------------------------------------------------------------
+class Sqlite:
+    async def reserve(self, want, *, request_id: str, estimate: Decimal, now: datetime):
+        request_id = prep(BudgetReservation._meta.get_field("request_id"), request_id)
+        return await db_async.steps(_sqlite_reserve, want, request_id, estimate, now)
+
+    async def periods_create(self, keys) -> None:
+        await db_async.steps(_sqlite_periods_create, keys)
+
+    async def write(self, records, contents, releases, spend, lines, now) -> tuple[dict, list[int]]:
+        return await db_async.steps(_sqlite_write, records, contents, releases, spend, lines, now)
+
+
+def _start(value: datetime):
+    return prep(BudgetPeriod._meta.get_field("period_start"), value)
+
+
+def _sqlite_reserve(cursor, want, request_id, estimate, now):
+    t = _tables()
+    found = []
+    for budget_id, start, _ in want:
+        cursor.execute(
+            f"SELECT id, spent_usd + reserved_usd FROM {t['periods']} WHERE budget_id = %s AND period_start = %s",
+            [budget_id, _start(start)],
+        )
+        row = cursor.fetchone()
+        found.append((budget_id, row[0] if row else None, _decimal(row[1]) if row else None))
+    held = all(period_id is not None and taken + estimate <= amount
+               for (_, period_id, taken), (_, _, amount) in zip(found, want))
+    if held:
+        for _, period_id, _ in found:  # the transaction holds SQLite's write lock (IMMEDIATE)
+            cursor.execute(f"UPDATE {t['periods']} SET reserved_usd = reserved_usd + %s WHERE id = %s",
+                           [str(estimate), period_id])
+            cursor.execute(
+                f"INSERT INTO {t['reservations']} (budget_period_id, request_id, amount_usd, created_at)"
+                " VALUES (%s, %s, %s, %s)", [period_id, request_id, str(estimate), _start(now)],
+            )
+    return held, found
+
+
+def _sqlite_periods_create(cursor, keys):
+    for budget_id, start in keys:
+        cursor.execute(
+            f"INSERT INTO {_tables()['periods']} (budget_id, period_start, spent_usd, reserved_usd)"
+            " VALUES (%s, %s, 0, 0) ON CONFLICT (budget_id, period_start) DO NOTHING", [budget_id, _start(start)],
+        )
+
+
+def _sqlite_write(cursor, records, contents, releases, spend, lines, now):
+    t = _tables()
+    columns = ", ".join(_q(field.column) for field in insert_fields())
+    request_column = [field.attname for field in insert_fields()].index("request_id")
+    ids = {}  # prepared request id -> record id
+    for values in records:
+        cursor.execute(
+            f"INSERT INTO {t['records']} ({columns}) VALUES ({', '.join(['%s'] * len(values))}) RETURNING id", values,
+        )
+        ids[values[request_column]] = cursor.fetchone()[0]
+    for request_id, tenant_id, created_at, messages, completion in contents:
+        cursor.execute(
+            f"INSERT INTO {t['contents']} (usage_record_id, tenant_id, created_at, messages, completion)"
+            " VALUES (%s, %s, %s, %s, %s)", [ids[request_id], tenant_id, created_at, messages, completion],
+        )
+    if releases:
+        marks = ", ".join(["%s"] * len(releases))
+        cursor.execute(
+            f"UPDATE {t['periods']} SET reserved_usd = reserved_usd - (SELECT SUM(amount_usd)"
+            f" FROM {t['reservations']} r WHERE r.budget_period_id = {t['periods']}.id AND r.request_id IN ({marks}))"
+            f" WHERE id IN (SELECT budget_period_id FROM {t['reservations']} WHERE request_id IN ({marks}))",
+            [*releases, *releases],
+        )
+        cursor.execute(f"DELETE FROM {t['reservations']} WHERE request_id IN ({marks})", releases)
+    alert_ids = []
+    for budget_id, start, cost in spend:
+        cursor.execute(
+            f"INSERT INTO {t['periods']} AS p (budget_id, period_start, spent_usd, reserved_usd)"
+            " VALUES (%s, %s, %s, 0) ON CONFLICT (budget_id, period_start) DO UPDATE"
+            " SET spent_usd = p.spent_usd + excluded.spent_usd",
+            [budget_id, _start(start), str(cost)],
+        )
+        for line_budget, threshold, amount in lines:
+            if line_budget != budget_id:
+                continue
+            cursor.execute(
+                f"INSERT INTO {t['alerts']} (budget_id, period_start, threshold, spent_usd, created_at,"
+                " webhook_status, email_status) SELECT budget_id, period_start, %s, spent_usd, %s, '', ''"
+                f" FROM {t['periods']} WHERE budget_id = %s AND period_start = %s"
+                " AND spent_usd - %s < %s AND %s <= spent_usd"
+                " ON CONFLICT (budget_id, period_start, threshold) DO NOTHING RETURNING id",
+                [threshold, _start(now), budget_id, _start(start), str(cost), str(amount), str(amount)],
+            )
+            alert_ids += [row[0] for row in cursor.fetchall()]
+    return {uuid.UUID(str(request_id)): pk for request_id, pk in ids.items()}, alert_ids
+
+
+@functools.cache
+def dialect() -> Postgres | Sqlite:
+    return Postgres() if db_async.postgresql() else Sqlite()
+
