@@ -2,9 +2,10 @@
 
 A hard budget is enforced by reservation. Before a request goes upstream, the most it could cost
 (prompt tokens plus its output cap, at the dearest deployment it may use) is reserved on the
-budget's current period, under a row lock (`select_for_update`), and refused if spend plus
+budget's current period, under a row lock (`FOR UPDATE`), and refused if spend plus
 reservations plus this estimate would pass the amount. After the call the reservation is
-released and the real cost added, in the same transaction that writes the UsageRecord. So
+released and the real cost added, in the same statement that writes the UsageRecord
+(`accounting.services.usage_records_create`; the statements: `accounting.statements`). So
 concurrent requests can overshoot a hard budget by no more than what was reserved and then cost
 more than estimated (which a correct estimate makes nothing), and spend is always the sum of the
 period's UsageRecords.

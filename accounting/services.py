@@ -12,8 +12,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounting.budgets import BudgetLimit, Reservation, Settlement, settlement_changes
-from accounting.models import BudgetReservation, Tenant, TenantApiKey, UsageContent, UsageRecord
-from accounting.statements import dialect, insert_fields, prep
+from accounting.models import Tenant, TenantApiKey
+from accounting.statements import dialect, insert_fields
 
 API_KEY_PREFIX = "sk-gw-"
 VISIBLE_PREFIX_LENGTH = 12
@@ -73,18 +73,18 @@ async def usage_records_create(writes: list[RecordWrite]) -> tuple[list[int], li
     is always the sum of its records. A record whose `request_id` is written already fails the
     whole group with Django's IntegrityError, and nothing is written.
     """
-    values, contents, settlements = [], [], []
+    records, contents, settlements = [], [], []
     for write in writes:
         fields = _record_fields(write.fields)
-        values.append([prep(field, fields[field.attname]) for field in insert_fields()])
+        records.append(fields)
         if (content := write.fields.get("content")) is not None:
-            contents.append(_content_values(fields, content))
+            contents.append((fields["request_id"], fields["tenant_id"], fields["created_at"],
+                             content.get("messages", []), content.get("completion", "")))
         settlements.append(Settlement(
             budgets=write.budgets, reservation=write.reservation, cost=fields["cost_usd"], now=fields["created_at"],
         ))
     releases, spend, lines = settlement_changes(settlements)
-    releases = [prep(_RESERVATION_REQUEST, request_id) for request_id in releases]
-    ids, alert_ids = await dialect().write(values, contents, releases, spend, lines, timezone.now())
+    ids, alert_ids = await dialect().write(records, contents, releases, spend, lines, timezone.now())
     return [ids[uuid.UUID(str(write.fields["request_id"]))] for write in writes], alert_ids
 
 
@@ -109,21 +109,6 @@ def _record_fields(given: dict) -> dict:
         else:
             fields[field.attname] = field.get_default()
     return fields
-
-
-def _content_values(fields: dict, content: dict) -> tuple:
-    """A kept content's row for `accounting.statements`: its record's request id, then its fields."""
-    return (
-        prep(_RECORD_REQUEST, fields["request_id"]), fields["tenant_id"],
-        prep(_CONTENT_CREATED, fields["created_at"]), prep(_CONTENT_MESSAGES, content.get("messages", [])),
-        content.get("completion", ""),
-    )
-
-
-_RECORD_REQUEST = UsageRecord._meta.get_field("request_id")
-_RESERVATION_REQUEST = BudgetReservation._meta.get_field("request_id")
-_CONTENT_CREATED = UsageContent._meta.get_field("created_at")
-_CONTENT_MESSAGES = UsageContent._meta.get_field("messages")
 
 
 def content_retention_enforce(*, now=None) -> int:

@@ -31,7 +31,12 @@ async def prepared() -> dict[str, tuple[int, int]]:
     """The loop's connection's prepared statements: their text's start -> (generic, custom plans).
     One statement at a time: the pool hands out the connection it was given back last."""
     rows = await db_async.statement("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements", [])
-    return {" ".join(statement.split())[:30]: (generic, custom) for statement, generic, custom in rows}
+    return {" ".join(statement.split()): (generic, custom) for statement, generic, custom in rows}
+
+
+def plans(statements: dict, start: str) -> tuple[int, int]:
+    [found] = [plans for text, plans in statements.items() if text.startswith(start)]
+    return found
 
 
 @sync_to_async
@@ -51,8 +56,8 @@ async def test_the_reservation_and_the_record_are_prepared_and_planned_once():
             budgets=budgets, reservation=reservation)])
 
     statements = await prepared()
-    reserve = statements["WITH want AS ( SELECT * FROM "]
-    record = statements['WITH inserted AS (INSERT INTO ']
+    reserve = plans(statements, "WITH want AS ( SELECT * FROM UNNEST")
+    record = plans(statements, "WITH inserted AS (INSERT INTO")
     # psycopg prepares a statement text after its fifth run: the later runs use it (plans kept).
     assert sum(reserve) >= 10 and sum(record) >= 10, statements
     assert await UsageRecord.objects.acount() == 16
