@@ -31,7 +31,7 @@ from accounting.models import (
     Period,
     UsageRecord,
 )
-from accounting.statements import dialect
+from accounting.statements import Batched, Hold, dialect
 from gateway_site.config_cache import ConfigCache
 from gateway_site.errors import GatewayError
 
@@ -144,8 +144,9 @@ def _budgets_load(tenant_id: int, key_id: int) -> tuple[BudgetLimit, ...]:
 # --- reserve and settle ---------------------------------------------------------------------------
 # A period row is where concurrent requests of a tenant meet, so its row lock is held as briefly
 # as possible: the reservation and the settlement are each one statement in autocommit on
-# PostgreSQL (`accounting.statements`), which take the rows in budget order, so that two requests
-# never wait on each other crosswise.
+# PostgreSQL (`accounting.statements`), which take the rows in (budget, period start) order, so that
+# two statements never wait on each other crosswise. The reservations that arrive while one is on
+# the wire go out together (`statements.Batched`): all of them held, or none.
 _ATTEMPTS = 3  # a reservation that found period rows missing creates them and tries again
 
 
@@ -158,17 +159,32 @@ async def budget_reserve(
     if not hard:
         return None
     now = now or _now()
-    want = [(budget.budget_id, period_start(budget.period, now), budget.amount_usd) for budget in hard]
+    hold = Hold(request_id=request_id, estimate=estimate, want=tuple(
+        (budget.budget_id, period_start(budget.period, now), budget.amount_usd) for budget in hard
+    ))
     for _ in range(_ATTEMPTS):
-        held, found = await dialect().reserve(want, request_id=request_id, estimate=estimate, now=now)
+        held, found = await _holds(hold)
         if held:
             return Reservation(request_id=request_id, amount=estimate,
                                period_ids=tuple(sorted(period_id for _, period_id, _ in found)))
-        missing = [(budget_id, start) for (budget_id, start, _), (_, period_id, _) in zip(want, found) if period_id is None]
+        missing = [(budget_id, start) for (budget_id, start, _), (_, period_id, _) in zip(hold.want, found)
+                   if period_id is None]
         if not missing:
             break
         await dialect().periods_create(missing)
-    raise _refusal(hard, want, found, estimate)
+    raise _refusal(hard, list(hold.want), found, estimate)
+
+
+async def _holds_run(holds: list[Hold]) -> list[tuple[bool, list]]:
+    """One batch of holds: all held, or none; then, for a batch of several, each on its own (the
+    ones that fit are held), so that each request is held or refused on its own estimate."""
+    outcomes = await dialect().reserve(holds, _now())
+    if len(holds) == 1 or all(held for held, _ in outcomes):
+        return outcomes
+    return [outcome for hold in holds for outcome in await dialect().reserve([hold], _now())]
+
+
+_holds: Batched[Hold, tuple[bool, list]] = Batched(_holds_run)
 
 
 def _refusal(hard: list[BudgetLimit], want: list, found: list, estimate: Decimal) -> BudgetExceeded:

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from accounting.budgets import BudgetLimit, Reservation, Settlement, settlement_changes
 from accounting.models import Tenant, TenantApiKey
-from accounting.statements import dialect, insert_fields
+from accounting.statements import Batched, dialect, insert_fields
 
 API_KEY_PREFIX = "sk-gw-"
 VISIBLE_PREFIX_LENGTH = 12
@@ -63,16 +63,24 @@ class RecordWrite:
     reservation: Reservation | None = None
 
 
-async def usage_records_create(writes: list[RecordWrite]) -> tuple[list[int], list[int]]:
-    """Write requests' UsageRecords (with their kept content) and settle their budgets, at once:
-    one statement on PostgreSQL, one transaction on SQLite (`accounting.statements`). Returns the
-    records' ids in the order of `writes` and the ids of the budget alerts newly raised.
+async def usage_record_create(
+    *, fields: dict, budgets: tuple[BudgetLimit, ...] = (), reservation: Reservation | None = None
+) -> tuple[int, list[int]]:
+    """Write a request's UsageRecord (with its kept content, `fields["content"]`) and settle its
+    budgets: its reservations released and its cost added to the period row of each of its budgets
+    (created if missing), together, so that a period's spend is always the sum of its records.
+    Returns the record's id and the ids of the budget alerts newly raised by its write.
 
-    Each request's reservations are released and its cost added to the period row of each of its
-    budgets (created if missing), together with the records that justify it, so a period's spend
-    is always the sum of its records. A record whose `request_id` is written already fails the
-    whole group with Django's IntegrityError, and nothing is written.
+    The records that arrive while one write is on the wire are written together in the next
+    (`statements.Batched`): one statement on PostgreSQL, one transaction on SQLite. A record whose
+    `request_id` is written already fails with Django's IntegrityError, and nothing of it is written.
     """
+    return await _writes(RecordWrite(fields=fields, budgets=budgets, reservation=reservation))
+
+
+async def usage_records_create(writes: list[RecordWrite]) -> tuple[list[int], list[int]]:
+    """Several records at once (`usage_record_create`'s batch): their ids in the order of
+    `writes` and the ids of the alerts newly raised."""
     records, contents, settlements = [], [], []
     for write in writes:
         fields = _record_fields(write.fields)
@@ -88,14 +96,13 @@ async def usage_records_create(writes: list[RecordWrite]) -> tuple[list[int], li
     return [ids[uuid.UUID(str(write.fields["request_id"]))] for write in writes], alert_ids
 
 
-async def usage_record_create(
-    *, fields: dict, budgets: tuple[BudgetLimit, ...] = (), reservation: Reservation | None = None
-) -> tuple[int, list[int]]:
-    """One request's `usage_records_create`: its record's id and the alerts newly raised."""
-    [record_id], alert_ids = await usage_records_create(
-        [RecordWrite(fields=fields, budgets=budgets, reservation=reservation)]
-    )
-    return record_id, alert_ids
+async def _writes_run(writes: list[RecordWrite]) -> list[tuple[int, list[int]]]:
+    """One batch: each record's id; the batch's new alerts go with its first record."""
+    ids, alert_ids = await usage_records_create(writes)
+    return [(record_id, alert_ids if index == 0 else []) for index, record_id in enumerate(ids)]
+
+
+_writes: Batched[RecordWrite, tuple[int, list[int]]] = Batched(_writes_run)
 
 
 def _record_fields(given: dict) -> dict:

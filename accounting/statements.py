@@ -30,22 +30,40 @@ prepared by the field's public `get_db_prep_save` (the ORM's own route for that 
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 
 import orjson
-from django.db import connections
+from django.db import InterfaceError, OperationalError, connections, transaction
 
 from accounting.models import BudgetAlert, BudgetPeriod, BudgetReservation, UsageContent, UsageRecord
 from gateway_site import db_async
+from gateway_site.loops import Batches, PerLoop
 
-# (budget id, period start, budget amount), in budget-id order: the order rows are locked in.
+logger = logging.getLogger(__name__)
+
+# (budget id, period start, budget amount)
 Want = tuple[int, datetime, Decimal]
 # (budget id, period row id or None, spent + reserved on it before)
 Found = tuple[int, int | None, Decimal | None]
+
+
+@dataclass(frozen=True)
+class Hold:
+    """One request's reservation: its estimate on each of its hard budgets' current period rows
+    (`want`, in budget order)."""
+
+    request_id: str
+    estimate: Decimal
+    want: tuple[Want, ...]
 
 
 @functools.cache
@@ -92,29 +110,35 @@ def _decimal(value) -> Decimal | None:
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------------
-# The estimate is held only if every wanted row exists and it fits on every one (`verdict`), on
-# the rows as locked (`FOR UPDATE` waits for a concurrent change and reads the row after it).
+# The holds of one or more requests: each (request, budget) is a `want` row. The estimates are held
+# only if every wanted period row exists and the sum of the estimates on each fits it (`verdict`),
+# on the rows as locked (`FOR UPDATE` waits for a concurrent change and reads the row after it).
 _PG_RESERVE = """
 WITH want AS (
-    SELECT * FROM UNNEST(%(budgets)s::bigint[], %(starts)s::timestamptz[], %(amounts)s::numeric[])
-        AS w(budget_id, period_start, amount_usd)
+    SELECT * FROM UNNEST(%(requests)s::uuid[], %(estimates)s::numeric[], %(budgets)s::bigint[],
+        %(starts)s::timestamptz[], %(amounts)s::numeric[])
+        AS w(request_id, estimate, budget_id, period_start, amount_usd)
+), wanted AS (
+    SELECT budget_id, period_start, MAX(amount_usd) AS amount_usd, SUM(estimate) AS estimate
+    FROM want GROUP BY budget_id, period_start
 ), locked AS (
-    SELECT p.id, p.budget_id, p.spent_usd + p.reserved_usd AS taken
-    FROM {periods} p JOIN want w ON p.budget_id = w.budget_id AND p.period_start = w.period_start
-    ORDER BY p.budget_id FOR UPDATE OF p
+    SELECT p.id, p.budget_id, p.period_start, p.spent_usd + p.reserved_usd AS taken
+    FROM {periods} p JOIN wanted w ON p.budget_id = w.budget_id AND p.period_start = w.period_start
+    ORDER BY p.budget_id, p.period_start FOR UPDATE OF p
 ), verdict AS (
-    SELECT (SELECT COUNT(*) FROM locked) = (SELECT COUNT(*) FROM want) AND NOT EXISTS (
-        SELECT 1 FROM locked l JOIN want w USING (budget_id) WHERE l.taken + %(estimate)s > w.amount_usd
+    SELECT (SELECT COUNT(*) FROM locked) = (SELECT COUNT(*) FROM wanted) AND NOT EXISTS (
+        SELECT 1 FROM locked l JOIN wanted w USING (budget_id, period_start) WHERE l.taken + w.estimate > w.amount_usd
     ) AS held
 ), hold AS (
-    UPDATE {periods} p SET reserved_usd = p.reserved_usd + %(estimate)s
-    FROM locked, verdict WHERE verdict.held AND p.id = locked.id RETURNING p.id
+    UPDATE {periods} p SET reserved_usd = p.reserved_usd + w.estimate
+    FROM locked l JOIN wanted w USING (budget_id, period_start) CROSS JOIN verdict
+    WHERE verdict.held AND p.id = l.id RETURNING p.id, p.budget_id, p.period_start
 ), kept AS (
     INSERT INTO {reservations} (budget_period_id, request_id, amount_usd, created_at)
-    SELECT id, %(request_id)s::uuid, %(estimate)s, %(now)s::timestamptz FROM hold
+    SELECT hold.id, w.request_id, w.estimate, %(now)s::timestamptz FROM hold JOIN want w USING (budget_id, period_start)
 )
-SELECT verdict.held, w.budget_id, l.id, l.taken
-FROM want w CROSS JOIN verdict LEFT JOIN locked l USING (budget_id) ORDER BY w.budget_id
+SELECT verdict.held, w.request_id, w.budget_id, l.id, l.taken
+FROM want w CROSS JOIN verdict LEFT JOIN locked l USING (budget_id, period_start)
 """
 
 _PG_PERIODS_CREATE = """
@@ -193,12 +217,18 @@ def _pg(sql: str) -> str:
 
 
 class Postgres:
-    async def reserve(self, want: Sequence[Want], *, request_id: str, estimate: Decimal, now: datetime):
-        rows = await db_async.statement(_pg(_PG_RESERVE), {
-            "budgets": _array(b for b, _, _ in want), "starts": _array(s for _, s, _ in want),
-            "amounts": _array(a for _, _, a in want), "estimate": estimate, "request_id": request_id, "now": now,
+    async def reserve(self, holds: Sequence[Hold], now: datetime) -> list[tuple[bool, list[Found]]]:
+        rows = [(hold.request_id, hold.estimate, *want) for hold in holds for want in hold.want]
+        found = await db_async.statement(_pg(_PG_RESERVE), {
+            "requests": _array(row[0] for row in rows), "estimates": _array(row[1] for row in rows),
+            "budgets": _array(row[2] for row in rows), "starts": _array(row[3] for row in rows),
+            "amounts": _array(row[4] for row in rows), "now": now,
         })
-        return bool(rows[0][0]), [(budget_id, period_id, taken) for _, budget_id, period_id, taken in rows]
+        held = bool(found[0][0])
+        by_request: dict[str, list[Found]] = {}
+        for _, request_id, budget_id, period_id, taken in found:
+            by_request.setdefault(str(request_id), []).append((budget_id, period_id, taken))
+        return [(held, sorted(by_request[str(uuid.UUID(hold.request_id))])) for hold in holds]
 
     async def periods_create(self, keys: Sequence[tuple[int, datetime]]) -> None:
         await db_async.statement(_pg(_PG_PERIODS_CREATE), {
@@ -226,9 +256,8 @@ class Postgres:
 
 # --- SQLite -------------------------------------------------------------------------------------
 class Sqlite:
-    async def reserve(self, want, *, request_id: str, estimate: Decimal, now: datetime):
-        request_id = prep(BudgetReservation._meta.get_field("request_id"), request_id)
-        return await db_async.steps(_sqlite_reserve, want, request_id, estimate, now)
+    async def reserve(self, holds: Sequence[Hold], now: datetime) -> list[tuple[bool, list[Found]]]:
+        return await db_async.steps(_sqlite_reserve, holds, now)
 
     async def periods_create(self, keys) -> None:
         await db_async.steps(_sqlite_periods_create, keys)
@@ -252,27 +281,36 @@ def _start(value: datetime):
     return prep(BudgetPeriod._meta.get_field("period_start"), value)
 
 
-def _sqlite_reserve(cursor, want, request_id, estimate, now):
+def _sqlite_reserve(cursor, holds, now):
+    """Each request's holds in turn, in one transaction (which holds SQLite's write lock: IMMEDIATE);
+    all of them held, or none (the transaction rolled back), as on PostgreSQL."""
     t = _tables()
-    found = []
-    for budget_id, start, _ in want:
-        cursor.execute(
-            f"SELECT id, spent_usd + reserved_usd FROM {t['periods']} WHERE budget_id = %s AND period_start = %s",
-            [budget_id, _start(start)],
-        )
-        row = cursor.fetchone()
-        found.append((budget_id, row[0] if row else None, _decimal(row[1]) if row else None))
-    held = all(period_id is not None and taken + estimate <= amount
-               for (_, period_id, taken), (_, _, amount) in zip(found, want))
-    if held:
-        for _, period_id, _ in found:  # the transaction holds SQLite's write lock (IMMEDIATE)
-            cursor.execute(f"UPDATE {t['periods']} SET reserved_usd = reserved_usd + %s WHERE id = %s",
-                           [str(estimate), period_id])
+    outcomes = []
+    for hold in holds:
+        found = []
+        for budget_id, start, _ in hold.want:
             cursor.execute(
-                f"INSERT INTO {t['reservations']} (budget_period_id, request_id, amount_usd, created_at)"
-                " VALUES (%s, %s, %s, %s)", [period_id, request_id, str(estimate), _start(now)],
+                f"SELECT id, spent_usd + reserved_usd FROM {t['periods']} WHERE budget_id = %s AND period_start = %s",
+                [budget_id, _start(start)],
             )
-    return held, found
+            row = cursor.fetchone()
+            found.append((budget_id, row[0] if row else None, _decimal(row[1]) if row else None))
+        held = all(period_id is not None and taken + hold.estimate <= amount
+                   for (_, period_id, taken), (_, _, amount) in zip(found, hold.want))
+        if held:
+            for _, period_id, _ in found:
+                cursor.execute(f"UPDATE {t['periods']} SET reserved_usd = reserved_usd + %s WHERE id = %s",
+                               [str(hold.estimate), period_id])
+                cursor.execute(
+                    f"INSERT INTO {t['reservations']} (budget_period_id, request_id, amount_usd, created_at)"
+                    " VALUES (%s, %s, %s, %s)",
+                    [period_id, prep(_RESERVATION_REQUEST, hold.request_id), str(hold.estimate), _start(now)],
+                )
+        outcomes.append((held, found))
+    if all(held for held, _ in outcomes):
+        return outcomes
+    transaction.set_rollback(True)
+    return [(False, found) for _, found in outcomes]
 
 
 def _sqlite_periods_create(cursor, keys):
@@ -334,3 +372,34 @@ def _sqlite_write(cursor, records, contents, releases, spend, lines, now):
 def dialect() -> Postgres | Sqlite:
     return Postgres() if db_async.postgresql() else Sqlite()
 
+
+I = TypeVar("I")
+O = TypeVar("O")
+
+
+class Batched(Generic[I, O]):
+    """The money statements' one batching: the calls of an event loop that arrive while one batch
+    is on the wire wait, and go out together in the next (`gateway_site.loops.Batches`): one
+    statement for all of them. A lone call waits for nobody; under load one round trip serves
+    many requests. `run(items)` returns one outcome per item. A batch that fails for a reason other
+    than an unreachable database (one record written already by an earlier try, say) is run again
+    item by item, so one bad item never costs the others theirs; a caller that goes away cannot
+    cancel its item (its money must still move)."""
+
+    def __init__(self, run: Callable[[list[I]], Awaitable[list[O]]], *, limit: int = 128) -> None:
+        self._run = run
+        self._batches: PerLoop[Batches[I]] = PerLoop(lambda: Batches(self._send, limit=limit))
+
+    async def __call__(self, item: I) -> O:
+        return await asyncio.shield(self._batches.get().submit(item))
+
+    async def _send(self, _key, items: list[I]) -> list[O | Exception]:
+        try:
+            return await self._run(items)
+        except (OperationalError, InterfaceError) as exc:
+            return [exc] * len(items)  # each caller's own retry decides
+        except Exception as exc:  # noqa: BLE001 - told apart below, item by item
+            if len(items) == 1:
+                return [exc]
+            logger.warning("a batch of %d money statements' items failed; running them one by one", len(items))
+            return [outcome for item in items for outcome in await self._send(None, [item])]

@@ -11,7 +11,7 @@ takes the next records and the old one is removed once all of its are written.
 
 Every worker looks in the folder at start and every `REPLAY_SECONDS` after (`replay_loop`): a
 file whose lock it can take belongs to a worker that is gone, and its records are written as a
-retry writes them (`routing.record._records_write`). A record that is already there fails on its
+retry writes them (`routing.record.records_write`). A record that is already there fails on its
 unique `request_id` together with its settlement (one transaction), so nothing is counted twice;
 while the database is still unreachable the file is kept for the next look. A worker whose
 retries give up releases its file (a new one takes later records), so the records it held are
@@ -221,7 +221,7 @@ async def replay() -> int:
 
 
 async def _replay_file(path: Path) -> int | None:
-    from routing.record import _records_write
+    from routing.record import records_write
 
     writes = []
     for number, line in enumerate(path.read_bytes().splitlines(), start=1):
@@ -232,7 +232,7 @@ async def _replay_file(path: Path) -> int | None:
     if not writes:
         return 0
     written = 0
-    for write, outcome in zip(writes, await _records_write(writes)):
+    for write, outcome in zip(writes, await records_write(writes)):
         if outcome is None:
             written += 1
         elif isinstance(outcome, (OperationalError, InterfaceError)):

@@ -13,14 +13,14 @@ from django.db import InterfaceError, OperationalError
 from accounting import tokens
 from accounting.pricing import cost_compute
 from accounting.quotas import rate_limit_settle, rate_limit_settle_now
-from accounting.services import RecordWrite, usage_records_create
+from accounting.services import RecordWrite, usage_record_create
 from gateway_site.after_response import after_response
 from gateway_site.db_executor import db_call
 from gateway_site import metrics
 from gateway_site.errors import GatewayError
 from gateway_site.graceful import cancel_reason, shutdown_status
 from gateway_site.logs import request_line
-from gateway_site.loops import Batches, PerLoop, background
+from gateway_site.loops import background
 from guardrails.services import guardrail_events_start, guardrail_events_wait
 from routing.call import Call
 from routing.journal import journal
@@ -109,7 +109,7 @@ async def _record_commit(call: Call, fields: dict, first_try: asyncio.Event) -> 
     while True:
         try:
             write = RecordWrite(fields=dict(fields), budgets=call.budgets, reservation=call.reservation)
-            await _group_commits.get().write(write)
+            await _record_write(write)
             if kept:
                 journal.written(call.request_id)
             return
@@ -127,49 +127,18 @@ async def _record_commit(call: Call, fields: dict, first_try: asyncio.Event) -> 
         delay = min(delay * 2, 5.0)
 
 
-# At most this many records per transaction.
-GROUP_COMMIT_MAX = 128
-
-
-class GroupCommit:
-    """The records of an event loop's requests, written together (`gateway_site.loops.Batches`):
-    while one group is being written, the records that arrive wait, and the next write takes all
-    of them (`accounting.services.usage_records_create`: one statement on PostgreSQL). A lone
-    request waits for nobody (its record is written at once); under load a worker writes one
-    statement for many requests instead of one each. Each request is still answered only once its
-    own record has committed, and a group that fails for a reason of its own records is written
-    record by record (`_records_write`). The hot path's one batching mechanism."""
-
-    def __init__(self) -> None:
-        self._batches: Batches[RecordWrite] = Batches(self._send, limit=GROUP_COMMIT_MAX)
-
-    async def write(self, write: RecordWrite) -> None:
-        await asyncio.shield(self._batches.submit(write))
-
-    @staticmethod
-    async def _send(_key, batch: list[RecordWrite]) -> list[Exception | None]:
-        return await _records_write(batch)
-
-
-_group_commits: PerLoop[GroupCommit] = PerLoop(GroupCommit)
-
-
-async def _records_write(writes: list[RecordWrite]) -> list[Exception | None]:
-    """Write `writes` together; if that fails for a reason other than the database being
-    unreachable (one record written already by an earlier try, say), each record alone. One
-    outcome per write: None (written) or its exception. Also the journal's replay."""
-    try:
-        _, alert_ids = await usage_records_create(writes)
-    except (OperationalError, InterfaceError) as exc:
-        return [exc] * len(writes)  # retried by each `_record_commit`
-    except Exception as exc:  # noqa: BLE001 - told apart below, record by record
-        if len(writes) == 1:
-            return [exc]
-        logger.warning("group commit of %d records failed; writing them one by one", len(writes))
-        return [outcome for write in writes for outcome in await _records_write([write])]
+async def _record_write(write: RecordWrite) -> None:
+    """Write one record (`usage_record_create`, which writes the records that arrive together in
+    one statement) and hand the alerts it raised to Celery, in the background."""
+    _, alert_ids = await usage_record_create(fields=write.fields, budgets=write.budgets, reservation=write.reservation)
     if alert_ids:
-        await _alerts_enqueue(alert_ids)
-    return [None] * len(writes)
+        background(_alerts_enqueue(alert_ids), what="budget alerts hand-over")
+
+
+async def records_write(writes: list[RecordWrite]) -> list[Exception | None]:
+    """Write several records (the journal's replay): one outcome per write, None when written."""
+    outcomes = await asyncio.gather(*(_record_write(write) for write in writes), return_exceptions=True)
+    return [outcome if isinstance(outcome, Exception) else None for outcome in outcomes]
 
 
 async def _alerts_enqueue(alert_ids: list[int]) -> None:

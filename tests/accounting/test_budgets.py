@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
@@ -10,7 +11,7 @@ from decimal import Decimal
 import pytest
 from asgiref.sync import async_to_sync
 from django.core import mail
-from django.db import IntegrityError
+from django.db import IntegrityError, connection
 
 from accounting.alerts import budget_alert_send
 from accounting.budgets import (
@@ -244,3 +245,46 @@ def test_stale_reservations_are_released(tenant):
     BudgetReservation.objects.update(created_at=datetime.now(dt_timezone.utc) - timedelta(hours=1))
     assert reservations_release_stale() == 1
     assert BudgetPeriod.objects.get().reserved_usd == 0
+
+
+async def _reserve_many(budgets, estimates):
+    return await asyncio.gather(*(
+        budget_reserve_async(budgets=budgets, request_id=str(uuid.uuid4()), estimate=Decimal(estimate), now=NOW)
+        for estimate in estimates
+    ), return_exceptions=True)
+
+
+def test_holds_that_arrive_together_go_out_as_one_statement(tenant):
+    Budget.objects.create(tenant=tenant, amount_usd=Decimal("10.00"), period="monthly", hard=True)
+    budget_reserve(budgets=limits(tenant), request_id=str(uuid.uuid4()), estimate=Decimal("0.10"), now=NOW)
+
+    held = async_to_sync(_reserve_many)(limits(tenant), ["0.50"] * 10)
+
+    assert all(reservation.amount == Decimal("0.50") for reservation in held)
+    period = BudgetPeriod.objects.get()
+    assert period.reserved_usd == Decimal("5.10") and BudgetReservation.objects.count() == 11
+    # The ten waited for one another: their reservation rows share one transaction.
+    if connection.vendor == "postgresql":
+        assert transactions_of_reservations(held) == 1
+
+
+def test_holds_that_do_not_fit_together_are_held_or_refused_each_on_its_own(tenant):
+    Budget.objects.create(tenant=tenant, amount_usd=Decimal("1.00"), period="monthly", hard=True)
+    budget_reserve(budgets=limits(tenant), request_id=str(uuid.uuid4()), estimate=Decimal("0.10"), now=NOW)
+
+    outcomes = async_to_sync(_reserve_many)(limits(tenant), ["0.40", "0.40", "0.40", "0.05"])
+
+    # 0.10 + 0.40 + 0.40 fit; the third 0.40 does not; the 0.05 after it does.
+    assert [type(outcome).__name__ for outcome in outcomes] == ["Reservation", "Reservation", "BudgetExceeded", "Reservation"]
+    assert outcomes[2].details["spent_usd"] == "0.900000"
+    assert BudgetPeriod.objects.get().reserved_usd == Decimal("0.95")
+    assert BudgetReservation.objects.count() == 4
+
+
+def transactions_of_reservations(reservations) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT COUNT(DISTINCT xmin::text) FROM {BudgetReservation._meta.db_table} WHERE request_id = ANY(%s::uuid[])",
+            [[reservation.request_id for reservation in reservations]],
+        )
+        return cursor.fetchone()[0]

@@ -96,7 +96,7 @@ async def test_a_broker_that_fails_costs_the_alert_notice_not_the_records(monkey
     monkeypatch.setattr(record_module, "_alert_enqueue", broker_down)
     writes = [RecordWrite(fields=fields_now(tenant, uuid.UUID(request_id), "0.60"), budgets=budgets, reservation=reservation)]
 
-    outcomes = await record_module._records_write(writes)
+    outcomes = await record_module.records_write(writes)
 
     assert outcomes == [None]
     assert await UsageRecord.objects.acount() == 1 and await BudgetAlert.objects.acount() == 1

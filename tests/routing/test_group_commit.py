@@ -1,6 +1,7 @@
-"""Group commit of UsageRecords (routing/record.py `GroupCommit`, accounting `usage_records_create`):
-records that arrive while a transaction is written share the next one; spend, reservations and
-alerts come out as if each had been written alone; one bad record does not sink the others."""
+"""Group commit of UsageRecords (accounting.services `usage_record_create`, batched by
+`accounting.statements.Batched`): records that arrive while a write is on the wire share the next
+one; spend, reservations and alerts come out as if each had been written alone; one bad record
+does not sink the others."""
 
 from __future__ import annotations
 
@@ -16,8 +17,7 @@ from django.db import IntegrityError, connection
 
 from accounting.budgets import _budgets_load, budget_reserve
 from accounting.models import Budget, BudgetAlert, BudgetPeriod, BudgetReservation, UsageRecord
-from accounting.services import RecordWrite, tenant_create, usage_records_create
-from routing.record import GroupCommit
+from accounting.services import RecordWrite, tenant_create, usage_record_create, usage_records_create
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -45,6 +45,10 @@ async def reserved_write(tenant, budgets, *, cost: str, estimate: str = "0.50") 
     return RecordWrite(fields=fields, budgets=budgets, reservation=reservation)
 
 
+async def write_one(write: RecordWrite):
+    return await usage_record_create(fields=write.fields, budgets=write.budgets, reservation=write.reservation)
+
+
 def transactions_of_records() -> int:
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT COUNT(DISTINCT xmin::text) FROM {UsageRecord._meta.db_table}")
@@ -54,12 +58,11 @@ def transactions_of_records() -> int:
 async def test_records_arriving_together_share_transactions_and_settle_exactly():
     tenant, budgets = await sync_to_async(budgeted_tenant)("acme")
     writes = [await reserved_write(tenant, budgets, cost="0.01") for _ in range(40)]
-    group = GroupCommit()
 
-    await asyncio.gather(*(group.write(write) for write in writes))
+    await asyncio.gather(*(write_one(write) for write in writes))
 
     assert await UsageRecord.objects.acount() == 40
-    # All 40 were waiting before the writer's first turn: one transaction.
+    # All 40 were waiting before the writer's first turn: one statement.
     assert await sync_to_async(transactions_of_records)() == 1
     period = await BudgetPeriod.objects.aget()
     assert period.spent_usd == Decimal("0.40") and period.reserved_usd == 0
@@ -68,9 +71,8 @@ async def test_records_arriving_together_share_transactions_and_settle_exactly()
 
 async def test_a_lone_record_waits_for_nobody():
     tenant, budgets = await sync_to_async(budgeted_tenant)("acme")
-    group = GroupCommit()
     for cost in ("0.10", "0.20"):
-        await group.write(await reserved_write(tenant, budgets, cost=cost))
+        await write_one(await reserved_write(tenant, budgets, cost=cost))
     assert await sync_to_async(transactions_of_records)() == 2
     assert (await BudgetPeriod.objects.aget()).spent_usd == Decimal("0.30")
 
@@ -78,16 +80,15 @@ async def test_a_lone_record_waits_for_nobody():
 async def test_one_record_already_written_does_not_sink_the_others():
     tenant, budgets = await sync_to_async(budgeted_tenant)("acme")
     first = await reserved_write(tenant, budgets, cost="0.05")
-    group = GroupCommit()
-    await group.write(first)
+    await write_one(first)
     others = [await reserved_write(tenant, budgets, cost="0.01") for _ in range(5)]
     again = RecordWrite(fields=dict(first.fields), budgets=budgets, reservation=first.reservation)
 
     # One transaction for the six fails on the duplicate request id: each is then written alone.
-    outcomes = await asyncio.gather(*(group.write(write) for write in [*others[:3], again, *others[3:]]),
+    outcomes = await asyncio.gather(*(write_one(write) for write in [*others[:3], again, *others[3:]]),
                                     return_exceptions=True)
 
-    assert [type(outcome) for outcome in outcomes] == [type(None)] * 3 + [IntegrityError] + [type(None)] * 2
+    assert [type(outcome) for outcome in outcomes] == [tuple] * 3 + [IntegrityError] + [tuple] * 2
     assert await UsageRecord.objects.acount() == 6
     period = await BudgetPeriod.objects.aget()
     assert period.spent_usd == Decimal("0.10") and period.reserved_usd == 0
