@@ -23,7 +23,8 @@ connection. On PostgreSQL the records (and the kept contents) go as one JSON arr
 server turns into rows of the table's own type (`json_populate_recordset`), each value parsed by
 its column's type: the values are prepared by each model field's public `get_prep_value` and
 encoded by orjson. Binding every value of every row as a parameter instead made the text grow
-with the group and cost psycopg a parse of it per write (35 ms of CPU for 32 records). Lists go as
+with the group and cost psycopg a parse of it per write: about 190 us of CPU per record in a group
+of 32, against 60 with the JSON array (a loaded 2-core machine). Lists go as
 PostgreSQL array text (`_array`). On SQLite each row is a statement of its own, with values
 prepared by the field's public `get_db_prep_save` (the ORM's own route for that database).
 """
@@ -34,12 +35,11 @@ import asyncio
 import functools
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
-from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
+from typing import Generic, TypeVar
 
 import orjson
 from django.db import InterfaceError, OperationalError, connections, transaction
