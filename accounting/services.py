@@ -12,7 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounting.budgets import BudgetLimit, Reservation, Settlement, settlement_changes
-from accounting.models import Tenant, TenantApiKey
+from accounting.models import Tenant, TenantApiKey, UsageContent
 from accounting.statements import Batched, dialect, insert_fields
 
 API_KEY_PREFIX = "sk-gw-"
