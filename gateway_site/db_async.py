@@ -1,29 +1,32 @@
-"""The hot path's two writes run in the event loop, on psycopg's async connections.
+"""The one connection pool of the hot path's money statements.
 
-The budget reservation and the UsageRecord with its settlement are each one prepared statement in
-autocommit (`accounting.budgets`, `gateway_site.prepared`). Run through `db_executor.db_call`,
-each costs a hand-off to a database thread and another back to the loop; a lone request paid
-about 0.5 ms of wall time per hand-off on a 2-core machine (the thread and the loop each sleep
-and are woken), more than the statement itself. Here the loop sends the statement on a
-connection of its own and awaits the answer like any other socket.
+The budget reservation and the UsageRecord with its settlement (`accounting.budgets`,
+`accounting.services`) are statements run through `statement` (PostgreSQL) or `steps` (SQLite):
 
-Each event loop keeps up to `GATEWAY_DB_ASYNC_CONNECTIONS` connections, opened on first use, with
-the connection settings Django would use. A connection that fails is closed and replaced by the
-next call; one idle for `IDLE_CHECK_SECONDS` is checked first (a database restart may have cut
-it), as the database threads do. Everything else (a first request of a budget period, several
-hard budgets, a record that keeps content, a record that must fall back to the transaction, the
-in-process tests' shared transaction with `GATEWAY_DB_THREADS = 0`) still goes through
-`db_call`. psycopg's errors come out as Django's (`django.db.OperationalError`..., through
-Django's own `wrap_database_errors`), so callers handle an outage as they always have.
+- **PostgreSQL**: each event loop keeps up to `GATEWAY_DB_ASYNC_CONNECTIONS` psycopg async
+  connections of its own, opened on first use with the connection settings Django would use, in
+  autocommit. The loop sends a statement and awaits the answer like any other socket (a hand-off
+  to a database thread and back cost about 0.5 ms of wall time per statement on a 2-core
+  machine). Statements are prepared on the server by psycopg's own rule, the connection's
+  `prepare_threshold` (a statement text run that many times is prepared, then planned no more):
+  the money statements are CTEs that cost more to plan than to run.
+- **SQLite** (embedded mode): no server to talk to; `steps` runs a function of the same steps, as
+  statements, in one transaction on Django's connection on a database thread
+  (`gateway_site.db_executor`).
+
+A connection that fails is closed and replaced by the next call; one idle for
+`IDLE_CHECK_SECONDS` is checked first (a database restart may have cut it). psycopg's errors come
+out as Django's (`django.db.OperationalError`, `IntegrityError`..., through Django's own
+`DatabaseErrorWrapper`), so callers handle an outage as with the ORM. These connections see only
+committed data: tests that drive the hot path use committed data (`transactional_db`).
 
 With `GATEWAY_DB_SYNCHRONOUS_COMMIT` false these connections commit with `synchronous_commit =
-off` (set when they open, no round trip of its own): a statement's commit is visible to every
-session at once, and PostgreSQL flushes it to the WAL on disk a moment later (within three
+off` (set when they open, no round trip of its own): a commit is visible to every session at
+once, and PostgreSQL flushes it to the WAL on disk a moment later (within three
 `wal_writer_delay`s) instead of before answering. A crash of the database server may then lose
 the last fraction of a second of holds and records, each whole (a statement is atomic: a record
-with its spend), never because a gateway process died. Measured with `bench/ab.py` on a 2-core
-machine: a lone request's p50 11.81 -> 10.75 and 12.05 -> 11.03 ms, CPU the same. The
-default keeps the wait (docs/reliability.md).
+with its spend), never because a gateway process died. The default keeps the wait
+(docs/reliability.md).
 
 A statement (or the check of an idle connection) that gets no answer within
 `GATEWAY_DB_ANSWER_TIMEOUT` seconds (default 10) fails as Django's `OperationalError`, as an
@@ -36,7 +39,7 @@ Why not psycopg_pool's `AsyncConnectionPool` (installed with psycopg[pool]): mea
 under uvloop against this pool, a one-row prepared statement cost the same CPU alone (194-239 us
 against 207-223 us on a slow machine) and 10-15 % more at 16 at once (170-237 against
 162-199 us per statement), its checkout and return doing more (a lock, a reset check, its
-maintenance tasks). Two statements a request make that about 1.5 % of a request's CPU at c=64.
+maintenance tasks).
 """
 
 from __future__ import annotations
@@ -47,26 +50,34 @@ import time
 
 import psycopg
 from django.conf import settings
-from django.db import Error, InterfaceError, OperationalError, connections
+from django.db import Error, InterfaceError, OperationalError, connections, transaction
 from django.db.utils import DatabaseErrorWrapper
 
-from gateway_site.db_executor import IDLE_CHECK_SECONDS
+from gateway_site.db_executor import IDLE_CHECK_SECONDS, db_call
 from gateway_site.loops import PerLoop
-from gateway_site.prepared import PREPARE_WHEN_ASKED
+
+# psycopg's own default: a statement text run this many times on a connection is prepared.
+PREPARE_THRESHOLD = 5
 
 
-def in_loop() -> bool:
-    """Whether the hot path's statements run in the event loop in this process."""
-    return (
-        settings.GATEWAY_DB_ASYNC_CONNECTIONS > 0
-        and settings.GATEWAY_DB_THREADS > 0
-        and settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
-    )
+def postgresql() -> bool:
+    return settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
 
 
-async def statement(sql: str, params: list) -> tuple[int, list[tuple]]:
-    """Run one statement in autocommit; returns the rows it changed and the rows it returned."""
+async def statement(sql: str, params: list | dict) -> list[tuple]:
+    """PostgreSQL: run one statement in autocommit on the loop's pool; returns its rows."""
     return await _pools.get().run(sql, params)
+
+
+async def steps(func, /, *args):
+    """SQLite: `func(cursor, *args)` in one transaction on a database thread; returns its result.
+    `func` rolls the transaction back with `transaction.set_rollback(True)`."""
+    return await db_call(_in_transaction, func, args)
+
+
+def _in_transaction(func, args):
+    with transaction.atomic(), connections["default"].cursor() as cursor:
+        return func(cursor, *args)
 
 
 async def close() -> None:
@@ -75,6 +86,11 @@ async def close() -> None:
     if pool is not None:
         while pool._idle:
             await _close(pool._idle.pop()[0])
+
+
+def forget_closed_loops() -> None:
+    """Drop the pools of event loops that are closed (their connections close as they go)."""
+    _pools.forget_closed()
 
 
 class _PsycopgErrors:
@@ -96,17 +112,17 @@ class _Pool:
         self._open = 0
         self._waiting: collections.deque[asyncio.Future] = collections.deque()
 
-    async def run(self, sql: str, params: list) -> tuple[int, list[tuple]]:
+    async def run(self, sql: str, params: list | dict) -> list[tuple]:
         connection = await self._take()
         healthy = False
         try:
             with _django_errors:  # psycopg's errors raised as Django's
                 async with asyncio.timeout(settings.GATEWAY_DB_ANSWER_TIMEOUT):
                     async with connection.cursor() as cursor:
-                        await cursor.execute(sql, params, prepare=settings.GATEWAY_DB_PREPARED_STATEMENTS)
+                        await cursor.execute(sql, params)
                         found = await cursor.fetchall() if cursor.description is not None else []
                         healthy = True
-                        return cursor.rowcount, found
+                        return found
         except TimeoutError:
             raise OperationalError(
                 f"The database did not answer within {settings.GATEWAY_DB_ANSWER_TIMEOUT:g} s"
@@ -166,8 +182,9 @@ async def _connect() -> psycopg.AsyncConnection:
     django_connection = connections["default"]
     params = django_connection.get_connection_params()
     params.pop("cursor_factory", None)  # Django's is a sync client-side one
+    # Django connects with `prepare_threshold=None` (no preparation) unless OPTIONS say otherwise.
     if params.get("prepare_threshold") is None:
-        params["prepare_threshold"] = PREPARE_WHEN_ASKED  # as `gateway_site.prepared` does for Django's
+        params["prepare_threshold"] = PREPARE_THRESHOLD
     if not settings.GATEWAY_DB_SYNCHRONOUS_COMMIT:
         params["options"] = f"{params.get('options') or ''} -c synchronous_commit=off".strip()
     with _django_errors:

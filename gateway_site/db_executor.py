@@ -2,10 +2,10 @@
 
 `sync_to_async` (thread-sensitive, the default) runs a request's sync calls on a thread that
 Django's ASGI handler starts for that request: a new thread per request, and a new database
-connection per request, opened on that thread and closed when the request ends. The writes of
-the hot path (the budget reservation, the UsageRecord) need neither: they are self-contained
-transactions. `db_call` runs them on `GATEWAY_DB_THREADS` threads that live as long as the
-process, and each thread keeps its own connection from one call to the next, so a call costs no
+connection per request, opened on that thread and closed when the request ends. The database
+work of the hot path (the config caches' loads, alerts handed to Celery, SQLite's money steps:
+`gateway_site.db_async.steps`) needs neither: each call is self-contained. `db_call` runs them on
+`GATEWAY_DB_THREADS` threads that live as long as the process, and each thread keeps its own connection from one call to the next, so a call costs no
 new connection: at most `GATEWAY_DB_THREADS` connections per process.
 
 A kept connection is checked (one `SELECT 1`) before a call when the last call on it failed with
@@ -26,7 +26,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections
 
@@ -40,7 +39,7 @@ _thread = threading.local()  # `last_used`: when this thread's connections last 
 def _executor_get() -> ThreadPoolExecutor:
     global _executor
     if _executor is None:
-        _executor = ThreadPoolExecutor(max_workers=settings.GATEWAY_DB_THREADS, thread_name_prefix="gateway-db")
+        _executor = ThreadPoolExecutor(max_workers=max(1, settings.GATEWAY_DB_THREADS), thread_name_prefix="gateway-db")
     return _executor
 
 
@@ -75,16 +74,27 @@ def _run(func, args, kwargs):
 
 
 async def db_call(func, /, *args, **kwargs):
-    """Await `func(*args, **kwargs)` run on a database thread (context variables go along).
-
-    With `GATEWAY_DB_THREADS = 0` it runs as plain `sync_to_async` does, on the request's
-    thread and connection: what the in-process tests use, so that pytest-django's per-test
-    transaction is visible to it (the end-to-end tests run the threads).
-    """
-    if settings.GATEWAY_DB_THREADS <= 0:
-        return await sync_to_async(func)(*args, **kwargs)
+    """Await `func(*args, **kwargs)` run on a database thread (context variables go along)."""
     # The executor directly rather than through `sync_to_async(thread_sensitive=False)`, whose
     # bookkeeping (executor choice, context copied back, exception re-raising) the hot path's
     # self-contained writes do not need: it was about 1 ms of CPU per request.
     job = functools.partial(contextvars.copy_context().run, _run, func, args, kwargs)
     return await asyncio.get_running_loop().run_in_executor(_executor_get(), job)
+
+
+async def close_all() -> None:
+    """Close every database thread's connections (tests: their database must be droppable)."""
+    if _executor is None:
+        return
+    loop = asyncio.get_running_loop()
+    threads = max(1, settings.GATEWAY_DB_THREADS)
+    barrier = threading.Barrier(threads)
+
+    def close() -> None:
+        connections.close_all()
+        barrier.wait(timeout=5)  # every thread takes one: each closes its own
+
+    try:
+        await asyncio.gather(*(loop.run_in_executor(_executor, close) for _ in range(threads)), return_exceptions=True)
+    except RuntimeError:  # shut down: its threads are gone with their connections
+        pass

@@ -241,7 +241,7 @@ _drain_hooks: list[Callable[[], None]] = []
 
 def at_drain(hook: Callable[[], None]) -> Callable[[], None]:
     """Run `hook` in the event loop when a worker's drain has let its requests finish, before it
-    waits for the tasks they left (a decorator: budget leases are released this way)."""
+    waits for the tasks they left (a decorator)."""
     _drain_hooks.append(hook)
     return hook
 

@@ -4,9 +4,9 @@ A pool's connections are tied to the loop that opened them: one loop per process
 server, one per test under pytest, one per call under asgiref's `async_to_sync`. `PerLoop` keeps
 one value per running loop and forgets the values of loops that have closed.
 
-`Batches` is how one loop's requests share round trips: the usage records
-(`routing.record.GroupCommit`), the budget holds (`accounting.budgets._HoldGroups`) and the Redis
-script calls (`gateway_site.redis_client.ScriptBatches`) each go out through one.
+`Batches` is how one loop's requests share round trips: the money statements
+(`accounting.statements.Batched`: budget holds, usage records) and the Redis script calls
+(`gateway_site.redis_client.ScriptBatches`) each go out through one.
 """
 
 from __future__ import annotations
@@ -38,6 +38,11 @@ class PerLoop(Generic[T]):
                 del self._values[stale]
             self._values[loop] = self._make()
         return self._values[loop]
+
+    def forget_closed(self) -> None:
+        """Forget the values of loops that are closed."""
+        for stale in [other for other in self._values if other.is_closed()]:
+            del self._values[stale]
 
     def pop(self) -> T | None:
         """Forget the running loop's value (the caller closes it), if it has one."""

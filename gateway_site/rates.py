@@ -1,5 +1,5 @@
-"""What a process took lately, per key, and the lease it takes ahead on that: the leases of rate
-limits (`accounting.ratelimits`) and of budgets (`accounting.budget_leases`) size themselves alike."""
+"""What a process took lately, per key, and the lease it takes ahead on that: how the rate limits'
+leases (`accounting.ratelimits`) size themselves."""
 
 from __future__ import annotations
 

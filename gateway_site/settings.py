@@ -242,16 +242,17 @@ if GATEWAY_DB_POOL and DATABASES["default"]["ENGINE"] == "django.db.backends.pos
         "max_size": env.int("GATEWAY_DB_POOL_SIZE", default=20),
         "timeout": env.float("GATEWAY_DB_POOL_TIMEOUT", default=10.0),
     }
-# Threads that run the hot path's database writes (budget reservation, UsageRecord), each with a
-# connection it keeps (without GATEWAY_DB_POOL): at most this many connections per process.
+# Threads that run the hot path's other database work (config loads, SQLite's money steps), each
+# with a connection it keeps (without GATEWAY_DB_POOL): at most this many connections per process.
 GATEWAY_DB_THREADS = env.int("GATEWAY_DB_THREADS", default=8)
-# The hot path's statements (budget reservation, UsageRecord with its settlement) are prepared on
-# PostgreSQL once per connection (gateway_site/prepared.py). Off for a pooler in transaction mode
-# that cannot keep prepared statements (PgBouncer before 1.21, or without max_prepared_statements).
-GATEWAY_DB_PREPARED_STATEMENTS = env.bool("GATEWAY_DB_PREPARED_STATEMENTS", default=True)
-# On PostgreSQL the hot path's two writes run in the event loop on psycopg's async connections, at
-# most this many per process (gateway_site/db_async.py); 0 sends them to the threads above.
+if GATEWAY_DB_THREADS < 1:
+    raise ImproperlyConfigured("GATEWAY_DB_THREADS must be at least 1")
+# On PostgreSQL the hot path's money statements (budget reservation, UsageRecord with its
+# settlement) run in the event loop on psycopg's async connections, at most this many per process
+# (gateway_site/db_async.py).
 GATEWAY_DB_ASYNC_CONNECTIONS = env.int("GATEWAY_DB_ASYNC_CONNECTIONS", default=4)
+if GATEWAY_DB_ASYNC_CONNECTIONS < 1:
+    raise ImproperlyConfigured("GATEWAY_DB_ASYNC_CONNECTIONS must be at least 1")
 # Seconds the event loop waits for PostgreSQL's answer to one of those writes before it fails as
 # an unreachable database does (a connection whose packets are dropped; gateway_site/db_async.py).
 GATEWAY_DB_ANSWER_TIMEOUT = env.float("GATEWAY_DB_ANSWER_TIMEOUT", default=10.0)
@@ -426,11 +427,6 @@ GATEWAY_RETRY_AFTER_MAX_SECONDS = env.float("GATEWAY_RETRY_AFTER_MAX_SECONDS", d
 # the bucket ahead (a lease), to serve the next requests without a Redis round trip each. Only the
 # upper half of a bucket is leased, at most 1 % of its capacity; 0 asks Redis on every request.
 GATEWAY_RATE_LIMIT_LEASE_SECONDS = env.float("GATEWAY_RATE_LIMIT_LEASE_SECONDS", default=0.1)
-# With PostgreSQL: how many seconds of its own recent reservations on a hard budget a process
-# reserves ahead (a lease, accounting/budget_leases.py), so that its next requests reserve without
-# a round trip each. At most 1 % of the budget, only while it keeps ten times the lease free;
-# 0 reserves every request on its own.
-GATEWAY_BUDGET_LEASE_SECONDS = env.float("GATEWAY_BUDGET_LEASE_SECONDS", default=0.1)
 # Key prefix for the gateway's own Redis keys (breakers, health, counters).
 GATEWAY_REDIS_PREFIX = env.str("GATEWAY_REDIS_PREFIX", default="gw")
 # On SIGTERM a worker takes no new requests and lets in-flight ones (streams included) run this

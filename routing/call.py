@@ -8,7 +8,6 @@ from decimal import Decimal
 from dataclasses import dataclass, field
 
 from accounting.auth import ApiKeyContext
-from accounting.budget_leases import LeaseDraw
 from accounting.budgets import BudgetLimit, Reservation
 from accounting.quotas import Charge
 from gateway_site import request_ids
@@ -39,7 +38,6 @@ class Call:
     prompt_estimate: int | None = None
     budgets: tuple[BudgetLimit, ...] = ()
     reservation: Reservation | None = None
-    budget_draw: LeaseDraw | None = None  # the estimate drawn from a lease instead of a reservation
     extra_headers: dict[str, str] = field(default_factory=dict)
     charge: Charge | None = None
     cost_usd: Decimal = Decimal("0")

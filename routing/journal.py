@@ -11,7 +11,7 @@ takes the next records and the old one is removed once all of its are written.
 
 Every worker looks in the folder at start and every `REPLAY_SECONDS` after (`replay_loop`): a
 file whose lock it can take belongs to a worker that is gone, and its records are written as a
-retry writes them (`routing.record._records_commit`). A record that is already there fails on its
+retry writes them (`routing.record.records_write`). A record that is already there fails on its
 unique `request_id` together with its settlement (one transaction), so nothing is counted twice;
 while the database is still unreachable the file is kept for the next look. A worker whose
 retries give up releases its file (a new one takes later records), so the records it held are
@@ -39,7 +39,7 @@ from django.conf import settings
 from django.db import IntegrityError, InterfaceError, OperationalError
 
 from accounting.budgets import BudgetLimit, Reservation
-from accounting.services import RecordWrite, _record_value
+from accounting.services import RecordWrite
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,14 @@ def _line(write: RecordWrite) -> bytes:
         "budgets": write.budgets,  # dataclasses: orjson writes their fields
         "reservation": write.reservation,
     }
-    return orjson.dumps(entry, default=_record_value) + b"\n"
+    return orjson.dumps(entry, default=_json_default) + b"\n"
+
+
+def _json_default(value: object) -> str:
+    """What orjson does not encode itself: a Decimal, as its exact text."""
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"a usage record value of type {type(value).__name__} has no JSON form")
 
 
 def _write_from(entry: dict) -> RecordWrite:
@@ -186,9 +193,9 @@ def _write_from(entry: dict) -> RecordWrite:
     return RecordWrite(fields=fields, budgets=budgets, reservation=reservation)
 
 
-def replay() -> int:
-    """Write the records of every journal whose worker is gone (a database thread's call); returns
-    how many were written. A journal stays while the database cannot be reached."""
+async def replay() -> int:
+    """Write the records of every journal whose worker is gone; returns how many were written. A
+    journal stays while the database cannot be reached."""
     folder = _folder()
     if folder is None or not folder.is_dir():
         return 0
@@ -203,7 +210,7 @@ def replay() -> int:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # its worker is alive
-            outcome = _replay_file(path)
+            outcome = await _replay_file(path)
             if outcome is None:
                 return written  # the database is unreachable: the rest waits for the next look
             written += outcome
@@ -213,8 +220,8 @@ def replay() -> int:
     return written
 
 
-def _replay_file(path: Path) -> int | None:
-    from routing.record import _records_commit
+async def _replay_file(path: Path) -> int | None:
+    from routing.record import records_write
 
     writes = []
     for number, line in enumerate(path.read_bytes().splitlines(), start=1):
@@ -225,7 +232,7 @@ def _replay_file(path: Path) -> int | None:
     if not writes:
         return 0
     written = 0
-    for write, outcome in zip(writes, _records_commit(writes, retry=True)):
+    for write, outcome in zip(writes, await records_write(writes)):
         if outcome is None:
             written += 1
         elif isinstance(outcome, (OperationalError, InterfaceError)):
@@ -242,11 +249,9 @@ def _replay_file(path: Path) -> int | None:
 
 async def replay_loop() -> None:
     """A worker's part: replay orphaned journals at start and every `REPLAY_SECONDS` after."""
-    from gateway_site.db_executor import db_call
-
     while True:
         try:
-            await db_call(replay)
+            await replay()
         except Exception:  # noqa: BLE001 - the next look tries again
             logger.exception("usage record journals could not be replayed")
         await asyncio.sleep(REPLAY_SECONDS)

@@ -17,8 +17,7 @@ from decimal import Decimal
 from django.db import InterfaceError, OperationalError
 
 from accounting.auth import api_key_authenticate, bearer_token
-from accounting.budget_leases import budget_lease_draw
-from accounting.budgets import budget_reserve_async, budgets_for
+from accounting.budgets import budget_reserve, budgets_for
 from accounting.pricing import cost_compute
 from accounting.quotas import (
     RateLimited,
@@ -96,7 +95,7 @@ async def chat_parsed(call: Call, *, body: dict, headers) -> dict | AsyncIterato
 async def _failure_record(call: Call, exc: BaseException) -> None:
     """The record of a request that ended in `exc`: its error; a cancellation (the client left, or
     a worker's shutdown cut it); a bug of the gateway (the client gets a 500), which still gets its
-    one record, so that what it reserved or drew on a budget is released. None while the database
+    one record, so that what it reserved on a budget is released. None while the database
     is unreachable (the view answers 503, `gateway_site.http.allow_methods`)."""
     if isinstance(exc, GatewayError):
         await record_failure(call, exc)
@@ -293,11 +292,7 @@ async def _budget_reserve(call: Call) -> None:
     call.budgets = await budgets_for(tenant_id=call.auth.tenant_id, key_id=call.auth.key_id)
     if any(budget.hard for budget in call.budgets):
         estimate = _max_cost(call)
-        call.budget_draw = budget_lease_draw(call.budgets, estimate)
-        if call.budget_draw is None:
-            call.reservation = await budget_reserve_async(
-                budgets=call.budgets, request_id=str(call.request_id), estimate=estimate
-            )
+        call.reservation = await budget_reserve(budgets=call.budgets, request_id=str(call.request_id), estimate=estimate)
 
 
 def _output_cap(call: Call, deployment, *, prompt: int | None = None) -> int | None:

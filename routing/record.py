@@ -8,20 +8,19 @@ import logging
 import time
 from decimal import Decimal
 
-from django.db import InterfaceError, OperationalError, close_old_connections
+from django.db import InterfaceError, OperationalError
 
 from accounting import tokens
 from accounting.pricing import cost_compute
 from accounting.quotas import rate_limit_settle, rate_limit_settle_now
-from accounting.services import RecordWrite, usage_records_commit, usage_records_commit_async
-from gateway_site import db_async
+from accounting.services import RecordWrite, usage_record_create
 from gateway_site.after_response import after_response
 from gateway_site.db_executor import db_call
 from gateway_site import metrics
 from gateway_site.errors import GatewayError
 from gateway_site.graceful import cancel_reason, shutdown_status
 from gateway_site.logs import request_line
-from gateway_site.loops import Batches, PerLoop, background
+from gateway_site.loops import background
 from guardrails.services import guardrail_events_start, guardrail_events_wait
 from routing.call import Call
 from routing.journal import journal
@@ -105,20 +104,12 @@ async def _record_commit(call: Call, fields: dict, first_try: asyncio.Event) -> 
     so a request answered during a short outage still gets its one record and settles its
     reservation. A write that committed before its connection died is not written twice: the
     retry fails on the record's unique `request_id`."""
-    try:
-        await _record_commit_retried(call, fields, first_try)
-    finally:
-        if call.budget_draw is not None:
-            call.budget_draw.settled()  # its lease may be released once its draws are recorded
-
-
-async def _record_commit_retried(call: Call, fields: dict, first_try: asyncio.Event) -> None:
     delay, deadline = 0.25, time.monotonic() + RECORD_RETRY_SECONDS
     kept = False  # in this worker's journal (`routing.journal`), which outlives the worker
     while True:
         try:
             write = RecordWrite(fields=dict(fields), budgets=call.budgets, reservation=call.reservation)
-            await _group_commits.get().write(write, retry=delay > 0.25)
+            await _record_write(write)
             if kept:
                 journal.written(call.request_id)
             return
@@ -136,46 +127,18 @@ async def _record_commit_retried(call: Call, fields: dict, first_try: asyncio.Ev
         delay = min(delay * 2, 5.0)
 
 
-# At most this many records per transaction.
-GROUP_COMMIT_MAX = 128
+async def _record_write(write: RecordWrite) -> None:
+    """Write one record (`usage_record_create`, which writes the records that arrive together in
+    one statement) and hand the alerts it raised to Celery, in the background."""
+    _, alert_ids = await usage_record_create(fields=write.fields, budgets=write.budgets, reservation=write.reservation)
+    if alert_ids:
+        background(_alerts_enqueue(alert_ids), what="budget alerts hand-over")
 
 
-class GroupCommit:
-    """The records of an event loop's requests, written together (`gateway_site.loops.Batches`):
-    while one transaction is being written, the records that arrive wait, and the next
-    transaction takes all of them. A lone request waits for nobody (its record is written at
-    once, as before); under load a worker writes one transaction, one INSERT and one UPDATE per
-    budget period, for many requests, instead of a transaction each. Each request is still
-    answered only once its own record has committed, and a record that fails is retried alone
-    (`_records_commit`)."""
-
-    def __init__(self) -> None:
-        self._batches: Batches[tuple[RecordWrite, bool]] = Batches(self._send, limit=GROUP_COMMIT_MAX)
-
-    async def write(self, write: RecordWrite, *, retry: bool = False) -> None:
-        await asyncio.shield(self._batches.submit((write, retry)))
-
-    @staticmethod
-    async def _send(_key, batch: list[tuple[RecordWrite, bool]]) -> list[Exception | None]:
-        return await _records_write([write for write, _ in batch], retry=any(retry for _, retry in batch))
-
-
-_group_commits: PerLoop[GroupCommit] = PerLoop(GroupCommit)
-
-
-async def _records_write(writes: list[RecordWrite], *, retry: bool) -> list[Exception | None]:
-    """One group's write: in the event loop when it is the one-statement kind and this is not a
-    retry after an outage (`usage_records_commit_async`), else `_records_commit` on a database
-    thread, which also writes the records one by one if the group fails."""
-    if not retry and db_async.in_loop():
-        try:
-            if await usage_records_commit_async(writes, on_alert=_alerts_enqueue) is not None:
-                return [None] * len(writes)
-        except (OperationalError, InterfaceError) as exc:
-            return [exc] * len(writes)  # retried by each `_record_commit`, on a thread
-        except Exception:  # noqa: BLE001 - `_records_commit` tells the records apart
-            logger.warning("group of %d records failed in the event loop; writing them on a thread", len(writes))
-    return await db_call(_records_commit, writes, retry=retry)
+async def records_write(writes: list[RecordWrite]) -> list[Exception | None]:
+    """Write several records (the journal's replay): one outcome per write, None when written."""
+    outcomes = await asyncio.gather(*(_record_write(write) for write in writes), return_exceptions=True)
+    return [outcome if isinstance(outcome, Exception) else None for outcome in outcomes]
 
 
 async def _alerts_enqueue(alert_ids: list[int]) -> None:
@@ -186,29 +149,6 @@ async def _alerts_enqueue(alert_ids: list[int]) -> None:
         await db_call(lambda: [_alert_enqueue(alert_id) for alert_id in alert_ids])
     except Exception:  # noqa: BLE001 - the records stand
         logger.exception("budget alerts %s committed but not handed to Celery", alert_ids)
-
-
-def _records_commit(writes: list[RecordWrite], *, retry: bool) -> list[Exception | None]:
-    """One transaction for all of `writes`; if it fails for a reason other than the database
-    being unreachable (one record already written by an earlier try, say), each record alone."""
-    if retry:
-        close_old_connections()  # drop a connection the outage broke
-    if len(writes) > 1:
-        try:
-            usage_records_commit(writes, on_alert=_alert_enqueue)
-            return [None] * len(writes)
-        except (OperationalError, InterfaceError) as exc:
-            return [exc] * len(writes)
-        except Exception:  # noqa: BLE001 - told apart below, record by record
-            logger.warning("group commit of %d records failed; writing them one by one", len(writes))
-    outcomes: list[Exception | None] = []
-    for write in writes:
-        try:
-            usage_records_commit([write], on_alert=_alert_enqueue)
-            outcomes.append(None)
-        except Exception as exc:  # noqa: BLE001 - this record's own outcome
-            outcomes.append(exc)
-    return outcomes
 
 
 def _record_fields(call: Call, *, status: str, completion_text: str) -> dict:

@@ -86,8 +86,11 @@ class GatewaySetup:
 
 
 @pytest.fixture
-def gateway(db, fake_provider_url) -> GatewaySetup:
-    """A tenant with a key, and OpenAI- and Anthropic-format providers on the fake provider."""
+def gateway(transactional_db, fake_provider_url) -> GatewaySetup:
+    """A tenant with a key, and OpenAI- and Anthropic-format providers on the fake provider.
+
+    Committed (`transactional_db`): the hot path's money statements run on the event loop's own
+    connections (gateway_site/db_async.py), which see only committed data."""
     from accounting.auth import auth_cache_clear
     from accounting.services import api_key_create, tenant_create
     from providers.models import Provider, ProviderModel
@@ -166,22 +169,20 @@ def _own_redis_namespace(settings):
 
 
 @pytest.fixture(autouse=True)
-def _database_work_on_the_request_thread(settings):
-    """In process, the hot path's database work runs on the request's thread and connection,
-    inside pytest-django's per-test transaction (gateway_site/db_executor.py); the end-to-end
-    tests' server processes run it on the database threads, as production does."""
-    settings.GATEWAY_DB_THREADS = 0
-
-
-@pytest.fixture(autouse=True)
 async def _close_async_db_connections():
-    """Async ORM calls run in asgiref's worker thread; close its connection after each test so the
-    test database can be dropped at the end of the session."""
+    """Close the connections a test left after it, so the test database can be dropped at the end
+    of the session: asgiref's worker thread's (async ORM calls), the database threads'
+    (`db_call`) and the event loops' (the money statements, gateway_site/db_async.py)."""
     yield
     from asgiref.sync import sync_to_async
     from django.db import connections
 
+    from gateway_site import db_async, db_executor
+
+    await db_async.close()
+    db_async.forget_closed_loops()
     await sync_to_async(connections.close_all)()
+    await db_executor.close_all()
 
 
 @pytest.fixture

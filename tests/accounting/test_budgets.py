@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from decimal import Decimal
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.core import mail
+from django.db import IntegrityError, connection
 
 from accounting.alerts import budget_alert_send
 from accounting.budgets import (
     BudgetExceeded,
     _budgets_load,
     budget_recompute,
-    budget_reserve,
+    budget_reserve as budget_reserve_async,
     period_end,
     period_start,
     reservations_release_stale,
@@ -27,9 +30,11 @@ from accounting.models import (
     BudgetReservation,
     UsageRecord,
 )
-from accounting.services import api_key_create, tenant_create, usage_record_commit
+from accounting.services import api_key_create, tenant_create, usage_record_create
 
-pytestmark = pytest.mark.django_db
+# Committed data: the money statements run on the event loop's own connections.
+pytestmark = pytest.mark.django_db(transaction=True)
+budget_reserve = async_to_sync(budget_reserve_async)
 
 NOW = datetime(2026, 11, 18, 15, 30, tzinfo=dt_timezone.utc)  # a Wednesday
 
@@ -44,12 +49,11 @@ def limits(tenant, key=None):
 
 
 @pytest.fixture
-def run_on_commit(django_capture_on_commit_callbacks):
-    """Alerts are handed over when the transaction commits; run those hooks in the test."""
+def run_on_commit():
+    """Alerts are returned once their statement has committed."""
 
     def run(function, *args, **kwargs):
-        with django_capture_on_commit_callbacks(execute=True):
-            return function(*args, **kwargs)
+        return function(*args, **kwargs)
 
     return run
 
@@ -60,10 +64,12 @@ def commit(tenant, *, cost: str, reservation=None, key=None, when=NOW, alerts=No
         "status": "success", "cost_usd": Decimal(cost), "created_at": when,
         "request_id": uuid.UUID(reservation.request_id) if reservation else uuid.uuid4(),
     }
-    return usage_record_commit(
+    record_id, alert_ids = async_to_sync(usage_record_create)(
         fields=fields, budgets=limits(tenant, key), reservation=reservation,
-        on_alert=(alerts.append if alerts is not None else None),
     )
+    if alerts is not None:
+        alerts.extend(alert_ids)
+    return record_id
 
 
 @pytest.mark.parametrize(
@@ -113,47 +119,55 @@ def test_settlement_releases_the_reservation_and_adds_the_real_cost(tenant):
     assert budget_reserve(budgets=limits(tenant), request_id=str(uuid.uuid4()), estimate=Decimal("0.70"), now=NOW)
 
 
-def test_one_hard_budget_is_reserved_in_one_statement_on_postgresql(tenant, django_assert_num_queries):
-    from django.db import connection
-
-    if connection.vendor != "postgresql":
-        pytest.skip("the one-statement reservation is PostgreSQL's")
+def test_a_periods_first_request_creates_its_row_and_holds_on_it(tenant):
     Budget.objects.create(tenant=tenant, amount_usd=Decimal("1.00"), period="monthly", hard=True)
     budgets = limits(tenant)
-    budget_reserve(budgets=budgets, request_id=str(uuid.uuid4()), estimate=Decimal("0.10"), now=NOW)  # period row
     request_id = str(uuid.uuid4())
-    with django_assert_num_queries(1):
-        reservation = budget_reserve(budgets=budgets, request_id=request_id, estimate=Decimal("0.60"), now=NOW)
+    reservation = budget_reserve(budgets=budgets, request_id=request_id, estimate=Decimal("0.60"), now=NOW)
     period = BudgetPeriod.objects.get()
-    assert reservation.period_ids == (period.pk,) and period.reserved_usd == Decimal("0.70")
+    assert period.period_start == period_start("monthly", NOW)
+    assert reservation.period_ids == (period.pk,) and period.reserved_usd == Decimal("0.60")
     assert BudgetReservation.objects.get(request_id=request_id).amount_usd == Decimal("0.60")
     with pytest.raises(BudgetExceeded):  # past the limit: nothing held, the figures in the error
-        budget_reserve(budgets=budgets, request_id=str(uuid.uuid4()), estimate=Decimal("0.31"), now=NOW)
-    assert BudgetPeriod.objects.get().reserved_usd == Decimal("0.70")
-    assert BudgetReservation.objects.count() == 2
+        budget_reserve(budgets=budgets, request_id=str(uuid.uuid4()), estimate=Decimal("0.41"), now=NOW)
+    assert BudgetPeriod.objects.get().reserved_usd == Decimal("0.60")
+    assert BudgetReservation.objects.count() == 1
 
 
-def test_one_budget_is_settled_in_one_statement_on_postgresql(tenant, django_assert_num_queries):
-    from django.db import connection
+def test_a_deleted_period_row_is_created_again(tenant):
+    Budget.objects.create(tenant=tenant, amount_usd=Decimal("1.00"), period="monthly", hard=True)
+    budget_reserve(budgets=limits(tenant), request_id=str(uuid.uuid4()), estimate=Decimal("0.60"), now=NOW)
+    BudgetPeriod.objects.all().delete()  # an operator's reset: its reservations go with it
+    reservation = budget_reserve(budgets=limits(tenant), request_id=str(uuid.uuid4()), estimate=Decimal("0.60"), now=NOW)
+    assert reservation.period_ids == (BudgetPeriod.objects.get().pk,)
+    assert BudgetPeriod.objects.get().reserved_usd == Decimal("0.60")
 
-    from accounting.budgets import budget_settle
 
-    if connection.vendor != "postgresql":
-        pytest.skip("the one-statement settlement is PostgreSQL's")
-    Budget.objects.create(tenant=tenant, amount_usd=Decimal("1.00"), period="monthly", hard=True,
-                          alert_thresholds=[50])
-    budgets = limits(tenant)
-    reservation = budget_reserve(budgets=budgets, request_id=str(uuid.uuid4()), estimate=Decimal("0.60"), now=NOW)
-    # The statement returns the spend after it: no second query to check the 50 % alert line.
-    with django_assert_num_queries(1):
-        assert budget_settle(budgets=budgets, reservation=reservation, cost=Decimal("0.25"), now=NOW) == []
+def test_several_hard_budgets_are_held_all_or_nothing(tenant):
+    key, _ = api_key_create(tenant=tenant, name="small")
+    Budget.objects.create(tenant=tenant, amount_usd=Decimal("1.00"), period="monthly", hard=True)
+    Budget.objects.create(tenant=tenant, api_key=key, amount_usd=Decimal("0.50"), period="daily", hard=True)
+    budgets = limits(tenant, key)
+    held = budget_reserve(budgets=budgets, request_id=str(uuid.uuid4()), estimate=Decimal("0.30"), now=NOW)
+    assert len(held.period_ids) == 2
+    with pytest.raises(BudgetExceeded) as refused:  # fits the tenant's $1, not the key's $0.50
+        budget_reserve(budgets=budgets, request_id=str(uuid.uuid4()), estimate=Decimal("0.30"), now=NOW)
+    assert refused.value.details["scope"] == "api_key" and refused.value.details["spent_usd"] == "0.300000"
+    assert sorted(BudgetPeriod.objects.values_list("reserved_usd", flat=True)) == [Decimal("0.30")] * 2
+    assert BudgetReservation.objects.count() == 2  # the first request's two; the refused one held nothing
+    commit(tenant, cost="0.10", reservation=held, key=key)
+    assert sorted(BudgetPeriod.objects.values_list("spent_usd", "reserved_usd")) == [(Decimal("0.10"), 0)] * 2
+
+
+def test_a_settlement_retried_releases_nothing_twice(tenant):
+    Budget.objects.create(tenant=tenant, amount_usd=Decimal("1.00"), period="monthly", hard=True, alert_thresholds=[50])
+    reservation = budget_reserve(budgets=limits(tenant), request_id=str(uuid.uuid4()), estimate=Decimal("0.60"), now=NOW)
+    commit(tenant, cost="0.25", reservation=reservation)
+    with pytest.raises(IntegrityError):  # the same record again: its request id is written
+        commit(tenant, cost="0.25", reservation=reservation)
     period = BudgetPeriod.objects.get()
     assert period.reserved_usd == 0 and period.spent_usd == Decimal("0.25")
-    assert not BudgetReservation.objects.exists()
-    # Settled again (a retried record write): nothing left to release, the spend is the caller's.
-    with django_assert_num_queries(1):
-        budget_settle(budgets=budgets, reservation=reservation, cost=Decimal("0"), now=NOW)
-    assert BudgetPeriod.objects.get().reserved_usd == 0
+    assert not BudgetAlert.objects.exists()
 
 
 def test_soft_budgets_are_not_enforced_but_tracked(tenant):
@@ -231,3 +245,46 @@ def test_stale_reservations_are_released(tenant):
     BudgetReservation.objects.update(created_at=datetime.now(dt_timezone.utc) - timedelta(hours=1))
     assert reservations_release_stale() == 1
     assert BudgetPeriod.objects.get().reserved_usd == 0
+
+
+async def _reserve_many(budgets, estimates):
+    return await asyncio.gather(*(
+        budget_reserve_async(budgets=budgets, request_id=str(uuid.uuid4()), estimate=Decimal(estimate), now=NOW)
+        for estimate in estimates
+    ), return_exceptions=True)
+
+
+def test_holds_that_arrive_together_go_out_as_one_statement(tenant):
+    Budget.objects.create(tenant=tenant, amount_usd=Decimal("10.00"), period="monthly", hard=True)
+    budget_reserve(budgets=limits(tenant), request_id=str(uuid.uuid4()), estimate=Decimal("0.10"), now=NOW)
+
+    held = async_to_sync(_reserve_many)(limits(tenant), ["0.50"] * 10)
+
+    assert all(reservation.amount == Decimal("0.50") for reservation in held)
+    period = BudgetPeriod.objects.get()
+    assert period.reserved_usd == Decimal("5.10") and BudgetReservation.objects.count() == 11
+    # The ten waited for one another: their reservation rows share one transaction.
+    if connection.vendor == "postgresql":
+        assert transactions_of_reservations(held) == 1
+
+
+def test_holds_that_do_not_fit_together_are_held_or_refused_each_on_its_own(tenant):
+    Budget.objects.create(tenant=tenant, amount_usd=Decimal("1.00"), period="monthly", hard=True)
+    budget_reserve(budgets=limits(tenant), request_id=str(uuid.uuid4()), estimate=Decimal("0.10"), now=NOW)
+
+    outcomes = async_to_sync(_reserve_many)(limits(tenant), ["0.40", "0.40", "0.40", "0.05"])
+
+    # 0.10 + 0.40 + 0.40 fit; the third 0.40 does not; the 0.05 after it does.
+    assert [type(outcome).__name__ for outcome in outcomes] == ["Reservation", "Reservation", "BudgetExceeded", "Reservation"]
+    assert outcomes[2].details["spent_usd"] == "0.900000"
+    assert BudgetPeriod.objects.get().reserved_usd == Decimal("0.95")
+    assert BudgetReservation.objects.count() == 4
+
+
+def transactions_of_reservations(reservations) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT COUNT(DISTINCT xmin::text) FROM {BudgetReservation._meta.db_table} WHERE request_id = ANY(%s::uuid[])",
+            [[reservation.request_id for reservation in reservations]],
+        )
+        return cursor.fetchone()[0]

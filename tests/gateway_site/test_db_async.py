@@ -1,6 +1,6 @@
-"""The hot path's two writes in the event loop (gateway_site/db_async.py): the budget reservation
-(`budget_reserve_async`) and the record with its settlement (`usage_records_commit_async`), on the
-loop's own psycopg connections; what they cannot do goes to a database thread as before."""
+"""The money statements' connection pool (gateway_site/db_async.py): the budget reservation
+(`budget_reserve`) and the record with its settlement (`usage_records_create`) on the event loop's
+own psycopg connections: commits, outages, timeouts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import asyncio
 import socket
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import pytest
@@ -16,33 +15,19 @@ from asgiref.sync import sync_to_async
 from django.db import OperationalError, connection, connections
 from django.utils import timezone
 
-from accounting import budgets as budgets_module
-from accounting.budgets import BudgetExceeded, _budgets_load, budget_reserve_async
+from accounting.budgets import _budgets_load, budget_reserve
 from accounting.models import Budget, BudgetAlert, BudgetPeriod, BudgetReservation, UsageRecord
-from accounting.services import RecordWrite, tenant_create, usage_records_commit_async
-from gateway_site import db_async, db_executor
+from accounting.services import RecordWrite, tenant_create, usage_records_create
+from gateway_site import db_async
 from tests.accounting.test_record_statement import every_field
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
-async def in_the_loop(settings, monkeypatch):
+async def postgresql_only():
     if connection.vendor != "postgresql":
         pytest.skip("the loop's connections are PostgreSQL's")
-    settings.GATEWAY_DB_THREADS = 1  # as in a server process: the tests' shared transaction is off
-    settings.GATEWAY_DB_ASYNC_CONNECTIONS = 2
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-db")
-    monkeypatch.setattr(db_executor, "_executor", executor)
-    yield
-    await db_async.close()
-    executor.submit(connections.close_all).result()  # the test database must be droppable
-    executor.shutdown()
-
-
-async def _refuse(*args, **kwargs):
-    """`db_call` for a test whose writes must stay in the event loop."""
-    raise AssertionError("went to a database thread")
 
 
 @sync_to_async
@@ -60,90 +45,20 @@ def fields_now(tenant, request_id: uuid.UUID, cost: str) -> dict:
 
 async def reserve(budgets, estimate="0.50"):
     request_id = str(uuid.uuid4())
-    return request_id, await budget_reserve_async(budgets=budgets, request_id=request_id, estimate=Decimal(estimate))
-
-
-async def test_a_known_period_is_held_in_the_loop(monkeypatch):
-    _, budgets = await budgeted()
-    _, first = await reserve(budgets)  # the period's first request finds its row on a thread
-    monkeypatch.setattr(budgets_module, "db_call", _refuse)
-
-    request_id, held = await reserve(budgets)
-
-    assert held.period_ids == first.period_ids and held.amount == Decimal("0.50")
-    period = await BudgetPeriod.objects.aget()
-    assert period.reserved_usd == Decimal("1.00")
-    assert await BudgetReservation.objects.filter(request_id=request_id).aexists()
-
-
-async def test_a_refusal_still_names_its_figures():
-    _, budgets = await budgeted(amount="1.00")
-    await reserve(budgets, "0.60")
-
-    with pytest.raises(BudgetExceeded) as refused:
-        await reserve(budgets, "0.60")
-
-    assert "1.00" in str(refused.value) and await BudgetReservation.objects.acount() == 1
-
-
-async def test_records_settle_and_raise_alerts_in_the_loop(monkeypatch):
-    tenant, budgets = await budgeted(thresholds=[5])  # $0.50 of $10
-    request_id, reservation = await reserve(budgets, "0.80")  # the period's row is found on a thread
-    monkeypatch.setattr(budgets_module, "db_call", _refuse)
-    raised: list[int] = []
-
-    async def on_alert(ids):
-        raised.extend(ids)
-
-    writes = [
-        RecordWrite(fields=fields_now(tenant, uuid.UUID(request_id), "0.60"), budgets=budgets, reservation=reservation),
-        RecordWrite(fields=fields_now(tenant, uuid.uuid4(), "0.01"), budgets=budgets),
-    ]
-    ids = await usage_records_commit_async(writes, on_alert=on_alert)
-
-    assert ids == [
-        await UsageRecord.objects.filter(request_id=write.fields["request_id"]).values_list("pk", flat=True).aget()
-        for write in writes
-    ]
-    period = await BudgetPeriod.objects.aget()
-    assert period.spent_usd == Decimal("0.61") and period.reserved_usd == 0
-    assert raised == [await BudgetAlert.objects.values_list("pk", flat=True).aget()]
-
-
-async def test_a_period_row_deleted_meanwhile_leaves_the_record_to_the_general_path():
-    tenant, budgets = await budgeted()
-    request_id, reservation = await reserve(budgets)
-    await BudgetPeriod.objects.all().adelete()
-
-    async def on_alert(ids):
-        raise AssertionError(ids)
-
-    writes = [RecordWrite(fields=fields_now(tenant, uuid.UUID(request_id), "0.25"), budgets=budgets, reservation=reservation)]
-    assert await usage_records_commit_async(writes, on_alert=on_alert) is None
-    assert await UsageRecord.objects.acount() == 0  # nothing written: the thread's transaction writes it
-
-
-async def test_kept_content_goes_to_the_general_path():
-    tenant, budgets = await budgeted()
-    fields = fields_now(tenant, uuid.uuid4(), "0.25") | {"content": {"messages": [], "completion": "hi"}}
-
-    async def on_alert(ids):
-        raise AssertionError(ids)
-
-    assert await usage_records_commit_async([RecordWrite(fields=fields, budgets=budgets)], on_alert=on_alert) is None
+    return request_id, await budget_reserve(budgets=budgets, request_id=request_id, estimate=Decimal(estimate))
 
 
 @pytest.mark.parametrize("synchronous", [True, False])
 async def test_the_loops_commits_wait_for_the_wal_flush_unless_configured(settings, synchronous):
     settings.GATEWAY_DB_SYNCHRONOUS_COMMIT = synchronous
     tenant, budgets = await budgeted()
-    await reserve(budgets)  # the period's first request finds its row on a thread
-    request_id, reservation = await reserve(budgets)  # on the loop's connection
+    await reserve(budgets)
+    request_id, reservation = await reserve(budgets)
     writes = [RecordWrite(fields=fields_now(tenant, uuid.UUID(request_id), "0.25"), budgets=budgets,
                           reservation=reservation)]
 
-    assert await usage_records_commit_async(writes, on_alert=_refuse) is not None
-    _, found = await db_async.statement("SELECT current_setting('synchronous_commit')", [])
+    await usage_records_create(writes)
+    found = await db_async.statement("SELECT current_setting('synchronous_commit')", [])
 
     assert found == [("on" if synchronous else "off",)]
     # Committed and visible to another session at once either way.
@@ -153,13 +68,13 @@ async def test_the_loops_commits_wait_for_the_wal_flush_unless_configured(settin
 
 
 async def test_a_cut_connection_fails_one_statement_as_djangos_error_and_is_replaced():
-    _, first = await db_async.statement("SELECT pg_backend_pid()", [])
+    first = await db_async.statement("SELECT pg_backend_pid()", [])
     (pid,) = first[0]
     await sync_to_async(_terminate)(pid)  # a database restart, say
 
     with pytest.raises(OperationalError):
         await db_async.statement("SELECT pg_backend_pid()", [])
-    _, again = await db_async.statement("SELECT pg_backend_pid()", [])
+    again = await db_async.statement("SELECT pg_backend_pid()", [])
 
     assert again[0][0] != pid
 
@@ -181,47 +96,11 @@ async def test_a_broker_that_fails_costs_the_alert_notice_not_the_records(monkey
     monkeypatch.setattr(record_module, "_alert_enqueue", broker_down)
     writes = [RecordWrite(fields=fields_now(tenant, uuid.UUID(request_id), "0.60"), budgets=budgets, reservation=reservation)]
 
-    outcomes = await record_module._records_write(writes, retry=False)
+    outcomes = await record_module.records_write(writes)
 
     assert outcomes == [None]
     assert await UsageRecord.objects.acount() == 1 and await BudgetAlert.objects.acount() == 1
     assert "not handed to Celery" in caplog.text
-
-
-async def test_holds_that_meet_on_a_period_row_go_out_as_one_statement(monkeypatch):
-    _, budgets = await budgeted()
-    await reserve(budgets)  # the period's row is found on a thread
-    monkeypatch.setattr(budgets_module, "db_call", _refuse)
-    statements = []
-    run = db_async.statement
-
-    async def counted(sql, params):
-        statements.append(sql)
-        return await run(sql, params)
-
-    monkeypatch.setattr(db_async, "statement", counted)
-
-    held = await asyncio.gather(*(reserve(budgets, "0.10") for _ in range(6)))
-
-    # All six asked in the same turn of the loop: one statement holds them.
-    assert len(statements) == 1
-    assert all(reservation.amount == Decimal("0.10") for _, reservation in held)
-    period = await BudgetPeriod.objects.aget()
-    assert period.reserved_usd == Decimal("1.10")
-    assert await BudgetReservation.objects.acount() == 7
-
-
-async def test_a_group_that_does_not_fit_is_held_one_by_one():
-    _, budgets = await budgeted(amount="1.00")
-    await reserve(budgets, "0.10")  # the period's row is found on a thread
-
-    outcomes = await asyncio.gather(*(reserve(budgets, "0.40") for _ in range(3)), return_exceptions=True)
-
-    # 0.10 + 3 x 0.40 does not fit: each then tries alone, and the two that fit are held.
-    refused = [outcome for outcome in outcomes if isinstance(outcome, BudgetExceeded)]
-    assert len(refused) == 1
-    period = await BudgetPeriod.objects.aget()
-    assert period.reserved_usd == Decimal("0.90") and await BudgetReservation.objects.acount() == 3
 
 
 class _Relay:
@@ -267,7 +146,7 @@ async def test_a_database_gone_silent_on_an_open_connection_fails_the_statement_
     relay = _Relay(settings_dict["HOST"] or "127.0.0.1", int(settings_dict["PORT"] or 5432))
     monkeypatch.setitem(settings_dict, "PORT", await relay.start())
     try:
-        assert (await db_async.statement("SELECT 1", []))[1] == [(1,)]  # a connection through the relay
+        assert (await db_async.statement("SELECT 1", [])) == [(1,)]  # a connection through the relay
         relay.silent = True
         started = time.monotonic()
         with pytest.raises(OperationalError, match="did not answer within 1 s"):
@@ -275,7 +154,7 @@ async def test_a_database_gone_silent_on_an_open_connection_fails_the_statement_
         # The timeout, then psycopg's cancel (refused at once) and its 5 s wait for the query's end.
         assert time.monotonic() - started < 10
         relay.silent = False
-        assert (await db_async.statement("SELECT 1", []))[1] == [(1,)]  # on a new connection
+        assert (await db_async.statement("SELECT 1", [])) == [(1,)]  # on a new connection
     finally:
         relay.close()
 
@@ -295,35 +174,3 @@ async def test_a_database_that_does_not_answer_fails_the_connection_in_seconds(m
     finally:
         silent.close()
     assert time.monotonic() - started < 6
-
-
-async def test_the_loops_statement_writes_every_field_as_the_orm_does():
-    """The event loop's statement builds its rows from the fields (no model instance): each stored
-    value, defaults included, is what Django stores for the same fields."""
-    from django.forms.models import model_to_dict
-
-    tenant, budgets = await budgeted()
-    await reserve(budgets)  # the period row is known
-    given = fields_now(tenant, uuid.uuid4(), "0.25")
-    sparse = {name: given[name] for name in ("request_id", "tenant_id", "endpoint", "cost_usd", "status")}
-    [full_id] = await usage_records_commit_async([RecordWrite(fields=given, budgets=budgets)], on_alert=_refuse)
-    [sparse_id] = await usage_records_commit_async(
-        [RecordWrite(fields=sparse | {"request_id": uuid.uuid4()}, budgets=budgets)], on_alert=_refuse,
-    )
-
-    @sync_to_async
-    def stored_against_orm(pk, fields):
-        by_orm = UsageRecord.objects.create(**(fields | {"request_id": uuid.uuid4()}))
-        skip = ("id", "request_id", "created_at")
-        mine, theirs = (
-            {k: v for k, v in model_to_dict(UsageRecord.objects.get(pk=key)).items() if k not in skip}
-            for key in (pk, by_orm.pk)
-        )
-        return mine, theirs
-
-    mine, theirs = await stored_against_orm(full_id, given)
-    assert mine == theirs
-    mine, theirs = await stored_against_orm(sparse_id, sparse)
-    assert mine == theirs  # the defaults of every field left out
-    period = await BudgetPeriod.objects.aget()
-    assert period.spent_usd == Decimal("0.50")

@@ -11,15 +11,18 @@ from decimal import Decimal
 
 import orjson
 import pytest
+from asgiref.sync import async_to_sync
 
 from accounting.budgets import _budgets_load, budget_reserve
 from accounting.models import Budget, BudgetPeriod, BudgetReservation, UsageRecord
 from accounting.services import RecordWrite, tenant_create
 from routing import journal as journal_module
-from routing.journal import Journal, _line, _write_from, replay
+from routing.journal import Journal, _line, _write_from
+from routing.journal import replay as replay_async
 from tests.accounting.test_record_statement import every_field
 
 pytestmark = pytest.mark.django_db(transaction=True)
+replay = async_to_sync(replay_async)
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +40,7 @@ def budgeted():
 def answered(tenant, budgets, cost="0.25") -> RecordWrite:
     """An answered request's write, as the record step makes it: reserved, no `created_at`."""
     request_id = uuid.uuid4()
-    reservation = budget_reserve(budgets=budgets, request_id=str(request_id), estimate=Decimal("0.50"))
+    reservation = async_to_sync(budget_reserve)(budgets=budgets, request_id=str(request_id), estimate=Decimal("0.50"))
     fields = every_field(tenant, request_id, cost)
     del fields["created_at"]
     return RecordWrite(fields=fields, budgets=budgets, reservation=reservation)

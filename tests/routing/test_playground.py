@@ -25,7 +25,7 @@ from routing.models import Deployment, RouteGroup, RoutingRule
 from routing.selectors import routing_table_clear
 from tests.conftest import role_join
 
-pytestmark = pytest.mark.django_db
+pytestmark = pytest.mark.django_db(transaction=True)  # the config loads run on database threads: committed data
 
 FEEDBACK_URL = "/playground/feedback"
 

@@ -18,7 +18,7 @@ from routing.models import Deployment, RouteGroup, RoutingRule
 from routing.selection import RouteHints, route_select
 from routing.selectors import routing_table_clear
 
-pytestmark = pytest.mark.django_db
+pytestmark = pytest.mark.django_db(transaction=True)  # the config loads run on database threads: committed data
 
 # The documented shape (routing/configuration.py, docs): it must keep importing as it is.
 ROUTES = """\

@@ -23,7 +23,7 @@ from routing.health import health_store
 from routing.models import Deployment, RouteGroup, RoutingRule
 from routing.selectors import routing_table_clear
 
-pytestmark = pytest.mark.django_db
+pytestmark = pytest.mark.django_db(transaction=True)  # the config loads run on database threads: committed data
 
 POLICY = BreakerPolicy(failure_threshold=2, cooldown_seconds=60.0)
 
