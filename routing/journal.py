@@ -11,7 +11,7 @@ takes the next records and the old one is removed once all of its are written.
 
 Every worker looks in the folder at start and every `REPLAY_SECONDS` after (`replay_loop`): a
 file whose lock it can take belongs to a worker that is gone, and its records are written as a
-retry writes them (`routing.record.records_write`). A record that is already there fails on its
+retry writes them (`accounting.writes.records_write`). A record that is already there fails on its
 unique `request_id` together with its settlement (one transaction), so nothing is counted twice;
 while the database is still unreachable the file is kept for the next look. A worker whose
 retries give up releases its file (a new one takes later records), so the records it held are
@@ -40,6 +40,7 @@ from django.db import IntegrityError, InterfaceError, OperationalError
 
 from accounting.budgets import BudgetLimit, Reservation
 from accounting.services import RecordWrite
+from accounting.writes import records_write
 
 logger = logging.getLogger(__name__)
 
@@ -221,8 +222,6 @@ async def replay() -> int:
 
 
 async def _replay_file(path: Path) -> int | None:
-    from routing.record import records_write
-
     writes = []
     for number, line in enumerate(path.read_bytes().splitlines(), start=1):
         try:

@@ -13,9 +13,9 @@ from django.db import InterfaceError, OperationalError
 from accounting import tokens
 from accounting.pricing import cost_compute
 from accounting.quotas import rate_limit_settle, rate_limit_settle_now
-from accounting.services import RecordWrite, usage_record_create
+from accounting.services import RecordWrite
+from accounting.writes import record_write
 from gateway_site.after_response import after_response
-from gateway_site.db_executor import db_call
 from gateway_site import metrics
 from gateway_site.errors import GatewayError
 from gateway_site.graceful import cancel_reason, shutdown_status
@@ -109,7 +109,7 @@ async def _record_commit(call: Call, fields: dict, first_try: asyncio.Event) -> 
     while True:
         try:
             write = RecordWrite(fields=dict(fields), budgets=call.budgets, reservation=call.reservation)
-            await _record_write(write)
+            await record_write(write)
             if kept:
                 journal.written(call.request_id)
             return
@@ -125,30 +125,6 @@ async def _record_commit(call: Call, fields: dict, first_try: asyncio.Event) -> 
             first_try.set()
         await asyncio.sleep(delay)
         delay = min(delay * 2, 5.0)
-
-
-async def _record_write(write: RecordWrite) -> None:
-    """Write one record (`usage_record_create`, which writes the records that arrive together in
-    one statement) and hand the alerts it raised to Celery, in the background."""
-    _, alert_ids = await usage_record_create(fields=write.fields, budgets=write.budgets, reservation=write.reservation)
-    if alert_ids:
-        background(_alerts_enqueue(alert_ids), what="budget alerts hand-over")
-
-
-async def records_write(writes: list[RecordWrite]) -> list[Exception | None]:
-    """Write several records (the journal's replay): one outcome per write, None when written."""
-    outcomes = await asyncio.gather(*(_record_write(write) for write in writes), return_exceptions=True)
-    return [outcome if isinstance(outcome, Exception) else None for outcome in outcomes]
-
-
-async def _alerts_enqueue(alert_ids: list[int]) -> None:
-    """Hand new alerts to Celery from a database thread: publishing to the broker blocks. The
-    records and their alerts are committed by now, so a broker that fails costs the alerts'
-    notifications (logged), never the records."""
-    try:
-        await db_call(lambda: [_alert_enqueue(alert_id) for alert_id in alert_ids])
-    except Exception:  # noqa: BLE001 - the records stand
-        logger.exception("budget alerts %s committed but not handed to Celery", alert_ids)
 
 
 def _record_fields(call: Call, *, status: str, completion_text: str) -> dict:
@@ -215,9 +191,3 @@ def _content(call: Call, completion_text: str) -> dict:
     else:
         messages = call.payload.get("messages") or []
     return {"messages": messages, "completion": completion_text}
-
-
-def _alert_enqueue(alert_id: int) -> None:
-    from accounting.tasks import budget_alert_send_task
-
-    budget_alert_send_task.delay(alert_id)

@@ -15,6 +15,7 @@ from asgiref.sync import sync_to_async
 from django.db import OperationalError, connection, connections
 from django.utils import timezone
 
+from accounting import writes as writes_module
 from accounting.budgets import _budgets_load, budget_reserve
 from accounting.models import Budget, BudgetAlert, BudgetPeriod, BudgetReservation, UsageRecord
 from accounting.services import RecordWrite, tenant_create, usage_records_create
@@ -85,18 +86,16 @@ def _terminate(pid: int) -> None:
 
 
 async def test_a_broker_that_fails_costs_the_alert_notice_not_the_records(monkeypatch, caplog):
-    from routing import record as record_module
-
     tenant, budgets = await budgeted(thresholds=[5])
     request_id, reservation = await reserve(budgets, "0.80")
 
     def broker_down(alert_id):
         raise ConnectionError("broker down")
 
-    monkeypatch.setattr(record_module, "_alert_enqueue", broker_down)
+    monkeypatch.setattr(writes_module, "_alert_enqueue", broker_down)
     writes = [RecordWrite(fields=fields_now(tenant, uuid.UUID(request_id), "0.60"), budgets=budgets, reservation=reservation)]
 
-    outcomes = await record_module.records_write(writes)
+    outcomes = await writes_module.records_write(writes)
 
     assert outcomes == [None]
     assert await UsageRecord.objects.acount() == 1 and await BudgetAlert.objects.acount() == 1
