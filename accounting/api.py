@@ -24,7 +24,7 @@ from rest_framework import serializers
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from accounting.auth import api_key_authenticate, bearer_token
+from accounting.auth import api_key_authenticate
 from accounting.models import Budget, Tenant, TenantApiKey
 from accounting.rollups import (
     GROUP_BY_DIMENSION,
@@ -34,6 +34,7 @@ from accounting.rollups import (
     usage_summarize,
 )
 from accounting.services import api_key_create, api_key_revoke, api_key_rotate
+from gateway_site.credentials import bearer_token
 from gateway_site.db_executor import db_call
 from gateway_site.errors import GatewayError, InvalidRequest, error_response
 from gateway_site.http import allow_methods, client_address

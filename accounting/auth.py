@@ -15,7 +15,7 @@ from datetime import datetime
 from django.utils import timezone
 
 from accounting.models import TenantApiKey
-from accounting.services import api_key_hash
+from gateway_site.credentials import api_key_hash
 from gateway_site.auth_throttle import auth_failure_count, auth_throttle_check
 from gateway_site.config_cache import ConfigCache
 from gateway_site.errors import AuthenticationFailed, PermissionDenied
@@ -43,15 +43,6 @@ _cache: ConfigCache[ApiKeyContext | None] = ConfigCache("API keys", max_keys=_MA
 
 def auth_cache_clear() -> None:
     _cache.clear()
-
-
-def bearer_token(headers) -> str | None:
-    """The key from `Authorization: Bearer ...`, or from `x-api-key` as Anthropic clients send it."""
-    authorization = headers.get("authorization") or ""
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return (headers.get("x-api-key") or "").strip() or None
 
 
 async def api_key_authenticate(*, raw_key: str | None, client: str | None, door: str = "api") -> ApiKeyContext:

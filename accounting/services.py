@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -14,13 +13,10 @@ from django.utils import timezone
 from accounting.budgets import BudgetLimit, Reservation, Settlement, settlement_changes
 from accounting.models import Tenant, TenantApiKey, UsageContent
 from accounting.statements import Batched, dialect, insert_fields
+from gateway_site.credentials import api_key_hash
 
 API_KEY_PREFIX = "sk-gw-"
 VISIBLE_PREFIX_LENGTH = 12
-
-
-def api_key_hash(raw_key: str) -> str:
-    return hashlib.sha256(raw_key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def tenant_create(*, slug: str, name: str = "") -> Tenant:

@@ -17,9 +17,10 @@ from django.views.decorators.csrf import csrf_exempt
 from rest_framework.exceptions import AuthenticationFailed as StaffTokenRefused
 from rest_framework.exceptions import Throttled
 
-from accounting.auth import api_key_authenticate, bearer_token
+from accounting.auth import api_key_authenticate
 from accounting.models import Tenant
 from caching.services import cache_clear, cache_stats
+from gateway_site.credentials import bearer_token
 from gateway_site.auth_throttle import auth_throttle_check
 from gateway_site.errors import (
     AuthenticationFailed, AuthThrottled, GatewayError, InvalidRequest, PermissionDenied, error_response,

@@ -7,7 +7,7 @@ import json
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from accounting.auth import api_key_authenticate, bearer_token
+from accounting.auth import api_key_authenticate
 from feedback.services import (
     CONVERSATION_ID_MAX,
     RESPONSE_ID_MAX,
@@ -15,10 +15,10 @@ from feedback.services import (
     feedback_submit,
     submission_parse,
 )
+from gateway_site.credentials import bearer_token
 from gateway_site.db_executor import db_call
 from gateway_site.errors import GatewayError, InvalidRequest, error_response
-from gateway_site.http import allow_methods, client_address
-from routing.api import read_body
+from gateway_site.http import allow_methods, client_address, read_body
 
 
 @csrf_exempt

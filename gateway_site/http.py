@@ -6,12 +6,14 @@ from __future__ import annotations
 import functools
 import logging
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template import loader
 from django.views import csrf, defaults
 
-from gateway_site.errors import DatabaseUnavailable, GatewayError, NotFound, error_response
+from gateway_site.errors import DatabaseUnavailable, GatewayError, NotFound, PayloadTooLarge, error_response
 
 logger = logging.getLogger(__name__)
 
@@ -92,3 +94,13 @@ class CsrfFailed(GatewayError):
     type = "permission_error"
     code = "csrf_failed"
     error_class = "permission"
+
+
+def read_body(request: HttpRequest) -> bytes:
+    """The request's body; past `GATEWAY_MAX_BODY_BYTES` the API's 413."""
+    try:
+        return request.body
+    except RequestDataTooBig as exc:
+        raise PayloadTooLarge(
+            f"Request body is larger than the limit of {settings.GATEWAY_MAX_BODY_BYTES} bytes."
+        ) from exc

@@ -194,10 +194,8 @@ def _message_checked(message: dict, index: int, rules, events: list[dict]) -> di
 
 
 def _size_check(call, rule: CompiledRule) -> None:
-    from routing.record import prompt_estimate
-
     if rule.kind == Kind.MAX_PROMPT_TOKENS:
-        size, unit = prompt_estimate(call), "tokens"
+        size, unit = call.estimated_prompt_tokens(), "tokens"
     else:
         size, unit = _prompt_chars(call.payload), "characters"
     if size <= rule.limit:

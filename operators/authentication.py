@@ -6,8 +6,7 @@ from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
-from accounting.auth import bearer_token
-from accounting.services import api_key_hash
+from gateway_site.credentials import api_key_hash, bearer_token
 from gateway_site.auth_throttle import auth_failure_count_sync, auth_throttle_check
 from gateway_site.errors import AuthThrottled
 from gateway_site.http import client_address

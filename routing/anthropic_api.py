@@ -15,16 +15,16 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.views.decorators.csrf import csrf_exempt
 
 from accounting import tokens
-from accounting.auth import api_key_authenticate, bearer_token
+from accounting.auth import api_key_authenticate
+from gateway_site.credentials import bearer_token
 from gateway_site import wire_json
 from gateway_site.errors import GatewayError
-from gateway_site.http import allow_methods, client_address
+from gateway_site.http import allow_methods, client_address, read_body
 from gateway_site.wire_json import JsonBody
 from routing import pipeline, validation
 from routing.anthropic_format import anthropic_error, anthropic_events, anthropic_message, openai_payload
-from routing.api import read_body
 from routing.call import Call
-from routing.record import prompt_estimate, record_failure
+from routing.record import record_failure
 from routing.selection import route_select
 
 
@@ -55,7 +55,7 @@ async def messages(request: HttpRequest) -> HttpResponse:
     model = call.deployment.target.upstream_model if call.deployment else call.requested_model
     if isinstance(result, dict):
         return _response(call, JsonBody(anthropic_message(result, message_id=call.response_id, model=model)))
-    events = anthropic_events(result, message_id=call.response_id, model=model, input_tokens=prompt_estimate(call))
+    events = anthropic_events(result, message_id=call.response_id, model=model, input_tokens=call.estimated_prompt_tokens())
     response = StreamingHttpResponse(_sse(events, result), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     return _response(call, response)

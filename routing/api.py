@@ -6,28 +6,19 @@ import logging
 from collections.abc import AsyncIterator
 
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from accounting.auth import api_key_authenticate, bearer_token
+from accounting.auth import api_key_authenticate
+from gateway_site.credentials import bearer_token
 from gateway_site import wire_json
-from gateway_site.errors import GatewayError, PayloadTooLarge, error_response
-from gateway_site.http import allow_methods, client_address
+from gateway_site.errors import GatewayError, error_response
+from gateway_site.http import allow_methods, client_address, read_body
 from gateway_site.wire_json import JsonBody
 from routing import pipeline
 from routing.selection import models_visible
 
 logger = logging.getLogger(__name__)
-
-
-def read_body(request: HttpRequest) -> bytes:
-    try:
-        return request.body
-    except RequestDataTooBig as exc:
-        raise PayloadTooLarge(
-            f"Request body is larger than the limit of {settings.GATEWAY_MAX_BODY_BYTES} bytes."
-        ) from exc
 
 
 def _with_headers(response: HttpResponse, call: pipeline.Call) -> HttpResponse:

@@ -7,6 +7,7 @@ import uuid
 from decimal import Decimal
 from dataclasses import dataclass, field
 
+from accounting import tokens
 from accounting.auth import ApiKeyContext
 from accounting.budgets import BudgetLimit, Reservation
 from accounting.quotas import Charge
@@ -58,6 +59,16 @@ class Call:
     @property
     def response_id(self) -> str:
         return f"{self.response_prefix}{self.request_id.hex}"
+
+    def estimated_prompt_tokens(self) -> int:
+        """Prompt tokens counted by the gateway (once per request): for limits, budgets, guardrails,
+        and the record when the provider reported none."""
+        if self.prompt_estimate is None:
+            if self.endpoint == "embeddings":
+                self.prompt_estimate = tokens.embedding_input_tokens(self.payload.get("input"))
+            else:
+                self.prompt_estimate = tokens.prompt_tokens(self.payload.get("messages") or [])
+        return self.prompt_estimate
 
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)

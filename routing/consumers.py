@@ -21,9 +21,9 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from accounting.auth import ApiKeyContext, api_key_authenticate, api_key_authenticate_hashed, bearer_token
+from accounting.auth import ApiKeyContext, api_key_authenticate, api_key_authenticate_hashed
 from accounting.members import member_session_authenticate, member_session_context
-from accounting.services import api_key_hash
+from gateway_site.credentials import api_key_hash, bearer_token
 from gateway_site.errors import (
     AuthenticationFailed, AuthThrottled, DatabaseUnavailable, GatewayError, InvalidRequest,
 )

@@ -16,7 +16,7 @@ from decimal import Decimal
 
 from django.db import InterfaceError, OperationalError
 
-from accounting.auth import api_key_authenticate, bearer_token
+from accounting.auth import api_key_authenticate
 from accounting.budgets import budget_reserve, budgets_for
 from accounting.pricing import cost_compute
 from accounting.quotas import (
@@ -28,12 +28,13 @@ from accounting.quotas import (
 )
 from caching.semantic import SEMANTIC_TASK
 from caching.services import cache_body, cache_completion_text, cache_fill, cache_lookup, cache_replay, cache_stream_tee
+from gateway_site.credentials import bearer_token
 from gateway_site.errors import GatewayError, InvalidRequest
 from guardrails.checks import guard_input, guard_output
 from routing import validation
 from routing.attempts import attempts_run
 from routing.call import Call
-from routing.record import prompt_estimate, record, record_cancelled, record_failure
+from routing.record import record, record_cancelled, record_failure
 from routing.relay import choice_texts, first_chunk_sender, stream_relay
 from routing.selection import RoutePlan, route_hints, route_select
 from routing.structured import (
@@ -270,7 +271,7 @@ def _rate_limit_now(call: Call, rules) -> bool:
 
 
 def _rate_limit_tokens(call: Call) -> int:
-    return prompt_estimate(call) + (_output_cap(call, None) or 0)
+    return call.estimated_prompt_tokens() + (_output_cap(call, None) or 0)
 
 
 async def _rate_limit(call: Call, rules) -> None:
@@ -281,7 +282,7 @@ async def _rate_limit(call: Call, rules) -> None:
 
 async def _route(call: Call, *, hints, mode: str) -> RoutePlan:
     def estimate() -> tuple[int, int]:
-        return prompt_estimate(call), _output_cap(call, None) or 256
+        return call.estimated_prompt_tokens(), _output_cap(call, None) or 256
 
     return await route_select(
         auth=call.auth, model=call.requested_model, mode=mode, hints=hints, estimate=estimate
@@ -306,7 +307,7 @@ def _output_cap(call: Call, deployment, *, prompt: int | None = None) -> int | N
     if deployment.max_output_tokens:
         return deployment.max_output_tokens
     if deployment.context_window:
-        return max(deployment.context_window - (prompt_estimate(call) if prompt is None else prompt), 0)
+        return max(deployment.context_window - (call.estimated_prompt_tokens() if prompt is None else prompt), 0)
     return DEFAULT_OUTPUT_RESERVE
 
 
@@ -322,7 +323,7 @@ def _max_cost(call: Call) -> Decimal:
     now = time.time()
     deployments = call.plan.deployments
     choices = call.payload.get("n") or 1
-    prompt = prompt_estimate(call)
+    prompt = call.estimated_prompt_tokens()
     calls = [prompt]  # each call's prompt tokens
     if call.schema is not None and not call.stream:
         answer = max(_output_cap(call, d) or 0 for d in deployments)

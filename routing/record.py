@@ -31,16 +31,6 @@ logger = logging.getLogger(__name__)
 RECORD_RETRY_SECONDS = 60.0
 
 
-def prompt_estimate(call: Call) -> int:
-    """Prompt tokens counted by the gateway (once per request): for limits, budgets, fallbacks."""
-    if call.prompt_estimate is None:
-        if call.endpoint == "embeddings":
-            call.prompt_estimate = tokens.embedding_input_tokens(call.payload.get("input"))
-        else:
-            call.prompt_estimate = tokens.prompt_tokens(call.payload.get("messages") or [])
-    return call.prompt_estimate
-
-
 def completion_estimate(completion_text: str) -> int:
     return tokens.text_tokens(completion_text)
 
@@ -136,7 +126,7 @@ def _record_fields(call: Call, *, status: str, completion_text: str) -> dict:
     if call.usage is not None:
         prompt, completion = call.usage.prompt_tokens, call.usage.completion_tokens
     elif served is not None:
-        prompt, completion = prompt_estimate(call), completion_estimate(completion_text)
+        prompt, completion = call.estimated_prompt_tokens(), completion_estimate(completion_text)
     else:
         prompt = completion = 0
     cached = call.usage.cached_tokens if call.usage is not None else 0

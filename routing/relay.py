@@ -13,7 +13,7 @@ from providers.adapters import Adapter, Usage
 from providers.selectors import Deployment
 from routing.attempts import stream_failure_note, stream_finished
 from routing.call import Call
-from routing.record import completion_estimate, prompt_estimate, record
+from routing.record import completion_estimate, record
 from routing.structured import StructuredOutputInvalid, output_problem
 
 
@@ -154,7 +154,7 @@ def _chunk_relay(call: Call, chunk: dict, texts: list[str], *, wants_usage: bool
 
 def _usage_chunk(call: Call, texts: list[str]) -> dict:
     """A final usage chunk for a client that asked for one when the provider sent none."""
-    prompt, completion = prompt_estimate(call), completion_estimate("".join(texts))
+    prompt, completion = call.estimated_prompt_tokens(), completion_estimate("".join(texts))
     return {
         "id": call.response_id,
         "object": "chat.completion.chunk",

@@ -24,9 +24,9 @@ from accounting.budgets import _budgets_load
 from accounting.members import _session_load
 from accounting.models import Budget, RateLimit, Tenant, TenantMembership
 from accounting.quotas import _rules_load
-from accounting.services import api_key_hash
 from caching.models import CachePolicy
 from caching.selectors import cache_policies_build
+from gateway_site.credentials import api_key_hash
 from gateway_site.config_cache import ConfigCache
 from gateway_site.config_generation import CONFIGURATION_MODELS, Generation, counter_read, generation
 from gateway_site.models import ConfigGeneration
