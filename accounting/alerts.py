@@ -9,7 +9,7 @@ from django.conf import settings
 from django.core.mail import send_mail
 
 from accounting.models import BudgetAlert
-from gateway_site.upstream_urls import url_destination_problem
+from kernel.upstream_urls import url_destination_problem
 
 logger = logging.getLogger(__name__)
 WEBHOOK_TIMEOUT_SECONDS = 5.0

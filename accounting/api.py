@@ -34,10 +34,10 @@ from accounting.rollups import (
     usage_summarize,
 )
 from accounting.services import api_key_create, api_key_revoke, api_key_rotate
-from gateway_site.credentials import bearer_token
-from gateway_site.db_executor import db_call
-from gateway_site.errors import GatewayError, InvalidRequest, error_response
-from gateway_site.http import allow_methods, client_address
+from kernel.credentials import bearer_token
+from kernel.db_executor import db_call
+from kernel.errors import GatewayError, InvalidRequest, error_response
+from kernel.http import allow_methods, client_address
 from operators.api import OperatorViewSet
 
 DEFAULT_GROUP_BY = "day"

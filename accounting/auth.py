@@ -1,7 +1,7 @@
 """Authentication of tenant API keys on the hot path.
 
 A key is looked up by its SHA-256 hash (the only form stored), and the result is kept in process
-while the configuration generation stays the same (`gateway_site.config_generation`), so that a
+while the configuration generation stays the same (`kernel.config_generation`), so that a
 busy key costs no query per request. Saving or deleting a key or tenant raises the generation:
 the process that did it sees the change at once, the others within `GATEWAY_CONFIG_CACHE_SECONDS`.
 """
@@ -15,10 +15,10 @@ from datetime import datetime
 from django.utils import timezone
 
 from accounting.models import TenantApiKey
-from gateway_site.credentials import api_key_hash
-from gateway_site.auth_throttle import auth_failure_count, auth_throttle_check
-from gateway_site.config_cache import ConfigCache
-from gateway_site.errors import AuthenticationFailed, PermissionDenied
+from kernel.credentials import api_key_hash
+from kernel.auth_throttle import auth_failure_count, auth_throttle_check
+from kernel.config_cache import ConfigCache
+from kernel.errors import AuthenticationFailed, PermissionDenied
 
 _MAX_CACHED_KEYS = 10_000
 
@@ -48,7 +48,7 @@ def auth_cache_clear() -> None:
 async def api_key_authenticate(*, raw_key: str | None, client: str | None, door: str = "api") -> ApiKeyContext:
     """The key's context, or `AuthenticationFailed`. `client` is the caller's address: one that
     failed too often is refused (`AuthThrottled`) before its key is looked up, and a refused key
-    counts against it (`gateway_site.auth_throttle`); None leaves both to the caller. `door` names
+    counts against it (`kernel.auth_throttle`); None leaves both to the caller. `door` names
     the entry point in the metrics: api (HTTP), websocket."""
     if not raw_key:
         raise AuthenticationFailed(

@@ -32,8 +32,8 @@ from accounting.models import (
     UsageRecord,
 )
 from accounting.statements import Batched, Hold, dialect
-from gateway_site.config_cache import ConfigCache
-from gateway_site.errors import GatewayError
+from kernel.config_cache import ConfigCache
+from kernel.errors import GatewayError
 
 EPOCH = datetime(2000, 1, 1, tzinfo=dt_timezone.utc)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 
 from accounting.models import Budget, Period, RateLimit, Tenant
-from gateway_site.config_shape import (
+from kernel.config_shape import (
     ConfigError,
     destination,
     known,

@@ -4,7 +4,7 @@ A WebSocket opened with a member's session checks that session again before ever
 (`member_session_authenticate`): still logged in, the user still active, still a member of an
 active tenant. Like an API key's lookup, the answer is kept in process while the configuration
 generation stays the same: a logout, and a change of the user, a membership or a tenant raise it
-(`gateway_site.config_generation`), seen at once in the process that made it and within
+(`kernel.config_generation`), seen at once in the process that made it and within
 `GATEWAY_CONFIG_CACHE_SECONDS` in the others.
 """
 
@@ -20,8 +20,8 @@ from django.utils.crypto import constant_time_compare
 
 from accounting.auth import ApiKeyContext
 from accounting.models import TenantMembership
-from gateway_site.config_cache import ConfigCache
-from gateway_site.errors import AuthenticationFailed
+from kernel.config_cache import ConfigCache
+from kernel.errors import AuthenticationFailed
 
 _MAX_CACHED_SESSIONS = 10_000
 

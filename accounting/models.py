@@ -5,7 +5,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from gateway_site.upstream_urls import upstream_url_validate
+from kernel.upstream_urls import upstream_url_validate
 
 
 class Tenant(models.Model):

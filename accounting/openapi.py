@@ -1,4 +1,4 @@
-"""Schema description of `GET /v1/usage`, a plain async view (see `gateway_site.openapi`)."""
+"""Schema description of `GET /v1/usage`, a plain async view (see `kernel.openapi`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 
 from accounting.rollups import GROUP_BY_DIMENSION
-from gateway_site.openapi import ApiDescription
+from kernel.openapi import ApiDescription
 
 
 class UsageEntry(serializers.Serializer):

@@ -27,9 +27,9 @@ from accounting.ratelimits import (
     rate_limit_store,
     ratelimit_headers,
 )
-from gateway_site.config_cache import ConfigCache
-from gateway_site.config_generation import generation
-from gateway_site.errors import GatewayError
+from kernel.config_cache import ConfigCache
+from kernel.config_generation import generation
+from kernel.errors import GatewayError
 
 
 class RateLimited(GatewayError):

@@ -12,7 +12,7 @@ Lua script checks and takes across all the buckets of a request atomically. With
 live in process.
 
 While Redis does not answer, rate limits FAIL OPEN to the in-process buckets of each process
-(`gateway_site.redis_client.RedisFallback`): a request is never refused because Redis is down, and
+(`kernel.redis_client.RedisFallback`): a request is never refused because Redis is down, and
 each replica enforces the limits on its own traffic only, so N replicas admit up to N times the
 limit until Redis answers again. Refusing every request during a Redis outage would turn an
 optimisation into a single point of failure; budgets (in PostgreSQL) still bound the spend.
@@ -28,8 +28,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from gateway_site.rates import LEASE_MAX_SECONDS, RecentAmounts
-from gateway_site.redis_client import RedisConnections, RedisFallback, shared_store
+from kernel.rates import LEASE_MAX_SECONDS, RecentAmounts
+from kernel.redis_client import RedisConnections, RedisFallback, shared_store
 
 REQUESTS, TOKENS = "requests", "tokens"
 # Float slack when comparing token levels: 0.1 + 0.2 tokens of refill must still pay for 0.3.

@@ -13,7 +13,7 @@ from django.utils import timezone
 from accounting.budgets import BudgetLimit, Reservation, Settlement, settlement_changes
 from accounting.models import Tenant, TenantApiKey, UsageContent
 from accounting.statements import Batched, dialect, insert_fields
-from gateway_site.credentials import api_key_hash
+from kernel.credentials import api_key_hash
 
 API_KEY_PREFIX = "sk-gw-"
 VISIBLE_PREFIX_LENGTH = 12

@@ -14,8 +14,8 @@ Two operations, each with one meaning in both dialects (`accounting.budgets` and
   crossed. It returns the records' ids and the new alerts' ids.
 
 PostgreSQL runs each as one statement (data-modifying CTEs) in autocommit on the loop's
-connections (`gateway_site.db_async.statement`): one round trip, atomic. SQLite runs the same
-steps as statements in one transaction on a database thread (`gateway_site.db_async.steps`).
+connections (`kernel.db_async.statement`): one round trip, atomic. SQLite runs the same
+steps as statements in one transaction on a database thread (`kernel.db_async.steps`).
 
 Each statement's text is fixed whatever the number of records, so psycopg parses it once (its
 query cache takes statements under 4096 characters and 50 parameters) and prepares it once per
@@ -45,8 +45,8 @@ import orjson
 from django.db import InterfaceError, OperationalError, connections, transaction
 
 from accounting.models import BudgetAlert, BudgetPeriod, BudgetReservation, UsageContent, UsageRecord
-from gateway_site import db_async
-from gateway_site.loops import Batches, PerLoop
+from kernel import db_async
+from kernel.loops import Batches, PerLoop
 
 logger = logging.getLogger(__name__)
 
@@ -379,7 +379,7 @@ O = TypeVar("O")
 
 class Batched(Generic[I, O]):
     """The money statements' one batching: the calls of an event loop that arrive while one batch
-    is on the wire wait, and go out together in the next (`gateway_site.loops.Batches`): one
+    is on the wire wait, and go out together in the next (`kernel.loops.Batches`): one
     statement for all of them. A lone call waits for nobody; under load one round trip serves
     many requests. `run(items)` returns one outcome per item. A batch that fails for a reason other
     than an unreachable database (one record written already by an earlier try, say) is run again

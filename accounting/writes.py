@@ -8,8 +8,8 @@ import logging
 
 from accounting.services import RecordWrite, usage_record_create
 from accounting.tasks import budget_alert_send_task
-from gateway_site.db_executor import db_call
-from gateway_site.loops import background
+from kernel.db_executor import db_call
+from kernel.loops import background
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from audit.models import AuditEntry
-from gateway_site.admin import ReadOnlyAdmin
+from kernel.admin import ReadOnlyAdmin
 from audit.services import audit_record, audit_update_action
 
 

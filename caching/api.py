@@ -20,12 +20,12 @@ from rest_framework.exceptions import Throttled
 from accounting.auth import api_key_authenticate
 from accounting.models import Tenant
 from caching.services import cache_clear, cache_stats
-from gateway_site.credentials import bearer_token
-from gateway_site.auth_throttle import auth_throttle_check
-from gateway_site.errors import (
+from kernel.credentials import bearer_token
+from kernel.auth_throttle import auth_throttle_check
+from kernel.errors import (
     AuthenticationFailed, AuthThrottled, GatewayError, InvalidRequest, PermissionDenied, error_response,
 )
-from gateway_site.http import allow_methods, client_address
+from kernel.http import allow_methods, client_address
 
 
 READ_PERMISSION = "caching.view_cachepolicy"

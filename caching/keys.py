@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from gateway_site.errors import InvalidRequest
+from kernel.errors import InvalidRequest
 
 MAX_TTL_SECONDS = 30 * 86400
 OPTION_KEYS = {"ttl", "max_age", "no_cache", "no_store"}

@@ -6,7 +6,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema
 from rest_framework import serializers
 
-from gateway_site.openapi import ApiDescription
+from kernel.openapi import ApiDescription
 
 TENANT_PARAMETER = OpenApiParameter(
     "tenant", OpenApiTypes.STR,

@@ -1,7 +1,7 @@
 """Reads for the cache: which policy applies to a request, cached in process for the hot path.
 
 The policies are loaded in one sync step and kept while the configuration generation stays the
-same (`gateway_site.config_generation`): a change is seen at once in the process that made it,
+same (`kernel.config_generation`): a change is seen at once in the process that made it,
 within `GATEWAY_CONFIG_CACHE_SECONDS` in the others.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from caching.models import CacheMode, CachePolicy
-from gateway_site.config_cache import ConfigCache
+from kernel.config_cache import ConfigCache
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,8 @@ from caching.models import CacheMode
 from caching.selectors import Policy, cache_policy_for
 from caching.semantic import semantic_index
 from caching.store import cache_store
-from gateway_site import metrics
-from gateway_site.errors import GatewayError
+from kernel import metrics
+from kernel.errors import GatewayError
 from providers.adapters import Usage
 
 logger = logging.getLogger(__name__)

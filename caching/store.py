@@ -15,7 +15,7 @@ from decimal import Decimal
 
 from django.core.cache import caches
 
-from gateway_site.redis_client import RedisConnections, RedisFallback, shared_store
+from kernel.redis_client import RedisConnections, RedisFallback, shared_store
 
 # Saved cost is counted in units of 1e-8 USD (the 8 places of UsageRecord.cost_usd), as integers.
 COST_UNIT = Decimal("0.00000001")

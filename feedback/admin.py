@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from feedback.models import Feedback, FeedbackMetric, MetricValue
-from gateway_site.admin import ReadOnlyAdmin
+from kernel.admin import ReadOnlyAdmin
 
 
 @admin.register(Feedback)

@@ -15,10 +15,10 @@ from feedback.services import (
     feedback_submit,
     submission_parse,
 )
-from gateway_site.credentials import bearer_token
-from gateway_site.db_executor import db_call
-from gateway_site.errors import GatewayError, InvalidRequest, error_response
-from gateway_site.http import allow_methods, client_address, read_body
+from kernel.credentials import bearer_token
+from kernel.db_executor import db_call
+from kernel.errors import GatewayError, InvalidRequest, error_response
+from kernel.http import allow_methods, client_address, read_body
 
 
 @csrf_exempt

@@ -10,7 +10,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema
 from rest_framework import serializers
 
 from feedback import services
-from gateway_site.openapi import ApiDescription
+from kernel.openapi import ApiDescription
 
 
 @extend_schema_field({"oneOf": [{"type": "integer", "enum": [1, -1]}, {"type": "string", "enum": ["up", "down", "thumbs_up", "thumbs_down"]}], "nullable": True})

@@ -22,7 +22,7 @@ from django.db import transaction
 
 from accounting.models import UsageRecord
 from feedback.models import Feedback, FeedbackMetric, MetricValue
-from gateway_site.errors import InvalidRequest, NotFound
+from kernel.errors import InvalidRequest, NotFound
 
 DEFAULT_SOURCE = "api"
 SOURCE_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,32}$")

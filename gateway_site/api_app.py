@@ -5,7 +5,7 @@ The tenant API's views are plain async functions that take a Django `HttpRequest
 asgiref's `ThreadSensitiveContext` (a new single-thread executor per request), hop to a thread to
 send `request_started` and again to close the response, and run its middleware (session, auth,
 messages, CSRF...) through `sync_to_async`: all of it for requests that authenticate by key, keep
-no session and do their database work on `gateway_site.db_executor`'s own threads.
+no session and do their database work on `kernel.db_executor`'s own threads.
 
 `ApiApplication` serves the paths of its route table itself, in the event loop, and hands every
 other request to `fallback` (Django, for the admin, dashboards, playground, operator API):
@@ -18,15 +18,15 @@ other request to `fallback` (Django, for the admin, dashboards, playground, oper
 - `request_started` and `request_finished` are sent in the event loop, where their receivers
   (Django's `close_old_connections`, `reset_queries`, `close_caches`) find no connection of the
   request's to look after; an async receiver would make `Signal.send` fail loudly here;
-- the request id, the in-flight gauge and the access line are `gateway_site.request_ids`'; the log
-  lines and metrics are taken once the response has gone out (`gateway_site.after_response`);
+- the request id, the in-flight gauge and the access line are `kernel.request_ids`'; the log
+  lines and metrics are taken once the response has gone out (`kernel.after_response`);
 - Django's `SecurityMiddleware` hooks run inline: the HTTPS redirect and the security headers of
   the production settings (`SECURE_*`), the same as on Django's pages;
 - an exception a view lets out is logged and answered 500 in the API's error shape, a
   `SuspiciousOperation` (a `Host` not in `ALLOWED_HOSTS` on a redirect) 400.
 
-What a view needs to say itself: its methods (`gateway_site.http.allow_methods`, 405 with `Allow`,
-and 503 for a database that is unreachable), and its errors (`gateway_site.errors`).
+What a view needs to say itself: its methods (`kernel.http.allow_methods`, 405 with `Allow`,
+and 503 for a database that is unreachable), and its errors (`kernel.errors`).
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse
 from django.middleware.security import SecurityMiddleware
 
-from gateway_site import request_ids
-from gateway_site.after_response import after_response_begin, after_response_run
-from gateway_site.errors import GatewayError, InvalidRequest, error_response
+from kernel import request_ids
+from kernel.after_response import after_response_begin, after_response_run
+from kernel.errors import GatewayError, InvalidRequest, error_response
 
 logger = logging.getLogger(__name__)
 

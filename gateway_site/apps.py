@@ -5,7 +5,7 @@ class GatewaySiteConfig(AppConfig):
     name = "gateway_site"
 
     def ready(self) -> None:
-        from gateway_site.config_generation import config_signals_connect
+        from kernel.config_generation import config_signals_connect
 
         # Every configuration change raises the generation that every process's caches read.
         config_signals_connect()

@@ -20,7 +20,7 @@ from django.conf import settings  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from gateway_site.api_app import ApiApplication  # noqa: E402
-from gateway_site.graceful import GracefulApplication  # noqa: E402
+from kernel.graceful import GracefulApplication  # noqa: E402
 from routing.consumers import ChatConsumer  # noqa: E402
 from routing.urls import tenant_api_routes  # noqa: E402
 

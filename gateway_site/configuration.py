@@ -16,7 +16,7 @@ from accounting.configuration import (
     tenant_rate_limit_import,
 )
 from accounting.models import Tenant
-from gateway_site.config_shape import (
+from kernel.config_shape import (
     ConfigError,
     destination,
     known,

@@ -21,7 +21,7 @@ from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpRequest, JsonResponse
 
-from gateway_site.redis_client import RedisConnections
+from kernel.redis_client import RedisConnections
 
 CACHE_SECONDS = 1.0
 _migrations_applied = False  # once true for this code, it stays true
@@ -34,7 +34,7 @@ async def health(request: HttpRequest) -> JsonResponse:
 
 
 async def ready(request: HttpRequest) -> JsonResponse:
-    from gateway_site.metrics import operator_allowed
+    from kernel.metrics import operator_allowed
 
     report = await _report()
     ok = all(result["status"] in ("ok", "not_configured") for result in report.values())

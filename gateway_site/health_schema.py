@@ -1,4 +1,4 @@
-"""OpenAPI descriptions of `/ready` and `/metrics` (plain views; see `gateway_site.openapi`).
+"""OpenAPI descriptions of `/ready` and `/metrics` (plain views; see `kernel.openapi`).
 
 For the URLconf: `documented(ready, ReadyDoc)` and `documented(metrics_view, MetricsDoc)`.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 
-from gateway_site.openapi import Error, PublicApiDescription
+from kernel.openapi import Error, PublicApiDescription
 
 
 class ReadyCheck(serializers.Serializer):

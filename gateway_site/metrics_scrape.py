@@ -1,4 +1,4 @@
-"""`/metrics`: the metrics every process recorded (`gateway_site.metrics`), then gauges computed at
+"""`/metrics`: the metrics every process recorded (`kernel.metrics`), then gauges computed at
 scrape time from shared state: circuit breakers, deployment health, budgets.
 
 Breakers and health live in Redis (or in process in the embedded mode) and budgets in the
@@ -19,8 +19,8 @@ from prometheus_client.core import GaugeMetricFamily
 
 from accounting.budgets import period_start
 from accounting.models import Budget, BudgetPeriod
-from gateway_site.errors import PermissionDenied, error_response
-from gateway_site.metrics import MULTIPROC_DIR, operator_allowed
+from kernel.errors import PermissionDenied, error_response
+from kernel.metrics import MULTIPROC_DIR, operator_allowed
 from routing.explain import provider_health_rows
 
 logger = logging.getLogger(__name__)

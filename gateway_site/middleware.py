@@ -8,7 +8,7 @@ from django.contrib.sessions.middleware import SessionMiddleware as DjangoSessio
 from django.db import InterfaceError, OperationalError
 from django.utils.deprecation import MiddlewareMixin
 
-from gateway_site.http import database_unavailable
+from kernel.http import database_unavailable
 
 
 class SessionMiddleware(DjangoSessionMiddleware):
@@ -37,7 +37,7 @@ def _caused_by_database(exc: BaseException) -> bool:
 class DatabaseUnavailableMiddleware(MiddlewareMixin):
     """A view that finds the database unreachable answers 503 with `Retry-After` instead of a 500:
     the operator API (DRF hands on what its exception handler does not know), the dashboards, the
-    admin, the playground (`gateway_site.http.database_unavailable`). The tenant API's views say
+    admin, the playground (`kernel.http.database_unavailable`). The tenant API's views say
     so themselves (`allow_methods`)."""
 
     def process_exception(self, request, exception):

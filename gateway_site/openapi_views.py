@@ -1,4 +1,4 @@
-"""The schema and docs pages' views. Apart from `gateway_site.openapi`, which is DRF's schema
+"""The schema and docs pages' views. Apart from `kernel.openapi`, which is DRF's schema
 class setting and so is imported while drf_spectacular.views itself is being imported."""
 
 from __future__ import annotations

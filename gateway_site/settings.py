@@ -93,7 +93,7 @@ SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="") or _local_secret(
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 # A refused CSRF check on an API route answers in the API's error shape, not an HTML page.
-CSRF_FAILURE_VIEW = "gateway_site.http.csrf_failure"
+CSRF_FAILURE_VIEW = "kernel.http.csrf_failure"
 
 # Comma-separated Fernet keys; the first encrypts, all decrypt (MultiFernet), so a key can be
 # rotated by prepending a new one and running `manage.py rotate_provider_keys`.
@@ -126,6 +126,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
+    "kernel",
     "gateway_site",
     "providers",
     "routing",
@@ -141,7 +142,7 @@ INSTALLED_APPS = [
 # (gateway_site/asgi.py, gateway_site/api_app.py).
 MIDDLEWARE = [
     # First: the request id is in every log line and response, errors of later middleware included.
-    "gateway_site.request_ids.RequestIdMiddleware",
+    "kernel.request_ids.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Django's, with a session that cannot be saved for want of a database answering 503.
     "gateway_site.middleware.SessionMiddleware",
@@ -227,7 +228,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         **database_network_options(GATEWAY_DB_NETWORK_TIMEOUT), **DATABASES["default"]["OPTIONS"]
     }
 # PostgreSQL connections from psycopg's pool (GATEWAY_DB_POOL, opt-in): the hot path's writes then
-# cost no new connection (gateway_site/db_executor.py). At most GATEWAY_DB_POOL_SIZE connections
+# cost no new connection (kernel/db_executor.py). At most GATEWAY_DB_POOL_SIZE connections
 # per process; a request waits up to GATEWAY_DB_POOL_TIMEOUT seconds for one. Off by default: after
 # the database was cut off, a worker's pool could keep answering 503 for longer than the outage
 # (tests/reliability/test_faults.py, about one run in two); without it recovery is immediate.
@@ -249,12 +250,12 @@ if GATEWAY_DB_THREADS < 1:
     raise ImproperlyConfigured("GATEWAY_DB_THREADS must be at least 1")
 # On PostgreSQL the hot path's money statements (budget reservation, UsageRecord with its
 # settlement) run in the event loop on psycopg's async connections, at most this many per process
-# (gateway_site/db_async.py).
+# (kernel/db_async.py).
 GATEWAY_DB_ASYNC_CONNECTIONS = env.int("GATEWAY_DB_ASYNC_CONNECTIONS", default=4)
 if GATEWAY_DB_ASYNC_CONNECTIONS < 1:
     raise ImproperlyConfigured("GATEWAY_DB_ASYNC_CONNECTIONS must be at least 1")
 # Seconds the event loop waits for PostgreSQL's answer to one of those writes before it fails as
-# an unreachable database does (a connection whose packets are dropped; gateway_site/db_async.py).
+# an unreachable database does (a connection whose packets are dropped; kernel/db_async.py).
 GATEWAY_DB_ANSWER_TIMEOUT = env.float("GATEWAY_DB_ANSWER_TIMEOUT", default=10.0)
 # Whether those two writes wait for PostgreSQL's WAL flush before the request goes on; false saves
 # the wait, and a crash of the database server may lose the last fraction of a second of them.
@@ -358,7 +359,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
     # OpenAPI 3 by drf-spectacular, with the gateway's error responses (docs/operator-api.md).
-    "DEFAULT_SCHEMA_CLASS": "gateway_site.openapi.GatewayAutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "kernel.openapi.GatewayAutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
 }
@@ -388,7 +389,7 @@ SPECTACULAR_SETTINGS = {
 # --- the gateway itself -------------------------------------------------------------------------
 # Failed authentications (a refused tenant API key or staff token) one client address may make
 # in a minute; past it the address gets a 429 until the minute is over, a right key included
-# (gateway_site/auth_throttle.py). 0 turns it off.
+# (kernel/auth_throttle.py). 0 turns it off.
 try:
     GATEWAY_AUTH_FAILURES_PER_MINUTE = env.int("GATEWAY_AUTH_FAILURES_PER_MINUTE", default=20)
 except ValueError:
@@ -397,7 +398,7 @@ if GATEWAY_AUTH_FAILURES_PER_MINUTE < 0:
     raise ImproperlyConfigured("GATEWAY_AUTH_FAILURES_PER_MINUTE must be a whole number: 0 (off) or more.")
 # Providers' api_base and budget alert webhooks may not point at link-local or cloud metadata
 # addresses (169.254.0.0/16, fe80::/10, fd00:ec2::254), nor at host names resolving to them;
-# loopback and private ranges are allowed (gateway_site/upstream_urls.py). true allows those too.
+# loopback and private ranges are allowed (kernel/upstream_urls.py). true allows those too.
 _allow_private = env.str("GATEWAY_ALLOW_PRIVATE_UPSTREAMS", default="false").strip().lower()
 if _allow_private not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
     raise ImproperlyConfigured("GATEWAY_ALLOW_PRIVATE_UPSTREAMS must be true or false.")
@@ -405,7 +406,7 @@ GATEWAY_ALLOW_PRIVATE_UPSTREAMS = _allow_private in ("true", "1", "yes", "on")
 # Largest request body accepted by the API, in bytes; larger bodies get a 413.
 GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=10 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_BODY_BYTES
-# How often a process reads the configuration generation (gateway_site/config_generation.py):
+# How often a process reads the configuration generation (kernel/config_generation.py):
 # a change is seen at once by the process that made it, by the others within this.
 GATEWAY_CONFIG_CACHE_SECONDS = env.float("GATEWAY_CONFIG_CACHE_SECONDS", default=1.0)
 # Timeouts towards providers, in seconds.
@@ -467,11 +468,11 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"()": "gateway_site.logs.PlainFormatter",
+        "plain": {"()": "kernel.logs.PlainFormatter",
                   "fmt": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
-        "json": {"()": "gateway_site.logs.JsonFormatter", "fmt": "%(levelname)s %(name)s %(message)s"},
+        "json": {"()": "kernel.logs.JsonFormatter", "fmt": "%(levelname)s %(name)s %(message)s"},
     },
-    "filters": {"request_id": {"()": "gateway_site.logs.RequestIdFilter"}},
+    "filters": {"request_id": {"()": "kernel.logs.RequestIdFilter"}},
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": GATEWAY_LOG_FORMAT, "filters": ["request_id"]},
     },

@@ -5,7 +5,7 @@ from drf_spectacular.views import SpectacularRedocView, SpectacularSwaggerView
 from gateway_site.health import health, ready
 from gateway_site.health_schema import MetricsDoc, ReadyDoc
 from gateway_site.metrics_scrape import metrics_view
-from gateway_site.openapi import HealthDoc, documented
+from kernel.openapi import HealthDoc, documented
 from gateway_site.openapi_views import SchemaView
 from routing.urls import not_found_patterns, tenant_api_patterns
 
@@ -28,4 +28,4 @@ urlpatterns = [
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
 ]
 
-handler500 = "gateway_site.http.server_error"
+handler500 = "kernel.http.server_error"

@@ -26,7 +26,7 @@ import sys
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway_site.graceful import CUT_SECONDS, FIRST_ON_CONNECTION
+from kernel.graceful import CUT_SECONDS, FIRST_ON_CONNECTION
 from gateway_site.supervisor import (
     PARENT_CHECK_SECONDS, supervisor_gone, supervisor_pid, worker_imports_skip, worker_ready,
 )
@@ -96,7 +96,7 @@ class GracefulUvicorn(uvicorn.Server):
         self._own_tasks.add(asyncio.ensure_future(self._drain()))
 
     async def _drain(self) -> None:
-        from gateway_site.graceful import worker_drain
+        from kernel.graceful import worker_drain
 
         if self._replaying is not None:
             self._replaying.cancel()
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
 
     config.timeout_keep_alive = settings.GATEWAY_KEEP_ALIVE_SECONDS
     if args.access_log:
-        from gateway_site.logs import PlainFormatter
+        from kernel.logs import PlainFormatter
 
         handler = (logging.StreamHandler(sys.stdout) if args.access_log == "-"
                    else logging.FileHandler(args.access_log))

@@ -30,8 +30,8 @@ from daphne.cli import CommandLineInterface  # installs the asyncio reactor: imp
 from daphne.server import Server
 from twisted.internet import reactor
 
-from gateway_site.graceful import FIRST_ON_CONNECTION
-from gateway_site.redact import secrets_redact
+from kernel.graceful import FIRST_ON_CONNECTION
+from kernel.redact import secrets_redact
 from gateway_site.supervisor import (
     PARENT_CHECK_SECONDS, supervisor_gone, supervisor_pid, worker_imports_skip, worker_ready,
 )
@@ -84,7 +84,7 @@ class GracefulServer(Server):
     async def _drain(self) -> None:
         from django.conf import settings
 
-        from gateway_site.graceful import worker_drain
+        from kernel.graceful import worker_drain
 
         for port in self.ports:
             port.stopListening()

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html
 
-from gateway_site.admin import ReadOnlyAdmin
+from kernel.admin import ReadOnlyAdmin
 from guardrails.models import GuardrailEvent, GuardrailPolicy, GuardrailRule
 
 

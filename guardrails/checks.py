@@ -15,7 +15,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from gateway_site.errors import GatewayError
+from kernel.errors import GatewayError
 from guardrails.detection import DETECTORS, Match
 from guardrails.models import Action, Kind, PII_KINDS
 from guardrails.selectors import CompiledRule, guardrail_rules_get

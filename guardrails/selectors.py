@@ -1,7 +1,7 @@
 """The guardrail rules of each tenant, compiled and cached in process for the hot path.
 
 Built in one sync step (every enabled policy with its enabled rules, regexes compiled once) and
-kept while the configuration generation stays the same (`gateway_site.config_generation`): a
+kept while the configuration generation stays the same (`kernel.config_generation`): a
 change is seen at once in the process that made it, within `GATEWAY_CONFIG_CACHE_SECONDS` in others.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gateway_site.config_cache import ConfigCache
+from kernel.config_cache import ConfigCache
 from guardrails.models import Action, Direction, GuardrailPolicy
 
 SEVERITY = {Action.FLAG: 0, Action.REDACT: 1, Action.BLOCK: 2}

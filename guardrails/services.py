@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from gateway_site.db_executor import db_call
-from gateway_site.loops import background
+from kernel.db_executor import db_call
+from kernel.loops import background
 from guardrails.models import GuardrailEvent
 
 

@@ -17,7 +17,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 from audit.services import audit_record, audit_update_action
-from gateway_site import errors
+from kernel import errors
 from operators.authentication import StaffTokenAuthentication
 from operators.permissions import OperatorPermission
 
@@ -111,7 +111,7 @@ class OperatorViewSet(viewsets.ModelViewSet):
 
     Writes run in one transaction with their audit entry. Saving through the ORM raises the
     configuration generation in that transaction, as the admin's saves do
-    (`gateway_site.config_generation`): every process's caches see the change.
+    (`kernel.config_generation`): every process's caches see the change.
     """
 
     authentication_classes = [StaffTokenAuthentication, SessionAuthentication]

@@ -6,10 +6,10 @@ from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
-from gateway_site.credentials import api_key_hash, bearer_token
-from gateway_site.auth_throttle import auth_failure_count_sync, auth_throttle_check
-from gateway_site.errors import AuthThrottled
-from gateway_site.http import client_address
+from kernel.credentials import api_key_hash, bearer_token
+from kernel.auth_throttle import auth_failure_count_sync, auth_throttle_check
+from kernel.errors import AuthThrottled
+from kernel.http import client_address
 from operators.models import StaffToken
 
 
@@ -24,7 +24,7 @@ class StaffTokenAuthentication(authentication.BaseAuthentication):
         raw = bearer_token(request.headers)
         if not raw:
             return None
-        # An address that failed too often is refused before the lookup (gateway_site/auth_throttle.py).
+        # An address that failed too often is refused before the lookup (kernel/auth_throttle.py).
         client = client_address(request)
         try:
             auth_throttle_check(client=client, door="operator")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 
-from gateway_site.credentials import api_key_hash
+from kernel.credentials import api_key_hash
 from operators.models import StaffToken
 
 STAFF_TOKEN_PREFIX = "sk-op-"

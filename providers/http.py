@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator
 
 from django.conf import settings
 
-from gateway_site.loops import PerLoop
+from kernel.loops import PerLoop
 from providers.adapters import ADAPTERS, Adapter
 from providers.transport import Timeouts, UpstreamClient
 

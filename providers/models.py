@@ -2,7 +2,7 @@ from decimal import Decimal
 
 from django.db import models
 
-from gateway_site.upstream_urls import upstream_url_validate
+from kernel.upstream_urls import upstream_url_validate
 from providers import crypto
 
 
@@ -23,7 +23,7 @@ class Provider(models.Model):
 
     name = models.SlugField(max_length=64, unique=True)
     type = models.CharField(max_length=32, choices=WireType.choices, default=WireType.OPENAI)
-    # Never a link-local or cloud metadata address (gateway_site/upstream_urls.py).
+    # Never a link-local or cloud metadata address (kernel/upstream_urls.py).
     api_base = models.URLField(max_length=500, validators=[upstream_url_validate])
     enabled = models.BooleanField(default=True)
     priority = models.IntegerField(

@@ -12,7 +12,7 @@ from decimal import Decimal
 
 from cryptography.fernet import InvalidToken
 
-from gateway_site.errors import InvalidRequest, ModelNotFound
+from kernel.errors import InvalidRequest, ModelNotFound
 from providers.adapters import Target
 from providers.models import Provider, ProviderKey, ProviderModel
 

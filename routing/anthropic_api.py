@@ -16,11 +16,11 @@ from django.views.decorators.csrf import csrf_exempt
 
 from accounting import tokens
 from accounting.auth import api_key_authenticate
-from gateway_site.credentials import bearer_token
-from gateway_site import wire_json
-from gateway_site.errors import GatewayError
-from gateway_site.http import allow_methods, client_address, read_body
-from gateway_site.wire_json import JsonBody
+from kernel.credentials import bearer_token
+from kernel import wire_json
+from kernel.errors import GatewayError
+from kernel.http import allow_methods, client_address, read_body
+from kernel.wire_json import JsonBody
 from routing import pipeline, validation
 from routing.anthropic_format import anthropic_error, anthropic_events, anthropic_message, openai_payload
 from routing.call import Call

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-from gateway_site.errors import GatewayError, InvalidRequest
+from kernel.errors import GatewayError, InvalidRequest
 
 REQUEST_KEYS = {
     "model", "messages", "max_tokens", "system", "stop_sequences", "temperature", "top_p", "top_k",

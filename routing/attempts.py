@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
-from gateway_site.errors import NoDeploymentAvailable, ProviderError
+from kernel.errors import NoDeploymentAvailable, ProviderError
 from providers.adapters import Adapter
 from providers.http import adapter_for
 from providers.selectors import Deployment

@@ -8,7 +8,7 @@ Redis it lives in process.
 
 Redis is an optimisation of the gateway, not a dependency of serving: when it does not answer, the
 Redis stores decide from an in-process store for that call and go back to Redis once it answers.
-`gateway_site.redis_client.RedisFallback` carries that rule.
+`kernel.redis_client.RedisFallback` carries that rule.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from gateway_site.redis_client import RedisConnections, RedisFallback, shared_store
+from kernel.redis_client import RedisConnections, RedisFallback, shared_store
 
 logger = logging.getLogger(__name__)
 

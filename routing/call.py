@@ -11,7 +11,7 @@ from accounting import tokens
 from accounting.auth import ApiKeyContext
 from accounting.budgets import BudgetLimit, Reservation
 from accounting.quotas import Charge
-from gateway_site import request_ids
+from kernel import request_ids
 from providers.adapters import Usage
 from providers.selectors import Deployment
 from routing.attempts import AttemptLog

@@ -19,7 +19,7 @@ from __future__ import annotations
 from django.db.models import Q
 
 from accounting.models import Tenant, TenantApiKey
-from gateway_site.config_shape import (
+from kernel.config_shape import (
     ConfigError,
     known,
     list_of,

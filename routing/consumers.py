@@ -23,8 +23,8 @@ from django.db import InterfaceError, OperationalError
 
 from accounting.auth import ApiKeyContext, api_key_authenticate, api_key_authenticate_hashed
 from accounting.members import member_session_authenticate, member_session_context
-from gateway_site.credentials import api_key_hash, bearer_token
-from gateway_site.errors import (
+from kernel.credentials import api_key_hash, bearer_token
+from kernel.errors import (
     AuthenticationFailed, AuthThrottled, DatabaseUnavailable, GatewayError, InvalidRequest,
 )
 from routing import pipeline
@@ -32,7 +32,7 @@ from routing.call import Call
 
 MAX_IN_FLIGHT = 8
 CLOSE_UNAUTHENTICATED = 4401
-CLOSE_THROTTLED = 4429  # too many failed authentications from this address (gateway_site/auth_throttle.py)
+CLOSE_THROTTLED = 4429  # too many failed authentications from this address (kernel/auth_throttle.py)
 CLOSE_TRY_AGAIN_LATER = 4503  # as on a worker's shutdown: unavailable here for now, reconnect
 REQUEST_FIELDS_EXCLUDED = {"type", "id"}
 

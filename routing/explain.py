@@ -8,7 +8,7 @@ from asgiref.sync import async_to_sync
 
 from accounting.auth import ApiKeyContext
 from accounting.models import Tenant, TenantApiKey
-from gateway_site.errors import GatewayError
+from kernel.errors import GatewayError
 from routing.breakers import BreakerPolicy, BreakerStatus, breaker_store
 from routing.health import DeploymentHealth, health_store
 from routing.selection import RouteHints, RoutePlan, route_select

@@ -3,7 +3,7 @@
 The lowest-latency strategy ranks deployments with `latencies`, and the admin shows the snapshots.
 Like the breakers, the numbers live in Redis when `REDIS_URL` is set, so every replica ranks on
 what all of them saw, and in process otherwise; a Redis that does not answer is replaced by the
-in-process store until it does (see `gateway_site.redis_client.RedisFallback`).
+in-process store until it does (see `kernel.redis_client.RedisFallback`).
 
 The averages are exponentially weighted (EWMA, `new = old + alpha * (sample - old)`, the first
 sample taken as is), so recent requests count most and no history needs to be kept.
@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gateway_site.loops import PerLoop, background
-from gateway_site.redis_client import RedisConnections, RedisFallback, shared_store
+from kernel.loops import PerLoop, background
+from kernel.redis_client import RedisConnections, RedisFallback, shared_store
 from routing.breakers import KEY_TTL_SECONDS
 
 EWMA_ALPHA = 0.1

@@ -1,4 +1,4 @@
-"""Schema descriptions of the tenant API's plain async views (see `gateway_site.openapi`).
+"""Schema descriptions of the tenant API's plain async views (see `kernel.openapi`).
 
 The request serializers mirror `routing.validation` (and `routing.anthropic_format` for the
 Anthropic door): the bounds and required fields it enforces are the ones documented here, so a
@@ -12,7 +12,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers
 
-from gateway_site.openapi import AnthropicError, ApiDescription
+from kernel.openapi import AnthropicError, ApiDescription
 from routing import validation
 from routing.anthropic_format import REQUEST_KEYS
 

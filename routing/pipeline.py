@@ -28,8 +28,8 @@ from accounting.quotas import (
 )
 from caching.semantic import SEMANTIC_TASK
 from caching.services import cache_body, cache_completion_text, cache_fill, cache_lookup, cache_replay, cache_stream_tee
-from gateway_site.credentials import bearer_token
-from gateway_site.errors import GatewayError, InvalidRequest
+from kernel.credentials import bearer_token
+from kernel.errors import GatewayError, InvalidRequest
 from guardrails.checks import guard_input, guard_output
 from routing import validation
 from routing.attempts import attempts_run
@@ -97,7 +97,7 @@ async def _failure_record(call: Call, exc: BaseException) -> None:
     """The record of a request that ended in `exc`: its error; a cancellation (the client left, or
     a worker's shutdown cut it); a bug of the gateway (the client gets a 500), which still gets its
     one record, so that what it reserved on a budget is released. None while the database
-    is unreachable (the view answers 503, `gateway_site.http.allow_methods`)."""
+    is unreachable (the view answers 503, `kernel.http.allow_methods`)."""
     if isinstance(exc, GatewayError):
         await record_failure(call, exc)
     elif isinstance(exc, asyncio.CancelledError):

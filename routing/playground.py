@@ -20,7 +20,7 @@ from django.shortcuts import render
 from accounting.auth import ApiKeyContext
 from accounting.members import member_context
 from feedback.services import feedback_upsert
-from gateway_site.errors import (
+from kernel.errors import (
     AuthenticationFailed,
     GatewayError,
     InvalidRequest,
@@ -28,7 +28,7 @@ from gateway_site.errors import (
     PermissionDenied,
     error_response,
 )
-from gateway_site.http import allow_methods
+from kernel.http import allow_methods
 from routing.selection import models_visible
 from routing.selectors import routing_table_get
 

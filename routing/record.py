@@ -15,12 +15,12 @@ from accounting.pricing import cost_compute
 from accounting.quotas import rate_limit_settle, rate_limit_settle_now
 from accounting.services import RecordWrite
 from accounting.writes import record_write
-from gateway_site.after_response import after_response
-from gateway_site import metrics
-from gateway_site.errors import GatewayError
-from gateway_site.graceful import cancel_reason, shutdown_status
-from gateway_site.logs import request_line
-from gateway_site.loops import background
+from kernel.after_response import after_response
+from kernel import metrics
+from kernel.errors import GatewayError
+from kernel.graceful import cancel_reason, shutdown_status
+from kernel.logs import request_line
+from kernel.loops import background
 from guardrails.services import guardrail_events_start, guardrail_events_wait
 from routing.call import Call
 from routing.journal import journal

@@ -6,8 +6,8 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
-from gateway_site.errors import ProviderError
-from gateway_site.graceful import cancel_reason
+from kernel.errors import ProviderError
+from kernel.graceful import cancel_reason
 from guardrails.checks import GuardrailBlocked, StreamGuard
 from providers.adapters import Adapter, Usage
 from providers.selectors import Deployment

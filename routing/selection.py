@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from accounting.auth import ApiKeyContext, model_authorize
-from gateway_site.errors import InvalidRequest, NoDeploymentAvailable, PermissionDenied
+from kernel.errors import InvalidRequest, NoDeploymentAvailable, PermissionDenied
 from providers.selectors import Deployment
 from routing.models import Strategy
 from routing.experiments import variant_pick

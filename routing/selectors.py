@@ -1,7 +1,7 @@
 """The routing table: rules, route groups and the provider catalogue, cached for the hot path.
 
 Built in one sync step and kept in process while the configuration generation stays the same
-(`gateway_site.config_generation`): any change to a rule, group, provider or model is seen at once
+(`kernel.config_generation`): any change to a rule, group, provider or model is seen at once
 in the process that made it and within `GATEWAY_CONFIG_CACHE_SECONDS` in the others.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from gateway_site.config_cache import ConfigCache
+from kernel.config_cache import ConfigCache
 from providers.selectors import Catalog, Deployment, catalog_build
 from routing.breakers import BreakerPolicy
 from routing.models import Experiment, RouteGroup, RoutingRule, Strategy

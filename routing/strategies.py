@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
-from gateway_site.redis_client import RedisConnections, RedisFallback, shared_store
+from kernel.redis_client import RedisConnections, RedisFallback, shared_store
 from providers.selectors import Deployment
 from routing.health import health_store
 from routing.models import Strategy

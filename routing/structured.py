@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 from accounting.tokens import TOKENS_PER_MESSAGE
-from gateway_site.errors import GatewayError, InvalidRequest
+from kernel.errors import GatewayError, InvalidRequest
 
 REPAIR_PROMPT = (
     "Your previous answer did not match the required JSON format: {error}. "

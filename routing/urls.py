@@ -7,8 +7,8 @@ from caching import api as cache_api
 from caching.openapi import CacheClearDoc, CacheStatsDoc
 from feedback import api as feedback_api
 from feedback.openapi import FeedbackDoc
-from gateway_site.http import api_not_found
-from gateway_site.openapi import documented
+from kernel.http import api_not_found
+from kernel.openapi import documented
 from routing import anthropic_api, api
 from routing import openapi as docs
 

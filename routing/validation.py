@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 
-from gateway_site.errors import InvalidRequest, PayloadTooLarge
+from kernel.errors import InvalidRequest, PayloadTooLarge
 
 MESSAGE_ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 CONTENT_PART_TYPES = {"text", "image_url", "input_audio", "file", "refusal"}

@@ -90,7 +90,7 @@ def gateway(transactional_db, fake_provider_url) -> GatewaySetup:
     """A tenant with a key, and OpenAI- and Anthropic-format providers on the fake provider.
 
     Committed (`transactional_db`): the hot path's money statements run on the event loop's own
-    connections (gateway_site/db_async.py), which see only committed data."""
+    connections (kernel/db_async.py), which see only committed data."""
     from accounting.auth import auth_cache_clear
     from accounting.services import api_key_create, tenant_create
     from providers.models import Provider, ProviderModel
@@ -172,12 +172,12 @@ def _own_redis_namespace(settings):
 async def _close_async_db_connections():
     """Close the connections a test left after it, so the test database can be dropped at the end
     of the session: asgiref's worker thread's (async ORM calls), the database threads'
-    (`db_call`) and the event loops' (the money statements, gateway_site/db_async.py)."""
+    (`db_call`) and the event loops' (the money statements, kernel/db_async.py)."""
     yield
     from asgiref.sync import sync_to_async
     from django.db import connections
 
-    from gateway_site import db_async, db_executor
+    from kernel import db_async, db_executor
 
     await db_async.close()
     db_async.forget_closed_loops()

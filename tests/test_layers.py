@@ -22,15 +22,11 @@ APPS = ("kernel", "gateway_site", "audit", "operators", "providers", "accounting
 # URLconfs, ASGI and Celery apps, server workers, management commands of the site) may import
 # anything.
 WIRING = (
-    "gateway_site.settings", "gateway_site.urls", "gateway_site.asgi",
-    "gateway_site.celery", "gateway_site.apps", "gateway_site.configuration", "gateway_site.health",
-    "gateway_site.health_schema", "gateway_site.metrics_scrape", "gateway_site.supervisor",
-    "gateway_site.worker", "gateway_site.uvicorn_worker", "gateway_site.management",
-    "gateway_site.openapi_views", "operators.urls", "accounting.urls", "feedback.urls",
-    "routing.urls", "caching.urls", "providers.urls", "guardrails.urls", "audit.urls",
+    "gateway_site", "operators.urls", "accounting.urls", "feedback.urls", "routing.urls",
+    "caching.urls", "providers.urls", "guardrails.urls", "audit.urls",
 )
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("kernel", ("kernel", "gateway_site")),
+    ("kernel", ("kernel",)),
     ("audit", ("audit",)),
     ("operators", ("operators",)),
     ("providers", ("providers",)),

@@ -33,9 +33,9 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
-from gateway_site import wire_json
-from gateway_site.errors import InvalidRequest, ProviderError
-from gateway_site.request_ids import correlation_id
+from kernel import wire_json
+from kernel.errors import InvalidRequest, ProviderError
+from kernel.request_ids import correlation_id
 from providers.sse import SSEDecoder, SSEEvent
 from providers.transport import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
 
@@ -204,7 +204,7 @@ class Adapter:
         if request_id := correlation_id():
             headers["x-request-id"] = request_id
         try:
-            # The body encoded by orjson (gateway_site.wire_json).
+            # The body encoded by orjson (kernel.wire_json).
             response = await self.client.post(
                 request.url, content=wire_json.dumps(request.json), headers=headers, timeouts=timeouts
             )

@@ -31,7 +31,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from gateway_site.errors import InvalidRequest, ProviderError
+from kernel.errors import InvalidRequest, ProviderError
 from providers.adapters.base import (
     Adapter,
     ChatResult,

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 
-from gateway_site.errors import InvalidRequest, ProviderError
+from kernel.errors import InvalidRequest, ProviderError
 from providers.adapters.base import (
     Adapter,
     ChatResult,

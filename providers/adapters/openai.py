@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from gateway_site.errors import ProviderError
+from kernel.errors import ProviderError
 from providers.adapters.base import (
     Adapter,
     ChatResult,

@@ -1,5 +1,5 @@
 """The hot path's statements are prepared on PostgreSQL by psycopg's `prepare_threshold` on the
-event loop's connections (gateway_site/db_async.py) and, once warm, run on a generic plan: the
+event loop's connections (kernel/db_async.py) and, once warm, run on a generic plan: the
 budget reservation and the record with its settlement."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from django.utils import timezone
 from accounting.budgets import _budgets_load, budget_reserve
 from accounting.models import Budget, BudgetPeriod, UsageRecord
 from accounting.services import RecordWrite, tenant_create, usage_records_create
-from gateway_site import db_async
+from kernel import db_async
 from tests.accounting.test_record_statement import every_field
 
 pytestmark = pytest.mark.django_db(transaction=True)

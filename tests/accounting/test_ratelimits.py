@@ -291,7 +291,7 @@ async def test_redis_keys_are_prefixed_and_expire_when_full_again(
 async def test_dead_redis_fails_open_to_in_process_buckets(clock, caplog):
     store = RedisRateLimitStore(url=closed_port_url(), prefix="gw-test", clock=clock, retry_after=0)
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="gateway_site.redis_client"):
+    with caplog.at_level(logging.WARNING, logger="kernel.redis_client"):
         assert [(await take(store, RPM)).allowed for _ in range(11)] == [True] * 10 + [False]
         await store.refund(RPM, 1)
         assert store.states_sync([RPM])[RPM.name].remaining == 1

@@ -226,7 +226,7 @@ class _Order(logging.Handler):
 
 @pytest.mark.django_db(transaction=True)
 async def test_a_tenant_api_answer_goes_out_before_its_log_lines_and_metrics(gateway):
-    from gateway_site import metrics
+    from kernel import metrics
 
     events: list = []
     order = _Order(events)
@@ -283,7 +283,7 @@ async def test_a_tenant_api_answer_goes_out_before_its_log_lines_and_metrics(gat
 
 
 def test_after_response_work_runs_at_once_outside_a_tenant_api_request_and_each_on_its_own():
-    from gateway_site.after_response import after_response, after_response_begin, after_response_run
+    from kernel.after_response import after_response, after_response_begin, after_response_run
 
     done: list[str] = []
     after_response(lambda: done.append("at once"))

@@ -18,7 +18,7 @@ from django.conf import settings as django_settings
 from django.test import AsyncClient
 
 from gateway_site.asgi import application
-from gateway_site.auth_throttle import RedisAuthFailureStore
+from kernel.auth_throttle import RedisAuthFailureStore
 from tests.conftest import ROOT, role_join
 
 pytestmark = pytest.mark.django_db(transaction=True)

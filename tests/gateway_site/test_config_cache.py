@@ -14,10 +14,10 @@ import threading
 import pytest
 from django.db import OperationalError
 
-from gateway_site import config_cache
-from gateway_site.config_cache import ConfigCache
-from gateway_site.config_generation import Generation
-from gateway_site.loops import background_wait
+from kernel import config_cache
+from kernel.config_cache import ConfigCache
+from kernel.config_generation import Generation
+from kernel.loops import background_wait
 
 
 class Loader:

@@ -26,10 +26,10 @@ from accounting.models import Budget, RateLimit, Tenant, TenantMembership
 from accounting.quotas import _rules_load
 from caching.models import CachePolicy
 from caching.selectors import cache_policies_build
-from gateway_site.credentials import api_key_hash
-from gateway_site.config_cache import ConfigCache
-from gateway_site.config_generation import CONFIGURATION_MODELS, Generation, counter_read, generation
-from gateway_site.models import ConfigGeneration
+from kernel.credentials import api_key_hash
+from kernel.config_cache import ConfigCache
+from kernel.config_generation import CONFIGURATION_MODELS, Generation, counter_read, generation
+from kernel.models import ConfigGeneration
 from guardrails.models import GuardrailPolicy, GuardrailRule
 from guardrails.selectors import guardrail_table_build
 from providers.models import ProviderModel

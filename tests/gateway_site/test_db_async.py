@@ -1,4 +1,4 @@
-"""The money statements' connection pool (gateway_site/db_async.py): the budget reservation
+"""The money statements' connection pool (kernel/db_async.py): the budget reservation
 (`budget_reserve`) and the record with its settlement (`usage_records_create`) on the event loop's
 own psycopg connections: commits, outages, timeouts."""
 
@@ -19,7 +19,7 @@ from accounting import writes as writes_module
 from accounting.budgets import _budgets_load, budget_reserve
 from accounting.models import Budget, BudgetAlert, BudgetPeriod, BudgetReservation, UsageRecord
 from accounting.services import RecordWrite, tenant_create, usage_records_create
-from gateway_site import db_async
+from kernel import db_async
 from tests.accounting.test_record_statement import every_field
 
 pytestmark = pytest.mark.django_db(transaction=True)

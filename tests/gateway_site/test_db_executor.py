@@ -9,8 +9,8 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import OperationalError, connection, connections
 
-from gateway_site import db_executor
-from gateway_site.db_executor import db_call
+from kernel import db_executor
+from kernel.db_executor import db_call
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -19,7 +19,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from gateway_site import db_async
+from kernel import db_async
 from gateway_site.settings import database_network_options
 
 pytestmark = pytest.mark.django_db

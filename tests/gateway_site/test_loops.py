@@ -1,4 +1,4 @@
-"""`gateway_site.loops.Batches`: how one event loop's records, budget holds and Redis script calls
+"""`kernel.loops.Batches`: how one event loop's records, budget holds and Redis script calls
 share round trips."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from gateway_site.loops import Batches
+from kernel.loops import Batches
 
 
 class Wire:

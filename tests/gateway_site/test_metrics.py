@@ -16,8 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from accounting.budgets import period_start
 from accounting.models import Budget, BudgetPeriod
-from gateway_site import metrics, metrics_scrape
-from gateway_site.loops import background_wait
+from gateway_site import metrics_scrape
+from kernel import metrics
+from kernel.loops import background_wait
 from routing.breakers import BreakerPolicy, breaker_store
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -11,8 +11,8 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 
-from gateway_site.loops import background_wait
-from gateway_site.redact import secrets_redact
+from kernel.loops import background_wait
+from kernel.redact import secrets_redact
 
 # Shaped like no key at all: only the rule for the call's exact secret can catch it.
 PLAIN_SECRET = "plain-provider-secret-quoted-9f3a77"

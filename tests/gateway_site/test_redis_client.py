@@ -11,8 +11,8 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
-from gateway_site import redis_client
-from gateway_site.redis_client import REDIS_DOWN, RedisConnections
+from kernel import redis_client
+from kernel.redis_client import REDIS_DOWN, RedisConnections
 
 # Adds ARGV[1] to the counter KEYS[1]; ARGV[1] == 'bad' is an error of that call alone.
 COUNT = """

@@ -13,8 +13,8 @@ from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 
 from accounting.models import Tenant, UsageRecord
-from gateway_site.logs import JsonFormatter, RequestIdFilter
-from gateway_site.request_ids import client_id_clean
+from kernel.logs import JsonFormatter, RequestIdFilter
+from kernel.request_ids import client_id_clean
 from providers.models import Provider, ProviderModel
 from providers.services import provider_key_upsert
 

@@ -1,4 +1,4 @@
-"""gateway_site.wire_json: orjson on the request path, the standard library for what it refuses."""
+"""kernel.wire_json: orjson on the request path, the standard library for what it refuses."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from gateway_site import wire_json
+from kernel import wire_json
 
 
 def test_dumps_is_compact_utf8_json():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway_site.errors import PROVIDER_ERROR_CLASSES, InvalidRequest, ProviderError
+from kernel.errors import PROVIDER_ERROR_CLASSES, InvalidRequest, ProviderError
 from providers.adapters import ADAPTERS
 from providers.adapters.anthropic import DEFAULT_MAX_TOKENS, AnthropicAdapter
 from providers.adapters.anthropic.tools import JSON_TOOL_DESCRIPTION

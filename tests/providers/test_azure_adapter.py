@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway_site.errors import ProviderError
+from kernel.errors import ProviderError
 from providers.adapters import ADAPTERS
 from providers.adapters.azure import DEFAULT_API_VERSION, AzureOpenAIAdapter
 from providers.adapters.base import Target, Usage

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway_site.errors import PROVIDER_ERROR_CLASSES, InvalidRequest, ProviderError
+from kernel.errors import PROVIDER_ERROR_CLASSES, InvalidRequest, ProviderError
 from providers.adapters import ADAPTERS
 from providers.adapters.base import Target, Usage
 from providers.adapters.gemini import GeminiAdapter

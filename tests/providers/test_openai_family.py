@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from gateway_site.errors import InvalidRequest
+from kernel.errors import InvalidRequest
 from providers.adapters import Target
 from providers.adapters.openai import OpenAIAdapter
 from providers.adapters.openai_family import quirks_for

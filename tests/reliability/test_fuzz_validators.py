@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from caching.keys import cache_options_parse
 from feedback.services import submission_parse
-from gateway_site.errors import GatewayError
+from kernel.errors import GatewayError
 from routing.anthropic_format import REQUEST_KEYS, openai_payload
 from routing.validation import CHAT_FIELDS, EMBEDDING_FIELDS, chat_request_validate, embeddings_request_validate, json_body
 

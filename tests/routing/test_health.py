@@ -16,7 +16,7 @@ from routing.health import (
     RedisHealthStore,
     health_store,
 )
-from gateway_site.loops import background_wait
+from kernel.loops import background_wait
 from tests.conftest import free_port
 
 NOW = 1_700_000_000.0

@@ -19,7 +19,7 @@ from accounting.models import TenantMembership, UsageRecord
 from accounting.services import tenant_create
 from feedback.models import Feedback
 from feedback.services import feedback_submit, feedback_upsert, submission_parse
-from gateway_site.errors import InvalidRequest, NotFound
+from kernel.errors import InvalidRequest, NotFound
 from providers.models import Provider, ProviderModel
 from routing.models import Deployment, RouteGroup, RoutingRule
 from routing.selectors import routing_table_clear

@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from gateway_site import metrics
+from kernel import metrics
 
 
 class Command(BaseCommand):

@@ -12,7 +12,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from prometheus_client import multiprocess
 
-from gateway_site import metrics
+from kernel import metrics
 from gateway_site.supervisor import Supervisor, listening_socket
 
 

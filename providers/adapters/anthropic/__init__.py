@@ -23,7 +23,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 
-from gateway_site.errors import ProviderError
+from kernel.errors import ProviderError
 from providers.adapters.anthropic.messages import (
     DEFAULT_MAX_TOKENS,
     max_tokens_for,

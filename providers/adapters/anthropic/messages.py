@@ -7,7 +7,7 @@ parameters.
 
 from __future__ import annotations
 
-from gateway_site.errors import InvalidRequest
+from kernel.errors import InvalidRequest
 from providers.adapters.anthropic.tools import tool_result_block, tool_use_block
 
 # Anthropic requires `max_tokens` on every request; OpenAI does not. When the client sets no

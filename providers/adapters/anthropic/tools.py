@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 
-from gateway_site.errors import InvalidRequest
+from kernel.errors import InvalidRequest
 
 JSON_TOOL_NAME = "json_response"
 JSON_TOOL_DESCRIPTION = (

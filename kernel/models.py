@@ -1,4 +1,4 @@
-"""The kernel's one table: the configuration generation (see `gateway_site.config_generation`).
+"""The kernel's one table: the configuration generation (see `kernel.config_generation`).
 
 It lives here, beside `ConfigCache` that reads it, and not in an app: every app's configuration
 bumps it and every process's caches read it, so it belongs to the layer that imports no app.

@@ -1,6 +1,6 @@
 """The configuration generation: how every process learns that the configuration changed.
 
-One counter (`gateway_site.models.ConfigGeneration`, one row) is raised by one receiver of
+One counter (`kernel.models.ConfigGeneration`, one row) is raised by one receiver of
 `post_save`, `post_delete` and `m2m_changed` for every model in `CONFIGURATION_MODELS`, inside
 the transaction that makes the change: the new data and the new generation commit together,
 whatever wrote them (the admin, the operator API, `manage.py import_config`, a service, a
@@ -36,8 +36,8 @@ from django.db import DatabaseError, InterfaceError, transaction
 from django.db.models import F
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
-from gateway_site.db_executor import db_call
-from gateway_site.loops import PerLoop, background
+from kernel.db_executor import db_call
+from kernel.loops import PerLoop, background
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ BOOKKEEPING_FIELDS = frozenset({"last_login", "last_used_at"})
 
 
 def _counter_model():
-    return apps.get_model("gateway_site", "ConfigGeneration")
+    return apps.get_model("kernel", "ConfigGeneration")
 
 
 def counter_read() -> int | None:

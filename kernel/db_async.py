@@ -12,7 +12,7 @@ The budget reservation and the UsageRecord with its settlement (`accounting.budg
   the money statements are CTEs that cost more to plan than to run.
 - **SQLite** (embedded mode): no server to talk to; `steps` runs a function of the same steps, as
   statements, in one transaction on Django's connection on a database thread
-  (`gateway_site.db_executor`).
+  (`kernel.db_executor`).
 
 A connection that fails is closed and replaced by the next call; one idle for
 `IDLE_CHECK_SECONDS` is checked first (a database restart may have cut it). psycopg's errors come
@@ -53,8 +53,8 @@ from django.conf import settings
 from django.db import Error, InterfaceError, OperationalError, connections, transaction
 from django.db.utils import DatabaseErrorWrapper
 
-from gateway_site.db_executor import IDLE_CHECK_SECONDS, db_call
-from gateway_site.loops import PerLoop
+from kernel.db_executor import IDLE_CHECK_SECONDS, db_call
+from kernel.loops import PerLoop
 
 # psycopg's own default: a statement text run this many times on a connection is prepared.
 PREPARE_THRESHOLD = 5

@@ -12,7 +12,7 @@ import math
 
 from django.http import JsonResponse
 
-from gateway_site.redact import secrets_redact
+from kernel.redact import secrets_redact
 
 
 class GatewayError(Exception):
@@ -62,7 +62,7 @@ class PermissionDenied(GatewayError):
 
 
 class AuthThrottled(GatewayError):
-    """Too many failed authentications from the client's address (`gateway_site.auth_throttle`)."""
+    """Too many failed authentications from the client's address (`kernel.auth_throttle`)."""
 
     status = 429
     type = "rate_limit_error"

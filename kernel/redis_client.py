@@ -22,7 +22,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
-from gateway_site.loops import Batches, PerLoop
+from kernel.loops import Batches, PerLoop
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def _sha(source: str) -> str:
 
 class ScriptBatches:
     """Lua script calls of one event loop, sent in pipelines, one pipeline on the wire at a time
-    (`gateway_site.loops.Batches`).
+    (`kernel.loops.Batches`).
 
     A lone call goes out at once, as a plain EVALSHA would. Calls that come while a pipeline is
     out wait for its answer and then go out together in the next one, so under load one round

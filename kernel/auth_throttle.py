@@ -32,9 +32,9 @@ from collections.abc import Callable
 
 from django.conf import settings
 
-from gateway_site import metrics
-from gateway_site.errors import AuthThrottled, GatewayError
-from gateway_site.redis_client import RedisConnections, RedisFallback, shared_store
+from kernel import metrics
+from kernel.errors import AuthThrottled, GatewayError
+from kernel.redis_client import RedisConnections, RedisFallback, shared_store
 
 WINDOW_SECONDS = 60
 # Addresses kept in process (counts without Redis, refusals); past it the expired ones are dropped.

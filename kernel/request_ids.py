@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
 
-from gateway_site import metrics
-from gateway_site.after_response import after_response
+from kernel import metrics
+from kernel.after_response import after_response
 
 logger = logging.getLogger("gateway.access")
 

@@ -1,11 +1,11 @@
 """Structured logs: one JSON object per line, each carrying the request id of its request.
 
 `JsonFormatter` (python-json-logger) writes `time`, `level`, `logger`, `message`, `request_id`
-(the correlation id, see `gateway_site.request_ids`), `gateway_request_id` (the UsageRecord's id)
+(the correlation id, see `kernel.request_ids`), `gateway_request_id` (the UsageRecord's id)
 and the fields a call passes in `extra`. What must never be in a log line is kept out where it is
 logged: provider keys, tenant keys and prompts are not passed to loggers (the request line carries
 the prompt only for tenants that keep content). As a second line of defence the formatter blanks
-anything shaped like a key or a query-string credential (`gateway_site.redact`), and drops the
+anything shaped like a key or a query-string credential (`kernel.redact`), and drops the
 `request` object Django attaches to its own records (its repr is harmless today; its attributes
 are not).
 """
@@ -20,8 +20,8 @@ from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 from pythonjsonlogger.orjson import orjson_default
 
-from gateway_site.redact import secrets_redact
-from gateway_site.request_ids import request_ids_current
+from kernel.redact import secrets_redact
+from kernel.request_ids import request_ids_current
 
 NOT_LOGGED = ("request", "scope", "headers", "color_message")  # color_message: uvicorn's ANSI copy
 

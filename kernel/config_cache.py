@@ -2,8 +2,8 @@
 
 Routing tables, API keys, member sessions, budgets, rate limits, guardrail and cache policies are
 read on every request and change rarely. Each lives in a `ConfigCache`: a value per key, loaded
-from the database on `gateway_site.db_executor`'s threads and tagged with the configuration
-generation it was loaded under (`gateway_site.config_generation`).
+from the database on `kernel.db_executor`'s threads and tagged with the configuration
+generation it was loaded under (`kernel.config_generation`).
 
 - A value is served while its generation is the current one: a change, in this process or any
   other, makes every value loaded before it stale, and the next call for it loads again (and
@@ -26,8 +26,8 @@ import weakref
 from collections.abc import Callable, Hashable
 from typing import ClassVar, Generic, TypeVar
 
-from gateway_site.config_generation import Generation, generation
-from gateway_site.db_executor import db_call
+from kernel.config_generation import Generation, generation
+from kernel.db_executor import db_call
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from decimal import Decimal, InvalidOperation
 
-from gateway_site.upstream_urls import url_destination_problem
+from kernel.upstream_urls import url_destination_problem
 
 
 class ConfigError(ValueError):
@@ -52,7 +52,7 @@ def required_str(item: dict, key: str, where: str) -> str:
 
 def destination(item: dict, key: str, where: str) -> str:
     """A URL the gateway will send requests to (a provider's api_base, a webhook): a string, and
-    never a link-local or cloud metadata address (`gateway_site.upstream_urls`)."""
+    never a link-local or cloud metadata address (`kernel.upstream_urls`)."""
     value = required_str(item, key, where)
     if problem := url_destination_problem(value):
         raise ConfigError(f"{where}.{key}: {problem}")

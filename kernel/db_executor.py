@@ -4,7 +4,7 @@
 Django's ASGI handler starts for that request: a new thread per request, and a new database
 connection per request, opened on that thread and closed when the request ends. The database
 work of the hot path (the config caches' loads, alerts handed to Celery, SQLite's money steps:
-`gateway_site.db_async.steps`) needs neither: each call is self-contained. `db_call` runs them on
+`kernel.db_async.steps`) needs neither: each call is self-contained. `db_call` runs them on
 `GATEWAY_DB_THREADS` threads that live as long as the process, and each thread keeps its own connection from one call to the next, so a call costs no
 new connection: at most `GATEWAY_DB_THREADS` connections per process.
 

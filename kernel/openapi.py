@@ -5,7 +5,7 @@ is made of plain async Django views, which spectacular does not see; each one is
 `ApiDescription` subclass (an APIView that is never routed: its handlers only carry
 `@extend_schema`) and attached to the view in the URLconf with `documented(view, Description)`.
 `GatewayAutoSchema` adds the error responses every operation can give, in the gateway's error
-shape (`gateway_site.errors`). `tests/gateway_site/test_openapi.py` fails for any public route
+shape (`kernel.errors`). `tests/gateway_site/test_openapi.py` fails for any public route
 left out of the schema. How to document a new route: docs/operator-api.md, "The schema".
 """
 

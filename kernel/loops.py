@@ -6,7 +6,7 @@ one value per running loop and forgets the values of loops that have closed.
 
 `Batches` is how one loop's requests share round trips: the money statements
 (`accounting.statements.Batched`: budget holds, usage records) and the Redis script calls
-(`gateway_site.redis_client.ScriptBatches`) each go out through one.
+(`kernel.redis_client.ScriptBatches`) each go out through one.
 """
 
 from __future__ import annotations

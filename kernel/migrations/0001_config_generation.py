@@ -2,7 +2,7 @@ from django.db import migrations, models
 
 
 def row_create(apps, schema_editor):
-    apps.get_model("gateway_site", "ConfigGeneration").objects.using(schema_editor.connection.alias).get_or_create(
+    apps.get_model("kernel", "ConfigGeneration").objects.using(schema_editor.connection.alias).get_or_create(
         id=1, defaults={"value": 0}
     )
 

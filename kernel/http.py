@@ -13,7 +13,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template import loader
 from django.views import csrf, defaults
 
-from gateway_site.errors import DatabaseUnavailable, GatewayError, NotFound, PayloadTooLarge, error_response
+from kernel.errors import DatabaseUnavailable, GatewayError, NotFound, PayloadTooLarge, error_response
 
 logger = logging.getLogger(__name__)
 
