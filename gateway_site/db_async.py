@@ -16,17 +16,12 @@ in-process tests' shared transaction with `GATEWAY_DB_THREADS = 0`) still goes t
 `db_call`. psycopg's errors come out as Django's (`django.db.OperationalError`..., through
 Django's own `wrap_database_errors`), so callers handle an outage as they always have.
 
-With `GATEWAY_DB_SYNCHRONOUS_COMMIT` false these connections commit with `synchronous_commit =
-off` (set when they open, no round trip of its own): a statement's commit is visible to every
-session at once, and PostgreSQL flushes it to the WAL on disk a moment later (within three
-`wal_writer_delay`s) instead of before answering. A crash of the database server may then lose
-the last fraction of a second of holds and records, each whole (a statement is atomic: a record
-with its spend), never because a gateway process died. Measured with `bench/ab.py` on a 2-core
-machine: a lone request's p50 11.81 -> 10.75 and 12.05 -> 11.03 ms, CPU the same. The
-default keeps the wait (docs/reliability.md).
+These connections commit as the database role says: `ALTER ROLE <gateway> SET synchronous_commit =
+off` makes their commits (and every other of the role's) answer before the WAL flush
+(docs/reliability.md).
 
 A statement (or the check of an idle connection) that gets no answer within
-`GATEWAY_DB_ANSWER_TIMEOUT` seconds (default 10) fails as Django's `OperationalError`, as an
+`GATEWAY_DB_ANSWER_TIMEOUT` seconds (10) fails as Django's `OperationalError`, as an
 unreachable database does, and its connection is closed: a database that stops answering on a
 connection already open (a black hole: the network drops the packets; or a server that hangs)
 would otherwise hold the request until TCP gives up, minutes later. psycopg first tries to
@@ -168,8 +163,6 @@ async def _connect() -> psycopg.AsyncConnection:
     params.pop("cursor_factory", None)  # Django's is a sync client-side one
     if params.get("prepare_threshold") is None:
         params["prepare_threshold"] = PREPARE_WHEN_ASKED  # as `gateway_site.prepared` does for Django's
-    if not settings.GATEWAY_DB_SYNCHRONOUS_COMMIT:
-        params["options"] = f"{params.get('options') or ''} -c synchronous_commit=off".strip()
     with _django_errors:
         return await psycopg.AsyncConnection.connect(**params, autocommit=True)
 
