@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
+# The demo's fake provider (`make run`).
+FAKE_PROVIDER_PORT ?= 9100
 
 # Test services: PostgreSQL and Redis on this machine unless told otherwise.
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
@@ -29,8 +31,8 @@ install-test: $(VENV)/.installed-test
 
 run: $(VENV)/.installed
 	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/python manage.py seed_demo
-	PORT=$(PORT) $(BIN)/python manage.py run_demo
+	$(BIN)/python manage.py seed_demo --fake-port $(FAKE_PROVIDER_PORT)
+	PORT=$(PORT) $(BIN)/python manage.py run_demo --fake-port $(FAKE_PROVIDER_PORT)
 
 test: $(VENV)/.installed-test
 	@[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)

@@ -393,12 +393,9 @@ class RedisRateLimitStore(RateLimitStore):
         return await self.fallback.run(remote, lambda local: local.acquire(limits, amounts))
 
     def _traffic_note(self, name: str, amount: int, now: float) -> None:
-        if self.lease_seconds > 0:
-            self._traffic.note(name, amount, now)
+        self._traffic.note(name, amount, now)
 
     def _lease_wanted(self, limit: Limit, amount: int) -> int:
-        if self.lease_seconds <= 0:
-            return 0
         return int(self._traffic.ahead(
             limit.name, seconds=self.lease_seconds, capacity=limit.per_minute, amount=max(amount, 1)))
 

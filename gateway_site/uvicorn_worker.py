@@ -1,7 +1,7 @@
 """One ASGI worker process on uvicorn (uvloop, httptools), with the graceful SIGTERM of the daphne one.
 
-`manage.py serve --server uvicorn` (the default) starts these; `--server daphne` starts
-`gateway_site/worker.py`. Both end the same way (`graceful.worker_drain`): stop listening, refuse
+`manage.py serve` starts these (`make run` starts one daphne worker, `gateway_site/worker.py`).
+Both end the same way (`graceful.worker_drain`): stop listening, refuse
 new requests, let in-flight ones finish for `GATEWAY_SHUTDOWN_GRACE_SECONDS`, cut what is left
 (each cut request recorded as `cancelled`), wait for the usage records still being written, stop.
 uvicorn's own SIGTERM handling would close every idle connection at once and give in-flight

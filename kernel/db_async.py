@@ -20,16 +20,12 @@ out as Django's (`django.db.OperationalError`, `IntegrityError`..., through Djan
 `DatabaseErrorWrapper`), so callers handle an outage as with the ORM. These connections see only
 committed data: tests that drive the hot path use committed data (`transactional_db`).
 
-With `GATEWAY_DB_SYNCHRONOUS_COMMIT` false these connections commit with `synchronous_commit =
-off` (set when they open, no round trip of its own): a commit is visible to every session at
-once, and PostgreSQL flushes it to the WAL on disk a moment later (within three
-`wal_writer_delay`s) instead of before answering. A crash of the database server may then lose
-the last fraction of a second of holds and records, each whole (a statement is atomic: a record
-with its spend), never because a gateway process died. The default keeps the wait
+These connections commit as the database role says: `ALTER ROLE <gateway> SET synchronous_commit =
+off` makes their commits (and every other of the role's) answer before the WAL flush
 (docs/reliability.md).
 
 A statement (or the check of an idle connection) that gets no answer within
-`GATEWAY_DB_ANSWER_TIMEOUT` seconds (default 10) fails as Django's `OperationalError`, as an
+`GATEWAY_DB_ANSWER_TIMEOUT` seconds (10) fails as Django's `OperationalError`, as an
 unreachable database does, and its connection is closed: a database that stops answering on a
 connection already open (a black hole: the network drops the packets; or a server that hangs)
 would otherwise hold the request until TCP gives up, minutes later. psycopg first tries to
@@ -185,8 +181,6 @@ async def _connect() -> psycopg.AsyncConnection:
     # Django connects with `prepare_threshold=None` (no preparation) unless OPTIONS say otherwise.
     if params.get("prepare_threshold") is None:
         params["prepare_threshold"] = PREPARE_THRESHOLD
-    if not settings.GATEWAY_DB_SYNCHRONOUS_COMMIT:
-        params["options"] = f"{params.get('options') or ''} -c synchronous_commit=off".strip()
     with _django_errors:
         return await psycopg.AsyncConnection.connect(**params, autocommit=True)
 

@@ -12,9 +12,6 @@ A kept connection is checked (one `SELECT 1`) before a call when the last call o
 a database error (an outage cut it: it is replaced at once, on the next call) or when it has been
 idle for `IDLE_CHECK_SECONDS` (a database restart may have cut it since). Under load neither
 happens and a call is just its own queries.
-
-With psycopg's pool configured instead (`GATEWAY_DB_POOL`, `DATABASES[...]["OPTIONS"]["pool"]`),
-each call takes a pooled connection and hands it back when it ends.
 """
 
 from __future__ import annotations
@@ -43,10 +40,6 @@ def _executor_get() -> ThreadPoolExecutor:
     return _executor
 
 
-def _pooled(connection) -> bool:
-    return bool(connection.settings_dict.get("OPTIONS", {}).get("pool"))
-
-
 def _connections_check(now: float) -> None:
     """Close this thread's kept connections that may be broken; the next query reconnects."""
     idle = now - getattr(_thread, "last_used", now) >= IDLE_CHECK_SECONDS
@@ -68,9 +61,6 @@ def _run(func, args, kwargs):
         return func(*args, **kwargs)
     finally:
         _thread.last_used = time.monotonic()
-        for connection in connections.all(initialized_only=True):
-            if _pooled(connection):
-                connection.close()  # back to psycopg's pool
 
 
 async def db_call(func, /, *args, **kwargs):

@@ -49,8 +49,7 @@ _PREFIX = "records-"
 
 
 def _folder() -> Path | None:
-    folder = settings.GATEWAY_RECORD_JOURNAL_DIR
-    return Path(folder) if folder else None
+    return Path(settings.GATEWAY_RECORD_JOURNAL_DIR)
 
 
 def _database_tag() -> str:

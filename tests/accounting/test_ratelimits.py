@@ -433,14 +433,6 @@ async def test_a_settlement_covered_by_a_live_lease_is_made_without_waiting(make
     assert LocalRateLimitStore(clock=clock).change_now(tpm, -50)  # in process: always at once
 
 
-async def test_leases_are_off_at_zero_seconds(make_redis_store, redis_prefix, clock):
-    store = make_redis_store(clock=clock, lease_seconds=0)
-    await busy_second(store, clock)
-    await take(store, BUSY)
-    assert level_in_redis(redis_prefix, BUSY) == 6000 - 200 + 100 - 1
-    assert store.acquire_now([BUSY], {BUSY.name: 1}) is None
-
-
 # --- queueing ----------------------------------------------------------------------------------
 @pytest.fixture
 def real_store(make_store):

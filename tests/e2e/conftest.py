@@ -137,7 +137,6 @@ def deployment_env(database_url: str, name: str, **extra: str) -> dict:
         **os.environ,
         "DATABASE_URL": database_url,
         "LOG_LEVEL": "DEBUG",
-        "GATEWAY_CONFIG_CACHE_SECONDS": "1",
         "GATEWAY_REDIS_PREFIX": f"gwtest:{name}",
         **extra,
     }

@@ -1,5 +1,5 @@
 """The production deployment, as docs/deployment.md runs it: production settings, `manage.py
-serve` (N uvicorn workers, or daphne ones, on one socket: real processes on real ports) against PostgreSQL and
+serve` (N uvicorn workers on one socket: real processes on real ports) against PostgreSQL and
 Redis, and graceful shutdown on SIGTERM with every request recorded."""
 
 from __future__ import annotations
@@ -83,7 +83,6 @@ def deployment(tmp_path_factory):
         DATABASE_URL=database_url,
         REDIS_URL=os.environ["REDIS_URL"],
         GATEWAY_REDIS_PREFIX=f"gwtest:{name}",
-        GATEWAY_CONFIG_CACHE_SECONDS="1",
         GATEWAY_STATIC_ROOT=str(tmp / "static"),
         E2E_FAKE_PROVIDER_KEY="sk-e2e-provider-secret-from-env-0041",
     )
@@ -290,10 +289,6 @@ def test_a_reload_whose_new_worker_dies_keeps_the_old_workers(deployment, serve)
 # --- graceful shutdown --------------------------------------------------------------------------------
 
 
-# Both ASGI servers `serve` can run (uvicorn by default, daphne with --server daphne) drain the same way.
-SERVERS = ["uvicorn", "daphne"]
-
-
 LEASING_SQL = (
     "SELECT p.spent_usd, p.reserved_usd,"
     " (SELECT COUNT(*) FROM accounting_budgetreservation r WHERE r.budget_period_id = p.id),"
@@ -334,18 +329,14 @@ def test_a_drained_worker_leaves_no_reservation_behind(deployment, serve, tmp_pa
     assert spent == cost > 0
 
 
-def assert_nothing_was_cut(log: str, server_name: str) -> None:
-    """No request or task was cut at exit, in the words of each server and of graceful.py."""
+def assert_nothing_was_cut(log: str) -> None:
+    """No request or task was cut at exit, in the words of uvicorn and of graceful.py."""
     assert "task still running at exit" not in log
-    if server_name == "daphne":
-        assert "Killed 0 pending application instances" in log
-    else:
-        assert "timeout graceful shutdown exceeded" not in log and "drained in" in log
+    assert "timeout graceful shutdown exceeded" not in log and "drained in" in log
 
 
-@pytest.mark.parametrize("server_name", SERVERS)
-def test_sigterm_during_a_stream_lets_it_finish_and_records_it(deployment, serve, server_name):
-    server = serve("--workers", "2", "--grace", "15", "--server", server_name)
+def test_sigterm_during_a_stream_lets_it_finish_and_records_it(deployment, serve):
+    server = serve("--workers", "2", "--grace", "15")
     client = _openai(server, deployment)
     stream = client.chat.completions.create(
         model="gpt-4o-mini", stream=True, messages=_prompt("[[fake chunks=30 chunk_delay_ms=100]]")
@@ -360,7 +351,7 @@ def test_sigterm_during_a_stream_lets_it_finish_and_records_it(deployment, serve
     assert time.monotonic() - sent < 15
     rows = deployment.wait_for_rows(USAGE_SQL, (chunks[0].id,))
     assert rows == [("success", "", 200, 30)]
-    assert_nothing_was_cut(server.log(), server_name)
+    assert_nothing_was_cut(server.log())
 
 
 def _holds_connection(pid: int, client_port: int) -> bool:
@@ -380,12 +371,11 @@ def _holds_connection(pid: int, client_port: int) -> bool:
     return False
 
 
-@pytest.mark.parametrize("server_name", SERVERS)
-def test_a_connection_accepted_before_sigterm_gets_its_first_request_served(deployment, serve, server_name):
+def test_a_connection_accepted_before_sigterm_gets_its_first_request_served(deployment, serve):
     """The race a SIGHUP reload under traffic hits: the worker accepts a connection, then starts
     draining before the client's request reaches it. That request is served (and told to close
     the connection), not refused; a second request on a kept-alive connection still is."""
-    server = serve("--workers", "1", "--grace", "15", "--server", server_name)
+    server = serve("--workers", "1", "--grace", "15")
     [worker] = server.workers()
     stream = _openai(server, deployment).chat.completions.create(
         model="gpt-4o-mini", stream=True, messages=_prompt("[[fake chunks=40 chunk_delay_ms=100]]")
@@ -415,12 +405,11 @@ def test_a_connection_accepted_before_sigterm_gets_its_first_request_served(depl
     assert server.process.wait(timeout=20) == 0
     fresh.close()
     kept_alive.close()
-    assert_nothing_was_cut(server.log(), server_name)
+    assert_nothing_was_cut(server.log())
 
 
-@pytest.mark.parametrize("server_name", SERVERS)
-def test_past_the_deadline_streams_and_requests_end_cleanly_and_are_recorded(deployment, serve, server_name):
-    server = serve("--workers", "1", "--grace", "2", "--server", server_name)
+def test_past_the_deadline_streams_and_requests_end_cleanly_and_are_recorded(deployment, serve):
+    server = serve("--workers", "1", "--grace", "2")
     (since,), = deployment.query("SELECT now()", ())  # the module's database is shared by both servers' runs
     kept_alive = httpx.Client(base_url=server.base_url, headers=HTTPS)
     assert kept_alive.get("/health").status_code == 200  # a connection that stays open
@@ -472,9 +461,8 @@ def test_past_the_deadline_streams_and_requests_end_cleanly_and_are_recorded(dep
     kept_alive.close()
 
 
-@pytest.mark.parametrize("server_name", SERVERS)
-def test_sigterm_lets_a_websocket_request_finish_then_closes_the_socket(deployment, serve, server_name):
-    server = serve("--workers", "1", "--grace", "15", "--server", server_name)
+def test_sigterm_lets_a_websocket_request_finish_then_closes_the_socket(deployment, serve):
+    server = serve("--workers", "1", "--grace", "15")
     url = server.base_url.replace("http://", "ws://") + "/v1/ws/chat"
 
     async def run():

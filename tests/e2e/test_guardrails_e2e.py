@@ -2,7 +2,7 @@
 
 The policy is written to the database by another process (as an operator's admin on another
 replica would), so the gateway only sees it when its rule cache expires
-(`GATEWAY_CONFIG_CACHE_SECONDS=1` in the e2e deployment): the test polls for it with a deadline.
+(`GATEWAY_CONFIG_CACHE_SECONDS`, 1 s): the test polls for it with a deadline.
 Everything here belongs to a tenant of its own, so the session's other e2e tests are unaffected.
 """
 

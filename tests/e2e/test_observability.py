@@ -191,8 +191,7 @@ def test_ready_fails_while_redis_is_stopped_and_recovers(workers, tmp_path):
     port = free_port()
     redis_url = f"redis://127.0.0.1:{port}/0"
     redis_process = redis_start(port)
-    env = {**workers["env"], "REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url,
-           "GATEWAY_READY_TIMEOUT": "1"}
+    env = {**workers["env"], "REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url}
     env.pop("PROMETHEUS_MULTIPROC_DIR")
     gateway, url = gateway_start(env, tmp_path / "ready.log")
     try:

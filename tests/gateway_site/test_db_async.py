@@ -49,9 +49,8 @@ async def reserve(budgets, estimate="0.50"):
     return request_id, await budget_reserve(budgets=budgets, request_id=request_id, estimate=Decimal(estimate))
 
 
-@pytest.mark.parametrize("synchronous", [True, False])
-async def test_the_loops_commits_wait_for_the_wal_flush_unless_configured(settings, synchronous):
-    settings.GATEWAY_DB_SYNCHRONOUS_COMMIT = synchronous
+async def test_the_loops_commits_keep_the_roles_synchronous_commit():
+    """The gateway sets no `synchronous_commit` of its own: the role's (docs/reliability.md)."""
     tenant, budgets = await budgeted()
     await reserve(budgets)
     request_id, reservation = await reserve(budgets)
@@ -61,8 +60,8 @@ async def test_the_loops_commits_wait_for_the_wal_flush_unless_configured(settin
     await usage_records_create(writes)
     found = await db_async.statement("SELECT current_setting('synchronous_commit')", [])
 
-    assert found == [("on" if synchronous else "off",)]
-    # Committed and visible to another session at once either way.
+    assert found == [("on",)]  # the test database's role keeps PostgreSQL's default
+    # Committed and visible to another session at once.
     period = await BudgetPeriod.objects.aget()
     assert (period.spent_usd, period.reserved_usd) == (Decimal("0.25"), Decimal("0.50"))
     assert await UsageRecord.objects.filter(request_id=request_id).aexists()
@@ -160,7 +159,7 @@ async def test_a_database_gone_silent_on_an_open_connection_fails_the_statement_
 
 async def test_a_database_that_does_not_answer_fails_the_connection_in_seconds(monkeypatch):
     """A black hole: the TCP connection is accepted and nothing ever answers. Without libpq's
-    connect_timeout (GATEWAY_DB_CONNECT_TIMEOUT) the request would wait indefinitely."""
+    connect_timeout (5 s, settings.py) the request would wait indefinitely."""
     assert connections["default"].settings_dict["OPTIONS"]["connect_timeout"] == 5  # the default
     silent = socket.create_server(("127.0.0.1", 0))
     settings_dict = connections["default"].settings_dict  # shared by every thread's connection

@@ -91,7 +91,7 @@ def test_procfile_web_line_serves_and_stops_on_sigterm(tmp_path):
     port = free_port()
     env = production_env(
         DATABASE_URL=os.environ["DATABASE_URL"], REDIS_URL=os.environ["REDIS_URL"], PORT=str(port),
-        GATEWAY_WORKERS="2", GATEWAY_STATIC_ROOT=str(tmp_path / "static"),
+        GATEWAY_STATIC_ROOT=str(tmp_path / "static"),
         PATH=f"{ROOT / '.venv/bin'}:{os.environ['PATH']}",
     )
     process = subprocess.Popen(

@@ -180,11 +180,9 @@ def chaos(tmp_path_factory):
         REDIS_URL=redis_url,
         CELERY_BROKER_URL=redis_url,
         GATEWAY_REDIS_PREFIX=f"chaos:{name}",
-        GATEWAY_CONFIG_CACHE_SECONDS="1",
         GATEWAY_READ_TIMEOUT="2",  # a stalled stream ends within the test's bound
-        GATEWAY_DB_POOL_TIMEOUT="2",  # how long a request waits for a connection in an outage
         GATEWAY_STATIC_ROOT=str(tmp / "static"),
-        GATEWAY_RECORD_JOURNAL_DIR=str(tmp / "journal"),
+        GATEWAY_VAR_DIR=str(tmp / "var"),  # the record journal is its journal/
     )
     setup_env = {**env, "DATABASE_URL": direct}  # migrations and config go straight to the database
     processes = []
@@ -571,7 +569,7 @@ def test_records_of_a_worker_killed_during_a_postgres_outage_are_written_by_the_
     """Streams answered while PostgreSQL is cut keep their records in their worker's journal
     (routing/journal.py); the workers are killed before it comes back, and the workers that
     replace them write those records, once each, with their settlements."""
-    journal = Path(chaos.env["GATEWAY_RECORD_JOURNAL_DIR"])
+    journal = Path(chaos.env["GATEWAY_VAR_DIR"]) / "journal"
 
     def kept() -> int:
         return sum(len(path.read_bytes().splitlines()) for path in journal.glob("records-*.jsonl"))

@@ -146,13 +146,6 @@ def test_a_locked_journal_is_not_replayed_and_a_folder_that_cannot_be_made_keeps
     assert Journal().keep(answered(tenant, budgets)) is False
 
 
-def test_no_folder_keeps_nothing(settings):
-    settings.GATEWAY_RECORD_JOURNAL_DIR = ""
-    tenant, budgets = budgeted()
-    assert Journal().keep(answered(tenant, budgets)) is False
-    assert replay() == 0
-
-
 def test_a_full_journal_gives_way_to_a_new_one_and_is_removed_once_written(folder, monkeypatch):
     monkeypatch.setattr(journal_module, "ROTATE_BYTES", 1)  # every record fills a file
     tenant, budgets = budgeted()

@@ -12,9 +12,9 @@ class Command(BaseCommand):
     help = "Start the bundled fake provider and the gateway (daphne) until interrupted."
 
     def add_arguments(self, parser):
-        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+        parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8000)))
-        parser.add_argument("--fake-port", type=int, default=int(os.environ.get("FAKE_PROVIDER_PORT", 9100)))
+        parser.add_argument("--fake-port", type=int, default=9100)
 
     def handle(self, *args, host: str, port: int, fake_port: int, **options):
         fake = self._start_fake(fake_port)

@@ -47,7 +47,7 @@ class Command(BaseCommand):
     help = "Create the demo admin, tenant, key and providers (idempotent)."
 
     def add_arguments(self, parser):
-        parser.add_argument("--fake-port", type=int, default=int(os.environ.get("FAKE_PROVIDER_PORT", 9100)))
+        parser.add_argument("--fake-port", type=int, default=9100)
 
     def handle(self, *args, fake_port: int, **options):
         config_import(demo_config(fake_port=fake_port))

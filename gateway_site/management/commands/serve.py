@@ -1,8 +1,7 @@
 """`manage.py serve`: the production server, N ASGI workers on one socket (docs/deployment.md).
 
-The workers run uvicorn (uvloop, httptools) by default, or daphne with `--server daphne`
-(`GATEWAY_SERVER`): the same application, graceful shutdown and supervision either way; uvicorn
-costs about a fifth less CPU per request (docs/performance.md).
+The workers run uvicorn (uvloop, httptools; `gateway_site/uvicorn_worker.py`), graceful on SIGTERM
+and supervised (`gateway_site/supervisor.py`).
 """
 
 import os
@@ -14,9 +13,6 @@ from prometheus_client import multiprocess
 
 from kernel import metrics
 from gateway_site.supervisor import Supervisor, listening_socket
-
-
-WORKER_MODULES = {"uvicorn": "gateway_site.uvicorn_worker", "daphne": "gateway_site.worker"}
 
 
 def _bind(value: str) -> tuple[str, int]:
@@ -37,12 +33,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "--workers", type=int, default=int(os.environ.get("GATEWAY_WORKERS", 2)),
-            help="worker processes (default: GATEWAY_WORKERS or 2)",
+            "--workers", type=int, default=2, help="worker processes (default: 2)",
         )
         parser.add_argument(
-            "--bind", default=os.environ.get("GATEWAY_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}"),
-            help="HOST:PORT to listen on (default: GATEWAY_BIND, else 0.0.0.0:$PORT or 0.0.0.0:8000)",
+            "--bind", default=f"0.0.0.0:{os.environ.get('PORT', '8000')}",
+            help="HOST:PORT to listen on (default: 0.0.0.0:$PORT, PORT defaulting to 8000)",
         )
         parser.add_argument(
             "--grace", type=float, default=None,
@@ -54,19 +49,13 @@ class Command(BaseCommand):
             help="take the client address from X-Forwarded-For (only behind a proxy that sets it)",
         )
         parser.add_argument("--access-log", default=None, help="the access log: a file, or - for stdout")
-        parser.add_argument(
-            "--server", choices=sorted(WORKER_MODULES), default=os.environ.get("GATEWAY_SERVER", "uvicorn"),
-            help="the ASGI server of the workers (default: GATEWAY_SERVER or uvicorn)",
-        )
 
     def handle(self, *args, workers: int, bind: str, grace, no_collectstatic: bool, proxy_headers: bool,
-               access_log, server: str, **options):
+               access_log, **options):
         if workers < 1:
             raise CommandError("--workers must be at least 1.")
-        if server not in WORKER_MODULES:
-            raise CommandError(f"GATEWAY_SERVER must be one of {', '.join(sorted(WORKER_MODULES))}, not {server!r}.")
         host, port = _bind(bind)
-        if settings.GATEWAY_SERVE_STATIC and not no_collectstatic:
+        if not no_collectstatic:
             call_command("collectstatic", "--noinput", verbosity=0)
         on_exit = None
         if metrics.MULTIPROC_DIR:  # the workers' shared metrics folder (docs/observability.md)
@@ -77,20 +66,17 @@ class Command(BaseCommand):
             env["GATEWAY_SHUTDOWN_GRACE_SECONDS"] = str(grace)
         grace = settings.GATEWAY_SHUTDOWN_GRACE_SECONDS if grace is None else grace
         worker_args = ["--proxy-headers"] if proxy_headers else []
-        if server == "daphne":
-            worker_args += ["--application-close-timeout", str(int(grace) + 5)]
-            worker_args += ["--access-log", access_log] if access_log else ["-v", "0"]
-        elif access_log:
+        if access_log:
             worker_args += ["--access-log", access_log]
         try:
             sock = listening_socket(host, port)
         except (OSError, ValueError) as exc:
             raise CommandError(f"Cannot listen on {host}:{port}: {exc}") from exc
-        self.stdout.write(f"Serving on http://{host}:{sock.getsockname()[1]} with {workers} {server} workers")
+        self.stdout.write(f"Serving on http://{host}:{sock.getsockname()[1]} with {workers} uvicorn workers")
         self.stdout.flush()
         code = Supervisor(
             sock=sock, workers=workers, worker_args=[*worker_args, "gateway_site.asgi:application"],
-            grace=grace, env=env, on_exit=on_exit, worker_module=WORKER_MODULES[server],
+            grace=grace, env=env, on_exit=on_exit,
         ).run()
         if code:
             raise CommandError("The workers kept failing to start; see the log above.")
