@@ -48,7 +48,7 @@ REPLAY_SECONDS = 10.0
 _PREFIX = "records-"
 
 
-def _folder() -> Path | None:
+def _folder() -> Path:
     return Path(settings.GATEWAY_RECORD_JOURNAL_DIR)
 
 
@@ -84,8 +84,6 @@ class Journal:
     def keep(self, write: RecordWrite) -> bool:
         """Append `write`; False (logged) if it could not be kept: it is then only in memory."""
         folder = _folder()
-        if folder is None:
-            return False
         request_id = str(write.fields["request_id"])
         try:
             if self._current is None or self._current.size >= ROTATE_BYTES:
@@ -197,7 +195,7 @@ async def replay() -> int:
     """Write the records of every journal whose worker is gone; returns how many were written. A
     journal stays while the database cannot be reached."""
     folder = _folder()
-    if folder is None or not folder.is_dir():
+    if not folder.is_dir():
         return 0
     written = 0
     for path in sorted(folder.glob(f"{_PREFIX}{_database_tag()}-*.jsonl")):
