@@ -179,23 +179,3 @@ async def test_allow_list_takes_networks(db, settings):
     settings.GATEWAY_METRICS_ALLOW_IPS = ["10.0.0.0/8"]
     assert (await from_address("10.20.30.40")).status_code == 200
     assert (await AsyncClient().get("/metrics")).status_code == 403  # loopback no longer listed
-
-
-def test_recording_a_request_costs_microseconds():
-    """Not a benchmark, a ceiling: the record step's metrics call stays far below a millisecond."""
-    import time
-
-    fields = {
-        "requested_model": "gpt-4o-mini", "provider_name": "fake", "endpoint": "chat.completions",
-        "status": "success", "error_class": "", "stream": True, "latency_ms": 420, "ttft_ms": 120,
-        "prompt_tokens": 20, "completion_tokens": 100, "cached_tokens": 0,
-        "cost_usd": Decimal("0.0000630"), "saved_cost_usd": Decimal("0"),
-        "attempts": [{"provider": "fake", "model": "gpt-4o-mini", "status": "success", "error_class": ""}],
-    }
-    runs = 2000
-    started = time.perf_counter()
-    for _ in range(runs):
-        metrics.request_observe(tenant="bench", routed=True, fields=fields)
-    per_request_us = (time.perf_counter() - started) / runs * 1e6
-    assert per_request_us < 200, per_request_us
-    print(f"request_observe: {per_request_us:.1f} µs per request")
