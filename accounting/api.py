@@ -24,7 +24,7 @@ from rest_framework import serializers
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from accounting.auth import api_key_authenticate
+from accounting.auth import request_authenticate
 from accounting.models import Budget, Tenant, TenantApiKey
 from accounting.rollups import (
     GROUP_BY_DIMENSION,
@@ -34,10 +34,9 @@ from accounting.rollups import (
     usage_summarize,
 )
 from accounting.services import api_key_create, api_key_revoke, api_key_rotate
-from kernel.credentials import bearer_token
 from kernel.db_executor import db_call
 from kernel.errors import GatewayError, InvalidRequest, error_response
-from kernel.http import allow_methods, client_address
+from kernel.http import allow_methods
 from operators.api import OperatorViewSet
 
 DEFAULT_GROUP_BY = "day"
@@ -110,7 +109,7 @@ def _serialize(entry: dict) -> dict:
 @allow_methods("GET")
 async def usage(request: HttpRequest) -> HttpResponse:
     try:
-        auth = await api_key_authenticate(raw_key=bearer_token(request.headers), client=client_address(request))
+        auth = await request_authenticate(request)
         query = usage_query_parse(request.GET, now=timezone.now())
     except GatewayError as exc:
         return error_response(exc)

@@ -15,10 +15,11 @@ from datetime import datetime
 from django.utils import timezone
 
 from accounting.models import TenantApiKey
-from kernel.credentials import api_key_hash
+from kernel.credentials import api_key_hash, bearer_token
 from kernel.auth_throttle import auth_failure_count, auth_throttle_check
 from kernel.config_cache import ConfigCache
 from kernel.errors import AuthenticationFailed, PermissionDenied
+from kernel.http import client_address
 
 _MAX_CACHED_KEYS = 10_000
 
@@ -61,6 +62,13 @@ async def api_key_authenticate(*, raw_key: str | None, client: str | None, door:
         return await api_key_authenticate_hashed(hashed_key=api_key_hash(raw_key))
     except AuthenticationFailed as exc:
         raise await auth_failure_count(client=client, door=door, error=exc) from None
+
+
+async def request_authenticate(request, *, door: str = "api") -> ApiKeyContext:
+    """The tenant key an HTTP request carries (`Authorization: Bearer`, or `x-api-key` as
+    Anthropic's clients send it), checked by `api_key_authenticate` with the caller's address for
+    the throttle: how every HTTP route of the tenant API authenticates."""
+    return await api_key_authenticate(raw_key=bearer_token(request.headers), client=client_address(request), door=door)
 
 
 async def api_key_authenticate_hashed(*, hashed_key: str) -> ApiKeyContext:

@@ -7,7 +7,7 @@ import json
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from accounting.auth import api_key_authenticate
+from accounting.auth import request_authenticate
 from feedback.services import (
     CONVERSATION_ID_MAX,
     RESPONSE_ID_MAX,
@@ -15,17 +15,16 @@ from feedback.services import (
     feedback_submit,
     submission_parse,
 )
-from kernel.credentials import bearer_token
 from kernel.db_executor import db_call
 from kernel.errors import GatewayError, InvalidRequest, error_response
-from kernel.http import allow_methods, client_address, read_body
+from kernel.http import allow_methods, read_body
 
 
 @csrf_exempt
 @allow_methods("GET", "POST")
 async def feedback(request: HttpRequest) -> HttpResponse:
     try:
-        auth = await api_key_authenticate(raw_key=bearer_token(request.headers), client=client_address(request))
+        auth = await request_authenticate(request)
         if request.method == "GET":
             return JsonResponse(await db_call(feedback_read, tenant_id=auth.tenant_id, **_query(request.GET)))
         submission = submission_parse(_json(read_body(request)))

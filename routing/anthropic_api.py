@@ -7,6 +7,7 @@ errors come back in Anthropic's error shape.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator
 
@@ -15,16 +16,14 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.views.decorators.csrf import csrf_exempt
 
 from accounting import tokens
-from accounting.auth import api_key_authenticate
-from kernel.credentials import bearer_token
+from accounting.auth import request_authenticate
 from kernel import wire_json
 from kernel.errors import GatewayError
-from kernel.http import allow_methods, client_address, read_body
+from kernel.http import allow_methods, read_body
 from kernel.wire_json import JsonBody
 from routing import pipeline, validation
 from routing.anthropic_format import anthropic_error, anthropic_events, anthropic_message, openai_payload
 from routing.call import Call
-from routing.record import record_failure
 from routing.selection import route_select
 
 
@@ -47,9 +46,10 @@ async def messages(request: HttpRequest) -> HttpResponse:
     call = Call(endpoint="messages", response_prefix="msg_")
     try:
         raw = read_body(request)
-        call.auth = await api_key_authenticate(raw_key=bearer_token(request.headers), client=client_address(request))
-        payload = await _payload(call, raw)
-        result = await pipeline.chat_parsed(call, body=payload, headers=request.headers)
+        result = await pipeline.chat(
+            call, credential=functools.partial(request_authenticate, request), parse=lambda: _payload(raw),
+            headers=request.headers,
+        )
     except GatewayError as exc:
         return _error(call, exc)
     model = call.deployment.target.upstream_model if call.deployment else call.requested_model
@@ -61,13 +61,9 @@ async def messages(request: HttpRequest) -> HttpResponse:
     return _response(call, response)
 
 
-async def _payload(call: Call, raw: bytes) -> dict:
-    """Parse and translate; a bad body after authentication is recorded like any failure."""
-    try:
-        payload = openai_payload(validation.json_body(raw, max_bytes=settings.GATEWAY_MAX_BODY_BYTES))
-    except GatewayError as exc:
-        await record_failure(call, exc)
-        raise
+def _payload(raw: bytes) -> dict:
+    """The body in Anthropic's format, parsed and translated into the OpenAI-shaped request."""
+    payload = openai_payload(validation.json_body(raw, max_bytes=settings.GATEWAY_MAX_BODY_BYTES))
     if payload["stream"]:
         payload["stream_options"] = {"include_usage": True}
     return payload
@@ -88,7 +84,7 @@ async def count_tokens(request: HttpRequest) -> HttpResponse:
     call = Call(endpoint="messages.count_tokens")
     try:
         raw = read_body(request)
-        auth = await api_key_authenticate(raw_key=bearer_token(request.headers), client=client_address(request))
+        auth = await request_authenticate(request)
         body = validation.json_body(raw, max_bytes=settings.GATEWAY_MAX_BODY_BYTES)
         # Validated as /v1/messages validates its translation: a model that is not a string (the
         # schema fuzzer sent `{}`) is a 400 here too, not a 500 in routing.

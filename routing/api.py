@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 
@@ -9,13 +10,12 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from accounting.auth import api_key_authenticate
-from kernel.credentials import bearer_token
+from accounting.auth import request_authenticate
 from kernel import wire_json
 from kernel.errors import GatewayError, error_response
-from kernel.http import allow_methods, client_address, read_body
+from kernel.http import allow_methods, read_body
 from kernel.wire_json import JsonBody
-from routing import pipeline
+from routing import pipeline, validation
 from routing.selection import models_visible
 
 logger = logging.getLogger(__name__)
@@ -56,12 +56,12 @@ async def _sse(chunks: AsyncIterator[dict]) -> AsyncIterator[bytes]:
 async def chat_completions(request: HttpRequest) -> HttpResponse:
     call = pipeline.Call(endpoint="chat.completions")
     try:
+        raw = read_body(request)
         result = await pipeline.chat(
             call,
+            credential=functools.partial(request_authenticate, request),
+            parse=lambda: validation.json_body(raw, max_bytes=settings.GATEWAY_MAX_BODY_BYTES),
             headers=request.headers,
-            client=client_address(request),
-            raw_body=read_body(request),
-            max_body_bytes=settings.GATEWAY_MAX_BODY_BYTES,
         )
     except GatewayError as exc:
         return _with_headers(error_response(exc), call)
@@ -78,12 +78,12 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
 async def embeddings(request: HttpRequest) -> HttpResponse:
     call = pipeline.Call(endpoint="embeddings")
     try:
+        raw = read_body(request)
         result = await pipeline.embeddings(
             call,
+            credential=functools.partial(request_authenticate, request),
+            parse=lambda: validation.json_body(raw, max_bytes=settings.GATEWAY_MAX_BODY_BYTES),
             headers=request.headers,
-            client=client_address(request),
-            raw_body=read_body(request),
-            max_body_bytes=settings.GATEWAY_MAX_BODY_BYTES,
         )
     except GatewayError as exc:
         return _with_headers(error_response(exc), call)
@@ -93,7 +93,7 @@ async def embeddings(request: HttpRequest) -> HttpResponse:
 @allow_methods("GET")
 async def models(request: HttpRequest) -> HttpResponse:
     try:
-        auth = await api_key_authenticate(raw_key=bearer_token(request.headers), client=client_address(request))
+        auth = await request_authenticate(request)
     except GatewayError as exc:
         return error_response(exc)
     data = [

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 
 from django.db import InterfaceError, OperationalError
 
-from accounting.auth import api_key_authenticate
+from accounting.auth import ApiKeyContext
 from accounting.budgets import budget_reserve, budgets_for
 from accounting.pricing import cost_compute
 from accounting.quotas import (
@@ -28,7 +28,6 @@ from accounting.quotas import (
 )
 from caching.semantic import SEMANTIC_TASK
 from caching.services import cache_body, cache_completion_text, cache_fill, cache_lookup, cache_replay, cache_stream_tee
-from kernel.credentials import bearer_token
 from kernel.errors import GatewayError, InvalidRequest
 from guardrails.checks import guard_input, guard_output
 from routing import validation
@@ -50,25 +49,34 @@ logger = logging.getLogger(__name__)
 # Output tokens assumed for a budget reservation when neither the request nor the model caps them.
 DEFAULT_OUTPUT_RESERVE = 4096
 
+# What a door hands the pipeline to authenticate the request: `accounting.auth.request_authenticate`
+# bound to an HTTP request.
+Credential = Callable[[], Awaitable[ApiKeyContext]]
+
 __all__ = ["Call", "chat", "chat_parsed", "embeddings"]
 
 
 async def chat(
-    call: Call, *, headers, client: str, raw_body: bytes, max_body_bytes: int
+    call: Call, *, credential: Credential, parse: Callable[[], dict], headers
 ) -> dict | AsyncIterator[dict]:
     """Serve a chat completion: the finished body, or an iterator of chunks for a stream.
 
-    A stream is returned only once its first chunk has arrived, so that a provider failing before
-    the first token fails over (or becomes a plain HTTP error) without the client seeing a byte.
-    `client` is the caller's address, for the throttle of failed authentications.
+    The door hands over its `credential` (checked here, first: `accounting.auth`) and `parse`,
+    which reads the body in the door's wire format into the OpenAI-shaped request; a body that
+    fails to parse after authentication is recorded like any failure. A stream is returned only
+    once its first chunk has arrived, so that a provider failing before the first token fails
+    over (or becomes a plain HTTP error) without the client seeing a byte.
     """
-    call.auth = await api_key_authenticate(raw_key=bearer_token(headers), client=client)
+    call.auth = await credential()
+    return await chat_parsed(call, body=await _parsed(call, parse), headers=headers)
+
+
+async def _parsed(call: Call, parse: Callable[[], dict]) -> dict:
     try:
-        body = validation.json_body(raw_body, max_bytes=max_body_bytes)
+        return parse()
     except GatewayError as exc:
         await record_failure(call, exc)
         raise
-    return await chat_parsed(call, body=body, headers=headers)
 
 
 async def chat_parsed(call: Call, *, body: dict, headers) -> dict | AsyncIterator[dict]:
@@ -159,14 +167,10 @@ def _usage_sum(first, second):
     )
 
 
-async def embeddings(call: Call, *, headers, client: str, raw_body: bytes, max_body_bytes: int) -> dict:
-    call.auth = await api_key_authenticate(raw_key=bearer_token(headers), client=client)
-    try:
-        body = validation.json_body(raw_body, max_bytes=max_body_bytes)
-    except GatewayError as exc:
-        await record_failure(call, exc)
-        raise
-    return await embeddings_parsed(call, body=body, headers=headers)
+async def embeddings(call: Call, *, credential: Credential, parse: Callable[[], dict], headers) -> dict:
+    """Serve an embeddings request; `credential` and `parse` as for `chat`."""
+    call.auth = await credential()
+    return await embeddings_parsed(call, body=await _parsed(call, parse), headers=headers)
 
 
 async def text_embed(*, auth, model: str, text: str) -> list[float]:
