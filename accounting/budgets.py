@@ -116,10 +116,6 @@ def period_end(period: str, start: datetime) -> datetime | None:
 _cache: ConfigCache[tuple[BudgetLimit, ...]] = ConfigCache("budgets")
 
 
-def budget_cache_clear() -> None:
-    _cache.clear()
-
-
 async def budgets_for(*, tenant_id: int, key_id: int) -> tuple[BudgetLimit, ...]:
     return await _cache.get((tenant_id, key_id), functools.partial(_budgets_load, tenant_id, key_id))
 

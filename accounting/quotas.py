@@ -72,11 +72,6 @@ class Charge:
 _cache: ConfigCache[tuple[RateLimitRule, ...]] = ConfigCache("rate limits")
 
 
-def quota_cache_clear() -> None:
-    _cache.clear()
-    _refused.clear()
-
-
 async def rate_limits_for(*, tenant_id: int, key_id: int) -> tuple[RateLimitRule, ...]:
     return await _cache.get((tenant_id, key_id), functools.partial(_rules_load, tenant_id, key_id))
 
