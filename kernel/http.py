@@ -59,7 +59,7 @@ def database_unavailable(request: HttpRequest, *, shape=None) -> HttpResponse:
     short page elsewhere (dashboards, admin, playground), rendered without the request's context,
     whose user and messages would ask the database again."""
     logger.warning("database unavailable for %s %s", request.method, request.path, exc_info=True)
-    exc = DatabaseUnavailable("The gateway's database is unavailable; retry shortly.")
+    exc = DatabaseUnavailable()
     if shape is not None:
         response = JsonResponse(shape(exc), status=exc.status)
     elif request.path.startswith("/v1/"):
