@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlparse
 
@@ -29,6 +30,8 @@ from kernel.errors import (
 )
 from routing import pipeline
 from routing.call import Call
+
+logger = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 8
 CLOSE_UNAUTHENTICATED = 4401
@@ -169,11 +172,20 @@ class ChatConsumer(AsyncWebsocketConsumer):
         task.add_done_callback(lambda _: self.requests.pop(request_id, None))
 
     async def _chat_run(self, request_id: str, body: dict, *, credential) -> None:
-        """One request on the socket. Its credential is checked again by the pipeline, first, as
-        HTTP checks a key per request (and cached as long): a dead one gets an `error` event and the
-        socket is closed with 4401, which cancels the requests still running (recorded as such). The
-        database being unreachable is an `error` event, and the socket stays open."""
+        """One request on the socket; a client that vanished mid-answer (a send on a closed socket
+        raises `OSError`, as ASGI servers do) is an ordinary end: its stream is closed, which stops
+        the provider and records it as cancelled, and one INFO line says so."""
         call = Call(endpoint="chat.completions")
+        try:
+            await self._chat_serve(call, request_id, body, credential=credential)
+        except OSError:
+            logger.info("request %s (%r on the socket): the client left", call.request_id, request_id)
+
+    async def _chat_serve(self, call: Call, request_id: str, body: dict, *, credential) -> None:
+        """Its credential is checked again by the pipeline, first, as HTTP checks a key per request
+        (and cached as long): a dead one gets an `error` event and the socket is closed with 4401,
+        which cancels the requests still running (recorded as such). The database being unreachable
+        is an `error` event, and the socket stays open."""
         body["stream"] = True  # deltas as they come; usage always, for chat.done
         body["stream_options"] = {"include_usage": True}
         try:
