@@ -205,7 +205,7 @@ async def test_the_ledger_counts_the_tokens_of_every_answer_generated(client):
     usage = (await client.get("/_fake/stats")).json()["usage"]
     cut = 3 + 4 + tokens_count(text="cut [[fake disconnect_after=1]]")  # a directive is prompt text too
     assert usage == {"prompt_tokens": prompt + cut + tokens_count(text="alpha beta"),
-                     "completion_tokens": 2 * 4 + 3}  # a stream cut short is billed whole
+                     "completion_tokens": 2 * 4 + 1}  # a cut stream bills the frame written
 
 
 async def test_directive_in_text_parts_of_last_user_message(client):
