@@ -41,7 +41,8 @@ KILL_AFTER_SECONDS = 10.0
 PARENT_CHECK_SECONDS = 1.0
 
 
-# --- the worker's side (gateway_site/uvicorn_worker.py, gateway_site/worker.py) ---------------------
+# --- the worker's side (gateway_site/uvicorn_worker.py; worker_imports_skip and worker_ready also
+# gateway_site/worker.py, the demo's daphne worker) -----------------------------------------------
 worker_logger = logging.getLogger("gateway_site.worker")
 
 
