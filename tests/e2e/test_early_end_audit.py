@@ -192,8 +192,9 @@ async def _request_leave_when(audit: Audit, body: dict, ready) -> float:
         return closed
 
 
-async def _socket_leave(audit: Audit, body: dict, *, deltas: int, cancel: bool) -> float:
-    """On a WebSocket: read `deltas` deltas, then `chat.cancel` (or close the socket)."""
+async def _socket_leave(audit: Audit, body: dict, *, deltas: int, how: str) -> float:
+    """On a WebSocket: read `deltas` deltas, then `chat.cancel`, close the socket, or drop its
+    connection without a closing handshake (a client that vanished)."""
     url = audit.base_url.replace("http://", "ws://") + "/v1/ws/chat"
     async with connect(url, additional_headers={"Authorization": f"Bearer {audit.api_key}"}) as socket:
         assert json.loads(await socket.recv())["type"] == "auth.ok"
@@ -204,7 +205,10 @@ async def _socket_leave(audit: Audit, body: dict, *, deltas: int, cancel: bool) 
             assert event["type"] == "chat.delta", event
             seen += bool(event["content"])
         left = time.time()
-        if not cancel:
+        if how == "drop":
+            socket.transport.abort()
+            return left
+        if how == "close":
             return left  # leaving the block closes the socket
         await socket.send(json.dumps({"type": "chat.cancel", "id": "r"}))
         while (event := json.loads(await asyncio.wait_for(socket.recv(), timeout=30)))["type"] != "chat.cancelled":
@@ -281,9 +285,11 @@ def test_every_way_of_ending_is_recorded_as_the_provider_billed_it(audit):
         ways = (
             ("client gone (HTTP)", lambda body: _stream_leave(audit, body, deltas=READ_BEFORE_LEAVING)),
             ("cancelled (WebSocket chat.cancel)",
-             lambda body: _socket_leave(audit, body, deltas=READ_BEFORE_LEAVING, cancel=True)),
+             lambda body: _socket_leave(audit, body, deltas=READ_BEFORE_LEAVING, how="cancel")),
             ("client gone (WebSocket closed)",
-             lambda body: _socket_leave(audit, body, deltas=READ_BEFORE_LEAVING, cancel=False)),
+             lambda body: _socket_leave(audit, body, deltas=READ_BEFORE_LEAVING, how="close")),
+            ("client gone (WebSocket connection dropped)",
+             lambda body: _socket_leave(audit, body, deltas=READ_BEFORE_LEAVING, how="drop")),
         )
         for way, leave in ways:
             user = f"{way}-{model}-{round_}"
