@@ -61,6 +61,18 @@ def test_a_line_gives_back_the_write_it_kept():
     assert before <= kept_at <= datetime.now(timezone.utc)
 
 
+def test_a_line_kept_before_a_field_was_added_gives_the_field_its_default():
+    """A worker upgraded during an outage replays lines kept by the version before: a record field
+    added since (here the per-side estimate flags) takes its model default."""
+    tenant, budgets = budgeted()
+    write = answered(tenant, budgets)
+    entry = orjson.loads(_line(write))
+    del entry["fields"]["prompt_tokens_estimated"], entry["fields"]["completion_tokens_estimated"]
+    back = _write_from(entry)
+    assert (back.fields["prompt_tokens_estimated"], back.fields["completion_tokens_estimated"]) == (False, False)
+    assert back.fields["usage_estimated"] is True  # what the line says is kept
+
+
 def test_kept_records_are_emptied_from_the_file_once_written(folder):
     tenant, budgets = budgeted()
     journal = Journal()
