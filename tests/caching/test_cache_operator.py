@@ -12,6 +12,7 @@ from django.test import AsyncClient
 from accounting.services import api_key_create, tenant_create
 from audit.models import AuditEntry
 from operators.services import staff_token_create
+from tests.asgi_client import ApiClient
 from tests.conftest import role_join
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 async def ask(auth: dict, content: str = "Operator view"):
     body = {"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": content}]}
-    return await AsyncClient().post("/v1/chat/completions", json.dumps(body), content_type="application/json", headers=auth)
+    return await ApiClient().post("/v1/chat/completions", json.dumps(body), content_type="application/json", headers=auth)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from accounting.models import UsageRecord
 from accounting.services import api_key_create, tenant_create
 from caching.models import CachePolicy
 from caching.selectors import cache_policies_clear
+from tests.asgi_client import ApiClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -33,7 +34,7 @@ def chat(content: str = "Hello cache", **extra) -> dict:
 
 
 async def post(auth: dict, body: dict, **headers):
-    return await AsyncClient().post(
+    return await ApiClient().post(
         "/v1/chat/completions", json.dumps(body), content_type="application/json", headers={**auth, **headers}
     )
 
@@ -49,7 +50,7 @@ async def records() -> list[UsageRecord]:
 
 
 async def sse_chunks(response) -> tuple[list[dict], str]:
-    raw = b"".join([part async for part in response.streaming_content]).decode()
+    raw = response.content.decode()
     events = [block[len("data: "):] for block in raw.split("\n\n") if block.startswith("data: ")]
     return [json.loads(event) for event in events[:-1]], events[-1]
 
@@ -67,7 +68,7 @@ async def test_deterministic_request_misses_then_hits_with_saved_cost(gateway, f
     first = await post(gateway.auth, chat(temperature=0))
     second = await post(gateway.auth, chat(temperature=0))
     assert first.status_code == second.status_code == 200
-    assert (first["x-gateway-cache"], second["x-gateway-cache"]) == ("miss", "hit")
+    assert (first.headers["x-gateway-cache"], second.headers["x-gateway-cache"]) == ("miss", "hit")
     assert await upstream_calls(fake_provider_url) == before + 1
     a, b = first.json(), second.json()
     assert a["choices"] == b["choices"] and a["usage"] == b["usage"] and a["id"] != b["id"]
@@ -85,10 +86,10 @@ async def test_non_deterministic_request_is_not_cached_unless_asked(gateway, fak
     assert all("x-gateway-cache" not in r for r in plain)
     assert await upstream_calls(fake_provider_url) == before + 2
     asked = [await post(gateway.auth, chat("Tell me something", cache=True)) for _ in range(2)]
-    assert [r["x-gateway-cache"] for r in asked] == ["miss", "hit"]
+    assert [r.headers["x-gateway-cache"] for r in asked] == ["miss", "hit"]
     header = await post(gateway.auth, chat("Tell me something else"), **{"Cache-Control": "max-age=60"})
     again = await post(gateway.auth, chat("Tell me something else"), **{"Cache-Control": "max-age=60"})
-    assert (header["x-gateway-cache"], again["x-gateway-cache"]) == ("miss", "hit")
+    assert (header.headers["x-gateway-cache"], again.headers["x-gateway-cache"]) == ("miss", "hit")
     assert await upstream_calls(fake_provider_url) == before + 4
 
 
@@ -100,7 +101,7 @@ async def test_no_store_skips_and_no_cache_refreshes(gateway, fake_provider_url)
     off = await post(gateway.auth, chat(temperature=0, cache=False))
     assert "x-gateway-cache" not in off
     fresh = await post(gateway.auth, chat(temperature=0, cache={"no_cache": True}))
-    assert fresh["x-gateway-cache"] == "miss"
+    assert fresh.headers["x-gateway-cache"] == "miss"
     assert await upstream_calls(fake_provider_url) == before + 3
     assert (await post(gateway.auth, chat(temperature=0)))["x-gateway-cache"] == "hit"
 
@@ -118,11 +119,11 @@ async def test_bad_cache_option_is_a_400_naming_it(gateway, value, param):
 async def test_cache_field_is_not_sent_upstream_and_parameters_split_entries(gateway):
     first = await post(gateway.auth, chat(temperature=0, cache={"ttl": 60}))
     other = await post(gateway.auth, chat(temperature=0, max_tokens=3))
-    assert (first.status_code, first["x-gateway-cache"]) == (200, "miss")
-    assert other["x-gateway-cache"] == "miss"  # max_tokens changes the answer: its own entry
+    assert (first.status_code, first.headers["x-gateway-cache"]) == (200, "miss")
+    assert other.headers["x-gateway-cache"] == "miss"  # max_tokens changes the answer: its own entry
     assert len(other.json()["choices"][0]["message"]["content"].split()) == 3
     streamed_user = await post(gateway.auth, chat(temperature=0, user="someone"))
-    assert streamed_user["x-gateway-cache"] == "hit"  # `user` does not change the answer
+    assert streamed_user.headers["x-gateway-cache"] == "hit"  # `user` does not change the answer
 
 
 # --- policies and TTL ----------------------------------------------------------------------------
@@ -162,7 +163,7 @@ async def test_stream_is_replayed_from_a_plain_answer_with_usage_chunk(gateway, 
     plain = (await post(gateway.auth, chat("Replay me", temperature=0))).json()
     before = await upstream_calls(fake_provider_url)
     response = await post(gateway.auth, chat("Replay me", temperature=0, stream=True, stream_options={"include_usage": True}))
-    assert response["x-gateway-cache"] == "hit"
+    assert response.headers["x-gateway-cache"] == "hit"
     chunks, done = await sse_chunks(response)
     assert done == "[DONE]"
     assert await upstream_calls(fake_provider_url) == before
@@ -180,11 +181,11 @@ async def test_stream_is_replayed_from_a_plain_answer_with_usage_chunk(gateway, 
 async def test_streamed_answer_is_stored_and_replayed_in_its_own_pieces(gateway, fake_provider_url):
     body = chat("Stream twice", temperature=0, stream=True)
     live = await post(gateway.auth, body)
-    assert live["x-gateway-cache"] == "miss"
+    assert live.headers["x-gateway-cache"] == "miss"
     live_chunks, _ = await sse_chunks(live)
     before = await upstream_calls(fake_provider_url)
     replay = await post(gateway.auth, body)
-    assert replay["x-gateway-cache"] == "hit"
+    assert replay.headers["x-gateway-cache"] == "hit"
     replay_chunks, done = await sse_chunks(replay)
     assert done == "[DONE]" and await upstream_calls(fake_provider_url) == before
 
@@ -194,7 +195,7 @@ async def test_streamed_answer_is_stored_and_replayed_in_its_own_pieces(gateway,
     assert pieces(replay_chunks) == pieces(live_chunks)
     assert all("usage" not in c for c in replay_chunks)
     plain = await post(gateway.auth, chat("Stream twice", temperature=0))
-    assert plain["x-gateway-cache"] == "hit"
+    assert plain.headers["x-gateway-cache"] == "hit"
     assert plain.json()["choices"][0]["message"]["content"] == "".join(pieces(live_chunks))
     miss, hit, plain_hit = await records()
     assert hit.saved_cost_usd == plain_hit.saved_cost_usd == miss.cost_usd > 0
@@ -218,7 +219,7 @@ async def test_ten_identical_concurrent_requests_make_one_upstream_call(gateway,
     bodies = [r.json() for r in responses]
     assert len({b["id"] for b in bodies}) == 10
     assert len({b["choices"][0]["message"]["content"] for b in bodies}) == 1
-    assert sorted(r["x-gateway-cache"] for r in responses) == ["hit"] * 9 + ["miss"]
+    assert sorted(r.headers["x-gateway-cache"] for r in responses) == ["hit"] * 9 + ["miss"]
     rows = await records()
     assert len(rows) == 10 and {r.response_id for r in rows} == {b["id"] for b in bodies}
     [leader] = [r for r in rows if r.cache == "miss"]
@@ -268,7 +269,7 @@ async def test_redis_down_bypasses_the_cache(gateway, fake_provider_url):
         before = await upstream_calls(fake_provider_url)
         responses = [await post(gateway.auth, chat("No redis", temperature=0)) for _ in range(2)]
         assert [r.status_code for r in responses] == [200, 200]
-        assert [r["x-gateway-cache"] for r in responses] == ["miss", "miss"]
+        assert [r.headers["x-gateway-cache"] for r in responses] == ["miss", "miss"]
         assert await upstream_calls(fake_provider_url) == before + 2
 
 

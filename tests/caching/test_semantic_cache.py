@@ -17,6 +17,7 @@ from accounting.services import api_key_create, tenant_create
 from caching.models import CachePolicy
 from caching.selectors import cache_policies_clear
 from caching.semantic import SemanticIndex, semantic_index
+from tests.asgi_client import ApiClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -37,7 +38,7 @@ def chat(content: str) -> dict:
 
 
 async def post(auth: dict, body: dict, **headers):
-    return await AsyncClient().post(
+    return await ApiClient().post(
         "/v1/chat/completions", json.dumps(body), content_type="application/json", headers={**auth, **headers}
     )
 
@@ -58,14 +59,14 @@ def semantic_policy(tenant, *, threshold="0.800", ttl=3600) -> CachePolicy:
 async def test_similar_question_is_answered_from_the_semantic_cache(gateway, fake_provider_url):
     await sync_to_async(semantic_policy)(gateway.tenant)
     first = await post(gateway.auth, chat(QUESTION))
-    assert first["x-gateway-cache"] == "miss"
+    assert first.headers["x-gateway-cache"] == "miss"
     before = await chat_calls(fake_provider_url)
     similar = await post(gateway.auth, chat(REPHRASED))
-    assert similar.status_code == 200 and similar["x-gateway-cache"] == "hit"
+    assert similar.status_code == 200 and similar.headers["x-gateway-cache"] == "hit"
     assert await chat_calls(fake_provider_url) == before
     assert similar.json()["choices"] == first.json()["choices"] and similar.json()["id"] != first.json()["id"]
     unrelated = await post(gateway.auth, chat(UNRELATED))
-    assert unrelated["x-gateway-cache"] == "miss"
+    assert unrelated.headers["x-gateway-cache"] == "miss"
     assert await chat_calls(fake_provider_url) == before + 1
     rows = [r async for r in UsageRecord.objects.order_by("created_at")]
     chats = [r for r in rows if r.endpoint == "chat.completions"]
@@ -115,7 +116,7 @@ async def test_missing_embedding_model_leaves_the_request_alone(gateway):
         name="bad", tenant=gateway.tenant, mode="semantic", embedding_model="no-such-embedder",
     )
     response = await post(gateway.auth, chat(QUESTION))
-    assert response.status_code == 200 and response["x-gateway-cache"] == "miss"
+    assert response.status_code == 200 and response.headers["x-gateway-cache"] == "miss"
     assert (await post(gateway.auth, chat(QUESTION)))["x-gateway-cache"] == "hit"  # exact still works
 
 

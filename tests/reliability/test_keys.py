@@ -19,6 +19,7 @@ from asgiref.sync import async_to_sync
 from django.core.management import call_command
 from django.test import Client
 
+from tests.asgi_client import SyncApiClient
 from tests.conftest import ROOT, free_port, start_process, stop_process
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -162,11 +163,13 @@ def test_no_secret_in_logs_errors_admin_exports_metrics_or_audit(gateway, strict
                "provider key": "sk-fake-provider-secret-0001", "anthropic key": "sk-ant-fake-provider-secret-0002",
                **{f"operator provider key {i}": s for i, s in enumerate(OPERATOR_SECRETS)}}
 
+    api = SyncApiClient()
+
     def chat(model: str, content: str = "hello", **extra) -> None:
-        answer = client.post("/v1/chat/completions", json.dumps(
+        answer = api.post("/v1/chat/completions", json.dumps(
             {"model": model, "messages": [{"role": "user", "content": content}], **extra}),
             content_type="application/json", headers=gateway.auth)
-        responses.append((f"chat {model} {extra}", _body(answer)))
+        responses.append((f"chat {model} {extra}", answer.text))
 
     chat("gpt-4o-mini")
     chat("gpt-4o-mini", stream=True)
@@ -175,8 +178,8 @@ def test_no_secret_in_logs_errors_admin_exports_metrics_or_audit(gateway, strict
     chat("strict-mini")  # the upstream 401 quotes part of the key it was sent
     chat("strict-mini", stream=True)
     assert any('"error"' in body for what, body in responses if "strict" in what)
-    wrong = client.post("/v1/chat/completions", "{}", content_type="application/json",
-                        headers={"Authorization": f"Bearer {gateway.raw_key}x"})
+    wrong = api.post("/v1/chat/completions", "{}", content_type="application/json",
+                     headers={"Authorization": f"Bearer {gateway.raw_key}x"})
     responses.append(("wrong tenant key", wrong.content.decode()))
     bad_staff = client.get("/v1/providers", headers={"Authorization": f"Bearer {staff_token}x"})
     responses.append(("wrong staff token", bad_staff.content.decode()))

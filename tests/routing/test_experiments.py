@@ -9,7 +9,7 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-from django.test import AsyncClient
+from tests.asgi_client import ApiClient
 from django.utils import timezone
 
 from accounting.models import UsageRecord
@@ -41,7 +41,7 @@ async def chat(gateway, conversation: str = ""):
     headers = {**gateway.auth}
     if conversation:
         headers["X-Gateway-Conversation-Id"] = conversation
-    response = await AsyncClient().post(
+    response = await ApiClient().post(
         "/v1/chat/completions",
         json.dumps({"model": "smart", "messages": [{"role": "user", "content": "Hi"}]}),
         content_type="application/json", headers=headers,
@@ -67,7 +67,7 @@ async def test_variants_serve_the_rule_and_are_recorded_sticky_per_conversation(
     served = {}
     for n in range(12):
         response = await chat(gateway, conversation=f"conv-{n % 4}")
-        served.setdefault(f"conv-{n % 4}", set()).add(response["x-gateway-variant"])
+        served.setdefault(f"conv-{n % 4}", set()).add(response.headers["x-gateway-variant"])
     assert all(len(variants) == 1 for variants in served.values())
     records = [r async for r in UsageRecord.objects.order_by("created_at")]
     assert len(records) == 12
