@@ -82,8 +82,8 @@ async def test_similar_question_is_answered_from_the_semantic_cache(gateway, fak
 async def test_threshold_is_per_policy(gateway):
     await sync_to_async(semantic_policy)(gateway.tenant, threshold="0.950")
     await post(gateway.auth, chat(QUESTION))
-    assert (await post(gateway.auth, chat(REPHRASED)))["x-gateway-cache"] == "miss"
-    assert (await post(gateway.auth, chat(QUESTION)))["x-gateway-cache"] == "hit"  # exact
+    assert (await post(gateway.auth, chat(REPHRASED))).headers["x-gateway-cache"] == "miss"
+    assert (await post(gateway.auth, chat(QUESTION))).headers["x-gateway-cache"] == "hit"  # exact
 
 
 async def test_semantic_cache_is_scoped_to_the_tenant_and_cleared_per_tenant(gateway):
@@ -93,19 +93,19 @@ async def test_semantic_cache_is_scoped_to_the_tenant_and_cleared_per_tenant(gat
     await sync_to_async(semantic_policy)(gateway.tenant)
     await sync_to_async(semantic_policy)(other)
     await post(gateway.auth, chat(QUESTION))
-    assert (await post(other_auth, chat(REPHRASED)))["x-gateway-cache"] == "miss"
-    assert (await post(other_auth, chat(REPHRASED + " Please.")))["x-gateway-cache"] == "hit"
+    assert (await post(other_auth, chat(REPHRASED))).headers["x-gateway-cache"] == "miss"
+    assert (await post(other_auth, chat(REPHRASED + " Please."))).headers["x-gateway-cache"] == "hit"
     cleared = (await AsyncClient().delete("/v1/cache", headers=gateway.auth)).json()
     assert (cleared["entries"], cleared["semantic_entries"]) == (1, 1)
-    assert (await post(gateway.auth, chat(REPHRASED)))["x-gateway-cache"] == "miss"
-    assert (await post(other_auth, chat(REPHRASED)))["x-gateway-cache"] == "hit"
+    assert (await post(gateway.auth, chat(REPHRASED))).headers["x-gateway-cache"] == "miss"
+    assert (await post(other_auth, chat(REPHRASED))).headers["x-gateway-cache"] == "hit"
 
 
 async def test_semantic_entries_expire_with_their_answer(gateway):
     await sync_to_async(semantic_policy)(gateway.tenant, ttl=1)
-    assert (await post(gateway.auth, chat(QUESTION)))["x-gateway-cache"] == "miss"
+    assert (await post(gateway.auth, chat(QUESTION))).headers["x-gateway-cache"] == "miss"
     deadline = time.monotonic() + 5
-    while (await post(gateway.auth, chat(REPHRASED)))["x-gateway-cache"] == "hit":
+    while (await post(gateway.auth, chat(REPHRASED))).headers["x-gateway-cache"] == "hit":
         assert time.monotonic() < deadline, "the semantic entry never expired"
         await asyncio.sleep(0.1)
     assert semantic_index().count(gateway.tenant.pk) <= 1  # the expired one is gone
@@ -117,7 +117,7 @@ async def test_missing_embedding_model_leaves_the_request_alone(gateway):
     )
     response = await post(gateway.auth, chat(QUESTION))
     assert response.status_code == 200 and response.headers["x-gateway-cache"] == "miss"
-    assert (await post(gateway.auth, chat(QUESTION)))["x-gateway-cache"] == "hit"  # exact still works
+    assert (await post(gateway.auth, chat(QUESTION))).headers["x-gateway-cache"] == "hit"  # exact still works
 
 
 def test_index_is_bounded_and_evicts_the_oldest():

@@ -77,7 +77,7 @@ async def test_variants_serve_the_rule_and_are_recorded_sticky_per_conversation(
         assert record.served_model == expected_model
         assert record.route_group == ("mini" if record.variant == "mini" else "")
     # Without a conversation both variants get traffic.
-    variants = {(await chat(gateway))["x-gateway-variant"] for _ in range(30)}
+    variants = {(await chat(gateway)).headers["x-gateway-variant"] for _ in range(30)}
     assert variants == {"mini-vs-4o/mini", "mini-vs-4o/big"}
 
 
@@ -85,7 +85,7 @@ async def test_paused_experiment_serves_the_rules_own_group(experiment, gateway)
     experiment.status = Experiment.Status.PAUSED
     await experiment.asave()
     response = await chat(gateway, conversation="c")
-    assert "x-gateway-variant" not in response
+    assert "x-gateway-variant" not in response.headers
     record = await UsageRecord.objects.aget()
     assert (record.experiment, record.variant, record.route_group) == ("", "", "base")
     assert record.provider_name == "fake-anthropic"

@@ -66,7 +66,7 @@ async def ask(raw_key: str, *, model: str = "smart", headers: dict | None = None
 
 def served(response) -> tuple[int, str, str]:
     """(status, provider, rule) of a response; provider and rule are "" when absent."""
-    return response.status_code, response.get("x-gateway-provider", ""), response.get("x-gateway-route", "")
+    return response.status_code, response.headers.get("x-gateway-provider", ""), response.headers.get("x-gateway-route", "")
 
 
 def error_of(response) -> dict:
@@ -323,5 +323,5 @@ async def test_models_hides_the_virtual_alias_from_a_key_not_allowed_it(gateway)
 
 async def test_route_header_names_the_rule_and_is_absent_without_one(gateway):
     await route("smart-rule", OPENAI)
-    assert (await ask(gateway.raw_key))["x-gateway-route"] == "smart-rule"
-    assert "x-gateway-route" not in await ask(gateway.raw_key, model="gpt-4o-mini")
+    assert (await ask(gateway.raw_key)).headers["x-gateway-route"] == "smart-rule"
+    assert "x-gateway-route" not in (await ask(gateway.raw_key, model="gpt-4o-mini")).headers
