@@ -1,4 +1,4 @@
-"""GET /v1/usage through Django's AsyncClient: grouping, date ranges, tenant isolation, errors."""
+"""GET /v1/usage through the production ASGI app: grouping, date ranges, tenant isolation, errors."""
 
 from __future__ import annotations
 
