@@ -42,10 +42,6 @@ class ApiKeyContext:
 _cache: ConfigCache[ApiKeyContext | None] = ConfigCache("API keys", max_keys=_MAX_CACHED_KEYS)
 
 
-def auth_cache_clear() -> None:
-    _cache.clear()
-
-
 async def api_key_authenticate(*, raw_key: str | None, client: str | None, door: str = "api") -> ApiKeyContext:
     """The key's context, or `AuthenticationFailed`. `client` is the caller's address: one that
     failed too often is refused (`AuthThrottled`) before its key is looked up, and a refused key

@@ -28,10 +28,6 @@ _MAX_CACHED_SESSIONS = 10_000
 _sessions: ConfigCache[ApiKeyContext | None] = ConfigCache("member sessions", max_keys=_MAX_CACHED_SESSIONS)
 
 
-def member_cache_clear() -> None:
-    _sessions.clear()
-
-
 async def member_context(*, user) -> ApiKeyContext | None:
     """The tenant context of a logged-in member, as if it were a key with every model allowed.
 

@@ -89,7 +89,17 @@ class UsageRecord(models.Model):
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     usage_estimated = models.BooleanField(
-        default=False, help_text="Tokens counted by the gateway because the provider reported none."
+        default=False,
+        help_text="Some tokens counted by the gateway because the provider reported none: which side "
+        "says prompt_tokens_estimated and completion_tokens_estimated.",
+    )
+    prompt_tokens_estimated = models.BooleanField(
+        default=False, help_text="The prompt tokens are the gateway's count (the provider reported none)."
+    )
+    completion_tokens_estimated = models.BooleanField(
+        default=False,
+        help_text="The completion tokens are the gateway's count of the text read from the provider "
+        "(the provider reported none).",
     )
     cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal("0"))
     latency_ms = models.PositiveIntegerField(default=0)

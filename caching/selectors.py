@@ -31,10 +31,6 @@ class Policy:
 _policies: ConfigCache[dict[tuple[int | None, str], Policy]] = ConfigCache("cache policies")
 
 
-def cache_policies_clear() -> None:
-    _policies.clear()
-
-
 def cache_policies_build() -> dict[tuple[int | None, str], Policy]:
     return {
         (row.tenant_id, row.rule.name if row.rule_id else ""): Policy(

@@ -41,7 +41,8 @@ KILL_AFTER_SECONDS = 10.0
 PARENT_CHECK_SECONDS = 1.0
 
 
-# --- the worker's side (gateway_site/uvicorn_worker.py, gateway_site/worker.py) ---------------------
+# --- the worker's side (gateway_site/uvicorn_worker.py; worker_imports_skip and worker_ready also
+# gateway_site/worker.py, the demo's daphne worker) -----------------------------------------------
 worker_logger = logging.getLogger("gateway_site.worker")
 
 
@@ -59,11 +60,12 @@ def supervisor_gone(pid: int) -> bool:
 
 
 # Optional imports that libraries make at import time and that a web worker never uses: DRF's
-# `requests` (for its test client; 4.4 MB of a worker's heap), httpx's command-line client (rich,
-# pygments and click when they are installed; 2.4 MB). A worker starts with them skipped (an
-# ImportError, which the libraries expect) and allows them again once it is loaded
-# (`worker_ready`), so a later import of them works as usual.
-WORKER_SKIPPED_IMPORTS = ("requests", "httpx._main")
+# `requests` (for its test client; 4.4 MB of a worker's heap), and `rich`, which httpx's
+# command-line client needs (httpx loads that client when rich, pygments and click are installed;
+# 2.4 MB, rich the largest part; click and pygments are loaded by others anyway). A worker starts
+# with them skipped (an ImportError, which the libraries expect) and allows them again once it is
+# loaded (`worker_ready`), so a later import of them works as usual.
+WORKER_SKIPPED_IMPORTS = ("requests", "rich")
 
 
 def worker_imports_skip() -> None:

@@ -5,8 +5,7 @@ Daphne's own SIGTERM/SIGINT handling stops the reactor at once, and its "before 
 application instances"): streams end mid-body and work that the cancelled views left in other
 tasks (usage records) dies with the event loop. This worker installs its own handlers instead:
 
-1. stop listening (the socket shared with the other workers stays open in them and in the
-   supervisor, which closes its own copy when the whole server stops);
+1. stop listening;
 2. `graceful.drain.begin()`: refuse new requests on open connections, let in-flight ones finish;
 3. after `GATEWAY_SHUTDOWN_GRACE_SECONDS`, `graceful.drain.expire()` cuts what is left (each cut
    request is recorded as `cancelled`, and its client gets a clean ending);
@@ -15,8 +14,8 @@ tasks (usage records) dies with the event loop. This worker installs its own han
 A second SIGINT (Ctrl-C twice) stops at once; repeated SIGTERMs are ignored.
 
 Run it as `python -m gateway_site.worker [daphne options] gateway_site.asgi:application`; it takes
-daphne's command-line options (`--fd N` to serve on an inherited socket, as `manage.py serve`
-does).
+daphne's command-line options. `manage.py run_demo` (`make run`) starts one; `manage.py serve`
+supervises uvicorn workers instead (`gateway_site/uvicorn_worker.py`).
 """
 
 from __future__ import annotations
@@ -28,13 +27,10 @@ import sys
 
 from daphne.cli import CommandLineInterface  # installs the asyncio reactor: import it first
 from daphne.server import Server
-from twisted.internet import reactor
 
 from kernel.graceful import FIRST_ON_CONNECTION
 from kernel.redact import secrets_redact
-from gateway_site.supervisor import (
-    PARENT_CHECK_SECONDS, supervisor_gone, supervisor_pid, worker_imports_skip, worker_ready,
-)
+from gateway_site.supervisor import worker_imports_skip, worker_ready
 
 logger = logging.getLogger("gateway_site.worker")
 
@@ -49,7 +45,6 @@ class GracefulServer(Server):
         self.ports = []
         self._replaying: asyncio.Future | None = None
         self.stopping = False
-        self.parent_pid = supervisor_pid()
 
     def listen_success(self, port):
         self.ports.append(port)
@@ -59,18 +54,10 @@ class GracefulServer(Server):
         loop = asyncio.get_event_loop()
         loop.add_signal_handler(signal.SIGTERM, self.graceful_stop, signal.SIGTERM)
         loop.add_signal_handler(signal.SIGINT, self.graceful_stop, signal.SIGINT)
-        if self.parent_pid:
-            reactor.callLater(PARENT_CHECK_SECONDS, self._parent_check)
         from routing.journal import replay_loop
 
         self._replaying = asyncio.ensure_future(replay_loop())  # records of workers that died
         worker_ready()
-
-    def _parent_check(self) -> None:
-        if supervisor_gone(self.parent_pid):
-            self.graceful_stop(signal.SIGTERM)
-        elif not self.stopping:
-            reactor.callLater(PARENT_CHECK_SECONDS, self._parent_check)
 
     def graceful_stop(self, signum: int) -> None:
         if self.stopping:

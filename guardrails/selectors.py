@@ -65,10 +65,6 @@ class GuardrailTable:
 _tables: ConfigCache[GuardrailTable] = ConfigCache("guardrail rules")
 
 
-def guardrail_table_clear() -> None:
-    _tables.clear()
-
-
 async def guardrail_rules_get(*, tenant_id: int) -> RuleSet:
     """The rules that apply to a tenant: no database query while the cached table is fresh."""
     return (await _tables.get("table", guardrail_table_build)).for_tenant(tenant_id)

@@ -14,7 +14,6 @@ generation it was loaded under (`kernel.config_generation`).
 - Safety refresh: a value older than `REFRESH_SECONDS` is loaded again in the background while
   calls keep the previous one, for writes that bypass the generation (`QuerySet.update()`, raw
   SQL) and what changes with the clock alone (a session that expires).
-- `clear()` drops this cache's values and forgets its running loads (tests).
 """
 
 from __future__ import annotations
@@ -47,10 +46,6 @@ class ConfigCache(Generic[T]):
         self._values: dict[Hashable, tuple[int, float, T]] = {}  # generation, refresh time, value
         self._loading: dict[Hashable, tuple[int, asyncio.Future]] = {}
 
-    def clear(self) -> None:
-        self._values.clear()
-        self._loading.clear()
-
     async def get(self, key: Hashable, load: Callable[[], T]) -> T:
         """The value for `key`; `load` (sync, may query the database) runs when none is current."""
         current = self.generations.known()
@@ -75,8 +70,8 @@ class ConfigCache(Generic[T]):
         try:
             value = await db_call(load)
         finally:
-            # Only the latest load of a key stores: not one a clear() or a newer generation's
-            # load has replaced since it started.
+            # Only the latest load of a key stores: not one a newer generation's load has
+            # replaced since it started.
             loading = self._loading.get(key)
             if loading is not None and loading[1] is asyncio.current_task():
                 latest = True

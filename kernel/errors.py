@@ -111,6 +111,10 @@ class DatabaseUnavailable(GatewayError):
     code = "database_unavailable"
     error_class = "database_unavailable"
 
+    def __init__(self, message: str = "The gateway's database is unavailable; retry shortly.", **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("Retry-After", "1")
+
 
 # Provider error classes, shared by every adapter: (HTTP status shown to the client, retryable).
 PROVIDER_ERROR_CLASSES: dict[str, tuple[int, bool]] = {

@@ -1,15 +1,16 @@
-"""HTTP plumbing shared by the views: method checks, JSON 404s in OpenAI's error shape, and the
-503 of a view that finds the database unreachable."""
+"""HTTP plumbing shared by the views: method checks, JSON 404s in OpenAI's error shape, the 503 of
+a view that finds the database unreachable, and the event-stream response."""
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import AsyncIterator
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import InterfaceError, OperationalError
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.template import loader
 from django.views import csrf, defaults
 
@@ -59,7 +60,7 @@ def database_unavailable(request: HttpRequest, *, shape=None) -> HttpResponse:
     short page elsewhere (dashboards, admin, playground), rendered without the request's context,
     whose user and messages would ask the database again."""
     logger.warning("database unavailable for %s %s", request.method, request.path, exc_info=True)
-    exc = DatabaseUnavailable("The gateway's database is unavailable; retry shortly.")
+    exc = DatabaseUnavailable()
     if shape is not None:
         response = JsonResponse(shape(exc), status=exc.status)
     elif request.path.startswith("/v1/"):
@@ -104,3 +105,22 @@ def read_body(request: HttpRequest) -> bytes:
         raise PayloadTooLarge(
             f"Request body is larger than the limit of {settings.GATEWAY_MAX_BODY_BYTES} bytes."
         ) from exc
+
+
+class EventStream(StreamingHttpResponse):
+    """A `text/event-stream` response of `events` (bytes, each a whole SSE event or more).
+
+    Iterating the response iterates `events` itself: the server's `aclosing` (Django's handler,
+    `gateway_site.api_app`) then closes `events` the moment the client goes away, and with it the
+    pipeline's stream down to the provider's connection. A plain `StreamingHttpResponse` wraps its
+    iterator in generators of its own, whose closing leaves `events` suspended until it is
+    garbage-collected, while the provider goes on generating (and billing)."""
+
+    def __init__(self, events: AsyncIterator[bytes]) -> None:
+        super().__init__(events, content_type="text/event-stream")
+        self.events = events
+        self["Cache-Control"] = "no-cache"
+        self["X-Accel-Buffering"] = "no"  # nginx: pass each event on as it comes
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.events

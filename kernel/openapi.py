@@ -15,8 +15,8 @@ import inspect
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
-from drf_spectacular.plumbing import get_doc
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.plumbing import build_media_type_object, get_doc
+from drf_spectacular.utils import extend_schema
 from rest_framework import authentication, permissions, serializers
 from rest_framework.views import APIView
 
@@ -98,14 +98,25 @@ class GatewayAutoSchema(AutoSchema):
         own = self.view.__class__.__dict__.get("__doc__") or ""
         return get_doc(action) or inspect.cleandoc(own)
 
-    def _get_response_bodies(self, direction="response"):
-        responses = super()._get_response_bodies(direction)
-        serializer = getattr(self.view, "error_serializer", Error)
+    def get_operation(self, *args, **kwargs):
+        operation = super().get_operation(*args, **kwargs)
+        if operation is None:  # excluded from the schema
+            return None
+        responses = operation.setdefault("responses", {})
         for status in self._error_statuses():
-            if str(status) not in responses:
-                response = OpenApiResponse(serializer, description=ERROR_DESCRIPTIONS[status])
-                responses[str(status)] = self._get_response_for_code(response, str(status), direction=direction)
-        return responses
+            responses.setdefault(str(status), self._error_response(status))
+        return operation
+
+    def _error_response(self, status: int) -> dict:
+        """The error body of `status`, for every media type the view renders."""
+        component = self.resolve_serializer(getattr(self.view, "error_serializer", Error), "response")
+        return {
+            "content": {
+                media_type: build_media_type_object(component.ref)
+                for media_type in self.map_renderers("media_type")
+            },
+            "description": ERROR_DESCRIPTIONS[status],
+        }
 
     def _error_statuses(self) -> list[int]:
         declared = getattr(self.view, "error_statuses", None)

@@ -1,3 +1,5 @@
+from importlib import import_module
+
 from django.apps import AppConfig
 
 
@@ -7,4 +9,4 @@ class OperatorsConfig(AppConfig):
 
     def ready(self) -> None:
         # Registers the staff token's security scheme with drf-spectacular.
-        from operators import authentication  # noqa: F401
+        import_module("operators.authentication")

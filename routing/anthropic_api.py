@@ -12,14 +12,14 @@ import json
 from collections.abc import AsyncIterator
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from accounting import tokens
 from accounting.auth import request_authenticate
 from kernel import wire_json
 from kernel.errors import GatewayError
-from kernel.http import allow_methods, read_body
+from kernel.http import EventStream, allow_methods, read_body
 from kernel.wire_json import JsonBody
 from routing import pipeline, validation
 from routing.anthropic_format import anthropic_error, anthropic_events, anthropic_message, openai_payload
@@ -55,10 +55,13 @@ async def messages(request: HttpRequest) -> HttpResponse:
     model = call.deployment.target.upstream_model if call.deployment else call.requested_model
     if isinstance(result, dict):
         return _response(call, JsonBody(anthropic_message(result, message_id=call.response_id, model=model)))
-    events = anthropic_events(result, message_id=call.response_id, model=model, input_tokens=call.estimated_prompt_tokens())
-    response = StreamingHttpResponse(_sse(events, result), content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    return _response(call, response)
+    # The provider's own count when it gave one before its first token (Anthropic's message_start),
+    # else the gateway's estimate; message_delta carries the final counts either way.
+    input_tokens = call.usage_so_far.get("prompt_tokens", None)
+    if input_tokens is None:
+        input_tokens = call.estimated_prompt_tokens()
+    events = anthropic_events(result, message_id=call.response_id, model=model, input_tokens=input_tokens)
+    return _response(call, EventStream(_sse(events, result)))
 
 
 def _payload(raw: bytes) -> dict:

@@ -7,13 +7,13 @@ import logging
 from collections.abc import AsyncIterator
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from accounting.auth import request_authenticate
 from kernel import wire_json
 from kernel.errors import GatewayError, error_response
-from kernel.http import allow_methods, read_body
+from kernel.http import EventStream, allow_methods, read_body
 from kernel.wire_json import JsonBody
 from routing import pipeline, validation
 from routing.selection import models_visible
@@ -67,10 +67,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         return _with_headers(error_response(exc), call)
     if isinstance(result, dict):
         return _with_headers(JsonBody(result), call)
-    response = StreamingHttpResponse(_sse(result), content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return _with_headers(response, call)
+    return _with_headers(EventStream(_sse(result)), call)
 
 
 @csrf_exempt

@@ -33,7 +33,11 @@ class Call:
     plan: RoutePlan | None = None
     deployment: Deployment | None = None
     log: AttemptLog = field(default_factory=AttemptLog)
-    usage: Usage | None = None
+    usage: Usage | None = None  # the provider's final counts
+    # What the provider has counted so far in a stream (`usage_so_far` of its chunks, OpenAI's usage
+    # shape, a side it has not reported left out), for a stream that ends before its final usage.
+    usage_so_far: dict = field(default_factory=dict)
+    accepted: bool = False  # the provider answered the request with a success status (streams)
     ttft_ms: int | None = None
     recorded: bool = False
     prompt_estimate: int | None = None

@@ -4,9 +4,9 @@ One socket carries many requests at once, told apart by the client's ids. The so
 authenticated on connect (an `Authorization: Bearer` header, or a dashboard user's session from
 the same origin) or by a first `auth` message; never from the query string, where keys end up in
 access logs. Every `chat.request` checks that credential again, as fresh as HTTP checks a key (the
-same cached lookups): a key revoked or expired, a tenant deactivated, a member logged out or
-removed ends the socket with 4401 before the request reaches the pipeline. The consumer keeps the
-key's hash for this, never the key.
+same cached lookups, in the pipeline, first): a key revoked or expired, a tenant deactivated, a
+member logged out or removed ends the socket with 4401, and the request is refused before any other
+step. The consumer keeps the key's hash for this, never the key.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlparse
 
@@ -29,6 +30,8 @@ from kernel.errors import (
 )
 from routing import pipeline
 from routing.call import Call
+
+logger = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 8
 CLOSE_UNAUTHENTICATED = 4401
@@ -82,8 +85,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             ))
             await self.close(code=CLOSE_UNAUTHENTICATED)
         elif kind == "chat.request":
-            if await self._reauthenticate(message.get("id")):
-                await self._chat_start(message)
+            await self._chat_start(message)
         elif kind == "chat.cancel":
             await self._chat_cancel(message)
         else:
@@ -133,21 +135,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         await self._send({"type": "auth.ok", "tenant": self.auth.tenant_slug})
 
-    async def _reauthenticate(self, request_id) -> bool:
-        """Check the socket's credential again before a request, as HTTP does for each (and cached as
-        long): a dead one gets an `error` event and the socket is closed with 4401. Requests already
-        running are not checked again; the close cancels those still running (recorded as such)."""
-        try:
-            self.auth = await self.credential()
-        except GatewayError as exc:
-            self.auth = self.credential = None  # frames that arrive before the close are refused too
-            await self._auth_refused(request_id, exc)
-            return False
-        except (OperationalError, InterfaceError):  # as a request on the socket says it: stays open
-            await self._fail(request_id, DatabaseUnavailable("The gateway's database is unavailable; retry shortly."))
-            return False
-        return True
-
     async def _auth_refused(self, request_id, exc: GatewayError) -> None:
         """Say why and close: 4429 for an address refused after too many failures (its error event
         says how long), 4401 otherwise."""
@@ -162,7 +149,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _database_unavailable(self) -> None:
         """Authentication needs the database and it does not answer: say so, and close with 4503
         (as a worker's shutdown does), so the client reconnects rather than treating its key as bad."""
-        await self._fail(None, DatabaseUnavailable("The gateway's database is unavailable; retry shortly."))
+        await self._fail(None, DatabaseUnavailable())
         await self.close(code=CLOSE_TRY_AGAIN_LATER)
 
     # --- requests ---------------------------------------------------------------------------------
@@ -180,21 +167,36 @@ class ChatConsumer(AsyncWebsocketConsumer):
             ))
             return
         body = {key: value for key, value in message.items() if key not in REQUEST_FIELDS_EXCLUDED}
-        task = asyncio.ensure_future(self._chat_run(request_id, body, auth=self.auth))
+        task = asyncio.ensure_future(self._chat_run(request_id, body, credential=self.credential))
         self.requests[request_id] = task
         task.add_done_callback(lambda _: self.requests.pop(request_id, None))
 
-    async def _chat_run(self, request_id: str, body: dict, *, auth: ApiKeyContext) -> None:
-        call = Call(endpoint="chat.completions", auth=auth)
+    async def _chat_run(self, request_id: str, body: dict, *, credential) -> None:
+        """One request on the socket; a client that vanished mid-answer (a send on a closed socket
+        raises `OSError`, as ASGI servers do) is an ordinary end: its stream is closed, which stops
+        the provider and records it as cancelled, and one INFO line says so."""
+        call = Call(endpoint="chat.completions")
+        try:
+            await self._chat_serve(call, request_id, body, credential=credential)
+        except OSError:
+            logger.info("request %s (%r on the socket): the client left", call.request_id, request_id)
+
+    async def _chat_serve(self, call: Call, request_id: str, body: dict, *, credential) -> None:
+        """Its credential is checked again by the pipeline, first, as HTTP checks a key per request
+        (and cached as long): a dead one gets an `error` event and the socket is closed with 4401,
+        which cancels the requests still running (recorded as such). The database being unreachable
+        is an `error` event, and the socket stays open."""
         body["stream"] = True  # deltas as they come; usage always, for chat.done
         body["stream_options"] = {"include_usage": True}
         try:
-            chunks = await pipeline.chat_parsed(call, body=body, headers={})
+            chunks = await pipeline.chat(call, credential=credential, parse=lambda: body, headers={})
         except GatewayError as exc:
-            await self._fail(request_id, exc, call=call)
-            return
-        except (OperationalError, InterfaceError):  # the database is unreachable: as the HTTP API says
-            await self._fail(request_id, DatabaseUnavailable("The gateway's database is unavailable; retry shortly."))
+            if call.auth is None and not isinstance(exc, DatabaseUnavailable):  # the credential died
+                if self.credential is credential:  # not yet refused by another request on the socket
+                    self.auth = self.credential = None  # frames that arrive before the close are refused too
+                    await self._auth_refused(request_id, exc)
+            else:
+                await self._fail(request_id, exc, call=call)
             return
         error = await self._relay(request_id, chunks)
         if error is not None:

@@ -40,6 +40,7 @@ from django.db import IntegrityError, InterfaceError, OperationalError
 
 from accounting.budgets import BudgetLimit, Reservation
 from accounting.services import RecordWrite
+from accounting.statements import insert_fields
 from accounting.writes import records_write
 
 logger = logging.getLogger(__name__)
@@ -176,6 +177,9 @@ def _write_from(entry: dict) -> RecordWrite:
             fields[name] = UsageRecord._meta.get_field(name).to_python(value)
     # The request's own time, not the replay's: its spend belongs to the period it was answered in.
     fields.setdefault("created_at", UsageRecord._meta.get_field("created_at").to_python(entry["kept_at"]))
+    for field in insert_fields():  # a line kept by a version without a field the record has now
+        if field.attname not in fields and field.has_default():
+            fields[field.attname] = field.get_default()
     budgets = tuple(
         BudgetLimit(**{
             **budget, "amount_usd": Decimal(budget["amount_usd"]), "thresholds": tuple(budget["thresholds"]),

@@ -28,7 +28,7 @@ from accounting.quotas import (
 )
 from caching.semantic import SEMANTIC_TASK
 from caching.services import cache_body, cache_completion_text, cache_fill, cache_lookup, cache_replay, cache_stream_tee
-from kernel.errors import GatewayError, InvalidRequest
+from kernel.errors import DatabaseUnavailable, GatewayError, InvalidRequest
 from guardrails.checks import guard_input, guard_output
 from routing import validation
 from routing.attempts import attempts_run
@@ -53,7 +53,7 @@ DEFAULT_OUTPUT_RESERVE = 4096
 # bound to an HTTP request.
 Credential = Callable[[], Awaitable[ApiKeyContext]]
 
-__all__ = ["Call", "chat", "chat_parsed", "embeddings"]
+__all__ = ["Call", "chat", "embeddings"]
 
 
 async def chat(
@@ -61,14 +61,26 @@ async def chat(
 ) -> dict | AsyncIterator[dict]:
     """Serve a chat completion: the finished body, or an iterator of chunks for a stream.
 
-    The door hands over its `credential` (checked here, first: `accounting.auth`) and `parse`,
-    which reads the body in the door's wire format into the OpenAI-shaped request; a body that
-    fails to parse after authentication is recorded like any failure. A stream is returned only
-    once its first chunk has arrived, so that a provider failing before the first token fails
-    over (or becomes a plain HTTP error) without the client seeing a byte.
+    The door hands over its `credential` (checked here, first: `accounting.auth`; a refusal leaves
+    `call.auth` None) and `parse`, which reads the body in the door's wire format into the
+    OpenAI-shaped request; a body that fails to parse after authentication is recorded like any
+    failure. A stream is returned only once its first chunk has arrived, so that a provider failing
+    before the first token fails over (or becomes a plain HTTP error) without the client seeing a
+    byte. Every failure is a `GatewayError` for the door to render in its wire format, the database
+    being unreachable included (`DatabaseUnavailable`, 503).
     """
-    call.auth = await credential()
-    return await chat_parsed(call, body=await _parsed(call, parse), headers=headers)
+    try:
+        call.auth = await credential()
+        return await _chat(call, body=await _parsed(call, parse), headers=headers)
+    except (OperationalError, InterfaceError) as exc:
+        raise _outage(call) from exc
+
+
+def _outage(call: Call) -> DatabaseUnavailable:
+    """The answer to a request that found the database unreachable (logged with the exception
+    being handled). Nothing was recorded (`_failure_record`) and nothing reserved stays held."""
+    logger.warning("request %s: the database is unavailable", call.request_id, exc_info=True)
+    return DatabaseUnavailable()
 
 
 async def _parsed(call: Call, parse: Callable[[], dict]) -> dict:
@@ -79,8 +91,7 @@ async def _parsed(call: Call, parse: Callable[[], dict]) -> dict:
         raise
 
 
-async def chat_parsed(call: Call, *, body: dict, headers) -> dict | AsyncIterator[dict]:
-    """`chat` for a caller that has authenticated (`call.auth`) and parsed the body itself."""
+async def _chat(call: Call, *, body: dict, headers) -> dict | AsyncIterator[dict]:
     try:
         call.stream = body.get("stream") is True
         call.payload = validation.chat_request_validate(body)
@@ -168,9 +179,12 @@ def _usage_sum(first, second):
 
 
 async def embeddings(call: Call, *, credential: Credential, parse: Callable[[], dict], headers) -> dict:
-    """Serve an embeddings request; `credential` and `parse` as for `chat`."""
-    call.auth = await credential()
-    return await embeddings_parsed(call, body=await _parsed(call, parse), headers=headers)
+    """Serve an embeddings request; `credential`, `parse` and failures as for `chat`."""
+    try:
+        call.auth = await credential()
+        return await _embeddings(call, body=await _parsed(call, parse), headers=headers)
+    except (OperationalError, InterfaceError) as exc:
+        raise _outage(call) from exc
 
 
 async def text_embed(*, auth, model: str, text: str) -> list[float]:
@@ -179,12 +193,11 @@ async def text_embed(*, auth, model: str, text: str) -> list[float]:
     cache's `embed`."""
     call = Call(endpoint="embeddings", auth=auth)
     body = {"model": model, "input": text, "metadata": {"task": SEMANTIC_TASK}}
-    body = await embeddings_parsed(call, body=body, headers={})
+    body = await _embeddings(call, body=body, headers={})
     return body["data"][0]["embedding"]
 
 
-async def embeddings_parsed(call: Call, *, body: dict, headers) -> dict:
-    """`embeddings` for a caller that has authenticated (`call.auth`) and parsed the body itself."""
+async def _embeddings(call: Call, *, body: dict, headers) -> dict:
     try:
         call.payload = validation.embeddings_request_validate(body)
         await guard_input(call)

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 import time
+from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db import InterfaceError, OperationalError
@@ -31,8 +32,48 @@ logger = logging.getLogger(__name__)
 RECORD_RETRY_SECONDS = 60.0
 
 
-def completion_estimate(completion_text: str) -> int:
-    return tokens.text_tokens(completion_text)
+@dataclass(frozen=True)
+class Counted:
+    """A request's tokens, and which sides the gateway counted itself."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    prompt_estimated: bool = False
+    completion_estimated: bool = False
+
+
+def usage_counted(call: Call, *, read_text: str) -> Counted:
+    """The request's tokens, side by side: the provider's final counts; else what it had counted
+    when the stream ended (`Call.usage_so_far`: Anthropic's input tokens from `message_start`,
+    Gemini's running counts); else the gateway's count of that side: the prompt by
+    `Call.estimated_prompt_tokens`, the completion from `read_text`, the text read from the
+    provider up to the end (tiktoken, `accounting.tokens`)."""
+    if call.usage is not None:
+        usage = call.usage
+        return Counted(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+    so_far = call.usage_so_far
+    prompt, completion = so_far.get("prompt_tokens"), so_far.get("completion_tokens")
+    details = so_far.get("prompt_tokens_details")
+    return Counted(
+        prompt_tokens=call.estimated_prompt_tokens() if prompt is None else int(prompt),
+        completion_tokens=tokens.text_tokens(read_text) if completion is None else int(completion),
+        cached_tokens=int((details.get("cached_tokens") if isinstance(details, dict) else 0) or 0),
+        prompt_estimated=prompt is None,
+        completion_estimated=completion is None,
+    )
+
+
+def _reached(call: Call, *, status: str, read_text: str) -> bool:
+    """Whether a provider took the request, which is what it bills: it answered (in part: a stream
+    cut after its first token; or counted something), or accepted the stream's request (a success
+    status) before the stream was cancelled or failed. A request that never reached a provider, or
+    whose provider answered an error or nothing yet, costs nothing."""
+    if call.deployment is None:
+        return False
+    if status == "success" or call.usage is not None or call.usage_so_far or read_text:
+        return True
+    return call.accepted
 
 
 async def record_failure(call: Call, exc: GatewayError) -> None:
@@ -41,7 +82,8 @@ async def record_failure(call: Call, exc: GatewayError) -> None:
 
 async def record_cancelled(call: Call) -> None:
     """A request cancelled before its answer: the client left (499) or a worker's shutdown
-    deadline cut it (503, what the client is sent); prompt tokens count if a provider had it."""
+    deadline cut it (503, what the client is sent); its prompt counts only if a provider had
+    accepted it (`_reached`)."""
     await record(call, status="cancelled", http_status=shutdown_status(), error_class=cancel_reason())
 
 
@@ -50,14 +92,22 @@ async def record(
     *,
     status: str,
     completion_text: str = "",
+    read_text: str | None = None,
     http_status: int = 200,
     error_class: str = "",
 ) -> None:
-    """Write the request's one UsageRecord; a client that goes away cannot cancel the write."""
+    """Write the request's one UsageRecord; a client that goes away cannot cancel the write.
+
+    `completion_text` is the answer the client was sent (kept as content); `read_text`, what was
+    read from the provider (before guardrails' holds and redactions, up to a cut or a cancel),
+    is what an estimate of the completion counts; by default the same."""
     if call.recorded or call.auth is None:
         return
     call.recorded = True
-    fields = _record_fields(call, status=status, completion_text=completion_text)
+    fields = _record_fields(
+        call, status=status, completion_text=completion_text,
+        read_text=completion_text if read_text is None else read_text,
+    )
     call.cost_usd = fields["cost_usd"]
     call.recorded_tokens = (fields["prompt_tokens"], fields["completion_tokens"])
     fields.update(http_status=http_status, error_class=error_class)
@@ -117,26 +167,16 @@ async def _record_commit(call: Call, fields: dict, first_try: asyncio.Event) -> 
         delay = min(delay * 2, 5.0)
 
 
-def _record_fields(call: Call, *, status: str, completion_text: str) -> dict:
-    # Tokens are billed when a provider answered, even in part (a stream cut after its first
-    # token); a request that never reached one costs nothing.
-    answered = status != "error" or call.usage is not None or bool(completion_text)
-    served = call.deployment if answered else None
-    estimated = call.usage is None and served is not None
-    if call.usage is not None:
-        prompt, completion = call.usage.prompt_tokens, call.usage.completion_tokens
-    elif served is not None:
-        prompt, completion = call.estimated_prompt_tokens(), completion_estimate(completion_text)
-    else:
-        prompt = completion = 0
-    cached = call.usage.cached_tokens if call.usage is not None else 0
+def _record_fields(call: Call, *, status: str, completion_text: str, read_text: str) -> dict:
+    reached = _reached(call, status=status, read_text=read_text)
+    counted = usage_counted(call, read_text=read_text) if reached or call.usage is not None else Counted()
     cost = Decimal("0")
-    if served is not None:
+    if reached:
         cost = cost_compute(
-            price=served.price_at(time.time()),
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            cached_tokens=cached,
+            price=call.deployment.price_at(time.time()),
+            prompt_tokens=counted.prompt_tokens,
+            completion_tokens=counted.completion_tokens,
+            cached_tokens=counted.cached_tokens,
         )
     deployment = call.deployment
     return {
@@ -149,9 +189,11 @@ def _record_fields(call: Call, *, status: str, completion_text: str) -> dict:
         "provider_id": deployment.target.provider_id if deployment else None,
         "provider_name": deployment.target.provider_name if deployment else "",
         "served_model": deployment.target.upstream_model if deployment else "",
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "usage_estimated": estimated,
+        "prompt_tokens": counted.prompt_tokens,
+        "completion_tokens": counted.completion_tokens,
+        "usage_estimated": counted.prompt_estimated or counted.completion_estimated,
+        "prompt_tokens_estimated": counted.prompt_estimated,
+        "completion_tokens_estimated": counted.completion_estimated,
         "cost_usd": cost,
         "latency_ms": call.elapsed_ms(),
         "ttft_ms": call.ttft_ms,
@@ -159,7 +201,7 @@ def _record_fields(call: Call, *, status: str, completion_text: str) -> dict:
         "status": status,
         "attempts": call.log.entries,
         "end_user": str(call.payload.get("user") or "")[:256],
-        "cached_tokens": cached,
+        "cached_tokens": counted.cached_tokens,
         "task": call.task[:100],
         "tags": list(call.tags),
         "route": call.plan.rule if call.plan else "",

@@ -13,7 +13,7 @@ from providers.adapters import Adapter, Usage
 from providers.selectors import Deployment
 from routing.attempts import stream_failure_note, stream_finished
 from routing.call import Call
-from routing.record import completion_estimate, record
+from routing.record import record, usage_counted
 from routing.structured import StructuredOutputInvalid, output_problem
 
 
@@ -33,14 +33,19 @@ def first_chunk_sender(call: Call):
     """An attempt for a stream: it succeeds once a chunk carrying the answer has arrived (the
     chunks before it, a role or a filter annotation, are relayed first)."""
 
+    def accepted() -> None:
+        call.accepted = True
+
     async def send(adapter: Adapter, deployment: Deployment):
-        stream = adapter.chat_stream(call.payload, deployment.target)
+        call.accepted, call.usage_so_far = False, {}  # this attempt's, not a failed one's
+        stream = adapter.chat_stream(call.payload, deployment.target, opened=accepted)
         held: list[dict] = []
         try:
             # OpenAI opens with a role-only chunk (Azure with a filter-only one): a provider that
             # fails after it has still not answered, so the attempt lasts until a chunk that does.
             while not held or not _carries_answer(held[-1]):
                 held.append(await anext(stream))
+                _counts_note(call, held[-1])  # e.g. Anthropic's input tokens, in message_start
         except StopAsyncIteration:
             await stream.aclose()
             raise adapter.malformed(deployment.target, "stream (no answer in its events)") from None
@@ -52,8 +57,16 @@ def first_chunk_sender(call: Call):
     return send
 
 
+def _counts_note(call: Call, chunk: dict) -> None:
+    """Keep what the provider has counted so far (cumulative: a later count replaces an earlier)."""
+    so_far = chunk.get("usage_so_far")
+    if so_far:
+        call.usage_so_far.update(so_far)
+
+
 def _carries_answer(chunk: dict) -> bool:
-    """A chunk with something of the answer: content, a tool call, a finish reason, usage, an error."""
+    """A chunk with something of the answer: content, a tool call, a finish reason, usage, an error
+    (not counts so far: Anthropic sends its input tokens before it has answered anything)."""
     if chunk.get("usage") or "error" in chunk:
         return True
     for choice in chunk.get("choices") or ():
@@ -86,12 +99,15 @@ class _Prefixed:
 async def stream_relay(call: Call, stream: AsyncIterator[dict], first: dict) -> AsyncIterator[dict]:
     """Relay upstream chunks to the client and record the outcome however the stream ends."""
     wants_usage = bool((call.payload.get("stream_options") or {}).get("include_usage"))
-    texts: list[str] = []
+    texts: list[str] = []  # what the client was sent
+    read: list[str] = []  # what the provider sent, guardrails' holds and redactions included
     status, http_status, error_class = "success", 200, ""
     guard = StreamGuard.for_call(call)  # None when no output guardrail applies
     try:
         chunk: dict | None = first
         while chunk is not None:
+            _counts_note(call, chunk)
+            read.extend(choice_texts(chunk))
             if guard is not None:
                 guard.chunk_check(chunk)  # holds back a short tail, redacts, raises on a block
             relayed = _chunk_relay(call, chunk, texts, wants_usage=wants_usage)
@@ -106,7 +122,7 @@ async def stream_relay(call: Call, stream: AsyncIterator[dict], first: dict) -> 
             if problem is not None:  # a stream cannot be repaired once sent: end it with an error
                 raise StructuredOutputInvalid(f"The streamed answer does not match the requested JSON format: {problem}.")
         if wants_usage and call.usage is None:
-            yield _usage_chunk(call, texts)
+            yield _usage_chunk(call, read)
     except ProviderError as exc:
         status, http_status, error_class = "error", exc.status, exc.error_class
         await stream_failure_note(call.plan, call.deployment, exc)
@@ -128,12 +144,15 @@ async def stream_relay(call: Call, stream: AsyncIterator[dict], first: dict) -> 
             call,
             status=status,
             completion_text="".join(texts),
+            read_text="".join(read),
             http_status=http_status,
             error_class=error_class,
         )
 
 
 def _chunk_relay(call: Call, chunk: dict, texts: list[str], *, wants_usage: bool) -> dict | None:
+    if chunk.pop("usage_so_far", None) is not None and not chunk.get("choices") and not chunk.get("usage"):
+        return None  # a chunk of counts so far only: the gateway's own (`_counts_note`)
     usage = Usage.from_openai(chunk.get("usage"))
     if usage is not None:
         call.usage = usage
@@ -152,9 +171,11 @@ def _chunk_relay(call: Call, chunk: dict, texts: list[str], *, wants_usage: bool
     return chunk if chunk.get("choices") else None
 
 
-def _usage_chunk(call: Call, texts: list[str]) -> dict:
-    """A final usage chunk for a client that asked for one when the provider sent none."""
-    prompt, completion = call.estimated_prompt_tokens(), completion_estimate("".join(texts))
+def _usage_chunk(call: Call, read: list[str]) -> dict:
+    """A final usage chunk for a client that asked for one when the provider sent none: what the
+    record will say (the provider's counts so far, estimates for the rest)."""
+    counted = usage_counted(call, read_text="".join(read))
+    prompt, completion = counted.prompt_tokens, counted.completion_tokens
     return {
         "id": call.response_id,
         "object": "chat.completion.chunk",

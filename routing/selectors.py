@@ -103,10 +103,6 @@ class RoutingTable:
 _tables: ConfigCache[RoutingTable] = ConfigCache("routing table")
 
 
-def routing_table_clear() -> None:
-    _tables.clear()
-
-
 async def routing_table_get() -> RoutingTable:
     return await _tables.get("table", routing_table_build)
 

@@ -91,14 +91,10 @@ def gateway(transactional_db, fake_provider_url) -> GatewaySetup:
 
     Committed (`transactional_db`): the hot path's money statements run on the event loop's own
     connections (kernel/db_async.py), which see only committed data."""
-    from accounting.auth import auth_cache_clear
     from accounting.services import api_key_create, tenant_create
     from providers.models import Provider, ProviderModel
     from providers.services import provider_key_upsert
-    from routing.selectors import routing_table_clear
 
-    auth_cache_clear()
-    routing_table_clear()
     provider = Provider.objects.create(name="fake", type="openai", api_base=f"{fake_provider_url}/v1")
     provider_key_upsert(provider=provider, name="default", secret="sk-fake-provider-secret-0001")
     ProviderModel.objects.create(
@@ -121,9 +117,7 @@ def gateway(transactional_db, fake_provider_url) -> GatewaySetup:
     )
     tenant = tenant_create(slug="acme", name="Acme")
     key, raw_key = api_key_create(tenant=tenant, name="default")
-    yield GatewaySetup(tenant=tenant, key=key, raw_key=raw_key, provider=provider, anthropic_provider=anthropic)
-    auth_cache_clear()
-    routing_table_clear()
+    return GatewaySetup(tenant=tenant, key=key, raw_key=raw_key, provider=provider, anthropic_provider=anthropic)
 
 
 def role_join(user, group: str) -> None:
@@ -160,6 +154,16 @@ def logged_in_client(name: str, *, staff: bool = False, group: str | None = None
     client = Client()
     client.force_login(user)
     return client
+
+
+@pytest.fixture(autouse=True)
+def _configuration_replaced():
+    """Each test starts on a database that changed under the process without a model signal (the
+    last test's flush or rollback), as raw SQL would: tell this process's configuration caches, as
+    every model change does (`kernel.config_generation`), so they load again."""
+    from kernel.config_generation import generation
+
+    generation.changed()
 
 
 @pytest.fixture(autouse=True)

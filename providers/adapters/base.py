@@ -23,6 +23,24 @@ A subclass implements:
   dicts; the last one carries `usage` when the vendor reported it
 - `embeddings_request` / `embeddings_response`, when the vendor has embeddings
 - `error_details(status, data)` -> (error class or None, message): the vendor's error spelling
+
+The stream contract, for callers of `chat_stream(payload, target, *, opened=None)`:
+
+- Chunks are OpenAI `chat.completion.chunk` dicts. The last one carries OpenAI's `usage` (both
+  sides) when the vendor reported usage, as OpenAI's `stream_options.include_usage` chunk does.
+- A chunk may also carry the gateway-internal key `usage_so_far` (`USAGE_SO_FAR`): the counts the
+  provider has reported so far, in OpenAI's usage shape (`prompt_tokens`, `completion_tokens`,
+  `prompt_tokens_details.cached_tokens`), cumulative (a later one replaces an earlier one), with
+  a side the provider has not reported yet left out (`usage_so_far()` builds it). It rides on the
+  chunk the provider's event produced (Anthropic's `message_start` role chunk gives the prompt
+  side, its `message_delta` finish chunk both; each Gemini chunk whose event had
+  `usageMetadata`), or on a chunk of its own with `choices: []` when the event produced none.
+  Vendors that report usage only at the end (OpenAI and its family, Azure, Cohere) send none.
+  Routing strips it before anything reaches a client.
+- `opened`, when given, is called (no arguments, synchronously) once the provider has answered
+  the stream's request with a success status, before its first event is read: from then on the
+  provider has accepted the request. It is never called for an error status or a connection
+  that failed.
 """
 
 from __future__ import annotations
@@ -30,7 +48,7 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 from kernel import wire_json
@@ -85,6 +103,23 @@ class Usage:
         if self.cached_tokens:
             usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
         return usage
+
+
+USAGE_SO_FAR = "usage_so_far"
+
+
+def usage_so_far(
+    *, prompt_tokens: int | None = None, completion_tokens: int | None = None, cached_tokens: int = 0
+) -> dict:
+    """The counts a provider has reported so far, in OpenAI's usage shape; None leaves a side out."""
+    usage: dict = {}
+    if prompt_tokens is not None:
+        usage["prompt_tokens"] = prompt_tokens
+        if cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    if completion_tokens is not None:
+        usage["completion_tokens"] = completion_tokens
+    return usage
 
 
 @dataclass
@@ -158,15 +193,21 @@ class Adapter:
         request = self.embeddings_request(payload, target)
         return self.embeddings_response(await self._send_json(request, target), target)
 
-    async def chat_stream(self, payload: dict, target: Target) -> AsyncIterator[dict]:
+    async def chat_stream(
+        self, payload: dict, target: Target, *, opened: Callable[[], None] | None = None
+    ) -> AsyncIterator[dict]:
         """Open the upstream stream and yield OpenAI chunks as they arrive.
 
         Errors before the first byte of the body (status, connect) raise from the first
         `__anext__`, which lets routing fail over before the client has seen anything.
+        `opened` is called once the provider answered with a success status, before its first
+        event is read (see the module docstring).
         """
         request = self.chat_request(self.params_filter(payload, target), target)
         response = await self._open(request, target, stream=True)
         try:
+            if opened is not None:
+                opened()
             async for chunk in self.chat_stream_chunks(self._sse_events(response, target), target):
                 yield chunk
         except UpstreamError as exc:  # timeouts included

@@ -36,12 +36,14 @@ from urllib.parse import urlsplit
 
 from kernel.errors import InvalidRequest, ProviderError
 from providers.adapters.base import (
+    USAGE_SO_FAR,
     Adapter,
     ChatResult,
     SSEEvent,
     Target,
     UpstreamRequest,
     Usage,
+    usage_so_far,
 )
 from providers.transport import UpstreamResponse
 
@@ -557,12 +559,32 @@ def _usage(data: object) -> Usage | None:
     if not isinstance(data, dict) or "promptTokenCount" not in data:
         return None
     return Usage(
-        prompt_tokens=int(data.get("promptTokenCount") or 0)
-        + int(data.get("toolUsePromptTokenCount") or 0),
-        completion_tokens=int(data.get("candidatesTokenCount") or 0)
-        + int(data.get("thoughtsTokenCount") or 0),
+        prompt_tokens=_prompt_count(data),
+        completion_tokens=_completion_count(data),
         cached_tokens=int(data.get("cachedContentTokenCount") or 0),
     )
+
+
+def _prompt_count(data: dict) -> int:
+    return int(data.get("promptTokenCount") or 0) + int(data.get("toolUsePromptTokenCount") or 0)
+
+
+def _completion_count(data: dict) -> int:
+    return int(data.get("candidatesTokenCount") or 0) + int(data.get("thoughtsTokenCount") or 0)
+
+
+def _usage_so_far(data: object) -> dict:
+    """An event's running counts as `usage_so_far`: a side its usageMetadata lacks is left out
+    (Gemini may send only `promptTokenCount` before the first candidate tokens)."""
+    if not isinstance(data, dict):
+        return {}
+    prompt = _prompt_count(data) if "promptTokenCount" in data else None
+    completion = (
+        _completion_count(data)
+        if "candidatesTokenCount" in data or "thoughtsTokenCount" in data else None
+    )
+    cached = int(data.get("cachedContentTokenCount") or 0) if prompt is not None else 0
+    return usage_so_far(prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached)
 
 
 @dataclass
@@ -588,6 +610,10 @@ class _Stream:
         for position, candidate in enumerate(data.get("candidates") or ()):
             if isinstance(candidate, dict):
                 chunks.extend(self._candidate(candidate, candidate.get("index", position)))
+        if partial := _usage_so_far(data.get("usageMetadata")):
+            if not chunks:
+                chunks.append({**self._envelope(), "choices": []})
+            chunks[-1][USAGE_SO_FAR] = partial
         return chunks
 
     def _candidate(self, candidate: dict, index: int) -> list[dict]:

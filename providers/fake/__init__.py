@@ -20,6 +20,9 @@ The modules, in the order a request meets them:
 - `dialect`: the contract a vendor dialect follows; `openai` and `anthropic` implement it
   (request validation, bodies, stream frames, error shapes);
 - `content`: the deterministic answer, token counts and embedding vectors;
+- `respond`: the timing, faults and billing every endpoint shares (the prompt once the 200 is
+  out, a stream's completion frame by frame as written);
+- `ledger`: what was billed, request by request (`GET /_fake/ledger`) and in total;
 - `errors`: `ApiError` and `FakeConnectionDrop`;
 - `daphne`: `serve()`, which runs the app on daphne as a real server.
 """

@@ -6,7 +6,9 @@ providers/fake/daphne.py runs it as a real server.
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -20,16 +22,16 @@ from providers.fake.directives import (
     directive_extract,
     directive_normalize,
 )
-from providers.fake.errors import ApiError
+from providers.fake.errors import ApiError, FakeConnectionDrop
 from providers.fake.exchange import Exchange
 from providers.fake.gemini import GEMINI, GEMINI_ROUTES
 from providers.fake.respond import (
     Settings,
+    billing_due,
     body_send,
     before_response,
     error_send,
     json_body,
-    no_usage,
     stream_send,
 )
 from providers.fake.openai import (
@@ -56,7 +58,7 @@ async def _chat(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
                                   tokens=request.prompt_tokens):
         return
     completion = completion_build(request=request, id_prefix=dialect.id_prefix)
-    settings.bill(prompt_tokens=request.prompt_tokens, completion_tokens=completion.billed_completion_tokens)
+    billing_due(ex=ex, prompt_tokens=request.prompt_tokens, completion=completion)
     if request.stream:
         await stream_send(ex=ex, settings=settings, frames=dialect.frames(completion=completion),
                            directive=directive)
@@ -78,7 +80,7 @@ async def _embeddings(*, ex: Exchange, settings: Settings, dialect: Dialect) -> 
     if not await before_response(ex=ex, settings=settings, dialect=dialect, directive=directive,
                                   tokens=tokens):
         return
-    settings.bill(prompt_tokens=tokens)
+    billing_due(ex=ex, prompt_tokens=tokens)
     payload = {"object": "list", "model": model, "data": [
         embedding_item(model=model, item=item, dimensions=dimensions, encoding=encoding, index=i)
         for i, item in enumerate(inputs)]}
@@ -98,7 +100,7 @@ async def _cohere_embed(*, ex: Exchange, settings: Settings, dialect: Dialect) -
     if not await before_response(ex=ex, settings=settings, dialect=dialect, directive=directive,
                                   tokens=tokens):
         return
-    settings.bill(prompt_tokens=tokens)
+    billing_due(ex=ex, prompt_tokens=tokens)
     payload = embed_body(model=model, texts=texts, dimensions=dimensions,
                          tokens=None if directive.no_usage else tokens)
     await body_send(ex=ex, dialect=dialect, payload=payload, directive=directive)
@@ -125,13 +127,25 @@ async def _models(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None
 
 
 async def _stats(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
-    await ex.respond(200, dumps(settings.stats), [])
+    await ex.respond(200, dumps({**settings.stats, "usage": settings.ledger.usage}), [])
 
 
 async def _reset(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
-    settings.stats.update(requests=0, by_path={}, usage=no_usage())
+    settings.stats.update(requests=0, by_path={})
+    settings.ledger.reset()
     settings.directive = ""
-    await ex.respond(200, dumps(settings.stats), [])
+    await _stats(ex=ex, settings=settings, dialect=dialect)
+
+
+async def _ledger_get(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
+    """Every chat and embeddings request kept (the oldest first), or those `?request_id=` names."""
+    entries = settings.ledger.listing(request_id=ex.query.get("request_id"))
+    await ex.respond(200, dumps({"data": entries}), [])
+
+
+async def _ledger_delete(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
+    settings.ledger.clear()
+    await _ledger_get(ex=ex, settings=settings, dialect=dialect)
 
 
 async def _directive_get(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
@@ -161,6 +175,8 @@ ROUTES: dict[tuple[str, str], Handler] = {
     ("GET", "/v1/models"): _models,
     ("GET", "/_fake/stats"): _stats,
     ("POST", "/_fake/reset"): _reset,
+    ("GET", "/_fake/ledger"): _ledger_get,
+    ("DELETE", "/_fake/ledger"): _ledger_delete,
     ("GET", "/_fake/directive"): _directive_get,
     ("PUT", "/_fake/directive"): _directive_put,
     ("DELETE", "/_fake/directive"): _directive_delete,
@@ -218,19 +234,51 @@ def _count(*, stats: dict, path: str) -> None:
         stats["by_path"][path] = stats["by_path"].get(path, 0) + 1
 
 
+def _entry_open(*, ex: Exchange, settings: Settings) -> None:
+    """A chat or embeddings request (every POST outside /_fake/) gets its ledger entry; the
+    model and stream flag are the request's as sent until the handler has parsed it."""
+    try:
+        body = json.loads(ex.body)
+    except ValueError:
+        body = None
+    body = body if isinstance(body, dict) else {}
+    model = ex.params.get("model") or ex.params.get("deployment") or body.get("model")
+    ex.entry = settings.ledger.open(
+        request_id=ex.headers.get("x-request-id"), path=ex.path,
+        model=model if isinstance(model, str) else None, stream=body.get("stream") is True,
+        received_at=time.time())
+
+
+def _entry_close(*, ex: Exchange, ended: str | None) -> None:
+    """How the request ended: `ended` when the handler raised, else completed if the whole answer
+    went out, or the client left first (during the latency, a hold or the stream)."""
+    if ex.entry is not None:
+        ex.entry.client_left_at = ex.left_at
+        ex.entry.ended = ended or ("completed" if ex.finished else "client_left")
+
+
 async def _dispatch(*, ex: Exchange, settings: Settings) -> None:
     _count(stats=settings.stats, path=ex.path)
     handler, dialect = _route_for(ex=ex)
+    if handler is not None and ex.method == "POST" and not ex.path.startswith("/_fake/"):
+        _entry_open(ex=ex, settings=settings)
+    ended = "error"
     try:
         if handler is None:
             raise ApiError(404, f"Invalid URL ({ex.method} {ex.path})")
         await handler(ex=ex, settings=settings, dialect=dialect)
+        ended = None
     except ApiError as error:
         await error_send(ex=ex, dialect=dialect, error=error)
+    except FakeConnectionDrop:
+        ended = "cut"
+        raise
+    finally:
+        _entry_close(ex=ex, ended=ended)
 
 
 async def _lifespan(receive: Callable, send: Callable) -> None:
-    while (message := await receive())["type"] != "lifespan.shutdown":
+    while (await receive())["type"] != "lifespan.shutdown":
         await send({"type": "lifespan.startup.complete"})
     await send({"type": "lifespan.shutdown.complete"})
 

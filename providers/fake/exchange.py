@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from urllib.parse import parse_qs
 from collections.abc import Callable
+
+from providers.fake.ledger import LedgerEntry
 
 HOLD_LIMIT_S = 300.0
 
@@ -21,6 +24,9 @@ class Exchange:
         }
         self.body = b""
         self.left = asyncio.Event()
+        self.left_at: float | None = None  # time.time() when the client was seen leaving
+        self.finished = False  # the last body message is out
+        self.entry: LedgerEntry | None = None  # a chat or embeddings request's ledger entry
         self._receive, self._send = receive, send
         self._listener: asyncio.Task | None = None
 
@@ -39,6 +45,8 @@ class Exchange:
     async def _await_leave(self) -> None:
         while (await self._receive())["type"] != "http.disconnect":
             pass
+        if not self.finished:  # a server may say "disconnect" once the answer is complete
+            self.left_at = time.time()
         self.left.set()
 
     def close(self) -> None:
@@ -52,12 +60,25 @@ class Exchange:
         except TimeoutError:
             pass
 
+    async def pause(self, seconds: float) -> bool:
+        """Wait `seconds` (at least one turn of the event loop, so a disconnect already queued
+        is seen), less if the client leaves; False when it has left."""
+        if seconds <= 0:
+            await asyncio.sleep(0)
+        elif not self.left.is_set():
+            try:
+                await asyncio.wait_for(self.left.wait(), seconds)
+            except TimeoutError:
+                pass
+        return not self.left.is_set()
+
     async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
         raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
         await self._send({"type": "http.response.start", "status": status, "headers": raw})
 
     async def write(self, data: bytes, *, more: bool = True) -> bool:
         """Send one body message; each is its own ASGI message so streams really stream."""
+        self.finished = not more
         await self._send({"type": "http.response.body", "body": data, "more_body": more})
         return not self.left.is_set()
 

@@ -358,7 +358,7 @@ async def _generate(
                                          tokens=request.prompt_tokens):
         return
     completion = completion_build(request=request, id_prefix="")
-    settings.bill(prompt_tokens=request.prompt_tokens, completion_tokens=completion.billed_completion_tokens)
+    respond.billing_due(ex=ex, prompt_tokens=request.prompt_tokens, completion=completion)
     if stream:
         await respond.stream_send(ex=ex, settings=settings, directive=request.directive,
                                   frames=dialect.frames(completion=completion))
@@ -393,7 +393,7 @@ async def _embed(
     if not await respond.before_response(ex=ex, settings=settings, dialect=dialect,
                                          directive=directive, tokens=tokens):
         return
-    settings.bill(prompt_tokens=tokens)
+    respond.billing_due(ex=ex, prompt_tokens=tokens)
     vectors = [{"values": embedding_vector(model=model, item=text, dimensions=dimensions)}
                for text, dimensions in items]
     payload = {"embeddings": vectors} if batch else {"embedding": vectors[0]}

@@ -16,17 +16,9 @@ from django.test import AsyncClient, override_settings
 from accounting.models import UsageRecord
 from accounting.services import api_key_create, tenant_create
 from caching.models import CachePolicy
-from caching.selectors import cache_policies_clear
 from tests.asgi_client import ApiClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_policies():
-    cache_policies_clear()
-    yield
-    cache_policies_clear()
 
 
 def chat(content: str = "Hello cache", **extra) -> dict:

@@ -15,7 +15,6 @@ from django.test import AsyncClient, override_settings
 from accounting.models import UsageRecord
 from accounting.services import api_key_create, tenant_create
 from caching.models import CachePolicy
-from caching.selectors import cache_policies_clear
 from caching.semantic import SemanticIndex, semantic_index
 from tests.asgi_client import ApiClient
 
@@ -24,13 +23,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 QUESTION = "What is the capital of France?"
 REPHRASED = "Tell me: what is the capital city of France?"  # 7 of 10 words shared: cosine ~0.84
 UNRELATED = "Write a short poem about winter mornings."
-
-
-@pytest.fixture(autouse=True)
-def _fresh_policies():
-    cache_policies_clear()
-    yield
-    cache_policies_clear()
 
 
 def chat(content: str) -> dict:

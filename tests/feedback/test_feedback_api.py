@@ -176,10 +176,9 @@ async def test_content_is_kept_only_for_tenants_that_opt_in_and_expires(gateway)
     await complete(gateway, "Not kept")
     assert await UsageContent.objects.acount() == 0
 
-    await Tenant.objects.filter(pk=gateway.tenant.pk).aupdate(keep_content=True, content_retention_days=7)
-    from accounting.auth import auth_cache_clear
-
-    auth_cache_clear()
+    tenant = await Tenant.objects.aget(pk=gateway.tenant.pk)
+    tenant.keep_content, tenant.content_retention_days = True, 7
+    await tenant.asave(update_fields=["keep_content", "content_retention_days"])
     completion = await complete(gateway, "Please keep this")
     content = await UsageContent.objects.select_related("usage_record").aget()
     assert content.usage_record.response_id == completion["id"]

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from accounting import writes as writes_module
 from accounting.budgets import _budgets_load, budget_reserve
-from accounting.models import Budget, BudgetAlert, BudgetPeriod, BudgetReservation, UsageRecord
+from accounting.models import Budget, BudgetAlert, BudgetPeriod, UsageRecord
 from accounting.services import RecordWrite, tenant_create, usage_records_create
 from kernel import db_async
 from tests.accounting.test_record_statement import every_field

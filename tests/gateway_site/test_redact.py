@@ -48,7 +48,6 @@ def quoting(gateway):
     `quote_key` error quotes whole."""
     from providers.models import Provider, ProviderModel
     from providers.services import provider_key_upsert
-    from routing.selectors import routing_table_clear
 
     providers = {}
     for name, wire, api_base, secret in (
@@ -60,7 +59,6 @@ def quoting(gateway):
         ProviderModel.objects.create(provider=provider, alias=f"{name}-model", upstream_model="gpt-4o-mini",
                                      input_price_per_million="1", output_price_per_million="1")
         providers[name] = provider
-    routing_table_clear()
     return providers
 
 

@@ -143,10 +143,9 @@ async def test_log_lines_carry_the_request_id_and_no_prompt(gateway, json_lines)
 
 
 async def test_a_tenant_that_keeps_content_has_its_prompt_in_the_request_line(gateway, json_lines):
-    await Tenant.objects.filter(pk=gateway.tenant.pk).aupdate(keep_content=True)
-    from accounting.auth import auth_cache_clear
-
-    auth_cache_clear()
+    tenant = await Tenant.objects.aget(pk=gateway.tenant.pk)
+    tenant.keep_content = True
+    await tenant.asave(update_fields=["keep_content"])
     await chat(gateway, "kept-prompt-text", **{"x-request-id": "logs-2"})
     [request_line] = [
         json.loads(line) for line in json_lines

@@ -11,7 +11,6 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from kernel.upstream_urls import url_destination_problem
-from tests.operators.conftest import operator  # noqa: F401 - the operator API's staff client
 
 METADATA = "http://169.254.169.254/latest/meta-data/"
 

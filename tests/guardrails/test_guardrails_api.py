@@ -253,10 +253,9 @@ async def test_a_tenant_policy_adds_to_or_replaces_the_default(gateway):
     assert (await post(gateway.raw_key, chat_body(f"card {CARD}"))).status_code == 400  # its own
     assert (await post(other_key, chat_body(f"card {CARD}"))).status_code == 200  # not another tenant's
     assert (await post(other_key, chat_body(f"mail {EMAIL}"))).status_code == 400
-    await GuardrailPolicy.objects.filter(tenant=gateway.tenant).aupdate(inherit_default=False)
-    from guardrails.selectors import guardrail_table_clear
-
-    guardrail_table_clear()  # (a queryset update sends no signal; a save in the admin does)
+    async for own in GuardrailPolicy.objects.filter(tenant=gateway.tenant):
+        own.inherit_default = False
+        await own.asave(update_fields=["inherit_default"])  # as the admin does: the rules reload
     assert (await post(gateway.raw_key, chat_body(f"mail {EMAIL}"))).status_code == 200
     tenants = {e.tenant_id for e in await events()}
     assert tenants == {gateway.tenant.pk, other.pk}

@@ -63,7 +63,8 @@ def test_the_admins_own_pages_need_the_model_permission(gateway, experiment):
 
 
 def test_staff_without_the_view_permission_see_no_other_tenant_on_the_dashboards(db):
-    acme, globex = tenant_create(slug="acme", name="Acme"), tenant_create(slug="globex", name="Globex")
+    acme = tenant_create(slug="acme", name="Acme")
+    tenant_create(slug="globex", name="Globex")
     everything = ["/dashboard/", "/dashboard/export.csv", "/dashboard/feedback/",
                   "/dashboard/feedback/corrections.jsonl"]
     of_globex = ["/dashboard/globex/", "/dashboard/globex/export.csv?table=models", "/dashboard/globex/feedback/",

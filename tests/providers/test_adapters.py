@@ -562,11 +562,13 @@ async def test_anthropic_stream_translation(upstream, anthropic):
         "prompt_tokens": 335, "completion_tokens": 15, "total_tokens": 350,
         "prompt_tokens_details": {"cached_tokens": 300},
     }
+    # Counts so far: message_start's input (its output_tokens is a placeholder), message_delta's both.
+    prompt_so_far = {"prompt_tokens": 335, "prompt_tokens_details": {"cached_tokens": 300}}
     assert [without_created(chunk) for chunk in chunks] == [
-        choice({"role": "assistant", "content": ""}),
+        {**choice({"role": "assistant", "content": ""}), "usage_so_far": prompt_so_far},
         choice({"content": "Hello"}),
         choice({"content": "!"}),
-        choice({}, "stop"),
+        {**choice({}, "stop"), "usage_so_far": {**prompt_so_far, "completion_tokens": 15}},
         {**envelope, "choices": [], "usage": usage},
     ]
 
@@ -594,7 +596,7 @@ async def test_anthropic_stream_without_usage_has_no_usage_chunk(upstream, anthr
 
     assert deltas(chunks) == [{"role": "assistant", "content": ""}, {"content": "Hi"}, {}]
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
-    assert all("usage" not in chunk for chunk in chunks)
+    assert all("usage" not in chunk and "usage_so_far" not in chunk for chunk in chunks)
 
 
 async def test_anthropic_stream_ending_before_message_stop_is_malformed(upstream, anthropic):

@@ -33,8 +33,6 @@ WEATHER = {
 @pytest.fixture
 def providers(gateway, fake_provider_url):
     """Cohere and Azure providers on the fake, beside the gateway fixture's OpenAI/Anthropic ones."""
-    from routing.selectors import routing_table_clear
-
     cohere = Provider.objects.create(name="fake-cohere", type="cohere", api_base=fake_provider_url)
     provider_key_upsert(provider=cohere, name="default", secret="co-fake-provider-secret-0003")
     ProviderModel.objects.create(
@@ -55,7 +53,6 @@ def providers(gateway, fake_provider_url):
         provider=azure, alias="azure-embed", upstream_model="embed-small", mode="embedding",
         input_price_per_million="0.02",
     )
-    routing_table_clear()
     return gateway
 
 

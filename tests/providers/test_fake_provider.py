@@ -205,8 +205,180 @@ async def test_the_ledger_counts_the_tokens_of_every_answer_generated(client):
     usage = (await client.get("/_fake/stats")).json()["usage"]
     cut = 3 + 4 + tokens_count(text="cut [[fake disconnect_after=1]]")  # a directive is prompt text too
     assert usage == {"prompt_tokens": prompt + cut + tokens_count(text="alpha beta"),
-                     "completion_tokens": 2 * 4 + 3}  # a stream cut short is billed whole
+                     "completion_tokens": 2 * 4 + 1}  # a cut stream bills the frame written
 
+
+# --- the per-request ledger (GET /_fake/ledger) ---------------------------------------------------
+
+
+async def ledger(client, request_id: str | None = None) -> list[dict]:
+    params = {"request_id": request_id} if request_id else {}
+    return (await client.get("/_fake/ledger", params=params)).json()["data"]
+
+
+def is_content(body: bytes) -> bool:
+    """An OpenAI content frame (not the role chunk that leads the stream)."""
+    return b'"content":"' in body and b'"role"' not in body
+
+
+async def asgi_drive(
+    app, body: dict, *, leave_after: int | None = None, leave_at_once: bool = False,
+    request_id: str = "req-drive",
+) -> list[bytes]:
+    """POST a chat request over raw ASGI, as a server would, and return the body messages sent.
+
+    The client leaves (`http.disconnect`) as soon as the request is read (`leave_at_once`) or
+    when `leave_after` content frames have been sent to it; a dropped connection ends the drive.
+    """
+    left, sent, requested = asyncio.Event(), [], False
+    if leave_at_once:
+        left.set()
+
+    async def receive() -> dict:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.body" and message["body"]:
+            sent.append(message["body"])
+            if leave_after is not None and sum(map(is_content, sent)) >= leave_after:
+                left.set()
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            left.set()  # done: a server then reports the connection closed
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "query_string": b"",
+             "headers": [(b"authorization", b"Bearer sk-test"), (b"x-request-id", request_id.encode())]}
+    try:
+        await app(scope, receive, send)
+    except FakeConnectionDrop:
+        pass
+    return sent
+
+
+def streamed_text(frames: list[bytes]) -> str:
+    """The text of the OpenAI content frames among `frames`."""
+    return "".join(json.loads(frame[6:])["choices"][0]["delta"]["content"]
+                   for frame in frames if is_content(frame))
+
+
+async def test_the_ledger_of_a_completed_stream_is_what_was_streamed(client):
+    body = chat_body(stream=True, stream_options={"include_usage": True})
+    response = await chat(client, body, headers={"x-request-id": "req-whole"})
+    chunks = openai_chunks(response.text)
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    [entry] = await ledger(client, "req-whole")
+    assert entry["prompt_tokens"] == chunks[-1]["usage"]["prompt_tokens"]
+    assert entry["completion_tokens"] == chunks[-1]["usage"]["completion_tokens"] == tokens_count(text=text)
+    assert entry["frames"] == DEFAULT_PIECES and entry["ended"] == "completed"
+    assert entry["path"] == "/v1/chat/completions" and entry["model"] == "gpt-4o-mini" and entry["stream"]
+    assert entry["received_at"] <= entry["first_frame_at"] <= entry["last_frame_at"]
+    assert entry["client_left_at"] is None
+    usage = (await client.get("/_fake/stats")).json()["usage"]
+    assert usage == {"prompt_tokens": entry["prompt_tokens"], "completion_tokens": entry["completion_tokens"]}
+
+
+@pytest.mark.parametrize("dialect", ["anthropic", "gemini"])
+async def test_the_ledger_of_a_completed_stream_is_its_usage_in_every_dialect(client, dialect):
+    headers = {"x-request-id": f"req-{dialect}"}
+    if dialect == "anthropic":
+        text = (await client.post("/v1/messages", json=messages_body(stream=True),
+                                  headers=ANTHROPIC_AUTH | headers)).text
+        events = dict(anthropic_events(text))  # the last event of each name
+        usage = {"prompt_tokens": events["message_start"]["message"]["usage"]["input_tokens"],
+                 "completion_tokens": events["message_delta"]["usage"]["output_tokens"]}
+    else:
+        text = (await client.post("/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+                                  json={"contents": [{"role": "user", "parts": [{"text": "Hi"}]}]},
+                                  headers={"x-goog-api-key": "g"} | headers)).text
+        last = json.loads([line for line in text.split("\r\n") if line.startswith("data: ")][-1][6:])
+        usage = {"prompt_tokens": last["usageMetadata"]["promptTokenCount"],
+                 "completion_tokens": last["usageMetadata"]["candidatesTokenCount"]}
+    [entry] = await ledger(client, headers["x-request-id"])
+    assert {k: entry[k] for k in usage} == usage and entry["completion_tokens"] > 0
+    assert entry["ended"] == "completed" and entry["stream"] and entry["frames"] == DEFAULT_PIECES
+
+
+async def test_the_ledger_of_a_plain_answer_and_of_embeddings_bills_them_whole(client):
+    body = (await chat(client, chat_body(n=2), headers={"x-request-id": "req-plain"})).json()
+    await client.post("/v1/embeddings", json={"model": "text-embedding-3-small", "input": "alpha beta"},
+                      headers=OPENAI_AUTH | {"x-request-id": "req-embed"})
+    [plain] = await ledger(client, "req-plain")
+    [embed] = await ledger(client, "req-embed")
+    assert (plain["prompt_tokens"], plain["completion_tokens"]) == (
+        body["usage"]["prompt_tokens"], body["usage"]["completion_tokens"])
+    assert plain["frames"] == 0 and plain["first_frame_at"] is None and not plain["stream"]
+    assert embed == embed | {"path": "/v1/embeddings", "model": "text-embedding-3-small", "stream": False,
+                             "prompt_tokens": tokens_count(text="alpha beta"), "completion_tokens": 0,
+                             "ended": "completed"}
+
+
+async def test_a_cut_stream_bills_the_frames_written():
+    app = build_app()
+    body = chat_body("Hi [[fake chunks=8 disconnect_after=3]]", stream=True)
+    sent = await asgi_drive(app, body, request_id="req-cut")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fake") as c:
+        [entry] = await ledger(c, "req-cut")
+    assert sum(map(is_content, sent)) == entry["frames"] == 3
+    assert entry["completion_tokens"] == tokens_count(text=streamed_text(sent)) == 3
+    assert entry["prompt_tokens"] > 0 and entry["ended"] == "cut"
+
+
+async def test_a_client_that_leaves_stops_the_stream_at_the_next_frame():
+    app = build_app()
+    body = chat_body("Hi [[fake chunks=20]]", stream=True)
+    sent = await asgi_drive(app, body, leave_after=4, request_id="req-left")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fake") as c:
+        [entry] = await ledger(c, "req-left")
+        usage = (await c.get("/_fake/stats")).json()["usage"]
+    assert sum(map(is_content, sent)) == entry["frames"] == 4  # none after the client was seen leaving
+    assert entry["completion_tokens"] == tokens_count(text=streamed_text(sent)) == 4
+    assert entry["ended"] == "client_left" and entry["prompt_tokens"] > 0
+    assert entry["last_frame_at"] <= entry["client_left_at"]
+    assert b"[DONE]" not in b"".join(sent)
+    assert usage == {"prompt_tokens": entry["prompt_tokens"], "completion_tokens": 4}
+
+
+async def test_a_client_gone_during_the_latency_is_not_billed():
+    app = build_app(latency_ms=600_000)  # the client's leaving ends the wait, not the clock
+    sent = await asgi_drive(app, chat_body(stream=True), leave_at_once=True, request_id="req-gone")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fake") as c:
+        [entry] = await ledger(c, "req-gone")
+        usage = (await c.get("/_fake/stats")).json()["usage"]
+    assert sent == [] and entry["ended"] == "client_left" and entry["client_left_at"] is not None
+    assert (entry["prompt_tokens"], entry["completion_tokens"], entry["frames"]) == (0, 0, 0)
+    assert usage == {"prompt_tokens": 0, "completion_tokens": 0}
+
+
+async def test_an_error_is_in_the_ledger_and_not_billed(client):
+    assert (await chat(client, chat_body("[[fake status=500]]", stream=True),
+                       headers={"x-request-id": "req-500"})).status_code == 500
+    assert (await chat(client, chat_body(), headers={"authorization": "", "x-request-id": "req-401"})
+            ).status_code == 401
+    for request_id in ("req-500", "req-401"):
+        [entry] = await ledger(client, request_id)
+        assert entry["ended"] == "error" and entry["model"] == "gpt-4o-mini"
+        assert (entry["prompt_tokens"], entry["completion_tokens"], entry["frames"]) == (0, 0, 0)
+    assert (await client.get("/_fake/stats")).json()["usage"] == {"prompt_tokens": 0, "completion_tokens": 0}
+
+
+async def test_the_ledger_lists_chat_and_embeddings_requests_and_is_cleared(client):
+    await chat(client, chat_body())
+    await chat(client, chat_body(), headers={"x-request-id": "req-b"})
+    await client.get("/v1/models", headers=OPENAI_AUTH)  # neither chat nor embeddings
+    await client.get("/_fake/stats")
+    entries = await ledger(client)
+    assert [e["request_id"] for e in entries] == [None, "req-b"]
+    assert await ledger(client, "req-missing") == []
+    assert (await client.delete("/_fake/ledger")).json() == {"data": []}
+    assert await ledger(client) == []
+    assert (await client.get("/_fake/stats")).json()["usage"]["prompt_tokens"] > 0  # totals stay
+    await chat(client, chat_body())
+    await client.post("/_fake/reset")
+    assert await ledger(client) == []
 
 async def test_directive_in_text_parts_of_last_user_message(client):
     body = chat_body()
@@ -735,6 +907,55 @@ def test_real_stats_count_requests(fake_url):
     httpx.post(f"{fake_url}/v1/messages", json=messages_body(), headers=ANTHROPIC_AUTH)
     assert httpx.get(f"{fake_url}/_fake/stats").json()["requests"] == 2
 
+
+def ledger_ended(fake_url: str, request_id: str, timeout: float = 10.0) -> dict:
+    """The request's ledger entry once it has ended (the fake notices a client leave by itself)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        entries = httpx.get(f"{fake_url}/_fake/ledger", params={"request_id": request_id}).json()["data"]
+        if (entries and entries[0]["ended"]) or time.monotonic() > deadline:
+            assert len(entries) == 1 and entries[0]["ended"], entries
+            return entries[0]
+        time.sleep(0.05)
+
+
+@pytest.mark.e2e
+def test_real_client_that_leaves_is_billed_the_frames_written_and_no_more(fake_url):
+    headers = OPENAI_AUTH | {"x-request-id": "req-real-left",
+                             "x-fake-directive": "chunks=500 chunk_delay_ms=20"}
+    with httpx.stream("POST", f"{fake_url}/v1/chat/completions", json=chat_body(stream=True),
+                      headers=headers, timeout=10) as response:
+        received = []
+        for line in response.iter_lines():
+            if line.startswith("data: {") and '"content":"' in line and '"role"' not in line:
+                received.append(json.loads(line[6:])["choices"][0]["delta"]["content"])
+            if len(received) == 3:
+                leaving_at = time.time()
+                break  # the line iterator goes with it, and closes the connection
+    entry = ledger_ended(fake_url, "req-real-left")
+    assert entry["ended"] == "client_left" and 3 <= entry["frames"] < 500
+    # Every piece is one token: what the client read, and what was written after it.
+    assert entry["completion_tokens"] == entry["frames"] and tokens_count(text="".join(received)) == 3
+    assert leaving_at <= entry["client_left_at"] and entry["last_frame_at"] <= entry["client_left_at"]
+    assert entry["prompt_tokens"] == 3 + 4 + tokens_count(text="Hello there")
+
+
+@pytest.mark.e2e
+def test_real_cut_and_gone_during_latency_in_the_ledger(fake_url):
+    headers = OPENAI_AUTH | {"x-request-id": "req-real-cut", "x-fake-directive": "chunks=6 disconnect_after=2"}
+    with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+        with httpx.stream("POST", f"{fake_url}/v1/chat/completions", json=chat_body(stream=True),
+                          headers=headers, timeout=5) as response:
+            list(response.iter_lines())
+    cut = ledger_ended(fake_url, "req-real-cut")
+    assert (cut["ended"], cut["frames"], cut["completion_tokens"]) == ("cut", 2, 2)
+    headers = OPENAI_AUTH | {"x-request-id": "req-real-gone", "x-fake-directive": "delay_ms=600000"}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{fake_url}/v1/chat/completions", json=chat_body(), headers=headers,
+                   timeout=httpx.Timeout(5, read=0.3))
+    gone = ledger_ended(fake_url, "req-real-gone")
+    assert gone["ended"] == "client_left" and gone["client_left_at"] is not None
+    assert (gone["prompt_tokens"], gone["completion_tokens"]) == (0, 0)
 
 @pytest.mark.e2e
 def test_openai_sdk_parses_completion_stream_and_embeddings(fake_url):

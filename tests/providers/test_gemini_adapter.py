@@ -446,16 +446,43 @@ async def test_stream_translation(upstream, gemini):
         return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
                                      "logprobs": None}]}
 
+    # Each event's running usage rides on the last chunk it produced, as `usage_so_far`.
     assert [without_created(chunk) for chunk in chunks] == [
         choice({"role": "assistant", "content": ""}),
-        choice({"content": "The sky"}),
-        choice({"content": " is blue."}),
-        choice({}, "stop"),
+        {**choice({"content": "The sky"}), "usage_so_far": {"prompt_tokens": 9, "completion_tokens": 2}},
+        {**choice({"content": " is blue."}), "usage_so_far": {"prompt_tokens": 9, "completion_tokens": 5}},
+        {**choice({}, "stop"), "usage_so_far": {"prompt_tokens": 9, "completion_tokens": 22}},
         # The last event's usage is the total; thinking counts as output.
         {**head, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 22,
                                           "total_tokens": 31}},
     ]
     assert len({chunk["created"] for chunk in chunks}) == 1
+
+
+async def test_stream_usage_before_the_first_candidate_tokens(upstream, gemini):
+    """An event may count the prompt alone (no candidatesTokenCount yet), and one may carry only
+    usageMetadata (Gemini 3): each side is passed on as reported, on a chunk of its own if need be."""
+    head = {"modelVersion": "gemini-3-flash-preview", "responseId": "r1"}
+    events = [
+        {"candidates": [{"content": {"parts": [{"text": "Hi"}], "role": "model"}, "index": 0}],
+         "usageMetadata": {"promptTokenCount": 7, "cachedContentTokenCount": 4, "totalTokenCount": 7}},
+        {"usageMetadata": {"promptTokenCount": 7, "candidatesTokenCount": 3, "thoughtsTokenCount": 2,
+                           "totalTokenCount": 12}},
+        {"candidates": [{"content": {"parts": [{"text": "!"}], "role": "model"}, "index": 0,
+                         "finishReason": "STOP"}]},
+    ]
+    body = b"".join(b"data: " + json.dumps({**e, **head}).encode() + b"\r\n\r\n" for e in events)
+    upstream.post(STREAM_URL).respond(200, content=body, headers=SSE)
+
+    chunks = await stream(gemini, {"messages": HELLO, "stream": True})
+
+    assert [(chunk["choices"], chunk.get("usage_so_far")) for chunk in chunks[1:4]] == [
+        ([{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None, "logprobs": None}],
+         {"prompt_tokens": 7, "prompt_tokens_details": {"cached_tokens": 4}}),
+        ([], {"prompt_tokens": 7, "completion_tokens": 5}),
+        ([{"index": 0, "delta": {"content": "!"}, "finish_reason": None, "logprobs": None}], None),
+    ]
+    assert chunks[-1]["usage"] == {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
 
 
 async def test_stream_tool_calls(upstream, gemini):

@@ -39,8 +39,6 @@ WEATHER_TOOL = {
 @pytest.fixture
 def gemini(gateway, fake_provider_url):
     """The shared gateway setup plus a Gemini provider on the fake, under gemini-* aliases."""
-    from routing.selectors import routing_table_clear
-
     provider = Provider.objects.create(
         name="fake-gemini", type="gemini", api_base=fake_provider_url)
     provider_key_upsert(provider=provider, name="default", secret="AIza-fake-gemini-secret-0003")
@@ -56,7 +54,6 @@ def gemini(gateway, fake_provider_url):
         provider=provider, alias="gemini-embedding", upstream_model="gemini-embedding-001",
         mode="embedding", input_price_per_million="0.15",
     )
-    routing_table_clear()
     return gateway
 
 

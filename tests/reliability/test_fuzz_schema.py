@@ -21,7 +21,6 @@ from hypothesis import HealthCheck, Phase, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from tests.reliability.hostile_stack import hostile_stack  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.e2e
 

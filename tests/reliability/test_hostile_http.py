@@ -5,14 +5,13 @@ process's memory stays bounded while it refuses them. Figures go to docs/reliabi
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
 import httpx
 import pytest
 
-from tests.reliability.hostile_stack import MAX_BODY_BYTES, hostile_stack  # noqa: F401  (fixture)
+from tests.reliability.hostile_stack import MAX_BODY_BYTES
 
 pytestmark = pytest.mark.e2e
 

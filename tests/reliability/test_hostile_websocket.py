@@ -14,7 +14,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.reliability.hostile_stack import MAX_BODY_BYTES, hostile_stack, wait_for  # noqa: F401  (fixture)
+from tests.reliability.hostile_stack import MAX_BODY_BYTES, wait_for
 
 pytestmark = pytest.mark.e2e
 

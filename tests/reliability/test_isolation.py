@@ -87,7 +87,6 @@ def world(gateway, settings) -> World:
     from guardrails.models import GuardrailEvent
     from providers.models import ProviderModel
     from routing.models import Deployment, RouteGroup, RoutingRule
-    from routing.selectors import routing_table_clear
 
     settings.GATEWAY_CONFIG_CACHE_SECONDS = 0
     alpha = gateway.tenant
@@ -97,7 +96,6 @@ def world(gateway, settings) -> World:
     Deployment.objects.create(group=group, provider_model=ProviderModel.objects.get(alias="gpt-4o-mini"))
     rule = RoutingRule.objects.create(name="bravo-rule", model=B_MODEL, group=group)
     rule.tenants.add(bravo)
-    routing_table_clear()
     users = get_user_model()
     a_member = users.objects.create_user("alpha-member", "alpha@example.com", "pw-alpha-123")
     b_member = users.objects.create_user("bravo-member", "bravo@example.com", "pw-bravo-123")

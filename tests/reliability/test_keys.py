@@ -138,7 +138,6 @@ def _surfaces(responses: list, caplog, staff_client: Client, tenant_slug: str) -
 def test_no_secret_in_logs_errors_admin_exports_metrics_or_audit(gateway, strict_upstream, caplog, django_user_model):
     from providers.models import Provider, ProviderModel
     from providers.services import provider_key_upsert
-    from routing.selectors import routing_table_clear
     from operators.services import staff_token_create
 
     caplog.set_level(logging.DEBUG)
@@ -146,7 +145,6 @@ def test_no_secret_in_logs_errors_admin_exports_metrics_or_audit(gateway, strict
     provider_key_upsert(provider=strict, name="default", secret=STRICT_SECRET)
     ProviderModel.objects.create(provider=strict, alias="strict-mini", upstream_model="gpt-4o-mini",
                                  input_price_per_million="1", output_price_per_million="1")
-    routing_table_clear()
     staff = django_user_model.objects.create_superuser("root", "root@example.com", "pw-root-123")
     _, staff_token = staff_token_create(user=staff)
     operator = {"Authorization": f"Bearer {staff_token}"}

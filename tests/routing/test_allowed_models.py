@@ -33,7 +33,6 @@ def limited(gateway) -> str:
     from accounting.services import api_key_create
     from providers.models import Provider, ProviderModel
     from providers.services import provider_key_upsert
-    from routing.selectors import routing_table_clear
 
     fake = gateway.provider
     for alias, upstream, mode, price in (
@@ -48,7 +47,6 @@ def limited(gateway) -> str:
     provider_key_upsert(provider=other, name="default", secret="sk-fake-provider-secret-0003")
     ProviderModel.objects.create(provider=other, alias="premium", upstream_model="premium",
                                  input_price_per_million="0.10", output_price_per_million="0.10")
-    routing_table_clear()
     return api_key_create(tenant=gateway.tenant, name="house-only", allowed_models=["house", "vectors"])[1]
 
 
@@ -146,13 +144,11 @@ async def test_a_rule_is_reached_by_its_published_name_only(gateway, limited):
     from accounting.services import api_key_create
     from providers.models import ProviderModel
     from routing.models import Deployment, RouteGroup, RoutingRule
-    from routing.selectors import routing_table_clear
 
     def publish() -> str:
         group = RouteGroup.objects.create(name="assistant-group")
         Deployment.objects.create(group=group, provider_model=ProviderModel.objects.get(alias="house"))
         RoutingRule.objects.create(name="assistant-rule", model="assistant", group=group)
-        routing_table_clear()
         return api_key_create(tenant=gateway.tenant, name="assistant-only", allowed_models=["assistant"])[1]
 
     assistant_only = await sync_to_async(publish)()

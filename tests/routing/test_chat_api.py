@@ -436,20 +436,20 @@ IMAGE_MESSAGE = [{"role": "user", "content": [
 ]}]
 
 
-async def test_images_to_a_model_without_vision_are_a_400_naming_messages(gateway):
-    await ProviderModel.objects.filter(alias="gpt-4o-mini").aupdate(capabilities=["streaming"])
-    from routing.selectors import routing_table_clear
+async def capabilities_set(alias: str, capabilities: list[str]) -> None:
+    model = await ProviderModel.objects.aget(alias=alias)
+    model.capabilities = capabilities
+    await model.asave(update_fields=["capabilities"])  # as the admin does: the routing table reloads
 
-    routing_table_clear()
+
+async def test_images_to_a_model_without_vision_are_a_400_naming_messages(gateway):
+    await capabilities_set("gpt-4o-mini", ["streaming"])
     response = await post(gateway, "/v1/chat/completions", json.dumps({"model": "gpt-4o-mini", "messages": IMAGE_MESSAGE}))
     assert_openai_error(response, 400, param="messages", code="unsupported_content")
 
 
 async def test_images_pass_to_models_with_vision_or_unlisted_capabilities(gateway):
-    await ProviderModel.objects.filter(alias="gpt-4o").aupdate(capabilities=["vision"])
-    from routing.selectors import routing_table_clear
-
-    routing_table_clear()
+    await capabilities_set("gpt-4o", ["vision"])
     for model in ("gpt-4o", "gpt-4o-mini"):
         response = await post(gateway, "/v1/chat/completions", json.dumps({"model": model, "messages": IMAGE_MESSAGE}))
         assert response.status_code == 200, response.content

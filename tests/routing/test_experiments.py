@@ -18,7 +18,7 @@ from feedback.services import rating_value
 from providers.models import ProviderModel
 from routing.experiments import experiment_results, interval, variant_pick, welch_p_value
 from routing.models import Deployment, Experiment, ExperimentVariant, RouteGroup, RoutingRule
-from routing.selectors import ExperimentConfig, VariantConfig, routing_table_clear
+from routing.selectors import ExperimentConfig, VariantConfig
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -33,7 +33,6 @@ def experiment(gateway):
     experiment = Experiment.objects.create(name="mini-vs-4o", rule=rule)
     ExperimentVariant.objects.create(experiment=experiment, name="mini", group=mini, weight=1)
     ExperimentVariant.objects.create(experiment=experiment, name="big", model="gpt-4o", weight=1)
-    routing_table_clear()
     return experiment
 
 

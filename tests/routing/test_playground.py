@@ -22,19 +22,11 @@ from feedback.services import feedback_submit, feedback_upsert, submission_parse
 from kernel.errors import InvalidRequest, NotFound
 from providers.models import Provider, ProviderModel
 from routing.models import Deployment, RouteGroup, RoutingRule
-from routing.selectors import routing_table_clear
 from tests.conftest import role_join
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the config loads run on database threads: committed data
 
 FEEDBACK_URL = "/playground/feedback"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_routing_table():
-    routing_table_clear()
-    yield
-    routing_table_clear()
 
 
 @pytest.fixture

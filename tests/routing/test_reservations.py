@@ -10,16 +10,13 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 import httpx
 import pytest
-from asgiref.sync import sync_to_async
 from django.db import connection
 from tests.asgi_client import ApiClient
 
 from accounting.models import Budget, BudgetPeriod, UsageRecord
 from accounting.tokens import prompt_tokens, text_tokens
 from caching.models import CachePolicy
-from caching.selectors import cache_policies_clear
 from providers.models import ProviderModel
-from routing.selectors import routing_table_clear
 from routing.structured import repair_payload, repair_prompt_tokens
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -190,15 +187,14 @@ async def test_n_choices_reserve_every_choice_and_the_prompt_once(gateway, fake_
 def dear_embeddings(gateway):
     """A semantic cache whose embeddings cost something a budget's places can see ($1 per million
     tokens instead of $0.02), and less than the chats of these tests."""
-    cache_policies_clear()
-    ProviderModel.objects.filter(alias="text-embedding-3-small").update(input_price_per_million="1")
-    routing_table_clear()
+    embedding = ProviderModel.objects.get(alias="text-embedding-3-small")
+    embedding.input_price_per_million = "1"
+    embedding.save(update_fields=["input_price_per_million"])
     CachePolicy.objects.create(
         name="semantic", tenant=gateway.tenant, mode="semantic", ttl_seconds=3600,
         semantic_threshold="0.800", embedding_model="text-embedding-3-small",
     )
     yield
-    cache_policies_clear()
 
 
 async def test_the_semantic_caches_embedding_and_the_chat_fit_one_budget(gateway, dear_embeddings):

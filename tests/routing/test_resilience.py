@@ -20,7 +20,6 @@ from providers.models import Provider, ProviderModel
 from providers.services import provider_key_upsert
 from routing.breakers import breaker_store
 from routing.models import Deployment, RouteGroup, RoutingRule
-from routing.selectors import routing_table_clear
 from tests.conftest import free_port, start_process, stop_process
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -171,15 +170,20 @@ async def test_tenant_errors_are_not_retried_or_failed_over(gateway, route, fake
     assert await fakes["fake-a"].requests() == 1 and await fakes["fake-b"].requests() == 0
 
 
+async def context_window_set(*, provider: str, tokens: int) -> None:
+    """As the admin changes it: save() raises the configuration generation (an update() would not)."""
+    async for model in ProviderModel.objects.filter(provider__name=provider):
+        model.context_window = tokens
+        await model.asave(update_fields=["context_window"])
+
+
 async def test_context_length_goes_to_a_larger_context_window(gateway, route, fakes):
     await route()
-    await ProviderModel.objects.filter(provider__name="fake-a").aupdate(context_window=8000)
-    routing_table_clear()
+    await context_window_set(provider="fake-a", tokens=8000)
     await fakes["fake-a"].misbehave("context_length_exceeded")
     response = await ask(gateway)
     assert response.status_code == 200 and response.headers["x-gateway-provider"] == "fake-b"
-    await ProviderModel.objects.filter(provider__name="fake-b").aupdate(context_window=4000)
-    routing_table_clear()  # update() sends no signal; the admin's save() would clear it
+    await context_window_set(provider="fake-b", tokens=4000)
     await fakes["fake-a"].reset()
     await fakes["fake-a"].misbehave("context_length_exceeded")
     response = await ask(gateway)

@@ -16,7 +16,6 @@ from providers.models import Provider, ProviderModel
 from providers.services import provider_key_upsert
 from routing.models import Deployment, RouteGroup, RoutingRule
 from routing.selection import RouteHints, route_select
-from routing.selectors import routing_table_clear
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the config loads run on database threads: committed data
 
@@ -52,7 +51,6 @@ FULL_ROUTE = {
 @pytest.fixture
 def catalogue():
     """Providers fake-a and fake-b serving gpt-4o-mini (never called here), and tenant acme."""
-    routing_table_clear()
     for name in ("fake-a", "fake-b"):
         provider = Provider.objects.create(name=name, type="openai", api_base=f"http://{name}.invalid/v1")
         provider_key_upsert(provider=provider, name="default", secret=f"sk-{name}-secret")
@@ -61,8 +59,6 @@ def catalogue():
             input_price_per_million="0.15", output_price_per_million="0.60",
         )
     tenant_create(slug="acme", name="Acme")
-    yield
-    routing_table_clear()
 
 
 def import_text(tmp_path, text: str) -> str:

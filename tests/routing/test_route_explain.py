@@ -21,7 +21,6 @@ from providers.services import provider_key_upsert
 from routing.breakers import BreakerPolicy, breaker_store
 from routing.health import health_store
 from routing.models import Deployment, RouteGroup, RoutingRule
-from routing.selectors import routing_table_clear
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the config loads run on database threads: committed data
 
@@ -34,7 +33,6 @@ def routes():
 
     Returns the breaker/health key of each provider's deployment: {"fake-a": key, "fake-b": key}.
     """
-    routing_table_clear()
     keys = {}
     models = {}
     for name in ("fake-a", "fake-b"):
@@ -60,8 +58,7 @@ def routes():
     RoutingRule.objects.create(
         name="smart-summaries", model="smart", group=summaries, task="summarization", priority=10
     )
-    yield keys
-    routing_table_clear()
+    return keys
 
 
 def explain(*args: str) -> list[str]:

@@ -331,12 +331,11 @@ async def test_a_member_deactivated_ends_the_playground_socket(member, settings)
 
 def test_a_members_session_is_checked_once_per_cache_interval(member, settings, django_assert_num_queries):
     """The check before each request costs no query while the cached answer is fresh."""
-    from accounting.members import member_cache_clear, member_session_context
+    from accounting.members import member_session_context
 
     settings.GATEWAY_CONFIG_CACHE_SECONDS = LONG_CACHE_SECONDS
     client, user = member
     session_key = client.cookies["sessionid"].value
-    member_cache_clear()
     first = async_to_sync(member_session_context)(session_key=session_key, user_id=user.pk)
     with django_assert_num_queries(0):
         again = async_to_sync(member_session_context)(session_key=session_key, user_id=user.pk)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from kernel.errors import ProviderError
 from providers.adapters.anthropic.messages import (
@@ -114,9 +114,11 @@ class AnthropicAdapter(Adapter):
             json_content_body(result.body)
         return result
 
-    async def chat_stream(self, payload: dict, target: Target) -> AsyncIterator[dict]:
+    async def chat_stream(
+        self, payload: dict, target: Target, *, opened: Callable[[], None] | None = None
+    ) -> AsyncIterator[dict]:
         as_json = json_output_requested(self.params_filter(payload, target))
-        chunks = super().chat_stream(payload, target)
+        chunks = super().chat_stream(payload, target, opened=opened)
         try:
             async for chunk in chunks:
                 if as_json and (chunk := json_content_chunk(chunk)) is None:

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from providers.adapters.anthropic.tools import tool_call
-from providers.adapters.base import Usage
+from providers.adapters.base import USAGE_SO_FAR, Usage, usage_so_far
 
 _STOP_REASONS = {
     "end_turn": "stop",
@@ -57,12 +57,18 @@ def usage_from(data: object) -> Usage | None:
 @dataclass
 class StreamState:
     """What a stream has told so far: message_start names the message, message_delta ends it,
-    and each tool_use block start gives the next OpenAI tool call index."""
+    and each tool_use block start gives the next OpenAI tool call index.
+
+    message_start reports the input (and cache) tokens, which its chunk passes on as
+    `usage_so_far`; its `output_tokens` is a placeholder, so the completion side waits for
+    message_delta, whose counts are cumulative.
+    """
 
     model: str
     id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
     raw_usage: dict = field(default_factory=dict)
+    output_reported: bool = False  # a message_delta gave output_tokens
     # Anthropic content block index -> OpenAI tool call index (its place among the tool calls).
     tool_indexes: dict[object, int] = field(default_factory=dict)
 
@@ -71,7 +77,7 @@ class StreamState:
         self.id = str(message.get("id") or "")
         self.model = str(message.get("model") or self.model)
         self._add_usage(message.get("usage"))
-        return self.chunk({"role": "assistant", "content": ""})
+        return self._with_usage_so_far(self.chunk({"role": "assistant", "content": ""}))
 
     def tool_start(self, data: dict) -> dict | None:
         """A content_block_start: a tool call's first chunk (id and name) for a tool_use block."""
@@ -100,9 +106,13 @@ class StreamState:
 
     def finish(self, data: dict) -> dict:
         # message_delta counts are cumulative, so they replace what message_start said.
-        self._add_usage(data.get("usage"))
+        usage = data.get("usage")
+        self._add_usage(usage)
+        self.output_reported = self.output_reported or (
+            isinstance(usage, dict) and usage.get("output_tokens") is not None
+        )
         reason = (data.get("delta") or {}).get("stop_reason")
-        return self.chunk({}, finish_reason=finish_reason(reason))
+        return self._with_usage_so_far(self.chunk({}, finish_reason=finish_reason(reason)))
 
     def chunk(self, delta: dict, *, finish_reason: str | None = None) -> dict:
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
@@ -113,6 +123,21 @@ class StreamState:
 
     def usage_chunk(self) -> dict:
         return {**self._envelope(), "choices": [], "usage": self.usage().as_openai()}
+
+    def _with_usage_so_far(self, chunk: dict) -> dict:
+        """The chunk, with the counts reported so far when there are any."""
+        usage = self.usage()
+        if usage is None:
+            return chunk
+        prompt_reported = any(name in self.raw_usage for name in _INPUT_TOKEN_FIELDS)
+        partial = usage_so_far(
+            prompt_tokens=usage.prompt_tokens if prompt_reported else None,
+            completion_tokens=usage.completion_tokens if self.output_reported else None,
+            cached_tokens=usage.cached_tokens,
+        )
+        if partial:
+            chunk[USAGE_SO_FAR] = partial
+        return chunk
 
     def _envelope(self) -> dict:
         return {
