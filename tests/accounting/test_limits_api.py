@@ -5,7 +5,7 @@ import time
 from decimal import Decimal
 
 import pytest
-from django.test import AsyncClient
+from tests.asgi_client import ApiClient
 
 from accounting.models import Budget, BudgetPeriod, BudgetReservation, RateLimit, UsageRecord
 from accounting.ratelimits import REQUESTS, Limit, rate_limit_store
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 async def ask(gateway, **extra):
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], **extra}
-    return await AsyncClient().post(
+    return await ApiClient().post(
         "/v1/chat/completions", json.dumps(body), content_type="application/json", headers=gateway.auth
     )
 
@@ -24,13 +24,13 @@ async def test_rpm_limit_answers_429_with_openai_headers(gateway):
     await RateLimit.objects.acreate(tenant=gateway.tenant, rpm=2, tpm=100_000)
     first = await ask(gateway)
     assert first.status_code == 200
-    assert first["x-ratelimit-limit-requests"] == "2" and first["x-ratelimit-remaining-requests"] == "1"
-    assert first["x-ratelimit-limit-tokens"] == "100000"
+    assert first.headers["x-ratelimit-limit-requests"] == "2" and first.headers["x-ratelimit-remaining-requests"] == "1"
+    assert first.headers["x-ratelimit-limit-tokens"] == "100000"
     assert (await ask(gateway)).status_code == 200
     third = await ask(gateway)
     assert third.status_code == 429
     assert third.json()["error"]["code"] == "rate_limit_exceeded"
-    assert int(third["retry-after"]) >= 1 and third["x-ratelimit-remaining-requests"] == "0"
+    assert int(third.headers["retry-after"]) >= 1 and third.headers["x-ratelimit-remaining-requests"] == "0"
     record = await UsageRecord.objects.order_by("-created_at").afirst()
     assert record.status == "error" and record.error_class == "rate_limit_exceeded"
 

@@ -1,4 +1,4 @@
-"""GET /v1/usage through Django's AsyncClient: grouping, date ranges, tenant isolation, errors."""
+"""GET /v1/usage through the production ASGI app: grouping, date ranges, tenant isolation, errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import timezone as dt_timezone
 from decimal import Decimal
 
 import pytest
-from django.test import AsyncClient
+from tests.asgi_client import ApiClient
 from django.utils import timezone
 
 from accounting.models import UsageRecord
@@ -68,7 +68,7 @@ def usage(transactional_db) -> Usage:
 
 async def get(raw_key: str | None, **params):
     headers = {"Authorization": f"Bearer {raw_key}"} if raw_key else {}
-    return await AsyncClient().get("/v1/usage", params, headers=headers)
+    return await ApiClient().get("/v1/usage", params, headers=headers)
 
 
 def by_group(body: dict) -> dict:
@@ -188,5 +188,5 @@ async def test_bad_parameters_400_naming_the_parameter(usage, params, param):
 
 
 async def test_only_get(usage):
-    response = await AsyncClient().post("/v1/usage", headers={"Authorization": f"Bearer {usage.acme_raw}"})
+    response = await ApiClient().post("/v1/usage", headers={"Authorization": f"Bearer {usage.acme_raw}"})
     assert response.status_code == 405

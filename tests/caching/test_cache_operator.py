@@ -12,6 +12,7 @@ from django.test import AsyncClient
 from accounting.services import api_key_create, tenant_create
 from audit.models import AuditEntry
 from operators.services import staff_token_create
+from tests.asgi_client import ApiClient
 from tests.conftest import role_join
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 async def ask(auth: dict, content: str = "Operator view"):
     body = {"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": content}]}
-    return await AsyncClient().post("/v1/chat/completions", json.dumps(body), content_type="application/json", headers=auth)
+    return await ApiClient().post("/v1/chat/completions", json.dumps(body), content_type="application/json", headers=auth)
 
 
 @pytest.fixture
@@ -53,8 +54,8 @@ async def test_staff_token_reads_every_tenant_and_clears_the_one_named(gateway, 
     assert (await client.delete("/v1/cache", headers=token)).status_code == 400
     cleared = await client.delete("/v1/cache?tenant=globex", headers=token)
     assert cleared.status_code == 200 and cleared.json()["entries"] == 1
-    assert (await ask(gateway.auth))["x-gateway-cache"] == "hit"
-    assert (await ask(globex))["x-gateway-cache"] == "miss"
+    assert (await ask(gateway.auth)).headers["x-gateway-cache"] == "hit"
+    assert (await ask(globex)).headers["x-gateway-cache"] == "miss"
     entry = await AuditEntry.objects.aget(object_type="accounting.tenant")
     assert (entry.action, entry.via, entry.changed_fields, entry.object_repr) == ("changed", "api", ["cache"], "globex")
     assert (await client.get("/v1/cache/stats?tenant=nope", headers=token)).status_code == 400

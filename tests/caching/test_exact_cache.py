@@ -16,6 +16,7 @@ from django.test import AsyncClient, override_settings
 from accounting.models import UsageRecord
 from accounting.services import api_key_create, tenant_create
 from caching.models import CachePolicy
+from tests.asgi_client import ApiClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -25,7 +26,7 @@ def chat(content: str = "Hello cache", **extra) -> dict:
 
 
 async def post(auth: dict, body: dict, **headers):
-    return await AsyncClient().post(
+    return await ApiClient().post(
         "/v1/chat/completions", json.dumps(body), content_type="application/json", headers={**auth, **headers}
     )
 
@@ -41,7 +42,7 @@ async def records() -> list[UsageRecord]:
 
 
 async def sse_chunks(response) -> tuple[list[dict], str]:
-    raw = b"".join([part async for part in response.streaming_content]).decode()
+    raw = response.content.decode()
     events = [block[len("data: "):] for block in raw.split("\n\n") if block.startswith("data: ")]
     return [json.loads(event) for event in events[:-1]], events[-1]
 
@@ -59,7 +60,7 @@ async def test_deterministic_request_misses_then_hits_with_saved_cost(gateway, f
     first = await post(gateway.auth, chat(temperature=0))
     second = await post(gateway.auth, chat(temperature=0))
     assert first.status_code == second.status_code == 200
-    assert (first["x-gateway-cache"], second["x-gateway-cache"]) == ("miss", "hit")
+    assert (first.headers["x-gateway-cache"], second.headers["x-gateway-cache"]) == ("miss", "hit")
     assert await upstream_calls(fake_provider_url) == before + 1
     a, b = first.json(), second.json()
     assert a["choices"] == b["choices"] and a["usage"] == b["usage"] and a["id"] != b["id"]
@@ -68,19 +69,19 @@ async def test_deterministic_request_misses_then_hits_with_saved_cost(gateway, f
     assert miss.cost_usd > 0 and miss.saved_cost_usd == 0 and miss.provider_name == "fake"
     assert hit.cost_usd == 0 and hit.saved_cost_usd == miss.cost_usd and hit.provider_name == ""
     assert hit.response_id == b["id"] and (hit.prompt_tokens, hit.completion_tokens) == (miss.prompt_tokens, miss.completion_tokens)
-    assert "x-gateway-provider" not in second
+    assert "x-gateway-provider" not in second.headers
 
 
 async def test_non_deterministic_request_is_not_cached_unless_asked(gateway, fake_provider_url):
     before = await upstream_calls(fake_provider_url)
     plain = [await post(gateway.auth, chat("Tell me something")) for _ in range(2)]
-    assert all("x-gateway-cache" not in r for r in plain)
+    assert all("x-gateway-cache" not in r.headers for r in plain)
     assert await upstream_calls(fake_provider_url) == before + 2
     asked = [await post(gateway.auth, chat("Tell me something", cache=True)) for _ in range(2)]
-    assert [r["x-gateway-cache"] for r in asked] == ["miss", "hit"]
+    assert [r.headers["x-gateway-cache"] for r in asked] == ["miss", "hit"]
     header = await post(gateway.auth, chat("Tell me something else"), **{"Cache-Control": "max-age=60"})
     again = await post(gateway.auth, chat("Tell me something else"), **{"Cache-Control": "max-age=60"})
-    assert (header["x-gateway-cache"], again["x-gateway-cache"]) == ("miss", "hit")
+    assert (header.headers["x-gateway-cache"], again.headers["x-gateway-cache"]) == ("miss", "hit")
     assert await upstream_calls(fake_provider_url) == before + 4
 
 
@@ -88,13 +89,13 @@ async def test_no_store_skips_and_no_cache_refreshes(gateway, fake_provider_url)
     await post(gateway.auth, chat(temperature=0))
     before = await upstream_calls(fake_provider_url)
     skipped = await post(gateway.auth, chat(temperature=0), **{"Cache-Control": "no-store"})
-    assert "x-gateway-cache" not in skipped
+    assert "x-gateway-cache" not in skipped.headers
     off = await post(gateway.auth, chat(temperature=0, cache=False))
-    assert "x-gateway-cache" not in off
+    assert "x-gateway-cache" not in off.headers
     fresh = await post(gateway.auth, chat(temperature=0, cache={"no_cache": True}))
-    assert fresh["x-gateway-cache"] == "miss"
+    assert fresh.headers["x-gateway-cache"] == "miss"
     assert await upstream_calls(fake_provider_url) == before + 3
-    assert (await post(gateway.auth, chat(temperature=0)))["x-gateway-cache"] == "hit"
+    assert (await post(gateway.auth, chat(temperature=0))).headers["x-gateway-cache"] == "hit"
 
 
 @pytest.mark.parametrize("value, param", [
@@ -110,22 +111,22 @@ async def test_bad_cache_option_is_a_400_naming_it(gateway, value, param):
 async def test_cache_field_is_not_sent_upstream_and_parameters_split_entries(gateway):
     first = await post(gateway.auth, chat(temperature=0, cache={"ttl": 60}))
     other = await post(gateway.auth, chat(temperature=0, max_tokens=3))
-    assert (first.status_code, first["x-gateway-cache"]) == (200, "miss")
-    assert other["x-gateway-cache"] == "miss"  # max_tokens changes the answer: its own entry
+    assert (first.status_code, first.headers["x-gateway-cache"]) == (200, "miss")
+    assert other.headers["x-gateway-cache"] == "miss"  # max_tokens changes the answer: its own entry
     assert len(other.json()["choices"][0]["message"]["content"].split()) == 3
     streamed_user = await post(gateway.auth, chat(temperature=0, user="someone"))
-    assert streamed_user["x-gateway-cache"] == "hit"  # `user` does not change the answer
+    assert streamed_user.headers["x-gateway-cache"] == "hit"  # `user` does not change the answer
 
 
 # --- policies and TTL ----------------------------------------------------------------------------
 async def test_tenant_policy_ttl_expires_entries(gateway):
     await sync_to_async(CachePolicy.objects.create)(name="short", tenant=gateway.tenant, mode="exact", ttl_seconds=1)
     body = chat("Short lived answer")  # not deterministic: the policy caches every request
-    assert (await post(gateway.auth, body))["x-gateway-cache"] == "miss"
+    assert (await post(gateway.auth, body)).headers["x-gateway-cache"] == "miss"
     stored = time.monotonic()
-    assert (await post(gateway.auth, body))["x-gateway-cache"] == "hit"
+    assert (await post(gateway.auth, body)).headers["x-gateway-cache"] == "hit"
     deadline = time.monotonic() + 5
-    while (await post(gateway.auth, body))["x-gateway-cache"] == "hit":
+    while (await post(gateway.auth, body)).headers["x-gateway-cache"] == "hit":
         assert time.monotonic() < deadline, "the entry never expired"
         await asyncio.sleep(0.1)
     assert time.monotonic() - stored >= 0.9
@@ -136,7 +137,7 @@ async def test_policy_off_disables_and_rule_policy_beats_tenant_policy(gateway, 
 
     await sync_to_async(CachePolicy.objects.create)(name="tenant-off", tenant=gateway.tenant, mode="off")
     response = await post(gateway.auth, chat(temperature=0))
-    assert "x-gateway-cache" not in response
+    assert "x-gateway-cache" not in response.headers
 
     def rule_make():
         group = RouteGroup.objects.create(name="cheap")
@@ -146,7 +147,7 @@ async def test_policy_off_disables_and_rule_policy_beats_tenant_policy(gateway, 
 
     await sync_to_async(rule_make)()
     body = {**chat("Routed"), "model": "cheap"}
-    assert [(await post(gateway.auth, body))["x-gateway-cache"] for _ in range(2)] == ["miss", "hit"]
+    assert [(await post(gateway.auth, body)).headers["x-gateway-cache"] for _ in range(2)] == ["miss", "hit"]
 
 
 # --- streams -------------------------------------------------------------------------------------
@@ -154,7 +155,7 @@ async def test_stream_is_replayed_from_a_plain_answer_with_usage_chunk(gateway, 
     plain = (await post(gateway.auth, chat("Replay me", temperature=0))).json()
     before = await upstream_calls(fake_provider_url)
     response = await post(gateway.auth, chat("Replay me", temperature=0, stream=True, stream_options={"include_usage": True}))
-    assert response["x-gateway-cache"] == "hit"
+    assert response.headers["x-gateway-cache"] == "hit"
     chunks, done = await sse_chunks(response)
     assert done == "[DONE]"
     assert await upstream_calls(fake_provider_url) == before
@@ -172,11 +173,11 @@ async def test_stream_is_replayed_from_a_plain_answer_with_usage_chunk(gateway, 
 async def test_streamed_answer_is_stored_and_replayed_in_its_own_pieces(gateway, fake_provider_url):
     body = chat("Stream twice", temperature=0, stream=True)
     live = await post(gateway.auth, body)
-    assert live["x-gateway-cache"] == "miss"
+    assert live.headers["x-gateway-cache"] == "miss"
     live_chunks, _ = await sse_chunks(live)
     before = await upstream_calls(fake_provider_url)
     replay = await post(gateway.auth, body)
-    assert replay["x-gateway-cache"] == "hit"
+    assert replay.headers["x-gateway-cache"] == "hit"
     replay_chunks, done = await sse_chunks(replay)
     assert done == "[DONE]" and await upstream_calls(fake_provider_url) == before
 
@@ -186,7 +187,7 @@ async def test_streamed_answer_is_stored_and_replayed_in_its_own_pieces(gateway,
     assert pieces(replay_chunks) == pieces(live_chunks)
     assert all("usage" not in c for c in replay_chunks)
     plain = await post(gateway.auth, chat("Stream twice", temperature=0))
-    assert plain["x-gateway-cache"] == "hit"
+    assert plain.headers["x-gateway-cache"] == "hit"
     assert plain.json()["choices"][0]["message"]["content"] == "".join(pieces(live_chunks))
     miss, hit, plain_hit = await records()
     assert hit.saved_cost_usd == plain_hit.saved_cost_usd == miss.cost_usd > 0
@@ -197,7 +198,7 @@ async def test_failed_stream_is_not_stored(gateway):
     response = await post(gateway.auth, body)
     chunks, last = await sse_chunks(response)
     assert "error" in json.loads(last) or last != "[DONE]"
-    assert (await post(gateway.auth, body))["x-gateway-cache"] == "miss"
+    assert (await post(gateway.auth, body)).headers["x-gateway-cache"] == "miss"
 
 
 # --- single flight -------------------------------------------------------------------------------
@@ -210,7 +211,7 @@ async def test_ten_identical_concurrent_requests_make_one_upstream_call(gateway,
     bodies = [r.json() for r in responses]
     assert len({b["id"] for b in bodies}) == 10
     assert len({b["choices"][0]["message"]["content"] for b in bodies}) == 1
-    assert sorted(r["x-gateway-cache"] for r in responses) == ["hit"] * 9 + ["miss"]
+    assert sorted(r.headers["x-gateway-cache"] for r in responses) == ["hit"] * 9 + ["miss"]
     rows = await records()
     assert len(rows) == 10 and {r.response_id for r in rows} == {b["id"] for b in bodies}
     [leader] = [r for r in rows if r.cache == "miss"]
@@ -232,14 +233,14 @@ async def test_followers_share_the_leaders_failure(gateway, fake_provider_url):
 async def test_tenants_never_share_entries_and_clear_only_their_own(gateway, other_tenant, fake_provider_url):
     body = chat("Shared question", temperature=0)
     await post(gateway.auth, body)
-    assert (await post(other_tenant, body))["x-gateway-cache"] == "miss"
-    assert (await post(other_tenant, body))["x-gateway-cache"] == "hit"
+    assert (await post(other_tenant, body)).headers["x-gateway-cache"] == "miss"
+    assert (await post(other_tenant, body)).headers["x-gateway-cache"] == "hit"
     client = AsyncClient()
     cleared = await client.delete("/v1/cache", headers=other_tenant)
     assert cleared.status_code == 200
     assert cleared.json()["entries"] == 1 and cleared.json()["tenant"] == "globex"
-    assert (await post(gateway.auth, body))["x-gateway-cache"] == "hit"
-    assert (await post(other_tenant, body))["x-gateway-cache"] == "miss"
+    assert (await post(gateway.auth, body)).headers["x-gateway-cache"] == "hit"
+    assert (await post(other_tenant, body)).headers["x-gateway-cache"] == "miss"
     mine = (await client.get("/v1/cache/stats", headers=gateway.auth)).json()
     theirs = (await client.get("/v1/cache/stats", headers=other_tenant)).json()
     assert (mine["tenant"], mine["entries"], mine["hits"], mine["misses"], mine["hit_rate"]) == ("acme", 1, 1, 1, 0.5)
@@ -260,7 +261,7 @@ async def test_redis_down_bypasses_the_cache(gateway, fake_provider_url):
         before = await upstream_calls(fake_provider_url)
         responses = [await post(gateway.auth, chat("No redis", temperature=0)) for _ in range(2)]
         assert [r.status_code for r in responses] == [200, 200]
-        assert [r["x-gateway-cache"] for r in responses] == ["miss", "miss"]
+        assert [r.headers["x-gateway-cache"] for r in responses] == ["miss", "miss"]
         assert await upstream_calls(fake_provider_url) == before + 2
 
 
@@ -291,9 +292,9 @@ async def test_without_redis_the_local_cache_serves_hits_stats_and_clearing(gate
         from caching.store import LocalCacheStore, cache_store
 
         assert isinstance(cache_store(), LocalCacheStore)
-        assert [(await post(gateway.auth, chat("Embedded", temperature=0)))["x-gateway-cache"] for _ in range(2)] == ["miss", "hit"]
+        assert [(await post(gateway.auth, chat("Embedded", temperature=0))).headers["x-gateway-cache"] for _ in range(2)] == ["miss", "hit"]
         client = AsyncClient()
         stats = (await client.get("/v1/cache/stats", headers=gateway.auth)).json()
         assert (stats["entries"], stats["hits"], stats["misses"]) == (1, 1, 1)
         assert (await client.delete("/v1/cache", headers=gateway.auth)).json()["entries"] == 1
-        assert (await post(gateway.auth, chat("Embedded", temperature=0)))["x-gateway-cache"] == "miss"
+        assert (await post(gateway.auth, chat("Embedded", temperature=0))).headers["x-gateway-cache"] == "miss"

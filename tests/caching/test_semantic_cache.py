@@ -16,6 +16,7 @@ from accounting.models import UsageRecord
 from accounting.services import api_key_create, tenant_create
 from caching.models import CachePolicy
 from caching.semantic import SemanticIndex, semantic_index
+from tests.asgi_client import ApiClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -29,7 +30,7 @@ def chat(content: str) -> dict:
 
 
 async def post(auth: dict, body: dict, **headers):
-    return await AsyncClient().post(
+    return await ApiClient().post(
         "/v1/chat/completions", json.dumps(body), content_type="application/json", headers={**auth, **headers}
     )
 
@@ -50,14 +51,14 @@ def semantic_policy(tenant, *, threshold="0.800", ttl=3600) -> CachePolicy:
 async def test_similar_question_is_answered_from_the_semantic_cache(gateway, fake_provider_url):
     await sync_to_async(semantic_policy)(gateway.tenant)
     first = await post(gateway.auth, chat(QUESTION))
-    assert first["x-gateway-cache"] == "miss"
+    assert first.headers["x-gateway-cache"] == "miss"
     before = await chat_calls(fake_provider_url)
     similar = await post(gateway.auth, chat(REPHRASED))
-    assert similar.status_code == 200 and similar["x-gateway-cache"] == "hit"
+    assert similar.status_code == 200 and similar.headers["x-gateway-cache"] == "hit"
     assert await chat_calls(fake_provider_url) == before
     assert similar.json()["choices"] == first.json()["choices"] and similar.json()["id"] != first.json()["id"]
     unrelated = await post(gateway.auth, chat(UNRELATED))
-    assert unrelated["x-gateway-cache"] == "miss"
+    assert unrelated.headers["x-gateway-cache"] == "miss"
     assert await chat_calls(fake_provider_url) == before + 1
     rows = [r async for r in UsageRecord.objects.order_by("created_at")]
     chats = [r for r in rows if r.endpoint == "chat.completions"]
@@ -73,8 +74,8 @@ async def test_similar_question_is_answered_from_the_semantic_cache(gateway, fak
 async def test_threshold_is_per_policy(gateway):
     await sync_to_async(semantic_policy)(gateway.tenant, threshold="0.950")
     await post(gateway.auth, chat(QUESTION))
-    assert (await post(gateway.auth, chat(REPHRASED)))["x-gateway-cache"] == "miss"
-    assert (await post(gateway.auth, chat(QUESTION)))["x-gateway-cache"] == "hit"  # exact
+    assert (await post(gateway.auth, chat(REPHRASED))).headers["x-gateway-cache"] == "miss"
+    assert (await post(gateway.auth, chat(QUESTION))).headers["x-gateway-cache"] == "hit"  # exact
 
 
 async def test_semantic_cache_is_scoped_to_the_tenant_and_cleared_per_tenant(gateway):
@@ -84,19 +85,19 @@ async def test_semantic_cache_is_scoped_to_the_tenant_and_cleared_per_tenant(gat
     await sync_to_async(semantic_policy)(gateway.tenant)
     await sync_to_async(semantic_policy)(other)
     await post(gateway.auth, chat(QUESTION))
-    assert (await post(other_auth, chat(REPHRASED)))["x-gateway-cache"] == "miss"
-    assert (await post(other_auth, chat(REPHRASED + " Please.")))["x-gateway-cache"] == "hit"
+    assert (await post(other_auth, chat(REPHRASED))).headers["x-gateway-cache"] == "miss"
+    assert (await post(other_auth, chat(REPHRASED + " Please."))).headers["x-gateway-cache"] == "hit"
     cleared = (await AsyncClient().delete("/v1/cache", headers=gateway.auth)).json()
     assert (cleared["entries"], cleared["semantic_entries"]) == (1, 1)
-    assert (await post(gateway.auth, chat(REPHRASED)))["x-gateway-cache"] == "miss"
-    assert (await post(other_auth, chat(REPHRASED)))["x-gateway-cache"] == "hit"
+    assert (await post(gateway.auth, chat(REPHRASED))).headers["x-gateway-cache"] == "miss"
+    assert (await post(other_auth, chat(REPHRASED))).headers["x-gateway-cache"] == "hit"
 
 
 async def test_semantic_entries_expire_with_their_answer(gateway):
     await sync_to_async(semantic_policy)(gateway.tenant, ttl=1)
-    assert (await post(gateway.auth, chat(QUESTION)))["x-gateway-cache"] == "miss"
+    assert (await post(gateway.auth, chat(QUESTION))).headers["x-gateway-cache"] == "miss"
     deadline = time.monotonic() + 5
-    while (await post(gateway.auth, chat(REPHRASED)))["x-gateway-cache"] == "hit":
+    while (await post(gateway.auth, chat(REPHRASED))).headers["x-gateway-cache"] == "hit":
         assert time.monotonic() < deadline, "the semantic entry never expired"
         await asyncio.sleep(0.1)
     assert semantic_index().count(gateway.tenant.pk) <= 1  # the expired one is gone
@@ -107,8 +108,8 @@ async def test_missing_embedding_model_leaves_the_request_alone(gateway):
         name="bad", tenant=gateway.tenant, mode="semantic", embedding_model="no-such-embedder",
     )
     response = await post(gateway.auth, chat(QUESTION))
-    assert response.status_code == 200 and response["x-gateway-cache"] == "miss"
-    assert (await post(gateway.auth, chat(QUESTION)))["x-gateway-cache"] == "hit"  # exact still works
+    assert response.status_code == 200 and response.headers["x-gateway-cache"] == "miss"
+    assert (await post(gateway.auth, chat(QUESTION))).headers["x-gateway-cache"] == "hit"  # exact still works
 
 
 def test_index_is_bounded_and_evicts_the_oldest():

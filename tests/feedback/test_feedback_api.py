@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.test import AsyncClient
+from tests.asgi_client import ApiClient
 from django.utils import timezone
 
 from accounting.models import Tenant, UsageContent, UsageRecord
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 async def complete(gateway, content: str = "Hello there", **headers) -> dict:
-    response = await AsyncClient().post(
+    response = await ApiClient().post(
         "/v1/chat/completions",
         json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]}),
         content_type="application/json", headers={**gateway.auth, **headers},
@@ -29,11 +29,11 @@ async def complete(gateway, content: str = "Hello there", **headers) -> dict:
 
 async def send(auth: dict, body, *, raw: bytes | None = None):
     data = raw if raw is not None else json.dumps(body)
-    return await AsyncClient().post("/v1/feedback", data, content_type="application/json", headers=auth)
+    return await ApiClient().post("/v1/feedback", data, content_type="application/json", headers=auth)
 
 
 async def read(auth: dict, **params):
-    return await AsyncClient().get("/v1/feedback", params, headers=auth)
+    return await ApiClient().get("/v1/feedback", params, headers=auth)
 
 
 @pytest.fixture
@@ -166,7 +166,7 @@ async def test_bad_feedback_gets_a_400_naming_the_field(gateway, body, param):
 async def test_transport_errors(gateway):
     assert (await send(gateway.auth, None, raw=b"{not json")).json()["error"]["code"] == "invalid_json"
     assert (await send({}, {"response_id": "x", "rating": 1})).status_code == 401
-    put = await AsyncClient().put("/v1/feedback", "{}", content_type="application/json", headers=gateway.auth)
+    put = await ApiClient().put("/v1/feedback", "{}", content_type="application/json", headers=gateway.auth)
     assert put.status_code == 405 and put.json()["error"]["code"] == "method_not_allowed"
     assert (await read(gateway.auth)).status_code == 400
     assert (await read(gateway.auth, response_id="a", conversation_id="b")).status_code == 400

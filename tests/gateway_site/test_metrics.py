@@ -20,6 +20,7 @@ from gateway_site import metrics_scrape
 from kernel import metrics
 from kernel.loops import background_wait
 from routing.breakers import BreakerPolicy, breaker_store
+from tests.asgi_client import ApiClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -37,7 +38,7 @@ def value(text: str, name: str, **labels: str) -> float:
 async def scrape(**extra) -> str:
     response = await AsyncClient().get("/metrics", **extra)
     assert response.status_code == 200, response.content
-    assert response["Content-Type"].startswith("text/plain")
+    assert response.headers["Content-Type"].startswith("text/plain")
     return response.content.decode()
 
 
@@ -51,7 +52,7 @@ async def from_address(address: str, headers: dict | None = None):
 async def chat(gateway, content: str, **extra):
     body = json.dumps({"model": extra.pop("model", "gpt-4o-mini"),
                        "messages": [{"role": "user", "content": content}], **extra})
-    return await AsyncClient().post(
+    return await ApiClient().post(
         "/v1/chat/completions", body, content_type="application/json", headers=gateway.auth
     )
 
@@ -61,7 +62,7 @@ async def test_requests_errors_tokens_cost_and_latency_change_as_requests_pass(g
     assert (await chat(gateway, "Hello")).status_code == 200
     assert (await chat(gateway, "[[fake status=500]]")).status_code == 502
     stream = await chat(gateway, "Stream me", stream=True)
-    b"".join([part async for part in stream.streaming_content])
+    stream.content
     after = await scrape()
 
     def delta(name, **labels):
@@ -95,7 +96,7 @@ async def test_a_model_the_gateway_does_not_know_is_not_a_label(gateway):
 
 async def test_failed_authentication_is_counted_by_route_and_status(gateway):
     before = await scrape()
-    response = await AsyncClient().post(
+    response = await ApiClient().post(
         "/v1/chat/completions", "{}", content_type="application/json",
         headers={"Authorization": "Bearer sk-gw-wrong"},
     )

@@ -13,6 +13,7 @@ from django.test import AsyncClient
 
 from kernel.loops import background_wait
 from kernel.redact import secrets_redact
+from tests.asgi_client import ApiClient
 
 # Shaped like no key at all: only the rule for the call's exact secret can catch it.
 PLAIN_SECRET = "plain-provider-secret-quoted-9f3a77"
@@ -73,18 +74,18 @@ async def test_an_upstream_error_quoting_the_key_reaches_no_surface(gateway, quo
     from operators.services import staff_token_create
 
     caplog.set_level(logging.DEBUG)
-    client = AsyncClient()
+    client, api = AsyncClient(), ApiClient()
     prompt = [{"role": "user", "content": "hello [[fake quote_key]]"}]
     answers = []
     for model in ("quoting-model", "quoting-ant-model"):
         for stream in (False, True):
-            answer = await client.post("/v1/chat/completions", json.dumps(
+            answer = await api.post("/v1/chat/completions", json.dumps(
                 {"model": model, "messages": prompt, "stream": stream}),
                 content_type="application/json", headers=gateway.auth)
             assert answer.status_code == 502, answer.content
             assert "Incorrect API key provided: [redacted]." in answer.json()["error"]["message"]
             answers.append(answer.content.decode())
-        anthropic = await client.post("/v1/messages", json.dumps(
+        anthropic = await api.post("/v1/messages", json.dumps(
             {"model": model, "max_tokens": 20, "messages": prompt}),
             content_type="application/json", headers=gateway.auth)
         assert anthropic.status_code == 502 and anthropic.json()["type"] == "error"

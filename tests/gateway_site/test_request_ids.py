@@ -17,6 +17,7 @@ from kernel.logs import JsonFormatter, RequestIdFilter
 from kernel.request_ids import client_id_clean
 from providers.models import Provider, ProviderModel
 from providers.services import provider_key_upsert
+from tests.asgi_client import ApiClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,7 +27,7 @@ def body(content: str = "Hello") -> str:
 
 
 async def chat(gateway, content: str = "Hello", **headers):
-    return await AsyncClient().post(
+    return await ApiClient().post(
         "/v1/chat/completions", body(content), content_type="application/json",
         headers={**gateway.auth, **headers},
     )
@@ -36,15 +37,15 @@ async def test_without_a_client_id_the_gateway_id_is_returned_and_recorded(gatew
     response = await chat(gateway)
     assert response.status_code == 200
     record = await UsageRecord.objects.aget()
-    assert response["x-request-id"] == response["x-gateway-request-id"] == str(record.request_id)
+    assert response.headers["x-request-id"] == response.headers["x-gateway-request-id"] == str(record.request_id)
 
 
 async def test_a_client_id_is_returned_and_may_repeat_while_records_stay_unique(gateway):
     first = await chat(gateway, **{"x-request-id": "trace-42:abc/DEF"})
     second = await chat(gateway, **{"x-request-id": "trace-42:abc/DEF"})
-    assert first["x-request-id"] == second["x-request-id"] == "trace-42:abc/DEF"
+    assert first.headers["x-request-id"] == second.headers["x-request-id"] == "trace-42:abc/DEF"
     ids = {str(r.request_id) async for r in UsageRecord.objects.all()}
-    assert ids == {first["x-gateway-request-id"], second["x-gateway-request-id"]}
+    assert ids == {first.headers["x-gateway-request-id"], second.headers["x-gateway-request-id"]}
     assert len(ids) == 2
 
 
@@ -55,17 +56,17 @@ def test_a_client_id_that_could_forge_logs_or_headers_is_ignored(bad):
 
 async def test_an_invalid_client_id_gets_the_gateway_id(gateway):
     response = await chat(gateway, **{"x-request-id": "x" * 200})
-    assert response["x-request-id"] == response["x-gateway-request-id"]
+    assert response.headers["x-request-id"] == response.headers["x-gateway-request-id"]
 
 
 async def test_errors_and_other_endpoints_carry_the_id_too(gateway, db):
-    bad_key = await AsyncClient().post(
+    bad_key = await ApiClient().post(
         "/v1/chat/completions", body(), content_type="application/json",
         headers={"Authorization": "Bearer sk-gw-nope", "x-request-id": "req-401"},
     )
-    assert bad_key.status_code == 401 and bad_key["x-request-id"] == "req-401"
+    assert bad_key.status_code == 401 and bad_key.headers["x-request-id"] == "req-401"
     health = await AsyncClient().get("/health", headers={"x-request-id": "probe-1"})
-    assert health["x-request-id"] == "probe-1"
+    assert health.headers["x-request-id"] == "probe-1"
 
 
 @pytest.fixture
@@ -104,7 +105,7 @@ async def test_the_provider_gets_the_correlation_id(gateway, recording_upstream)
     await sync_to_async(provider_key_upsert)(provider=provider, name="default", secret="sk-recorder")
     await ProviderModel.objects.acreate(provider=provider, alias="gpt-4o-mini", upstream_model="m")
     response = await chat(gateway, **{"x-request-id": "corr-7"})
-    assert response["x-gateway-provider"] == "recorder"
+    assert response.headers["x-gateway-provider"] == "recorder"
     assert seen[-1]["x-request-id"] == "corr-7"
     await chat(gateway)
     record = await UsageRecord.objects.order_by("-created_at").afirst()

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 from django.core.exceptions import ValidationError
-from django.test import AsyncClient
+from tests.asgi_client import ApiClient
 
 from accounting.models import UsageRecord
 from accounting.services import api_key_create, tenant_create
@@ -31,7 +31,7 @@ def chat_body(content: str, **extra) -> str:
 
 
 async def post(raw_key: str, body: str, path: str = "/v1/chat/completions"):
-    return await AsyncClient().post(path, body, content_type="application/json",
+    return await ApiClient().post(path, body, content_type="application/json",
                                     headers={"Authorization": f"Bearer {raw_key}"})
 
 
@@ -43,7 +43,7 @@ async def policy(*rules: dict, tenant=None, inherit_default: bool = True) -> Gua
 
 
 async def sse(response) -> list[str]:
-    raw = b"".join([part async for part in response.streaming_content]).decode()
+    raw = response.content.decode()
     return [block[len("data: "):] for block in raw.split("\n\n") if block.startswith("data: ")]
 
 
@@ -320,10 +320,10 @@ async def test_the_openai_sdk_streams_a_redacted_answer(openai_client):
 async def test_a_cached_answer_is_checked_against_the_rules_in_force(gateway):
     body = chat_body(f"[[fake echo]] mail {EMAIL}", temperature=0)
     first = await post(gateway.raw_key, body)
-    assert first["x-gateway-cache"] == "miss" and EMAIL in first.json()["choices"][0]["message"]["content"]
+    assert first.headers["x-gateway-cache"] == "miss" and EMAIL in first.json()["choices"][0]["message"]["content"]
     await policy({"kind": "pii_email", "direction": "output", "action": "redact"})
     for stream in (False, True):
         again = await post(gateway.raw_key, chat_body(f"[[fake echo]] mail {EMAIL}", temperature=0, stream=stream))
-        assert again["x-gateway-cache"] == "hit"
+        assert again.headers["x-gateway-cache"] == "hit"
         text = streamed_text(await sse(again)) if stream else again.json()["choices"][0]["message"]["content"]
         assert text == "mail [REDACTED:EMAIL]"

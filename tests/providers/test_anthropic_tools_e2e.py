@@ -17,7 +17,7 @@ try:
     import jsonschema
 except ImportError:  # not installed everywhere; `schema_errors` then checks by hand
     jsonschema = None
-from django.test import AsyncClient
+from tests.asgi_client import ApiClient
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
@@ -68,7 +68,7 @@ JSON_SCHEMA = {
 
 
 async def post(gateway, **body):
-    return await AsyncClient().post(
+    return await ApiClient().post(
         "/v1/chat/completions", json.dumps({"model": MODEL, **body}),
         content_type="application/json", headers=gateway.auth,
     )
@@ -83,7 +83,7 @@ async def chat(gateway, **body) -> dict:
 async def chat_stream(gateway, **body) -> list[dict]:
     response = await post(gateway, stream=True, **body)
     assert response.status_code == 200, response.content
-    raw = b"".join([part async for part in response.streaming_content]).decode()
+    raw = response.content.decode()
     events = [block[len("data: "):] for block in raw.split("\n\n") if block.startswith("data: ")]
     assert events[-1] == "[DONE]"
     return [json.loads(event) for event in events[:-1]]

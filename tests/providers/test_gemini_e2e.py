@@ -13,7 +13,7 @@ import struct
 
 import httpx
 import pytest
-from django.test import AsyncClient
+from tests.asgi_client import ApiClient
 
 from accounting.models import UsageRecord
 from providers.fake import build_app
@@ -62,7 +62,7 @@ def chat_body(content: str = "Hello there", model: str = "gemini-flash", **extra
 
 
 async def post(gateway, path: str, body: str):
-    return await AsyncClient().post(path, body, content_type="application/json",
+    return await ApiClient().post(path, body, content_type="application/json",
                                     headers=gateway.auth)
 
 
@@ -71,7 +71,7 @@ async def records() -> list[UsageRecord]:
 
 
 async def sse_chunks(response) -> list[dict]:
-    raw = b"".join([part async for part in response.streaming_content]).decode()
+    raw = response.content.decode()
     events = [block[len("data: "):] for block in raw.split("\n\n") if block.startswith("data: ")]
     assert events[-1] == "[DONE]"
     return [json.loads(event) for event in events[:-1]]
@@ -100,7 +100,7 @@ async def test_plain_chat(gemini):
     [choice] = body["choices"]
     assert choice["finish_reason"] == "stop"
     assert choice["message"]["role"] == "assistant" and choice["message"]["content"].strip()
-    assert response["x-gateway-provider"] == "fake-gemini"
+    assert response.headers["x-gateway-provider"] == "fake-gemini"
     [record] = await records()
     assert record.response_id == body["id"]
     assert record.status == "success" and not record.usage_estimated
@@ -240,7 +240,7 @@ async def test_rate_limit_is_429_with_retry_after(gemini):
 
     assert_error(response, 429, "rate_limited")
     # The fake, like Google, says the delay only in a RetryInfo detail of the body.
-    assert response["retry-after"] == "7"
+    assert response.headers["retry-after"] == "7"
     [record] = await records()
     assert record.status == "error" and record.error_class == "rate_limited"
 
@@ -276,7 +276,7 @@ async def test_stream_cut_mid_way_ends_with_an_error_event(gemini):
                           chat_body("[[fake disconnect_after=3 chunks=10]]", stream=True))
 
     assert response.status_code == 200
-    raw = b"".join([part async for part in response.streaming_content]).decode()
+    raw = response.content.decode()
     events = [json.loads(block[len("data: "):]) for block in raw.split("\n\n")
               if block.startswith("data: {")]
     assert events[-1]["error"]["code"] == "connection"

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from asgiref.sync import async_to_sync
 from django.core.management import call_command
 from django.test import Client
 
+from tests.asgi_client import SyncApiClient
 from tests.conftest import ROOT, free_port, start_process, stop_process
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -98,13 +98,7 @@ def strict_upstream():
 def _body(response) -> str:
     if not response.streaming:
         return response.content.decode()
-    if response.is_async:  # an SSE stream from an async view, read through the sync test client
-
-        async def collect() -> bytes:
-            return b"".join([chunk async for chunk in response.streaming_content])
-
-        return async_to_sync(collect)().decode()
-    return b"".join(response.streaming_content).decode()
+    return b"".join(response.streaming_content).decode()  # the corrections export
 
 
 def _surfaces(responses: list, caplog, staff_client: Client, tenant_slug: str) -> dict[str, str]:
@@ -160,11 +154,13 @@ def test_no_secret_in_logs_errors_admin_exports_metrics_or_audit(gateway, strict
                "provider key": "sk-fake-provider-secret-0001", "anthropic key": "sk-ant-fake-provider-secret-0002",
                **{f"operator provider key {i}": s for i, s in enumerate(OPERATOR_SECRETS)}}
 
+    api = SyncApiClient()
+
     def chat(model: str, content: str = "hello", **extra) -> None:
-        answer = client.post("/v1/chat/completions", json.dumps(
+        answer = api.post("/v1/chat/completions", json.dumps(
             {"model": model, "messages": [{"role": "user", "content": content}], **extra}),
             content_type="application/json", headers=gateway.auth)
-        responses.append((f"chat {model} {extra}", _body(answer)))
+        responses.append((f"chat {model} {extra}", answer.text))
 
     chat("gpt-4o-mini")
     chat("gpt-4o-mini", stream=True)
@@ -173,8 +169,8 @@ def test_no_secret_in_logs_errors_admin_exports_metrics_or_audit(gateway, strict
     chat("strict-mini")  # the upstream 401 quotes part of the key it was sent
     chat("strict-mini", stream=True)
     assert any('"error"' in body for what, body in responses if "strict" in what)
-    wrong = client.post("/v1/chat/completions", "{}", content_type="application/json",
-                        headers={"Authorization": f"Bearer {gateway.raw_key}x"})
+    wrong = api.post("/v1/chat/completions", "{}", content_type="application/json",
+                     headers={"Authorization": f"Bearer {gateway.raw_key}x"})
     responses.append(("wrong tenant key", wrong.content.decode()))
     bad_staff = client.get("/v1/providers", headers={"Authorization": f"Bearer {staff_token}x"})
     responses.append(("wrong staff token", bad_staff.content.decode()))

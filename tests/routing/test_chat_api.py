@@ -8,7 +8,9 @@ from decimal import Decimal
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.test import AsyncClient, override_settings
+from django.test import override_settings
+
+from tests.asgi_client import ApiClient
 from django.utils import timezone
 
 from accounting.models import UsageRecord
@@ -25,7 +27,7 @@ def chat_body(content: str = "Hello there", **extra) -> str:
 
 
 async def post(gateway, path: str, body: str | bytes, **headers):
-    client = AsyncClient()
+    client = ApiClient()
     return await client.post(
         path, body, content_type="application/json", headers={**gateway.auth, **headers}
     )
@@ -36,7 +38,7 @@ async def records() -> list[UsageRecord]:
 
 
 async def sse_events(response) -> list[str]:
-    raw = b"".join([part async for part in response.streaming_content]).decode()
+    raw = response.content.decode()
     return [block[len("data: "):] for block in raw.split("\n\n") if block.startswith("data: ")]
 
 
@@ -49,11 +51,11 @@ async def test_chat_completion_returns_openai_body_with_gateway_id_and_records_u
     assert body["choices"][0]["message"]["role"] == "assistant"
     assert body["choices"][0]["message"]["content"]
     assert body["id"].startswith("chatcmpl-")
-    assert response["x-gateway-provider"] == "fake"
-    assert response["x-gateway-model"] == "gpt-4o-mini-2024-07-18"
+    assert response.headers["x-gateway-provider"] == "fake"
+    assert response.headers["x-gateway-model"] == "gpt-4o-mini-2024-07-18"
     [record] = await records()
     assert record.response_id == body["id"]
-    assert str(record.request_id) == response["x-request-id"]
+    assert str(record.request_id) == response.headers["x-request-id"]
     assert record.status == "success" and record.http_status == 200
     assert record.prompt_tokens == body["usage"]["prompt_tokens"] > 0
     assert record.completion_tokens == body["usage"]["completion_tokens"] > 0
@@ -66,7 +68,7 @@ async def test_chat_completion_returns_openai_body_with_gateway_id_and_records_u
 async def test_stream_without_include_usage_hides_usage_but_records_provider_usage(gateway):
     response = await post(gateway, "/v1/chat/completions", chat_body(stream=True))
     assert response.status_code == 200
-    assert response["content-type"].startswith("text/event-stream")
+    assert response.headers["content-type"].startswith("text/event-stream")
     events = await sse_events(response)
     assert events[-1] == "[DONE]"
     chunks = [json.loads(event) for event in events[:-1]]
@@ -166,7 +168,7 @@ async def test_provider_qualified_model_name(gateway):
         json.dumps({"model": "fake:gpt-4o", "messages": [{"role": "user", "content": "Hi"}]}),
     )
     assert response.status_code == 200
-    assert response["x-gateway-model"] == "gpt-4o"
+    assert response.headers["x-gateway-model"] == "gpt-4o"
 
 
 async def test_embeddings_float_and_base64(gateway):
@@ -188,11 +190,11 @@ async def test_embeddings_float_and_base64(gateway):
 
 
 async def test_models_lists_only_what_the_key_may_use(gateway):
-    response = await AsyncClient().get("/v1/models", headers=gateway.auth)
+    response = await ApiClient().get("/v1/models", headers=gateway.auth)
     ids = {model["id"] for model in response.json()["data"]}
     assert ids == {"gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "claude-haiku-4-5"}
     _, limited = await sync_to_async(api_key_create)(tenant=gateway.tenant, name="lim", allowed_models=["gpt-4o"])
-    response = await AsyncClient().get("/v1/models", headers={"Authorization": f"Bearer {limited}"})
+    response = await ApiClient().get("/v1/models", headers={"Authorization": f"Bearer {limited}"})
     assert [model["id"] for model in response.json()["data"]] == ["gpt-4o"]
     assert response.json()["object"] == "list"
 
@@ -210,7 +212,7 @@ def assert_openai_error(response, status: int, *, param: str | None = None, code
 
 
 async def test_missing_key_is_401(gateway):
-    response = await AsyncClient().post("/v1/chat/completions", chat_body(), content_type="application/json")
+    response = await ApiClient().post("/v1/chat/completions", chat_body(), content_type="application/json")
     assert_openai_error(response, 401, code="missing_api_key")
     assert await records() == []
 
@@ -271,8 +273,8 @@ async def test_chat_with_embedding_model_is_400(gateway):
 
 
 async def test_unknown_route_and_wrong_method_answer_in_api_format(gateway):
-    assert_openai_error(await AsyncClient().get("/v1/nothing-here", headers=gateway.auth), 404)
-    assert_openai_error(await AsyncClient().get("/v1/chat/completions", headers=gateway.auth), 405)
+    assert_openai_error(await ApiClient().get("/v1/nothing-here", headers=gateway.auth), 404)
+    assert_openai_error(await ApiClient().get("/v1/chat/completions", headers=gateway.auth), 405)
 
 
 @override_settings(GATEWAY_MAX_BODY_BYTES=2048, DATA_UPLOAD_MAX_MEMORY_SIZE=2048)
@@ -298,8 +300,7 @@ async def test_a_bug_is_a_500_in_the_apis_shape_and_still_recorded_and_released(
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(pipeline, "attempts_run", broken)
-    client = AsyncClient(raise_request_exception=False)
-    response = await client.post(path, body, content_type="application/json", headers=gateway.auth)
+    response = await ApiClient().post(path, body, content_type="application/json", headers=gateway.auth)
 
     assert response.status_code == 500
     assert response.json()["error"]["type"] == "api_error"
@@ -330,7 +331,7 @@ async def test_upstream_failures_map_to_gateway_statuses(gateway, directive, sta
 async def test_upstream_rate_limit_is_429_with_retry_after(gateway):
     response = await post(gateway, "/v1/chat/completions", chat_body("[[fake status=429 retry_after=7]]"))
     assert_openai_error(response, 429, code="rate_limited")
-    assert response["retry-after"] == "7"
+    assert response.headers["retry-after"] == "7"
 
 
 async def test_upstream_timeout_is_504(gateway):
@@ -359,8 +360,8 @@ async def test_failover_to_next_provider_on_connection_error(gateway):
     response = await post(gateway, "/v1/chat/completions", chat_body())
     assert response.status_code == 200
     # The dead provider is retried once (the default), then the request fails over.
-    assert response["x-gateway-attempts"] == "3"
-    assert response["x-gateway-provider"] == "fake"
+    assert response.headers["x-gateway-attempts"] == "3"
+    assert response.headers["x-gateway-provider"] == "fake"
     [record] = await records()
     assert [a["provider"] for a in record.attempts] == ["dead", "dead", "fake"]
     assert [a["status"] for a in record.attempts] == ["error", "error", "success"]
@@ -394,7 +395,7 @@ async def test_malformed_provider_answers_are_502_not_500(gateway):
 
 
 async def test_x_api_key_header_authenticates_too(gateway):
-    response = await AsyncClient().post(
+    response = await ApiClient().post(
         "/v1/chat/completions", chat_body(), content_type="application/json",
         headers={"x-api-key": gateway.raw_key},
     )
@@ -464,14 +465,14 @@ async def test_structured_output_is_checked_against_the_schema(gateway):
     assert response.status_code == 200
     person = json.loads(response.json()["choices"][0]["message"]["content"])
     assert isinstance(person["name"], str) and isinstance(person["age"], int)
-    assert response["x-gateway-attempts"] == "1"
+    assert response.headers["x-gateway-attempts"] == "1"
 
 
 async def test_structured_output_gets_one_repair_and_both_calls_are_billed(gateway):
     response = await post(gateway, "/v1/chat/completions", chat_body("[[fake bad_json]] Describe", response_format=PERSON))
     assert response.status_code == 200
     assert json.loads(response.json()["choices"][0]["message"]["content"])["age"]
-    assert response["x-gateway-attempts"] == "2"
+    assert response.headers["x-gateway-attempts"] == "2"
     [record] = await records()
     assert record.status == "success" and record.prompt_tokens > 20  # two prompts, the second longer
 

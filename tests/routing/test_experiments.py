@@ -9,7 +9,7 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-from django.test import AsyncClient
+from tests.asgi_client import ApiClient
 from django.utils import timezone
 
 from accounting.models import UsageRecord
@@ -40,7 +40,7 @@ async def chat(gateway, conversation: str = ""):
     headers = {**gateway.auth}
     if conversation:
         headers["X-Gateway-Conversation-Id"] = conversation
-    response = await AsyncClient().post(
+    response = await ApiClient().post(
         "/v1/chat/completions",
         json.dumps({"model": "smart", "messages": [{"role": "user", "content": "Hi"}]}),
         content_type="application/json", headers=headers,
@@ -66,7 +66,7 @@ async def test_variants_serve_the_rule_and_are_recorded_sticky_per_conversation(
     served = {}
     for n in range(12):
         response = await chat(gateway, conversation=f"conv-{n % 4}")
-        served.setdefault(f"conv-{n % 4}", set()).add(response["x-gateway-variant"])
+        served.setdefault(f"conv-{n % 4}", set()).add(response.headers["x-gateway-variant"])
     assert all(len(variants) == 1 for variants in served.values())
     records = [r async for r in UsageRecord.objects.order_by("created_at")]
     assert len(records) == 12
@@ -76,7 +76,7 @@ async def test_variants_serve_the_rule_and_are_recorded_sticky_per_conversation(
         assert record.served_model == expected_model
         assert record.route_group == ("mini" if record.variant == "mini" else "")
     # Without a conversation both variants get traffic.
-    variants = {(await chat(gateway))["x-gateway-variant"] for _ in range(30)}
+    variants = {(await chat(gateway)).headers["x-gateway-variant"] for _ in range(30)}
     assert variants == {"mini-vs-4o/mini", "mini-vs-4o/big"}
 
 
@@ -84,7 +84,7 @@ async def test_paused_experiment_serves_the_rules_own_group(experiment, gateway)
     experiment.status = Experiment.Status.PAUSED
     await experiment.asave()
     response = await chat(gateway, conversation="c")
-    assert "x-gateway-variant" not in response
+    assert "x-gateway-variant" not in response.headers
     record = await UsageRecord.objects.aget()
     assert (record.experiment, record.variant, record.route_group) == ("", "", "base")
     assert record.provider_name == "fake-anthropic"

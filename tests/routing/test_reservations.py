@@ -11,7 +11,7 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 import httpx
 import pytest
 from django.db import connection
-from django.test import AsyncClient
+from tests.asgi_client import ApiClient
 
 from accounting.models import Budget, BudgetPeriod, UsageRecord
 from accounting.tokens import prompt_tokens, text_tokens
@@ -38,7 +38,7 @@ def mini_cost(prompt: int, completion: int) -> Decimal:
 
 async def ask(gateway, content: str, **extra) -> object:
     body = {"model": "gpt-4o-mini", "messages": messages(content), **extra}
-    return await AsyncClient().post(
+    return await ApiClient().post(
         "/v1/chat/completions", json.dumps(body), content_type="application/json", headers=gateway.auth
     )
 
@@ -95,7 +95,7 @@ async def test_a_structured_request_reserves_its_repair_and_both_calls_are_bille
     budget = await hard_budget(gateway, (one_call * 3).quantize(MICRO, ROUND_CEILING))
     before = await fake_stats(fake_provider_url)
     response = await ask(gateway, content, max_tokens=cap, response_format=PERSON)
-    assert response.status_code == 200 and response["x-gateway-attempts"] == "2"
+    assert response.status_code == 200 and response.headers["x-gateway-attempts"] == "2"
     assert json.loads(response.json()["choices"][0]["message"]["content"])["age"] is not None
     calls, prompt, completion = await billed_since(fake_provider_url, before)
     record = await UsageRecord.objects.aget(status="success")
@@ -209,7 +209,7 @@ async def test_the_semantic_caches_embedding_and_the_chat_fit_one_budget(gateway
 
     budget = await hard_budget(gateway, (embedding.cost_usd * 3 + chat).quantize(MICRO, ROUND_CEILING))
     response = await ask(gateway, question, max_tokens=cap)
-    assert response.status_code == 200 and response["x-gateway-cache"] == "miss"
+    assert response.status_code == 200 and response.headers["x-gateway-cache"] == "miss"
     assert (await settled(budget)).spent_usd <= budget.amount_usd
 
 

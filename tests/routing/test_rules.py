@@ -11,7 +11,7 @@ import json
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.test import AsyncClient
+from tests.asgi_client import ApiClient
 
 from accounting.services import api_key_create, tenant_create
 from providers.models import ProviderModel
@@ -58,7 +58,7 @@ async def other(gateway):
 
 async def ask(raw_key: str, *, model: str = "smart", headers: dict | None = None, **extra):
     body = {"model": model, "messages": [{"role": "user", "content": "Hello"}], **extra}
-    return await AsyncClient().post(
+    return await ApiClient().post(
         "/v1/chat/completions", json.dumps(body), content_type="application/json",
         headers={"Authorization": f"Bearer {raw_key}", **(headers or {})},
     )
@@ -66,7 +66,7 @@ async def ask(raw_key: str, *, model: str = "smart", headers: dict | None = None
 
 def served(response) -> tuple[int, str, str]:
     """(status, provider, rule) of a response; provider and rule are "" when absent."""
-    return response.status_code, response.get("x-gateway-provider", ""), response.get("x-gateway-route", "")
+    return response.status_code, response.headers.get("x-gateway-provider", ""), response.headers.get("x-gateway-route", "")
 
 
 def error_of(response) -> dict:
@@ -74,7 +74,7 @@ def error_of(response) -> dict:
 
 
 async def list_models(raw_key: str) -> dict[str, str]:
-    response = await AsyncClient().get("/v1/models", headers={"Authorization": f"Bearer {raw_key}"})
+    response = await ApiClient().get("/v1/models", headers={"Authorization": f"Bearer {raw_key}"})
     assert response.status_code == 200
     return {entry["id"]: entry["owned_by"] for entry in response.json()["data"]}
 
@@ -158,7 +158,7 @@ async def test_tags_must_all_be_present(gateway, extra, headers, rule):
     await route("tagged", ANTHROPIC, tags=["a", "b"], priority=10)
     await route("untagged", OPENAI, priority=100)
     response = await ask(gateway.raw_key, headers=headers, **extra)
-    assert response.status_code == 200 and response["x-gateway-route"] == rule
+    assert response.status_code == 200 and response.headers["x-gateway-route"] == rule
 
 
 async def test_provider_and_model_bypasses_the_rules(gateway):
@@ -168,7 +168,7 @@ async def test_provider_and_model_bypasses_the_rules(gateway):
     assert served(await ask(gateway.raw_key, model="gpt-4o-mini")) == (200, "fake-anthropic", "mini-elsewhere")
     response = await ask(gateway.raw_key, model="fake:gpt-4o-mini")
     assert served(response) == (200, "fake", "")
-    assert response["x-gateway-model"] == "gpt-4o-mini-2024-07-18"
+    assert response.headers["x-gateway-model"] == "gpt-4o-mini-2024-07-18"
 
 
 async def test_a_disabled_rule_is_ignored(gateway):
@@ -323,5 +323,5 @@ async def test_models_hides_the_virtual_alias_from_a_key_not_allowed_it(gateway)
 
 async def test_route_header_names_the_rule_and_is_absent_without_one(gateway):
     await route("smart-rule", OPENAI)
-    assert (await ask(gateway.raw_key))["x-gateway-route"] == "smart-rule"
-    assert "x-gateway-route" not in await ask(gateway.raw_key, model="gpt-4o-mini")
+    assert (await ask(gateway.raw_key)).headers["x-gateway-route"] == "smart-rule"
+    assert "x-gateway-route" not in (await ask(gateway.raw_key, model="gpt-4o-mini")).headers

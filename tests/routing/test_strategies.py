@@ -270,18 +270,43 @@ async def test_least_busy_breaks_ties_by_priority(busy):
 # --- in_flight as the request path keeps it ------------------------------------------------------
 @pytest.mark.django_db(transaction=True)
 async def test_an_open_stream_counts_as_in_flight_until_it_ends(gateway, busy):
-    from django.test import AsyncClient
-
+    """Through the production ASGI app, speaking ASGI to it: the client holds the stream open at
+    its first part (httpx's ASGI transport would only hand it over once complete)."""
+    from gateway_site.asgi import application
     from providers.models import ProviderKey, ProviderModel
 
     model = await ProviderModel.objects.aget(provider__name="fake", alias="gpt-4o-mini")
     key = f"{model.pk}:{(await ProviderKey.objects.aget(provider__name='fake')).pk}"
     body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "Hello"}]}
-    response = await AsyncClient().post(
-        "/v1/chat/completions", json.dumps(body), content_type="application/json", headers=gateway.auth
-    )
-    assert response.status_code == 200 and response["x-gateway-provider"] == "fake"
+    request = [{"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}]
+    sent: list[dict] = []
+    first_part, reading, done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def receive():
+        if request:
+            return request.pop()
+        await done.wait()  # what a server says once the response is complete
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            done.set()
+        elif message["type"] == "http.response.body" and not first_part.is_set():
+            first_part.set()
+            await reading.wait()  # the client reads no further for now: the stream stays open
+
+    headers = [(b"host", b"testserver"), (b"content-type", b"application/json"),
+               *((name.lower().encode(), value.encode()) for name, value in gateway.auth.items())]
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"",
+             "root_path": "", "headers": headers, "client": ("127.0.0.1", 40000), "server": ("testserver", 80)}
+    served = asyncio.create_task(application(scope, receive, send))
+    await first_part.wait()
     in_flight_while_open = busy[key]
-    raw = b"".join([part async for part in response.streaming_content])
+    reading.set()
+    await served
+    assert sent[0]["status"] == 200 and (b"x-gateway-provider", b"fake") in sent[0]["headers"]
+    raw = b"".join(message.get("body", b"") for message in sent[1:])
     assert raw.rstrip().endswith(b"data: [DONE]")
     assert (in_flight_while_open, busy[key]) == (1, 0)
