@@ -88,7 +88,8 @@ async def stream_relay(call: Call, stream: AsyncIterator[dict], first: dict) -> 
     wants_usage = bool((call.payload.get("stream_options") or {}).get("include_usage"))
     texts: list[str] = []
     status, http_status, error_class = "success", 200, ""
-    guard = StreamGuard.for_call(call)  # None when no output guardrail applies
+    # None when no output guardrail applies.
+    guard = StreamGuard.for_rules(call.guard, events=call.guard_events, model=call.requested_model)
     try:
         chunk: dict | None = first
         while chunk is not None:
