@@ -3,8 +3,10 @@
 `guard_input` runs after validation and before routing: a block is a 400 (`guardrail_blocked`),
 a redaction changes the payload sent upstream, a flag only records an event. `guard_output`
 checks a finished answer; `StreamGuard` checks a stream as it goes, holding back a short tail so
-that a match split across chunks is still caught. Events are kept on the call and written with
-its UsageRecord (`routing.record`), so they carry its request and response ids.
+that a match split across chunks is still caught. Each takes the values it needs and appends its
+events to a list the pipeline owns and hands in (`events`), written with the request's UsageRecord
+(`routing.record`, through `guardrails.services.guardrail_events_start`), so they carry its request
+and response ids, and a request that is blocked still has them.
 
 Where several rules match the same text the strongest action wins: block, then redact, then flag.
 """
@@ -13,12 +15,13 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kernel.errors import GatewayError
 from guardrails.detection import DETECTORS, Match
 from guardrails.models import Action, Kind, PII_KINDS
-from guardrails.selectors import CompiledRule, guardrail_rules_get
+from guardrails.selectors import CompiledRule, RuleSet, guardrail_rules_get
 
 REDACTION_LABELS = {
     Kind.PII_EMAIL: "EMAIL",
@@ -139,21 +142,41 @@ def _apply(text: str, rules: tuple[CompiledRule, ...], *, direction: str, locati
 
 
 # --- input ----------------------------------------------------------------------------------------
-async def guard_input(call) -> None:
+@dataclass(frozen=True, slots=True)
+class InputGuard:
+    """The input check's result: the tenant's rules (the output checks use them too), the payload
+    to send upstream (redacted where a rule redacts), and the prompt's token count when a size rule
+    needed one (of that payload)."""
+
+    rules: RuleSet
+    payload: dict
+    prompt_tokens: int | None = None
+
+
+async def guard_input(
+    *, tenant_id: int, payload: dict, events: list[dict], count_tokens: Callable[[dict], int]
+) -> InputGuard:
     """Check the prompt of a validated request (chat or embeddings) against the tenant's rules.
 
-    Redactions replace `call.payload` (what is sent upstream, cached and recorded); size limits are
-    checked on the redacted prompt, with the token count the pipeline needs anyway."""
-    call.guard = await guardrail_rules_get(tenant_id=call.auth.tenant_id)
-    rules = call.guard.input
+    Redactions give a new payload (what is sent upstream, cached and recorded); size limits are
+    checked on the redacted prompt, counted by `count_tokens` (the pipeline's own count, which it
+    keeps). A block raises `GuardrailBlocked` once its event is in `events`."""
+    rule_set = await guardrail_rules_get(tenant_id=tenant_id)
+    rules = rule_set.input
     if not rules:
-        return
+        return InputGuard(rule_set, payload)
     content_rules = tuple(r for r in rules if r.kind not in (Kind.MAX_PROMPT_TOKENS, Kind.MAX_PROMPT_CHARS))
     if content_rules:
-        call.payload = _payload_checked(call.payload, content_rules, call.guard_events)
+        payload = _payload_checked(payload, content_rules, events)
+    prompt_tokens = None
     for rule in rules:
-        if rule.kind in (Kind.MAX_PROMPT_TOKENS, Kind.MAX_PROMPT_CHARS):
-            _size_check(call, rule)
+        if rule.kind == Kind.MAX_PROMPT_TOKENS:
+            if prompt_tokens is None:
+                prompt_tokens = count_tokens(payload)
+            _size_check(rule, prompt_tokens, "tokens", events)
+        elif rule.kind == Kind.MAX_PROMPT_CHARS:
+            _size_check(rule, _prompt_chars(payload), "characters", events)
+    return InputGuard(rule_set, payload, prompt_tokens)
 
 
 def _payload_checked(payload: dict, rules: tuple[CompiledRule, ...], events: list[dict]) -> dict:
@@ -193,14 +216,10 @@ def _message_checked(message: dict, index: int, rules, events: list[dict]) -> di
     return {**message, "content": parts} if changed else message
 
 
-def _size_check(call, rule: CompiledRule) -> None:
-    if rule.kind == Kind.MAX_PROMPT_TOKENS:
-        size, unit = call.estimated_prompt_tokens(), "tokens"
-    else:
-        size, unit = _prompt_chars(call.payload), "characters"
+def _size_check(rule: CompiledRule, size: int, unit: str, events: list[dict]) -> None:
     if size <= rule.limit:
         return
-    call.guard_events.append({
+    events.append({
         "rule_id": rule.id, "kind": rule.kind, "direction": "input", "action": rule.action,
         "location": "prompt", "start": None, "end": None, "snippet": f"{size} {unit} > {rule.limit}",
     })
@@ -227,9 +246,10 @@ def _prompt_chars(payload: dict) -> int:
 
 
 # --- output ---------------------------------------------------------------------------------------
-def guard_output(call, body: dict) -> None:
-    """Check a finished chat answer in place: its text and its tool calls' arguments."""
-    rules = call.guard.output if call.guard is not None else ()
+def guard_output(*, rules: RuleSet | None, body: dict, events: list[dict]) -> None:
+    """Check a finished chat answer in place against the output rules of `rules` (the input
+    check's): its text and its tool calls' arguments; events go to `events`."""
+    rules = rules.output if rules is not None else ()
     if not rules:
         return
     for i, choice in enumerate(body.get("choices") or ()):
@@ -239,13 +259,13 @@ def guard_output(call, body: dict) -> None:
         if isinstance(message.get("content"), str):
             message["content"] = _apply(message["content"], rules, direction="output",
                                         location=f"choices[{i}].message.content",
-                                        events=call.guard_events, where="the answer")
+                                        events=events, where="the answer")
         for j, tool_call in enumerate(message.get("tool_calls") or ()):
             function = tool_call.get("function") if isinstance(tool_call, dict) else None
             if isinstance(function, dict) and isinstance(function.get("arguments"), str):
                 function["arguments"] = _apply(function["arguments"], rules, direction="output",
                                                location=f"choices[{i}].message.tool_calls[{j}].arguments",
-                                               events=call.guard_events, where="the answer")
+                                               events=events, where="the answer")
 
 
 class StreamGuard:
@@ -257,17 +277,19 @@ class StreamGuard:
     held. A block raises `GuardrailBlocked`, which the relay turns into the stream's error event.
     """
 
-    def __init__(self, call, rules: tuple[CompiledRule, ...]) -> None:
-        self.call = call
+    def __init__(self, rules: tuple[CompiledRule, ...], *, events: list[dict], model: str) -> None:
         self.rules = rules
+        self.events = events  # the pipeline's list, written with the request's record
+        self.model = model  # of the last chunk (`finish`)
         self.held: dict[int, str] = {}
         self.sent: dict[int, int] = {}  # characters of each choice already released
         self.context: dict[int, str] = {}  # the end of what was released, as the scan sees it
 
     @classmethod
-    def for_call(cls, call) -> StreamGuard | None:
-        rules = call.guard.output if call.guard is not None else ()
-        return cls(call, rules) if rules else None
+    def for_rules(cls, rules: RuleSet | None, *, events: list[dict], model: str) -> StreamGuard | None:
+        """The guard of a stream under the output rules of `rules`; None when there are none."""
+        output = rules.output if rules is not None else ()
+        return cls(output, events=events, model=model) if output else None
 
     def chunk_check(self, chunk: dict) -> None:
         """Replace each delta's text with what may be sent now (maybe nothing)."""
@@ -299,7 +321,7 @@ class StreamGuard:
         if not choices:
             return None
         return {"object": "chat.completion.chunk", "created": int(time.time()),
-                "model": self.call.requested_model, "choices": choices}
+                "model": self.model, "choices": choices}
 
     def _release(self, index: int, text: str, *, final: bool) -> str:
         context = self.context.get(index, "")
@@ -320,10 +342,10 @@ class StreamGuard:
         location = f"choices[{index}].delta.content"
         block = next((f for f in settled if f.rule.action == Action.BLOCK), None)
         if block is not None:
-            self.call.guard_events.append(_event(block, direction="output", location=location, text=text, offset=offset))
+            self.events.append(_event(block, direction="output", location=location, text=text, offset=offset))
             self.held.pop(index, None)
             raise _blocked(block, where="the answer")
-        self.call.guard_events.extend(
+        self.events.extend(
             _event(f, direction="output", location=location, text=text, offset=offset) for f in settled
         )
         self.held[index] = text[cut:]

@@ -18,16 +18,17 @@ def guardrail_events_create(*, tenant_id: int, request_id: uuid.UUID, response_i
     )
 
 
-def guardrail_events_start(call) -> asyncio.Task | None:
+def guardrail_events_start(
+    *, tenant_id: int, request_id: uuid.UUID, response_id: str, events: list[dict]
+) -> asyncio.Task | None:
     """Start writing a request's events (from its record step) in a task of its own, so that a
-    client going away, which cancels the request, cannot cancel the write."""
-    if not call.guard_events:
+    client going away, which cancels the request, cannot cancel the write. `events` is the
+    writer's from then on: the caller hands it over and keeps no reference to append to."""
+    if not events:
         return None
-    events, call.guard_events = call.guard_events, []
     return background(db_call(
         guardrail_events_create,
-        tenant_id=call.auth.tenant_id, request_id=call.request_id,
-        response_id=call.response_id if call.endpoint != "embeddings" else "", events=events,
+        tenant_id=tenant_id, request_id=request_id, response_id=response_id, events=events,
     ), what="guardrail event write")
 
 

@@ -1,4 +1,8 @@
-"""What the pipeline knows about one gateway request, shared by its steps."""
+"""What the pipeline knows about one gateway request: routing's own object.
+
+The pipeline (`routing.pipeline`, with `routing.relay` and `routing.record`) fills it from the
+values the other apps' steps return (a guard result, a cache decision, a reservation); no module
+outside `routing` writes into it (`tests/test_layers.py` checks)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from accounting import tokens
 from accounting.auth import ApiKeyContext
 from accounting.budgets import BudgetLimit, Reservation
 from accounting.quotas import Charge
+from caching.services import CacheDecision
+from guardrails.selectors import RuleSet
 from kernel import request_ids
 from providers.adapters import Usage
 from providers.selectors import Deployment
@@ -52,11 +58,9 @@ class Call:
     task: str = ""
     tags: tuple[str, ...] = ()
     conversation_id: str = ""
-    cache: str = ""  # "hit", "miss" or "semantic" once the cache was consulted
-    saved_cost_usd: Decimal = Decimal("0")  # what a cache hit saved
-    guard: object = None  # guardrails.selectors.RuleSet: the tenant's guardrail rules
-    guard_events: list[dict] = field(default_factory=list)  # written with the UsageRecord
-    cache_plan: object = None  # caching.services.CachePlan when the cache takes part
+    cache: CacheDecision | None = None  # the cache's decision, when the cache takes part
+    guard: RuleSet | None = None  # the tenant's guardrail rules, once the input was checked
+    guard_events: list[dict] = field(default_factory=list)  # the checks append; written with the record
     # The client's x-request-id when valid, else the request id: returned, logged, sent upstream.
     correlation_id: str = field(default_factory=request_ids.correlation_id)
 
@@ -68,11 +72,14 @@ class Call:
         """Prompt tokens counted by the gateway (once per request): for limits, budgets, guardrails,
         and the record when the provider reported none."""
         if self.prompt_estimate is None:
-            if self.endpoint == "embeddings":
-                self.prompt_estimate = tokens.embedding_input_tokens(self.payload.get("input"))
-            else:
-                self.prompt_estimate = tokens.prompt_tokens(self.payload.get("messages") or [])
+            self.prompt_estimate = self.prompt_tokens_count(self.payload)
         return self.prompt_estimate
+
+    def prompt_tokens_count(self, payload: dict) -> int:
+        """The prompt tokens of `payload`, a request body of this call's endpoint."""
+        if self.endpoint == "embeddings":
+            return tokens.embedding_input_tokens(payload.get("input"))
+        return tokens.prompt_tokens(payload.get("messages") or [])
 
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)
@@ -89,6 +96,9 @@ class Call:
             headers["x-gateway-route"] = self.plan.rule
         if self.plan is not None and self.plan.experiment:
             headers["x-gateway-variant"] = f"{self.plan.experiment}/{self.plan.variant}"
+        if self.cache is not None:
+            name, value = self.cache.header
+            headers[name] = value
         headers.update(self.extra_headers)
         return headers
 

@@ -96,14 +96,16 @@ async def _chat(call: Call, *, body: dict, headers) -> dict | AsyncIterator[dict
         call.stream = body.get("stream") is True
         call.payload = validation.chat_request_validate(body)
         call.schema = required_schema(call.payload)
-        await guard_input(call)
+        await _guard_input(call)
         await _prepare(call, body=body, headers=headers, mode="chat")
-        if call.cache_plan is not None and call.cache_plan.entry is not None:
+        if call.cache is not None and call.cache.entry is not None:
             return await _cached(call)
         if call.stream:
             stream, first = await _attempt(call, first_chunk_sender(call))
-            return cache_stream_tee(call, stream_relay(call, stream, first))
-        answer = await cache_fill(call, lambda: _answer(call))
+            return cache_stream_tee(call, call.cache, stream_relay(call, stream, first))
+        answer = await cache_fill(call, call.cache, lambda: _answer(call))
+        if call.cache is not None and call.cache.entry is not None:
+            call.usage = call.cache.usage  # answered by an identical request's flight
     except BaseException as exc:
         await _failure_record(call, exc)
         raise
@@ -133,18 +135,19 @@ async def _answer(call: Call) -> dict:
     call.usage = result.usage
     if call.schema is not None:
         result = await _structured(call, result)
-    guard_output(call, result.body)
+    guard_output(rules=call.guard, body=result.body, events=call.guard_events)
     return result.body
 
 
 async def _cached(call: Call) -> dict | AsyncIterator[dict]:
     """A cache hit: the stored answer, replayed as a stream or as this request's own body."""
     if call.stream:
-        first, rest = cache_replay(call)
+        first, rest = cache_replay(call.cache, call.response_id)
         return stream_relay(call, rest, first)
-    body = cache_body(call)
-    guard_output(call, body)  # the rules in force now, which may be newer than the stored answer
-    await record(call, status="success", completion_text=cache_completion_text(call))
+    body = cache_body(call.cache, call.response_id)
+    # The rules in force now, which may be newer than the stored answer.
+    guard_output(rules=call.guard, body=body, events=call.guard_events)
+    await record(call, status="success", completion_text=cache_completion_text(call.cache))
     return body
 
 
@@ -200,7 +203,7 @@ async def text_embed(*, auth, model: str, text: str) -> list[float]:
 async def _embeddings(call: Call, *, body: dict, headers) -> dict:
     try:
         call.payload = validation.embeddings_request_validate(body)
-        await guard_input(call)
+        await _guard_input(call)
         await _prepare(call, body=body, headers=headers, mode="embedding")
         result = await _attempt(call, lambda adapter, d: adapter.embeddings(call.payload, d.target))
     except BaseException as exc:
@@ -209,6 +212,18 @@ async def _embeddings(call: Call, *, body: dict, headers) -> dict:
     call.usage = result.usage
     await record(call, status="success")
     return result.body
+
+
+async def _guard_input(call: Call) -> None:
+    """The input guardrails: the rules and the checked payload become the call's; their events
+    go to the call's list even when the check blocks."""
+    guard = await guard_input(
+        tenant_id=call.auth.tenant_id, payload=call.payload, events=call.guard_events,
+        count_tokens=call.prompt_tokens_count,
+    )
+    call.guard, call.payload = guard.rules, guard.payload
+    if guard.prompt_tokens is not None:
+        call.prompt_estimate = guard.prompt_tokens
 
 
 async def _prepare(call: Call, *, body: dict, headers, mode: str) -> None:
@@ -243,8 +258,13 @@ async def _route_and_reserve(call: Call, *, body: dict, headers, hints, mode: st
     call.plan = await _route(call, hints=hints, mode=mode)
     _content_check(call)
     if mode == "chat":
-        await cache_lookup(call, body=body, headers=headers, embed=text_embed)
-        if call.cache_plan is not None and call.cache_plan.entry is not None:
+        plan = call.plan
+        call.cache = await cache_lookup(
+            auth=call.auth, rule=plan.rule, variant=plan.variant, deployments=plan.deployments,
+            payload=call.payload, stream=call.stream, body=body, headers=headers, embed=text_embed,
+        )
+        if call.cache is not None and call.cache.entry is not None:
+            call.usage = call.cache.usage
             return  # answered from the cache: nothing to reserve
     await _budget_reserve(call)
 

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 # How long a record write is retried while the database is unreachable (docs/reliability.md).
 RECORD_RETRY_SECONDS = 60.0
+_ZERO = Decimal("0")
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ async def record(
     call.recorded_tokens = (fields["prompt_tokens"], fields["completion_tokens"])
     fields.update(http_status=http_status, error_class=error_class)
     after_response(functools.partial(_observe, call, fields, status=status, http_status=http_status))
-    guard_write = guardrail_events_start(call)  # started first: a client leaving cannot cancel it
+    guard_write = _guard_events_start(call)  # started first: a client leaving cannot cancel it
     first_try = asyncio.Event()
     background(_record_commit(call, fields, first_try), what="usage record write")
     if call.charge is not None and call.charge.token_limits:
@@ -128,6 +129,18 @@ async def record(
     # client gets its answer and the write goes on in the background (`_record_commit`).
     await first_try.wait()
     await guardrail_events_wait(guard_write)
+
+
+def _guard_events_start(call: Call):
+    """Hand the request's guardrail events to their writer; later checks (none are expected after
+    the record) would start a new list."""
+    if not call.guard_events:
+        return None
+    events, call.guard_events = call.guard_events, []
+    return guardrail_events_start(
+        tenant_id=call.auth.tenant_id, request_id=call.request_id,
+        response_id=call.response_id if call.endpoint != "embeddings" else "", events=events,
+    )
 
 
 def _observe(call: Call, fields: dict, *, status: str, http_status: int) -> None:
@@ -209,8 +222,8 @@ def _record_fields(call: Call, *, status: str, completion_text: str, read_text: 
         "experiment": call.plan.experiment if call.plan else "",
         "variant": call.plan.variant if call.plan else "",
         "conversation_id": call.conversation_id,
-        "cache": call.cache,
-        "saved_cost_usd": call.saved_cost_usd,
+        "cache": call.cache.state if call.cache is not None else "",
+        "saved_cost_usd": call.cache.saved_cost_usd if call.cache is not None else _ZERO,
         "content": _content(call, completion_text) if call.auth.keep_content else None,
     }
 

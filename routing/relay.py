@@ -102,7 +102,8 @@ async def stream_relay(call: Call, stream: AsyncIterator[dict], first: dict) -> 
     texts: list[str] = []  # what the client was sent
     read: list[str] = []  # what the provider sent, guardrails' holds and redactions included
     status, http_status, error_class = "success", 200, ""
-    guard = StreamGuard.for_call(call)  # None when no output guardrail applies
+    # None when no output guardrail applies.
+    guard = StreamGuard.for_rules(call.guard, events=call.guard_events, model=call.requested_model)
     try:
         chunk: dict | None = first
         while chunk is not None:

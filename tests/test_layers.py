@@ -1,5 +1,6 @@
 """The project's layers, checked on its source: no import runs up a layer, no two files import
-each other (directly or round a circle).
+each other (directly or round a circle), and no app below routing writes into the pipeline's
+request object (`routing.call.Call`, a parameter named `call`).
 
 Every `import` and `from ... import` of every module of the apps (migrations left out), at
 module level or inside a function, resolved to a project module, is an edge. The layers, from
@@ -156,3 +157,100 @@ def test_the_scan_sees_function_level_imports_and_the_checks_can_fail():
     source = "def f():\n    from routing import pipeline\n"
     found = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom)]
     assert found and found[0].module == "routing"
+
+
+# --- the pipeline's request object is routing's -----------------------------------------------------
+# The apps under routing take values and return values (a cache decision, a guard result); they
+# may read the `call` they are handed but never write into it.
+CALL_READERS = ("caching", "guardrails", "accounting", "providers", "feedback")
+MUTATING_METHODS = {
+    "append", "extend", "insert", "update", "setdefault", "pop", "popitem", "clear", "remove", "add", "discard",
+}
+
+
+def _on_call(node: ast.AST) -> bool:
+    """Whether `node` is `call.<attr>` (or `self.call.<attr>`), or an item or attribute of it,
+    however deep."""
+    hops = 0
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        if hops and isinstance(node, ast.Attribute) and node.attr == "call":
+            return True
+        hops += isinstance(node, ast.Attribute)
+        node = node.value
+    return hops > 0 and isinstance(node, ast.Name) and node.id == "call"
+
+
+def _targets(node: ast.AST) -> list[ast.AST]:
+    if isinstance(node, (ast.Assign, ast.Delete)):
+        found = list(node.targets)
+    elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+        found = [node.target]
+    elif isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)):
+        found = [node.target]
+    elif isinstance(node, ast.withitem) and node.optional_vars is not None:
+        found = [node.optional_vars]
+    elif isinstance(node, ast.NamedExpr):
+        found = [node.target]
+    else:
+        return []
+    flat = []
+    while found:
+        target = found.pop()
+        if isinstance(target, (ast.Tuple, ast.List)):
+            found += target.elts
+        elif isinstance(target, ast.Starred):
+            found.append(target.value)
+        else:
+            flat.append(target)
+    return flat
+
+
+def call_writes(source: str) -> list[int]:
+    """The lines of `source` that write into a `call`: assign or delete `call.<attr>` (or an item
+    of it), call a mutating method on it, or `setattr(call, ...)`."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        lines += [target.lineno for target in _targets(node) if _on_call(target)]
+        if isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Attribute) and func.attr in MUTATING_METHODS and _on_call(func.value):
+                lines.append(node.lineno)
+            elif (isinstance(func, ast.Name) and func.id in ("setattr", "delattr") and node.args
+                  and isinstance(node.args[0], ast.Name) and node.args[0].id == "call"):
+                lines.append(node.lineno)
+    return sorted(lines)
+
+
+def test_no_app_below_routing_writes_into_the_call():
+    writes = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for app in CALL_READERS
+        for path in sorted((ROOT / app).rglob("*.py"))
+        if "migrations" not in path.parts
+        for line in call_writes(path.read_text())
+    ]
+    assert writes == []
+
+
+def test_the_call_write_scan_can_fail():
+    source = """
+def f(call, other):
+    call.cache = "hit"
+    call.usage, x = None, 1
+    call.extra_headers["x-gateway-cache"] = "hit"
+    call.guard_events.append({})
+    call.guard_events += [{}]
+    call.plan.deployments = []
+    setattr(call, "payload", {})
+    other.cache = "hit"
+    call = other
+    print(call.payload, call.guard_events[0])
+    events = call.guard_events
+    self.call = call
+    self.call.guard_events.extend([])
+    for call.usage in ():
+        pass
+    with open(x) as call.log:
+        pass
+"""
+    assert call_writes(source) == [3, 4, 5, 6, 7, 8, 9, 15, 16, 18]

@@ -25,7 +25,7 @@ PARTS = st.sampled_from([
 def streamed(text: str, cuts: list[int], rules=REDACT) -> tuple[str, Call]:
     call = Call(endpoint="chat.completions")
     call.guard = RuleSet(output=rules)
-    guard = StreamGuard.for_call(call)
+    guard = StreamGuard.for_rules(call.guard, events=call.guard_events, model=call.requested_model)
     bounds = sorted({c % (len(text) + 1) for c in cuts} | {0, len(text)})
     out = []
     for start, end in zip(bounds, bounds[1:]):
@@ -52,7 +52,7 @@ def test_text_is_held_back_only_a_little():
     text = "word " * 100
     call = Call(endpoint="chat.completions")
     call.guard = RuleSet(output=REDACT)
-    guard = StreamGuard.for_call(call)
+    guard = StreamGuard.for_rules(call.guard, events=call.guard_events, model=call.requested_model)
     released = 0
     for i in range(0, len(text), 4):
         chunk = {"choices": [{"index": 0, "delta": {"content": text[i:i + 4]}, "finish_reason": None}]}
@@ -69,7 +69,7 @@ def test_a_block_raises_before_any_part_of_the_match_is_released():
         streamed(text, list(range(0, len(text), 3)), rules=rules)
     call = Call(endpoint="chat.completions")
     call.guard = RuleSet(output=rules)
-    guard = StreamGuard.for_call(call)
+    guard = StreamGuard.for_rules(call.guard, events=call.guard_events, model=call.requested_model)
     sent = ""
     with pytest.raises(GuardrailBlocked):
         for i in range(0, len(text), 3):
@@ -83,4 +83,4 @@ def test_a_block_raises_before_any_part_of_the_match_is_released():
 def test_no_rules_means_no_guard():
     call = Call(endpoint="chat.completions")
     call.guard = RuleSet()
-    assert StreamGuard.for_call(call) is None
+    assert StreamGuard.for_rules(call.guard, events=call.guard_events, model=call.requested_model) is None
