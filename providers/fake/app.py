@@ -278,7 +278,7 @@ async def _dispatch(*, ex: Exchange, settings: Settings) -> None:
 
 
 async def _lifespan(receive: Callable, send: Callable) -> None:
-    while (message := await receive())["type"] != "lifespan.shutdown":
+    while (await receive())["type"] != "lifespan.shutdown":
         await send({"type": "lifespan.startup.complete"})
     await send({"type": "lifespan.shutdown.complete"})
 
