@@ -46,6 +46,19 @@ def test_stream(client, stack, model):
     assert row[:3] == ("success", True, "messages") and row[4] == final.usage.output_tokens
 
 
+def test_a_stream_from_anthropic_starts_with_the_providers_input_tokens(client, stack):
+    """message_start carries Anthropic's own count of the prompt (the gateway's estimate, which
+    frames messages differently, would be off), the same as message_delta's and the record's."""
+    events = list(client.messages.create(
+        model="claude-haiku-4-5", max_tokens=50, stream=True,
+        messages=[{"role": "user", "content": "[[fake chunks=5]] Count my prompt, please"}],
+    ))
+    start = next(e for e in events if e.type == "message_start")
+    delta = next(e for e in events if e.type == "message_delta")
+    [row] = stack.wait_for_rows(RECORD, (start.message.id,), 1)
+    assert start.message.usage.input_tokens == delta.usage.input_tokens == row[3]
+
+
 def test_max_tokens_stop_reason(client):
     message = client.messages.create(
         model="gpt-4o-mini", max_tokens=3, messages=[{"role": "user", "content": "[[fake chunks=20]] Long"}],

@@ -8,7 +8,7 @@ completes, a stream the provider cuts, an HTTP client that closes the connection
 WebSocket `chat.cancel` and a WebSocket closed mid-stream, and a client that leaves before the
 provider accepted the request or after it accepted it but before its first token. Where the ledger
 says the provider counted a side, the record has the same number; where the gateway counted, the
-documented bound holds. `AUDIT_ROUNDS` (default 2) sets the requests per model and way of ending;
+documented bound holds. `AUDIT_ROUNDS` (default 1) sets the requests per model and way of ending;
 the table of figures printed at the end (`-s`) is the one in docs/accounting.md.
 """
 
@@ -75,7 +75,7 @@ PROMPT_EARLY = {"claude-haiku-4-5", "gemini-flash"}
 PROMPT_FRAMING = 4
 # Gemini repeats its running completion count in every event.
 COMPLETION_RUNNING = {"gemini-flash"}
-ROUNDS = int(os.environ.get("AUDIT_ROUNDS", "2"))
+ROUNDS = int(os.environ.get("AUDIT_ROUNDS", "1"))
 # A long stream, paced: a gateway that did not stop its provider lets it run to the end.
 LONG_CHUNKS, CHUNK_DELAY_MS = 150, 20
 LONG = f"[[fake chunks={LONG_CHUNKS} chunk_delay_ms={CHUNK_DELAY_MS}]]"
