@@ -142,7 +142,7 @@ def _apply(text: str, rules: tuple[CompiledRule, ...], *, direction: str, locati
 
 
 # --- input ----------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InputGuard:
     """The input check's result: the tenant's rules (the output checks use them too), the payload
     to send upstream (redacted where a rule redacts), and the prompt's token count when a size rule

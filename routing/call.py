@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from dataclasses import dataclass, field
 
@@ -22,6 +23,14 @@ from providers.adapters import Usage
 from providers.selectors import Deployment
 from routing.attempts import AttemptLog
 from routing.selection import RoutePlan
+
+
+def _chat_prompt_tokens(payload: dict) -> int:
+    return tokens.prompt_tokens(payload.get("messages") or [])
+
+
+def _embedding_prompt_tokens(payload: dict) -> int:
+    return tokens.embedding_input_tokens(payload.get("input"))
 
 
 @dataclass
@@ -72,14 +81,12 @@ class Call:
         """Prompt tokens counted by the gateway (once per request): for limits, budgets, guardrails,
         and the record when the provider reported none."""
         if self.prompt_estimate is None:
-            self.prompt_estimate = self.prompt_tokens_count(self.payload)
+            self.prompt_estimate = self.prompt_tokens_counter()(self.payload)
         return self.prompt_estimate
 
-    def prompt_tokens_count(self, payload: dict) -> int:
-        """The prompt tokens of `payload`, a request body of this call's endpoint."""
-        if self.endpoint == "embeddings":
-            return tokens.embedding_input_tokens(payload.get("input"))
-        return tokens.prompt_tokens(payload.get("messages") or [])
+    def prompt_tokens_counter(self) -> Callable[[dict], int]:
+        """How the prompt tokens of a request body of this call's endpoint are counted."""
+        return _embedding_prompt_tokens if self.endpoint == "embeddings" else _chat_prompt_tokens
 
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)

@@ -29,7 +29,7 @@ from accounting.quotas import (
 from caching.semantic import SEMANTIC_TASK
 from caching.services import cache_body, cache_completion_text, cache_fill, cache_lookup, cache_replay, cache_stream_tee
 from kernel.errors import DatabaseUnavailable, GatewayError, InvalidRequest
-from guardrails.checks import guard_input, guard_output
+from guardrails.checks import InputGuard, guard_input, guard_output
 from routing import validation
 from routing.attempts import attempts_run
 from routing.call import Call
@@ -96,7 +96,10 @@ async def _chat(call: Call, *, body: dict, headers) -> dict | AsyncIterator[dict
         call.stream = body.get("stream") is True
         call.payload = validation.chat_request_validate(body)
         call.schema = required_schema(call.payload)
-        await _guard_input(call)
+        _guarded(call, await guard_input(
+            tenant_id=call.auth.tenant_id, payload=call.payload, events=call.guard_events,
+            count_tokens=call.prompt_tokens_counter(),
+        ))
         await _prepare(call, body=body, headers=headers, mode="chat")
         if call.cache is not None and call.cache.entry is not None:
             return await _cached(call)
@@ -203,7 +206,10 @@ async def text_embed(*, auth, model: str, text: str) -> list[float]:
 async def _embeddings(call: Call, *, body: dict, headers) -> dict:
     try:
         call.payload = validation.embeddings_request_validate(body)
-        await _guard_input(call)
+        _guarded(call, await guard_input(
+            tenant_id=call.auth.tenant_id, payload=call.payload, events=call.guard_events,
+            count_tokens=call.prompt_tokens_counter(),
+        ))
         await _prepare(call, body=body, headers=headers, mode="embedding")
         result = await _attempt(call, lambda adapter, d: adapter.embeddings(call.payload, d.target))
     except BaseException as exc:
@@ -214,13 +220,9 @@ async def _embeddings(call: Call, *, body: dict, headers) -> dict:
     return result.body
 
 
-async def _guard_input(call: Call) -> None:
-    """The input guardrails: the rules and the checked payload become the call's; their events
-    go to the call's list even when the check blocks."""
-    guard = await guard_input(
-        tenant_id=call.auth.tenant_id, payload=call.payload, events=call.guard_events,
-        count_tokens=call.prompt_tokens_count,
-    )
+def _guarded(call: Call, guard: InputGuard) -> None:
+    """The input guardrails' result: the rules and the checked payload become the call's (their
+    events went to the call's list as they were found, a blocked request's too)."""
     call.guard, call.payload = guard.rules, guard.payload
     if guard.prompt_tokens is not None:
         call.prompt_estimate = guard.prompt_tokens
