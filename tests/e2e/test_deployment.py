@@ -75,24 +75,34 @@ class Deployment:
             time.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory):
-    database_url, name = database_create()
-    tmp = tmp_path_factory.mktemp("deploy")
-    env = production_env(
+def deployment_env(database_url: str, name: str, tmp: Path, **extra: str) -> dict:
+    """The production environment of a deployment on the test database `name`."""
+    return production_env(
         DATABASE_URL=database_url,
         REDIS_URL=os.environ["REDIS_URL"],
         GATEWAY_REDIS_PREFIX=f"gwtest:{name}",
         GATEWAY_STATIC_ROOT=str(tmp / "static"),
-        E2E_FAKE_PROVIDER_KEY="sk-e2e-provider-secret-from-env-0041",
+        **extra,
     )
+
+
+def deployment_configure(env: dict, config: str, tmp: Path, *, key_name: str) -> str:
+    """Migrate, import `config` and create a key of tenant `acme`, as an operator does: the key."""
+    manage(env, "migrate", "--noinput")
+    path = tmp / "gateway.yaml"
+    path.write_text(config)
+    manage(env, "import_config", str(path))
+    return manage(env, "create_api_key", "acme", "--name", key_name).strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    database_url, name = database_create()
+    tmp = tmp_path_factory.mktemp("deploy")
+    env = deployment_env(database_url, name, tmp, E2E_FAKE_PROVIDER_KEY="sk-e2e-provider-secret-from-env-0041")
     fake, fake_port = fake_start(env)
     try:
-        manage(env, "migrate", "--noinput")
-        config = tmp / "gateway.yaml"
-        config.write_text(CONFIG.format(fake_port=fake_port))
-        manage(env, "import_config", str(config))
-        api_key = manage(env, "create_api_key", "acme", "--name", "deploy").strip().splitlines()[-1]
+        api_key = deployment_configure(env, CONFIG.format(fake_port=fake_port), tmp, key_name="deploy")
         manage(env, "collectstatic", "--noinput")
         yield Deployment(env=env, api_key=api_key, database_url=database_url, static_root=tmp / "static")
     finally:

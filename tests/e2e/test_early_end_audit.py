@@ -30,8 +30,8 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.conftest import stop_process
-from tests.e2e.conftest import database_create, database_drop, fake_start, manage
-from tests.e2e.test_deployment import HTTPS, Server, production_env
+from tests.e2e.conftest import database_create, database_drop, fake_start
+from tests.e2e.test_deployment import HTTPS, Server, deployment_configure, deployment_env
 
 pytestmark = pytest.mark.e2e
 
@@ -131,20 +131,11 @@ class Audit:
 def audit(tmp_path_factory):
     database_url, name = database_create()
     tmp = tmp_path_factory.mktemp("audit")
-    env = production_env(
-        DATABASE_URL=database_url,
-        REDIS_URL=os.environ["REDIS_URL"],
-        GATEWAY_REDIS_PREFIX=f"gwtest:{name}",
-        GATEWAY_STATIC_ROOT=str(tmp / "static"),
-    )
+    env = deployment_env(database_url, name, tmp)
     fake, fake_port = fake_start(env)
     server = None
     try:
-        manage(env, "migrate", "--noinput")
-        config = tmp / "gateway.yaml"
-        config.write_text(CONFIG.format(port=fake_port))
-        manage(env, "import_config", str(config))
-        api_key = manage(env, "create_api_key", "acme", "--name", "audit").strip().splitlines()[-1]
+        api_key = deployment_configure(env, CONFIG.format(port=fake_port), tmp, key_name="audit")
         server = Server(SimpleNamespace(env=env), tmp / "serve.log", "--workers", "2")
         yield Audit(base_url=server.base_url, fake_url=f"http://127.0.0.1:{fake_port}", api_key=api_key,
                     database_url=database_url, server=server)
