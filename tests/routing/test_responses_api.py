@@ -4,12 +4,14 @@ translation both ways, the typed stream, stored responses per tenant, and the sa
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.utils import timezone
 
 from accounting.models import StoredResponse, Tenant, UsageContent, UsageRecord
-from accounting.services import api_key_create, tenant_create
+from accounting.services import api_key_create, content_retention_enforce, tenant_create
 from tests.asgi_client import ApiClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -192,3 +194,14 @@ async def test_store_false_keeps_nothing(gateway):
     body = (await post(gateway, {"model": "gpt-4o-mini", "input": "hi", "store": False})).json()
     assert body["store"] is False
     assert (await get(gateway, f"/v1/responses/{body['id']}")).status_code == 404
+
+
+async def test_stored_responses_follow_the_tenants_content_retention(gateway):
+    await keeping_content(gateway)
+    body = (await post(gateway, {"model": "gpt-4o-mini", "input": "hi"})).json()
+    assert (await get(gateway, f"/v1/responses/{body['id']}")).status_code == 200
+    # Older than the retention (30 days): not found even before the hourly deletion, then deleted.
+    await StoredResponse.objects.filter(response_id=body["id"]).aupdate(created_at=timezone.now() - timedelta(days=31))
+    assert (await get(gateway, f"/v1/responses/{body['id']}")).status_code == 404
+    await sync_to_async(content_retention_enforce)()
+    assert await StoredResponse.objects.filter(response_id=body["id"]).acount() == 0
