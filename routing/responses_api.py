@@ -44,7 +44,7 @@ INPUT_ITEMS_LIMIT = 100
 
 
 @dataclass
-class _Conversation:
+class Conversation:
     """What the door keeps of a request between its translation and its answer."""
 
     body: dict = field(default_factory=dict)
@@ -63,27 +63,27 @@ def _with_headers(response: HttpResponse, call: Call) -> HttpResponse:
 @allow_methods("POST")
 async def responses(request: HttpRequest) -> HttpResponse:
     call = Call(endpoint="responses", response_prefix="resp_")
-    conversation = _Conversation()
+    conversation = Conversation()
     try:
         raw = read_body(request)
         result = await pipeline.chat(
             call, credential=functools.partial(request_authenticate, request),
-            parse=lambda: _payload(call, raw, conversation), headers=request.headers,
+            parse=lambda: responses_parse(
+                call, validation.json_body(raw, max_bytes=settings.GATEWAY_MAX_BODY_BYTES), conversation),
+            headers=request.headers,
         )
     except GatewayError as exc:
         return _with_headers(error_response(exc), call)
-    model = call.deployment.target.upstream_model if call.deployment else call.requested_model
-    echo = Echo(response_id=call.response_id, model=model, body={**conversation.body, "store": conversation.store})
     if isinstance(result, dict):
-        body = response_object(result, echo=echo)
+        body = response_object(result, echo=responses_echo(call, conversation))
         await _store(call, conversation, body)
         return _with_headers(JsonBody(body), call)
-    return _with_headers(EventStream(_sse(call, conversation, response_events(result, echo=echo), result)), call)
+    return _with_headers(EventStream(_sse(responses_stream(call, conversation, result))), call)
 
 
-async def _payload(call: Call, raw: bytes, conversation: _Conversation) -> dict:
-    """The chat request of the Responses body, with the conversation it continues, if any."""
-    body = validation.json_body(raw, max_bytes=settings.GATEWAY_MAX_BODY_BYTES)
+async def responses_parse(call: Call, body: dict, conversation: Conversation) -> dict:
+    """The chat request of a Responses body, with the conversation it continues, if any (read as
+    the authenticated tenant: `pipeline.chat` runs this after the credential)."""
     request_check(body)
     conversation.items = input_items(body["input"])
     conversation.store = _store_wanted(call.auth, body)
@@ -91,6 +91,11 @@ async def _payload(call: Call, raw: bytes, conversation: _Conversation) -> dict:
         conversation.context = await _context(call.auth, body["previous_response_id"])
     conversation.body = body
     return chat_payload(body, items=conversation.context + conversation.items)
+
+
+def responses_echo(call: Call, conversation: Conversation) -> Echo:
+    model = call.deployment.target.upstream_model if call.deployment else call.requested_model
+    return Echo(response_id=call.response_id, model=model, body={**conversation.body, "store": conversation.store})
 
 
 def _store_wanted(auth: ApiKeyContext, body: dict) -> bool:
@@ -116,31 +121,42 @@ async def _context(auth: ApiKeyContext, response_id: str) -> list[dict]:
     return conversation_items(stored.context, stored.input_items, stored.response)
 
 
-async def _store(call: Call, conversation: _Conversation, body: dict) -> None:
+async def _store(call: Call, conversation: Conversation, body: dict) -> None:
     if conversation.store and body["status"] != "failed":
         await db_call(stored_response_create, tenant_id=call.auth.tenant_id, response_id=body["id"],
                       context=conversation.context, input_items=conversation.items, response=body)
+
+
+async def responses_stream(call: Call, conversation: Conversation, chunks) -> AsyncIterator[dict]:
+    """The typed events of a streamed answer (HTTP's SSE, the WebSocket's `response.event`s); the
+    finished response is stored before its last event goes out, and `chunks` closed (the request
+    recorded) however the stream ends."""
+    try:
+        async for event in response_events(chunks, echo=responses_echo(call, conversation)):
+            if event["type"] in ("response.completed", "response.incomplete"):
+                await _store(call, conversation, event["response"])
+            yield event
+    finally:
+        await chunks.aclose()  # records the request now, however the stream ended
 
 
 def _event(event: dict) -> bytes:
     return b"event: " + event["type"].encode() + b"\ndata: " + wire_json.dumps(event) + b"\n\n"
 
 
-async def _sse(call: Call, conversation: _Conversation, events: AsyncIterator[dict], chunks) -> AsyncIterator[bytes]:
-    """The events as SSE; the finished response is stored before its last event goes out."""
+async def _sse(events: AsyncIterator[dict]) -> AsyncIterator[bytes]:
+    """OpenAI's framing of the events; an unexpected failure still ends the stream with an event."""
     sequence = 0
     try:
         async for event in events:
             sequence = event["sequence_number"] + 1
-            if event["type"] in ("response.completed", "response.incomplete"):
-                await _store(call, conversation, event["response"])
             yield _event(event)
     except Exception:
         logger.exception("stream failed")
         yield _event({"type": "error", "sequence_number": sequence, "code": "server_error",
                       "message": "The gateway failed while streaming.", "param": None})
     finally:
-        await chunks.aclose()  # records the request now, however the stream ended
+        await events.aclose()
 
 
 def _not_found(response_id: str) -> NotFound:
