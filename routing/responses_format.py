@@ -55,20 +55,25 @@ def request_check(body: dict) -> None:
             raise InvalidRequest(f"'{name}' must be a string.", param=name)
     if body.get("store") is not None and not isinstance(body["store"], bool):
         raise InvalidRequest("'store' must be a boolean.", param="store")
+    tokens = body.get("max_output_tokens")
+    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
+        raise InvalidRequest("'max_output_tokens' must be a positive integer.", param="max_output_tokens")
 
 
 def input_items(value: object) -> list[dict]:
     """The request's `input` as a list of items, each with its `type` and an `id`."""
     if isinstance(value, str):
         value = [{"role": "user", "content": value}]
-    if not isinstance(value, list):
-        raise InvalidRequest("'input' must be a string or an array of input items.", param="input")
+    if not isinstance(value, list) or not value:
+        raise InvalidRequest("'input' must be a string or a non-empty array of input items.", param="input")
     return [_item(item, f"input[{index}]") for index, item in enumerate(value)]
 
 
 def _item(item: object, where: str) -> dict:
     if not isinstance(item, dict):
         raise InvalidRequest(f"'{where}' must be an object.", param=where)
+    if item.get("id") is not None and not isinstance(item["id"], str):
+        raise InvalidRequest(f"'{where}.id' must be a string.", param=f"{where}.id")
     kind = item.get("type", "message")
     if kind == "message":
         role = item.get("role")
