@@ -1,7 +1,7 @@
 """The Responses API with the official openai SDK (`client.responses`) against a real gateway, for an
 OpenAI-, an Anthropic- and a Gemini-type deployment of the fake provider: plain, streamed, a
 function tool round trip, `text.format` json_schema, `previous_response_id`, retrieve, input items,
-delete, and another tenant's ids."""
+delete, and another tenant's ids; and LangChain's `ChatOpenAI` in its Responses API mode."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import json
 
 import openai
 import pytest
+from langchain_core.tools import tool
+from langchain_openai import ChatOpenAI
 
 from tests.conftest import stop_process
 from tests.e2e.conftest import (
@@ -182,3 +184,26 @@ def test_retrieve_input_items_delete_and_another_tenants_404(deployment):
     api.responses.delete(created.id)
     with pytest.raises(openai.NotFoundError):
         api.responses.retrieve(created.id)
+
+
+@tool
+def get_weather(city: str) -> str:
+    """Current weather for a city."""
+    return "18 C"
+
+
+def test_langchain_chat_openai_in_responses_mode(deployment):
+    stack, _ = deployment
+
+    def chat(**options) -> ChatOpenAI:
+        return ChatOpenAI(model="gpt-4o-mini", base_url=f"{stack.base_url}/v1", api_key=stack.api_key,
+                          use_responses_api=True, max_retries=0, **options)
+
+    answer = chat().invoke("Say hello")
+    assert answer.text and answer.usage_metadata["output_tokens"] > 0
+    assert stack.wait_for_rows("SELECT 1 FROM accounting_usagerecord WHERE response_id = %s AND endpoint = %s",
+                               (answer.response_metadata["id"], "responses"), 1)
+    assert "".join(chunk.text for chunk in chat(streaming=True).stream("Say hello"))
+    message = chat().bind_tools([get_weather], tool_choice="get_weather").invoke("Weather in Paris?")
+    [call] = message.tool_calls
+    assert call["name"] == "get_weather" and call["args"]["city"]
