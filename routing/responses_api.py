@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -122,9 +123,15 @@ async def _context(auth: ApiKeyContext, response_id: str) -> list[dict]:
 
 
 async def _store(call: Call, conversation: Conversation, body: dict) -> None:
-    if conversation.store and body["status"] != "failed":
+    """Keep the answered response; a database that fails now costs the client its stored copy, not
+    the answer it was billed for (logged)."""
+    if not conversation.store or body["status"] == "failed":
+        return
+    try:
         await db_call(stored_response_create, tenant_id=call.auth.tenant_id, response_id=body["id"],
                       context=conversation.context, input_items=conversation.items, response=body)
+    except (OperationalError, InterfaceError):
+        logger.warning("response %s: not stored (database unavailable)", body["id"], exc_info=True)
 
 
 async def responses_stream(call: Call, conversation: Conversation, chunks) -> AsyncIterator[dict]:

@@ -214,3 +214,10 @@ async def test_stored_responses_follow_the_tenants_content_retention(gateway):
     assert (await get(gateway, f"/v1/responses/{body['id']}")).status_code == 404
     await sync_to_async(content_retention_enforce)()
     assert await StoredResponse.objects.filter(response_id=body["id"]).acount() == 0
+
+
+async def test_feedback_names_a_response_by_its_id(gateway):
+    body = (await post(gateway, {"model": "gpt-4o-mini", "input": "hi"})).json()
+    sent = await ApiClient().post("/v1/feedback", json.dumps({"response_id": body["id"], "rating": "up"}),
+                                  content_type="application/json", headers=gateway.auth)
+    assert sent.status_code == 201, sent.text
