@@ -35,9 +35,9 @@ from routing.responses_format import (
     conversation_items,
     input_items,
     request_check,
-    response_events,
     response_object,
 )
+from routing.responses_stream import response_events
 
 logger = logging.getLogger(__name__)
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from kernel.errors import GatewayError, InvalidRequest
+from kernel.errors import InvalidRequest
 
 # What the gateway reads of a Responses request; anything else is refused with a 400 naming it.
 REQUEST_KEYS = {
@@ -53,6 +52,8 @@ def request_check(body: dict) -> None:
     for name in ("previous_response_id", "instructions"):
         if body.get(name) is not None and not isinstance(body[name], str):
             raise InvalidRequest(f"'{name}' must be a string.", param=name)
+    if body.get("stream") is not None and not isinstance(body["stream"], bool):
+        raise InvalidRequest("'stream' must be a boolean.", param="stream")
     if body.get("store") is not None and not isinstance(body["store"], bool):
         raise InvalidRequest("'store' must be a boolean.", param="store")
     tokens = body.get("max_output_tokens")
@@ -108,14 +109,14 @@ def _content(content: object, *, role: str, where: str) -> list[dict]:
     """A message's content as Responses parts: `input_text` (`output_text` for the assistant), `input_image`."""
     text_type = "output_text" if role == "assistant" else "input_text"
     if isinstance(content, str):
-        return [_text_part(text_type, content)]
+        return [text_part(text_type, content)]
     if not isinstance(content, list):
         raise InvalidRequest(f"'{where}' must be a string or an array of content parts.", param=where)
     parts = []
     for index, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
         if kind in TEXT_PARTS or kind == "refusal":
-            parts.append(_text_part(text_type, _part_text(part, f"{where}[{index}]")))
+            parts.append(text_part(text_type, _part_text(part, f"{where}[{index}]")))
         elif kind == "input_image" and isinstance(part.get("image_url"), str):
             parts.append({"type": "input_image", "image_url": part["image_url"], "detail": part.get("detail") or "auto"})
         else:
@@ -125,7 +126,7 @@ def _content(content: object, *, role: str, where: str) -> list[dict]:
     return parts
 
 
-def _text_part(kind: str, text: str) -> dict:
+def text_part(kind: str, text: str) -> dict:
     return {"type": kind, "text": text, "annotations": []} if kind == "output_text" else {"type": kind, "text": text}
 
 
@@ -307,123 +308,13 @@ def response_object(completion: dict, *, echo: Echo) -> dict:
 
 
 def _message_item(item: str, text: str, *, status: str = "completed", refusal: str | None = None) -> dict:
-    content = [{"type": "refusal", "refusal": refusal}] if refusal else [_text_part("output_text", text)]
+    content = [{"type": "refusal", "refusal": refusal}] if refusal else [text_part("output_text", text)]
     return {"id": item, "type": "message", "role": "assistant", "status": status, "content": content}
 
 
 def _call_item(item: str, *, call_id: str, name: str, arguments: str, status: str = "completed") -> dict:
     return {"id": item, "type": "function_call", "call_id": call_id, "name": name, "arguments": arguments,
             "status": status}
-
-
-def failed_error(exc: GatewayError) -> dict:
-    """A `response.failed` event's `error`: OpenAI's codes for the errors it names."""
-    code = {429: "rate_limit_exceeded"}.get(exc.status, "server_error")
-    return {"code": code, "message": exc.message}
-
-
-# --- streams: chat chunks -> Responses events ----------------------------------------------------
-async def response_events(chunks: AsyncIterator[dict], *, echo: Echo) -> AsyncIterator[dict]:
-    """Chat chunks as the Responses event sequence, each with its `sequence_number`; the last one is
-    `response.completed` (`response.incomplete` for an answer cut by its token cap) with the full
-    Response, or `response.failed` when the stream ends in an error."""
-    writer = _EventWriter(echo)
-    yield writer.event("response.created", response=echo.response(status="in_progress", output=[], usage=None))
-    yield writer.event("response.in_progress", response=echo.response(status="in_progress", output=[], usage=None))
-    usage, incomplete = None, None
-    async for chunk in chunks:
-        if "error" in chunk:
-            error = chunk["error"] if isinstance(chunk["error"], dict) else {}
-            for event in writer.close():
-                yield event
-            failure = {"code": "server_error", "message": str(error.get("message") or "The stream failed.")}
-            yield writer.event("response.failed", response=echo.response(
-                status="failed", output=writer.output, usage=response_usage(usage), error=failure))
-            return
-        if chunk.get("usage"):
-            usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            for event in writer.feed(choice.get("delta") or {}):
-                yield event
-            incomplete = INCOMPLETE.get(choice.get("finish_reason")) or incomplete
-    for event in writer.close():
-        yield event
-    status = "incomplete" if incomplete else "completed"
-    yield writer.event(f"response.{status}", response=echo.response(
-        status=status, output=writer.output, usage=response_usage(usage), incomplete=incomplete))
-
-
-class _EventWriter:
-    """Turns chat deltas into output items: a message with one output_text part, then function calls."""
-
-    def __init__(self, echo: Echo) -> None:
-        self.sequence = 0
-        self.output: list[dict] = []  # the items done, in order
-        self.open: dict | None = None  # the item being streamed
-        self.slots: dict[int, dict] = {}  # chat's tool call index -> its item
-
-    def event(self, kind: str, **fields) -> dict:
-        event = {"type": kind, "sequence_number": self.sequence, **fields}
-        self.sequence += 1
-        return event
-
-    def _start(self, item: dict) -> list[dict]:
-        events = self.close()
-        self.open = item
-        return events + [self.event("response.output_item.added", output_index=len(self.output), item=dict(item))]
-
-    def close(self) -> list[dict]:
-        item, self.open = self.open, None
-        if item is None:
-            return []
-        index, events = len(self.output), []
-        item["status"] = "completed"
-        if item["type"] == "message":
-            part = item["content"][0]
-            ids = {"item_id": item["id"], "output_index": index, "content_index": 0}
-            events.append(self.event("response.output_text.done", **ids, text=part["text"], logprobs=[]))
-            events.append(self.event("response.content_part.done", **ids, part=dict(part)))
-        else:
-            events.append(self.event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
-                                     arguments=item["arguments"]))
-        self.output.append(item)
-        return events + [self.event("response.output_item.done", output_index=index, item=item)]
-
-    def feed(self, delta: dict) -> list[dict]:
-        events: list[dict] = []
-        text = delta.get("content")
-        if text:
-            if self.open is None or self.open["type"] != "message":
-                item = {"id": item_id("msg"), "type": "message", "role": "assistant", "status": "in_progress",
-                        "content": []}
-                events += self._start(item)
-                part = _text_part("output_text", "")
-                events.append(self.event("response.content_part.added", item_id=item["id"],
-                                         output_index=len(self.output), content_index=0, part=dict(part)))
-                item["content"].append(part)
-            self.open["content"][0]["text"] += text
-            events.append(self.event("response.output_text.delta", item_id=self.open["id"],
-                                     output_index=len(self.output), content_index=0, delta=text, logprobs=[]))
-        for call in delta.get("tool_calls") or ():
-            events += self._tool_delta(call)
-        return events
-
-    def _tool_delta(self, call: dict) -> list[dict]:
-        events: list[dict] = []
-        slot = call.get("index", 0)
-        function = call.get("function") or {}
-        if slot not in self.slots:
-            item = {"id": item_id("fc"), "type": "function_call", "call_id": call.get("id") or item_id("call"),
-                    "name": function.get("name") or "", "arguments": "", "status": "in_progress"}
-            events += self._start(item)
-            self.slots[slot] = item
-        item = self.slots[slot]
-        arguments = function.get("arguments")
-        if arguments and item is self.open:
-            item["arguments"] += arguments
-            events.append(self.event("response.function_call_arguments.delta", item_id=item["id"],
-                                     output_index=len(self.output), delta=arguments))
-        return events
 
 
 def conversation_items(stored_context: list, stored_input: list, stored_response: dict) -> list[dict]:

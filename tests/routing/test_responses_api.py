@@ -221,3 +221,21 @@ async def test_feedback_names_a_response_by_its_id(gateway):
     sent = await ApiClient().post("/v1/feedback", json.dumps({"response_id": body["id"], "rating": "up"}),
                                   content_type="application/json", headers=gateway.auth)
     assert sent.status_code == 201, sent.text
+
+
+async def test_a_stream_cut_mid_way_ends_with_response_failed_and_stores_nothing(gateway):
+    await keeping_content(gateway)
+    stream = events(await post(gateway, {"model": "gpt-4o-mini", "stream": True,
+                                         "input": "Hello [[fake disconnect_after=3 chunks=10]]"}))
+    failed = stream[-1]
+    assert failed["type"] == "response.failed" and failed["response"]["status"] == "failed"
+    assert failed["response"]["error"]["code"] == "connection" and failed["response"]["error"]["message"]
+    assert "response.completed" not in [event["type"] for event in stream]
+    [record] = await records()
+    assert record.status == "error" and record.endpoint == "responses"
+    assert await StoredResponse.objects.acount() == 0
+
+
+async def test_a_provider_failing_before_the_first_token_is_a_plain_http_error(gateway):
+    response = await post(gateway, {"model": "gpt-4o-mini", "stream": True, "input": "Hello [[fake status=400]]"})
+    assert response.status_code == 400 and response.json()["error"]["message"]
