@@ -163,6 +163,24 @@ class UsageContent(models.Model):
         return f"content of {self.usage_record_id}"
 
 
+class StoredResponse(models.Model):
+    """A Responses API answer kept for `GET /v1/responses/{id}` and `previous_response_id`.
+
+    Only for tenants with `keep_content` (it is the prompt and the answer), deleted with their other
+    kept content after `content_retention_days` (`accounting.services.content_retention_enforce`).
+    """
+
+    response_id = models.CharField(max_length=64, unique=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    context = models.JSONField(default=list, help_text="The items of the earlier responses it continues.")
+    input_items = models.JSONField(default=list, help_text="The request's own input items.")
+    response = models.JSONField(default=dict, help_text="The Response object as it was answered.")
+
+    def __str__(self) -> str:
+        return self.response_id
+
+
 class TenantMembership(models.Model):
     """A Django user who belongs to a tenant: sees that tenant's dashboards, and only those."""
 

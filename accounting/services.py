@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounting.budgets import BudgetLimit, Reservation, Settlement, settlement_changes
-from accounting.models import Tenant, TenantApiKey, UsageContent
+from accounting.models import StoredResponse, Tenant, TenantApiKey, UsageContent
 from accounting.statements import Batched, dialect, insert_fields
 from kernel.credentials import api_key_hash
 
@@ -117,13 +117,15 @@ def _record_fields(given: dict) -> dict:
 def content_retention_enforce(*, now=None) -> int:
     """Delete each tenant's kept content older than its `content_retention_days`; returns rows deleted.
 
-    Also deletes what a tenant kept before it turned `keep_content` off, on the same schedule.
+    Also deletes what a tenant kept before it turned `keep_content` off, on the same schedule;
+    stored Responses API answers (`StoredResponse`) are kept content too.
     """
     now = now or timezone.now()
     deleted = 0
     for tenant_id, days in Tenant.objects.values_list("pk", "content_retention_days"):
         cutoff = now - timedelta(days=days)
         deleted += UsageContent.objects.filter(tenant_id=tenant_id, created_at__lt=cutoff).delete()[0]
+        deleted += StoredResponse.objects.filter(tenant_id=tenant_id, created_at__lt=cutoff).delete()[0]
     return deleted
 
 

@@ -26,7 +26,7 @@ class MetricsField(serializers.Field):
 
 class FeedbackCreate(serializers.Serializer):
     response_id = serializers.CharField(required=False, max_length=services.RESPONSE_ID_MAX,
-                                        help_text="The response rated (chatcmpl-…, msg_…).")
+                                        help_text="The response rated (chatcmpl-…, msg_…, resp_…).")
     conversation_id = serializers.CharField(required=False, max_length=services.CONVERSATION_ID_MAX,
                                             help_text="For conversation metrics without a response id.")
     source = serializers.RegexField(services.SOURCE_PATTERN.pattern, required=False, default=services.DEFAULT_SOURCE)

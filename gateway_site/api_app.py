@@ -32,9 +32,10 @@ and 503 for a database that is unreachable), and its errors (`kernel.errors`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import tempfile
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 
 from django.conf import settings
@@ -43,6 +44,7 @@ from django.core.exceptions import SuspiciousOperation
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse
 from django.middleware.security import SecurityMiddleware
+from django.urls import URLPattern
 
 from kernel import request_ids
 from kernel.after_response import after_response_begin, after_response_run
@@ -54,17 +56,20 @@ View = Callable[[HttpRequest], Awaitable[HttpResponse]]
 
 
 class ApiApplication:
-    """ASGI app: `routes` maps an exact path ("/v1/models") to its async view; `fallback` gets the
-    rest (HTTP of other paths, and anything that is not HTTP)."""
+    """ASGI app: `routes` maps an exact path ("/v1/models") to its async view; `patterns` are Django
+    URL patterns of paths with parameters (`v1/responses/<str:response_id>`), tried in order after
+    the exact paths, whose view gets the parameters as keyword arguments; `fallback` gets the rest
+    (HTTP of other paths, and anything that is not HTTP)."""
 
-    def __init__(self, routes: Mapping[str, View], *, fallback) -> None:
+    def __init__(self, routes: Mapping[str, View], *, fallback, patterns: Sequence[URLPattern] = ()) -> None:
         self.routes = dict(routes)
+        self.patterns = tuple(patterns)
         self.fallback = fallback
         # Its hooks only: the class is Django's, with the settings read once, as in MIDDLEWARE.
         self.security = SecurityMiddleware(get_response=lambda request: None)
 
     async def __call__(self, scope, receive, send) -> None:
-        view = self.routes.get(scope["path"]) if scope["type"] == "http" else None
+        view, route = self._view(scope["path"]) if scope["type"] == "http" else (None, "")
         if view is None:
             await self.fallback(scope, receive, send)
             return
@@ -80,17 +85,29 @@ class ApiApplication:
             signals.request_finished.send(sender=ApiApplication)
             return
         try:
-            await self._serve(view, request, receive, send)
+            await self._serve(view, request, receive, send, route=route)
         finally:
             request.close()  # and its body file
 
-    async def _serve(self, view: View, request: ASGIRequest, receive, send) -> None:
+    def _view(self, path: str) -> tuple[View | None, str]:
+        """The view of `path` and its route label for the access log and metrics (a pattern's own
+        text, not the path: one label per route, whatever ids the paths carry)."""
+        view = self.routes.get(path)
+        if view is not None or not self.patterns:
+            return view, path.removeprefix("/")
+        for pattern in self.patterns:
+            match = pattern.resolve(path.removeprefix("/"))
+            if match is not None:
+                return functools.partial(match.func, **match.kwargs), str(pattern.pattern)
+        return None, ""
+
+    async def _serve(self, view: View, request: ASGIRequest, receive, send, *, route: str) -> None:
         """Answer while listening for the client's disconnect, which cancels the answer."""
 
         async def answer() -> HttpResponse:
             pending = after_response_begin()  # this task's log lines and metrics: after the answer
             try:
-                response = await self._respond(view, request)
+                response = await self._respond(view, request, route=route)
                 try:
                     await _response_send(response, send)
                 except asyncio.CancelledError:
@@ -117,8 +134,7 @@ class ApiApplication:
         else:
             answering.result().close()  # sends request_finished
 
-    async def _respond(self, view: View, request: ASGIRequest) -> HttpResponse:
-        route = request.path.removeprefix("/")  # the access log's and metrics' route label
+    async def _respond(self, view: View, request: ASGIRequest, *, route: str) -> HttpResponse:
         ids, started = request_ids.request_begin(request)
         response = None
         try:

@@ -22,9 +22,11 @@ from gateway_site.api_app import ApiApplication  # noqa: E402
 from gateway_site.static import StaticFilesApplication  # noqa: E402
 from kernel.graceful import GracefulApplication  # noqa: E402
 from routing.consumers import ChatConsumer  # noqa: E402
-from routing.urls import tenant_api_routes  # noqa: E402
+from routing.urls import tenant_api_parameterised, tenant_api_routes  # noqa: E402
 
-http_application = ApiApplication(tenant_api_routes(), fallback=StaticFilesApplication(django_application))
+http_application = ApiApplication(
+    tenant_api_routes(), patterns=tenant_api_parameterised(), fallback=StaticFilesApplication(django_application)
+)
 
 # Sessions reach the consumer for the playground's logged-in users; API clients use their key.
 websocket_application = AuthMiddlewareStack(URLRouter([path("v1/ws/chat", ChatConsumer.as_asgi())]))

@@ -30,6 +30,7 @@ from kernel.errors import (
 )
 from routing import pipeline
 from routing.call import Call
+from routing.responses_api import Conversation, responses_parse, responses_stream
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_THROTTLED = 4429  # too many failed authentications from this address (kernel/auth_throttle.py)
 CLOSE_TRY_AGAIN_LATER = 4503  # as on a worker's shutdown: unavailable here for now, reconnect
 REQUEST_FIELDS_EXCLUDED = {"type", "id"}
+APIS = ("chat", "responses")  # a chat.request's `api`: the body's format and the events answered
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -167,17 +169,25 @@ class ChatConsumer(AsyncWebsocketConsumer):
             ))
             return
         body = {key: value for key, value in message.items() if key not in REQUEST_FIELDS_EXCLUDED}
-        task = asyncio.ensure_future(self._chat_run(request_id, body, credential=self.credential))
+        api = body.pop("api", "chat")
+        if api not in APIS:
+            await self._fail(request_id, InvalidRequest("'api' must be chat or responses.", param="api"))
+            return
+        task = asyncio.ensure_future(self._chat_run(request_id, body, credential=self.credential, api=api))
         self.requests[request_id] = task
         task.add_done_callback(lambda _: self.requests.pop(request_id, None))
 
-    async def _chat_run(self, request_id: str, body: dict, *, credential) -> None:
+    async def _chat_run(self, request_id: str, body: dict, *, credential, api: str) -> None:
         """One request on the socket; a client that vanished mid-answer (a send on a closed socket
         raises `OSError`, as ASGI servers do) is an ordinary end: its stream is closed, which stops
         the provider and records it as cancelled, and one INFO line says so."""
-        call = Call(endpoint="chat.completions")
+        if api == "responses":
+            call = Call(endpoint="responses", response_prefix="resp_")
+            serve = self._responses_serve
+        else:
+            call, serve = Call(endpoint="chat.completions"), self._chat_serve
         try:
-            await self._chat_serve(call, request_id, body, credential=credential)
+            await serve(call, request_id, body, credential=credential)
         except OSError:
             logger.info("request %s (%r on the socket): the client left", call.request_id, request_id)
 
@@ -191,12 +201,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             chunks = await pipeline.chat(call, credential=credential, parse=lambda: body, headers={})
         except GatewayError as exc:
-            if call.auth is None and not isinstance(exc, DatabaseUnavailable):  # the credential died
-                if self.credential is credential:  # not yet refused by another request on the socket
-                    self.auth = self.credential = None  # frames that arrive before the close are refused too
-                    await self._auth_refused(request_id, exc)
-            else:
-                await self._fail(request_id, exc, call=call)
+            await self._refused(call, request_id, exc, credential=credential)
             return
         error = await self._relay(request_id, chunks)
         if error is not None:
@@ -217,6 +222,33 @@ class ChatConsumer(AsyncWebsocketConsumer):
             "latency_ms": call.elapsed_ms(),
             "ttft_ms": call.ttft_ms,
         })
+
+    async def _refused(self, call: Call, request_id: str, exc: GatewayError, *, credential) -> None:
+        if call.auth is None and not isinstance(exc, DatabaseUnavailable):  # the credential died
+            if self.credential is credential:  # not yet refused by another request on the socket
+                self.auth = self.credential = None  # frames that arrive before the close are refused too
+                await self._auth_refused(request_id, exc)
+        else:
+            await self._fail(request_id, exc, call=call)
+
+    async def _responses_serve(self, call: Call, request_id: str, body: dict, *, credential) -> None:
+        """A Responses API request (`"api": "responses"`): its typed events, each in a
+        `response.event`, the last `response.completed` (or `.incomplete`, `.failed`); stored as
+        over HTTP (`routing.responses_api`)."""
+        body["stream"] = True
+        conversation = Conversation()
+        try:
+            chunks = await pipeline.chat(call, credential=credential, headers={},
+                                         parse=lambda: responses_parse(call, body, conversation))
+        except GatewayError as exc:
+            await self._refused(call, request_id, exc, credential=credential)
+            return
+        events = responses_stream(call, conversation, chunks)
+        try:
+            async for event in events:
+                await self._send({"type": "response.event", "id": request_id, "event": event})
+        finally:
+            await events.aclose()
 
     async def _relay(self, request_id: str, chunks) -> dict | None:
         """Forward deltas; returns the error object if the stream ended with one."""

@@ -256,3 +256,83 @@ class CountTokensDoc(ApiDescription):
                    summary="Count a request's input tokens (estimated, never billed)")
     def post(self, request):
         raise NotImplementedError
+
+
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]})
+class ResponsesInputField(serializers.JSONField):
+    pass
+
+
+class CreateResponse(serializers.Serializer):
+    """`POST /v1/responses` (OpenAI's Responses API, translated to chat: `routing.responses_format`)."""
+
+    model = serializers.CharField(max_length=200)
+    input = ResponsesInputField(help_text="A string, or items: message, function_call, function_call_output.")
+    instructions = serializers.CharField(required=False)
+    tools = serializers.ListField(child=serializers.DictField(), required=False, help_text="Function tools.")
+    tool_choice = serializers.JSONField(required=False)
+    text = serializers.DictField(required=False, help_text="`format`: text, json_object or json_schema.")
+    max_output_tokens = serializers.IntegerField(required=False, min_value=1, max_value=validation.MAX_TOKENS_LIMIT)
+    temperature = serializers.FloatField(required=False, min_value=0, max_value=2)
+    top_p = serializers.FloatField(required=False, min_value=0, max_value=1)
+    metadata = MetadataField(required=False)
+    user = serializers.CharField(required=False)
+    store = serializers.BooleanField(required=False)
+    previous_response_id = serializers.CharField(required=False)
+    stream = serializers.BooleanField(required=False)
+
+
+class ResponseObject(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.ChoiceField(choices=["response"])
+    status = serializers.CharField()
+    model = serializers.CharField()
+    output = serializers.ListField(child=serializers.DictField())
+    usage = serializers.DictField(allow_null=True)
+
+
+class ResponseDeleted(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.ChoiceField(choices=["response"])
+    deleted = serializers.BooleanField()
+
+
+class ResponseItemList(serializers.Serializer):
+    object = serializers.ChoiceField(choices=["list"])
+    data = serializers.ListField(child=serializers.DictField())
+    first_id = serializers.CharField(allow_null=True)
+    last_id = serializers.CharField(allow_null=True)
+    has_more = serializers.BooleanField()
+
+
+class ResponsesDoc(ApiDescription):
+    error_statuses = COMPLETION_ERRORS
+
+    @extend_schema(operation_id="responses_create", tags=["tenant API"], request=CreateResponse,
+                   responses={200: ResponseObject, (200, "text/event-stream"): SSE},
+                   summary="Create a response (OpenAI Responses API)")
+    def post(self, request):
+        raise NotImplementedError
+
+
+class ResponseDetailDoc(ApiDescription):
+    error_statuses = (401, 404)
+
+    @extend_schema(operation_id="responses_retrieve", tags=["tenant API"], responses=ResponseObject,
+                   summary="A stored response")
+    def get(self, request, response_id):
+        raise NotImplementedError
+
+    @extend_schema(operation_id="responses_delete", tags=["tenant API"], responses=ResponseDeleted,
+                   summary="Delete a stored response")
+    def delete(self, request, response_id):
+        raise NotImplementedError
+
+
+class ResponseInputItemsDoc(ApiDescription):
+    error_statuses = (400, 401, 404)
+
+    @extend_schema(operation_id="responses_input_items", tags=["tenant API"], responses=ResponseItemList,
+                   summary="A stored response's input items")
+    def get(self, request, response_id):
+        raise NotImplementedError

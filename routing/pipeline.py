@@ -9,6 +9,7 @@ database connection or transaction while a provider is awaited.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -57,14 +58,15 @@ __all__ = ["Call", "chat", "embeddings"]
 
 
 async def chat(
-    call: Call, *, credential: Credential, parse: Callable[[], dict], headers
+    call: Call, *, credential: Credential, parse: Callable[[], dict | Awaitable[dict]], headers
 ) -> dict | AsyncIterator[dict]:
     """Serve a chat completion: the finished body, or an iterator of chunks for a stream.
 
     The door hands over its `credential` (checked here, first: `accounting.auth`; a refusal leaves
     `call.auth` None) and `parse`, which reads the body in the door's wire format into the
-    OpenAI-shaped request; a body that fails to parse after authentication is recorded like any
-    failure. A stream is returned only once its first chunk has arrived, so that a provider failing
+    OpenAI-shaped request (or a coroutine giving it, for a door whose translation reads the database
+    as the authenticated tenant, `call.auth`: the Responses API's `previous_response_id`); a body
+    that fails to parse after authentication is recorded like any failure. A stream is returned only once its first chunk has arrived, so that a provider failing
     before the first token fails over (or becomes a plain HTTP error) without the client seeing a
     byte. Every failure is a `GatewayError` for the door to render in its wire format, the database
     being unreachable included (`DatabaseUnavailable`, 503).
@@ -83,9 +85,10 @@ def _outage(call: Call) -> DatabaseUnavailable:
     return DatabaseUnavailable()
 
 
-async def _parsed(call: Call, parse: Callable[[], dict]) -> dict:
+async def _parsed(call: Call, parse: Callable[[], dict | Awaitable[dict]]) -> dict:
     try:
-        return parse()
+        body = parse()
+        return await body if inspect.isawaitable(body) else body
     except GatewayError as exc:
         await record_failure(call, exc)
         raise

@@ -9,7 +9,7 @@ from feedback import api as feedback_api
 from feedback.openapi import FeedbackDoc
 from kernel.http import api_not_found
 from kernel.openapi import documented
-from routing import anthropic_api, api
+from routing import anthropic_api, api, responses_api
 from routing import openapi as docs
 
 # The tenant API: the routes a tenant key calls, with nothing of a browser's session. This list is
@@ -25,12 +25,23 @@ tenant_api_patterns = [
          name="messages-count-tokens"),
     path("v1/usage", documented(usage_api.usage, UsageDoc), name="usage"),
     path("v1/feedback", documented(feedback_api.feedback, FeedbackDoc), name="feedback"),
+    path("v1/responses", documented(responses_api.responses, docs.ResponsesDoc), name="responses"),
+    path("v1/responses/<str:response_id>", documented(responses_api.response_detail, docs.ResponseDetailDoc),
+         name="response-detail"),
+    path("v1/responses/<str:response_id>/input_items",
+         documented(responses_api.response_input_items, docs.ResponseInputItemsDoc), name="response-input-items"),
 ]
 
 
 def tenant_api_routes() -> dict:
-    """{"/v1/models": view, ...}: the tenant API's table for `gateway_site.api_app.ApiApplication`."""
-    return {f"/{route.pattern}": route.callback for route in tenant_api_patterns}
+    """{"/v1/models": view, ...}: the tenant API's exact paths for `gateway_site.api_app.ApiApplication`."""
+    return {f"/{route.pattern}": route.callback for route in tenant_api_patterns if "<" not in str(route.pattern)}
+
+
+def tenant_api_parameterised() -> list:
+    """The tenant API's routes with parameters in their path (`v1/responses/<str:response_id>`),
+    for `ApiApplication`'s `patterns`."""
+    return [route for route in tenant_api_patterns if "<" in str(route.pattern)]
 
 
 # The cache's routes take a tenant key or an operator's staff token (caching/api.py): Django's.

@@ -19,7 +19,9 @@ from django.urls import resolve
 
 from gateway_site.api_app import ApiApplication
 from gateway_site.asgi import application
-from routing.urls import tenant_api_routes
+from django.urls import path
+
+from routing.urls import tenant_api_parameterised, tenant_api_routes
 
 class Served:
     def __init__(self, sent: list) -> None:
@@ -82,10 +84,27 @@ def test_the_tenant_routes_are_one_table_that_the_urlconf_lists_too():
     routes = tenant_api_routes()
     assert set(routes) == {
         "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/v1/messages", "/v1/messages/count_tokens",
-        "/v1/usage", "/v1/feedback",
+        "/v1/usage", "/v1/feedback", "/v1/responses",
     }
-    for path, view in routes.items():
-        assert resolve(path).func is view  # the schema and reverse() see the view the app serves
+    for route, view in routes.items():
+        assert resolve(route).func is view  # the schema and reverse() see the view the app serves
+    patterns = {str(pattern.pattern): pattern.callback for pattern in tenant_api_parameterised()}
+    assert set(patterns) == {"v1/responses/<str:response_id>", "v1/responses/<str:response_id>/input_items"}
+    for pattern, view in patterns.items():
+        assert resolve("/" + pattern.replace("<str:response_id>", "resp_1")).func is view
+
+
+async def test_a_route_with_a_path_parameter_gets_it_and_is_labelled_by_its_pattern():
+    async def item(request, item_id):
+        return JsonResponse({"item": item_id})
+
+    app = ApiApplication({}, fallback=None, patterns=[path("v1/items/<str:item_id>", item)])
+    served = await serve(app, "/v1/items/abc")
+
+    assert served.status == 200 and served.json() == {"item": "abc"}
+    assert REGISTRY.get_sample_value(
+        "gateway_http_responses_total", {"route": "v1/items/<str:item_id>", "method": "GET", "status": "200"}
+    ) is not None
 
 
 async def test_tenant_api_requests_run_in_the_event_loop_without_django_middleware():

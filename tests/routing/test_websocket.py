@@ -340,3 +340,32 @@ def test_a_members_session_is_checked_once_per_cache_interval(member, settings, 
     with django_assert_num_queries(0):
         again = async_to_sync(member_session_context)(session_key=session_key, user_id=user.pk)
     assert first is again and first.tenant_slug == "acme" and first.key_id == 0
+
+
+async def test_a_responses_api_request_on_the_socket_streams_its_typed_events(gateway):
+    socket = connect(gateway)
+    await socket.connect()
+    await receive(socket)
+    await socket.send_json_to({"type": "chat.request", "id": "r1", "api": "responses", "model": "gpt-4o-mini",
+                               "input": "Hello", "instructions": "Be brief."})
+    events = []
+    while not events or events[-1]["type"] != "response.completed":
+        frame = await receive(socket)
+        assert frame["type"] == "response.event" and frame["id"] == "r1", frame
+        events.append(frame["event"])
+    assert events[0]["type"] == "response.created"
+    text = "".join(event["delta"] for event in events if event["type"] == "response.output_text.delta")
+    response = events[-1]["response"]
+    assert response["output"][0]["content"][0]["text"] == text != ""
+    record = await UsageRecord.objects.aget(response_id=response["id"])
+    assert record.endpoint == "responses" and record.stream
+    assert record.completion_tokens == response["usage"]["output_tokens"]
+
+    await socket.send_json_to({"type": "chat.request", "id": "r2", "api": "responses", "model": "gpt-4o-mini",
+                               "input": "Hello", "store": True})
+    error = await receive(socket)
+    assert error["type"] == "error" and error["status"] == 400 and error["error"]["param"] == "store"
+    await socket.send_json_to({"type": "chat.request", "id": "r3", "api": "fax", "model": "gpt-4o-mini"})
+    error = await receive(socket)
+    assert error["type"] == "error" and error["error"]["param"] == "api"
+    await socket.disconnect()
