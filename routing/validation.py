@@ -38,6 +38,14 @@ CHAT_FIELDS = {
     "web_search_options",
 } | GATEWAY_FIELDS
 
+# Legacy text completions (https://platform.openai.com/docs/api-reference/completions/create).
+COMPLETION_FIELDS = {
+    "model", "prompt", "best_of", "echo", "frequency_penalty", "logit_bias", "logprobs", "max_tokens",
+    "n", "presence_penalty", "seed", "stop", "stream", "stream_options", "suffix", "temperature",
+    "top_p", "user",
+} | GATEWAY_FIELDS
+COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+
 EMBEDDING_FIELDS = {"model", "input", "encoding_format", "dimensions", "user"} | GATEWAY_FIELDS
 
 
@@ -89,6 +97,46 @@ def chat_request_validate(body: dict) -> dict:
     _metadata(body)
     _routing(body)
     return {key: value for key, value in body.items() if key not in GATEWAY_FIELDS}
+
+
+def completions_request_validate(body: dict) -> dict:
+    """A legacy completions body: its own fields checked here, the rest by `chat_request_validate`
+    once it is a chat request (`routing.completions_format.chat_payload`). The gateway serves it
+    through chat, so what chat cannot honour is a 400 naming it: a `suffix` (insertion), `logprobs`,
+    `best_of` past `n`, and more than one prompt (or token ids) in one request."""
+    _reject_unknown(body, COMPLETION_FIELDS)
+    _model(body)
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise _missing("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = body["prompt"] = prompt[0]
+    if isinstance(prompt, list):
+        raise InvalidRequest(
+            "The gateway serves one prompt per request: send 'prompt' as a string (or an array of one "
+            "string); token ids are not accepted.", param="prompt", code="unsupported_value",
+        )
+    if not isinstance(prompt, str):
+        raise _invalid_type("prompt", "a string or an array of strings", prompt)
+    if body.get("suffix") not in (None, ""):
+        raise InvalidRequest(
+            "'suffix' (insertion) is not supported by the gateway's completions.", param="suffix",
+            code="unsupported_value",
+        )
+    if body.get("logprobs") is not None:
+        raise InvalidRequest(
+            "'logprobs' is not supported by the gateway's completions.", param="logprobs",
+            code="unsupported_value",
+        )
+    _boolean(body, "echo")
+    _integer(body, "best_of", 1, 20)
+    if body.get("best_of") not in (None, body.get("n") or 1):
+        raise InvalidRequest(
+            "'best_of' is not supported by the gateway's completions beyond 'n'.", param="best_of",
+            code="unsupported_value",
+        )
+    _integer(body, "max_tokens", 1, MAX_TOKENS_LIMIT)
+    return body
 
 
 def embeddings_request_validate(body: dict) -> dict:
