@@ -76,7 +76,8 @@ class CompletionRequest:
                     index = choice.get("index", 0)
                     text = (choice.get("delta") or {}).get("content") or ""
                     if self.echo and index not in echoed:
-                        text, _ = self.echo + text, echoed.add(index)
+                        echoed.add(index)
+                        text = self.echo + text
                     if text or choice.get("finish_reason"):
                         choices.append({"text": text, "index": index, "logprobs": None,
                                         "finish_reason": choice.get("finish_reason")})
