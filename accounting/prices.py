@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -59,6 +60,49 @@ def _list_price(name: str, entry: object) -> ListPrice:
         )
     except (KeyError, InvalidOperation) as exc:
         raise CatalogueError(f"models.{name} needs numeric 'input' and 'output' prices.") from exc
+
+
+def catalogue_modes(path: Path = CATALOGUE) -> dict[str, str]:
+    """{model: mode} of the catalogue's models that say their mode (`mode: embedding`)."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CatalogueError(f"Cannot read the price catalogue {path}: {exc}") from exc
+    modes = {}
+    for name, entry in ((data or {}).get("models") or {}).items():
+        mode = entry.get("mode") if isinstance(entry, dict) else None
+        if mode is None:
+            continue
+        if mode not in ProviderModel.Mode.values:
+            raise CatalogueError(f"models.{name}.mode must be one of {', '.join(ProviderModel.Mode.values)}.")
+        modes[str(name)] = mode
+    return modes
+
+
+@functools.cache
+def _shipped_modes() -> dict[str, str]:
+    return catalogue_modes()
+
+
+def mode_infer(upstream_model: str) -> str:
+    """The mode of a model saved without one: the shipped catalogue's when it lists the upstream id
+    (or the family of a dated snapshot of it), else `embedding` for a name with "embed" in it,
+    else `chat`."""
+    modes = _shipped_modes()
+    key = catalogue_match(upstream_model, modes)
+    if key is not None:
+        return modes[key]
+    if "embed" in upstream_model.lower():
+        return ProviderModel.Mode.EMBEDDING
+    return ProviderModel.Mode.CHAT
+
+
+def provider_model_mode_fill(sender, instance: ProviderModel, **kwargs) -> None:
+    """`pre_save` of ProviderModel (connected in `AccountingConfig.ready`): a model saved without a
+    mode (YAML import, the admin, the operator API) gets the inferred one, which is what is stored
+    and shown."""
+    if not instance.mode:
+        instance.mode = mode_infer(instance.upstream_model or instance.alias)
 
 
 def catalogue_match(upstream_model: str, catalogue: dict[str, ListPrice]) -> str | None:

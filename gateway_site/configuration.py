@@ -106,8 +106,8 @@ def _model_import(provider: Provider, item: object, where: str) -> None:
     item = mapping(item, where)
     known(item, MODEL_KEYS, where)
     alias = required_str(item, "alias", where)
-    mode = item.get("mode", "chat")
-    if mode not in ProviderModel.Mode.values:
+    mode = item.get("mode") or ""  # none: inferred when saved (accounting.prices.mode_infer)
+    if mode and mode not in ProviderModel.Mode.values:
         raise ConfigError(f"{where}.mode must be one of {', '.join(ProviderModel.Mode.values)}.")
     ProviderModel.objects.update_or_create(
         provider=provider,

@@ -63,7 +63,11 @@ class ProviderModel(models.Model):
     upstream_model = models.CharField(
         max_length=200, help_text="The model id sent to the provider."
     )
-    mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.CHAT)
+    mode = models.CharField(
+        max_length=16, choices=Mode.choices, blank=True, default="",
+        help_text="Empty: inferred when saved, from the price catalogue's entry for the upstream model, "
+                  "else from the name ('embed': embedding), else chat.",
+    )
     input_price_per_million = models.DecimalField(
         max_digits=12, decimal_places=6, default=Decimal("0")
     )

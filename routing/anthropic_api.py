@@ -8,14 +8,12 @@ errors come back in Anthropic's error shape.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import AsyncIterator
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from accounting import tokens
 from accounting.auth import request_authenticate
 from kernel import wire_json
 from kernel.errors import GatewayError
@@ -24,7 +22,6 @@ from kernel.wire_json import JsonBody
 from routing import pipeline, validation
 from routing.anthropic_format import anthropic_error, anthropic_events, anthropic_message, openai_payload
 from routing.call import Call
-from routing.selection import route_select
 
 
 def _response(call: Call, response: HttpResponse) -> HttpResponse:
@@ -83,7 +80,9 @@ async def _sse(events: AsyncIterator[tuple[str, dict]], chunks) -> AsyncIterator
 @csrf_exempt
 @allow_methods("POST", shape=anthropic_error)
 async def count_tokens(request: HttpRequest) -> HttpResponse:
-    """Anthropic's token counting, estimated with the gateway's tokenizer (nothing is billed)."""
+    """Anthropic's token counting: the routed deployment's own counter where it has one, else the
+    gateway's estimate (`pipeline.prompt_tokens_count`); `x-gateway-token-count` says which.
+    Nothing is billed."""
     call = Call(endpoint="messages.count_tokens")
     try:
         raw = read_body(request)
@@ -92,10 +91,9 @@ async def count_tokens(request: HttpRequest) -> HttpResponse:
         # Validated as /v1/messages validates its translation: a model that is not a string (the
         # schema fuzzer sent `{}`) is a 400 here too, not a 500 in routing.
         payload = validation.chat_request_validate(openai_payload({"max_tokens": 1, **body}))
-        await route_select(auth=auth, model=payload["model"], mode="chat")
+        count, source = await pipeline.prompt_tokens_count(auth=auth, payload=payload)
     except GatewayError as exc:
         return _error(call, exc)
-    count = tokens.prompt_tokens(payload["messages"])
-    if payload.get("tools"):
-        count += tokens.text_tokens(json.dumps(payload["tools"]))
-    return JsonResponse({"input_tokens": count})
+    response = JsonResponse({"input_tokens": count})
+    response["x-gateway-token-count"] = source
+    return response

@@ -16,6 +16,7 @@ from kernel.errors import GatewayError, error_response
 from kernel.http import EventStream, allow_methods, read_body
 from kernel.wire_json import JsonBody
 from routing import pipeline, validation
+from routing.completions_format import CompletionRequest
 from routing.selection import models_visible
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,29 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     if isinstance(result, dict):
         return _with_headers(JsonBody(result), call)
     return _with_headers(EventStream(_sse(result)), call)
+
+
+@csrf_exempt
+@allow_methods("POST")
+async def completions(request: HttpRequest) -> HttpResponse:
+    """Legacy text completions, served as chat (`routing/completions_format.py`)."""
+    call = pipeline.Call(endpoint="completions", response_prefix="cmpl-")
+    legacy = CompletionRequest()
+    try:
+        raw = read_body(request)
+        result = await pipeline.chat(
+            call,
+            credential=functools.partial(request_authenticate, request),
+            parse=lambda: legacy.chat_payload(
+                validation.json_body(raw, max_bytes=settings.GATEWAY_MAX_BODY_BYTES)
+            ),
+            headers=request.headers,
+        )
+    except GatewayError as exc:
+        return _with_headers(error_response(exc), call)
+    if isinstance(result, dict):
+        return _with_headers(JsonBody(legacy.text_completion(result)), call)
+    return _with_headers(EventStream(_sse(legacy.text_completion_chunks(result))), call)
 
 
 @csrf_exempt

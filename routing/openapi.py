@@ -104,6 +104,43 @@ class ChatCompletion(serializers.Serializer):
     usage = serializers.DictField()
 
 
+class CreateCompletion(serializers.Serializer):
+    """OpenAI's legacy completion request (https://platform.openai.com/docs/api-reference/completions/create),
+    served as a chat request of one user message: `suffix`, `logprobs`, `best_of` past `n` and
+    several prompts are refused with a 400."""
+
+    model = serializers.CharField(max_length=200, help_text="An alias, a routing rule's model, or provider:model.")
+    prompt = serializers.JSONField(help_text="A string, or an array of one string.")
+    suffix = serializers.CharField(required=False, allow_blank=True, help_text="Refused unless empty.")
+    echo = serializers.BooleanField(required=False, help_text="The prompt in front of each choice's text.")
+    logprobs = serializers.IntegerField(required=False, allow_null=True, help_text="Refused unless null.")
+    best_of = serializers.IntegerField(required=False, min_value=1, max_value=20, help_text="At most `n`.")
+    max_tokens = serializers.IntegerField(required=False, min_value=1, max_value=validation.MAX_TOKENS_LIMIT,
+                                          help_text=f"Default {validation.COMPLETION_DEFAULT_MAX_TOKENS}.")
+    temperature = serializers.FloatField(required=False, min_value=0, max_value=2)
+    top_p = serializers.FloatField(required=False, min_value=0, max_value=1)
+    presence_penalty = serializers.FloatField(required=False, min_value=-2, max_value=2)
+    frequency_penalty = serializers.FloatField(required=False, min_value=-2, max_value=2)
+    n = serializers.IntegerField(required=False, min_value=1, max_value=128)
+    seed = serializers.IntegerField(required=False, min_value=-(2**63), max_value=2**63 - 1)
+    stream = serializers.BooleanField(required=False, help_text="Answer as server-sent events.")
+    stream_options = StreamOptions(required=False, help_text="Only with stream: true.")
+    stop = serializers.JSONField(required=False, help_text="A string or up to 4 strings.")
+    user = serializers.CharField(required=False, max_length=512)
+    logit_bias = serializers.DictField(required=False)
+    metadata = MetadataField(required=False)
+    routing = RoutingHints(required=False, help_text="The gateway's routing hints.")
+
+
+class TextCompletion(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.ChoiceField(choices=["text_completion"])
+    created = serializers.IntegerField()
+    model = serializers.CharField()
+    choices = serializers.ListField(child=serializers.DictField())
+    usage = serializers.DictField()
+
+
 class CreateEmbedding(serializers.Serializer):
     model = serializers.CharField(max_length=200)
     input = serializers.JSONField(
@@ -195,6 +232,7 @@ def passthrough(serializer: type[serializers.Serializer], names: set[str]) -> ty
 
 CreateChatCompletion = passthrough(CreateChatCompletion, validation.CHAT_FIELDS)
 CreateEmbedding = passthrough(CreateEmbedding, validation.EMBEDDING_FIELDS)
+CreateCompletion = passthrough(CreateCompletion, validation.COMPLETION_FIELDS)
 AnthropicCreateMessage = passthrough(AnthropicCreateMessage, REQUEST_KEYS)
 AnthropicCountTokens = passthrough(
     AnthropicCountTokens, REQUEST_KEYS - {"stream", "stop_sequences", "temperature", "top_p", "top_k"}
@@ -214,6 +252,18 @@ class ChatCompletionsDoc(ApiDescription):
     )
     def post(self, request):
         raise NotImplementedError  # never routed: describes routing.api.chat_completions
+
+
+class CompletionsDoc(ApiDescription):
+    error_statuses = COMPLETION_ERRORS
+
+    @extend_schema(
+        operation_id="completions_create", tags=["tenant API"], request=CreateCompletion,
+        responses={200: TextCompletion, (200, "text/event-stream"): SSE},
+        summary="Create a legacy text completion (served as chat; JSON, or SSE with stream: true)",
+    )
+    def post(self, request):
+        raise NotImplementedError  # never routed: describes routing.api.completions
 
 
 class EmbeddingsDoc(ApiDescription):

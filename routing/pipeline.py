@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,7 +30,9 @@ from accounting.quotas import (
 )
 from caching.semantic import SEMANTIC_TASK
 from caching.services import cache_body, cache_completion_text, cache_fill, cache_lookup, cache_replay, cache_stream_tee
-from kernel.errors import DatabaseUnavailable, GatewayError, InvalidRequest
+from accounting import tokens
+from kernel.errors import DatabaseUnavailable, GatewayError, InvalidRequest, ProviderError
+from providers.http import adapter_for
 from guardrails.checks import InputGuard, guard_input, guard_output
 from routing import validation
 from routing.attempts import attempts_run
@@ -54,7 +57,7 @@ DEFAULT_OUTPUT_RESERVE = 4096
 # bound to an HTTP request.
 Credential = Callable[[], Awaitable[ApiKeyContext]]
 
-__all__ = ["Call", "chat", "embeddings"]
+__all__ = ["Call", "chat", "embeddings", "prompt_tokens_count"]
 
 
 async def chat(
@@ -185,6 +188,26 @@ def _usage_sum(first, second):
         completion_tokens=first.completion_tokens + second.completion_tokens,
         cached_tokens=first.cached_tokens + second.cached_tokens,
     )
+
+
+async def prompt_tokens_count(*, auth: ApiKeyContext, payload: dict) -> tuple[int, str]:
+    """The prompt tokens of a valid chat request, and who counted them: `provider`, the routed
+    deployment's own free counter (Anthropic's `count_tokens`, Gemini's `countTokens`), or
+    `estimate`, the gateway's tokenizer, when it has none or its counter failed. Nothing is billed
+    or recorded."""
+    plan = await route_select(auth=auth, model=payload["model"], mode="chat")
+    deployment = plan.deployments[0]
+    try:
+        counted = await adapter_for(deployment.target.wire_type).count_tokens(payload, deployment.target)
+    except ProviderError as exc:
+        logger.info("token count of %s fell back to the estimate: %s", deployment.target.provider_name, exc)
+        counted = None
+    if counted is not None:
+        return counted, "provider"
+    count = tokens.prompt_tokens(payload["messages"])
+    if payload.get("tools"):
+        count += tokens.text_tokens(json.dumps(payload["tools"]))
+    return count, "estimate"
 
 
 async def embeddings(call: Call, *, credential: Credential, parse: Callable[[], dict], headers) -> dict:

@@ -18,6 +18,7 @@ from routing import openapi as docs
 # for the OpenAPI schema and `reverse()`.
 tenant_api_patterns = [
     path("v1/chat/completions", documented(api.chat_completions, docs.ChatCompletionsDoc), name="chat-completions"),
+    path("v1/completions", documented(api.completions, docs.CompletionsDoc), name="completions"),
     path("v1/embeddings", documented(api.embeddings, docs.EmbeddingsDoc), name="embeddings"),
     path("v1/models", documented(api.models, docs.ModelsDoc), name="models"),
     path("v1/messages", documented(anthropic_api.messages, docs.MessagesDoc), name="messages"),

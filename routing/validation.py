@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 from kernel.errors import InvalidRequest, PayloadTooLarge
 
@@ -18,6 +19,11 @@ CONTENT_PART_TYPES = {"text", "image_url", "input_audio", "file", "refusal"}
 MAX_STOP_SEQUENCES = 4
 MAX_TOKENS_LIMIT = 1_000_000
 MAX_EMBEDDING_INPUTS = 2048
+# A function's (and a json_schema's) name, as OpenAI checks it: the characters, then the length.
+NAME_PATTERN = re.compile(r"^[a-zA-Z0-9_-]+$")
+MAX_NAME_LENGTH = 64
+TOOL_CHOICES = ("none", "auto", "required")
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 
 # Fields the gateway reads and does not forward.
 GATEWAY_FIELDS = {"metadata", "routing", "cache"}  # `cache`: see caching.keys
@@ -31,6 +37,14 @@ CHAT_FIELDS = {
     "temperature", "tool_choice", "tools", "top_logprobs", "top_p", "user", "verbosity",
     "web_search_options",
 } | GATEWAY_FIELDS
+
+# Legacy text completions (https://platform.openai.com/docs/api-reference/completions/create).
+COMPLETION_FIELDS = {
+    "model", "prompt", "best_of", "echo", "frequency_penalty", "logit_bias", "logprobs", "max_tokens",
+    "n", "presence_penalty", "seed", "stop", "stream", "stream_options", "suffix", "temperature",
+    "top_p", "user",
+} | GATEWAY_FIELDS
+COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 EMBEDDING_FIELDS = {"model", "input", "encoding_format", "dimensions", "user"} | GATEWAY_FIELDS
 
@@ -67,19 +81,62 @@ def chat_request_validate(body: dict) -> dict:
     _integer(body, "n", 1, 128)
     _integer(body, "max_tokens", 1, MAX_TOKENS_LIMIT)
     _integer(body, "max_completion_tokens", 1, MAX_TOKENS_LIMIT)
-    _integer(body, "seed", -(2**63), 2**63 - 1)
+    _seed(body)
     _integer(body, "top_logprobs", 0, 20)
     _boolean(body, "stream")
     _boolean(body, "logprobs")
+    if body.get("parallel_tool_calls") is not None and not isinstance(body["parallel_tool_calls"], bool):
+        raise _invalid_type("parallel_tool_calls", "a boolean", body["parallel_tool_calls"])
     _stop(body.get("stop"))
     _stream_options(body)
     _string(body, "user", max_length=512)
-    _typed(body, "tools", list)
-    _typed(body, "response_format", dict)
-    _typed(body, "logit_bias", dict)
+    names = _tools(body.get("tools"))
+    _tool_choice(body.get("tool_choice"), names)
+    _response_format(body.get("response_format"))
+    _logit_bias(body.get("logit_bias"))
     _metadata(body)
     _routing(body)
     return {key: value for key, value in body.items() if key not in GATEWAY_FIELDS}
+
+
+def completions_request_validate(body: dict) -> dict:
+    """A legacy completions body: its own fields checked here, the rest by `chat_request_validate`
+    once it is a chat request (`routing.completions_format.chat_payload`). The gateway serves it
+    through chat, so what chat cannot honour is a 400 naming it: a `suffix` (insertion), `logprobs`,
+    `best_of` past `n`, and more than one prompt (or token ids) in one request."""
+    _reject_unknown(body, COMPLETION_FIELDS)
+    _model(body)
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise _missing("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = body["prompt"] = prompt[0]
+    if isinstance(prompt, list):
+        raise InvalidRequest(
+            "The gateway serves one prompt per request: send 'prompt' as a string (or an array of one "
+            "string); token ids are not accepted.", param="prompt", code="unsupported_value",
+        )
+    if not isinstance(prompt, str):
+        raise _invalid_type("prompt", "a string or an array of strings", prompt)
+    if body.get("suffix") not in (None, ""):
+        raise InvalidRequest(
+            "'suffix' (insertion) is not supported by the gateway's completions.", param="suffix",
+            code="unsupported_value",
+        )
+    if body.get("logprobs") is not None:
+        raise InvalidRequest(
+            "'logprobs' is not supported by the gateway's completions.", param="logprobs",
+            code="unsupported_value",
+        )
+    _boolean(body, "echo")
+    _integer(body, "best_of", 1, 20)
+    if body.get("best_of") not in (None, body.get("n") or 1):
+        raise InvalidRequest(
+            "'best_of' is not supported by the gateway's completions beyond 'n'.", param="best_of",
+            code="unsupported_value",
+        )
+    _integer(body, "max_tokens", 1, MAX_TOKENS_LIMIT)
+    return body
 
 
 def embeddings_request_validate(body: dict) -> dict:
@@ -190,9 +247,200 @@ def _string(body: dict, name: str, *, max_length: int) -> None:
         raise InvalidRequest(f"'{name}' must be a string of at most {max_length} characters.", param=name)
 
 
-def _typed(body: dict, name: str, kind: type) -> None:
-    if body.get(name) is not None and not isinstance(body[name], kind):
-        raise InvalidRequest(f"'{name}' must be {'an array' if kind is list else 'an object'}.", param=name)
+# --- OpenAI's own checks of tools, tool_choice, response_format, seed and logit_bias -------------
+# Messages, params and codes as OpenAI's API answers them, so that a client sees the same 400
+# whichever provider is behind: `invalid_type`, `missing_required_parameter`, `invalid_value`,
+# `string_above_max_length`, `invalid_function_parameters`.
+def _kind(value: object) -> str:
+    """JSON's name of a value's type, with its article, as OpenAI's messages say it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a decimal"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _invalid_type(where: str, expected: str, value: object) -> InvalidRequest:
+    return InvalidRequest(
+        f"Invalid type for '{where}': expected {expected}, but got {_kind(value)} instead.",
+        param=where, code="invalid_type",
+    )
+
+
+def _missing(where: str) -> InvalidRequest:
+    return InvalidRequest(f"Missing required parameter: '{where}'.", param=where, code="missing_required_parameter")
+
+
+def _supported(where: str, value: object, supported: tuple[str, ...]) -> InvalidRequest:
+    names = [f"'{name}'" for name in supported]
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])}, and {names[-1]}"
+    return InvalidRequest(
+        f"Invalid value: '{value}'. Supported values are: {listed}.", param=where, code="invalid_value"
+    )
+
+
+def _name(value: object, where: str) -> None:
+    """A function's or a schema's name: `^[a-zA-Z0-9_-]{1,64}$`, checked as OpenAI checks it."""
+    if value is None:
+        raise _missing(where)
+    if not isinstance(value, str):
+        raise _invalid_type(where, "a string", value)
+    if not NAME_PATTERN.match(value):
+        raise InvalidRequest(
+            f"Invalid '{where}': string does not match pattern. Expected a string that matches the "
+            f"pattern '{NAME_PATTERN.pattern}'.", param=where, code="invalid_value",
+        )
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidRequest(
+            f"Invalid '{where}': string too long. Expected a string with maximum length "
+            f"{MAX_NAME_LENGTH}, but got a string with length {len(value)} instead.",
+            param=where, code="string_above_max_length",
+        )
+
+
+def _tools(tools: object) -> set[str]:
+    """Function tools: `{"type": "function", "function": {"name", "description"?, "parameters"?}}`,
+    `parameters` an object schema. Returns the declared names."""
+    if tools is None:
+        return set()
+    if not isinstance(tools, list):
+        raise _invalid_type("tools", "an array", tools)
+    names = set()
+    for index, tool in enumerate(tools):
+        where = f"tools[{index}]"
+        if not isinstance(tool, dict):
+            raise _invalid_type(where, "an object", tool)
+        if tool.get("type") is None:
+            raise _missing(f"{where}.type")
+        if tool["type"] != "function":
+            raise _supported(f"{where}.type", tool["type"], ("function",))
+        function = tool.get("function")
+        if function is None:
+            raise _missing(f"{where}.function")
+        if not isinstance(function, dict):
+            raise _invalid_type(f"{where}.function", "an object", function)
+        _name(function.get("name"), f"{where}.function.name")
+        if function.get("description") is not None and not isinstance(function["description"], str):
+            raise _invalid_type(f"{where}.function.description", "a string", function["description"])
+        _parameters(function, where=f"{where}.function.parameters")
+        names.add(function["name"])
+    return names
+
+
+def _parameters(function: dict, *, where: str) -> None:
+    parameters = function.get("parameters")
+    if parameters is None:
+        return
+    if not isinstance(parameters, dict):
+        raise _invalid_type(where, "an object", parameters)
+    kind = parameters.get("type", "object")
+    if kind != "object":
+        raise InvalidRequest(
+            f"Invalid schema for function '{function['name']}': schema must be a JSON Schema of "
+            f"'type: \"object\"', got 'type: {json.dumps(kind)}'.",
+            param=where, code="invalid_function_parameters",
+        )
+
+
+def _tool_choice(choice: object, names: set[str]) -> None:
+    """"none", "auto", "required", or `{"type": "function", "function": {"name"}}` naming a
+    declared tool."""
+    if choice is None:
+        return
+    if isinstance(choice, str):
+        if choice not in TOOL_CHOICES:
+            raise _supported("tool_choice", choice, TOOL_CHOICES)
+        return
+    if not isinstance(choice, dict):
+        raise _invalid_type("tool_choice", "one of a string or an object", choice)
+    if choice.get("type") is None:
+        raise _missing("tool_choice.type")
+    if choice["type"] != "function":
+        raise _supported("tool_choice.type", choice["type"], ("function",))
+    function = choice.get("function")
+    if function is None:
+        raise _missing("tool_choice.function")
+    if not isinstance(function, dict):
+        raise _invalid_type("tool_choice.function", "an object", function)
+    _name(function.get("name"), "tool_choice.function.name")
+    if not names:
+        raise InvalidRequest(
+            "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
+            param="tool_choice", code="invalid_value",
+        )
+    if function["name"] not in names:
+        raise InvalidRequest(
+            f"Invalid value for 'tool_choice': no function named '{function['name']}' was specified in "
+            f"the 'tools' parameter.", param="tool_choice.function.name", code="invalid_value",
+        )
+
+
+def _response_format(response_format: object) -> None:
+    """`{"type": "text" | "json_object" | "json_schema"}`; json_schema with
+    `{"json_schema": {"name", "schema", "strict"?, "description"?}}`."""
+    if response_format is None:
+        return
+    if not isinstance(response_format, dict):
+        raise _invalid_type("response_format", "an object", response_format)
+    kind = response_format.get("type")
+    if kind is None:
+        raise _missing("response_format.type")
+    if not isinstance(kind, str) or kind not in RESPONSE_FORMATS:
+        raise _supported("response_format.type", kind, tuple(sorted(RESPONSE_FORMATS)))
+    if kind != "json_schema":
+        return
+    schema = response_format.get("json_schema")
+    if schema is None:
+        raise _missing("response_format.json_schema")
+    if not isinstance(schema, dict):
+        raise _invalid_type("response_format.json_schema", "an object", schema)
+    _name(schema.get("name"), "response_format.json_schema.name")
+    if schema.get("schema") is None:
+        raise _missing("response_format.json_schema.schema")
+    if not isinstance(schema["schema"], dict):
+        raise _invalid_type("response_format.json_schema.schema", "an object", schema["schema"])
+    if schema.get("strict") is not None and not isinstance(schema["strict"], bool):
+        raise _invalid_type("response_format.json_schema.strict", "a boolean", schema["strict"])
+
+
+def _seed(body: dict) -> None:
+    seed = body.get("seed")
+    if seed is None:
+        return
+    if isinstance(seed, float) and seed.is_integer():
+        seed = body["seed"] = int(seed)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise _invalid_type("seed", "an integer", seed)
+    _integer(body, "seed", -(2**63), 2**63 - 1)
+
+
+def _logit_bias(bias: object) -> None:
+    """A map of token ids (strings of digits) to numbers from -100 to 100."""
+    if bias is None:
+        return
+    if not isinstance(bias, dict):
+        raise _invalid_type("logit_bias", "an object", bias)
+    for token, value in bias.items():
+        if not token.isdigit() or not token.isascii():
+            raise InvalidRequest(
+                f"Invalid key in 'logit_bias': {token}. You should only be submitting non-negative integers.",
+                param="logit_bias", code="invalid_value",
+            )
+        if not _is_number(value):
+            raise _invalid_type(f"logit_bias.{token}", "a number", value)
+        if not -100 <= value <= 100:
+            raise InvalidRequest(
+                f"Invalid value for 'logit_bias.{token}': bias must be a number from -100 to 100, got {value}.",
+                param=f"logit_bias.{token}", code="invalid_value",
+            )
 
 
 def _stop(stop: object) -> None:

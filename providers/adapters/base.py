@@ -23,6 +23,8 @@ A subclass implements:
   dicts; the last one carries `usage` when the vendor reported it
 - `embeddings_request` / `embeddings_response`, when the vendor has embeddings
 - `error_details(status, data)` -> (error class or None, message): the vendor's error spelling
+- `count_tokens(payload, target)` -> the prompt's tokens by the vendor's own free counter
+  (Anthropic's `count_tokens`, Gemini's `countTokens`); None, the default, when it has none
 
 The stream contract, for callers of `chat_stream(payload, target, *, opened=None)`:
 
@@ -167,6 +169,17 @@ class Adapter:
     def error_details(self, status: int, data: object) -> tuple[str | None, str]:
         """Return (error class, message) from a vendor error body; None keeps the status default."""
         return None, ""
+
+    async def count_tokens(self, payload: dict, target: Target) -> int | None:
+        """The prompt tokens of the chat request `payload`, counted by the vendor for free; None
+        when the vendor has no such counter (the caller estimates)."""
+        return None
+
+    def token_count(self, value: object, target: Target) -> int:
+        """A vendor's count, checked: a non-negative integer, else a malformed answer."""
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise self.malformed(target, "token count")
+        return value
 
     def unsupported(self, target: Target) -> frozenset[str]:
         """Parameters this target does not accept: the provider's own list, plus the service's."""

@@ -128,6 +128,17 @@ class GeminiAdapter(Adapter):
             url=self._url(target, method), json=body, headers=self._headers(target)
         )
 
+    async def count_tokens(self, payload: dict, target: Target) -> int:
+        """`models/{model}:countTokens` with the whole `generateContent` request."""
+        request = self.chat_request({**payload, "stream": False}, target)
+        model = target.upstream_model.removeprefix("models/")
+        counting = UpstreamRequest(
+            url=self._url(target, "countTokens"),
+            json={"generateContentRequest": {"model": f"models/{model}", **request.json}},
+            headers=request.headers,
+        )
+        return self.token_count((await self._send_json(counting, target)).get("totalTokens"), target)
+
     def chat_response(self, data: dict, target: Target) -> ChatResult:
         self._raise_if_blocked(data, target)
         candidates = data.get("candidates")

@@ -121,6 +121,14 @@ def _azure(handler: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[N
     return deployment
 
 
+async def _count_tokens(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
+    """Anthropic's `POST /v1/messages/count_tokens`: the input tokens `/v1/messages` would bill for
+    the same body (no `max_tokens` needed), free, as Anthropic's."""
+    dialect.authenticate(headers=ex.headers, api_key=settings.api_key)
+    request = dialect.parse(body={**json_body(ex=ex), "max_tokens": 1}, header_directive="")
+    await ex.respond(200, dumps({"input_tokens": request.prompt_tokens}), [])
+
+
 async def _models(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
     dialect.authenticate(headers=ex.headers, api_key=settings.api_key)
     await ex.respond(200, dumps(dialect.models()), [(dialect.request_id_header, request_id_new())])
@@ -171,6 +179,7 @@ Handler = Callable[..., Awaitable[None]]  # called as handler(ex=, settings=, di
 ROUTES: dict[tuple[str, str], Handler] = {
     ("POST", "/v1/chat/completions"): _chat,
     ("POST", "/v1/messages"): _chat,
+    ("POST", "/v1/messages/count_tokens"): _count_tokens,
     ("POST", "/v1/embeddings"): _embeddings,
     ("GET", "/v1/models"): _models,
     ("GET", "/_fake/stats"): _stats,

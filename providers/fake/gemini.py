@@ -400,6 +400,20 @@ async def _embed(
     await respond.body_send(ex=ex, dialect=dialect, payload=payload, directive=directive)
 
 
+async def _count_tokens(
+    *, ex: Exchange, settings: respond.Settings, dialect: GeminiDialect
+) -> None:
+    """`models/{model}:countTokens` with a `generateContentRequest` (or bare `contents`): the prompt
+    tokens `generateContent` would report for it, as `totalTokens`."""
+    _authenticate(ex=ex, settings=settings, dialect=dialect)
+    body = respond.json_body(ex=ex)
+    inner = body.get("generateContentRequest")
+    if isinstance(inner, dict):
+        body = {key: value for key, value in inner.items() if key != "model"}
+    request = dialect.parse(body=body, header_directive="", model=ex.params["model"])
+    await ex.respond(200, dumps({"totalTokens": request.prompt_tokens}), [])
+
+
 async def _batch_embed(
     *, ex: Exchange, settings: respond.Settings, dialect: GeminiDialect
 ) -> None:
@@ -421,5 +435,6 @@ GEMINI_ROUTES = [
     ("POST", re.compile(_MODEL_PATH + "streamGenerateContent"), _stream_generate),
     ("POST", re.compile(_MODEL_PATH + "embedContent"), _embed),
     ("POST", re.compile(_MODEL_PATH + "batchEmbedContents"), _batch_embed),
+    ("POST", re.compile(_MODEL_PATH + "countTokens"), _count_tokens),
     ("GET", re.compile(r"/v1beta/models"), _models),  # /v1/models is OpenAI's
 ]

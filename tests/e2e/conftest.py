@@ -32,8 +32,7 @@ providers:
         input_price_per_million: 0.15
         output_price_per_million: 0.60
         context_window: 128000
-      - alias: text-embedding-3-small
-        mode: embedding
+      - alias: text-embedding-3-small  # no mode: the catalogue's, embedding (accounting.prices.mode_infer)
         input_price_per_million: 0.02
   - name: fake-anthropic
     type: anthropic

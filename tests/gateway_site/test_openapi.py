@@ -85,11 +85,12 @@ def test_operations_declare_their_error_responses(schema):
 
 def test_request_schemas_list_what_the_validators_accept(schema):
     from routing.anthropic_format import REQUEST_KEYS
-    from routing.validation import CHAT_FIELDS, EMBEDDING_FIELDS
+    from routing.validation import CHAT_FIELDS, COMPLETION_FIELDS, EMBEDDING_FIELDS
 
     components = schema["components"]["schemas"]
     assert set(components["CreateChatCompletionRequest"]["properties"]) == CHAT_FIELDS
     assert set(components["CreateEmbeddingRequest"]["properties"]) == EMBEDDING_FIELDS
+    assert set(components["CreateCompletionRequest"]["properties"]) == COMPLETION_FIELDS
     assert set(components["AnthropicCreateMessageRequest"]["properties"]) == REQUEST_KEYS
     assert components["CreateChatCompletionRequest"]["required"] == ["messages", "model"]
     assert components["AnthropicCreateMessageRequest"]["required"] == ["max_tokens", "messages", "model"]

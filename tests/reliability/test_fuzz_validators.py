@@ -19,7 +19,15 @@ from caching.keys import cache_options_parse
 from feedback.services import submission_parse
 from kernel.errors import GatewayError
 from routing.anthropic_format import REQUEST_KEYS, openai_payload
-from routing.validation import CHAT_FIELDS, EMBEDDING_FIELDS, chat_request_validate, embeddings_request_validate, json_body
+from routing.completions_format import CompletionRequest
+from routing.validation import (
+    CHAT_FIELDS,
+    COMPLETION_FIELDS,
+    EMBEDDING_FIELDS,
+    chat_request_validate,
+    embeddings_request_validate,
+    json_body,
+)
 
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 
@@ -99,6 +107,16 @@ def test_embeddings_validator_answers_4xx_or_a_payload(body):
 def test_anthropic_translation_then_validation_answers_4xx_or_a_payload(body):
     """The Messages API translates, then runs the chat validator: both steps, as the view does."""
     payload = assert_clear_error(openai_payload, body)
+    if payload is not None:
+        assert_clear_error(chat_request_validate, payload)
+
+
+@FUZZ
+@given(st.one_of(shaped(COMPLETION_FIELDS),
+                 st.builds(lambda b, p: {**b, "model": "m", "prompt": p}, shaped(COMPLETION_FIELDS), json_values)))
+def test_completions_translation_then_validation_answers_4xx_or_a_payload(body):
+    """/v1/completions checks and translates, then runs the chat validator: both steps, as the view does."""
+    payload = assert_clear_error(CompletionRequest().chat_payload, body)
     if payload is not None:
         assert_clear_error(chat_request_validate, payload)
 

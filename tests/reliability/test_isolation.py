@@ -161,7 +161,7 @@ def _family(route: str, name: str) -> str:
 
 
 PROBED = {  # route name -> the probe below that covers it
-    "chat-completions": "tenant_api", "embeddings": "tenant_api", "models": "tenant_api",
+    "chat-completions": "tenant_api", "completions": "tenant_api", "embeddings": "tenant_api", "models": "tenant_api",
     "messages": "tenant_api", "messages-count-tokens": "tenant_api", "usage": "tenant_api",
     "cache-stats": "tenant_api", "cache-clear": "tenant_api", "feedback": "tenant_api",
     "": "tenant_api",  # the /v1/ catch-all 404
@@ -250,6 +250,7 @@ TENANT_API_CALLS = [  # (method, path template, body template or None); {v} is t
     ("GET", "/v1/models?tenant={v}", None),
     ("POST", "/v1/chat/completions", {"model": "{v}", "messages": [{"role": "user", "content": "hi"}]}),
     ("POST", "/v1/chat/completions", {"model": "{v}", "stream": True, "messages": [{"role": "user", "content": "hi"}]}),
+    ("POST", "/v1/completions", {"model": "{v}", "prompt": "hi"}),
     ("POST", "/v1/embeddings", {"model": "{v}", "input": "hi"}),
     ("POST", "/v1/messages", {"model": "{v}", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}),
     ("POST", "/v1/messages/count_tokens", {"model": "{v}", "messages": [{"role": "user", "content": "hi"}]}),

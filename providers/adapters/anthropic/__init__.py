@@ -75,6 +75,10 @@ _CONTEXT_LENGTH = re.compile(r"prompt is too long|exceeds? (the )?context (limit
 _CONTENT_FILTER = re.compile(r"content filtering policy", re.I)
 
 
+# What Anthropic's token counter takes of a message request (https://docs.anthropic.com/en/api/messages-count-tokens).
+COUNTED_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking")
+
+
 class AnthropicAdapter(Adapter):
     wire_type = "anthropic"
 
@@ -105,6 +109,13 @@ class AnthropicAdapter(Adapter):
             json=body,
             headers=self._headers(target),
         )
+
+    async def count_tokens(self, payload: dict, target: Target) -> int:
+        """`POST /v1/messages/count_tokens` with the message request's counted fields."""
+        request = self.chat_request(self.params_filter(payload, target), target)
+        body = {key: value for key, value in request.json.items() if key in COUNTED_FIELDS}
+        counting = UpstreamRequest(url=f"{request.url}/count_tokens", json=body, headers=request.headers)
+        return self.token_count((await self._send_json(counting, target)).get("input_tokens"), target)
 
     # Structured output comes back as the forced tool's call; only the request says so, and
     # `chat_response` / `chat_stream_chunks` never see it, so these two turn the call into content.
