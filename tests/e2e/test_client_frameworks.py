@@ -1,6 +1,7 @@
 """The clients people build on, against a real gateway: LangChain's `ChatOpenAI` on the chat API
 (its Responses API mode is in test_responses_sdk.py) and LlamaIndex's `OpenAILike` LLM, each
-answering, streaming and recorded as the gateway records any request."""
+answering, streaming and recorded as the gateway records any request, on the chat API and (LlamaIndex's
+completion model) on the legacy completions API."""
 
 from __future__ import annotations
 
@@ -52,3 +53,14 @@ def test_llamaindex_openai_like_chats_and_streams(stack):
 
     pieces = [chunk.delta for chunk in llm.stream_chat([ChatMessage(role="user", content="[[fake chunks=7]] Stream")])]
     assert len([p for p in pieces if p]) == 7 and "".join(pieces).strip()
+
+
+def test_llamaindex_openai_like_completes_on_the_legacy_completions_api(stack):
+    llm = OpenAILike(model="gpt-4o-mini", api_base=f"{stack.base_url}/v1", api_key=stack.api_key,
+                     is_chat_model=False, max_retries=0)
+
+    answer = llm.complete("[[fake chunks=4]] Say hello")
+    assert answer.text
+    [row] = stack.wait_for_rows(RECORD, (answer.raw.id,), 1)
+    assert row == ("completions", False, "success", 4)
+    assert "".join(chunk.delta for chunk in llm.stream_complete("[[fake chunks=3]] Stream"))

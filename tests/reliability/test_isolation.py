@@ -65,12 +65,14 @@ class World:
     b_rule_id: int
     b_feedback_id: int
     b_guardrail_response_id: str
+    b_stored_response_id: str = ""  # a Responses API answer B stored (resp_...)
     a_response_id: str = ""
 
     def markers(self) -> list[str]:
         """Strings only B's data holds: none may appear in an answer to A."""
         return [B_SLUG, B_NAME, B_MODEL, B_METRIC, B_TASK, B_USER, B_CONVERSATION, B_CORRECTION, B_PROMPT,
-                self.b_raw_key, self.b_key_prefix, self.b_response_id, self.b_guardrail_response_id]
+                self.b_raw_key, self.b_key_prefix, self.b_response_id, self.b_guardrail_response_id,
+                self.b_stored_response_id]
 
 
 def _chat_body(content: str, **extra) -> str:
@@ -91,6 +93,8 @@ def world(gateway, settings) -> World:
     settings.GATEWAY_CONFIG_CACHE_SECONDS = 0
     alpha = gateway.tenant
     bravo = tenant_create(slug=B_SLUG, name=B_NAME)
+    bravo.keep_content = True  # B's Responses API answers are stored
+    bravo.save()
     b_key, b_raw = api_key_create(tenant=bravo, name="bravo-key", allowed_models=["gpt-4o-mini", B_MODEL])
     group = RouteGroup.objects.create(name="bravo-group")
     Deployment.objects.create(group=group, provider_model=ProviderModel.objects.get(alias="gpt-4o-mini"))
@@ -119,6 +123,9 @@ def world(gateway, settings) -> World:
             b_response_id = answer.json()["id"]
         if auth is a_auth:
             a_response_id = answer.json()["id"]
+    stored = client.post("/v1/responses", json.dumps({"model": "gpt-4o-mini", "input": B_PROMPT}),
+                         content_type="application/json", headers=b_auth)
+    assert stored.status_code == 200, stored.content
     FeedbackMetric.objects.create(tenant=bravo, name=B_METRIC)
     posted = client.post("/v1/feedback", json.dumps({"response_id": b_response_id, "rating": "down",
                                                      "correction": B_CORRECTION}),
@@ -134,6 +141,7 @@ def world(gateway, settings) -> World:
         b_tenant_id=bravo.pk, b_key_id=b_key.pk, b_key_prefix=b_key.prefix, b_response_id=b_response_id,
         b_budget_id=budget.pk, b_rule_id=rule.pk, b_feedback_id=Feedback.objects.get().pk,
         b_guardrail_response_id=guardrail_response_id, a_response_id=a_response_id,
+        b_stored_response_id=stored.json()["id"],
     )
 
 
@@ -164,6 +172,7 @@ PROBED = {  # route name -> the probe below that covers it
     "chat-completions": "tenant_api", "completions": "tenant_api", "embeddings": "tenant_api", "models": "tenant_api",
     "messages": "tenant_api", "messages-count-tokens": "tenant_api", "usage": "tenant_api",
     "cache-stats": "tenant_api", "cache-clear": "tenant_api", "feedback": "tenant_api",
+    "responses": "tenant_api", "response-detail": "tenant_api", "response-input-items": "tenant_api",
     "": "tenant_api",  # the /v1/ catch-all 404
     "dashboard:index": "dashboard", "dashboard:export-tenants": "dashboard", "dashboard:feedback": "dashboard",
     "dashboard:feedback-corrections": "dashboard", "dashboard:tenant": "dashboard",
@@ -229,6 +238,8 @@ def _pairs(world: World) -> list[tuple[str, str, str]]:
     return [
         ("response_id", world.b_response_id, fake_response),
         ("guardrail response_id", world.b_guardrail_response_id, "chatcmpl-nothinghere000000"),
+        ("stored response id", world.b_stored_response_id,
+         "resp_" + "0" * (len(world.b_stored_response_id) - len("resp_"))),
         ("conversation_id", B_CONVERSATION, "nobody-conversation-99"),
         ("tenant", B_SLUG, MISSING_SLUG),
         ("model", B_MODEL, MISSING_MODEL),
@@ -251,6 +262,11 @@ TENANT_API_CALLS = [  # (method, path template, body template or None); {v} is t
     ("POST", "/v1/chat/completions", {"model": "{v}", "messages": [{"role": "user", "content": "hi"}]}),
     ("POST", "/v1/chat/completions", {"model": "{v}", "stream": True, "messages": [{"role": "user", "content": "hi"}]}),
     ("POST", "/v1/completions", {"model": "{v}", "prompt": "hi"}),
+    ("POST", "/v1/responses", {"model": "{v}", "input": "hi"}),
+    ("POST", "/v1/responses", {"model": "gpt-4o-mini", "input": "hi", "previous_response_id": "{v}"}),
+    ("GET", "/v1/responses/{v}", None),
+    ("GET", "/v1/responses/{v}/input_items", None),
+    ("DELETE", "/v1/responses/{v}", None),
     ("POST", "/v1/embeddings", {"model": "{v}", "input": "hi"}),
     ("POST", "/v1/messages", {"model": "{v}", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}),
     ("POST", "/v1/messages/count_tokens", {"model": "{v}", "messages": [{"role": "user", "content": "hi"}]}),
@@ -288,6 +304,8 @@ def test_tenant_key_never_reads_changes_or_infers_the_other_tenants_data(world):
     feedback = Feedback.objects.get(pk=world.b_feedback_id)
     assert (feedback.rating, feedback.correction) == (-1, B_CORRECTION), "A changed B's feedback"
     assert Feedback.objects.filter(tenant_id=world.b_tenant_id).count() == 1
+    kept = client.get(f"/v1/responses/{world.b_stored_response_id}", headers=world.b_auth)
+    assert kept.status_code == 200, "A deleted B's stored response"
 
 
 def test_tenant_key_reads_only_its_own_lists(world):
