@@ -46,6 +46,40 @@ tenants:
   - slug: acme
     name: Acme Corp
 """
+# The fake provider in three wire formats, one model each (OpenAI, Anthropic, Gemini), and a tenant
+# `acme`: for tests that run the same requests through every format ({port}: the fake's).
+WIRE_FORMATS_CONFIG = """
+providers:
+  - name: fake
+    type: openai
+    api_base: http://127.0.0.1:{port}/v1
+    api_key: sk-e2e-openai-0001
+    models:
+      - alias: gpt-4o-mini
+        input_price_per_million: 0.15
+        output_price_per_million: 0.60
+  - name: fake-anthropic
+    type: anthropic
+    api_base: http://127.0.0.1:{port}
+    api_key: sk-ant-e2e-0002
+    models:
+      - alias: claude-haiku-4-5
+        input_price_per_million: 1.0
+        output_price_per_million: 5.0
+  - name: fake-gemini
+    type: gemini
+    api_base: http://127.0.0.1:{port}
+    api_key: AIza-e2e-gemini-0003
+    models:
+      - alias: gemini-flash
+        upstream: gemini-2.5-flash
+        input_price_per_million: 0.30
+        output_price_per_million: 2.50
+tenants:
+  - slug: acme
+    name: Acme Corp
+"""
+WIRE_FORMAT_MODELS = ("gpt-4o-mini", "claude-haiku-4-5", "gemini-flash")
 PROVIDER_SECRETS = ("sk-e2e-provider-secret-from-env-0041", "sk-ant-e2e-literal-secret-0042")
 
 

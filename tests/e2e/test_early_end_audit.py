@@ -30,43 +30,12 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.conftest import stop_process
-from tests.e2e.conftest import database_create, database_drop, fake_start
+from tests.e2e.conftest import WIRE_FORMAT_MODELS as MODELS
+from tests.e2e.conftest import WIRE_FORMATS_CONFIG, database_create, database_drop, fake_start
 from tests.e2e.test_deployment import HTTPS, Server, deployment_configure, deployment_env
 
 pytestmark = pytest.mark.e2e
 
-CONFIG = """
-providers:
-  - name: fake
-    type: openai
-    api_base: http://127.0.0.1:{port}/v1
-    api_key: sk-audit-openai-0001
-    models:
-      - alias: gpt-4o-mini
-        input_price_per_million: 0.15
-        output_price_per_million: 0.60
-  - name: fake-anthropic
-    type: anthropic
-    api_base: http://127.0.0.1:{port}
-    api_key: sk-ant-audit-0002
-    models:
-      - alias: claude-haiku-4-5
-        input_price_per_million: 1.0
-        output_price_per_million: 5.0
-  - name: fake-gemini
-    type: gemini
-    api_base: http://127.0.0.1:{port}
-    api_key: AIza-audit-gemini-0003
-    models:
-      - alias: gemini-flash
-        upstream: gemini-2.5-flash
-        input_price_per_million: 0.30
-        output_price_per_million: 2.50
-tenants:
-  - slug: acme
-    name: Acme Corp
-"""
-MODELS = ("gpt-4o-mini", "claude-haiku-4-5", "gemini-flash")
 # The providers that report their prompt count before their first token (Anthropic's
 # message_start, Gemini's usageMetadata in every event); OpenAI's usage comes last, if at all.
 PROMPT_EARLY = {"claude-haiku-4-5", "gemini-flash"}
@@ -135,7 +104,7 @@ def audit(tmp_path_factory):
     fake, fake_port = fake_start(env)
     server = None
     try:
-        api_key = deployment_configure(env, CONFIG.format(port=fake_port), tmp, key_name="audit")
+        api_key = deployment_configure(env, WIRE_FORMATS_CONFIG.format(port=fake_port), tmp, key_name="audit")
         server = Server(SimpleNamespace(env=env), tmp / "serve.log", "--workers", "2")
         yield Audit(base_url=server.base_url, fake_url=f"http://127.0.0.1:{fake_port}", api_key=api_key,
                     database_url=database_url, server=server)

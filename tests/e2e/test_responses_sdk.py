@@ -13,7 +13,9 @@ from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 
 from tests.conftest import stop_process
+from tests.e2e.conftest import WIRE_FORMAT_MODELS as MODELS
 from tests.e2e.conftest import (
+    WIRE_FORMATS_CONFIG,
     Stack,
     database_create,
     database_drop,
@@ -25,40 +27,10 @@ from tests.e2e.conftest import (
 
 pytestmark = pytest.mark.e2e
 
-CONFIG = """
-providers:
-  - name: fake
-    type: openai
-    api_base: http://127.0.0.1:{port}/v1
-    api_key: sk-responses-openai-0001
-    models:
-      - alias: gpt-4o-mini
-        input_price_per_million: 0.15
-        output_price_per_million: 0.60
-  - name: fake-anthropic
-    type: anthropic
-    api_base: http://127.0.0.1:{port}
-    api_key: sk-ant-responses-0002
-    models:
-      - alias: claude-haiku-4-5
-        input_price_per_million: 1.0
-        output_price_per_million: 5.0
-  - name: fake-gemini
-    type: gemini
-    api_base: http://127.0.0.1:{port}
-    api_key: AIza-responses-gemini-0003
-    models:
-      - alias: gemini-flash
-        upstream: gemini-2.5-flash
-        input_price_per_million: 0.30
-        output_price_per_million: 2.50
-tenants:
-  - slug: acme
-    name: Acme Corp
-  - slug: other
+# The three wire formats' config and a second tenant, for another tenant's ids.
+CONFIG = WIRE_FORMATS_CONFIG + """  - slug: other
     name: Other Corp
 """
-MODELS = ("gpt-4o-mini", "claude-haiku-4-5", "gemini-flash")
 WEATHER = {"type": "function", "name": "get_weather", "description": "Current weather for a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
                           "additionalProperties": False}, "strict": True}
