@@ -123,9 +123,9 @@ def gateway(transactional_db, fake_provider_url) -> GatewaySetup:
 def role_join(user, group: str) -> None:
     """Put a user in one of the operator roles' groups (`Gateway viewers`, `Gateway operators`).
 
-    The groups come from a data migration. A transactional test's flush empties every table and
-    post_migrate brings back the permissions, not the groups: the migration's own function makes
-    them again (it is idempotent)."""
+    The groups come from data migrations. A transactional test's flush empties every table and
+    post_migrate brings back the permissions, not the groups: the migrations' own functions make
+    them again, in order (each is idempotent)."""
     from importlib import import_module
 
     from django.apps import apps
@@ -133,9 +133,9 @@ def role_join(user, group: str) -> None:
     from django.db import connection
 
     if not Group.objects.filter(name=group).exists():
-        roles = import_module("operators.migrations.0002_operator_roles")
         with connection.schema_editor() as editor:
-            roles.roles_create(apps, editor)
+            import_module("operators.migrations.0002_operator_roles").roles_create(apps, editor)
+            import_module("operators.migrations.0003_stored_responses_viewed").roles_extend(apps, editor)
     user.groups.add(Group.objects.get(name=group))
 
 
