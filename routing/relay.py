@@ -100,7 +100,9 @@ async def stream_relay(call: Call, stream: AsyncIterator[dict], first: dict) -> 
     """Relay upstream chunks to the client and record the outcome however the stream ends."""
     wants_usage = bool((call.payload.get("stream_options") or {}).get("include_usage"))
     texts: list[str] = []  # what the client was sent
-    read: list[str] = []  # what the provider sent, guardrails' holds and redactions included
+    # What the provider sent, guardrails' holds and redactions included: the client's text itself
+    # when no output guardrail applies.
+    read: list[str] = []
     status, http_status, error_class = "success", 200, ""
     # None when no output guardrail applies.
     guard = StreamGuard.for_rules(call.guard, events=call.guard_events, model=call.requested_model)
@@ -108,8 +110,8 @@ async def stream_relay(call: Call, stream: AsyncIterator[dict], first: dict) -> 
         chunk: dict | None = first
         while chunk is not None:
             _counts_note(call, chunk)
-            read.extend(choice_texts(chunk))
             if guard is not None:
+                read.extend(choice_texts(chunk))
                 guard.chunk_check(chunk)  # holds back a short tail, redacts, raises on a block
             relayed = _chunk_relay(call, chunk, texts, wants_usage=wants_usage)
             if relayed is not None:
@@ -123,7 +125,7 @@ async def stream_relay(call: Call, stream: AsyncIterator[dict], first: dict) -> 
             if problem is not None:  # a stream cannot be repaired once sent: end it with an error
                 raise StructuredOutputInvalid(f"The streamed answer does not match the requested JSON format: {problem}.")
         if wants_usage and call.usage is None:
-            yield _usage_chunk(call, read)
+            yield _usage_chunk(call, read if guard is not None else texts)
     except ProviderError as exc:
         status, http_status, error_class = "error", exc.status, exc.error_class
         await stream_failure_note(call.plan, call.deployment, exc)
@@ -145,7 +147,7 @@ async def stream_relay(call: Call, stream: AsyncIterator[dict], first: dict) -> 
             call,
             status=status,
             completion_text="".join(texts),
-            read_text="".join(read),
+            read_text="".join(read) if guard is not None else None,
             http_status=http_status,
             error_class=error_class,
         )
