@@ -108,11 +108,12 @@ class UsageRecordAdmin(admin.ModelAdmin):
 
 
 @admin.register(TenantMembership)
-class TenantMembershipAdmin(admin.ModelAdmin):
-    """Who may open which tenant's dashboards: a user belongs to one tenant."""
+class TenantMembershipAdmin(AuditedAdmin):
+    """Who may open which tenant's dashboards, and as what (viewer or admin): a user belongs to
+    one tenant."""
 
-    list_display = ["user", "tenant"]
-    list_filter = ["tenant"]
+    list_display = ["user", "tenant", "role", "created_at"]
+    list_filter = ["role", "tenant"]
     search_fields = ["user__username", "user__email", "tenant__slug"]
     list_select_related = ["user", "tenant"]
     autocomplete_fields = ["user"]

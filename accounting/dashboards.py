@@ -284,9 +284,15 @@ def burn_exhaustion(
     return exhausted_at if exhausted_at < end else None
 
 
-def budget_burndowns(*, tenant: Tenant, now: datetime | None = None) -> list[BurnDown]:
+def budget_burndowns(
+    *, tenant: Tenant, api_key: TenantApiKey | None = None, now: datetime | None = None
+) -> list[BurnDown]:
+    """The burn-down of every enabled budget of the tenant, or, for `api_key`, of every budget
+    that applies to the key's requests (the tenant's and the key's own)."""
     now = (now or timezone.now()).astimezone(dt_timezone.utc)
     budgets = Budget.objects.filter(tenant=tenant, enabled=True).select_related("api_key")
+    if api_key is not None:
+        budgets = budgets.filter(Q(api_key__isnull=True) | Q(api_key=api_key))
     order = {p: i for i, p in enumerate(Period.values)}
     return [
         _burndown(budget, now)

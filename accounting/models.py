@@ -182,10 +182,25 @@ class StoredResponse(models.Model):
 
 
 class TenantMembership(models.Model):
-    """A Django user who belongs to a tenant: sees that tenant's dashboards, and only those."""
+    """A Django user who belongs to a tenant: sees that tenant's dashboards, and only those.
+
+    A `viewer` sees the dashboards, the request logs and the playground; an `admin` also manages
+    the tenant's API keys (with their budgets and rate limits), its members and its content
+    retention on the self-service pages (`accounting.selfservice`).
+    """
+
+    class Role(models.TextChoices):
+        VIEWER = "viewer"
+        ADMIN = "admin"
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="membership")
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="members")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.VIEWER)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == self.Role.ADMIN
 
     def __str__(self) -> str:
         return f"{self.user} @ {self.tenant.slug}"

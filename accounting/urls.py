@@ -1,6 +1,7 @@
 from django.urls import path
 
 from accounting import views
+from accounting.selfservice import views as selfservice
 from feedback import views as feedback_views
 
 app_name = "dashboard"
@@ -12,6 +13,14 @@ urlpatterns = [
     path("feedback/corrections.jsonl", feedback_views.operator_corrections, name="feedback-corrections"),
     path("<slug:slug>/", views.tenant_dashboard, name="tenant"),
     path("<slug:slug>/export.csv", views.tenant_export, name="export"),
+    path("<slug:slug>/keys/", selfservice.keys, name="keys"),
+    path("<slug:slug>/keys/<int:key_id>/", selfservice.key_detail, name="key"),
+    path("<slug:slug>/keys/<int:key_id>/revoke", selfservice.key_revoke, name="key-revoke"),
+    path("<slug:slug>/keys/<int:key_id>/rotate", selfservice.key_rotate, name="key-rotate"),
+    path("<slug:slug>/members/", selfservice.members, name="members"),
+    path("<slug:slug>/members/<int:member_id>/role", selfservice.member_role, name="member-role"),
+    path("<slug:slug>/members/<int:member_id>/remove", selfservice.member_remove, name="member-remove"),
+    path("<slug:slug>/settings/", selfservice.tenant_settings, name="settings"),
     path("<slug:slug>/feedback/", feedback_views.tenant_feedback, name="tenant-feedback"),
     path("<slug:slug>/feedback/corrections.jsonl", feedback_views.tenant_corrections,
          name="tenant-feedback-corrections"),

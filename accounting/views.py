@@ -133,7 +133,7 @@ def tenant_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
         "ranges": RANGE_CHOICES,
         "totals": _stats_display(dashboards.usage_totals(tenant=tenant, window=window)),
         "charts": _tenant_charts(tenant, window, timeline),
-        "budgets": [_budget_view(b) for b in dashboards.budget_burndowns(tenant=tenant)],
+        "budgets": [budget_view(b) for b in dashboards.budget_burndowns(tenant=tenant)],
         "tables": [_table(tenant, window, name, timeline) for name in TABLE_NAMES],
         "sees_every_tenant": sees_every_tenant(request.user),
     })
@@ -265,7 +265,7 @@ def _tenant_charts(tenant: Tenant, window: Window, timeline: list[tuple[datetime
     ]
 
 
-def _budget_view(burn: dashboards.BurnDown) -> dict:
+def budget_view(burn: dashboards.BurnDown) -> dict:
     pattern = "%H:%M" if burn.budget.period == "daily" else "%b %d"
     # The point for "now" sits between the grid points: it gets a tooltip but no axis label.
     labels = ["" if p == burn.now else p.strftime(pattern) for p in burn.points]

@@ -21,6 +21,7 @@ class AuditEntry(models.Model):
         API = "api", "Operator API"
         ADMIN = "admin", "Admin"
         COMMAND = "command", "Management command"
+        DASHBOARD = "dashboard", "Tenant self-service"
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     user = models.ForeignKey(

@@ -6,7 +6,7 @@ import secrets
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
-from accounting.models import Tenant
+from accounting.models import Tenant, TenantMembership
 from accounting.services import api_key_create
 from gateway_site.configuration import config_import
 
@@ -52,6 +52,7 @@ class Command(BaseCommand):
     def handle(self, *args, fake_port: int, **options):
         config_import(demo_config(fake_port=fake_port))
         self._admin()
+        self._admin_membership()
         self._demo_key()
 
     def _admin(self) -> None:
@@ -63,6 +64,14 @@ class Command(BaseCommand):
         password = secrets.token_urlsafe(12)
         User.objects.create_superuser("admin", "admin@localhost", password)
         self.stdout.write(f"Admin user: admin  password: {password}")
+
+    def _admin_membership(self) -> None:
+        """`admin` is an admin member of `demo`: the playground and the tenant's self-service
+        pages open for it at once. An admin moved to another tenant by hand stays there."""
+        admin = get_user_model().objects.get(username="admin")
+        TenantMembership.objects.get_or_create(
+            user=admin, defaults={"tenant": Tenant.objects.get(slug="demo"), "role": TenantMembership.Role.ADMIN},
+        )
 
     def _demo_key(self) -> None:
         tenant = Tenant.objects.get(slug="demo")
