@@ -280,8 +280,11 @@ def burn_exhaustion(
         return now
     if end is None or spent <= 0 or now <= start:
         return None
-    exhausted_at = start + (now - start) * float(amount / spent)
-    return exhausted_at if exhausted_at < end else None
+    ratio = float(amount / spent)
+    # Compared before it is added to a date: a tiny spend makes the ratio overflow any datetime.
+    if ratio >= (end - start) / (now - start):
+        return None
+    return start + (now - start) * ratio
 
 
 def budget_burndowns(

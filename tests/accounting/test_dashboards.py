@@ -263,6 +263,8 @@ def test_projection_is_linear_from_the_spend_so_far():
     )
     assert burn_exhaustion(spent=Decimal("30"), amount=Decimal("100"), start=start, end=end, now=now) is None
     assert burn_exhaustion(spent=Decimal("30"), amount=Decimal("20"), start=start, end=end, now=now) == now
+    # A first request's millionth of the amount: no date past datetime's range is computed.
+    assert burn_exhaustion(spent=Decimal("0.000003"), amount=Decimal("5"), start=start, end=end, now=now) is None
 
 
 def test_burn_down_of_a_monthly_budget(acme):
