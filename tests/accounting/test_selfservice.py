@@ -6,15 +6,22 @@ The keys made on the page are used against the real gateway application in proce
 
 from __future__ import annotations
 
+import asyncio
 import re
+import uuid
+from datetime import datetime
+from datetime import timezone as dt_timezone
 from decimal import Decimal
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.contrib.auth.models import User
 from django.core import mail
 from django.test import Client
 
-from accounting.models import Budget, RateLimit, Tenant, TenantApiKey, TenantMembership
+from accounting.budgets import BudgetExceeded, Reservation, budget_reserve, budgets_for
+from accounting.models import Budget, BudgetPeriod, RateLimit, Tenant, TenantApiKey, TenantMembership
+from accounting.selfservice.services import KeyLimits, tenant_key_limits_set
 from accounting.services import api_key_create, tenant_create
 from audit.models import AuditEntry
 from tests.asgi_client import SyncApiClient
@@ -296,3 +303,51 @@ def test_the_admin_sets_the_tenant_s_content_retention():
     acme.refresh_from_db()
     assert acme.keep_content and acme.content_retention_days == 7
     assert dashboard_audit() == [("changed", "accounting.tenant", ["content_retention_days", "keep_content"])]
+
+
+# --- several budgets per key ----------------------------------------------------------------------
+NOW = datetime(2026, 11, 18, 15, 30, tzinfo=dt_timezone.utc)  # a Wednesday
+
+
+async def _reserve_concurrently(tenant_id: int, key_id: int, count: int, estimate: str) -> list:
+    """`count` requests of the key reserving at once, with the budgets the hot path reads (cached)."""
+    budgets = await budgets_for(tenant_id=tenant_id, key_id=key_id)
+    return await asyncio.gather(*(
+        budget_reserve(budgets=budgets, request_id=str(uuid.uuid4()), estimate=Decimal(estimate), now=NOW)
+        for _ in range(count)
+    ), return_exceptions=True)
+
+
+def _reserved() -> dict[tuple[str, str], Decimal]:
+    return {("key" if p.budget.api_key_id else "tenant", p.budget.period): p.reserved_usd
+            for p in BudgetPeriod.objects.select_related("budget")}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_tightest_of_a_key_s_budgets_wins_under_concurrent_reservations():
+    acme = tenant_create(slug="acme")
+    key, _ = api_key_create(tenant=acme, name="web")
+    Budget.objects.create(tenant=acme, amount_usd=Decimal("0.50"), period="monthly")
+    ada = User.objects.create_user("ada")
+    budgets = {"daily": Decimal("0.10"), "weekly": Decimal("0.16"), "monthly": Decimal("1")}
+    tenant_key_limits_set(key=key, user=ada, limits=KeyLimits(budgets=budgets))
+
+    outcomes = async_to_sync(_reserve_concurrently)(acme.pk, key.pk, 12, "0.02")
+    held = [o for o in outcomes if isinstance(o, Reservation)]
+    refused = [o for o in outcomes if isinstance(o, BudgetExceeded)]
+    assert len(held) == 5 and len(refused) == 7  # $0.10 a day holds five $0.02 requests
+    assert {(r.details["scope"], r.details["period"]) for r in refused} == {("api_key", "daily")}
+    assert all(len(reservation.period_ids) == 4 for reservation in held)  # each held on all four
+    assert _reserved() == {("tenant", "monthly"): Decimal("0.10"), ("key", "daily"): Decimal("0.10"),
+                           ("key", "weekly"): Decimal("0.10"), ("key", "monthly"): Decimal("0.10")}
+
+    # The admin clears the daily budget on the key's page: the weekly one is the tightest now, at
+    # once (the change raised the configuration generation the cached budgets are read under).
+    tenant_key_limits_set(key=key, user=ada, limits=KeyLimits(budgets={**budgets, "daily": None}))
+    outcomes = async_to_sync(_reserve_concurrently)(acme.pk, key.pk, 8, "0.02")
+    refused = [o for o in outcomes if isinstance(o, BudgetExceeded)]
+    assert sum(isinstance(o, Reservation) for o in outcomes) == 3 and len(refused) == 5
+    assert {(r.details["scope"], r.details["period"]) for r in refused} == {("api_key", "weekly")}
+    reserved = _reserved()
+    assert reserved[("key", "weekly")] == Decimal("0.16") and reserved[("tenant", "monthly")] == Decimal("0.16")
+    assert reserved[("key", "daily")] == Decimal("0.10")  # the disabled budget's held requests stay held
