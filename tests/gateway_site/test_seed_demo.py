@@ -61,3 +61,21 @@ def test_the_demo_admin_keeps_every_operator_permission(monkeypatch):
     assert client.post(f"/v1/tenant-keys/{created.json()['id']}/rotate").status_code == 200
     assert client.get("/v1/cache/stats?tenant=demo").status_code == 200
     assert client.delete("/v1/cache?tenant=demo").status_code == 200
+
+
+def test_the_demo_admin_is_an_admin_member_of_demo(monkeypatch):
+    """So the playground and demo's self-service pages open for it on a fresh `make run`."""
+    from django.test import Client
+
+    from accounting.models import TenantMembership
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    seed()
+    seed()  # idempotent: still one membership
+    membership = TenantMembership.objects.get()
+    assert (membership.user.username, membership.tenant.slug, membership.role) == ("admin", "demo", "admin")
+    client = Client()
+    client.force_login(membership.user)
+    assert client.get("/playground/").status_code == 200
+    assert b'id="key-create"' in client.get("/dashboard/demo/keys/").content
