@@ -150,9 +150,10 @@ def member_invite(*, tenant: Tenant, user, email: str, role: str) -> Invitation:
     if new_user:
         account = User.objects.create_user(username=email.lower(), email=email.lower())  # no password
         _audit("created", account, user, ["username", "email"])
-    elif TenantMembership.objects.filter(user=account).exists():
-        # The same words whether it is this tenant or another: the page never tells which.
-        raise ValidationError(f"{email} is a member of a tenant already; an operator can move them.")
+    elif account.is_staff or TenantMembership.objects.filter(user=account).exists():
+        # The same words whether it is this tenant, another, or an operator's account: the page
+        # never tells which. Operators' accounts are given to tenants by operators only.
+        raise ValidationError(f"{email} cannot be added here; an operator can add them.")
     membership = TenantMembership.objects.create(user=account, tenant=tenant, role=role)
     _audit("created", membership, user, ["user", "tenant", "role"])
     return Invitation(membership=membership, new_user=new_user)

@@ -27,14 +27,10 @@ from providers.models import ProviderModel
 ADMINS_ONLY = "Only the tenant's admins may change this."
 
 
-def _membership(request: HttpRequest, tenant: Tenant) -> TenantMembership | None:
-    membership = TenantMembership.objects.filter(user=request.user, tenant=tenant).first()
-    return membership
-
-
 def _manages(request: HttpRequest, tenant: Tenant) -> bool:
-    membership = _membership(request, tenant)
-    return membership is not None and membership.is_admin
+    return TenantMembership.objects.filter(
+        user=request.user, tenant=tenant, role=TenantMembership.Role.ADMIN,
+    ).exists()
 
 
 def tenant_admin_for(request: HttpRequest, slug: str) -> Tenant:

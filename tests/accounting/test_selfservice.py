@@ -273,7 +273,10 @@ def test_members_are_invited_their_roles_changed_and_removed():
     assert b'name="new_password1"' in set_password.content  # the link opens the set-password form
 
     refused = admin.post("/dashboard/acme/members/", {"email": "gus@example.com", "role": "admin"})
-    assert refused.status_code == 400 and b"is a member of a tenant already" in refused.content
+    assert refused.status_code == 400 and b"gus@example.com cannot be added here" in refused.content
+    User.objects.create_user("olga", email="olga@example.com", is_staff=True)
+    refused = admin.post("/dashboard/acme/members/", {"email": "olga@example.com", "role": "viewer"})
+    assert refused.status_code == 400 and b"olga@example.com cannot be added here" in refused.content
     assert admin.post("/dashboard/acme/members/", {"email": "not-an-email", "role": "admin"}).status_code == 400
     assert admin.post("/dashboard/acme/members/", {"email": "x@example.com", "role": "owner"}).status_code == 400
 
