@@ -51,7 +51,9 @@ class KeyLimitsForm(forms.Form):
 
     @classmethod
     def initial_for(cls, key) -> dict:
-        initial = {BUDGET_FIELDS[b.period]: b.amount_usd.normalize() for b in key.budgets.filter(enabled=True)}
+        # "20", not "20.000000" nor normalize()'s "2E+1"
+        initial = {BUDGET_FIELDS[b.period]: format(b.amount_usd.normalize(), "f")
+                   for b in key.budgets.filter(enabled=True)}
         limit = key.rate_limits.first()
         if limit is not None:
             initial.update(rpm=limit.rpm, tpm=limit.tpm)

@@ -198,9 +198,10 @@ def test_the_key_page_edits_its_limits_and_shows_every_budget_that_applies():
     admin = member_client("ada", acme, "admin")
     path = f"/dashboard/acme/keys/{key.pk}/"
 
-    saved = admin.post(path, {"daily_usd": "2", "weekly_usd": "8", "rpm": "60", "tpm": "1000"}, follow=True)
+    saved = admin.post(path, {"daily_usd": "2", "weekly_usd": "20", "rpm": "60", "tpm": "1000"}, follow=True)
     assert "Saved: daily budget, weekly budget, rate limits." in saved.content.decode()
     page = admin.get(path).content.decode()
+    assert 'name="weekly_usd" value="20"' in page and 'name="tpm" value="1000"' in page  # the form as saved
     charts = re.findall(r'data-chart="(budget-\d+)"', page)
     assert len(charts) == 3  # the tenant's monthly, the key's daily and weekly
     assert re.search(r'data-figure="headroom">\$2\.0000', page)  # the tightest: the daily $2
