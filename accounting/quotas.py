@@ -23,6 +23,7 @@ from accounting.ratelimits import (
     TOKENS,
     Decision,
     Limit,
+    LimitState,
     acquire_waiting,
     rate_limit_store,
     ratelimit_headers,
@@ -133,6 +134,14 @@ def _buckets(rules: tuple[RateLimitRule, ...], tokens: int) -> tuple[list[Limit]
             amounts[limit.name] = tokens
             charge.token_limits.append(limit)
     return limits, amounts, charge
+
+
+def rate_limit_states(*, tenant_id: int, key_id: int) -> list[LimitState]:
+    """The state now of every bucket a request of the key draws from (the tenant's and the key's
+    own), for pages: one read of the shared store, nothing taken."""
+    limits, _, _ = _buckets(_rules_load(tenant_id, key_id), 0)
+    states = rate_limit_store().states_sync(limits) if limits else {}
+    return [states[limit.name] for limit in limits]
 
 
 # When this process last refused a request under each rule scope (time.monotonic()), and under

@@ -19,6 +19,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from accounting import dashboards
 from accounting.models import Tenant, TenantApiKey, TenantMembership
+from accounting.quotas import rate_limit_states
 from accounting.selfservice import services
 from accounting.selfservice.forms import InviteForm, KeyCreateForm, KeyLimitsForm, RetentionForm, RoleForm
 from accounting.views import budget_view, tenant_for
@@ -87,7 +88,7 @@ def _key_page(request: HttpRequest, tenant: Tenant, key: TenantApiKey, form: Key
         "key": key, "form": form, "new_secret": new_secret,
         "budgets": [budget_view(burn) for burn in burns],
         "headroom": min((burn.left - burn.reserved for burn in hard), default=None),
-        "rate_limits": list(tenant.rate_limits.filter(api_key__isnull=True)) + list(key.rate_limits.all()),
+        "rate_limits": rate_limit_states(tenant_id=tenant.pk, key_id=key.pk),
     }, status=status)
 
 
