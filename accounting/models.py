@@ -75,9 +75,10 @@ class UsageRecord(models.Model):
     request_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     response_id = models.CharField(max_length=100, blank=True, db_index=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_records")
+    # No index of their own: usage_tenant_time_id and usage_key_time lead with them.
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_records", db_index=False)
     api_key = models.ForeignKey(
-        TenantApiKey, on_delete=models.SET_NULL, null=True, related_name="usage_records"
+        TenantApiKey, on_delete=models.SET_NULL, null=True, related_name="usage_records", db_index=False
     )
     endpoint = models.CharField(max_length=32)
     requested_model = models.CharField(max_length=200, blank=True)

@@ -105,12 +105,19 @@ def _list_page(request: HttpRequest, tenant: Tenant | None) -> HttpResponse:
 
 
 def _row_view(row: dict, tenant: Tenant | None) -> dict:
+    """A row's cells as text: formatted here once, so the template only prints them."""
     slug = tenant.slug if tenant is not None else row["tenant__slug"]
+    ok = row["status"] == "success"
     return {
-        **row,
-        "url": reverse("dashboard:request-detail", kwargs={"slug": slug, "request_id": row["request_id"]}),
-        "key": _key_label(row),
-        "tokens": row["prompt_tokens"] + row["completion_tokens"],
+        "request_id": row["request_id"], "short_id": str(row["request_id"])[:8], "ok": ok,
+        "url": f"{reverse('dashboard:tenant-requests', kwargs={'slug': slug})}{row['request_id']}/",
+        "time": row["created_at"].strftime("%Y-%m-%d %H:%M:%S"), "tenant": slug,
+        "key": _key_label(row) or "—", "asked": row["requested_model"], "served": row["served_model"] or "—",
+        "provider": row["provider_name"] or "—", "endpoint": row["endpoint"], "stream": row["stream"],
+        "status": "ok" if ok else (row["error_class"] or row["status"]), "http_status": row["http_status"],
+        "tokens": f"{row['prompt_tokens'] + row['completion_tokens']:,}", "cost": f"${row['cost_usd']:.6f}",
+        "latency": f"{row['latency_ms']:,} ms", "ttft": f"{row['ttft_ms']:,} ms" if row["ttft_ms"] is not None else "—",
+        "cache": row["cache"] or "—", "guardrail": row["guardrail"] or "—", "rating": row["rating"] or "—",
     }
 
 
