@@ -157,11 +157,13 @@ def cases() -> list[tuple[str, str, str]]:
         ("tenant: route", "member", f"{base}?route=eu"),
         ("tenant: tag", "member", f"{base}?tag=tag-7"),
         ("tenant: end user (rare)", "member", f"{base}?user=user-19000"),
-        ("tenant: experiment variant", "member", f"{base}?variant=a"),
+        ("tenant: variant matching none of its records", "member", f"{base}?variant=a"),
         ("tenant: min cost $0.04", "member", f"{base}?min_cost=0.04"),
         ("tenant: min latency 15 s", "member", f"{base}?min_latency=15000"),
         ("tenant: request id", "member", f"{base}?request_id={detail.request_id}"),
         ("tenant: error + model + tag", "member", f"{base}?status=error&model=gpt-4o&tag=tag-3"),
+        ("tenant: route + min latency, page 21", "member",
+         f"{base}?route=eu&min_latency=1000&after={Cursor(page_100['created_at'], page_100['id'])}"),
         ("tenant: request detail", "member", f"{base}{detail.request_id}/"),
         ("operator: newest page", "operator", "/dashboard/requests/"),
         ("operator: page 101 (keyset)", "operator",
@@ -213,7 +215,7 @@ def export_rate() -> tuple[int, float]:
     from django.test import AsyncClient
 
     async def run() -> tuple[int, float]:
-        client = AsyncClient(SERVER_NAME="localhost")
+        client = AsyncClient(headers={"host": "localhost"})
         await client.aforce_login(await sync_to_async(User.objects.get)(username="bench-member"))
         started = time.perf_counter()
         response = await client.get("/dashboard/bench-0/requests/export.csv?status=error")

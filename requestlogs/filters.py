@@ -99,32 +99,38 @@ class Filters:
     before: Cursor | None = None
     errors: dict[str, str] = field(default_factory=dict)
 
-    def apply(self, rows: QuerySet) -> QuerySet:
-        """The records that match every filter (the cursors are the page's, `page_rows`)."""
-        conditions = [Q(**{name: value}) for name, value in self._lookups().items()]
-        for name, value in self.text.items():
-            conditions.append(self._text_condition(name, value))
-        for condition in conditions:
-            rows = rows.filter(condition)
-        return rows
-
-    def _lookups(self) -> dict:
+    def indexed(self) -> Q:
+        """The conditions an index of the records serves (with the tenant and the time order):
+        the time range, the key, the end user, the request id, and failed requests only (the
+        partial index of errors) when the status asks for a failure."""
         lookups = {
             "created_at__gte": self.since, "created_at__lt": self.until, "api_key_id": self.key,
-            "cost_usd__gte": self.min_cost, "latency_ms__gte": self.min_latency, "request_id": self.request_id,
-            "tenant__slug": self.tenant or None,
+            "request_id": self.request_id, "end_user": self.text.get("user"),
         }
+        condition = Q(**{name: value for name, value in lookups.items() if value is not None})
         if self.no_key:
-            lookups["api_key__isnull"] = True
+            condition &= Q(api_key__isnull=True)
+        if self.status and self.status != "ok":
+            condition &= ~Q(status="success")
+        return condition
+
+    def scanned(self) -> Q | None:
+        """The conditions checked on each row read in time order (None: there are none)."""
+        lookups = {"cost_usd__gte": self.min_cost, "latency_ms__gte": self.min_latency}
         if self.status == "ok":
             lookups["status"] = "success"
         elif self.status in ("error", "cancelled"):
             lookups["status"] = self.status
         elif self.status:
             lookups["error_class"] = self.status
-            # Every failed request's status is not success: the partial index of errors serves it.
-            lookups["status__in"] = ("error", "cancelled")
-        return {name: value for name, value in lookups.items() if value is not None}
+        conditions = [Q(**{name: value}) for name, value in lookups.items() if value is not None]
+        conditions += [self._text_condition(name, value) for name, value in self.text.items() if name != "user"]
+        if not conditions:
+            return None
+        combined = conditions[0]
+        for condition in conditions[1:]:
+            combined &= condition
+        return combined
 
     @staticmethod
     def _text_condition(name: str, value: str) -> Q:

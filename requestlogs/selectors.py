@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from django.db.models import Q, QuerySet
 
@@ -22,6 +23,8 @@ from requestlogs.filters import Cursor, Filters
 
 PAGE_SIZE = 50
 EXPORT_CHUNK = 2000
+# The most rows of the index a page reads to check its scanned conditions (model, provider, tag...).
+SCAN_LIMIT = 20_000
 CONVERSATION_LIMIT = 100
 LIST_FIELDS = (
     "id", "request_id", "created_at", "tenant__slug", "api_key_id", "api_key__name", "api_key__prefix",
@@ -31,10 +34,25 @@ LIST_FIELDS = (
 EXPORT_FIELDS = (*LIST_FIELDS, "reserved_usd", "route", "variant", "end_user", "task", "tags", "conversation_id")
 
 
-def records(*, filters: Filters, tenant: Tenant | None) -> QuerySet[UsageRecord]:
-    """The records the filters select: the tenant's, or every tenant's for an operator (`None`)."""
-    rows = UsageRecord.objects.all() if tenant is None else UsageRecord.objects.filter(tenant=tenant)
-    return filters.apply(rows)
+@dataclass(frozen=True)
+class Selection:
+    """The records a filter set selects: `indexed` (a queryset an index walks in time order) and
+    the `scanned` conditions checked on each of its rows."""
+
+    indexed: QuerySet[UsageRecord]
+    scanned: Q | None
+
+
+def records(*, filters: Filters, tenant: Tenant | None) -> Selection:
+    """The tenant's records, or every tenant's for an operator (`None`, or the `tenant` filter)."""
+    rows = UsageRecord.objects.all()
+    if tenant is None and filters.tenant:
+        tenant = Tenant.objects.filter(slug=filters.tenant).first()
+        if tenant is None:
+            rows = UsageRecord.objects.none()
+    if tenant is not None:
+        rows = rows.filter(tenant=tenant)
+    return Selection(indexed=rows.filter(filters.indexed()), scanned=filters.scanned())
 
 
 @dataclass
@@ -42,40 +60,58 @@ class Page:
     rows: list[dict]
     newer: Cursor | None = None  # the cursor of the page before (None: this is the newest page)
     older: Cursor | None = None  # the cursor of the next page (None: nothing older)
+    searched_to: datetime | None = None  # a short page: how far back (or forward) the scan went
 
 
-def page_read(rows: QuerySet[UsageRecord], *, filters: Filters) -> Page:
-    if filters.before is not None:
-        return _page_before(rows, filters.before)
-    if filters.after is not None:
-        rows = _older_than(rows, filters.after)
-    found = list(rows.order_by("-created_at", "-id").values(*LIST_FIELDS)[: PAGE_SIZE + 1])
-    page = Page(rows=found[:PAGE_SIZE])
-    if len(found) > PAGE_SIZE:
-        page.older = _cursor(page.rows[-1])
-    if filters.after is not None and page.rows:
-        page.newer = _cursor(page.rows[0])
+def page_read(selection: Selection, *, filters: Filters) -> Page:
+    """A page of `PAGE_SIZE` rows after (older than) `filters.after`, before (newer than)
+    `filters.before`, or the newest. A page whose scanned conditions match few rows stops after
+    `SCAN_LIMIT` rows of the index and links on from there."""
+    newest_first = filters.before is None
+    found, bound = _read(selection, cursor=filters.before or filters.after, newest_first=newest_first,
+                         limit=PAGE_SIZE + 1)
+    rows = found[:PAGE_SIZE]
+    more = _cursor(rows[-1]) if len(found) > PAGE_SIZE else bound
+    page = Page(rows=rows if newest_first else rows[::-1])
+    page.searched_to = bound.created_at if more is bound and bound is not None else None
+    # An empty stretch links only on in its own direction (and to the newest page).
+    if newest_first:
+        page.older = more
+        page.newer = _cursor(page.rows[0]) if filters.after is not None and page.rows else None
+    else:
+        page.newer = more
+        page.older = _cursor(page.rows[-1]) if page.rows else None
     _annotate(page.rows)
     return page
 
 
-def _page_before(rows: QuerySet[UsageRecord], cursor: Cursor) -> Page:
-    c = cursor
-    newer = rows.filter(created_at__gte=c.created_at).filter(
-        Q(created_at__gt=c.created_at) | Q(created_at=c.created_at, id__gt=c.id))
-    found = list(newer.order_by("created_at", "id").values(*LIST_FIELDS)[: PAGE_SIZE + 1])
-    page = Page(rows=found[:PAGE_SIZE][::-1])
-    if len(found) > PAGE_SIZE:
-        page.newer = _cursor(page.rows[0])
-    if page.rows:
-        page.older = _cursor(page.rows[-1])
-    _annotate(page.rows)
-    return page
+def _read(selection: Selection, *, cursor: Cursor | None, newest_first: bool, limit: int,
+          fields: tuple[str, ...] = LIST_FIELDS) -> tuple[list[dict], Cursor | None]:
+    """Up to `limit` matching rows from `cursor` on, in the page's order, and the bound of the
+    stretch read (None: it reached the end). The scanned conditions are checked on at most
+    `SCAN_LIMIT` rows: the bound is the last of those, found first on the index alone."""
+    order = ("-created_at", "-id") if newest_first else ("created_at", "id")
+    rows = selection.indexed
+    if cursor is not None:
+        rows = _beyond(rows, cursor, older=newest_first, inclusive=False)
+    bound = None
+    if selection.scanned is not None:
+        last = rows.order_by(*order).values_list("created_at", "id")[SCAN_LIMIT - 1:SCAN_LIMIT]
+        bound = Cursor(*last[0]) if last else None
+        if bound is not None:
+            rows = _beyond(rows, bound, older=not newest_first, inclusive=True)
+        rows = rows.filter(selection.scanned)
+    return list(rows.order_by(*order).values(*fields)[:limit]), bound
 
 
-def _older_than(rows: QuerySet[UsageRecord], c: Cursor) -> QuerySet[UsageRecord]:
-    return rows.filter(created_at__lte=c.created_at).filter(
-        Q(created_at__lt=c.created_at) | Q(created_at=c.created_at, id__lt=c.id))
+def _beyond(rows: QuerySet[UsageRecord], c: Cursor, *, older: bool, inclusive: bool) -> QuerySet[UsageRecord]:
+    """Rows older (or newer) than the cursor's row in the order (created_at, id); `inclusive`,
+    the row itself too. The plain bound on created_at is what the index walk starts from."""
+    if older:
+        tie = Q(created_at=c.created_at, id__lte=c.id) if inclusive else Q(created_at=c.created_at, id__lt=c.id)
+        return rows.filter(created_at__lte=c.created_at).filter(Q(created_at__lt=c.created_at) | tie)
+    tie = Q(created_at=c.created_at, id__gte=c.id) if inclusive else Q(created_at=c.created_at, id__gt=c.id)
+    return rows.filter(created_at__gte=c.created_at).filter(Q(created_at__gt=c.created_at) | tie)
 
 
 def _cursor(row: dict) -> Cursor:
@@ -109,13 +145,14 @@ def rating_text(rating: int | None, score: int | None) -> str:
     return f"{score}/5" if score is not None else ""
 
 
-def export_chunks(rows: QuerySet[UsageRecord], *, after: Cursor | None):
-    """The next `EXPORT_CHUNK` rows after `after`, newest first, with the export's fields."""
-    if after is not None:
-        rows = _older_than(rows, after)
-    chunk = list(rows.order_by("-created_at", "-id").values(*EXPORT_FIELDS)[:EXPORT_CHUNK])
-    _annotate(chunk)
-    return chunk, (_cursor(chunk[-1]) if len(chunk) == EXPORT_CHUNK else None)
+def export_chunks(selection: Selection, *, after: Cursor | None) -> tuple[list[dict], Cursor | None, bool]:
+    """The next matching rows after `after`, newest first, with the export's fields: the rows,
+    the cursor to go on from, and whether there is more to read."""
+    found, bound = _read(selection, cursor=after, newest_first=True, limit=EXPORT_CHUNK, fields=EXPORT_FIELDS)
+    _annotate(found)
+    if len(found) == EXPORT_CHUNK:
+        return found, _cursor(found[-1]), True
+    return found, bound, bound is not None
 
 
 # --- the filter form's choices ----------------------------------------------------------------------

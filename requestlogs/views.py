@@ -95,7 +95,7 @@ def _list_page(request: HttpRequest, tenant: Tenant | None) -> HttpResponse:
         "older_query": filters.query(after=str(page.older)) if page and page.older else None,
         "export_query": filters.query(),
         "filtered": bool(filters.query()),
-        "statuses": STATUSES, "error_classes": error_classes(),
+        "scan_limit": f"{selectors.SCAN_LIMIT:,}", "statuses": STATUSES, "error_classes": error_classes(),
         "text_filters": [(name, label, filters.text.get(name, "")) for name, label in TEXT_FILTERS],
         "keys": selectors.key_choices(tenant=tenant) if tenant is not None else [],
         "models": selectors.model_choices(tenant=tenant),
@@ -132,8 +132,8 @@ def _export(request: HttpRequest, tenant: Tenant | None, name: str) -> HttpRespo
     filters = filters_parse(request.GET, operator=tenant is None)
     if filters.errors:
         return HttpResponse(_errors_text(filters), status=400, content_type="text/plain; charset=utf-8")
-    rows = selectors.records(filters=filters, tenant=tenant)
-    response = StreamingHttpResponse(_csv_lines(rows), content_type="text/csv; charset=utf-8")
+    selection = selectors.records(filters=filters, tenant=tenant)
+    response = StreamingHttpResponse(_csv_lines(selection), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{name}-requests.csv"'
     return response
 
@@ -142,15 +142,14 @@ def _errors_text(filters: Filters) -> str:
     return "Bad filters: " + "; ".join(f"{name}: {message}" for name, message in filters.errors.items()) + "\n"
 
 
-async def _csv_lines(rows) -> AsyncIterator[str]:
+async def _csv_lines(selection: selectors.Selection) -> AsyncIterator[str]:
     """The filtered records as CSV, read in keyset chunks while the response is being sent."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
-    after, first = None, True
-    while first or after is not None:
-        first = False
-        chunk, after = await sync_to_async(selectors.export_chunks)(rows, after=after)
+    after, more = None, True
+    while more:
+        chunk, after, more = await sync_to_async(selectors.export_chunks)(selection, after=after)
         for row in chunk:
             writer.writerow([_csv_cell(value) for value in _csv_row(row)])
         yield buffer.getvalue()

@@ -359,3 +359,49 @@ def _member(tenant):
     user = User.objects.create_user("member", password="pw")
     TenantMembership.objects.create(user=user, tenant=tenant)
     return user
+
+
+def _links(response, name: str) -> str | None:
+    found = re.search(rf'href="\?([^"]*)" data-page="{name}"', response.content.decode())
+    return found.group(1).replace("&amp;", "&") if found else None
+
+
+def test_a_sparse_filter_reads_a_bounded_stretch_per_page_and_misses_nothing(alice, tenants, monkeypatch):
+    from requestlogs import selectors
+
+    monkeypatch.setattr(selectors, "SCAN_LIMIT", 7)
+    monkeypatch.setattr(selectors, "PAGE_SIZE", 2)
+    acme = tenants["acme"]
+    made = [record(acme, at=T0 + timedelta(seconds=i // 2), requested_model="rare" if i % 5 == 0 else "common")
+            for i in range(40)]
+    expected = [str(r.request_id) for r in sorted(made, key=lambda r: (r.created_at, r.pk), reverse=True)
+                if r.requested_model == "rare"]
+    pages, responses, query = [], [], "model=rare"
+    while query:
+        response = alice.get("/dashboard/acme/requests/?" + query)
+        pages.append(ids(response))
+        responses.append(response)
+        query = _links(response, "older")
+    assert sum(pages, []) == expected and len(pages) > len(expected) // 2
+    assert any(b"data-searched-to" in r.content for r in responses)
+    assert all(len(page) <= 2 for page in pages)
+    # And back, newer link by newer link, from the last page (the oldest record is a match): the same rows.
+    assert pages[-1] == expected[-1:]
+    back, response = [], responses[-1]
+    while query := _links(response, "newer"):
+        response = alice.get("/dashboard/acme/requests/?" + query)
+        back.append(ids(response))
+    assert sum(back[::-1], []) + pages[-1] == expected
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_csv_of_a_sparse_filter_goes_past_empty_stretches(monkeypatch):
+    from requestlogs import selectors
+
+    monkeypatch.setattr(selectors, "SCAN_LIMIT", 4)
+    monkeypatch.setattr(selectors, "EXPORT_CHUNK", 3)
+    acme, _, user = await sync_to_async(_export_data)()
+    _, rows = await _csv_of(user, "/dashboard/acme/requests/export.csv?status=error")
+    assert len(rows) == 3
+    _, rows = await _csv_of(user, "/dashboard/acme/requests/export.csv?min_latency=1&status=ok")
+    assert len(rows) == 20 and len({row["request_id"] for row in rows}) == 20
