@@ -23,8 +23,9 @@ from requestlogs.filters import Cursor, Filters
 
 PAGE_SIZE = 50
 EXPORT_CHUNK = 2000
-# The most rows of the index a page reads to check its scanned conditions (model, provider, tag...).
-SCAN_LIMIT = 20_000
+# The stretches of the index a page reads, one after the other while fewer than a page match, to
+# check its scanned conditions (model, provider, tag...): the last is the most a page reads.
+SCAN_STRETCHES = (1_000, 5_000, 20_000)
 CONVERSATION_LIMIT = 100
 LIST_FIELDS = (
     "id", "request_id", "created_at", "tenant__slug", "api_key_id", "api_key__name", "api_key__prefix",
@@ -66,7 +67,7 @@ class Page:
 def page_read(selection: Selection, *, filters: Filters) -> Page:
     """A page of `PAGE_SIZE` rows after (older than) `filters.after`, before (newer than)
     `filters.before`, or the newest. A page whose scanned conditions match few rows stops after
-    `SCAN_LIMIT` rows of the index and links on from there."""
+    the last of `SCAN_STRETCHES` rows of the index and links on from there."""
     newest_first = filters.before is None
     found, bound = _read(selection, cursor=filters.before or filters.after, newest_first=newest_first,
                          limit=PAGE_SIZE + 1)
@@ -88,20 +89,23 @@ def page_read(selection: Selection, *, filters: Filters) -> Page:
 def _read(selection: Selection, *, cursor: Cursor | None, newest_first: bool, limit: int,
           fields: tuple[str, ...] = LIST_FIELDS) -> tuple[list[dict], Cursor | None]:
     """Up to `limit` matching rows from `cursor` on, in the page's order, and the bound of the
-    stretch read (None: it reached the end). The scanned conditions are checked on at most
-    `SCAN_LIMIT` rows: the bound is the last of those, found first on the index alone."""
+    stretch read (None: it reached the end). The scanned conditions are checked on a stretch of
+    `SCAN_STRETCHES` rows, a longer one while fewer than `limit` match, the longest at most."""
     order = ("-created_at", "-id") if newest_first else ("created_at", "id")
     rows = selection.indexed
     if cursor is not None:
         rows = _beyond(rows, cursor, older=newest_first, inclusive=False)
-    bound = None
-    if selection.scanned is not None:
-        last = rows.order_by(*order).values_list("created_at", "id")[SCAN_LIMIT - 1:SCAN_LIMIT]
+    if selection.scanned is None:
+        return list(rows.order_by(*order).values(*fields)[:limit]), None
+    for stretch in SCAN_STRETCHES:
+        # The stretch's last row, on the index alone; None: the stretch reaches the end.
+        last = rows.order_by(*order).values_list("created_at", "id")[stretch - 1:stretch]
         bound = Cursor(*last[0]) if last else None
-        if bound is not None:
-            rows = _beyond(rows, bound, older=not newest_first, inclusive=True)
-        rows = rows.filter(selection.scanned)
-    return list(rows.order_by(*order).values(*fields)[:limit]), bound
+        bounded = rows if bound is None else _beyond(rows, bound, older=not newest_first, inclusive=True)
+        found = list(bounded.filter(selection.scanned).order_by(*order).values(*fields)[:limit])
+        if len(found) == limit or bound is None:
+            break
+    return found, bound
 
 
 def _beyond(rows: QuerySet[UsageRecord], c: Cursor, *, older: bool, inclusive: bool) -> QuerySet[UsageRecord]:

@@ -95,7 +95,7 @@ def _list_page(request: HttpRequest, tenant: Tenant | None) -> HttpResponse:
         "older_query": filters.query(after=str(page.older)) if page and page.older else None,
         "export_query": filters.query(),
         "filtered": bool(filters.query()),
-        "scan_limit": f"{selectors.SCAN_LIMIT:,}", "statuses": STATUSES, "error_classes": error_classes(),
+        "scan_limit": f"{selectors.SCAN_STRETCHES[-1]:,}", "statuses": STATUSES, "error_classes": error_classes(),
         "text_filters": [(name, label, filters.text.get(name, "")) for name, label in TEXT_FILTERS],
         "keys": selectors.key_choices(tenant=tenant) if tenant is not None else [],
         "models": selectors.model_choices(tenant=tenant),

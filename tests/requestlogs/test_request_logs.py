@@ -369,7 +369,7 @@ def _links(response, name: str) -> str | None:
 def test_a_sparse_filter_reads_a_bounded_stretch_per_page_and_misses_nothing(alice, tenants, monkeypatch):
     from requestlogs import selectors
 
-    monkeypatch.setattr(selectors, "SCAN_LIMIT", 7)
+    monkeypatch.setattr(selectors, "SCAN_STRETCHES", (3, 7))
     monkeypatch.setattr(selectors, "PAGE_SIZE", 2)
     acme = tenants["acme"]
     made = [record(acme, at=T0 + timedelta(seconds=i // 2), requested_model="rare" if i % 5 == 0 else "common")
@@ -398,7 +398,7 @@ def test_a_sparse_filter_reads_a_bounded_stretch_per_page_and_misses_nothing(ali
 async def test_the_csv_of_a_sparse_filter_goes_past_empty_stretches(monkeypatch):
     from requestlogs import selectors
 
-    monkeypatch.setattr(selectors, "SCAN_LIMIT", 4)
+    monkeypatch.setattr(selectors, "SCAN_STRETCHES", (2, 4))
     monkeypatch.setattr(selectors, "EXPORT_CHUNK", 3)
     acme, _, user = await sync_to_async(_export_data)()
     _, rows = await _csv_of(user, "/dashboard/acme/requests/export.csv?status=error")
