@@ -25,7 +25,7 @@ PAGE_SIZE = 50
 EXPORT_CHUNK = 2000
 # The stretches of the index a page reads, one after the other while fewer than a page match, to
 # check its scanned conditions (model, provider, tag...): the last is the most a page reads.
-SCAN_STRETCHES = (1_000, 5_000, 20_000)
+SCAN_STRETCHES = (1_000, 10_000)
 CONVERSATION_LIMIT = 100
 LIST_FIELDS = (
     "id", "request_id", "created_at", "tenant__slug", "api_key_id", "api_key__name", "api_key__prefix",
@@ -169,7 +169,7 @@ def model_choices(*, tenant: Tenant | None) -> list[str]:
     rows = UsageRollup.objects.filter(granularity=UsageRollup.Granularity.DAY, dimension=UsageRollup.Dimension.MODEL)
     if tenant is not None:
         rows = rows.filter(tenant=tenant)
-    return sorted(set(rows.values_list("value", flat=True).distinct()[:200]) - {""})
+    return sorted(set(rows.order_by("value").values_list("value", flat=True).distinct()[:200]) - {""})
 
 
 # --- one request ----------------------------------------------------------------------------------
