@@ -75,9 +75,10 @@ class UsageRecord(models.Model):
     request_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     response_id = models.CharField(max_length=100, blank=True, db_index=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_records")
+    # No index of their own: usage_tenant_time_id and usage_key_time lead with them.
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_records", db_index=False)
     api_key = models.ForeignKey(
-        TenantApiKey, on_delete=models.SET_NULL, null=True, related_name="usage_records"
+        TenantApiKey, on_delete=models.SET_NULL, null=True, related_name="usage_records", db_index=False
     )
     endpoint = models.CharField(max_length=32)
     requested_model = models.CharField(max_length=200, blank=True)
@@ -127,12 +128,28 @@ class UsageRecord(models.Model):
         max_digits=14, decimal_places=8, default=Decimal("0"),
         help_text="What a cache hit saved: the cost of the answer it reused.",
     )
+    reserved_usd = models.DecimalField(
+        max_digits=14, decimal_places=8, null=True, blank=True,
+        help_text="What the request held on its hard budgets before the call (its worst case); "
+        "empty when no hard budget applied.",
+    )
 
     class Meta:
         ordering = ["-created_at"]
+        # The request log explorer (requestlogs/) pages newest first by (created_at, id), a
+        # tenant's rows or every tenant's (the created_at index); the other indexes serve its
+        # selective filters, where walking the time index would read most of a tenant's rows
+        # to find a page: errors (a partial index, written only for failed requests), one end
+        # user, one API key. docs/dashboards.md has the figures at 1,000,000 records.
         indexes = [
-            models.Index(fields=["tenant", "created_at"], name="usage_tenant_time"),
+            models.Index(fields=["tenant", "created_at", "id"], name="usage_tenant_time_id"),
             models.Index(fields=["tenant", "conversation_id"], name="usage_tenant_conversation"),
+            models.Index(
+                fields=["tenant", "created_at", "id"], condition=~models.Q(status="success"),
+                name="usage_tenant_errors",
+            ),
+            models.Index(fields=["tenant", "end_user", "created_at"], name="usage_tenant_end_user"),
+            models.Index(fields=["api_key", "created_at"], name="usage_key_time"),
         ]
 
     def __str__(self) -> str:

@@ -224,6 +224,7 @@ def _record_fields(call: Call, *, status: str, completion_text: str, read_text: 
         "conversation_id": call.conversation_id,
         "cache": call.cache.state if call.cache is not None else "",
         "saved_cost_usd": call.cache.saved_cost_usd if call.cache is not None else _ZERO,
+        "reserved_usd": call.reservation.amount if call.reservation is not None else None,
         "content": _content(call, completion_text) if call.auth.keep_content else None,
     }
 

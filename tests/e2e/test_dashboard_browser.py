@@ -87,6 +87,40 @@ spent = sum(r.cost_usd for r in UsageRollup.objects.filter(
     tenant=acme, granularity="day", dimension="total", bucket_start__gte=period_start("monthly", now)))
 BudgetPeriod.objects.create(budget=monthly, period_start=period_start("monthly", now), spent_usd=spent)
 Budget.objects.create(tenant=acme, api_key=batch, amount_usd=Decimal("2"), period="daily", hard=False)
+
+# Request logs: 60 of acme's requests over the last hour (two pages), one failed over, one failed;
+# one of globex's.
+from accounting.models import UsageContent, UsageRecord
+from feedback.models import Feedback
+acme.keep_content = True
+acme.save()
+ATTEMPT = {"deployment": "d", "upstream_status": None, "reason": "", "error_class": ""}
+for i in range(60):
+    failed_over, failed = i == 42, i == 17
+    attempts = [{**ATTEMPT, "provider": "fake-b", "model": "gpt-4o-mini", "status": "success", "latency_ms": 300 + i}]
+    if failed_over:
+        attempts.insert(0, {**ATTEMPT, "provider": "fake-a", "model": "gpt-4o-mini", "status": "error",
+                            "error_class": "upstream_server", "upstream_status": 500, "latency_ms": 120})
+    if failed:
+        attempts = [{**ATTEMPT, "provider": "fake-b", "model": "gpt-4o", "status": "error",
+                     "error_class": "timeout", "latency_ms": 30000}]
+    record = UsageRecord.objects.create(
+        tenant=acme, api_key=web if i % 2 else batch, created_at=now - timedelta(minutes=60 - i),
+        endpoint="chat.completions", requested_model="smart" if failed_over else "gpt-4o-mini",
+        served_model="gpt-4o" if failed else "gpt-4o-mini", provider_name="fake-b",
+        status="error" if failed else "success", http_status=504 if failed else 200,
+        error_class="timeout" if failed else "", prompt_tokens=40 + i, completion_tokens=10,
+        cost_usd=Decimal("0.0001") * (i + 1), reserved_usd=Decimal("0.01"), latency_ms=420 + i,
+        ttft_ms=150, attempts=attempts, tags=["billing"] if i % 3 == 0 else [],
+    )
+    if failed_over:
+        UsageContent.objects.create(usage_record=record, tenant=acme,
+                                    messages=[{"role": "user", "content": "Which route served me?"}],
+                                    completion="The second deployment did.")
+        Feedback.objects.create(tenant=acme, usage_record=record, response_id="r-42", rating=1)
+        print("FAILED_OVER", record.request_id)
+UsageRecord.objects.create(tenant=globex, endpoint="chat.completions", requested_model="globex-private-model",
+                           status="success")
 """.replace("PASSWORDS", repr(PASSWORDS))
 
 # Every chart on the page, with its drawn marks: size of the SVG and the largest path or bar.
@@ -108,6 +142,15 @@ fetch(arguments[0], {credentials: 'same-origin', redirect: 'manual'})
 """
 
 
+class Deployment(str):
+    """The gateway's base URL, with the request id of the seeded failed-over request."""
+
+    def __new__(cls, url: str, failed_over: str):
+        value = super().__new__(cls, url)
+        value.failed_over = failed_over
+        return value
+
+
 @pytest.fixture(scope="module")
 def gateway_url(tmp_path_factory):
     database_url, name = database_create()
@@ -115,9 +158,10 @@ def gateway_url(tmp_path_factory):
     gateway = None
     try:
         manage(env, "migrate", "--noinput")
-        manage(env, "shell", "-c", SEED)
+        seeded = manage(env, "shell", "-c", SEED)
+        failed_over = seeded.split("FAILED_OVER ")[1].split()[0]
         gateway, base_url = gateway_start(env, tmp_path_factory.mktemp("dashboard-logs") / "gateway.log")
-        yield base_url
+        yield Deployment(base_url, failed_over)
     finally:
         if gateway is not None:
             stop_process(gateway)
@@ -222,3 +266,55 @@ def test_operator_compares_every_tenant(browser, gateway_url, tmp_path):
     for slug in ("acme", "globex"):
         assert _fetch(browser, f"{gateway_url}/dashboard/{slug}/")[0] == 200
         assert _fetch(browser, f"{gateway_url}/dashboard/{slug}/export.csv?table=models")[0] == 200
+
+
+def test_a_member_finds_a_request_by_id_and_by_filter_and_opens_its_timeline(browser, gateway_url, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    _log_in(browser, gateway_url, "alice")
+    browser.find_element(By.LINK_TEXT, "Requests").click()
+    WebDriverWait(browser, 10).until(lambda d: d.current_url.endswith("/dashboard/acme/requests/"))
+    rows = browser.find_elements(By.CSS_SELECTOR, "tr[data-request-id]")
+    assert len(rows) == 50 and "globex" not in browser.page_source.lower()
+    browser.find_element(By.CSS_SELECTOR, "a[data-page=older]").click()
+    WebDriverWait(browser, 10).until(lambda d: "after=" in d.current_url)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "tr[data-request-id]")) == 10
+
+    # By id: paste it into the request id field.
+    browser.get(f"{gateway_url}/dashboard/acme/requests/")
+    field = browser.find_element(By.NAME, "request_id")
+    field.send_keys(gateway_url.failed_over)
+    field.submit()
+    WebDriverWait(browser, 10).until(lambda d: "request_id=" in d.current_url)
+    [row] = browser.find_elements(By.CSS_SELECTOR, "tr[data-request-id]")
+    assert row.get_attribute("data-request-id") == gateway_url.failed_over and "smart" in row.text
+
+    # By filter: the status select and the tag field; the one failed request.
+    browser.find_element(By.LINK_TEXT, "Clear").click()
+    Select(browser.find_element(By.NAME, "status")).select_by_value("timeout")
+    browser.find_element(By.CSS_SELECTOR, "form[data-form=filters] button[type=submit]").click()
+    WebDriverWait(browser, 10).until(lambda d: "status=timeout" in d.current_url)
+    [row] = browser.find_elements(By.CSS_SELECTOR, "tr[data-request-id]")
+    assert "timeout" in row.text and "504" in row.text
+    browser.get(f"{gateway_url}/dashboard/acme/requests/?tag=billing&model=smart")
+    [row] = browser.find_elements(By.CSS_SELECTOR, "tr[data-request-id]")
+
+    # Its timeline: two attempts, the failed one first, each drawn as a bar.
+    row.find_element(By.CSS_SELECTOR, "td.id a").click()
+    WebDriverWait(browser, 10).until(lambda d: d.current_url.endswith(f"/requests/{gateway_url.failed_over}/"))
+    attempts = browser.find_elements(By.CSS_SELECTOR, "[data-attempt]")
+    assert [a.get_attribute("data-attempt-status") for a in attempts] == ["error", "success"]
+    assert "fake-a" in attempts[0].text and "upstream_server" in attempts[0].text
+    bars = browser.execute_script(
+        "return Array.from(document.querySelectorAll('.timeline .bar')).map(b => b.getBoundingClientRect().width)")
+    assert len(bars) == 2 and 0 < bars[0] < bars[1]
+    page = browser.find_element(By.TAG_NAME, "main").text
+    assert "$0.01000000 held" in page and "$0.00430000" in page
+    assert "Which route served me?" in page and "The second deployment did." in page and "up" in page
+    print(f"screenshot: {_screenshot(browser, tmp_path / 'request-detail.png')}")
+    # Another tenant's request logs stay out of reach.
+    assert _fetch(browser, f"{gateway_url}/dashboard/globex/requests/")[0] == 404
+    assert _fetch(browser, f"{gateway_url}/dashboard/globex/requests/export.csv")[0] == 404
+    status, body = _fetch(browser, f"{gateway_url}/dashboard/acme/requests/export.csv?status=timeout")
+    assert status == 200 and body.startswith("created_at,request_id,tenant")

@@ -178,6 +178,9 @@ PROBED = {  # route name -> the probe below that covers it
     "dashboard:feedback-corrections": "dashboard", "dashboard:tenant": "dashboard",
     "dashboard:export": "dashboard", "dashboard:tenant-feedback": "dashboard",
     "dashboard:tenant-feedback-corrections": "dashboard",
+    "dashboard:requests": "dashboard", "dashboard:requests-export": "dashboard",
+    "dashboard:tenant-requests": "dashboard", "dashboard:tenant-requests-export": "dashboard",
+    "dashboard:request-detail": "dashboard",
     "playground:index": "playground", "playground:feedback": "playground",
     "login": "accounts", "logout": "accounts", "password_change": "accounts", "password_change_done": "accounts",
     "password_reset": "accounts", "password_reset_done": "accounts", "password_reset_confirm": "accounts",
@@ -206,7 +209,8 @@ def test_every_schema_path_is_a_swept_route(client):
 # --- comparing answers ----------------------------------------------------------------------------
 def _text(response) -> str:
     if getattr(response, "streaming", False):  # CSV and JSONL exports, from Django's test client
-        response._iso_text = getattr(response, "_iso_text", None) or b"".join(response.streaming_content)
+        # Iterating the response (not its streaming_content) consumes an async iterator too.
+        response._iso_text = getattr(response, "_iso_text", None) or b"".join(response)
         return response._iso_text.decode("utf-8", "replace")
     return response.content.decode("utf-8", "replace")
 
@@ -379,7 +383,8 @@ def test_admin_routes_send_a_member_to_the_login_page(world):
 # --- dashboards, playground, accounts with A's member login -----------------------------------------
 DASHBOARD_SLUG_PATHS = ["/dashboard/{v}/", "/dashboard/{v}/?range=30d", "/dashboard/{v}/export.csv?table=models",
                         "/dashboard/{v}/export.csv?table=timeline", "/dashboard/{v}/feedback/",
-                        "/dashboard/{v}/feedback/corrections.jsonl"]
+                        "/dashboard/{v}/feedback/corrections.jsonl", "/dashboard/{v}/requests/",
+                        "/dashboard/{v}/requests/?status=ok&since=2020-01-01", "/dashboard/{v}/requests/export.csv"]
 
 
 def test_member_dashboards_never_show_or_confirm_the_other_tenant(world):
@@ -394,9 +399,33 @@ def test_member_dashboards_never_show_or_confirm_the_other_tenant(world):
         own = member.get(path.replace("{v}", "acme"))
         assert own.status_code == 200, (path, own.status_code)
         _assert_clean(own, world, f"GET {path} for A's own tenant")
-    for path in ("/dashboard/", "/dashboard/export.csv", "/dashboard/feedback/", "/dashboard/feedback/corrections.jsonl"):
+    for path in ("/dashboard/", "/dashboard/export.csv", "/dashboard/feedback/", "/dashboard/feedback/corrections.jsonl",
+                 "/dashboard/requests/", "/dashboard/requests/export.csv", f"/dashboard/requests/?tenant={B_SLUG}",
+                 f"/dashboard/requests/export.csv?tenant={B_SLUG}"):
         answer = member.get(path, follow=True)
-        _assert_clean(answer, world, f"GET {path} as A's member")
+        _assert_clean(answer, world, f"GET {path} as A's member", sent=B_SLUG if "tenant=" in path else "")
+
+
+def test_member_request_logs_never_show_or_confirm_the_other_tenants_requests(world):
+    from accounting.models import UsageRecord
+
+    member = Client()
+    member.force_login(world.a_member)
+    b_ids = [str(value) for value in UsageRecord.objects.filter(tenant_id=world.b_tenant_id)
+             .values_list("request_id", flat=True)]
+    assert b_ids
+    probes = [("request id", b_id, str(uuid.uuid4())) for b_id in b_ids] + _pairs(world)
+    paths = ["/dashboard/acme/requests/{v}/", "/dashboard/acme/requests/?request_id={v}",
+             "/dashboard/acme/requests/export.csv?request_id={v}"]
+    paths += [f"/dashboard/acme/requests/?{name}={{v}}" for name in ("model", "user", "tag", "route", "variant",
+                                                                      "provider")]
+    paths += ["/dashboard/acme/requests/export.csv?model={v}", "/dashboard/acme/requests/export.csv?tag={v}"]
+    for what, theirs, missing in probes:
+        for path in paths:
+            answers = [member.get(path.replace("{v}", value)) for value in (theirs, missing)]
+            for answer in answers:
+                _assert_clean(answer, world, f"GET {path} with B's {what}", sent=theirs)
+            _assert_same(*answers, theirs, missing, f"GET {path} with B's {what}")
 
 
 def test_playground_never_shows_or_rates_the_other_tenants_responses(world):
