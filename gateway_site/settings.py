@@ -271,8 +271,12 @@ else:
 
 # Without Redis the broker is a folder in VAR_DIR, which the web process and the embedded worker
 # (started by `make run`) share on one machine.
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://")
-if CELERY_BROKER_URL == "filesystem://":
+# The filesystem transport ignores the host, but kombu warns of a URL without one ("No hostname was
+# supplied"), so the default names it.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://localhost/")
+# JSON messages only (Celery's default, said here because gateway_site/celery.py relies on it).
+CELERY_ACCEPT_CONTENT = ["json"]
+if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_folder = _private_folder(VAR_DIR) / "celery-broker"
     _broker_folder.mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
