@@ -75,14 +75,16 @@ class CostBasis:
 
 
 MILLION = Decimal(1_000_000)
+RETRY_AFTER_HORIZON = 3600  # seconds: a reset further away is no retry, however true
 
 
 class BudgetExceeded(GatewayError):
     """A hard budget refused a request: the body says what the request may cost and why, what is
     left in which budget, and what to do about it. `Retry-After` is sent only where waiting can
     help: a second when the budget is taken by requests in flight (their reservations are released
-    as they finish), and until the period's reset when spend is what stands in the way. A request
-    that could not fit the whole budget, or a spent total budget (which never resets), gets none."""
+    as they finish), and until the period's reset when spend is what stands in the way and the reset
+    is near (`RETRY_AFTER_HORIZON`). A request that could not fit the whole budget, a spent total
+    budget (which never resets) and a period that ends later get none: `resets_at` says when."""
 
     status = 429
     type = "insufficient_quota"
@@ -140,9 +142,10 @@ class BudgetExceeded(GatewayError):
             return None
         if spent + estimate <= budget.amount_usd:
             return 1  # held by requests in flight, released as they finish
-        if resets_at:
-            return max(1, math.ceil((resets_at - _now()).total_seconds()))
-        return None
+        wait = math.ceil((resets_at - _now()).total_seconds()) if resets_at else None
+        if wait is not None and wait <= RETRY_AFTER_HORIZON:
+            return max(1, wait)
+        return None  # `resets_at` in the body says when; a client should not sleep until then
 
     def as_body(self) -> dict:
         body = super().as_body()

@@ -335,11 +335,11 @@ def _sqlite_periods_create(cursor, keys):
         )
 
 
-def _sqlite_seed(row: str, written: str = "NULL") -> str:
+def _sqlite_seed(row: str, written: str = "") -> str:
     """`_PERIOD_SEED` for SQLite, where the records of this write (ids `written`) are already in
     the table: they are left out of the sum (their cost is added on its own)."""
     seed = _PERIOD_SEED.replace("{row}", row).format(**_tables())
-    return seed.replace("AND r.created_at", f"AND r.id NOT IN ({written}) AND r.created_at")
+    return seed.replace("AND r.created_at", f"AND r.id NOT IN ({written}) AND r.created_at") if written else seed
 
 
 def _sqlite_write(cursor, records, contents, releases, spend, lines, now):
@@ -367,7 +367,7 @@ def _sqlite_write(cursor, records, contents, releases, spend, lines, now):
         )
         cursor.execute(f"DELETE FROM {t['reservations']} WHERE request_id IN ({marks})", releases)
     alert_ids = []
-    written = ", ".join(str(int(pk)) for pk in ids.values()) or "NULL"  # in the seed's sum once, as cost
+    written = ", ".join(str(int(pk)) for pk in ids.values())  # not in the seed's sum: added as cost
     for budget_id, start, cost in spend:
         cursor.execute(
             f"INSERT INTO {t['periods']} AS p (budget_id, period_start, spent_usd, reserved_usd)"

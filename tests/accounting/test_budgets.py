@@ -318,13 +318,13 @@ def test_a_soft_budgets_first_settlement_counts_the_periods_spend_before_it(tena
     assert spent == {None: Decimal("0.40"), key.pk: Decimal("0.15")}
 
 
-def _exceeded(amount: str, period: str, *, spent: str, reserved: str = "0", estimate: str, basis=None):
+def _exceeded(amount: str, period: str, *, spent: str, reserved: str = "0", estimate: str, basis=None, resets_at=None):
     from accounting.budgets import BudgetLimit
 
     budget = BudgetLimit(budget_id=1, api_key_id=None, amount_usd=Decimal(amount), period=period, hard=True, thresholds=())
-    start = period_start(period, datetime.now(dt_timezone.utc))
+    resets_at = resets_at or period_end(period, period_start(period, datetime.now(dt_timezone.utc)))
     return BudgetExceeded(budget=budget, spent=Decimal(spent), reserved=Decimal(reserved), estimate=Decimal(estimate),
-                          basis=basis, resets_at=period_end(period, start))
+                          basis=basis, resets_at=resets_at)
 
 
 def test_a_refusal_says_what_the_request_may_cost_and_how_to_fit():
@@ -347,8 +347,12 @@ def test_a_refusal_says_what_the_request_may_cost_and_how_to_fit():
 def test_retry_after_only_where_waiting_helps():
     in_flight = _exceeded("1.00", "monthly", spent="0.10", reserved="0.80", estimate="0.20")
     assert in_flight.headers["retry-after"] == "1"
-    spent = _exceeded("1.00", "daily", spent="0.90", estimate="0.20")
-    assert 1 <= int(spent.headers["retry-after"]) <= 86400  # the day's reset
+    soon = datetime.now(dt_timezone.utc) + timedelta(minutes=10)  # a daily budget near midnight
+    spent = _exceeded("1.00", "daily", spent="0.90", estimate="0.20", resets_at=soon)
+    assert 590 <= int(spent.headers["retry-after"]) <= 600
     assert "Wait for the reset" in spent.message
+    later = _exceeded("1.00", "monthly", spent="0.90", estimate="0.20",
+                      resets_at=datetime.now(dt_timezone.utc) + timedelta(days=12))
+    assert "retry-after" not in later.headers and later.details["resets_at"]
     never = _exceeded("1.00", "total", spent="0.90", estimate="0.20")
     assert "retry-after" not in never.headers and "a total budget never resets" in never.message
