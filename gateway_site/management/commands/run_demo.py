@@ -39,12 +39,14 @@ class Command(BaseCommand):
         # Rollups, budget alerts and clean-ups: one worker with an embedded beat scheduler (its
         # start-up banner left out: the terminal shows the demo's own lines).
         worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "gateway_site", "worker", "-B", "--pool=solo",
-             "--loglevel=warning", "--quiet"]
+            [sys.executable, "-m", "celery", "-A", "gateway_site", "--quiet", "worker", "-B", "--pool=solo",
+             "--loglevel=warning"]
         )
         # One worker of the production server (gateway_site/worker.py): daphne, graceful on SIGTERM.
         gateway = subprocess.Popen(
-            [sys.executable, "-m", "gateway_site.worker", "-b", host, "-p", str(port), "gateway_site.asgi:application"]
+            # daphne's own access line repeats the gateway's (gateway.access), so it is not written.
+            [sys.executable, "-m", "gateway_site.worker", "-b", host, "-p", str(port), "--access-log", os.devnull,
+             "gateway_site.asgi:application"]
         )
         self.stdout.write(demo_welcome(f"http://{host}:{port}"))
         self.stdout.flush()
