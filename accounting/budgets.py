@@ -58,12 +58,12 @@ class CostBasis:
     calls: int = 1
 
     def text(self) -> str:
-        prompt = f"{self.prompt_tokens:,} prompt tokens x ${self.input_price:f}/M"
+        prompt = f"{self.prompt_tokens:,} prompt tokens x {_per_million(self.input_price)}"
         if not self.output_tokens:
             return f"{prompt} on {self.model}"
         answers = f" x {self.choices} choices" if self.choices > 1 else ""
         repair = ", and a possible repair call for the structured answer" if self.calls > 1 else ""
-        return (f"{self.output_tokens:,} output tokens ({self.cap_source}){answers} x ${self.output_price:f}/M"
+        return (f"{self.output_tokens:,} output tokens ({self.cap_source}){answers} x {_per_million(self.output_price)}"
                 f" + {prompt} on {self.model}{repair}")
 
     def max_tokens_fitting(self, left: Decimal) -> int:
@@ -75,6 +75,12 @@ class CostBasis:
 
 
 MILLION = Decimal(1_000_000)
+
+
+def _per_million(price: Decimal) -> str:
+    """A price per million tokens as people write it: $0.60/M, $0.075/M, $10/M as $10.00/M."""
+    places = max(2, -price.normalize().as_tuple().exponent)
+    return f"${price:.{places}f}/M"
 RETRY_AFTER_HORIZON = 3600  # seconds: a reset further away is no retry, however true
 
 
