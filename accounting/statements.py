@@ -144,6 +144,8 @@ FROM want w CROSS JOIN verdict LEFT JOIN locked l USING (budget_id, period_start
 # A period row starts with what its budget's tenant (or key) has spent since the period began, so a
 # budget's spend is its period's whenever the budget was created (or re-enabled, or its row
 # deleted). Records being written in the same statement are not in its snapshot: they add once.
+# On PostgreSQL a settlement that finds the row made meanwhile by another (its INSERT conflicts)
+# adds its cost alone, never its seed: the seed counts once, in the row's first INSERT.
 _PERIOD_SEED = """COALESCE((SELECT SUM(r.cost_usd) FROM {records} r JOIN {budgets} b ON b.id = {row}.budget_id
     WHERE r.tenant_id = b.tenant_id AND (b.api_key_id IS NULL OR r.api_key_id = b.api_key_id)
     AND r.created_at >= {row}.period_start), 0)"""
@@ -177,7 +179,9 @@ released AS (
         WHERE x.budget_id = c.budget_id AND x.period_start = c.period_start) THEN 0 ELSE SEED END,
         -released FROM changes c ORDER BY budget_id, period_start
     ON CONFLICT (budget_id, period_start) DO UPDATE SET
-        spent_usd = p.spent_usd + EXCLUDED.spent_usd, reserved_usd = p.reserved_usd + EXCLUDED.reserved_usd
+        spent_usd = p.spent_usd + (SELECT u.cost FROM changes u
+            WHERE u.budget_id = EXCLUDED.budget_id AND u.period_start = EXCLUDED.period_start),
+        reserved_usd = p.reserved_usd + EXCLUDED.reserved_usd
     RETURNING p.budget_id, p.period_start, p.spent_usd
 ), raised AS (
     INSERT INTO {alerts} (budget_id, period_start, threshold, spent_usd, created_at, webhook_status, email_status)
