@@ -29,10 +29,13 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
+# On a terminal, `make run` logs one short plain line per event; production's default is JSON
+# (GATEWAY_LOG_FORMAT, docs/observability.md). `GATEWAY_LOG_FORMAT=json make run` keeps JSON.
+run: GATEWAY_LOG_FORMAT ?= plain
 run: $(VENV)/.installed
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py seed_demo --fake-port $(FAKE_PROVIDER_PORT)
-	PORT=$(PORT) $(BIN)/python manage.py run_demo --fake-port $(FAKE_PROVIDER_PORT)
+	GATEWAY_LOG_FORMAT=$(GATEWAY_LOG_FORMAT) PORT=$(PORT) $(BIN)/python manage.py run_demo --fake-port $(FAKE_PROVIDER_PORT)
 
 test: $(VENV)/.installed-test
 	@[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)

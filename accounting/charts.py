@@ -1,8 +1,8 @@
 """Small SVG charts drawn on the server: a line chart with several series and a bar chart.
 
 The dashboards must work offline and without JavaScript, so a chart is a string of SVG markup:
-axes with tick labels, a legend, `<path>` lines and `<rect>` bars, each with a `<title>` that the
-browser shows as a tooltip. Colours are presentation attributes, so a chart reads right even
+a visible title, axes with tick labels and (when given) axis titles, a legend, `<path>` lines and
+`<rect>` bars, each with a `<title>` that the browser shows as a tooltip. Colours are presentation attributes, so a chart reads right even
 without the stylesheet. Every chart carries `data-chart="<name>"` for the page and its tests.
 """
 
@@ -17,7 +17,8 @@ from django.utils.safestring import SafeString, mark_safe
 
 PALETTE = ("#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#db2777", "#64748b")
 WIDTH, HEIGHT = 720, 260
-MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 64, 16, 36, 34
+MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 76, 16, 36, 46
+TITLE_HEIGHT = 22  # the chart's visible title, above the legend
 MAX_X_LABELS = 8
 
 
@@ -122,7 +123,23 @@ def _svg_open(name: str, title: str) -> str:
         f'viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" role="img" '
         f'aria-label="{escape(title)}" font-family="system-ui, sans-serif" font-size="11">'
         f"<title>{escape(title)}</title>"
+        f'<text class="chart-title" x="{MARGIN_LEFT}" y="15" font-size="13" font-weight="600" '
+        f'fill="#0f172a">{escape(title)}</text>'
     )
+
+
+def _axis_titles(frame: "_Frame", x_label: str, y_label: str) -> list[str]:
+    """The axes' own titles: the x axis's under its tick labels, the y axis's turned along it."""
+    parts = []
+    if x_label:
+        x = _num((frame.left + frame.right) / 2)
+        parts.append(f'<text class="axis-title x" x="{x}" y="{frame.height - 6}" text-anchor="middle" '
+                     f'fill="#334155">{escape(x_label)}</text>')
+    if y_label:
+        y = _num((frame.top + frame.bottom) / 2)
+        parts.append(f'<text class="axis-title y" x="12" y="{y}" text-anchor="middle" fill="#334155" '
+                     f'transform="rotate(-90 12 {y})">{escape(y_label)}</text>')
+    return parts
 
 
 def _axes(frame: _Frame, ticks: list[float], labels: Sequence[str], xs: Sequence[float], fmt) -> list[str]:
@@ -151,7 +168,7 @@ def _axes(frame: _Frame, ticks: list[float], labels: Sequence[str], xs: Sequence
 
 def _legend(series: Sequence[Series]) -> tuple[list[str], float]:
     """Legend entries in rows across the top; returns them and the height they take."""
-    parts, x, y = [], MARGIN_LEFT, 14
+    parts, x, y = [], MARGIN_LEFT, 14 + TITLE_HEIGHT
     for item, color in zip(series, _colors(series)):
         size = 30 + 6.5 * len(item.name)
         if x + size > WIDTH - MARGIN_RIGHT and x > MARGIN_LEFT:
@@ -182,7 +199,7 @@ def _has_data(series: Sequence[Series]) -> bool:
 # --- charts ---------------------------------------------------------------------------------------
 def line_chart(
     *, name: str, title: str, labels: Sequence[str], series: Sequence[Series], unit: str = "count",
-    positions: Sequence[float] | None = None,
+    positions: Sequence[float] | None = None, x_label: str = "", y_label: str = "",
 ) -> SafeString:
     """Lines over shared x labels; a None value leaves a gap. Points carry tooltips.
 
@@ -200,7 +217,7 @@ def line_chart(
     if positions is None:
         positions = [(i + 0.5) / len(labels) for i in range(len(labels))]
     xs = [frame.left + span * p for p in positions]
-    parts = [_svg_open(name, title), *_axes(frame, ticks, labels, xs, fmt)]
+    parts = [_svg_open(name, title), *_axes(frame, ticks, labels, xs, fmt), *_axis_titles(frame, x_label, y_label)]
     for item, color in zip(series, _colors(series)):
         parts.append(_line(item, color, frame, xs, labels, fmt))
     parts += legend
@@ -231,7 +248,7 @@ def _line(item: Series, color: str, frame: _Frame, xs, labels, fmt) -> str:
 
 def bar_chart(
     *, name: str, title: str, labels: Sequence[str], series: Sequence[Series], unit: str = "count",
-    stacked: bool = True,
+    stacked: bool = True, x_label: str = "", y_label: str = "",
 ) -> SafeString:
     """Bars per x label: stacked (a total made of parts) or grouped side by side."""
     if not labels or not _has_data(series):
@@ -244,7 +261,7 @@ def bar_chart(
     frame = _Frame(y_low=ticks[0], y_high=ticks[-1], top=legend_height)
     band = (frame.right - frame.left) / len(labels)
     xs = [frame.left + band * (i + 0.5) for i in range(len(labels))]
-    parts = [_svg_open(name, title), *_axes(frame, ticks, labels, xs, fmt)]
+    parts = [_svg_open(name, title), *_axes(frame, ticks, labels, xs, fmt), *_axis_titles(frame, x_label, y_label)]
     colors = _colors(series)
     for i, col in enumerate(columns):
         parts += _bars(col, series, colors, frame, xs[i], band, labels[i], fmt, stacked)

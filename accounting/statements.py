@@ -44,7 +44,7 @@ from typing import Generic, TypeVar
 import orjson
 from django.db import InterfaceError, OperationalError, connections, transaction
 
-from accounting.models import BudgetAlert, BudgetPeriod, BudgetReservation, UsageContent, UsageRecord
+from accounting.models import Budget, BudgetAlert, BudgetPeriod, BudgetReservation, UsageContent, UsageRecord
 from kernel import db_async
 from kernel.loops import Batches, PerLoop
 
@@ -52,8 +52,8 @@ logger = logging.getLogger(__name__)
 
 # (budget id, period start, budget amount)
 Want = tuple[int, datetime, Decimal]
-# (budget id, period row id or None, spent + reserved on it before)
-Found = tuple[int, int | None, Decimal | None]
+# (budget id, period row id or None, spent + reserved on it before, of which reserved)
+Found = tuple[int, int | None, Decimal | None, Decimal | None]
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def _tables() -> dict[str, str]:
     return {
         "periods": _q(BudgetPeriod._meta.db_table), "reservations": _q(BudgetReservation._meta.db_table),
         "alerts": _q(BudgetAlert._meta.db_table), "records": _q(UsageRecord._meta.db_table),
-        "contents": _q(UsageContent._meta.db_table),
+        "contents": _q(UsageContent._meta.db_table), "budgets": _q(Budget._meta.db_table),
     }
 
 
@@ -122,7 +122,7 @@ WITH want AS (
     SELECT budget_id, period_start, MAX(amount_usd) AS amount_usd, SUM(estimate) AS estimate
     FROM want GROUP BY budget_id, period_start
 ), locked AS (
-    SELECT p.id, p.budget_id, p.period_start, p.spent_usd + p.reserved_usd AS taken
+    SELECT p.id, p.budget_id, p.period_start, p.spent_usd + p.reserved_usd AS taken, p.reserved_usd AS reserved
     FROM {periods} p JOIN wanted w ON p.budget_id = w.budget_id AND p.period_start = w.period_start
     ORDER BY p.budget_id, p.period_start FOR UPDATE OF p
 ), verdict AS (
@@ -137,16 +137,25 @@ WITH want AS (
     INSERT INTO {reservations} (budget_period_id, request_id, amount_usd, created_at)
     SELECT hold.id, w.request_id, w.estimate, %(now)s::timestamptz FROM hold JOIN want w USING (budget_id, period_start)
 )
-SELECT verdict.held, w.request_id, w.budget_id, l.id, l.taken
+SELECT verdict.held, w.request_id, w.budget_id, l.id, l.taken, l.reserved
 FROM want w CROSS JOIN verdict LEFT JOIN locked l USING (budget_id, period_start)
 """
 
+# A period row starts with what its budget's tenant (or key) has spent since the period began, so a
+# budget's spend is its period's whenever the budget was created (or re-enabled, or its row
+# deleted). Records being written in the same statement are not in its snapshot: they add once.
+# On PostgreSQL a settlement that finds the row made meanwhile by another (its INSERT conflicts)
+# adds its cost alone, never its seed: the seed counts once, in the row's first INSERT.
+_PERIOD_SEED = """COALESCE((SELECT SUM(r.cost_usd) FROM {records} r JOIN {budgets} b ON b.id = {row}.budget_id
+    WHERE r.tenant_id = b.tenant_id AND (b.api_key_id IS NULL OR r.api_key_id = b.api_key_id)
+    AND r.created_at >= {row}.period_start), 0)"""
+
 _PG_PERIODS_CREATE = """
 INSERT INTO {periods} (budget_id, period_start, spent_usd, reserved_usd)
-SELECT budget_id, period_start, 0, 0
-FROM UNNEST(%(budgets)s::bigint[], %(starts)s::timestamptz[]) AS n(budget_id, period_start)
+SELECT n.budget_id, n.period_start, %s, 0
+FROM UNNEST(%%(budgets)s::bigint[], %%(starts)s::timestamptz[]) AS n(budget_id, period_start)
 ON CONFLICT (budget_id, period_start) DO NOTHING
-"""
+""" % _PERIOD_SEED.replace("{row}", "n")
 
 # The settlement after the records' INSERT (`inserted`, `contents` before it). Each row's change is
 # the released reservations on it and the spend added to it, summed; a missing row is created with
@@ -166,9 +175,13 @@ released AS (
     ) AS c GROUP BY budget_id, period_start
 ), period AS (
     INSERT INTO {periods} AS p (budget_id, period_start, spent_usd, reserved_usd)
-    SELECT budget_id, period_start, cost, -released FROM changes ORDER BY budget_id, period_start
+    SELECT budget_id, period_start, cost + CASE WHEN EXISTS (SELECT 1 FROM {periods} x
+        WHERE x.budget_id = c.budget_id AND x.period_start = c.period_start) THEN 0 ELSE SEED END,
+        -released FROM changes c ORDER BY budget_id, period_start
     ON CONFLICT (budget_id, period_start) DO UPDATE SET
-        spent_usd = p.spent_usd + EXCLUDED.spent_usd, reserved_usd = p.reserved_usd + EXCLUDED.reserved_usd
+        spent_usd = p.spent_usd + (SELECT u.cost FROM changes u
+            WHERE u.budget_id = EXCLUDED.budget_id AND u.period_start = EXCLUDED.period_start),
+        reserved_usd = p.reserved_usd + EXCLUDED.reserved_usd
     RETURNING p.budget_id, p.period_start, p.spent_usd
 ), raised AS (
     INSERT INTO {alerts} (budget_id, period_start, threshold, spent_usd, created_at, webhook_status, email_status)
@@ -196,7 +209,8 @@ def _pg_write_sql() -> str:
         " AS c(request_id uuid, tenant_id bigint, created_at timestamptz, messages jsonb, completion text)"
         " JOIN inserted USING (request_id)), "
     )
-    return " ".join((sql + _PG_SETTLE.format(**tables)).split())
+    settle = _PG_SETTLE.replace("SEED", _PERIOD_SEED.replace("{row}", "c"))
+    return " ".join((sql + settle.format(**tables)).split())
 
 
 def _json(rows: list) -> str:
@@ -226,8 +240,8 @@ class Postgres:
         })
         held = bool(found[0][0])
         by_request: dict[str, list[Found]] = {}
-        for _, request_id, budget_id, period_id, taken in found:
-            by_request.setdefault(str(request_id), []).append((budget_id, period_id, taken))
+        for _, request_id, budget_id, period_id, taken, reserved in found:
+            by_request.setdefault(str(request_id), []).append((budget_id, period_id, taken, reserved))
         return [(held, sorted(by_request[str(uuid.UUID(hold.request_id))])) for hold in holds]
 
     async def periods_create(self, keys: Sequence[tuple[int, datetime]]) -> None:
@@ -290,15 +304,16 @@ def _sqlite_reserve(cursor, holds, now):
         found = []
         for budget_id, start, _ in hold.want:
             cursor.execute(
-                f"SELECT id, spent_usd + reserved_usd FROM {t['periods']} WHERE budget_id = %s AND period_start = %s",
+                f"SELECT id, spent_usd + reserved_usd, reserved_usd FROM {t['periods']}"
+                " WHERE budget_id = %s AND period_start = %s",
                 [budget_id, _start(start)],
             )
             row = cursor.fetchone()
-            found.append((budget_id, row[0] if row else None, _decimal(row[1]) if row else None))
+            found.append((budget_id, *((row[0], _decimal(row[1]), _decimal(row[2])) if row else (None, None, None))))
         held = all(period_id is not None and taken + hold.estimate <= amount
-                   for (_, period_id, taken), (_, _, amount) in zip(found, hold.want))
+                   for (_, period_id, taken, _), (_, _, amount) in zip(found, hold.want))
         if held:
-            for _, period_id, _ in found:
+            for _, period_id, _, _ in found:
                 cursor.execute(f"UPDATE {t['periods']} SET reserved_usd = reserved_usd + %s WHERE id = %s",
                                [str(hold.estimate), period_id])
                 cursor.execute(
@@ -314,11 +329,21 @@ def _sqlite_reserve(cursor, holds, now):
 
 
 def _sqlite_periods_create(cursor, keys):
+    t = _tables()
     for budget_id, start in keys:
         cursor.execute(
-            f"INSERT INTO {_tables()['periods']} (budget_id, period_start, spent_usd, reserved_usd)"
-            " VALUES (%s, %s, 0, 0) ON CONFLICT (budget_id, period_start) DO NOTHING", [budget_id, _start(start)],
+            f"INSERT INTO {t['periods']} (budget_id, period_start, spent_usd, reserved_usd)"
+            f" SELECT n.budget_id, n.period_start, {_sqlite_seed('n')}, 0 FROM (SELECT %s AS budget_id,"
+            " %s AS period_start) n WHERE true ON CONFLICT (budget_id, period_start) DO NOTHING",
+            [budget_id, _start(start)],
         )
+
+
+def _sqlite_seed(row: str, written: str = "") -> str:
+    """`_PERIOD_SEED` for SQLite, where the records of this write (ids `written`) are already in
+    the table: they are left out of the sum (their cost is added on its own)."""
+    seed = _PERIOD_SEED.replace("{row}", row).format(**_tables())
+    return seed.replace("AND r.created_at", f"AND r.id NOT IN ({written}) AND r.created_at") if written else seed
 
 
 def _sqlite_write(cursor, records, contents, releases, spend, lines, now):
@@ -346,11 +371,14 @@ def _sqlite_write(cursor, records, contents, releases, spend, lines, now):
         )
         cursor.execute(f"DELETE FROM {t['reservations']} WHERE request_id IN ({marks})", releases)
     alert_ids = []
+    written = ", ".join(str(int(pk)) for pk in ids.values())  # not in the seed's sum: added as cost
     for budget_id, start, cost in spend:
         cursor.execute(
             f"INSERT INTO {t['periods']} AS p (budget_id, period_start, spent_usd, reserved_usd)"
-            " VALUES (%s, %s, %s, 0) ON CONFLICT (budget_id, period_start) DO UPDATE"
-            " SET spent_usd = p.spent_usd + excluded.spent_usd",
+            f" SELECT n.budget_id, n.period_start, n.cost + CASE WHEN EXISTS (SELECT 1 FROM {t['periods']} x"
+            " WHERE x.budget_id = n.budget_id AND x.period_start = n.period_start) THEN 0 ELSE"
+            f" {_sqlite_seed('n', written)} END, 0 FROM (SELECT %s AS budget_id, %s AS period_start, %s AS cost) n"
+            " WHERE true ON CONFLICT (budget_id, period_start) DO UPDATE SET spent_usd = p.spent_usd + excluded.spent_usd",
             [budget_id, _start(start), str(cost)],
         )
         for line_budget, threshold, amount in lines:

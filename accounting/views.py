@@ -106,6 +106,7 @@ def dashboard_index(request: HttpRequest) -> HttpResponse:
     chart = line_chart(
         name="cost-per-tenant", title="Cost per tenant", labels=bucket_labels(window),
         series=[Series(slug, values) for slug, values in series.items()], unit="usd",
+        x_label=TIME_AXIS, y_label="Cost (USD)",
     )
     table = _tenants_table(window)
     return render(request, "dashboard/index.html", {
@@ -236,6 +237,9 @@ def _csv_response(table: Table, filename: str) -> HttpResponse:
 
 
 # --- charts ---------------------------------------------------------------------------------------
+TIME_AXIS = "Time (UTC)"
+
+
 def bucket_labels(window: Window) -> list[str]:
     pattern = "%H:%M" if window.granularity == dashboards.Granularity.HOUR else "%b %d"
     return [bucket.strftime(pattern) for bucket in window.buckets]
@@ -246,21 +250,24 @@ def _tenant_charts(tenant: Tenant, window: Window, timeline: list[tuple[datetime
     by_model = dashboards.cost_by_model_series(tenant=tenant, window=window)
     return [
         {"title": "Cost", "svg": bar_chart(
-            name="cost", title="Cost", labels=labels, unit="usd",
+            name="cost", title="Cost", labels=labels, unit="usd", x_label=TIME_AXIS, y_label="USD",
             series=[Series("Cost (USD)", [float(s.cost_usd) for s in stats])])},
         {"title": "Tokens", "svg": bar_chart(
-            name="tokens", title="Tokens", labels=labels,
+            name="tokens", title="Tokens", labels=labels, x_label=TIME_AXIS, y_label="Tokens",
             series=[Series("Prompt", [s.prompt_tokens for s in stats]),
                     Series("Completion", [s.completion_tokens for s in stats])])},
         {"title": "Cost by model", "svg": bar_chart(
-            name="cost-by-model", title="Cost by model", labels=labels, unit="usd",
+            name="cost-by-model", title="Cost by model", labels=labels, unit="usd", x_label=TIME_AXIS,
+            y_label="USD",
             series=[Series(model, values) for model, values in by_model.items()])},
         {"title": "Latency", "svg": line_chart(
-            name="latency", title="Latency p50 / p95", labels=labels, unit="ms",
+            name="latency", title="Latency p50 / p95", labels=labels, unit="ms", x_label=TIME_AXIS,
+            y_label="Latency",
             series=[Series("p50", [s.latency_p50_ms for s in stats]),
                     Series("p95", [s.latency_p95_ms for s in stats])])},
         {"title": "Error rate", "svg": line_chart(
-            name="error-rate", title="Error rate", labels=labels, unit="percent",
+            name="error-rate", title="Error rate", labels=labels, unit="percent", x_label=TIME_AXIS,
+            y_label="Errors / requests",
             series=[Series("Errors / requests", [s.error_rate for s in stats], color="#dc2626")])},
     ]
 
@@ -271,7 +278,7 @@ def budget_view(burn: dashboards.BurnDown) -> dict:
     labels = ["" if p == burn.now else p.strftime(pattern) for p in burn.points]
     chart = line_chart(
         name=f"budget-{burn.budget.pk}", title=f"Budget burn-down ({burn.scope}, {burn.budget.period})",
-        labels=labels, positions=burn.positions, unit="usd",
+        labels=labels, positions=burn.positions, unit="usd", x_label=TIME_AXIS, y_label="Remaining (USD)",
         series=[Series("Remaining", burn.remaining, color="#2563eb"),
                 Series("Projection", burn.projection, color="#ea580c", dashed=True)],
     )

@@ -2,6 +2,8 @@ from decimal import Decimal
 
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.db.models import Value
+from django.db.models.functions import Coalesce
 
 
 class CacheMode(models.TextChoices):
@@ -49,9 +51,14 @@ class CachePolicy(models.Model):
     class Meta:
         ordering = ["name"]
         verbose_name_plural = "cache policies"
+        # One policy per scope, an absent tenant or rule (the default scope) counting as one value:
+        # a unique index on the ids with NULL read as 0, which SQLite and PostgreSQL both build
+        # (`nulls_distinct=False` says the same, but SQLite has no NULLS NOT DISTINCT: check W047).
         constraints = [
-            models.UniqueConstraint(fields=["tenant", "rule"], name="caching_policy_one_per_scope",
-                                    nulls_distinct=False),
+            models.UniqueConstraint(
+                Coalesce("tenant", Value(0)), Coalesce("rule", Value(0)), name="caching_policy_one_per_scope",
+                violation_error_message="A cache policy for this tenant and rule already exists.",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -133,6 +133,27 @@ def breakdown(*, window: Window, dimension: str, tenant: Tenant | None = None) -
     return sorted(rows, key=lambda row: (-row.ratings, row.value))
 
 
+@dataclass
+class TagRow:
+    tag: str
+    feedback: int  # feedback that carried the tag
+    share: float  # of all feedback in the window
+
+
+def feedback_tags(*, window: Window, tenant: Tenant | None = None) -> list[TagRow]:
+    """The tags sent with feedback (`Feedback.tags`), most used first, from the total rollups."""
+    counts: dict[str, int] = defaultdict(int)
+    total = 0
+    for row in _rollups(window=window, dimension=FeedbackRollup.Dimension.TOTAL, tenant=tenant).values(
+        "feedback", "feedback_tags"
+    ):
+        total += row["feedback"]
+        for tag, count in (row["feedback_tags"] or {}).items():
+            counts[tag] += count
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return [TagRow(tag=tag, feedback=count, share=count / total if total else 0.0) for tag, count in ranked]
+
+
 def tenant_breakdown(*, window: Window) -> list[tuple[Tenant, BreakdownRow]]:
     """The operator's comparison: one total row per tenant."""
     rows = []

@@ -12,9 +12,9 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 
-from accounting.charts import Series, line_chart
+from accounting.charts import Series, bar_chart, line_chart
 from accounting.models import Tenant
-from accounting.views import RANGE_CHOICES, bucket_labels, sees_every_tenant, tenant_for, window_from
+from accounting.views import RANGE_CHOICES, TIME_AXIS, bucket_labels, sees_every_tenant, tenant_for, window_from
 from feedback import dashboards
 from feedback.models import FeedbackMetric, FeedbackRollup
 
@@ -24,12 +24,14 @@ BREAKDOWNS = ((Dimension.MODEL, "By model"), (Dimension.ROUTE, "By route"), (Dim
               (Dimension.VARIANT, "By experiment variant"))
 
 
-def _page(request: HttpRequest, tenant: Tenant | None) -> HttpResponse:
-    window = window_from(request)
-    labels = bucket_labels(window)
+TAGS_CHARTED = 12
+
+
+def _charts(window, labels, tenant, tags) -> list:
     charts = [
         line_chart(
-            name=f"rating-by-{dimension}", title=f"Mean rating (0–1) by {dimension}", labels=labels, unit="count",
+            name=f"rating-by-{dimension}", title=f"Mean rating by {dimension}", labels=labels, unit="count",
+            x_label=TIME_AXIS, y_label="Mean rating (0 bad, 1 good)",
             series=[Series(name, values) for name, values in dashboards.rating_series(
                 window=window, dimension=dimension, tenant=tenant).items()],
         )
@@ -38,8 +40,21 @@ def _page(request: HttpRequest, tenant: Tenant | None) -> HttpResponse:
     metrics = dashboards.metric_series(window=window, tenant=tenant)
     charts.append(line_chart(
         name="metrics", title="Metrics (mean per bucket)", labels=labels, unit="count",
+        x_label=TIME_AXIS, y_label="Mean value",
         series=[Series(name, values) for name, values in metrics.items()],
     ))
+    shown = tags[:TAGS_CHARTED]
+    charts.append(bar_chart(
+        name="feedback-tags", title="Feedback tags", labels=[row.tag for row in shown], unit="count",
+        x_label="Tag sent with feedback", y_label="Feedback",
+        series=[Series("Feedback with the tag", [row.feedback for row in shown])],
+    ))
+    return charts
+
+
+def _page(request: HttpRequest, tenant: Tenant | None) -> HttpResponse:
+    window = window_from(request)
+    tags = dashboards.feedback_tags(window=window, tenant=tenant)
     tables = [
         {"name": dimension, "title": title,
          "rows": dashboards.breakdown(window=window, dimension=dimension, tenant=tenant)}
@@ -52,7 +67,8 @@ def _page(request: HttpRequest, tenant: Tenant | None) -> HttpResponse:
         "tenant": tenant,
         "window": window,
         "ranges": RANGE_CHOICES,
-        "charts": charts,
+        "charts": _charts(window, bucket_labels(window), tenant, tags),
+        "tags": tags,
         "tables": tables,
         "metric_names": metric_names,
         "declared_metrics": FeedbackMetric.objects.filter(tenant=tenant) if tenant else [],

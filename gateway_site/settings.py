@@ -271,8 +271,12 @@ else:
 
 # Without Redis the broker is a folder in VAR_DIR, which the web process and the embedded worker
 # (started by `make run`) share on one machine.
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://")
-if CELERY_BROKER_URL == "filesystem://":
+# The filesystem transport ignores the host, but kombu warns of a URL without one ("No hostname was
+# supplied"), so the default names it.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://localhost/")
+# JSON messages only (Celery's default, said here because gateway_site/celery.py relies on it).
+CELERY_ACCEPT_CONTENT = ["json"]
+if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_folder = _private_folder(VAR_DIR) / "celery-broker"
     _broker_folder.mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -432,7 +436,8 @@ for _network in GATEWAY_METRICS_ALLOW_IPS:
         raise ImproperlyConfigured(f"GATEWAY_METRICS_ALLOW_IPS: {_network!r} is not an address or network") from exc
 # Seconds each dependency check of /ready may take.
 GATEWAY_READY_TIMEOUT = 2.0
-# json (one JSON object per line, with the request id) or plain (for reading in a terminal).
+# json (one JSON object per line, with the request id) or plain (one short line for a terminal:
+# `make run` sets it).
 GATEWAY_LOG_FORMAT = env.str("GATEWAY_LOG_FORMAT", default="json")
 if GATEWAY_LOG_FORMAT not in ("json", "plain"):
     raise ImproperlyConfigured("GATEWAY_LOG_FORMAT must be json or plain")
@@ -443,8 +448,7 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"()": "kernel.logs.PlainFormatter",
-                  "fmt": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "plain": {"()": "kernel.logs.PlainFormatter"},
         "json": {"()": "kernel.logs.JsonFormatter", "fmt": "%(levelname)s %(name)s %(message)s"},
     },
     "filters": {"request_id": {"()": "kernel.logs.RequestIdFilter"}},
@@ -456,6 +460,8 @@ LOGGING = {
         # httpx logs every request URL at INFO; keep it quiet unless asked.
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
+        # daphne (the demo's server and the fake provider's) announces each start-up step at INFO.
+        "daphne": {"level": "WARNING"},
     },
 }
 

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularRedocView, SpectacularSwaggerView
 
+from gateway_site.front_door import front_door
 from gateway_site.health import health, ready
 from gateway_site.health_schema import MetricsDoc, ReadyDoc
 from gateway_site.metrics_scrape import metrics_view
@@ -10,6 +11,7 @@ from gateway_site.openapi_views import SchemaView
 from routing.urls import not_found_patterns, tenant_api_patterns
 
 urlpatterns = [
+    path("", front_door, name="front-door"),
     # The tenant API, served before Django by its own ASGI app (gateway_site/asgi.py): listed here
     # for the OpenAPI schema and reverse(), and for Django's test client.
     *tenant_api_patterns,

@@ -29,10 +29,13 @@ from daphne.cli import CommandLineInterface  # installs the asyncio reactor: imp
 from daphne.server import Server
 
 from kernel.graceful import FIRST_ON_CONNECTION
+from kernel.reason_phrases import reason_phrases_complete
 from kernel.redact import secrets_redact
 from gateway_site.supervisor import worker_imports_skip, worker_ready
 
 logger = logging.getLogger("gateway_site.worker")
+
+reason_phrases_complete()  # "429 Too Many Requests", not "429 Unknown Status" (kernel/reason_phrases.py)
 
 
 class GracefulServer(Server):

@@ -58,13 +58,29 @@ class JsonFormatter(_JsonFormatter):
 
 
 class PlainFormatter(logging.Formatter):
-    """`GATEWAY_LOG_FORMAT=plain`: one readable line, `[request id]` included, redacted alike."""
+    """`GATEWAY_LOG_FORMAT=plain` (`make run`): one short line for a terminal, redacted alike.
 
-    def __init__(self, fmt: str | None = None, **kwargs) -> None:
-        super().__init__(fmt, defaults={"request_id": "-"}, **kwargs)
+    The time of day, the level, the logger and the message, then the figures a request line
+    carries (model, tokens, cost, latency) as `name=value`, and the correlation id when there is
+    one: `21:40:01 INFO routing.record request chat_completions ok tenant=demo model=gpt-4o-mini
+    tokens=12+30 cost=$0.000020 latency=35ms [5f0c…]`.
+    """
+
+    FIGURES = (("tenant", "tenant={}"), ("model", "model={}"), ("error_class", "error={}"),
+               ("cost_usd", "cost=${}"), ("latency_ms", "latency={}ms"), ("duration_ms", "{:.0f}ms"))
+
+    def __init__(self, fmt: str | None = None, datefmt: str | None = "%H:%M:%S", **kwargs) -> None:
+        super().__init__(fmt or "%(asctime)s %(levelname)s %(name)s %(message)s", datefmt=datefmt, **kwargs)
 
     def format(self, record: logging.LogRecord) -> str:
-        return secrets_redact(super().format(record))
+        parts = [super().format(record)]
+        if getattr(record, "prompt_tokens", None) is not None:
+            parts.append(f"tokens={record.prompt_tokens}+{record.completion_tokens}")
+        parts += [text.format(getattr(record, name)) for name, text in self.FIGURES
+                  if getattr(record, name, None) not in (None, "")]
+        if getattr(record, "request_id", None):
+            parts.append(f"[{record.request_id}]")
+        return secrets_redact(" ".join(parts))
 
 
 def request_line(*, call_fields: dict, tenant: str, http_status: int, attempts: int,

@@ -19,7 +19,7 @@ from decimal import Decimal
 from django.db import InterfaceError, OperationalError
 
 from accounting.auth import ApiKeyContext
-from accounting.budgets import budget_reserve, budgets_for
+from accounting.budgets import CostBasis, budget_reserve, budgets_for
 from accounting.pricing import cost_compute
 from accounting.quotas import (
     RateLimited,
@@ -357,8 +357,10 @@ async def _route(call: Call, *, hints, mode: str) -> RoutePlan:
 async def _budget_reserve(call: Call) -> None:
     call.budgets = await budgets_for(tenant_id=call.auth.tenant_id, key_id=call.auth.key_id)
     if any(budget.hard for budget in call.budgets):
-        estimate = _max_cost(call)
-        call.reservation = await budget_reserve(budgets=call.budgets, request_id=str(call.request_id), estimate=estimate)
+        estimate, basis = _max_cost(call)
+        call.reservation = await budget_reserve(
+            budgets=call.budgets, request_id=str(call.request_id), estimate=estimate, basis=basis
+        )
 
 
 def _output_cap(call: Call, deployment, *, prompt: int | None = None) -> int | None:
@@ -376,8 +378,9 @@ def _output_cap(call: Call, deployment, *, prompt: int | None = None) -> int | N
     return DEFAULT_OUTPUT_RESERVE
 
 
-def _max_cost(call: Call) -> Decimal:
-    """The most this request could cost on the deployments it may reach: what a budget reserves.
+def _max_cost(call: Call) -> tuple[Decimal, CostBasis]:
+    """The most this request could cost on the deployments it may reach: what a budget reserves,
+    and how that was computed (for a refusal to say).
 
     Every upstream call the request may make counts, each at the dearest deployment that may serve
     it (the repair may fail over from the deployment of the first answer): the answer, whose `n`
@@ -393,19 +396,35 @@ def _max_cost(call: Call) -> Decimal:
     if call.schema is not None and not call.stream:
         answer = max(_output_cap(call, d) or 0 for d in deployments)
         calls.append(repair_prompt_tokens(prompt_tokens=prompt, answer_tokens=answer))
-    return sum(
-        (
-            max(
-                cost_compute(
-                    price=d.price_at(now),
-                    prompt_tokens=tokens,
-                    completion_tokens=(_output_cap(call, d, prompt=tokens) or 0) * choices,
-                )
-                for d in deployments
-            )
-            for tokens in calls
-        ),
-        Decimal("0"),
+    total, basis = Decimal("0"), None
+    for tokens in calls:
+        cost, dearest = max(
+            ((cost_compute(price=d.price_at(now), prompt_tokens=tokens,
+                           completion_tokens=(_output_cap(call, d, prompt=tokens) or 0) * choices), i)
+             for i, d in enumerate(deployments)),
+        )
+        total += cost
+        if basis is None:
+            basis = _cost_basis(call, deployments[dearest], prompt=tokens, choices=choices, now=now, calls=len(calls))
+    return total, basis
+
+
+def _cost_basis(call: Call, deployment, *, prompt: int, choices: int, now: float, calls: int) -> CostBasis:
+    price = deployment.price_at(now)
+    if call.payload.get("max_completion_tokens") or call.payload.get("max_tokens"):
+        source = "max_tokens"
+    elif call.endpoint == "embeddings":
+        source = "none"
+    elif deployment.max_output_tokens:
+        source = "the model's output limit, as the request sets no max_tokens"
+    elif deployment.context_window:
+        source = "what the context window leaves, as the request sets no max_tokens"
+    else:
+        source = "the default output reserve, as the request sets no max_tokens"
+    return CostBasis(
+        model=deployment.alias, prompt_tokens=prompt, output_tokens=_output_cap(call, deployment, prompt=prompt) or 0,
+        choices=choices, input_price=price.input_per_million, output_price=price.output_per_million,
+        cap_source=source, calls=calls,
     )
 
 

@@ -22,6 +22,10 @@ def _daphne_server_class() -> type:
     """
     import daphne.server  # first: it installs the asyncio Twisted reactor
 
+    from kernel.reason_phrases import reason_phrases_complete
+
+    reason_phrases_complete()  # "429 Too Many Requests", not "429 Unknown Status"
+
     class AbortingServer(daphne.server.Server):
         def create_application(self, protocol, scope):
             queue = super().create_application(protocol, scope)

@@ -100,8 +100,11 @@ def test_reserve_refuses_past_a_hard_budget_with_a_clear_error(tenant):
         budget_reserve(budgets=budgets, request_id=str(uuid.uuid4()), estimate=Decimal("0.60"), now=NOW)
     body = refused.value.as_body()["error"]
     assert refused.value.status == 429 and body["code"] == "budget_exceeded"
-    assert body["budget"]["limit_usd"] == "1.00" and body["budget"]["spent_usd"] == "0.600000"
+    assert body["budget"]["limit_usd"] == "1.00" and body["budget"]["spent_usd"] == "0.000000"
+    assert body["budget"]["reserved_usd"] == "0.600000" and body["budget"]["left_usd"] == "0.400000"
     assert body["budget"]["resets_at"] == "2026-12-01T00:00:00+00:00"
+    # Nothing is spent: the first request's reservation stands in the way until it settles.
+    assert refused.value.headers["retry-after"] == "1"
     period = BudgetPeriod.objects.get()
     assert period.reserved_usd == Decimal("0.60") and period.spent_usd == 0
     assert BudgetReservation.objects.count() == 1  # the refused one held nothing
@@ -152,7 +155,7 @@ def test_several_hard_budgets_are_held_all_or_nothing(tenant):
     assert len(held.period_ids) == 2
     with pytest.raises(BudgetExceeded) as refused:  # fits the tenant's $1, not the key's $0.50
         budget_reserve(budgets=budgets, request_id=str(uuid.uuid4()), estimate=Decimal("0.30"), now=NOW)
-    assert refused.value.details["scope"] == "api_key" and refused.value.details["spent_usd"] == "0.300000"
+    assert refused.value.details["scope"] == "api_key" and refused.value.details["reserved_usd"] == "0.300000"
     assert sorted(BudgetPeriod.objects.values_list("reserved_usd", flat=True)) == [Decimal("0.30")] * 2
     assert BudgetReservation.objects.count() == 2  # the first request's two; the refused one held nothing
     commit(tenant, cost="0.10", reservation=held, key=key)
@@ -276,7 +279,7 @@ def test_holds_that_do_not_fit_together_are_held_or_refused_each_on_its_own(tena
 
     # 0.10 + 0.40 + 0.40 fit; the third 0.40 does not; the 0.05 after it does.
     assert [type(outcome).__name__ for outcome in outcomes] == ["Reservation", "Reservation", "BudgetExceeded", "Reservation"]
-    assert outcomes[2].details["spent_usd"] == "0.900000"
+    assert outcomes[2].details["reserved_usd"] == "0.900000" and outcomes[2].details["spent_usd"] == "0.000000"
     assert BudgetPeriod.objects.get().reserved_usd == Decimal("0.95")
     assert BudgetReservation.objects.count() == 4
 
@@ -288,3 +291,68 @@ def transactions_of_reservations(reservations) -> int:
             [[reservation.request_id for reservation in reservations]],
         )
         return cursor.fetchone()[0]
+
+
+def test_a_budget_created_mid_period_counts_the_periods_spend_before_it(tenant):
+    commit(tenant, cost="0.30", when=NOW - timedelta(days=2))  # this month, before the budget
+    commit(tenant, cost="5.00", when=NOW - timedelta(days=40))  # last month: not this period's
+    Budget.objects.create(tenant=tenant, amount_usd=Decimal("1.00"), period="monthly", hard=True)
+    reservation = budget_reserve(budgets=limits(tenant), request_id=str(uuid.uuid4()), estimate=Decimal("0.50"), now=NOW)
+    period = BudgetPeriod.objects.get()
+    assert period.spent_usd == Decimal("0.30") and period.reserved_usd == Decimal("0.50")
+    with pytest.raises(BudgetExceeded) as refused:  # 0.30 + 0.50 + 0.30 > 1.00
+        budget_reserve(budgets=limits(tenant), request_id=str(uuid.uuid4()), estimate=Decimal("0.30"), now=NOW)
+    assert refused.value.details["spent_usd"] == "0.300000"
+    commit(tenant, cost="0.20", reservation=reservation)
+    assert BudgetPeriod.objects.get().spent_usd == Decimal("0.50")
+
+
+def test_a_soft_budgets_first_settlement_counts_the_periods_spend_before_it(tenant):
+    key, _ = api_key_create(tenant=tenant, name="k")
+    commit(tenant, cost="0.25", when=NOW - timedelta(hours=3))  # the tenant's, not the key's
+    commit(tenant, cost="0.10", when=NOW - timedelta(hours=2), key=key)
+    Budget.objects.create(tenant=tenant, amount_usd=Decimal("1.00"), period="daily", hard=False)
+    Budget.objects.create(tenant=tenant, api_key=key, amount_usd=Decimal("1.00"), period="daily", hard=False)
+    commit(tenant, cost="0.05", key=key)
+    spent = dict(BudgetPeriod.objects.values_list("budget__api_key_id", "spent_usd"))
+    assert spent == {None: Decimal("0.40"), key.pk: Decimal("0.15")}
+
+
+def _exceeded(amount: str, period: str, *, spent: str, reserved: str = "0", estimate: str, basis=None, resets_at=None):
+    from accounting.budgets import BudgetLimit
+
+    budget = BudgetLimit(budget_id=1, api_key_id=None, amount_usd=Decimal(amount), period=period, hard=True, thresholds=())
+    resets_at = resets_at or period_end(period, period_start(period, datetime.now(dt_timezone.utc)))
+    return BudgetExceeded(budget=budget, spent=Decimal(spent), reserved=Decimal(reserved), estimate=Decimal(estimate),
+                          basis=basis, resets_at=resets_at)
+
+
+def test_a_refusal_says_what_the_request_may_cost_and_how_to_fit():
+    from accounting.budgets import CostBasis
+
+    basis = CostBasis(model="gpt-4o", prompt_tokens=12, output_tokens=16384, choices=1, input_price=Decimal("2.50"),
+                      output_price=Decimal("10.00"), cap_source="the model's output limit, as the request sets no max_tokens")
+    refused = _exceeded("0.05", "daily", spent="0.00007", estimate="0.16387", basis=basis)
+    message = refused.message
+    assert message.startswith("This request may cost up to $0.163870 (16,384 output tokens (the model's output limit")
+    assert "x $10.00/M + 12 prompt tokens x $2.50/M on gpt-4o" in message
+    assert "more than the $0.049930 left in the tenant's daily budget of $0.05 ($0.000070 spent" in message
+    # (0.04993 - 12 x 2.5e-6) / 1e-5 = 4990 tokens
+    assert message.endswith("Set max_tokens to 4,990 or less to fit what is left.")
+    assert refused.details["max_cost_basis"]["output_tokens"] == 16384
+    # Waiting for the reset would not help a request dearer than the whole budget: no Retry-After.
+    assert "retry-after" not in refused.headers
+
+
+def test_retry_after_only_where_waiting_helps():
+    in_flight = _exceeded("1.00", "monthly", spent="0.10", reserved="0.80", estimate="0.20")
+    assert in_flight.headers["retry-after"] == "1"
+    soon = datetime.now(dt_timezone.utc) + timedelta(minutes=10)  # a daily budget near midnight
+    spent = _exceeded("1.00", "daily", spent="0.90", estimate="0.20", resets_at=soon)
+    assert 590 <= int(spent.headers["retry-after"]) <= 600
+    assert "Wait for the reset" in spent.message
+    later = _exceeded("1.00", "monthly", spent="0.90", estimate="0.20",
+                      resets_at=datetime.now(dt_timezone.utc) + timedelta(days=12))
+    assert "retry-after" not in later.headers and later.details["resets_at"]
+    never = _exceeded("1.00", "total", spent="0.90", estimate="0.20")
+    assert "retry-after" not in never.headers and "a total budget never resets" in never.message

@@ -121,6 +121,17 @@ for i in range(60):
         print("FAILED_OVER", record.request_id)
 UsageRecord.objects.create(tenant=globex, endpoint="chat.completions", requested_model="globex-private-model",
                            status="success")
+# Feedback rollups for the feedback page: ratings by model over the week, tags sent with feedback.
+from feedback.models import FeedbackRollup
+for i, bucket in enumerate(window_for(range_key="7d").buckets):
+    for dimension, value, up, down in (("total", "", 6, 2), ("model", "gpt-4o-mini", 4, 1), ("model", "claude-haiku-4-5", 2, 1)):
+        FeedbackRollup.objects.create(
+            tenant=acme, granularity="day", bucket_start=bucket, dimension=dimension, value=value,
+            feedback=up + down, ratings=up + down, rating_sum=float(up), rating_sumsq=float(up),
+            thumbs_up=up, thumbs_down=down,
+            feedback_tags={"too-long": 3, "wrong": 1 + i % 2} if dimension == "total" else {},
+            metrics={"helpful": {"count": up + down, "sum": up - 0.5 * (i % 2), "sumsq": float(up)}} if dimension == "total" else {},
+        )
 """.replace("PASSWORDS", repr(PASSWORDS))
 
 # Every chart on the page, with its drawn marks: size of the SVG and the largest path or bar.
@@ -318,3 +329,82 @@ def test_a_member_finds_a_request_by_id_and_by_filter_and_opens_its_timeline(bro
     assert _fetch(browser, f"{gateway_url}/dashboard/globex/requests/export.csv")[0] == 404
     status, body = _fetch(browser, f"{gateway_url}/dashboard/acme/requests/export.csv?status=timeout")
     assert status == 200 and body.startswith("created_at,request_id,tenant")
+
+
+LINKS_JS = "return Array.from(document.querySelectorAll('main a[href]')).map(a => a.getAttribute('href'));"
+
+
+def _links_answer(browser, base_url: str, links: list[str]) -> None:
+    for href in links:
+        status, body = _fetch(browser, base_url + href)
+        assert status == 200, (href, status, body)
+
+
+def test_the_front_door_opens_every_door(browser, gateway_url):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{gateway_url}/")  # anonymous: the sign-in link and the API base URL
+    assert browser.find_element(By.CSS_SELECTOR, '[data-figure="api-base"]').text == f"{gateway_url}/v1"
+    _links_answer(browser, gateway_url, browser.execute_script(LINKS_JS))
+    browser.find_element(By.CSS_SELECTOR, 'a[data-door="sign-in"]').click()
+    browser.find_element(By.NAME, "username").send_keys("alice")
+    browser.find_element(By.NAME, "password").send_keys(PASSWORDS["alice"])
+    browser.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+    WebDriverWait(browser, 10).until(lambda d: d.current_url == f"{gateway_url}/")
+
+    links = browser.execute_script(LINKS_JS)
+    assert {"/dashboard/acme/", "/dashboard/acme/requests/", "/dashboard/acme/feedback/", "/playground/",
+            "/api/docs/"} <= set(links) and "/admin/" not in links and not any("globex" in link for link in links)
+    _links_answer(browser, gateway_url, links)
+    browser.find_element(By.CSS_SELECTOR, 'a[data-door="dashboard"]').click()
+    assert browser.current_url == f"{gateway_url}/dashboard/acme/"
+    browser.find_element(By.CSS_SELECTOR, ".topbar a.brand").click()  # every page leads back
+    assert browser.current_url == f"{gateway_url}/"
+
+
+def test_an_operator_finds_every_tenant_from_the_front_door(browser, gateway_url):
+    from selenium.webdriver.common.by import By
+
+    _log_in(browser, gateway_url, "olga")
+    browser.get(f"{gateway_url}/")
+    tenants = [row.get_attribute("data-tenant") for row in browser.find_elements(By.CSS_SELECTOR, "tr[data-tenant]")]
+    assert tenants == ["acme", "globex"]
+    links = browser.execute_script(LINKS_JS)
+    assert {"/dashboard/", "/dashboard/requests/", "/admin/"} <= set(links)
+    _links_answer(browser, gateway_url, links)
+
+
+def test_the_feedback_page_titles_its_charts_and_breaks_tags_down(browser, gateway_url, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    _log_in(browser, gateway_url, "alice")
+    browser.get(f"{gateway_url}/dashboard/acme/feedback/")
+    titles = browser.execute_script(
+        "return Array.from(document.querySelectorAll('svg[data-chart]')).map(svg => {"
+        " const t = svg.querySelector('text.chart-title').getBoundingClientRect();"
+        " return [svg.dataset.chart, svg.querySelector('text.chart-title').textContent, t.width, t.height,"
+        " svg.querySelectorAll('text.axis-title').length, svg.querySelectorAll('.legend-item').length]; });"
+    )
+    assert [title[:2] for title in titles] == [
+        ["rating-by-model", "Mean rating by model"], ["rating-by-route", "Mean rating by route"],
+        ["metrics", "Metrics (mean per bucket)"], ["feedback-tags", "Feedback tags"],
+    ]
+    for name, _, width, height, axis_titles, legend in titles:
+        assert width > 50 and height > 8, name  # drawn where one can read it
+        # The seed has no routes: that chart says so under its title; the others have both axes' titles.
+        assert axis_titles == (0 if name == "rating-by-route" else 2), name
+    drawn = {title[0]: title[5] for title in titles}
+    assert drawn["rating-by-model"] == 2 and drawn["feedback-tags"] == 1
+    empty = browser.find_element(By.CSS_SELECTOR, 'svg[data-chart="rating-by-route"]').text
+    assert "Mean rating by route" in empty and "No data in this range" in empty
+    rows = browser.find_elements(By.CSS_SELECTOR, 'table[data-table="feedback-tags"] tbody tr')
+    assert [row.get_attribute("data-value") for row in rows] == ["too-long", "wrong"]
+    # The thumbs in the tables' heads are drawn shapes, whatever fonts the machine has.
+    thumbs = browser.execute_script(
+        "return Array.from(document.querySelectorAll('th.rating-icon svg')).map(svg => {"
+        " const box = svg.getBoundingClientRect(); return [svg.getAttribute('aria-label'), box.width, box.height]; });"
+    )
+    assert {label for label, _, _ in thumbs} == {"Thumbs up", "Thumbs down"}
+    assert all(width >= 12 and height >= 12 for _, width, height in thumbs)
+    print(f"screenshot: {_screenshot(browser, tmp_path / 'feedback-acme.png')}")

@@ -1,8 +1,15 @@
-"""Smoke test of the newcomer's path: `make run` on SQLite, then a streamed completion."""
+"""Smoke test of the newcomer's path: `make run` on SQLite, then a streamed completion.
+
+What a newcomer reads on the terminal is checked too: the `export KEY=...` line, the URLs of every
+page, short plain log lines (no JSON), no warning from the first `make run` to its stop, and
+standard reason phrases on the status lines ("429 Too Many Requests", not "429 Unknown Status")."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -27,6 +34,15 @@ def _read_until_key(process: subprocess.Popen, deadline: float) -> tuple[str, li
     raise AssertionError("make run printed no demo key:\n" + "".join(lines))
 
 
+def _read_until(process: subprocess.Popen, marker: str, deadline: float) -> list[str]:
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if marker in line or time.monotonic() > deadline:
+            return lines
+    raise AssertionError(f"make run printed no {marker!r}:\n" + "".join(lines))
+
+
 def test_make_run_serves_a_streamed_completion_on_sqlite(tmp_path):
     port, fake_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
@@ -38,6 +54,14 @@ def test_make_run_serves_a_streamed_completion_on_sqlite(tmp_path):
     try:
         key, lines = _read_until_key(process, time.monotonic() + 120)
         assert any("Admin user: admin  password:" in line for line in lines)
+        lines += _read_until(process, "With KEY exported", time.monotonic() + 60)
+        assert f"  export KEY={key}\n" in lines
+        base = f"http://127.0.0.1:{port}"
+        printed = "".join(lines)
+        for name, path in (("Admin (user admin)", "/admin/"), ("Dashboards", "/dashboard/"),
+                           ("Request logs", "/dashboard/demo/requests/"), ("Playground", "/playground/"),
+                           ("API docs", "/api/docs/"), ("Front door", "/"), ("API base URL", "/v1")):
+            assert re.search(rf"^  {re.escape(name)}: +{re.escape(base + path)}$", printed, re.M), name
         assert (tmp_path / "gateway.sqlite3").exists()
         deadline = time.monotonic() + 30
         while True:
@@ -58,12 +82,28 @@ def test_make_run_serves_a_streamed_completion_on_sqlite(tmp_path):
         assert chunks[-1].usage.total_tokens > 0
         admin = httpx.get(f"http://127.0.0.1:{port}/admin/login/", timeout=5)
         assert admin.status_code == 200
+        front = httpx.get(f"{base}/", timeout=5)
+        assert front.status_code == 200 and 'href="/accounts/login/?next=/"' in front.text
+        # daphne's status line for a status Twisted has no phrase of: the fake answers 429 (twice).
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("POST", "/v1/chat/completions", body=json.dumps({
+            "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi [[fake status=429]]"}],
+        }), headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        refused = connection.getresponse()
+        assert (refused.status, refused.reason) == (429, "Too Many Requests")
+        connection.close()
         css = httpx.get(f"http://127.0.0.1:{port}/static/admin/css/base.css", timeout=5)
         assert css.status_code == 200 and "body" in css.text
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=20)
+            rest, _ = process.communicate(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            rest, _ = process.communicate()
+    output = "".join(lines) + rest
+    assert not re.search(r"warn", output, re.I), output
+    logged = [line for line in output.splitlines() if re.match(r"\d\d:\d\d:\d\d (INFO|ERROR) ", line)]
+    assert any(" routing.record request chat.completions success " in line and "model=gpt-4o-mini" in line
+               for line in logged), output
+    assert not any(line.startswith("{") for line in output.splitlines()), "JSON log lines on the terminal"

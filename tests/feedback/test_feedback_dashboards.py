@@ -51,9 +51,9 @@ def seeded():
     globex = tenant_create(slug="globex")
     FeedbackMetric.objects.create(tenant=acme, name="helpful", kind="float")
     _rate(acme, _answered(acme, 0, model="gpt-4o", route="smart", prompt="What is 2+2?", answer="5"),
-          rating="down", correction="4", metrics={"helpful": 0.0})
+          rating="down", correction="4", metrics={"helpful": 0.0}, tags=["wrong", "math"])
     _rate(acme, _answered(acme, 1, model="gpt-4o", route="smart", prompt="Capital of France?", answer="Paris"),
-          rating="up", metrics={"helpful": 1.0})
+          rating="up", metrics={"helpful": 1.0}, tags=["wrong"])
     _rate(acme, _answered(acme, 2, model="gpt-4o-mini", prompt="Hi", answer="Hello"), score=4)
     _rate(globex, _answered(globex, 0, model="claude", prompt="secret plan", answer="globex answer"),
           rating="down", correction="globex correction")
@@ -119,3 +119,22 @@ def test_operator_sees_every_tenant_but_content_only_where_kept(seeded, django_u
     lines = b"".join(client.get("/dashboard/feedback/corrections.jsonl?range=24h").streaming_content).splitlines()
     assert len(lines) == 1  # globex kept no prompt: its correction is no training example
     assert client.get("/dashboard/globex/feedback/").status_code == 200
+
+
+def test_charts_are_titled_with_axes_and_legends_and_tags_are_broken_down(seeded, django_user_model):
+    acme, _ = seeded
+    html = _client(django_user_model, "alice", tenant=acme).get("/dashboard/acme/feedback/?range=24h").content.decode()
+    charts = re.findall(r'<svg[^>]*data-chart="([^"]+)".*?</svg>', html, re.S)
+    assert charts == ["rating-by-model", "rating-by-route", "metrics", "feedback-tags"]
+    for svg in re.findall(r'<svg[^>]*data-chart=.*?</svg>', html, re.S):
+        assert '<text class="chart-title"' in svg and 'class="axis-title x"' in svg and 'class="axis-title y"' in svg
+        assert 'class="legend-item"' in svg
+    assert re.search(r'<text class="chart-title"[^>]*>Mean rating by model</text>', html)
+    # Tags sent with feedback: 2 of the tenant's 3 feedback carried "wrong", 1 "math".
+    assert re.sub(r"\s+", "", _row(html, "feedback-tags", "wrong")) == "<td>wrong</td><td>2</td><td>67%</td>"
+    assert "<td>1</td>" in _row(html, "feedback-tags", "math")
+    tags_chart = html.split('data-chart="feedback-tags"', 1)[1].split("</svg>", 1)[0]
+    assert '>wrong</text>' in tags_chart and '>math</text>' in tags_chart
+    # The thumbs are drawn, not emoji a machine without an emoji font shows as empty boxes.
+    assert "\U0001f44d" not in html and "\U0001f44e" not in html
+    assert 'aria-label="Thumbs up"' in html and 'aria-label="Thumbs down"' in html

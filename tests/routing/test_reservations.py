@@ -224,3 +224,39 @@ async def test_an_embedding_after_the_answer_reserves_beside_the_chats_reservati
     records = {r.endpoint: r async for r in UsageRecord.objects.all()}
     assert records["embeddings"].error_class == "budget_exceeded" and records["embeddings"].cost_usd == 0
     assert (await settled(budget)).spent_usd == records["chat.completions"].cost_usd <= budget.amount_usd
+
+
+# --- the refusal says why ---------------------------------------------------------------------------
+async def test_a_refusal_names_the_worst_case_and_the_max_tokens_that_fits(gateway):
+    await hard_budget(gateway, Decimal("0.01"))
+    prompt = prompt_tokens(messages("Hello"))
+    refused = await ask(gateway, "Hello")
+    assert_budget_refused(refused)
+    assert "retry-after" not in refused.headers  # no wait makes 128k tokens fit $0.01
+    error = refused.json()["error"]
+    basis = error["budget"]["max_cost_basis"]
+    counted = basis["prompt_tokens"]  # the gateway's estimate of the prompt, before any upstream count
+    assert 0 < counted <= prompt and basis["output_tokens"] == 128000 - counted and basis["model"] == "gpt-4o-mini"
+    worst = mini_cost(counted, 128000 - counted)
+    assert error["type"] == "insufficient_quota" and error["message"].startswith(
+        f"This request may cost up to ${worst:.6f} ({128000 - counted:,} output tokens (what the context window"
+        f" leaves, as the request sets no max_tokens) x $0.60/M + {counted} prompt tokens x $0.15/M on gpt-4o-mini)"
+    )
+    assert "more than the $0.010000 left in the tenant's monthly budget of $0.01 ($0.000000 spent" in error["message"]
+    fitting = int(error["message"].rsplit("Set max_tokens to ", 1)[1].split(" ")[0].replace(",", ""))
+    assert fitting == int((Decimal("0.01") - counted * Decimal("0.15") / 10**6) / Decimal("0.60") * 10**6)
+    assert error["budget"]["request_max_cost_usd"] == f"{worst:.6f}" and error["budget"]["left_usd"] == "0.010000"
+    # The fix works: with that max_tokens the request fits and is answered.
+    assert (await ask(gateway, "Hello", max_tokens=fitting)).status_code == 200
+
+
+async def test_the_anthropic_door_refuses_in_anthropics_format(gateway):
+    await hard_budget(gateway, Decimal("0.01"))
+    body = {"model": "claude-haiku-4-5", "max_tokens": 8192, "messages": messages("Hello")}
+    refused = await ApiClient().post("/v1/messages", json.dumps(body), content_type="application/json",
+                                     headers={"x-api-key": gateway.raw_key, "anthropic-version": "2023-06-01"})
+    assert refused.status_code == 429
+    payload = refused.json()
+    assert payload["type"] == "error" and payload["error"]["type"] == "rate_limit_error"
+    assert "8,192 output tokens (max_tokens) x $5.00" in payload["error"]["message"]
+    assert "Lower max_tokens to 1,99" in payload["error"]["message"]

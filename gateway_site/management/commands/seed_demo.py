@@ -76,8 +76,9 @@ class Command(BaseCommand):
     def _demo_key(self) -> None:
         tenant = Tenant.objects.get(slug="demo")
         if tenant.api_keys.filter(revoked=False).exists():
-            self.stdout.write("Demo API key: printed at first run; make another with: "
-                              ".venv/bin/python manage.py create_api_key demo")
+            self.stdout.write("Demo API key: printed at first run; make another with:\n"
+                              "  export KEY=$(.venv/bin/python manage.py create_api_key demo | tail -n 1)")
             return
         _, raw_key = api_key_create(tenant=tenant, name="demo")
-        self.stdout.write(f"Demo API key (shown once): {raw_key}")
+        self.stdout.write(f"Demo API key (shown once): {raw_key}\n"
+                          f"Set it in your shell for the examples below:\n  export KEY={raw_key}")
