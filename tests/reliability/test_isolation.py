@@ -180,7 +180,10 @@ PROBED = {  # route name -> the probe below that covers it
     "dashboard:tenant-feedback-corrections": "dashboard",
     "dashboard:requests": "dashboard", "dashboard:requests-export": "dashboard",
     "dashboard:tenant-requests": "dashboard", "dashboard:tenant-requests-export": "dashboard",
-    "dashboard:request-detail": "dashboard",
+    "dashboard:request-detail": "dashboard", "front-door": "dashboard",
+    "dashboard:keys": "dashboard", "dashboard:members": "dashboard", "dashboard:settings": "dashboard",
+    "dashboard:key": "selfservice", "dashboard:key-revoke": "selfservice", "dashboard:key-rotate": "selfservice",
+    "dashboard:member-role": "selfservice", "dashboard:member-remove": "selfservice",
     "playground:index": "playground", "playground:feedback": "playground",
     "login": "accounts", "logout": "accounts", "password_change": "accounts", "password_change_done": "accounts",
     "password_reset": "accounts", "password_reset_done": "accounts", "password_reset_confirm": "accounts",
@@ -384,7 +387,8 @@ def test_admin_routes_send_a_member_to_the_login_page(world):
 DASHBOARD_SLUG_PATHS = ["/dashboard/{v}/", "/dashboard/{v}/?range=30d", "/dashboard/{v}/export.csv?table=models",
                         "/dashboard/{v}/export.csv?table=timeline", "/dashboard/{v}/feedback/",
                         "/dashboard/{v}/feedback/corrections.jsonl", "/dashboard/{v}/requests/",
-                        "/dashboard/{v}/requests/?status=ok&since=2020-01-01", "/dashboard/{v}/requests/export.csv"]
+                        "/dashboard/{v}/requests/?status=ok&since=2020-01-01", "/dashboard/{v}/requests/export.csv",
+                        "/dashboard/{v}/keys/", "/dashboard/{v}/members/", "/dashboard/{v}/settings/"]
 
 
 def test_member_dashboards_never_show_or_confirm_the_other_tenant(world):
@@ -399,11 +403,38 @@ def test_member_dashboards_never_show_or_confirm_the_other_tenant(world):
         own = member.get(path.replace("{v}", "acme"))
         assert own.status_code == 200, (path, own.status_code)
         _assert_clean(own, world, f"GET {path} for A's own tenant")
-    for path in ("/dashboard/", "/dashboard/export.csv", "/dashboard/feedback/", "/dashboard/feedback/corrections.jsonl",
+    for path in ("/", "/dashboard/", "/dashboard/export.csv", "/dashboard/feedback/", "/dashboard/feedback/corrections.jsonl",
                  "/dashboard/requests/", "/dashboard/requests/export.csv", f"/dashboard/requests/?tenant={B_SLUG}",
                  f"/dashboard/requests/export.csv?tenant={B_SLUG}"):
         answer = member.get(path, follow=True)
         _assert_clean(answer, world, f"GET {path} as A's member", sent=B_SLUG if "tenant=" in path else "")
+
+
+def test_tenant_admin_pages_never_reach_the_other_tenants_keys_or_members(world):
+    """A's own admin, on A's self-service pages, names B's key and B's membership by id: each is
+    the 404 of an id that exists nowhere, and B's key and member are untouched."""
+    from accounting.models import TenantApiKey, TenantMembership
+
+    TenantMembership.objects.filter(user=world.a_member).update(role="admin")
+    b_membership = TenantMembership.objects.get(user=world.b_member)
+    member = Client()
+    member.force_login(world.a_member)
+    missing = 10**9
+    probes = [("GET", "/dashboard/{s}/keys/{v}/", world.b_key_id), ("POST", "/dashboard/{s}/keys/{v}/revoke", world.b_key_id),
+              ("POST", "/dashboard/{s}/keys/{v}/rotate", world.b_key_id),
+              ("POST", "/dashboard/{s}/members/{v}/role", b_membership.pk),
+              ("POST", "/dashboard/{s}/members/{v}/remove", b_membership.pk)]
+    for method, path, theirs in probes:
+        for slug in ("acme", B_SLUG):
+            answers = [_call(member, method, path.format(s=slug, v=value), {"role": "viewer"}, {})
+                       for value in (theirs, missing)]
+            assert [answer.status_code for answer in answers] == [404, 404], (method, path, slug)
+            for answer in answers:
+                _assert_clean(answer, world, f"{method} {path} as A's admin")
+            _assert_same(*answers, str(theirs), str(missing), f"{method} {path} ({slug})")
+    b_key = TenantApiKey.objects.get(pk=world.b_key_id)
+    assert not b_key.revoked and b_key.prefix == world.b_key_prefix
+    assert TenantMembership.objects.get(pk=b_membership.pk).role == b_membership.role
 
 
 def test_member_request_logs_never_show_or_confirm_the_other_tenants_requests(world):
