@@ -73,6 +73,11 @@ class OpenAIAdapter(Adapter):
     async def chat_stream_chunks(
         self, events: AsyncIterator[SSEEvent], target: Target
     ) -> AsyncIterator[dict]:
+        async for chunk in self._stream_objects(events, target):
+            yield chunk
+
+    async def _stream_objects(self, events: AsyncIterator[SSEEvent], target: Target) -> AsyncIterator[dict]:
+        """The `data:` objects of an OpenAI stream (chat or text completion) up to `[DONE]`."""
         async for event in events:
             if event.data.strip() == "[DONE]":
                 return
@@ -95,7 +100,7 @@ class OpenAIAdapter(Adapter):
     async def text_completion_stream_chunks(
         self, events: AsyncIterator[SSEEvent], target: Target
     ) -> AsyncIterator[dict]:
-        async for chunk in self.chat_stream_chunks(events, target):
+        async for chunk in self._stream_objects(events, target):
             yield completion_chunk_as_chat(chunk)
 
     def embeddings_request(self, payload: dict, target: Target) -> UpstreamRequest:

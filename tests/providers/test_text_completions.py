@@ -13,6 +13,7 @@ import pytest
 
 from kernel.errors import InvalidRequest
 from providers.adapters.anthropic import AnthropicAdapter
+from providers.adapters.azure import AzureOpenAIAdapter
 from providers.adapters.base import Usage
 from providers.adapters.openai import OpenAIAdapter
 from providers.adapters.text_completions import TEXT_COMPLETION
@@ -70,6 +71,25 @@ async def test_a_completion_models_stream_is_read_as_chat_chunks(upstream, clien
         [],
     ]
     assert chunks[-1]["usage"]["completion_tokens"] == 1
+
+
+async def test_azure_streams_a_completion_deployment_from_its_completions_path(upstream, client):
+    chunk = {"id": "cmpl-az", "object": "text_completion", "created": 1, "model": "instruct-prod"}
+    events = [chunk | {"choices": [], "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}]},
+              chunk | {"choices": [{"text": " hi", "index": 0, "logprobs": None, "finish_reason": None}]},
+              chunk | {"choices": [{"text": "", "index": 0, "logprobs": None, "finish_reason": "stop"}]}]
+    body = b"".join(b"data: " + json.dumps(event).encode() + b"\n\n" for event in events) + b"data: [DONE]\n\n"
+    route = upstream.post(f"{UPSTREAM.url}/openai/deployments/instruct-prod/completions").respond(
+        200, content=body, headers=SSE)
+    deployment = dataclasses.replace(INSTRUCT, wire_type="azure", api_base=UPSTREAM.url,
+                                     upstream_model="instruct-prod")
+
+    chunks = [c async for c in AzureOpenAIAdapter(client).chat_stream(
+        {**completion_payload("Hello"), "stream": True}, deployment)]
+
+    assert route.calls.last.request.url.params["api-version"]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == " hi"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
 
 
 async def test_a_chat_model_gets_the_chat_call_with_the_prompt_echoed(upstream, client):
