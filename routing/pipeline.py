@@ -69,7 +69,9 @@ async def chat(
     The door hands over its `credential` (checked here, first: `accounting.auth`; a refusal leaves
     `call.auth` None) and `parse`, which reads the body in the door's wire format into the
     OpenAI-shaped request (or a coroutine giving it, for a door whose translation reads the database
-    as the authenticated tenant, `call.auth`: the Responses API's `previous_response_id`); a body
+    as the authenticated tenant, `call.auth`: the Responses API's `previous_response_id`; a legacy
+    text completion's door also sets `call.text_completion`, which its adapters pass through to a
+    completion model or translate to chat, `providers.adapters.text_completions`); a body
     that fails to parse after authentication is recorded like any failure. A stream is returned only once its first chunk has arrived, so that a provider failing
     before the first token fails over (or becomes a plain HTTP error) without the client seeing a
     byte. Every failure is a `GatewayError` for the door to render in its wire format, the database
@@ -341,8 +343,8 @@ def _text_completion_check(call: Call) -> None:
     able = [d for d in call.plan.deployments if d.target.mode == "completion"]
     if not able:
         raise InvalidRequest(
-            f"'{param}' is not supported when the model '{call.requested_model}' is served as chat "
-            "(its provider has no text completions for it).",
+            f"'{param}' needs a completion model; the model '{call.requested_model}' is served by chat "
+            "models, which /v1/completions translates to chat.",
             param=param, code="unsupported_value",
         )
     call.plan.deployments = able
