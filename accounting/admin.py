@@ -1,11 +1,15 @@
+import json
+
 from django import forms
 from django.contrib import admin, messages
+from django.utils.html import format_html
 
 from accounting.models import (
     Budget,
     BudgetAlert,
     BudgetPeriod,
     RateLimit,
+    StoredResponse,
     Tenant,
     TenantApiKey,
     TenantMembership,
@@ -105,6 +109,60 @@ class UsageRecordAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(StoredResponse)
+class StoredResponseAdmin(admin.ModelAdmin):
+    """The Responses API answers kept for tenants that keep content: read-only, since the gateway
+    writes them and the tenant deletes them (`DELETE /v1/responses/{id}`, or content retention)."""
+
+    list_display = ["created_at", "response_id", "tenant", "served_model", "status", "output_tokens"]
+    list_filter = [("tenant", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["response_id"]
+    list_select_related = ["tenant"]
+    show_full_result_count = False
+    date_hierarchy = "created_at"
+    fields = ["response_id", "tenant", "created_at", "served_model", "status", "answer", "input", "earlier"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.fields
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="model")
+    def served_model(self, obj: StoredResponse) -> str:
+        return obj.response.get("model", "")
+
+    @admin.display(description="status")
+    def status(self, obj: StoredResponse) -> str:
+        return obj.response.get("status", "")
+
+    @admin.display(description="output tokens")
+    def output_tokens(self, obj: StoredResponse) -> int | None:
+        return (obj.response.get("usage") or {}).get("output_tokens")
+
+    @admin.display(description="response")
+    def answer(self, obj: StoredResponse) -> str:
+        return _json_block(obj.response)
+
+    @admin.display(description="input items")
+    def input(self, obj: StoredResponse) -> str:
+        return _json_block(obj.input_items)
+
+    @admin.display(description="earlier items (previous_response_id)")
+    def earlier(self, obj: StoredResponse) -> str:
+        return _json_block(obj.context)
+
+
+def _json_block(value: object) -> str:
+    return format_html("<pre style=\"white-space: pre-wrap\">{}</pre>", json.dumps(value, indent=2, ensure_ascii=False))
 
 
 @admin.register(TenantMembership)

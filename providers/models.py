@@ -57,6 +57,9 @@ class ProviderModel(models.Model):
     class Mode(models.TextChoices):
         CHAT = "chat", "Chat completions"
         EMBEDDING = "embedding", "Embeddings"
+        # A model that serves only OpenAI's legacy text completions (gpt-3.5-turbo-instruct,
+        # davinci-002): `/v1/completions` is passed through to it, chat requests are refused.
+        COMPLETION = "completion", "Text completions (legacy)"
 
     provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="models")
     alias = models.CharField(max_length=200, help_text="The model name clients send.")

@@ -29,6 +29,17 @@ class Price:
     effective_from: float = 0.0
 
 
+# The modes of the models that serve a request of each mode: legacy text completions are served by
+# completion models (passed through) and by chat models (translated, `providers.adapters.base`).
+SERVING_MODES = {"completion": ("completion", "chat")}
+MODE_ENDPOINTS = {"chat": "/v1/chat/completions", "embedding": "/v1/embeddings", "completion": "/v1/completions"}
+
+
+def mode_serves(model_mode: str, request_mode: str) -> bool:
+    """Whether a model of `model_mode` serves a request of `request_mode`."""
+    return model_mode in SERVING_MODES.get(request_mode, (request_mode,))
+
+
 @dataclass(frozen=True)
 class Deployment:
     """A provider model ready to call: its prices, limits and where to send it.
@@ -89,11 +100,10 @@ class Catalog:
                 f"The model '{name}' does not exist or you do not have access to it.",
                 param="model",
             )
-        fitting = [d for d in candidates if d.mode == mode]
+        fitting = [d for d in candidates if mode_serves(d.mode, mode)]
         if not fitting:
-            endpoint = "/v1/embeddings" if candidates[0].mode == "embedding" else "/v1/chat/completions"
             raise InvalidRequest(
-                f"The model '{name}' is a {candidates[0].mode} model; use {endpoint}.",
+                f"The model '{name}' is a {candidates[0].mode} model; use {MODE_ENDPOINTS[candidates[0].mode]}.",
                 param="model",
                 code="model_not_supported",
             )
@@ -166,6 +176,7 @@ def _deployment(model: ProviderModel, key_id: int, api_key: str) -> Deployment:
             wire_type=provider.type,
             api_base=provider.api_base,
             upstream_model=model.upstream_model,
+            mode=model.mode,
             api_key=api_key,
             read_timeout=provider.timeout_seconds,
             max_output_tokens=model.max_output_tokens,

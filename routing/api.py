@@ -16,7 +16,7 @@ from kernel.errors import GatewayError, error_response
 from kernel.http import EventStream, allow_methods, read_body
 from kernel.wire_json import JsonBody
 from routing import pipeline, validation
-from routing.completions_format import CompletionRequest
+from routing.completions_format import completion_chat_payload, text_completion, text_completion_chunks
 from routing.selection import models_visible
 
 logger = logging.getLogger(__name__)
@@ -74,24 +74,25 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
 @csrf_exempt
 @allow_methods("POST")
 async def completions(request: HttpRequest) -> HttpResponse:
-    """Legacy text completions, served as chat (`routing/completions_format.py`)."""
+    """Legacy text completions through the chat pipeline (`routing/completions_format.py`)."""
     call = pipeline.Call(endpoint="completions", response_prefix="cmpl-")
-    legacy = CompletionRequest()
+
+    def parse() -> dict:
+        body = validation.json_body(raw, max_bytes=settings.GATEWAY_MAX_BODY_BYTES)
+        payload, call.text_completion = completion_chat_payload(body)
+        return payload
+
     try:
         raw = read_body(request)
         result = await pipeline.chat(
-            call,
-            credential=functools.partial(request_authenticate, request),
-            parse=lambda: legacy.chat_payload(
-                validation.json_body(raw, max_bytes=settings.GATEWAY_MAX_BODY_BYTES)
-            ),
+            call, credential=functools.partial(request_authenticate, request), parse=parse,
             headers=request.headers,
         )
     except GatewayError as exc:
         return _with_headers(error_response(exc), call)
     if isinstance(result, dict):
-        return _with_headers(JsonBody(legacy.text_completion(result)), call)
-    return _with_headers(EventStream(_sse(legacy.text_completion_chunks(result))), call)
+        return _with_headers(JsonBody(text_completion(result)), call)
+    return _with_headers(EventStream(_sse(text_completion_chunks(result))), call)
 
 
 @csrf_exempt

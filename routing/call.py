@@ -67,6 +67,8 @@ class Call:
     task: str = ""
     tags: tuple[str, ...] = ()
     conversation_id: str = ""
+    # A legacy text completion's own fields (`providers.adapters.text_completions`), set by its door.
+    text_completion: dict | None = None
     cache: CacheDecision | None = None  # the cache's decision, when the cache takes part
     guard: RuleSet | None = None  # the tenant's guardrail rules, once the input was checked
     guard_events: list[dict] = field(default_factory=list)  # the checks append; written with the record
@@ -87,6 +89,15 @@ class Call:
     def prompt_tokens_counter(self) -> Callable[[dict], int]:
         """How the prompt tokens of a request body of this call's endpoint are counted."""
         return _embedding_prompt_tokens if self.endpoint == "embeddings" else _chat_prompt_tokens
+
+    def choices_billed(self) -> int:
+        """The answers a provider may generate and bill for this request: `n` (of each prompt of
+        a text completion, or `best_of` when it asks for more)."""
+        choices = self.payload.get("n") or 1
+        if self.text_completion is not None:
+            choices = max(choices, self.text_completion.get("best_of") or 1)
+            choices *= max(len(self.payload.get("messages") or ()), 1)
+        return choices
 
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)

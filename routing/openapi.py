@@ -386,3 +386,27 @@ class ResponseInputItemsDoc(ApiDescription):
                    summary="A stored response's input items")
     def get(self, request, response_id):
         raise NotImplementedError
+
+
+class ResponseCancelDoc(ApiDescription):
+    error_statuses = (400, 401, 404)
+
+    @extend_schema(operation_id="responses_cancel", tags=["tenant API"], request=None, responses=ResponseObject,
+                   summary="Cancel a background response (the gateway runs none: a stored response is a 400)")
+    def post(self, request, response_id):
+        raise NotImplementedError
+
+
+class ResponseInputTokens(serializers.Serializer):
+    object = serializers.ChoiceField(choices=["response.input_tokens"])
+    input_tokens = serializers.IntegerField(min_value=0)
+
+
+class ResponseInputTokensDoc(ApiDescription):
+    error_statuses = (400, 401, 403, 404, 413)
+
+    @extend_schema(operation_id="responses_input_tokens", tags=["tenant API"], request=CreateResponse,
+                   responses=ResponseInputTokens,
+                   summary="Count a Responses request's input tokens (the provider's counter or an estimate, never billed)")
+    def post(self, request):
+        raise NotImplementedError

@@ -32,6 +32,7 @@ from caching.semantic import SEMANTIC_TASK
 from caching.services import cache_body, cache_completion_text, cache_fill, cache_lookup, cache_replay, cache_stream_tee
 from accounting import tokens
 from kernel.errors import DatabaseUnavailable, GatewayError, InvalidRequest, ProviderError
+from providers.adapters.text_completions import TEXT_COMPLETION, native_param
 from providers.http import adapter_for
 from guardrails.checks import InputGuard, guard_input, guard_output
 from routing import validation
@@ -68,7 +69,9 @@ async def chat(
     The door hands over its `credential` (checked here, first: `accounting.auth`; a refusal leaves
     `call.auth` None) and `parse`, which reads the body in the door's wire format into the
     OpenAI-shaped request (or a coroutine giving it, for a door whose translation reads the database
-    as the authenticated tenant, `call.auth`: the Responses API's `previous_response_id`); a body
+    as the authenticated tenant, `call.auth`: the Responses API's `previous_response_id`; a legacy
+    text completion's door also sets `call.text_completion`, which its adapters pass through to a
+    completion model or translate to chat, `providers.adapters.text_completions`); a body
     that fails to parse after authentication is recorded like any failure. A stream is returned only once its first chunk has arrived, so that a provider failing
     before the first token fails over (or becomes a plain HTTP error) without the client seeing a
     byte. Every failure is a `GatewayError` for the door to render in its wire format, the database
@@ -101,12 +104,14 @@ async def _chat(call: Call, *, body: dict, headers) -> dict | AsyncIterator[dict
     try:
         call.stream = body.get("stream") is True
         call.payload = validation.chat_request_validate(body)
+        if call.text_completion is not None:
+            call.payload[TEXT_COMPLETION] = call.text_completion
         call.schema = required_schema(call.payload)
         _guarded(call, await guard_input(
             tenant_id=call.auth.tenant_id, payload=call.payload, events=call.guard_events,
             count_tokens=call.prompt_tokens_counter(),
         ))
-        await _prepare(call, body=body, headers=headers, mode="chat")
+        await _prepare(call, body=body, headers=headers, mode="chat" if call.text_completion is None else "completion")
         if call.cache is not None and call.cache.entry is not None:
             return await _cached(call)
         if call.stream:
@@ -285,7 +290,9 @@ async def _prepare(call: Call, *, body: dict, headers, mode: str) -> None:
 async def _route_and_reserve(call: Call, *, body: dict, headers, hints, mode: str) -> None:
     call.plan = await _route(call, hints=hints, mode=mode)
     _content_check(call)
-    if mode == "chat":
+    if call.text_completion is not None:
+        _text_completion_check(call)
+    if mode != "embedding":
         plan = call.plan
         call.cache = await cache_lookup(
             auth=call.auth, rule=plan.rule, variant=plan.variant, deployments=plan.deployments,
@@ -322,6 +329,23 @@ def _content_check(call: Call) -> None:
         raise InvalidRequest(
             f"The model '{call.requested_model}' does not accept images.",
             param="messages", code="unsupported_content",
+        )
+    call.plan.deployments = able
+
+
+def _text_completion_check(call: Call) -> None:
+    """A text completion that asks for what only a completion model honours (`suffix`, `logprobs`,
+    `best_of` past `n`, several prompts) goes only to completion models (passed through); a 400
+    names the parameter when the route has none (its chat models would translate it to chat)."""
+    param = native_param(call.payload)
+    if param is None:
+        return
+    able = [d for d in call.plan.deployments if d.target.mode == "completion"]
+    if not able:
+        raise InvalidRequest(
+            f"'{param}' needs a completion model; the model '{call.requested_model}' is served by chat "
+            "models, which /v1/completions translates to chat.",
+            param=param, code="unsupported_value",
         )
     call.plan.deployments = able
 
@@ -390,7 +414,7 @@ def _max_cost(call: Call) -> tuple[Decimal, CostBasis]:
     and fallbacks do not add: only the attempt that answers is billed (docs/accounting.md)."""
     now = time.time()
     deployments = call.plan.deployments
-    choices = call.payload.get("n") or 1
+    choices = call.choices_billed()
     prompt = call.estimated_prompt_tokens()
     calls = [prompt]  # each call's prompt tokens
     if call.schema is not None and not call.stream:

@@ -187,6 +187,45 @@ async def response_detail(request: HttpRequest, response_id: str) -> HttpRespons
     return JsonBody(stored.response)
 
 
+@csrf_exempt
+@allow_methods("POST")
+async def response_cancel(request: HttpRequest, response_id: str) -> HttpResponse:
+    """`POST /v1/responses/{id}/cancel`: OpenAI cancels only a response created with `background:
+    true`, which the gateway does not run (`background` is refused), so a stored response is always
+    a synchronous one: OpenAI's 400 for it; another tenant's or a missing one is the usual 404."""
+    try:
+        auth = await request_authenticate(request)
+        stored = await db_call(stored_response_get, tenant_id=auth.tenant_id, response_id=response_id)
+        if stored is None:
+            raise _not_found(response_id)
+        raise InvalidRequest("Cannot cancel a synchronous response.", param="response_id",
+                             code="response_not_cancellable")
+    except GatewayError as exc:
+        return error_response(exc)
+
+
+@csrf_exempt
+@allow_methods("POST")
+async def response_input_tokens(request: HttpRequest) -> HttpResponse:
+    """`POST /v1/responses/input_tokens`: the input tokens of a Responses request body (with the
+    conversation `previous_response_id` continues), as `pipeline.prompt_tokens_count` counts those
+    of its chat translation: the routed deployment's own free counter where it has one, else the
+    gateway's estimate (`x-gateway-token-count` says which). Nothing is billed or stored."""
+    call = Call(endpoint="responses.input_tokens", response_prefix="resp_")
+    try:
+        raw = read_body(request)
+        call.auth = await request_authenticate(request)
+        body = validation.json_body(raw, max_bytes=settings.GATEWAY_MAX_BODY_BYTES)
+        payload = await responses_parse(call, {**body, "store": False}, Conversation())
+        payload = validation.chat_request_validate({**payload, "max_completion_tokens": 1})
+        count, source = await pipeline.prompt_tokens_count(auth=call.auth, payload=payload)
+    except GatewayError as exc:
+        return error_response(exc)
+    response = JsonResponse({"object": "response.input_tokens", "input_tokens": count})
+    response["x-gateway-token-count"] = source
+    return response
+
+
 @allow_methods("GET")
 async def response_input_items(request: HttpRequest, response_id: str) -> HttpResponse:
     """`GET /v1/responses/{id}/input_items`: the request's own input items, a cursor page

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from accounting.auth import ApiKeyContext, model_authorize
 from kernel.errors import InvalidRequest, NoDeploymentAvailable, PermissionDenied
-from providers.selectors import Deployment
+from providers.selectors import Deployment, mode_serves
 from routing.models import Strategy
 from routing.experiments import variant_pick
 from routing.selectors import GroupConfig, Rule, routing_table_get
@@ -151,7 +151,7 @@ def _allowed(deployments: list[Deployment], *, auth: ApiKeyContext, model: str) 
 def _fitting(deployments: list[Deployment], *, model: str, mode: str) -> list[Deployment]:
     if not deployments:
         raise NoDeploymentAvailable(f"The route for '{model}' has no enabled deployment.")
-    fitting = [d for d in deployments if d.mode == mode]
+    fitting = [d for d in deployments if mode_serves(d.mode, mode)]
     if not fitting:
         raise InvalidRequest(
             f"The model '{model}' is routed to {deployments[0].mode} models only.",

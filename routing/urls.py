@@ -27,10 +27,14 @@ tenant_api_patterns = [
     path("v1/usage", documented(usage_api.usage, UsageDoc), name="usage"),
     path("v1/feedback", documented(feedback_api.feedback, FeedbackDoc), name="feedback"),
     path("v1/responses", documented(responses_api.responses, docs.ResponsesDoc), name="responses"),
+    path("v1/responses/input_tokens", documented(responses_api.response_input_tokens, docs.ResponseInputTokensDoc),
+         name="response-input-tokens"),
     path("v1/responses/<str:response_id>", documented(responses_api.response_detail, docs.ResponseDetailDoc),
          name="response-detail"),
     path("v1/responses/<str:response_id>/input_items",
          documented(responses_api.response_input_items, docs.ResponseInputItemsDoc), name="response-input-items"),
+    path("v1/responses/<str:response_id>/cancel",
+         documented(responses_api.response_cancel, docs.ResponseCancelDoc), name="response-cancel"),
 ]
 
 

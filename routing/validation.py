@@ -101,40 +101,36 @@ def chat_request_validate(body: dict) -> dict:
 
 def completions_request_validate(body: dict) -> dict:
     """A legacy completions body: its own fields checked here, the rest by `chat_request_validate`
-    once it is a chat request (`routing.completions_format.chat_payload`). The gateway serves it
-    through chat, so what chat cannot honour is a 400 naming it: a `suffix` (insertion), `logprobs`,
-    `best_of` past `n`, and more than one prompt (or token ids) in one request."""
+    once it is a chat request (`routing.completions_format.completion_chat_payload`). What only a
+    completion model honours (`suffix`, `logprobs`, `best_of` past `n`, several prompts) is checked
+    for its type here, and refused for a route that serves the model as chat (`routing.pipeline`)."""
     _reject_unknown(body, COMPLETION_FIELDS)
     _model(body)
     prompt = body.get("prompt")
     if prompt is None:
         raise _missing("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = body["prompt"] = prompt[0]
-    if isinstance(prompt, list):
+    if isinstance(prompt, list) and prompt and all(isinstance(item, str) for item in prompt):
+        if len(prompt) > MAX_EMBEDDING_INPUTS:
+            raise InvalidRequest(f"'prompt' has more than {MAX_EMBEDDING_INPUTS} items.", param="prompt",
+                                 code="invalid_value")
+    elif isinstance(prompt, list):
         raise InvalidRequest(
-            "The gateway serves one prompt per request: send 'prompt' as a string (or an array of one "
-            "string); token ids are not accepted.", param="prompt", code="unsupported_value",
+            "The gateway takes 'prompt' as a string or an array of strings; token ids are not accepted.",
+            param="prompt", code="unsupported_value",
         )
-    if not isinstance(prompt, str):
+    elif not isinstance(prompt, str):
         raise _invalid_type("prompt", "a string or an array of strings", prompt)
-    if body.get("suffix") not in (None, ""):
-        raise InvalidRequest(
-            "'suffix' (insertion) is not supported by the gateway's completions.", param="suffix",
-            code="unsupported_value",
-        )
-    if body.get("logprobs") is not None:
-        raise InvalidRequest(
-            "'logprobs' is not supported by the gateway's completions.", param="logprobs",
-            code="unsupported_value",
-        )
+    if body.get("suffix") is not None and not isinstance(body["suffix"], str):
+        raise _invalid_type("suffix", "a string", body["suffix"])
     _boolean(body, "echo")
+    _integer(body, "logprobs", 0, 5)
     _integer(body, "best_of", 1, 20)
-    if body.get("best_of") not in (None, body.get("n") or 1):
-        raise InvalidRequest(
-            "'best_of' is not supported by the gateway's completions beyond 'n'.", param="best_of",
-            code="unsupported_value",
-        )
+    _integer(body, "n", 1, 128)
+    if body.get("best_of") is not None and body["best_of"] < (body.get("n") or 1):
+        raise InvalidRequest("'best_of' must be at least 'n'.", param="best_of", code="invalid_value")
+    if (body.get("best_of") or 1) > 1 and body.get("stream") is True:
+        raise InvalidRequest("A completion with 'best_of' above 1 cannot be streamed.", param="best_of",
+                             code="invalid_value")
     _integer(body, "max_tokens", 1, MAX_TOKENS_LIMIT)
     return body
 

@@ -25,6 +25,10 @@ A subclass implements:
 - `error_details(status, data)` -> (error class or None, message): the vendor's error spelling
 - `count_tokens(payload, target)` -> the prompt's tokens by the vendor's own free counter
   (Anthropic's `count_tokens`, Gemini's `countTokens`); None, the default, when it has none
+- `text_completion_request` / `text_completion_response` / `text_completion_stream_chunks`, when
+  the vendor serves OpenAI's legacy text completions (for completion models; the answer in the
+  chat shape, `providers/adapters/text_completions.py`); a text completion for a chat model is
+  translated to the chat call here
 
 The stream contract, for callers of `chat_stream(payload, target, *, opened=None)`:
 
@@ -56,6 +60,7 @@ from dataclasses import dataclass, field
 from kernel import wire_json
 from kernel.errors import InvalidRequest, ProviderError
 from kernel.request_ids import correlation_id
+from providers.adapters.text_completions import echoed, echoed_chunks, text_completion_split
 from providers.sse import SSEDecoder, SSEEvent
 from providers.transport import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
 
@@ -69,6 +74,7 @@ class Target:
     wire_type: str
     api_base: str
     upstream_model: str
+    mode: str = "chat"  # the upstream model's: `completion` serves only legacy text completions
     api_key: str = field(default="", repr=False)
     read_timeout: float | None = None
     max_output_tokens: int | None = None
@@ -197,10 +203,33 @@ class Adapter:
             )
         return {key: value for key, value in payload.items() if key not in refused}
 
+    def text_completion_request(self, payload: dict, legacy: dict, target: Target) -> UpstreamRequest:
+        """The vendor's own text completion request (`providers.adapters.text_completions`), for a
+        completion model; a vendor without one cannot serve such a model."""
+        raise InvalidRequest(
+            f"Provider '{target.provider_name}' does not serve text completions; the model "
+            f"'{target.upstream_model}' cannot be called through it.", param="model",
+        )
+
+    def text_completion_response(self, data: dict, target: Target) -> ChatResult:
+        raise NotImplementedError
+
+    def text_completion_stream_chunks(
+        self, events: AsyncIterator[SSEEvent], target: Target
+    ) -> AsyncIterator[dict]:
+        raise NotImplementedError
+
     # --- shared machinery -----------------------------------------------------------------------
     async def chat(self, payload: dict, target: Target) -> ChatResult:
+        """A chat completion; a text completion (`text_completions.TEXT_COMPLETION` in `payload`)
+        passed through to a completion model, or translated to this chat call for a chat model."""
+        payload, legacy = text_completion_split(payload)
+        if legacy is not None and target.mode == "completion":
+            request = self.text_completion_request(self.params_filter(payload, target), legacy, target)
+            return self.text_completion_response(await self._send_json(request, target), target)
         request = self.chat_request(self.params_filter(payload, target), target)
-        return self.chat_response(await self._send_json(request, target), target)
+        result = self.chat_response(await self._send_json(request, target), target)
+        return dataclasses.replace(result, body=echoed(result.body, legacy, payload))
 
     async def embeddings(self, payload: dict, target: Target) -> ChatResult:
         request = self.embeddings_request(payload, target)
@@ -216,12 +245,22 @@ class Adapter:
         `opened` is called once the provider answered with a success status, before its first
         event is read (see the module docstring).
         """
-        request = self.chat_request(self.params_filter(payload, target), target)
+        payload, legacy = text_completion_split(payload)
+        native = legacy is not None and target.mode == "completion"
+        if native:
+            request = self.text_completion_request(self.params_filter(payload, target), legacy, target)
+        else:
+            request = self.chat_request(self.params_filter(payload, target), target)
         response = await self._open(request, target, stream=True)
         try:
             if opened is not None:
                 opened()
-            async for chunk in self.chat_stream_chunks(self._sse_events(response, target), target):
+            events = self._sse_events(response, target)
+            if native:
+                chunks = self.text_completion_stream_chunks(events, target)
+            else:
+                chunks = echoed_chunks(self.chat_stream_chunks(events, target), legacy, payload)
+            async for chunk in chunks:
                 yield chunk
         except UpstreamError as exc:  # timeouts included
             raise self._transport_error(exc, target) from exc

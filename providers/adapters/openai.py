@@ -1,7 +1,8 @@
 """OpenAI's chat completions and embeddings, and every service that speaks them.
 
 Covers OpenAI itself and the compatible family reached through `api_base` (Mistral, OpenRouter,
-Groq, Together, vLLM, Ollama). Requests pass through with the upstream model id swapped in.
+Groq, Together, vLLM, Ollama). Requests pass through with the upstream model id swapped in; legacy text completions for a
+completion model go to `/completions` (`providers/adapters/text_completions.py`).
 Reference: https://platform.openai.com/docs/api-reference/chat
 """
 
@@ -19,6 +20,11 @@ from providers.adapters.base import (
     Usage,
 )
 from providers.adapters.openai_family import quirks_for
+from providers.adapters.text_completions import (
+    completion_as_chat,
+    completion_chunk_as_chat,
+    text_completion_body,
+)
 
 # OpenAI error codes that name a class of their own (https://platform.openai.com/docs/guides/error-codes).
 _CODE_CLASSES = {
@@ -67,6 +73,11 @@ class OpenAIAdapter(Adapter):
     async def chat_stream_chunks(
         self, events: AsyncIterator[SSEEvent], target: Target
     ) -> AsyncIterator[dict]:
+        async for chunk in self._stream_objects(events, target):
+            yield chunk
+
+    async def _stream_objects(self, events: AsyncIterator[SSEEvent], target: Target) -> AsyncIterator[dict]:
+        """The `data:` objects of an OpenAI stream (chat or text completion) up to `[DONE]`."""
         async for event in events:
             if event.data.strip() == "[DONE]":
                 return
@@ -74,6 +85,23 @@ class OpenAIAdapter(Adapter):
             if "error" in chunk:
                 raise self._stream_error(chunk["error"], target)
             yield _usage_lifted(chunk, quirks_for(target.api_base).usage_container)
+
+    def text_completion_request(self, payload: dict, legacy: dict, target: Target) -> UpstreamRequest:
+        """`POST /completions` (https://platform.openai.com/docs/api-reference/completions/create)."""
+        request = self.chat_request(payload, target)  # the model, renames and stream usage as for chat
+        body = text_completion_body(request.json, legacy)
+        return UpstreamRequest(url=self._url(target, "completions"), json=body, headers=request.headers)
+
+    def text_completion_response(self, data: dict, target: Target) -> ChatResult:
+        if not isinstance(data.get("choices"), list):
+            raise self.malformed(target, "a text completion (no choices)")
+        return ChatResult(body=completion_as_chat(data), usage=Usage.from_openai(data.get("usage")))
+
+    async def text_completion_stream_chunks(
+        self, events: AsyncIterator[SSEEvent], target: Target
+    ) -> AsyncIterator[dict]:
+        async for chunk in self._stream_objects(events, target):
+            yield completion_chunk_as_chat(chunk)
 
     def embeddings_request(self, payload: dict, target: Target) -> UpstreamRequest:
         return UpstreamRequest(

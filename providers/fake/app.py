@@ -34,6 +34,7 @@ from providers.fake.respond import (
     json_body,
     stream_send,
 )
+from providers.fake.openai_text import OpenAITextDialect
 from providers.fake.openai import (
     OpenAIDialect,
     embedding_inputs,
@@ -41,7 +42,7 @@ from providers.fake.openai import (
     embedding_options,
 )
 
-OPENAI, ANTHROPIC = OpenAIDialect(), AnthropicDialect()
+OPENAI, ANTHROPIC, TEXT = OpenAIDialect(), AnthropicDialect(), OpenAITextDialect()
 COHERE, AZURE = CohereDialect(), AzureDialect()
 
 
@@ -65,6 +66,25 @@ async def _chat(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
     else:
         await body_send(ex=ex, dialect=dialect, payload=dialect.render(completion=completion),
                          directive=directive)
+
+
+async def _text_completions(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
+    """OpenAI's legacy `POST /v1/completions` (providers/fake/openai_text.py)."""
+    dialect.authenticate(headers=ex.headers, api_key=settings.api_key)
+    request = TEXT.parse_text(body=json_body(ex=ex), header_directive=ex.headers.get("x-fake-directive", ""),
+                              server_directive=settings.directive)
+    directive = request.prompts[-1].directive
+    if not await before_response(ex=ex, settings=settings, dialect=dialect, directive=directive,
+                                  tokens=request.prompt_tokens):
+        return
+    completion = TEXT.text_build(request=request)
+    billing_due(ex=ex, prompt_tokens=request.prompt_tokens, completion=completion)
+    if completion.request.stream:
+        await stream_send(ex=ex, settings=settings, directive=directive,
+                          frames=TEXT.text_frames(completion=completion, request=request))
+    else:
+        await body_send(ex=ex, dialect=dialect, directive=directive,
+                        payload=TEXT.text_render(completion=completion, request=request))
 
 
 async def _embeddings(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
@@ -178,6 +198,7 @@ async def _directive_delete(*, ex: Exchange, settings: Settings, dialect: Dialec
 Handler = Callable[..., Awaitable[None]]  # called as handler(ex=, settings=, dialect=)
 ROUTES: dict[tuple[str, str], Handler] = {
     ("POST", "/v1/chat/completions"): _chat,
+    ("POST", "/v1/completions"): _text_completions,
     ("POST", "/v1/messages"): _chat,
     ("POST", "/v1/messages/count_tokens"): _count_tokens,
     ("POST", "/v1/embeddings"): _embeddings,
@@ -213,6 +234,8 @@ PATTERN_ROUTES += [
     PatternRoute("POST", re.compile(r"/v2/embed"), _cohere_embed, COHERE),
     PatternRoute("POST", re.compile(r"/openai/deployments/(?P<deployment>[^/]+)/chat/completions"),
                  _azure(_chat), AZURE),
+    PatternRoute("POST", re.compile(r"/openai/deployments/(?P<deployment>[^/]+)/completions"),
+                 _azure(_text_completions), AZURE),
     PatternRoute("POST", re.compile(r"/openai/deployments/(?P<deployment>[^/]+)/embeddings"),
                  _azure(_embeddings), AZURE),
 ]

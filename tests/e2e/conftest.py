@@ -34,6 +34,9 @@ providers:
         context_window: 128000
       - alias: text-embedding-3-small  # no mode: the catalogue's, embedding (accounting.prices.mode_infer)
         input_price_per_million: 0.02
+      - alias: gpt-3.5-turbo-instruct  # no mode: the catalogue's, completion (legacy text completions)
+        input_price_per_million: 1.50
+        output_price_per_million: 2.00
   - name: fake-anthropic
     type: anthropic
     api_base: http://127.0.0.1:{fake_port}

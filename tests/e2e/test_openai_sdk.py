@@ -86,7 +86,7 @@ def test_embeddings_with_sdk_default_base64(client):
 
 def test_model_list(client):
     assert {model.id for model in client.models.list()} == {
-        "gpt-4o-mini", "text-embedding-3-small", "claude-haiku-4-5"
+        "gpt-4o-mini", "text-embedding-3-small", "gpt-3.5-turbo-instruct", "claude-haiku-4-5"
     }
 
 

@@ -1,7 +1,7 @@
 """The Responses API with the official openai SDK (`client.responses`) against a real gateway, for an
 OpenAI-, an Anthropic- and a Gemini-type deployment of the fake provider: plain, streamed, a
 function tool round trip, `text.format` json_schema, `previous_response_id`, retrieve, input items,
-delete, and another tenant's ids; and LangChain's `ChatOpenAI` in its Responses API mode."""
+delete, cancel, input token counts, and another tenant's ids; and LangChain's `ChatOpenAI` in its Responses API mode."""
 
 from __future__ import annotations
 
@@ -156,6 +156,27 @@ def test_retrieve_input_items_delete_and_another_tenants_404(deployment):
     api.responses.delete(created.id)
     with pytest.raises(openai.NotFoundError):
         api.responses.retrieve(created.id)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_input_tokens_count_and_cancel(deployment, model):
+    """`responses.input_tokens.count`: the provider's own count for Anthropic and Gemini (what the
+    response is then billed for), an estimate for OpenAI; `responses.cancel` of a stored (synchronous)
+    response is OpenAI's 400."""
+    stack, other_key = deployment
+    api = client(stack)
+    counted = api.responses.input_tokens.with_raw_response.count(model=model, input="How many tokens is this?")
+    source = counted.headers["x-gateway-token-count"]
+    assert counted.parse().object == "response.input_tokens"
+    created = api.responses.create(model=model, input="How many tokens is this?")
+    assert source == ("estimate" if model == "gpt-4o-mini" else "provider")
+    if source == "provider":
+        assert counted.parse().input_tokens == created.usage.input_tokens
+    with pytest.raises(openai.BadRequestError) as raised:
+        api.responses.cancel(created.id)
+    assert raised.value.body["message"] == "Cannot cancel a synchronous response."
+    with pytest.raises(openai.NotFoundError):
+        client(stack, other_key).responses.cancel(created.id)
 
 
 @tool

@@ -115,3 +115,28 @@ def test_a_viewer_reads_keys_without_any_secret_and_no_staff_token(gateway):
     tenant = SyncApiClient().get("/v1/models", headers={"Authorization": f"Bearer {gateway.raw_key}"})
     assert tenant.status_code == 200
     assert admin.get("/admin/operators/stafftoken/").status_code == 403  # tokens are the superusers'
+
+
+def test_stored_responses_are_listed_by_tenant_and_shown_read_only(gateway):
+    from accounting.models import StoredResponse
+
+    other = tenant_create(slug="globex", name="Globex")
+    answer = {"id": "resp_a1", "object": "response", "status": "completed", "model": "gpt-4o-mini",
+              "output": [], "usage": {"input_tokens": 5, "output_tokens": 7, "total_tokens": 12}}
+    mine = StoredResponse.objects.create(response_id="resp_a1", tenant=gateway.tenant, response=answer,
+                                         input_items=[{"type": "message", "role": "user", "content": "<b>Hi</b>"}])
+    StoredResponse.objects.create(response_id="resp_b1", tenant=other, response={**answer, "id": "resp_b1"})
+
+    viewer = staff_client("viewer", group="Gateway viewers")
+    listing = viewer.get("/admin/accounting/storedresponse/", {"tenant__id__exact": gateway.tenant.pk})
+    assert listing.status_code == 200
+    page = listing.content.decode()
+    assert "resp_a1" in page and "resp_b1" not in page and "gpt-4o-mini" in page
+    detail = viewer.get(f"/admin/accounting/storedresponse/{mine.pk}/change/")
+    assert detail.status_code == 200
+    shown = detail.content.decode()
+    assert "&lt;b&gt;Hi&lt;/b&gt;" in shown and "<b>Hi</b>" not in shown  # the JSON, escaped
+    assert 'name="_save"' not in shown  # nothing to save
+    assert viewer.post(f"/admin/accounting/storedresponse/{mine.pk}/delete/").status_code == 403
+    assert staff_client("nobody").get("/admin/accounting/storedresponse/").status_code == 403
+    assert StoredResponse.objects.count() == 2

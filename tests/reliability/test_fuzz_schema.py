@@ -28,7 +28,8 @@ EXAMPLES_PER_OPERATION = 6
 # Routes a tenant key opens; every other /v1/ route is the operator API (a staff token).
 TENANT_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/messages",
                 "/v1/messages/count_tokens", "/v1/usage", "/v1/feedback", "/v1/cache/stats", "/v1/cache",
-                "/v1/responses", "/v1/responses/{response_id}", "/v1/responses/{response_id}/input_items"}
+                "/v1/responses", "/v1/responses/{response_id}", "/v1/responses/{response_id}/input_items",
+                "/v1/responses/{response_id}/cancel", "/v1/responses/input_tokens"}
 # Generated providers must never point the gateway at the internet: a closed local port instead.
 LOCAL_API_BASE = "http://127.0.0.1:9/v1"
 

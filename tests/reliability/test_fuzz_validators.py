@@ -19,7 +19,7 @@ from caching.keys import cache_options_parse
 from feedback.services import submission_parse
 from kernel.errors import GatewayError
 from routing.anthropic_format import REQUEST_KEYS, openai_payload
-from routing.completions_format import CompletionRequest
+from routing.completions_format import completion_chat_payload
 from routing.validation import (
     CHAT_FIELDS,
     COMPLETION_FIELDS,
@@ -116,9 +116,9 @@ def test_anthropic_translation_then_validation_answers_4xx_or_a_payload(body):
                  st.builds(lambda b, p: {**b, "model": "m", "prompt": p}, shaped(COMPLETION_FIELDS), json_values)))
 def test_completions_translation_then_validation_answers_4xx_or_a_payload(body):
     """/v1/completions checks and translates, then runs the chat validator: both steps, as the view does."""
-    payload = assert_clear_error(CompletionRequest().chat_payload, body)
-    if payload is not None:
-        assert_clear_error(chat_request_validate, payload)
+    translated = assert_clear_error(completion_chat_payload, body)
+    if translated is not None:
+        assert_clear_error(chat_request_validate, translated[0])
 
 
 FEEDBACK_KEYS = {"response_id", "conversation_id", "source", "metrics", "rating", "score", "correction",

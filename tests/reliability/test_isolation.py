@@ -173,6 +173,7 @@ PROBED = {  # route name -> the probe below that covers it
     "messages": "tenant_api", "messages-count-tokens": "tenant_api", "usage": "tenant_api",
     "cache-stats": "tenant_api", "cache-clear": "tenant_api", "feedback": "tenant_api",
     "responses": "tenant_api", "response-detail": "tenant_api", "response-input-items": "tenant_api",
+    "response-cancel": "tenant_api", "response-input-tokens": "tenant_api",
     "": "tenant_api",  # the /v1/ catch-all 404
     "dashboard:index": "dashboard", "dashboard:export-tenants": "dashboard", "dashboard:feedback": "dashboard",
     "dashboard:feedback-corrections": "dashboard", "dashboard:tenant": "dashboard",
@@ -274,6 +275,8 @@ TENANT_API_CALLS = [  # (method, path template, body template or None); {v} is t
     ("GET", "/v1/responses/{v}", None),
     ("GET", "/v1/responses/{v}/input_items", None),
     ("DELETE", "/v1/responses/{v}", None),
+    ("POST", "/v1/responses/{v}/cancel", None),
+    ("POST", "/v1/responses/input_tokens", {"model": "gpt-4o-mini", "input": "hi", "previous_response_id": "{v}"}),
     ("POST", "/v1/embeddings", {"model": "{v}", "input": "hi"}),
     ("POST", "/v1/messages", {"model": "{v}", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}),
     ("POST", "/v1/messages/count_tokens", {"model": "{v}", "messages": [{"role": "user", "content": "hi"}]}),

@@ -1,5 +1,6 @@
-"""`POST /v1/completions` in process: legacy text completions served through the chat pipeline
-(`routing/completions_format.py`), against the real fake provider, OpenAI- and Anthropic-type."""
+"""`POST /v1/completions` in process: legacy text completions through the chat pipeline
+(`routing/completions_format.py`), passed through to a completion model's `/v1/completions` or
+translated to chat for a chat model, against the real fake provider, OpenAI- and Anthropic-type."""
 
 from __future__ import annotations
 
@@ -78,6 +79,10 @@ async def test_a_streamed_completion_is_text_completion_chunks_then_done(gateway
 
 @pytest.mark.parametrize(("extra", "param", "code"), [
     ({"suffix": "after"}, "suffix", "unsupported_value"),
+    ({"suffix": 3}, "suffix", "invalid_type"),
+    ({"logprobs": 6}, "logprobs", "invalid_value"),
+    ({"best_of": 1, "n": 2}, "best_of", "invalid_value"),
+    ({"best_of": 2, "stream": True}, "best_of", "invalid_value"),
     ({"logprobs": 2}, "logprobs", "unsupported_value"),
     ({"best_of": 3}, "best_of", "unsupported_value"),
     ({"prompt": ["one", "two"]}, "prompt", "unsupported_value"),
@@ -107,3 +112,65 @@ async def test_a_completion_needs_a_key_and_a_post(gateway):
     other = await ApiClient().get("/v1/completions", headers=gateway.auth)
     assert other.status_code == 405 and other.headers["allow"] == "POST"
     assert await UsageRecord.objects.acount() == 0
+
+
+# --- passed through to a completion model -------------------------------------------------------
+@pytest.fixture
+def instruct(gateway):
+    """A completion model on the OpenAI-type provider, saved without a mode: the catalogue's."""
+    from providers.models import ProviderModel
+
+    model = ProviderModel.objects.create(
+        provider=gateway.provider, alias="instruct", upstream_model="gpt-3.5-turbo-instruct",
+        input_price_per_million="1.50", output_price_per_million="2.00",
+    )
+    assert model.mode == "completion"
+    return gateway
+
+
+async def test_a_completion_model_is_passed_through_with_what_only_it_honours(instruct):
+    response = await post(instruct, "/v1/completions", completion_body(
+        ["Say this", "Say that"], model="instruct", n=2, max_tokens=4, echo=True, logprobs=2, suffix="!"))
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["object"] == "text_completion" and body["model"] == "gpt-3.5-turbo-instruct"
+    assert [choice["index"] for choice in body["choices"]] == [0, 1, 2, 3]
+    for choice in body["choices"]:
+        prompt = "Say this" if choice["index"] < 2 else "Say that"
+        assert choice["text"].startswith(prompt) and choice["finish_reason"] == "length"
+        logprobs = choice["logprobs"]
+        assert "".join(logprobs["tokens"]) == choice["text"] and logprobs["token_logprobs"][0] is None
+        assert len(logprobs["top_logprobs"]) == len(logprobs["tokens"]) == len(logprobs["text_offset"])
+        assert all(len(top) <= 3 for top in logprobs["top_logprobs"][1:])
+    usage = body["usage"]
+    assert usage["completion_tokens"] == 4 * 4  # every choice of every prompt, cut at max_tokens
+    [record] = await records()
+    assert (record.endpoint, record.status, record.served_model) == ("completions", "success", "gpt-3.5-turbo-instruct")
+    assert (record.prompt_tokens, record.completion_tokens) == (usage["prompt_tokens"], usage["completion_tokens"])
+    expected = (Decimal("1.50") * usage["prompt_tokens"] + Decimal("2.00") * usage["completion_tokens"]) / 10**6
+    assert record.cost_usd == expected and not record.usage_estimated
+
+
+async def test_a_streamed_completion_is_passed_through_with_its_logprobs(instruct):
+    response = await post(instruct, "/v1/completions", completion_body(
+        "Stream this", model="instruct", stream=True, logprobs=1, stream_options={"include_usage": True}))
+    assert response.status_code == 200
+    events = await sse_events(response)
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert events[-1] == "[DONE]" and {chunk["object"] for chunk in chunks} == {"text_completion"}
+    pieces = [choice for chunk in chunks for choice in chunk["choices"] if choice["text"]]
+    assert pieces and all(choice["logprobs"]["tokens"] == [choice["text"]] for choice in pieces)
+    usage = chunks[-1]["usage"]
+    assert chunks[-1]["choices"] == [] and usage["completion_tokens"] == len(pieces)
+    [record] = await records()
+    assert (record.endpoint, record.stream, record.completion_tokens) == ("completions", True, len(pieces))
+    assert record.response_id == chunks[0]["id"] and record.cost_usd > 0
+
+
+async def test_a_chat_request_for_a_completion_model_is_refused(instruct):
+    response = await post(instruct, "/v1/chat/completions", json.dumps(
+        {"model": "instruct", "messages": [{"role": "user", "content": "Hi"}]}))
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == ("model", "model_not_supported")
+    assert "/v1/completions" in error["message"]

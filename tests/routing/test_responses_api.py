@@ -239,3 +239,47 @@ async def test_a_stream_cut_mid_way_ends_with_response_failed_and_stores_nothing
 async def test_a_provider_failing_before_the_first_token_is_a_plain_http_error(gateway):
     response = await post(gateway, {"model": "gpt-4o-mini", "stream": True, "input": "Hello [[fake status=400]]"})
     assert response.status_code == 400 and response.json()["error"]["message"]
+
+
+async def test_a_stored_response_is_synchronous_so_cancelling_it_is_openais_400(gateway):
+    await keeping_content(gateway)
+    created = (await post(gateway, {"model": "gpt-4o-mini", "input": "Hello"})).json()
+    cancel = f"/v1/responses/{created['id']}/cancel"
+    refused = await ApiClient().post(cancel, "", content_type="application/json", headers=gateway.auth)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"] == "Cannot cancel a synchronous response."
+    other = await other_tenant_auth()
+    foreign = await ApiClient().post(cancel, "", content_type="application/json", headers=other)
+    missing = await ApiClient().post("/v1/responses/resp_nothing/cancel", "", content_type="application/json",
+                                     headers=gateway.auth)
+    assert foreign.status_code == missing.status_code == 404
+    assert (await get(gateway, f"/v1/responses/{created['id']}")).json() == created  # still there
+
+
+@pytest.mark.parametrize(("model", "source"), [("gpt-4o-mini", "estimate"), ("claude-haiku-4-5", "provider")])
+async def test_input_tokens_counts_a_responses_body_as_the_response_bills_it(gateway, model, source):
+    await keeping_content(gateway)
+    body = {"model": model, "input": "Count these words, please.", "instructions": "Be brief.", "tools": [WEATHER]}
+    counted = await ApiClient().post("/v1/responses/input_tokens", json.dumps(body), content_type="application/json",
+                                     headers=gateway.auth)
+    assert counted.status_code == 200, counted.content
+    assert counted.json()["object"] == "response.input_tokens" and counted.headers["x-gateway-token-count"] == source
+    answered = (await post(gateway, body)).json()
+    if source == "provider":  # the provider's own counter: exactly what the response is billed for
+        assert counted.json()["input_tokens"] == answered["usage"]["input_tokens"]
+    else:
+        assert counted.json()["input_tokens"] > 0
+    async def count(body: dict) -> int:
+        answer = await ApiClient().post("/v1/responses/input_tokens", json.dumps(body),
+                                        content_type="application/json", headers=gateway.auth)
+        return answer.json()["input_tokens"]
+
+    alone = await count({"model": model, "input": "And now?"})
+    assert await count({"model": model, "input": "And now?", "previous_response_id": answered["id"]}) > alone
+    assert [r.endpoint for r in await records()] == ["responses"]  # counting is never recorded
+
+
+async def test_input_tokens_refuses_a_bad_body_as_responses_does(gateway):
+    refused = await ApiClient().post("/v1/responses/input_tokens", json.dumps({"model": "gpt-4o-mini"}),
+                                     content_type="application/json", headers=gateway.auth)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "input"
