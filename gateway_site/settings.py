@@ -138,6 +138,7 @@ INSTALLED_APPS = [
     "operators",
     "audit",
     "guardrails",
+    "batches",
 ]
 
 # Django's pages and the operator API; the tenant API has its own ASGI app and none of these
@@ -282,6 +283,10 @@ if CELERY_BROKER_URL == "filesystem://":
         "store_processed": False,
     }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# The queue of the batches' tasks: the default queue, which every worker serves; a deployment may
+# name another and run workers of their own for it (`celery worker -Q batches`, docs/batches.md).
+GATEWAY_BATCH_QUEUE = env.str("GATEWAY_BATCH_QUEUE", default="celery")
+CELERY_TASK_ROUTES = {"batches.tasks.*": {"queue": GATEWAY_BATCH_QUEUE}}
 CELERY_TIMEZONE = "UTC"
 
 # Mail (budget alerts): EMAIL_URL such as smtp+tls://user:pass@smtp.example.com:587; the embedded
@@ -308,6 +313,20 @@ STATIC_ROOT = Path(env.str("GATEWAY_STATIC_ROOT", default=str(BASE_DIR / "static
 # hashed names and compressed copies; the embedded mode serves the apps' files as they are.
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # The Files and Batches API's files (docs/batches.md): a folder in VAR_DIR, or, with
+    # GATEWAY_BATCH_S3_BUCKET, an S3-compatible bucket through django-storages (installed apart).
+    "batches": (
+        {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {
+            "bucket_name": env.str("GATEWAY_BATCH_S3_BUCKET"),
+            "endpoint_url": env.str("GATEWAY_BATCH_S3_ENDPOINT_URL", default="") or None,
+            "location": env.str("GATEWAY_BATCH_S3_PREFIX", default="batches"),
+            "default_acl": None,
+            "file_overwrite": False,
+        }}
+        if env.str("GATEWAY_BATCH_S3_BUCKET", default="")
+        else {"BACKEND": "django.core.files.storage.FileSystemStorage",
+              "OPTIONS": {"location": str(VAR_DIR / "batches")}}
+    ),
     "staticfiles": {
         "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
         if PRODUCTION
@@ -477,6 +496,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60.0,
         "options": {"expires": 55},
     },
+    "batches-resume": {
+        "task": "batches.tasks.batches_resume_task",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
     "content-retention": {
         "task": "accounting.tasks.content_retention_task",
         "schedule": 3600.0,
@@ -487,3 +511,17 @@ CELERY_BEAT_SCHEDULE = {
 # --- dashboards ---------------------------------------------------------------------------------
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/dashboard/"
+
+# --- batches (docs/batches.md) ---------------------------------------------------------------
+# The largest file POST /v1/files takes (413 past it), and the most lines a batch file may have.
+GATEWAY_BATCH_MAX_FILE_BYTES = env.int("GATEWAY_BATCH_MAX_FILE_BYTES", default=100 * 1024 * 1024)
+GATEWAY_BATCH_MAX_LINES = 50_000
+# The share of a tenant's (and key's) rpm and tpm limits that its batches' lines may use: the rest
+# is left to its live requests. A fraction from 0 (exclusive) to 1.
+GATEWAY_BATCH_RATE_SHARE = env.float("GATEWAY_BATCH_RATE_SHARE", default=0.5)
+if not 0 < GATEWAY_BATCH_RATE_SHARE <= 1:
+    raise ImproperlyConfigured("GATEWAY_BATCH_RATE_SHARE must be a fraction above 0, at most 1 (e.g. 0.5)")
+# Lines of one batch sent at the same time by its worker.
+GATEWAY_BATCH_MAX_IN_FLIGHT = env.int("GATEWAY_BATCH_MAX_IN_FLIGHT", default=8)
+if GATEWAY_BATCH_MAX_IN_FLIGHT < 1:
+    raise ImproperlyConfigured("GATEWAY_BATCH_MAX_IN_FLIGHT must be at least 1")

@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 
@@ -57,7 +58,7 @@ DEFAULT_OUTPUT_RESERVE = 4096
 # bound to an HTTP request.
 Credential = Callable[[], Awaitable[ApiKeyContext]]
 
-__all__ = ["Call", "chat", "embeddings", "prompt_tokens_count"]
+__all__ = ["Call", "chat", "cost_ceiling", "embeddings", "prompt_tokens_count"]
 
 
 async def chat(
@@ -208,6 +209,34 @@ async def prompt_tokens_count(*, auth: ApiKeyContext, payload: dict) -> tuple[in
     if payload.get("tools"):
         count += tokens.text_tokens(json.dumps(payload["tools"]))
     return count, "estimate"
+
+
+async def cost_ceiling(*, auth: ApiKeyContext, mode: str, bodies: list[dict]) -> Decimal:
+    """The most these requests could cost, each as a budget would reserve it (`_max_cost`), on the
+    deployments its model routes to (mode `chat`: OpenAI-shaped chat bodies, or `embedding`); a
+    body that does not validate or route counts nothing, as it fails before any provider. A
+    batch's estimate at its creation: nothing is reserved, billed or recorded."""
+    validate = validation.chat_request_validate if mode == "chat" else validation.embeddings_request_validate
+    plans: dict[str, RoutePlan | None] = {}
+    total = Decimal("0")
+    for body in bodies:
+        call = Call(endpoint="embeddings" if mode == "embedding" else "chat.completions", auth=auth,
+                    request_id=uuid.uuid4())
+        try:
+            call.payload = validate(body)
+        except GatewayError:
+            continue
+        model = call.payload["model"]
+        if model not in plans:
+            try:
+                plans[model] = await route_select(auth=auth, model=model, mode=mode)
+            except GatewayError:
+                plans[model] = None
+        if plans[model] is None:
+            continue
+        call.plan, call.schema = plans[model], required_schema(call.payload) if mode == "chat" else None
+        total += _max_cost(call)
+    return total
 
 
 async def embeddings(call: Call, *, credential: Credential, parse: Callable[[], dict], headers) -> dict:

@@ -2,6 +2,7 @@ from django.urls import path, re_path
 from django.views.decorators.csrf import csrf_exempt
 
 from accounting import api as usage_api
+from batches.urls import batch_api_patterns
 from accounting.openapi import UsageDoc
 from caching import api as cache_api
 from caching.openapi import CacheClearDoc, CacheStatsDoc
@@ -31,6 +32,7 @@ tenant_api_patterns = [
          name="response-detail"),
     path("v1/responses/<str:response_id>/input_items",
          documented(responses_api.response_input_items, docs.ResponseInputItemsDoc), name="response-input-items"),
+    *batch_api_patterns,
 ]
 
 
