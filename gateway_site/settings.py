@@ -283,10 +283,6 @@ if CELERY_BROKER_URL == "filesystem://":
         "store_processed": False,
     }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
-# The queue of the batches' tasks: the default queue, which every worker serves; a deployment may
-# name another and run workers of their own for it (`celery worker -Q batches`, docs/batches.md).
-GATEWAY_BATCH_QUEUE = env.str("GATEWAY_BATCH_QUEUE", default="celery")
-CELERY_TASK_ROUTES = {"batches.tasks.*": {"queue": GATEWAY_BATCH_QUEUE}}
 CELERY_TIMEZONE = "UTC"
 
 # Mail (budget alerts): EMAIL_URL such as smtp+tls://user:pass@smtp.example.com:587; the embedded
@@ -313,20 +309,10 @@ STATIC_ROOT = Path(env.str("GATEWAY_STATIC_ROOT", default=str(BASE_DIR / "static
 # hashed names and compressed copies; the embedded mode serves the apps' files as they are.
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    # The Files and Batches API's files (docs/batches.md): a folder in VAR_DIR, or, with
-    # GATEWAY_BATCH_S3_BUCKET, an S3-compatible bucket through django-storages (installed apart).
-    "batches": (
-        {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {
-            "bucket_name": env.str("GATEWAY_BATCH_S3_BUCKET"),
-            "endpoint_url": env.str("GATEWAY_BATCH_S3_ENDPOINT_URL", default="") or None,
-            "location": env.str("GATEWAY_BATCH_S3_PREFIX", default="batches"),
-            "default_acl": None,
-            "file_overwrite": False,
-        }}
-        if env.str("GATEWAY_BATCH_S3_BUCKET", default="")
-        else {"BACKEND": "django.core.files.storage.FileSystemStorage",
-              "OPTIONS": {"location": str(VAR_DIR / "batches")}}
-    ),
+    # The Files and Batches API's files: a folder in VAR_DIR. A deployment of several machines puts
+    # them in a bucket instead, any django-storages backend (docs/batches.md, "Storage").
+    "batches": {"BACKEND": "django.core.files.storage.FileSystemStorage",
+                "OPTIONS": {"location": str(VAR_DIR / "batches")}},
     "staticfiles": {
         "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
         if PRODUCTION
@@ -522,6 +508,4 @@ GATEWAY_BATCH_RATE_SHARE = env.float("GATEWAY_BATCH_RATE_SHARE", default=0.5)
 if not 0 < GATEWAY_BATCH_RATE_SHARE <= 1:
     raise ImproperlyConfigured("GATEWAY_BATCH_RATE_SHARE must be a fraction above 0, at most 1 (e.g. 0.5)")
 # Lines of one batch sent at the same time by its worker.
-GATEWAY_BATCH_MAX_IN_FLIGHT = env.int("GATEWAY_BATCH_MAX_IN_FLIGHT", default=8)
-if GATEWAY_BATCH_MAX_IN_FLIGHT < 1:
-    raise ImproperlyConfigured("GATEWAY_BATCH_MAX_IN_FLIGHT must be at least 1")
+GATEWAY_BATCH_MAX_IN_FLIGHT = 8

@@ -113,11 +113,10 @@ class Deployment:
 def deployment(tmp_path_factory):
     database_url, name = database_create()
     var_dir = tmp_path_factory.mktemp("batches-var")
-    queue = f"test-batches-{uuid.uuid4().hex[:10]}"
+    queue = "celery"  # the batches' queue: the default one
     env = deployment_env(
-        database_url, name, GATEWAY_VAR_DIR=str(var_dir), GATEWAY_BATCH_QUEUE=queue,
-        CELERY_BROKER_URL=os.environ["REDIS_URL"], GATEWAY_BATCH_MAX_FILE_BYTES=str(MAX_FILE_BYTES),
-        GATEWAY_BATCH_MAX_IN_FLIGHT="4", LOG_LEVEL="INFO",
+        database_url, name, GATEWAY_VAR_DIR=str(var_dir), CELERY_BROKER_URL=os.environ["REDIS_URL"],
+        GATEWAY_BATCH_MAX_FILE_BYTES=str(MAX_FILE_BYTES), LOG_LEVEL="INFO",
     )
     fake, port = fake_start(env)
     processes = [fake]
@@ -144,7 +143,7 @@ def deployment(tmp_path_factory):
         import redis
 
         with redis.Redis.from_url(os.environ["REDIS_URL"]) as client:
-            client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+            client.delete(queue, "unacked", "unacked_index")  # what the killed worker held
         database_drop(name)
 
 
