@@ -124,6 +124,9 @@ class BatchLine(models.Model):
     request_id = models.UUIDField(help_text="The UsageRecord's request id of its current attempt.")
     ok = models.BooleanField(null=True, blank=True, help_text="Answered with success; None until done.")
     result = models.JSONField(null=True, blank=True, help_text="Its line of the output or error file.")
+    kept = models.JSONField(null=True, blank=True, help_text=(
+        "While running: its answer and its UsageRecord's write, kept just before the record is written "
+        "(routing.record), for the runner that resumes it if its worker died."))
 
     class Meta:
         ordering = ["batch", "index"]

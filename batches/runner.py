@@ -6,13 +6,15 @@ reservations, the tenant's rate limits, guardrails, the cache, and one UsageReco
 `request_id` is the line's (its tags carry `batch:<id>`). Nothing is run twice
 (docs/batches.md, "Exactly once"):
 
-- a line is claimed (`running`, committed) before it is sent, and finished (`done`, with its
-  answer) once its record is written;
+- a line is claimed (`running`, committed) before it is sent. Just before its UsageRecord is
+  written, the record step hands the line its answer and the record's write (`Call.keep`), which
+  the line keeps; once the record is written, the line is finished (`done`, its output line);
 - one runner holds a batch at a time (`lease_take`), renewing its lease while it runs; a worker
   that dies stops renewing it, and the next runner (`batches.tasks`) takes over once it has run
-  out: lines left `running` without a record are sent again under a new attempt (a new request
-  id), and a line with a record (answered and billed just before the worker died) fails rather
-  than run twice;
+  out. A line left `running` with a kept answer gets its record written if it is missing (the
+  one write, `accounting.writes.record_write`; the record's unique request id keeps it single)
+  and is finished with that answer; a line without one was never answered, and is sent again under
+  a new attempt (a new request id);
 - a cancel makes the batch `cancelling`: no line is claimed after it, the lines in flight finish.
 
 Batch lines yield to live traffic: before its pipeline call a line takes from buckets of its own
@@ -30,12 +32,16 @@ import logging
 import math
 from dataclasses import dataclass, replace
 
+import orjson
 from django.conf import settings
+from django.db import IntegrityError
 
 from accounting import tokens
 from accounting.auth import api_key_authenticate_hashed
+from accounting.services import RecordWrite
+from accounting.writes import record_write
 from accounting.quotas import Charge, RateLimited, RateLimitRule, rate_limit_settle, rate_limit_take, rate_limits_for
-from batches.formats import lines_parse, output_line
+from batches.formats import error_line, lines_parse, output_line
 from batches.models import Batch, BatchLine
 from batches.services import (
     batch_fail,
@@ -48,8 +54,11 @@ from batches.services import (
     line_item_id,
     line_release,
     line_retry,
+    line_keep,
+    line_resend,
     lines_create,
-    lines_recover,
+    lines_running,
+    record_exists,
 )
 from kernel import db_async, request_ids
 from kernel.db_executor import db_call
@@ -57,7 +66,8 @@ from kernel.errors import DatabaseUnavailable, GatewayError, InvalidRequest
 from kernel.loops import background_wait
 from routing import pipeline, responses_api
 from routing.call import Call
-from routing.responses_format import response_object
+from routing.journal import write_dumps, write_loads
+from routing.responses_format import Echo, response_object
 
 logger = logging.getLogger(__name__)
 
@@ -103,9 +113,8 @@ async def _run(run: Run) -> None:
         await _validate(batch)
         run.batch = batch = await _batch(batch.pk)
     if batch.status == Batch.Status.IN_PROGRESS:
-        back = await db_call(lines_recover, batch_id=batch.pk)
-        if back:
-            logger.info("batch %s: %d interrupted lines resumed", batch.pk, back)
+        for line in await db_call(lines_running, batch_id=batch.pk):
+            await _line_recover(batch, line)
         run.credential = functools.partial(api_key_authenticate_hashed, hashed_key=batch.api_key.hashed_key)
         await asyncio.gather(*(_lines_send(run) for _ in range(settings.GATEWAY_BATCH_MAX_IN_FLIGHT)))
         run.batch = batch = await _batch(batch.pk)
@@ -235,6 +244,7 @@ async def _line_send(run: Run, line: BatchLine, charge: Charge | None) -> tuple[
     request_ids.request_ids_begin(str(line.request_id))
     call, door = _door(batch, line)
     call.tags = (f"batch:{batch.pk}",)  # a line refused before its route hints are read is tagged too
+    call.keep = functools.partial(_keep, line.pk)
     headers = {"x-gateway-tags": f"batch:{batch.pk}"}
     try:
         body = await door(call, _tagged(line.body, batch.pk), headers, run.credential)
@@ -306,4 +316,52 @@ async def _responses(call: Call, body: dict, headers: dict, credential) -> dict:
         parse=lambda: responses_api.responses_parse(call, {**_no_stream(body), "store": False}, conversation),
     )
     return response_object(answer, echo=responses_api.responses_echo(call, conversation))
+
+
+# --- a worker that died: its lines in flight ------------------------------------------------------
+
+
+async def _keep(line_id: int, call: Call, write: RecordWrite) -> None:
+    """The record step's hook (`Call.keep`): the line's answer and its record's write, kept in the
+    line just before the record is written."""
+    kept = {"write": orjson.loads(write_dumps(write)), "answer": call.answer}
+    await db_call(line_keep, line_id=line_id, kept=kept)
+
+
+async def _line_recover(batch: Batch, line: BatchLine) -> None:
+    """A line its dead worker left `running`. Kept (its record was about to be written, or was):
+    its record written if it is missing, and the line finished with the answer kept. Not kept: never
+    answered, so sent again, under a new attempt; unless its record exists all the same (its keep
+    failed): then it fails rather than be sent and billed twice."""
+    if line.kept is not None:
+        write = write_loads(orjson.dumps(line.kept["write"]))
+        if not await db_call(record_exists, request_id=line.request_id):
+            try:
+                await record_write(write)
+            except IntegrityError:
+                pass  # written meanwhile
+        await db_call(line_finish, line_id=line.pk, **_kept_result(batch, line, write))
+        return
+    if not await db_call(record_exists, request_id=line.request_id):
+        await db_call(line_resend, line_id=line.pk)
+        return
+    await db_call(line_finish, line_id=line.pk, ok=False, result=error_line(
+        line_id=line_item_id(line), custom_id=line.custom_id, code="line_interrupted",
+        message=f"The request was answered and billed (usage record {line.request_id}), but the worker "
+                "running the batch stopped before its answer was kept."))
+
+
+def _kept_result(batch: Batch, line: BatchLine, write: RecordWrite) -> dict:
+    fields, answer = write.fields, line.kept["answer"]
+    request_id = str(line.request_id)
+    common = {"line_id": line_item_id(line), "custom_id": line.custom_id, "request_id": request_id}
+    if fields["status"] == "success" and answer is not None:
+        if batch.endpoint == "/v1/responses":
+            echo = Echo(response_id=f"resp_{line.request_id.hex}", body={**line.body, "store": False},
+                        model=fields.get("served_model") or fields.get("requested_model") or "")
+            answer = response_object(answer, echo=echo)
+        return {"ok": True, "result": output_line(status=200, body=answer, **common)}
+    error = GatewayError(f"The request failed ({fields.get('error_class') or 'error'}).")
+    error.code = fields.get("error_class") or None
+    return {"ok": False, "result": output_line(status=fields.get("http_status") or 500, body=error.as_body(), **common)}
 

@@ -141,24 +141,22 @@ def batch_fail(*, batch_id: str, errors: list[dict]) -> None:
         status=Batch.Status.FAILED, failed_at=timezone.now(), errors=errors)
 
 
-def lines_recover(*, batch_id: str) -> int:
-    """The lines a runner that stopped left `running`: a line without a UsageRecord for its attempt
-    was never answered and goes back to `pending` under a new attempt (its own request id); one
-    with a record was answered and billed, but its answer was lost with the worker: it fails,
-    never runs twice. Returns how many went back."""
-    back = 0
-    for line in BatchLine.objects.filter(batch_id=batch_id, state=BatchLine.State.RUNNING):
-        if UsageRecord.objects.filter(request_id=line.request_id).exists():
-            line_finish(line_id=line.pk, ok=False, result=error_line(
-                line_id=line_item_id(line), custom_id=line.custom_id, code="line_interrupted",
-                message=f"The request was answered and billed (usage record {line.request_id}), but the "
-                        "worker running the batch stopped before its answer was kept."))
-            continue
-        line.state, line.attempt = BatchLine.State.PENDING, line.attempt + 1
-        line.request_id = line_request_id(batch_id, line.index, line.attempt)
-        line.save(update_fields=["state", "attempt", "request_id"])
-        back += 1
-    return back
+def lines_running(*, batch_id: str) -> list[BatchLine]:
+    """The lines a runner that stopped left `running` (`batches.runner` resumes them)."""
+    return list(BatchLine.objects.filter(batch_id=batch_id, state=BatchLine.State.RUNNING))
+
+
+def record_exists(*, request_id) -> bool:
+    return UsageRecord.objects.filter(request_id=request_id).exists()
+
+
+def line_resend(*, line_id: int) -> None:
+    """A line cut before its record: pending again under a new attempt (its own request id)."""
+    line_retry(line_id=line_id)
+
+
+def line_keep(*, line_id: int, kept: dict) -> None:
+    BatchLine.objects.filter(pk=line_id).update(kept=kept)
 
 
 def line_claim(*, batch_id: str, owner: str) -> BatchLine | None:
@@ -187,16 +185,16 @@ def line_retry(*, line_id: int) -> None:
     """A line the tenant's live traffic left no room for (its rate limit refused it): pending
     again, under a new attempt (the refused attempt has its own record)."""
     line = BatchLine.objects.get(pk=line_id)
-    line.state, line.attempt = BatchLine.State.PENDING, line.attempt + 1
+    line.state, line.attempt, line.kept = BatchLine.State.PENDING, line.attempt + 1, None
     line.request_id = line_request_id(line.batch_id, line.index, line.attempt)
-    line.save(update_fields=["state", "attempt", "request_id"])
+    line.save(update_fields=["state", "attempt", "request_id", "kept"])
 
 
 def line_finish(*, line_id: int, ok: bool, result: dict) -> None:
     """A line's answer (or error) and the batch's counts, together."""
     with transaction.atomic():
         updated = BatchLine.objects.filter(pk=line_id).exclude(state=BatchLine.State.DONE).update(
-            state=BatchLine.State.DONE, ok=ok, result=result)
+            state=BatchLine.State.DONE, ok=ok, result=result, kept=None)
         if updated:
             line = BatchLine.objects.only("batch_id").get(pk=line_id)
             counter = "completed" if ok else "failed"

@@ -120,6 +120,7 @@ async def _chat(call: Call, *, body: dict, headers) -> dict | AsyncIterator[dict
         await _failure_record(call, exc)
         raise
     answer["id"] = call.response_id
+    call.answer = answer
     await record(call, status="success", completion_text="".join(choice_texts(answer)))
     return answer
 
@@ -157,6 +158,7 @@ async def _cached(call: Call) -> dict | AsyncIterator[dict]:
     body = cache_body(call.cache, call.response_id)
     # The rules in force now, which may be newer than the stored answer.
     guard_output(rules=call.guard, body=body, events=call.guard_events)
+    call.answer = body
     await record(call, status="success", completion_text=cache_completion_text(call.cache))
     return body
 
@@ -271,6 +273,7 @@ async def _embeddings(call: Call, *, body: dict, headers) -> dict:
         await _failure_record(call, exc)
         raise
     call.usage = result.usage
+    call.answer = result.body
     await record(call, status="success")
     return result.body
 
