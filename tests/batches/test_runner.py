@@ -132,3 +132,23 @@ async def test_a_runner_leaves_a_batch_another_holds(batch_of):
     await batch_run(batch.pk, owner="second")
     batch = await Batch.objects.aget(pk=batch.pk)
     assert batch.status == "validating" and batch.lease_owner == "alive"
+
+
+def test_the_batches_dashboard_shows_a_tenants_batches_to_its_members_and_every_batch_to_operators(batch_of, gateway):
+    from asgiref.sync import async_to_sync
+
+    from accounting.services import tenant_create
+    from tests.conftest import logged_in_client
+
+    batch = async_to_sync(batch_of)([chat_line("a", "hello")])
+    async_to_sync(batch_run)(batch.pk, owner="runner")
+    member = logged_in_client("member", tenant=gateway.tenant)
+    page = member.get(f"/dashboard/{gateway.tenant.slug}/batches/")
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert f'data-batch="{batch.pk}"' in text and "completed" in text
+    other = tenant_create(slug="other")
+    assert member.get(f"/dashboard/{other.slug}/batches/").status_code == 404
+    assert member.get("/dashboard/batches/").status_code == 403
+    viewer = logged_in_client("viewer", staff=True, group="Gateway viewers")
+    assert f'data-batch="{batch.pk}"' in viewer.get("/dashboard/batches/").content.decode()
