@@ -112,9 +112,10 @@ async def _run(run: Run) -> None:
     if batch.status == Batch.Status.VALIDATING:
         await _validate(batch)
         run.batch = batch = await _batch(batch.pk)
-    if batch.status == Batch.Status.IN_PROGRESS:
-        for line in await db_call(lines_running, batch_id=batch.pk):
+    if batch.status in (Batch.Status.IN_PROGRESS, Batch.Status.CANCELLING, Batch.Status.FINALIZING):
+        for line in await db_call(lines_running, batch_id=batch.pk):  # a dead worker's
             await _line_recover(batch, line)
+    if batch.status == Batch.Status.IN_PROGRESS:
         run.credential = functools.partial(api_key_authenticate_hashed, hashed_key=batch.api_key.hashed_key)
         await asyncio.gather(*(_lines_send(run) for _ in range(settings.GATEWAY_BATCH_MAX_IN_FLIGHT)))
         run.batch = batch = await _batch(batch.pk)

@@ -152,3 +152,19 @@ def test_the_batches_dashboard_shows_a_tenants_batches_to_its_members_and_every_
     assert member.get("/dashboard/batches/").status_code == 403
     viewer = logged_in_client("viewer", staff=True, group="Gateway viewers")
     assert f'data-batch="{batch.pk}"' in viewer.get("/dashboard/batches/").content.decode()
+
+
+async def test_a_batch_past_its_window_expires_with_its_unsent_lines_in_the_error_file(batch_of):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    batch = await batch_of([chat_line("a", "hello"), chat_line("b", "world")])
+    await Batch.objects.filter(pk=batch.pk).aupdate(expires_at=timezone.now() - timedelta(seconds=1))
+    await batch_run(batch.pk, owner="runner")
+    batch = await Batch.objects.aget(pk=batch.pk)
+    assert (batch.status, batch.completed, batch.failed, batch.output_file_id) == ("expired", 0, 2, None)
+    assert batch.expired_at is not None
+    results = [line.result async for line in BatchLine.objects.filter(batch_id=batch.pk).order_by("index")]
+    assert [(r["custom_id"], r["error"]["code"]) for r in results] == [("a", "batch_expired"), ("b", "batch_expired")]
+    assert await UsageRecord.objects.filter(tenant_id=batch.tenant_id).acount() == 0
