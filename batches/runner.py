@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 import orjson
 from django.conf import settings
 from django.db import IntegrityError
+from django.utils import timezone
 
 from accounting import tokens
 from accounting.auth import api_key_authenticate_hashed
@@ -83,7 +84,7 @@ class Run:
     batch: Batch
     owner: str
     stop: asyncio.Event
-    credential: functools.partial
+    credential: functools.partial | None = None  # the batch key's, once it runs lines
 
 
 async def batch_run(batch_id: str, *, owner: str) -> None:
@@ -91,7 +92,7 @@ async def batch_run(batch_id: str, *, owner: str) -> None:
     if not await db_call(lease_take, batch_id=batch_id, owner=owner, seconds=LEASE_SECONDS):
         return
     try:
-        run = Run(batch=await _batch(batch_id), owner=owner, stop=asyncio.Event(), credential=None)
+        run = Run(batch=await _batch(batch_id), owner=owner, stop=asyncio.Event())
         renewing = asyncio.create_task(_lease_renew(run))
         try:
             await _run(run)
@@ -128,8 +129,6 @@ async def _run(run: Run) -> None:
 
 def _finished(batch: Batch) -> bool:
     """Whether a batch in progress is done with sending: no line left, or its window is over."""
-    from django.utils import timezone
-
     left = BatchLine.objects.filter(batch_id=batch.pk).exclude(state=BatchLine.State.DONE).exists()
     return not left or batch.expires_at <= timezone.now()
 
@@ -227,8 +226,6 @@ async def _share_take(run: Run, line: BatchLine) -> tuple[bool, Charge | None]:
 
 
 def _still_running(run: Run) -> bool:
-    from django.utils import timezone
-
     return Batch.objects.filter(pk=run.batch.pk, status=Batch.Status.IN_PROGRESS, lease_owner=run.owner,
                                 expires_at__gt=timezone.now()).exists()
 

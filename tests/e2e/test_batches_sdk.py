@@ -13,7 +13,6 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from tests.e2e.conftest import (
     fake_start,
     gateway_start,
     manage,
-    wait_for,
 )
 
 CONFIG = """
