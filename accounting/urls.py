@@ -2,6 +2,7 @@ from django.urls import path
 
 from accounting import views
 from accounting.selfservice import views as selfservice
+from batches import views as batch_views
 from feedback import views as feedback_views
 from requestlogs import views as requestlogs_views
 
@@ -11,6 +12,7 @@ urlpatterns = [
     path("", views.dashboard_index, name="index"),
     path("export.csv", views.dashboard_export_tenants, name="export-tenants"),
     path("feedback/", feedback_views.operator_feedback, name="feedback"),
+    path("batches/", batch_views.operator_batches, name="batches"),
     path("feedback/corrections.jsonl", feedback_views.operator_corrections, name="feedback-corrections"),
     path("requests/", requestlogs_views.operator_requests, name="requests"),
     path("requests/export.csv", requestlogs_views.operator_requests_export, name="requests-export"),
@@ -25,6 +27,7 @@ urlpatterns = [
     path("<slug:slug>/members/<int:member_id>/remove", selfservice.member_remove, name="member-remove"),
     path("<slug:slug>/settings/", selfservice.tenant_settings, name="settings"),
     path("<slug:slug>/feedback/", feedback_views.tenant_feedback, name="tenant-feedback"),
+    path("<slug:slug>/batches/", batch_views.tenant_batches, name="tenant-batches"),
     path("<slug:slug>/feedback/corrections.jsonl", feedback_views.tenant_corrections,
          name="tenant-feedback-corrections"),
     path("<slug:slug>/requests/", requestlogs_views.tenant_requests, name="tenant-requests"),

@@ -138,6 +138,7 @@ INSTALLED_APPS = [
     "operators",
     "audit",
     "guardrails",
+    "batches",
 ]
 
 # Django's pages and the operator API; the tenant API has its own ASGI app and none of these
@@ -312,6 +313,10 @@ STATIC_ROOT = Path(env.str("GATEWAY_STATIC_ROOT", default=str(BASE_DIR / "static
 # hashed names and compressed copies; the embedded mode serves the apps' files as they are.
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # The Files and Batches API's files: a folder in VAR_DIR. A deployment of several machines puts
+    # them in a bucket instead, any django-storages backend (docs/batches.md, "Storage").
+    "batches": {"BACKEND": "django.core.files.storage.FileSystemStorage",
+                "OPTIONS": {"location": str(VAR_DIR / "batches")}},
     "staticfiles": {
         "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
         if PRODUCTION
@@ -483,6 +488,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60.0,
         "options": {"expires": 55},
     },
+    "batches-resume": {
+        "task": "batches.tasks.batches_resume_task",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
     "content-retention": {
         "task": "accounting.tasks.content_retention_task",
         "schedule": 3600.0,
@@ -493,3 +503,15 @@ CELERY_BEAT_SCHEDULE = {
 # --- dashboards ---------------------------------------------------------------------------------
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/dashboard/"
+
+# --- batches (docs/batches.md) ---------------------------------------------------------------
+# The largest file POST /v1/files takes (413 past it), and the most lines a batch file may have.
+GATEWAY_BATCH_MAX_FILE_BYTES = env.int("GATEWAY_BATCH_MAX_FILE_BYTES", default=100 * 1024 * 1024)
+GATEWAY_BATCH_MAX_LINES = 50_000
+# The share of a tenant's (and key's) rpm and tpm limits that its batches' lines may use: the rest
+# is left to its live requests. A fraction from 0 (exclusive) to 1.
+GATEWAY_BATCH_RATE_SHARE = env.float("GATEWAY_BATCH_RATE_SHARE", default=0.5)
+if not 0 < GATEWAY_BATCH_RATE_SHARE <= 1:
+    raise ImproperlyConfigured("GATEWAY_BATCH_RATE_SHARE must be a fraction above 0, at most 1 (e.g. 0.5)")
+# Lines of one batch sent at the same time by its worker.
+GATEWAY_BATCH_MAX_IN_FLIGHT = 8

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from dataclasses import dataclass, field
 
@@ -16,6 +16,7 @@ from accounting import tokens
 from accounting.auth import ApiKeyContext
 from accounting.budgets import BudgetLimit, Reservation
 from accounting.quotas import Charge
+from accounting.services import RecordWrite
 from caching.services import CacheDecision
 from guardrails.selectors import RuleSet
 from kernel import request_ids
@@ -74,6 +75,12 @@ class Call:
     guard_events: list[dict] = field(default_factory=list)  # the checks append; written with the record
     # The client's x-request-id when valid, else the request id: returned, logged, sent upstream.
     correlation_id: str = field(default_factory=request_ids.correlation_id)
+    answer: dict | None = None  # the body answered (not a stream), once the pipeline has it
+    # A caller's hook, awaited once with the request's record just before it is written (the record
+    # step): a batch line keeps its answer and its record with it, so that a worker that dies
+    # between the record and the line's finish loses neither (`batches.runner`). None for live
+    # requests, whose client has its answer or nothing.
+    keep: Callable[[Call, RecordWrite], Awaitable[None]] | None = None
 
     @property
     def response_id(self) -> str:

@@ -158,6 +158,17 @@ def _line(write: RecordWrite) -> bytes:
     return orjson.dumps(entry, default=_json_default) + b"\n"
 
 
+def write_dumps(write: RecordWrite) -> bytes:
+    """A record's write as a journal line holds it (one JSON object), for a caller that keeps it
+    elsewhere until written: a batch line (`batches.runner`)."""
+    return _line(write).rstrip(b"\n")
+
+
+def write_loads(data: bytes) -> RecordWrite:
+    """The write `write_dumps` gave, to be written (`accounting.writes.record_write`)."""
+    return _write_from(orjson.loads(data))
+
+
 def _json_default(value: object) -> str:
     """What orjson does not encode itself: a Decimal, as its exact text."""
     if isinstance(value, Decimal):

@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 
@@ -58,7 +59,7 @@ DEFAULT_OUTPUT_RESERVE = 4096
 # bound to an HTTP request.
 Credential = Callable[[], Awaitable[ApiKeyContext]]
 
-__all__ = ["Call", "chat", "embeddings", "prompt_tokens_count"]
+__all__ = ["Call", "chat", "cost_ceiling", "embeddings", "prompt_tokens_count"]
 
 
 async def chat(
@@ -124,6 +125,7 @@ async def _chat(call: Call, *, body: dict, headers) -> dict | AsyncIterator[dict
         await _failure_record(call, exc)
         raise
     answer["id"] = call.response_id
+    call.answer = answer
     await record(call, status="success", completion_text="".join(choice_texts(answer)))
     return answer
 
@@ -161,6 +163,7 @@ async def _cached(call: Call) -> dict | AsyncIterator[dict]:
     body = cache_body(call.cache, call.response_id)
     # The rules in force now, which may be newer than the stored answer.
     guard_output(rules=call.guard, body=body, events=call.guard_events)
+    call.answer = body
     await record(call, status="success", completion_text=cache_completion_text(call.cache))
     return body
 
@@ -215,6 +218,34 @@ async def prompt_tokens_count(*, auth: ApiKeyContext, payload: dict) -> tuple[in
     return count, "estimate"
 
 
+async def cost_ceiling(*, auth: ApiKeyContext, mode: str, bodies: list[dict]) -> Decimal:
+    """The most these requests could cost, each as a budget would reserve it (`_max_cost`), on the
+    deployments its model routes to (mode `chat`: OpenAI-shaped chat bodies, or `embedding`); a
+    body that does not validate or route counts nothing, as it fails before any provider. A
+    batch's estimate at its creation: nothing is reserved, billed or recorded."""
+    validate = validation.chat_request_validate if mode == "chat" else validation.embeddings_request_validate
+    plans: dict[str, RoutePlan | None] = {}
+    total = Decimal("0")
+    for body in bodies:
+        call = Call(endpoint="embeddings" if mode == "embedding" else "chat.completions", auth=auth,
+                    request_id=uuid.uuid4())
+        try:
+            call.payload = validate(body)
+        except GatewayError:
+            continue
+        model = call.payload["model"]
+        if model not in plans:
+            try:
+                plans[model] = await route_select(auth=auth, model=model, mode=mode)
+            except GatewayError:
+                plans[model] = None
+        if plans[model] is None:
+            continue
+        call.plan, call.schema = plans[model], required_schema(call.payload) if mode == "chat" else None
+        total += _max_cost(call)
+    return total
+
+
 async def embeddings(call: Call, *, credential: Credential, parse: Callable[[], dict], headers) -> dict:
     """Serve an embeddings request; `credential`, `parse` and failures as for `chat`."""
     try:
@@ -247,6 +278,7 @@ async def _embeddings(call: Call, *, body: dict, headers) -> dict:
         await _failure_record(call, exc)
         raise
     call.usage = result.usage
+    call.answer = result.body
     await record(call, status="success")
     return result.body
 

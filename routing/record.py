@@ -159,6 +159,11 @@ async def _record_commit(call: Call, fields: dict, first_try: asyncio.Event) -> 
     retry fails on the record's unique `request_id`."""
     delay, deadline = 0.25, time.monotonic() + RECORD_RETRY_SECONDS
     kept = False  # in this worker's journal (`routing.journal`), which outlives the worker
+    if call.keep is not None:
+        try:
+            await call.keep(call, RecordWrite(fields=dict(fields), budgets=call.budgets, reservation=call.reservation))
+        except Exception:  # noqa: BLE001 - the record is written all the same
+            logger.exception("request %s: its caller could not keep its record", call.request_id)
     while True:
         try:
             write = RecordWrite(fields=dict(fields), budgets=call.budgets, reservation=call.reservation)

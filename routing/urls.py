@@ -2,6 +2,7 @@ from django.urls import path, re_path
 from django.views.decorators.csrf import csrf_exempt
 
 from accounting import api as usage_api
+from batches.urls import batch_api_patterns
 from accounting.openapi import UsageDoc
 from caching import api as cache_api
 from caching.openapi import CacheClearDoc, CacheStatsDoc
@@ -35,6 +36,7 @@ tenant_api_patterns = [
          documented(responses_api.response_input_items, docs.ResponseInputItemsDoc), name="response-input-items"),
     path("v1/responses/<str:response_id>/cancel",
          documented(responses_api.response_cancel, docs.ResponseCancelDoc), name="response-cancel"),
+    *batch_api_patterns,
 ]
 
 

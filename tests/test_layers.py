@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = ("kernel", "gateway_site", "audit", "operators", "providers", "accounting", "caching",
-        "guardrails", "feedback", "routing", "requestlogs")
+        "guardrails", "feedback", "routing", "batches", "requestlogs")
 
 # (layer, module prefixes), bottom first. A module belongs to the layer of the longest prefix it
 # starts with, and may import its own layer and those below. The kernel (errors, event loops,
@@ -24,7 +24,7 @@ APPS = ("kernel", "gateway_site", "audit", "operators", "providers", "accounting
 # anything.
 WIRING = (
     "gateway_site", "operators.urls", "accounting.urls", "feedback.urls", "routing.urls",
-    "caching.urls", "providers.urls", "guardrails.urls", "audit.urls",
+    "caching.urls", "providers.urls", "guardrails.urls", "audit.urls", "batches.urls",
 )
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("kernel", ("kernel",)),
@@ -34,6 +34,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("accounting", ("accounting",)),
     ("features", ("caching", "guardrails", "feedback")),
     ("routing", ("routing",)),
+    ("batches", ("batches",)),
     ("dashboards", ("requestlogs",)),
     ("wiring", WIRING),
 )

@@ -85,12 +85,17 @@ def test_the_tenant_routes_are_one_table_that_the_urlconf_lists_too():
     assert set(routes) == {
         "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/messages",
         "/v1/messages/count_tokens", "/v1/usage", "/v1/feedback", "/v1/responses", "/v1/responses/input_tokens",
+        "/v1/files", "/v1/batches",
     }
     for route, view in routes.items():
         assert resolve(route).func is view  # the schema and reverse() see the view the app serves
     patterns = {str(pattern.pattern): pattern.callback for pattern in tenant_api_parameterised()}
-    assert set(patterns) == {"v1/responses/<str:response_id>", "v1/responses/<str:response_id>/input_items",
-                             "v1/responses/<str:response_id>/cancel"}
+    assert set(patterns) == {
+        "v1/responses/<str:response_id>", "v1/responses/<str:response_id>/input_items",
+        "v1/responses/<str:response_id>/cancel",
+        "v1/files/<str:file_id>", "v1/files/<str:file_id>/content",
+        "v1/batches/<str:batch_id>", "v1/batches/<str:batch_id>/cancel",
+    }
     for pattern, view in patterns.items():
         assert resolve("/" + pattern.replace("<str:response_id>", "resp_1")).func is view
 

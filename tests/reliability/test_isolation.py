@@ -23,6 +23,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -30,6 +31,7 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
+from django.utils import timezone
 
 from tests.asgi_client import SyncApiClient
 
@@ -66,13 +68,15 @@ class World:
     b_feedback_id: int
     b_guardrail_response_id: str
     b_stored_response_id: str = ""  # a Responses API answer B stored (resp_...)
+    b_file_id: str = ""  # B's batch input file (file-...)
+    b_batch_id: str = ""  # B's batch (batch_...)
     a_response_id: str = ""
 
     def markers(self) -> list[str]:
         """Strings only B's data holds: none may appear in an answer to A."""
         return [B_SLUG, B_NAME, B_MODEL, B_METRIC, B_TASK, B_USER, B_CONVERSATION, B_CORRECTION, B_PROMPT,
                 self.b_raw_key, self.b_key_prefix, self.b_response_id, self.b_guardrail_response_id,
-                self.b_stored_response_id]
+                self.b_stored_response_id, self.b_file_id, self.b_batch_id]
 
 
 def _chat_body(content: str, **extra) -> str:
@@ -134,6 +138,13 @@ def world(gateway, settings) -> World:
     guardrail_response_id = "chatcmpl-bravoguardrail0001"
     GuardrailEvent.objects.create(tenant=bravo, request_id=uuid.uuid4(), response_id=guardrail_response_id,
                                   kind="pii_email", direction="input", action="flag", location="messages[0]")
+    from batches.models import Batch, BatchFile
+
+    b_file = BatchFile.objects.create(tenant=bravo, purpose="batch", filename="bravo.jsonl", name="bravo.jsonl",
+                                      bytes=10, lines=1)
+    b_batch = Batch.objects.create(tenant=bravo, api_key=b_key, input_file=b_file, input_file_key=b_file.id,
+                                   endpoint="/v1/chat/completions", status="in_progress", total=1,
+                                   expires_at=timezone.now() + timedelta(hours=24))
     rollup_recent()
     feedback_rollup_recent()
     return World(
@@ -141,7 +152,7 @@ def world(gateway, settings) -> World:
         b_tenant_id=bravo.pk, b_key_id=b_key.pk, b_key_prefix=b_key.prefix, b_response_id=b_response_id,
         b_budget_id=budget.pk, b_rule_id=rule.pk, b_feedback_id=Feedback.objects.get().pk,
         b_guardrail_response_id=guardrail_response_id, a_response_id=a_response_id,
-        b_stored_response_id=stored.json()["id"],
+        b_stored_response_id=stored.json()["id"], b_file_id=b_file.id, b_batch_id=b_batch.id,
     )
 
 
@@ -173,6 +184,9 @@ PROBED = {  # route name -> the probe below that covers it
     "messages": "tenant_api", "messages-count-tokens": "tenant_api", "usage": "tenant_api",
     "cache-stats": "tenant_api", "cache-clear": "tenant_api", "feedback": "tenant_api",
     "responses": "tenant_api", "response-detail": "tenant_api", "response-input-items": "tenant_api",
+    "files": "tenant_api", "file-detail": "tenant_api", "file-content": "tenant_api", "batches": "tenant_api",
+    "batch-detail": "tenant_api", "batch-cancel": "tenant_api",
+    "dashboard:batches": "dashboard", "dashboard:tenant-batches": "dashboard",
     "response-cancel": "tenant_api", "response-input-tokens": "tenant_api",
     "": "tenant_api",  # the /v1/ catch-all 404
     "dashboard:index": "dashboard", "dashboard:export-tenants": "dashboard", "dashboard:feedback": "dashboard",
@@ -249,6 +263,8 @@ def _pairs(world: World) -> list[tuple[str, str, str]]:
         ("stored response id", world.b_stored_response_id,
          "resp_" + "0" * (len(world.b_stored_response_id) - len("resp_"))),
         ("conversation_id", B_CONVERSATION, "nobody-conversation-99"),
+        ("file id", world.b_file_id, "file-" + "0" * (len(world.b_file_id) - len("file-"))),
+        ("batch id", world.b_batch_id, "batch_" + "0" * (len(world.b_batch_id) - len("batch_"))),
         ("tenant", B_SLUG, MISSING_SLUG),
         ("model", B_MODEL, MISSING_MODEL),
         ("feedback metric", B_METRIC, "nobody-metric-marker"),
@@ -280,6 +296,14 @@ TENANT_API_CALLS = [  # (method, path template, body template or None); {v} is t
     ("POST", "/v1/embeddings", {"model": "{v}", "input": "hi"}),
     ("POST", "/v1/messages", {"model": "{v}", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}),
     ("POST", "/v1/messages/count_tokens", {"model": "{v}", "messages": [{"role": "user", "content": "hi"}]}),
+    ("GET", "/v1/files/{v}", None),
+    ("GET", "/v1/files/{v}/content", None),
+    ("DELETE", "/v1/files/{v}", None),
+    ("GET", "/v1/files?after={v}", None),
+    ("POST", "/v1/batches", {"input_file_id": "{v}", "endpoint": "/v1/chat/completions", "completion_window": "24h"}),
+    ("GET", "/v1/batches/{v}", None),
+    ("POST", "/v1/batches/{v}/cancel", None),
+    ("GET", "/v1/batches?after={v}", None),
     ("GET", "/v1/{v}", None),
 ]
 
@@ -316,6 +340,11 @@ def test_tenant_key_never_reads_changes_or_infers_the_other_tenants_data(world):
     assert Feedback.objects.filter(tenant_id=world.b_tenant_id).count() == 1
     kept = client.get(f"/v1/responses/{world.b_stored_response_id}", headers=world.b_auth)
     assert kept.status_code == 200, "A deleted B's stored response"
+    from batches.models import Batch, BatchFile
+
+    assert BatchFile.objects.filter(pk=world.b_file_id).exists(), "A deleted B's file"
+    assert Batch.objects.get(pk=world.b_batch_id).status == "in_progress", "A cancelled B's batch"
+    assert Batch.objects.filter(tenant_id=world.b_tenant_id).count() == 1, "A made a batch of B's file"
 
 
 def test_tenant_key_reads_only_its_own_lists(world):
@@ -391,7 +420,7 @@ DASHBOARD_SLUG_PATHS = ["/dashboard/{v}/", "/dashboard/{v}/?range=30d", "/dashbo
                         "/dashboard/{v}/export.csv?table=timeline", "/dashboard/{v}/feedback/",
                         "/dashboard/{v}/feedback/corrections.jsonl", "/dashboard/{v}/requests/",
                         "/dashboard/{v}/requests/?status=ok&since=2020-01-01", "/dashboard/{v}/requests/export.csv",
-                        "/dashboard/{v}/keys/", "/dashboard/{v}/members/", "/dashboard/{v}/settings/"]
+                        "/dashboard/{v}/keys/", "/dashboard/{v}/batches/", "/dashboard/{v}/members/", "/dashboard/{v}/settings/"]
 
 
 def test_member_dashboards_never_show_or_confirm_the_other_tenant(world):
@@ -406,7 +435,7 @@ def test_member_dashboards_never_show_or_confirm_the_other_tenant(world):
         own = member.get(path.replace("{v}", "acme"))
         assert own.status_code == 200, (path, own.status_code)
         _assert_clean(own, world, f"GET {path} for A's own tenant")
-    for path in ("/", "/dashboard/", "/dashboard/export.csv", "/dashboard/feedback/", "/dashboard/feedback/corrections.jsonl",
+    for path in ("/", "/dashboard/", "/dashboard/export.csv", "/dashboard/batches/", "/dashboard/feedback/", "/dashboard/feedback/corrections.jsonl",
                  "/dashboard/requests/", "/dashboard/requests/export.csv", f"/dashboard/requests/?tenant={B_SLUG}",
                  f"/dashboard/requests/export.csv?tenant={B_SLUG}"):
         answer = member.get(path, follow=True)
