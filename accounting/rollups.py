@@ -222,18 +222,6 @@ def row_empty() -> dict:
     }
 
 
-def _record_part(record: dict) -> dict:
-    error = record["status"] == UsageRecord.Status.ERROR
-    return {
-        "requests": 1, "errors": int(error), "prompt_tokens": record["prompt_tokens"],
-        "completion_tokens": record["completion_tokens"], "cost_usd": record["cost_usd"],
-        "cache_hits": int(record["cache"] in CACHE_HITS), "saved_cost_usd": record["saved_cost_usd"],
-        "errors_by_class": {record["error_class"] or UNKNOWN_ERROR_CLASS: 1} if error else {},
-        "latency_sketch": {sketch_key(record["latency_ms"]): 1},
-        "ttft_sketch": {} if record["ttft_ms"] is None else {sketch_key(record["ttft_ms"]): 1},
-    }
-
-
 def row_add(row: dict, part: dict, sign: int = 1) -> None:
     for name in _ADDED:
         row[name] += sign * part[name]
@@ -241,26 +229,76 @@ def row_add(row: dict, part: dict, sign: int = 1) -> None:
         sketch_add(row[name], part[name], sign)
 
 
-def record_add(rows: dict, record: dict, *, sign: int = 1, granularities=GRANULARITIES) -> None:
-    """Add one record (sign 1) or take it out (sign -1) of `rows`, keyed by `BucketRowKey`."""
-    part = _record_part(record)
+_SKETCH_KEYS: dict[int, str] = {}  # latency (whole ms) -> its sketch bin: values repeat
+
+
+def _bin(value: int) -> str:
+    key = _SKETCH_KEYS.get(value)
+    if key is None:
+        if len(_SKETCH_KEYS) > 200_000:
+            _SKETCH_KEYS.clear()
+        key = _SKETCH_KEYS[value] = sketch_key(value)
+    return key
+
+
+def record_add(rows: dict, record: dict, *, sign: int = 1, granularities=(Granularity.HOUR,)) -> None:
+    """Add one record (sign 1) or take it out (sign -1) of `rows`, keyed by `BucketRowKey`; the
+    hour rows by default (`days_add` adds them into their days). The loop every record of a run
+    goes through: written for speed, plain dictionaries and no call per field."""
+    hour = record["created_at"].astimezone(dt_timezone.utc).replace(minute=0, second=0, microsecond=0)
+    error = record["status"] == UsageRecord.Status.ERROR
+    error_class = (record["error_class"] or UNKNOWN_ERROR_CLASS) if error else ""
+    prompt, completion = sign * record["prompt_tokens"], sign * record["completion_tokens"]
+    cost = record["cost_usd"] if sign > 0 else -record["cost_usd"]
+    saved = record["saved_cost_usd"] if sign > 0 else -record["saved_cost_usd"]
+    hit = record["cache"] in CACHE_HITS
+    latency = _bin(record["latency_ms"])
+    ttft = None if record["ttft_ms"] is None else _bin(record["ttft_ms"])
+    tenant_id = record["tenant_id"]
     dimensions = list(_dimension_values(record))
     for granularity in granularities:
-        start = bucket_floor(granularity=granularity, when=record["created_at"])
+        start = hour if granularity == Granularity.HOUR else hour.replace(hour=0)
         for dimension, value in dimensions:
-            key = (granularity, start, record["tenant_id"], dimension, value)
+            key = (granularity, start, tenant_id, dimension, value)
             row = rows.get(key)
             if row is None:
                 row = rows[key] = row_empty()
-            row_add(row, part, sign)
+            row["requests"] += sign
+            if error:
+                row["errors"] += sign
+                classes = row["errors_by_class"]
+                classes[error_class] = classes.get(error_class, 0) + sign
+            row["prompt_tokens"] += prompt
+            row["completion_tokens"] += completion
+            row["cost_usd"] += cost
+            if hit:
+                row["cache_hits"] += sign
+            row["saved_cost_usd"] += saved
+            bins = row["latency_sketch"]
+            bins[latency] = bins.get(latency, 0) + sign
+            if ttft is not None:
+                bins = row["ttft_sketch"]
+                bins[ttft] = bins.get(ttft, 0) + sign
+
+
+def days_add(rows: dict) -> None:
+    """Add the hour rows of `rows` into their day rows (fewer rows than records: cheaper than
+    adding each record twice)."""
+    for (granularity, start, tenant_id, dimension, value), row in list(rows.items()):
+        if granularity == Granularity.HOUR:
+            key = (Granularity.DAY, start.replace(hour=0), tenant_id, dimension, value)
+            day = rows.get(key)
+            if day is None:
+                day = rows[key] = row_empty()
+            row_add(day, row)
 
 
 def row_fields(row: dict) -> dict:
     """The model fields of an added-up row, percentiles read from its sketches."""
     fields = {name: row[name] for name in _ADDED}
-    fields["errors_by_class"] = dict(sorted(row["errors_by_class"].items()))
+    fields["errors_by_class"] = dict(sorted((name, n) for name, n in row["errors_by_class"].items() if n))
     for prefix in ("latency", "ttft"):
-        bins = dict(sorted(row[f"{prefix}_sketch"].items()))
+        bins = dict(sorted((key, n) for key, n in row[f"{prefix}_sketch"].items() if n))
         fields[f"{prefix}_sketch"] = bins
         for name, value in sketch_quantiles(bins).items():
             fields[f"{prefix}_{name}_ms"] = value
@@ -391,6 +429,7 @@ def _catch_up(report: RollupReport, *, now: datetime) -> RollupCursor:
         cursor, UsageRecord.objects.all(), RECORD_FIELDS, now=now, limit=SCAN_LIMIT,
         consume=lambda record: record_add(rows, record),
     )
+    days_add(rows)
     report.rows_written += rows_apply(rows)
     report.buckets |= {(granularity, start) for granularity, start, *_ in rows}
     cursor.save()
