@@ -97,7 +97,8 @@ def _metric_part(record: dict | None, name: str, value: float) -> dict | None:
 
 def _part_add(rows: dict, part: dict | None, sign: int) -> None:
     """Add (sign 1) or take out (sign -1) one part into `rows`, keyed by (granularity, bucket,
-    tenant, dimension, value); counts that reach zero go, as a recompute never makes them."""
+    tenant, dimension, value). A stored metric or tag whose count reaches zero goes (`_rows_apply`),
+    as a recompute never makes one."""
     if part is None:
         return
     at = datetime.fromisoformat(part["at"])
@@ -132,9 +133,7 @@ def _metric_add(metrics: dict, name: str, value: float, sign: int) -> None:
     stats = metrics.setdefault(name, {"count": 0, "sum": 0.0, "sumsq": 0.0})
     stats["count"] += sign
     stats["sum"] += sign * value
-    stats["sumsq"] += sign * value * value
-    if stats["count"] == 0:
-        del metrics[name]
+    stats["sumsq"] += sign * value * value  # kept at count 0: a changed value's difference is in its sums
 
 
 def _record_of(entry: dict) -> dict:
