@@ -62,61 +62,76 @@ def load(count: int, tenants: list[int], days: int) -> float:
 
 
 def writer(stop: threading.Event, rate: int, tenants: list[int], written: list[int]) -> None:
-    """`rate` records a second, written every 100 ms, stamped now (and a few late ones, an hour back)."""
-    sql = _INSERT.format(created_at="now() - CASE WHEN n % 100 = 0 THEN interval '1 hour' ELSE interval '0' END",
+    """`rate` records a second, written about every 100 ms, stamped now (and one in a hundred late,
+    an hour back)."""
+    sql = _INSERT.format(created_at="now() - CASE WHEN n %% 100 = 0 THEN interval '1 hour' ELSE interval '0' END",
                          tenants=TENANTS)
-    n, tick = 10**9, time.monotonic()
+    n, started = 10**9, time.monotonic()
     try:
         with connections["default"].cursor() as cursor:
             while not stop.is_set():
-                batch = rate // 10
-                cursor.execute(sql, {"tenants": tenants, "first": n, "last": n + batch - 1})
-                n += batch
-                written[0] += batch
-                tick += 0.1
-                time.sleep(max(0.0, tick - time.monotonic()))
+                # What is due by now, in one statement (a slow insert is caught up by the next).
+                batch = min(int(rate * (time.monotonic() - started)) - written[0], 10 * rate)
+                if batch > 0:
+                    cursor.execute(sql, {"tenants": tenants, "first": n, "last": n + batch - 1})
+                    n += batch
+                    written[0] += batch
+                time.sleep(0.1)
     finally:
         connections["default"].close()
 
 
 def main() -> None:
-    from accounting.dashboards import usage_breakdown, usage_timeline, usage_totals, window_for
-    from accounting.models import Tenant, UsageRecord, UsageRollup
-    from accounting.rollups import rollup_recent, usage_summarize
+    from accounting.models import Tenant
+    from accounting.rollups import rollup_recent
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--rate", type=int, default=1_000)
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--interval", type=float, default=60.0, help="seconds between runs (beat: 60)")
+    parser.add_argument("--keep", action="store_true", help="keep the records of an earlier run: no load")
     args = parser.parse_args()
     assert connection.vendor == "postgresql", "the benchmark runs on PostgreSQL"
     call_command("migrate", verbosity=0)
+    tenants = [Tenant.objects.get_or_create(slug=f"bench-{i}")[0].pk for i in range(TENANTS)]
+    if not args.keep:
+        initial_load(args.records, tenants)
+    while rollup_recent().records_read:
+        pass
+    steady(args, tenants)
+
+
+def initial_load(records: int, tenants: list[int]) -> None:
+    from accounting.rollups import rollup_recent
+
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE accounting_usagerecord, accounting_usagerollup, accounting_rollupcursor,"
                        " accounting_usagerecordchange CASCADE")
-    tenants = [Tenant.objects.get_or_create(slug=f"bench-{i}")[0].pk for i in range(TENANTS)]
-
-    print(f"loading {args.records:,} records over 30 days ...", flush=True)
-    print(f"  loaded in {load(args.records, tenants, 30):.1f} s", flush=True)
+    print(f"loading {records:,} records over 30 days ...", flush=True)
+    print(f"  loaded in {load(records, tenants, 30):.1f} s", flush=True)
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE accounting_usagerecord")
         cursor.execute("SELECT pg_total_relation_size('accounting_usagerecord')")
         size = cursor.fetchone()[0]
-    print(f"  table with indexes: {size / 2**20:.0f} MiB, {size / args.records * 1e6 / 2**30:.2f} GiB per million")
+    print(f"  table with indexes: {size / 2**20:.0f} MiB, {size / records * 1e6 / 2**30:.2f} GiB per million")
     caught = rollup_recent()
     print(f"backlog rolled up: {caught.records_read:,} records, {len(caught.buckets)} buckets, "
           f"{caught.rows_written:,} rows written, {caught.seconds:.1f} s "
           f"({caught.records_read / caught.seconds:,.0f} records/s)", flush=True)
-    while caught.records_read:
-        caught = rollup_recent()
+
+
+def steady(args, tenants: list[int]) -> None:
+    from accounting.dashboards import usage_breakdown, usage_timeline, usage_totals, window_for
+    from accounting.models import Tenant, UsageRecord, UsageRollup
+    from accounting.rollups import rollup_recent, usage_summarize
 
     stop, written = threading.Event(), [0]
     thread = threading.Thread(target=writer, args=(stop, args.rate, tenants, written), daemon=True)
     thread.start()
     end = time.monotonic() + args.minutes * 60
     print(f"writing {args.rate}/s for {args.minutes} min, a run every {args.interval:.0f} s", flush=True)
-    print("run  records-read  seconds  records/s  lag-s(oldest unrolled at run end)")
+    print("run  records-read  seconds  records/s  written-so-far  unrolled-at-end  age-of-oldest-unrolled-s")
     run = 0
     while time.monotonic() < end:
         next_run = time.monotonic() + args.interval
@@ -125,12 +140,13 @@ def main() -> None:
         with connection.cursor() as cursor:
             cursor.execute("SELECT last_record_id FROM accounting_rollupcursor WHERE name = 'usage'")
             last = cursor.fetchone()[0]
-            cursor.execute("SELECT EXTRACT(EPOCH FROM now() - MIN(created_at)) FROM accounting_usagerecord"
+            cursor.execute("SELECT EXTRACT(EPOCH FROM now() - MIN(created_at)), COUNT(*) FROM accounting_usagerecord"
                            " WHERE id > %s AND created_at > now() - interval '50 minutes'", [last])
-            lag = cursor.fetchone()[0] or 0
+            lag, behind = cursor.fetchone()
         run += 1
         print(f"{run:3d}  {report.records_read:12,}  {report.seconds:7.2f}  "
-              f"{report.records_read / max(report.seconds, 1e-9):9,.0f}  {float(lag):.1f}", flush=True)
+              f"{report.records_read / max(report.seconds, 1e-9):9,.0f}  {written[0]:14,}  {behind:15,}  "
+              f"{float(lag or 0):.1f}", flush=True)
     stop.set()
     thread.join()
     rollup_recent()
