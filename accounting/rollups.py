@@ -118,14 +118,6 @@ def rollup_run(name: str) -> Iterator[None]:
             cursor.execute("SELECT pg_advisory_unlock(%s)", [lock_id])
 
 
-def bucket_lock(name: str, granularity: str, start: datetime) -> None:
-    """Serialize writes of one bucket's rows (PostgreSQL transaction-scoped advisory lock)."""
-    if connection.vendor == "postgresql":
-        lock_id = zlib.crc32(f"{name}:{granularity}:{start.isoformat()}".encode())
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [lock_id])
-
-
 # --- reading by id, with gaps ----------------------------------------------------------------------
 def _id_gaps(first: int, last: int, ids: list[int]) -> list[tuple[int, int]]:
     """The ranges of [first, last] not in `ids` (sorted, all within [first, last])."""
