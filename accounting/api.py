@@ -101,7 +101,7 @@ def usage_query_parse(params, *, now: datetime) -> UsageQuery:
 def _serialize(entry: dict) -> dict:
     latency = {
         name: None if entry[name] is None else round(entry[name], 3)
-        for name in ("latency_p50_ms", "latency_p95_ms")
+        for name in ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms")
     }
     return {**entry, **latency, "cost_usd": str(entry["cost_usd"].quantize(COST_QUANTUM))}
 

@@ -5,9 +5,9 @@ the authoritative BudgetPeriod row; nothing reads UsageRecord. A range is read a
 only (hourly rows for the last 24 hours, daily rows for 7 and 30 days), so the two never add up
 twice.
 
-Percentiles cannot be merged exactly from per-bucket percentiles. Over several buckets, a p50 or
-p95 is the request-weighted mean of the bucket values: close for steady traffic, and labelled as
-such in docs/dashboards.md.
+Percentiles over several buckets (a range, a tenant's models) come from the rows' latency and
+time-to-first-token sketches merged (`accounting.sketches`): within 1 % of the exact percentile of
+the range's requests, however many buckets it spans.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from decimal import Decimal
 
-from django.db.models import F, FloatField, Q, QuerySet, Sum
-from django.db.models.functions import Cast
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounting.budgets import period_end, period_start
@@ -31,6 +30,7 @@ from accounting.models import (
     TenantApiKey,
     UsageRollup,
 )
+from accounting.sketches import sketch_merge, sketch_quantiles
 
 Granularity = UsageRollup.Granularity
 Dimension = UsageRollup.Dimension
@@ -89,6 +89,8 @@ class Stats:
     latency_p95_ms: float | None = None
     ttft_p50_ms: float | None = None
     ttft_p95_ms: float | None = None
+    latency_p99_ms: float | None = None
+    ttft_p99_ms: float | None = None
 
     @property
     def tokens(self) -> int:
@@ -103,31 +105,27 @@ class Stats:
         return self.cache_hits / self.requests if self.requests else None
 
 
-PERCENTILES = ("latency_p50_ms", "latency_p95_ms", "ttft_p50_ms", "ttft_p95_ms")
-
-
 SUMMED = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd", "cache_hits", "saved_cost_usd")
+_READ = (*SUMMED, "latency_sketch", "ttft_sketch")
 
 
-def _stats_annotations() -> dict:
-    # Annotation names must differ from the fields: `requests=Sum("requests")` would make the
-    # later `F("requests")` point at the aggregate.
-    sums = {f"{name}__sum": Sum(name) for name in SUMMED}
-    for name in PERCENTILES:
-        # sum(p * requests) and sum(requests where p is known): their ratio is the weighted mean.
-        sums[f"{name}__w"] = Sum(F(name) * Cast("requests", FloatField()))
-        sums[f"{name}__n"] = Sum("requests", filter=Q(**{f"{name}__isnull": False}))
-    return sums
-
-
-def _stats_from(row: dict) -> Stats:
-    stats = Stats(**{name: row[f"{name}__sum"] or 0 for name in SUMMED})
-    stats.cost_usd = row["cost_usd__sum"] or Decimal("0")
-    stats.saved_cost_usd = row["saved_cost_usd__sum"] or Decimal("0")
-    for name in PERCENTILES:
-        weight = row[f"{name}__n"]
-        setattr(stats, name, row[f"{name}__w"] / weight if weight else None)
+def _stats_of(rows: list[dict]) -> Stats:
+    """The sums of rollup rows, and their percentiles from their sketches merged."""
+    stats = Stats(**{name: sum(row[name] for row in rows) for name in SUMMED})
+    stats.cost_usd = sum((row["cost_usd"] for row in rows), Decimal("0"))
+    stats.saved_cost_usd = sum((row["saved_cost_usd"] for row in rows), Decimal("0"))
+    for prefix in ("latency", "ttft"):
+        for name, value in sketch_quantiles(sketch_merge(row[f"{prefix}_sketch"] for row in rows)).items():
+            setattr(stats, f"{prefix}_{name}_ms", value)
     return stats
+
+
+def _stats_by(rows: QuerySet[UsageRollup], by: str) -> dict:
+    """Stats per value of the field `by` (bucket, value, tenant)."""
+    groups: dict = defaultdict(list)
+    for row in rows.values(by, *_READ):
+        groups[row[by]].append(row)
+    return {key: _stats_of(members) for key, members in groups.items()}
 
 
 def _rollups(*, window: Window, dimension: str, tenant: Tenant | None = None) -> QuerySet[UsageRollup]:
@@ -140,17 +138,12 @@ def _rollups(*, window: Window, dimension: str, tenant: Tenant | None = None) ->
 
 # --- one tenant -----------------------------------------------------------------------------------
 def usage_totals(*, tenant: Tenant, window: Window) -> Stats:
-    row = _rollups(window=window, dimension=Dimension.TOTAL, tenant=tenant).aggregate(**_stats_annotations())
-    return _stats_from(row)
+    return _stats_of(list(_rollups(window=window, dimension=Dimension.TOTAL, tenant=tenant).values(*_READ)))
 
 
 def usage_timeline(*, tenant: Tenant, window: Window) -> list[tuple[datetime, Stats]]:
     """One Stats per bucket of the window, empty where no rollup exists."""
-    rows = (
-        _rollups(window=window, dimension=Dimension.TOTAL, tenant=tenant)
-        .values("bucket_start").annotate(**_stats_annotations())
-    )
-    by_bucket = {row["bucket_start"]: _stats_from(row) for row in rows}
+    by_bucket = _stats_by(_rollups(window=window, dimension=Dimension.TOTAL, tenant=tenant), "bucket_start")
     return [(bucket, by_bucket.get(bucket, Stats())) for bucket in window.buckets]
 
 
@@ -163,14 +156,10 @@ class BreakdownRow:
 
 def usage_breakdown(*, tenant: Tenant, window: Window, dimension: str) -> list[BreakdownRow]:
     """Totals per value of a dimension (model, API key, task, end user), dearest first."""
-    rows = (
-        _rollups(window=window, dimension=dimension, tenant=tenant)
-        .values("value").annotate(**_stats_annotations())
-    )
+    by_value = _stats_by(_rollups(window=window, dimension=dimension, tenant=tenant), "value")
     labels = _key_labels(tenant) if dimension == Dimension.API_KEY else {}
     result = [
-        BreakdownRow(value=row["value"], label=_label(row["value"], labels), stats=_stats_from(row))
-        for row in rows
+        BreakdownRow(value=value, label=_label(value, labels), stats=stats) for value, stats in by_value.items()
     ]
     result.sort(key=lambda r: (-r.stats.cost_usd, -r.stats.requests, r.label))
     return result
@@ -215,8 +204,7 @@ def _series_top(rows, *, window: Window, top: int) -> dict[str, list[float]]:
 
 # --- every tenant (operators) ---------------------------------------------------------------------
 def tenant_comparison(*, window: Window) -> list[tuple[Tenant, Stats]]:
-    rows = _rollups(window=window, dimension=Dimension.TOTAL).values("tenant").annotate(**_stats_annotations())
-    by_tenant = {row["tenant"]: _stats_from(row) for row in rows}
+    by_tenant = _stats_by(_rollups(window=window, dimension=Dimension.TOTAL), "tenant")
     result = [(tenant, by_tenant.get(tenant.pk, Stats())) for tenant in Tenant.objects.all()]
     result.sort(key=lambda item: (-item[1].cost_usd, -item[1].requests, item[0].slug))
     return result

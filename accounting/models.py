@@ -332,7 +332,8 @@ class RateLimit(models.Model):
 
 
 class UsageRollup(models.Model):
-    """Usage aggregated per tenant, time bucket and one dimension; recomputed whole, idempotently."""
+    """Usage aggregated per tenant, time bucket and one dimension: every field adds up, so runs add
+    new records in (accounting.rollups) and buckets merge into any range."""
 
     class Granularity(models.TextChoices):
         HOUR = "hour"
@@ -360,10 +361,15 @@ class UsageRollup(models.Model):
     cost_usd = models.DecimalField(max_digits=16, decimal_places=8, default=Decimal("0"))
     cache_hits = models.PositiveIntegerField(default=0)
     saved_cost_usd = models.DecimalField(max_digits=16, decimal_places=8, default=Decimal("0"))
+    # Percentiles read from the sketches (accounting.sketches: within 1 % of the exact value).
     latency_p50_ms = models.FloatField(null=True, blank=True)
     latency_p95_ms = models.FloatField(null=True, blank=True)
+    latency_p99_ms = models.FloatField(null=True, blank=True)
     ttft_p50_ms = models.FloatField(null=True, blank=True)
     ttft_p95_ms = models.FloatField(null=True, blank=True)
+    ttft_p99_ms = models.FloatField(null=True, blank=True)
+    latency_sketch = models.JSONField(default=dict, blank=True, help_text="DDSketch bins {key: count}.")
+    ttft_sketch = models.JSONField(default=dict, blank=True, help_text="DDSketch bins {key: count}.")
     computed_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -390,3 +396,20 @@ class RollupCursor(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} @ {self.last_record_id}"
+
+
+class UsageRecordChange(models.Model):
+    """A correction of a UsageRecord after it was written: its rollup fields before and after.
+
+    Written with the change, in its transaction (`accounting.services.usage_record_correct`); the
+    rollups read these by id, as they read records, and apply each as a difference. Holds the
+    record's id, not a foreign key: the record may be dropped with its month's partition later.
+    """
+
+    record_id = models.BigIntegerField(db_index=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    before = models.JSONField()
+    after = models.JSONField()
+
+    def __str__(self) -> str:
+        return f"change {self.pk} of record {self.record_id}"

@@ -19,6 +19,7 @@ class UsageEntry(serializers.Serializer):
     cost_usd = serializers.DecimalField(max_digits=16, decimal_places=8, coerce_to_string=True)
     latency_p50_ms = serializers.FloatField(allow_null=True)
     latency_p95_ms = serializers.FloatField(allow_null=True)
+    latency_p99_ms = serializers.FloatField(allow_null=True)
     key_name = serializers.CharField(required=False, allow_null=True, help_text="With group_by=key.")
     key_prefix = serializers.CharField(required=False, allow_null=True, help_text="With group_by=key.")
 

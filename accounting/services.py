@@ -11,7 +11,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounting.budgets import BudgetLimit, Reservation, Settlement, settlement_changes
-from accounting.models import StoredResponse, Tenant, TenantApiKey, UsageContent
+from accounting.models import StoredResponse, Tenant, TenantApiKey, UsageContent, UsageRecord, UsageRecordChange
+from accounting.rollups import record_snapshot
 from accounting.statements import Batched, dialect, insert_fields
 from kernel.credentials import api_key_hash
 
@@ -112,6 +113,29 @@ def _record_fields(given: dict) -> dict:
         else:
             fields[field.attname] = field.get_default()
     return fields
+
+
+CORRECTABLE = ("prompt_tokens", "completion_tokens")
+
+
+@transaction.atomic
+def usage_record_correct(*, record_id: int, **fields: int) -> UsageRecord:
+    """Correct a record's token counts after it was written (a provider's late usage report, a
+    recount): the record changes and a `UsageRecordChange` with its values before and after is
+    written in the same transaction, for the rollups to apply as a difference. Costs and budgets
+    are not moved: a period's spend stays the sum of its records' costs."""
+    unknown = set(fields) - set(CORRECTABLE)
+    if unknown:
+        raise ValueError(f"Only {', '.join(CORRECTABLE)} can be corrected, not {', '.join(sorted(unknown))}.")
+    if any(not isinstance(value, int) or value < 0 for value in fields.values()):
+        raise ValueError("Token counts are whole numbers, zero or more.")
+    record = UsageRecord.objects.select_for_update().get(pk=record_id)
+    before = record_snapshot(record)
+    for name, value in fields.items():
+        setattr(record, name, value)
+    record.save(update_fields=list(fields))
+    UsageRecordChange.objects.create(record_id=record.pk, before=before, after=record_snapshot(record))
+    return record
 
 
 def content_retention_enforce(*, now=None) -> int:

@@ -1,5 +1,6 @@
-"""Celery tasks of the accounting app: they take time buckets, never model instances, and call
-the rollup services, which recompute whole buckets so that a retry changes nothing."""
+"""Celery tasks of the accounting app: they take ids or time buckets, never model instances, and
+call the services. A rollup run adds what its cursors had not seen, in the transaction that moves
+them, so a retry or a killed run adds nothing twice; a bucket's recompute converges."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from accounting.rollups import rollup_bucket, rollup_recent
 
 @shared_task(ignore_result=True)
 def rollup_recent_task() -> int:
-    """Run by beat every minute (CELERY_BEAT_SCHEDULE); no retry, the next run catches up."""
-    return rollup_recent()
+    """Run by beat every minute (CELERY_BEAT_SCHEDULE); no retry, the next run catches up.
+    Returns the number of records read."""
+    return rollup_recent().records_read
 
 
 @shared_task(autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)

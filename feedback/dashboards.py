@@ -18,6 +18,7 @@ from django.db.models import Sum
 
 from accounting.dashboards import Window
 from accounting.models import Tenant, UsageContent, UsageRollup
+from accounting.sketches import sketch_merge, sketch_quantiles
 from feedback.models import Feedback, FeedbackRollup
 
 WORST_LIMIT = 20
@@ -107,15 +108,13 @@ def breakdown(*, window: Window, dimension: str, tenant: Tenant | None = None) -
     if tenant is not None:
         usage = usage.filter(tenant=tenant)
     costs = {row["value"]: row for row in usage.values("value").annotate(requests=Sum("requests"), cost=Sum("cost_usd"))}
-    latency: dict[str, list[tuple[float, int]]] = defaultdict(list)
-    for row in usage.values("value", "latency_p50_ms", "requests"):
-        if row["latency_p50_ms"] is not None:
-            latency[row["value"]].append((row["latency_p50_ms"], row["requests"]))
+    sketches: dict[str, list[dict]] = defaultdict(list)
+    for row in usage.values("value", "latency_sketch"):
+        sketches[row["value"]].append(row["latency_sketch"])
     rows = []
     for value, entry in merged.items():
         spend = costs.get(value, {})
         requests, cost = spend.get("requests") or 0, spend.get("cost") or Decimal("0")
-        weights = sum(n for _, n in latency[value])
         rows.append(BreakdownRow(
             value=value or "all",
             feedback=entry["feedback"],
@@ -128,7 +127,7 @@ def breakdown(*, window: Window, dimension: str, tenant: Tenant | None = None) -
             requests=requests,
             cost_usd=cost,
             cost_per_request=cost / requests if requests else None,
-            latency_p50_ms=sum(v * n for v, n in latency[value]) / weights if weights else None,
+            latency_p50_ms=sketch_quantiles(sketch_merge(sketches[value]))["p50"],
         ))
     return sorted(rows, key=lambda row: (-row.ratings, row.value))
 

@@ -28,6 +28,9 @@ class Feedback(models.Model):
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True, db_index=True)
+    rolled = models.JSONField(
+        null=True, blank=True, editable=False, help_text="What the rollups counted of it (feedback.rollups)."
+    )
 
     class Meta:
         ordering = ["-updated_at"]
@@ -83,6 +86,9 @@ class MetricValue(models.Model):
     value = models.FloatField(help_text="Booleans are stored as 1.0 / 0.0.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True, db_index=True)
+    rolled = models.JSONField(
+        null=True, blank=True, editable=False, help_text="What the rollups counted of it (feedback.rollups)."
+    )
 
     class Meta:
         ordering = ["-updated_at"]
@@ -105,7 +111,7 @@ class FeedbackRollup(models.Model):
     """Feedback aggregated per tenant, time bucket (of the rated requests) and one dimension.
 
     Buckets follow the rated request's `created_at`, so a row sits next to the UsageRollup of
-    the same requests (their cost and latency). Recomputed whole from raw rows, idempotently.
+    the same requests (their cost and latency). Every field adds up: runs add what changed in.
     Sums and sums of squares are kept so that means and confidence intervals merge across buckets.
     """
 

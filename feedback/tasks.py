@@ -1,4 +1,5 @@
-"""Celery tasks of the feedback app: they recompute whole buckets, so a retry changes nothing."""
+"""Celery tasks of the feedback app: a run adds what changed in the transaction that marks it
+counted, so a retry adds nothing twice; a bucket's recompute converges."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from feedback.rollups import feedback_rollup_bucket, feedback_rollup_recent
 
 @shared_task(ignore_result=True)
 def feedback_rollup_recent_task() -> int:
-    """Run by beat every minute (CELERY_BEAT_SCHEDULE); no retry, the next run catches up."""
-    return feedback_rollup_recent()
+    """Run by beat every minute (CELERY_BEAT_SCHEDULE); no retry, the next run catches up.
+    Returns the number of feedback and values that moved."""
+    return feedback_rollup_recent().changes_applied
 
 
 @shared_task(autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)

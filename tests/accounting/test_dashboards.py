@@ -17,13 +17,26 @@ from accounting.charts import Series, bar_chart, line_chart, nice_ticks
 from accounting.dashboards import burn_exhaustion, burn_projection, window_for
 from accounting.models import Budget, BudgetPeriod, TenantMembership, UsageRollup
 from accounting.services import api_key_create, tenant_create
+from accounting.sketches import sketch_add, sketch_key, sketch_quantiles
 from tests.conftest import role_join
 
 pytestmark = pytest.mark.django_db
 UTC = dt_timezone.utc
 
 
-def rollup(tenant, bucket, *, granularity="day", dimension="total", value="", **fields):
+def sketched(value: float) -> float:
+    """What a sketch answers for a percentile whose exact value is `value` (within 1 %)."""
+    return sketch_quantiles({sketch_key(value): 1})["p50"]
+
+
+def rollup(tenant, bucket, *, granularity="day", dimension="total", value="", latencies=None, **fields):
+    """A rollup row; `latencies` {latency: count} fills its sketch and percentiles."""
+    if latencies:
+        bins = {}
+        for latency, count in latencies.items():
+            sketch_add(bins, {sketch_key(latency): count})
+        fields["latency_sketch"] = bins
+        fields.update({f"latency_{name}_ms": p for name, p in sketch_quantiles(bins).items()})
     return UsageRollup.objects.create(
         tenant=tenant, granularity=granularity, bucket_start=bucket, dimension=dimension, value=value, **fields
     )
@@ -83,9 +96,9 @@ def _svg(html: str, name: str) -> str:
 # --- the numbers ----------------------------------------------------------------------------------
 def test_tenant_totals_are_the_sum_of_the_ranges_rollups(client, acme, member_a, days):
     rollup(acme, days[-1], requests=30, errors=3, prompt_tokens=1000, completion_tokens=500,
-           cost_usd=Decimal("1.25000000"), latency_p50_ms=80, latency_p95_ms=200)
+           cost_usd=Decimal("1.25000000"), latencies={80: 27, 200: 3})
     rollup(acme, days[-3], requests=10, errors=1, prompt_tokens=400, completion_tokens=100,
-           cost_usd=Decimal("0.50000000"), latency_p50_ms=60, latency_p95_ms=100)
+           cost_usd=Decimal("0.50000000"), latencies={60: 8, 100: 2})
     # Outside the 7 days, and an hourly row of today: neither counts in the 7-day view.
     rollup(acme, days[0] - timedelta(days=5), requests=99, cost_usd=Decimal("9"))
     rollup(acme, days[-1], granularity="hour", requests=30, cost_usd=Decimal("1.25"))
@@ -97,8 +110,8 @@ def test_tenant_totals_are_the_sum_of_the_ranges_rollups(client, acme, member_a,
     assert 'data-total="cost">$1.7500<' in html
     assert 'data-total="tokens">2,000<' in html
     assert 'data-total="error-rate">10.00%<' in html
-    # p95 over several buckets: request-weighted mean, (30*200 + 10*100) / 40.
-    assert 'data-total="p95">175 ms<' in html
+    # p95 over several buckets, from their sketches merged: rank 37 of the 40 latencies is a 200.
+    assert f'data-total="p95">{sketched(200):.0f} ms<' in html
 
     html_30d = client.get("/dashboard/acme/?range=30d").content.decode()
     assert 'data-total="requests">139<' in html_30d
@@ -127,9 +140,9 @@ def test_last_24_hours_reads_hourly_rollups(client, acme, member_a):
 def test_model_table_and_csv_equal_the_rollups(client, acme, globex, member_a, days):
     for day, cost in ((days[-1], "0.40"), (days[-2], "0.60")):
         rollup(acme, day, dimension="model", value="gpt-4o", requests=5, errors=1, prompt_tokens=100,
-               completion_tokens=50, cost_usd=Decimal(cost), latency_p50_ms=90, latency_p95_ms=300)
+               completion_tokens=50, cost_usd=Decimal(cost), latencies={90: 3, 300: 2})
     rollup(acme, days[-1], dimension="model", value="claude-haiku-4-5", requests=20, prompt_tokens=2000,
-           completion_tokens=10, cost_usd=Decimal("0.25"), latency_p50_ms=50, latency_p95_ms=120)
+           completion_tokens=10, cost_usd=Decimal("0.25"), latencies={50: 19, 120: 1})
     rollup(globex, days[-1], dimension="model", value="globex-secret-model", requests=1, cost_usd=Decimal("5"))
     client.force_login(member_a)
 
@@ -140,7 +153,7 @@ def test_model_table_and_csv_equal_the_rollups(client, acme, globex, member_a, d
     assert rows[0] == {
         "model": "gpt-4o", "requests": "10", "errors": "2", "error_rate": "0.200000",
         "prompt_tokens": "200", "completion_tokens": "100", "cost_usd": "1.00000000",
-        "latency_p50_ms": "90.0", "latency_p95_ms": "300.0",
+        "latency_p50_ms": f"{sketched(90):.1f}", "latency_p95_ms": f"{sketched(300):.1f}",
     }
     assert rows[1]["requests"] == "20" and rows[1]["cost_usd"] == "0.25000000"
     table = re.search(r'data-table="models".*?</table>', html, re.S).group(0)
@@ -177,7 +190,7 @@ def test_export_rejects_an_unknown_table(client, acme, member_a):
 def test_page_draws_every_chart(client, acme, member_a, days):
     for day in days[-3:]:
         rollup(acme, day, requests=10, errors=1, prompt_tokens=100, completion_tokens=40,
-               cost_usd=Decimal("0.1"), latency_p50_ms=100, latency_p95_ms=250)
+               cost_usd=Decimal("0.1"), latencies={100: 9, 250: 1})
         rollup(acme, day, dimension="model", value="gpt-4o", requests=10, cost_usd=Decimal("0.1"))
     budget = Budget.objects.create(tenant=acme, amount_usd=Decimal("10"), period="monthly")
     client.force_login(member_a)
@@ -216,8 +229,8 @@ def test_index_redirects_members_compares_for_staff_and_refuses_others(
     client, django_user_model, acme, globex, member_a, staff, days
 ):
     rollup(acme, days[-1], requests=12, errors=3, prompt_tokens=10, completion_tokens=5,
-           cost_usd=Decimal("2.5"), latency_p95_ms=400)
-    rollup(globex, days[-1], requests=8, cost_usd=Decimal("0.75"), latency_p95_ms=90)
+           cost_usd=Decimal("2.5"), latencies={400: 12})
+    rollup(globex, days[-1], requests=8, cost_usd=Decimal("0.75"), latencies={90: 8})
 
     client.force_login(member_a)
     response = client.get("/dashboard/?range=30d")
@@ -230,8 +243,8 @@ def test_index_redirects_members_compares_for_staff_and_refuses_others(
     html = client.get("/dashboard/").content.decode()
     tenants_table = html.split('data-table="tenants"', 1)[1].split("</table>", 1)[0]
     assert [row.split("/")[2] for row in re.findall(r'href="(/dashboard/[\w-]+/)\?', tenants_table)] == ["acme", "globex"]
-    assert "<td>12</td><td>$2.5000</td><td>15</td><td>25.00%</td><td>400 ms</td>" in html
-    assert "<td>8</td><td>$0.7500</td><td>0</td><td>0.00%</td><td>90 ms</td>" in html
+    assert f"<td>12</td><td>$2.5000</td><td>15</td><td>25.00%</td><td>{sketched(400):.0f} ms</td>" in html
+    assert f"<td>8</td><td>$0.7500</td><td>0</td><td>0.00%</td><td>{sketched(90):.0f} ms</td>" in html
     assert "<path" in _svg(html, "cost-per-tenant")
     rows = _csv(client.get("/dashboard/export.csv"))
     assert [(row["tenant"], row["cost_usd"]) for row in rows] == [("acme", "2.50000000"), ("globex", "0.75000000")]

@@ -83,12 +83,18 @@ async def test_group_by_day_with_date_range(usage):
     assert (body["start"], body["end"]) == ("2026-03-01T00:00:00+00:00", "2026-03-03T00:00:00+00:00")
     assert [entry["group"] for entry in body["data"]] == ["2026-03-01", "2026-03-02"]  # end is exclusive
     mar1, mar2 = body["data"]
+    latency = {name: mar1.pop(name) for name in ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms")}
     assert mar1 == {
         "group": "2026-03-01", "requests": 5, "errors": 1, "prompt_tokens": 50, "completion_tokens": 25,
-        "cost_usd": "0.00630000", "latency_p50_ms": 100.0, "latency_p95_ms": 280.0,
+        "cost_usd": "0.00630000",
     }
+    # Percentiles from the sketch: within 1 % of the value of rank floor(q (n - 1)) of 50, 70, 100, 200, 300.
+    assert latency["latency_p50_ms"] == pytest.approx(100, rel=0.01)
+    assert latency["latency_p95_ms"] == pytest.approx(200, rel=0.01)
+    assert latency["latency_p99_ms"] == pytest.approx(200, rel=0.01)
     assert (mar2["requests"], mar2["prompt_tokens"], mar2["cost_usd"]) == (2, 1010, "0.00070000")
-    assert (mar2["latency_p50_ms"], mar2["latency_p95_ms"]) == (100.0, 109.0)
+    assert mar2["latency_p50_ms"] == pytest.approx(90, rel=0.01)
+    assert mar2["latency_p95_ms"] == pytest.approx(90, rel=0.01)
 
 
 async def test_group_by_model_merges_days(usage):
@@ -98,8 +104,9 @@ async def test_group_by_model_merges_days(usage):
     assert (groups["gpt-4o"]["requests"], groups["gpt-4o"]["cost_usd"]) == (4, "0.01100000")
     assert (groups["gpt-4o-mini"]["requests"], groups["gpt-4o-mini"]["errors"]) == (4, 1)
     assert groups["gpt-4o-mini"]["cost_usd"] == "0.00100000"
-    # Across days, a percentile is the request-weighted mean of the daily ones: (200 x 3 + 500 x 1) / 4.
-    assert groups["gpt-4o"]["latency_p50_ms"] == 275.0
+    # Across days, the days' sketches merge: the p50 of 100, 200, 300 (March 1) and 500 (March 3).
+    assert groups["gpt-4o"]["latency_p50_ms"] == pytest.approx(200, rel=0.01)
+    assert groups["gpt-4o"]["latency_p95_ms"] == pytest.approx(300, rel=0.01)
 
 
 async def test_group_by_key(usage):

@@ -10,7 +10,7 @@ import pytest
 from django.utils import timezone
 
 from accounting.models import UsageRecord, UsageRollup
-from accounting.rollups import rollup_bucket, rollup_rows_postgres, rollup_rows_python
+from accounting.rollups import rollup_bucket
 from accounting.services import tenant_create
 
 pytestmark = pytest.mark.django_db
@@ -46,15 +46,6 @@ def test_rollups_count_cache_hits_and_saved_cost(tenants):
     assert (by_model.cache_hits, by_model.saved_cost_usd) == (1, Decimal("0.01500000"))
     other = UsageRollup.objects.get(granularity="hour", tenant=globex, dimension="total")
     assert (other.cache_hits, other.saved_cost_usd) == (1, Decimal("0.00000700"))
-
-
-def test_python_and_postgresql_paths_agree_on_cache_columns(tenants):
-    end = HOUR + timedelta(hours=1)
-    python, postgres = rollup_rows_python(start=HOUR, end=end), rollup_rows_postgres(start=HOUR, end=end)
-    assert python.keys() == postgres.keys()
-    for key in python:
-        assert (python[key]["cache_hits"], python[key]["saved_cost_usd"]) == (
-            postgres[key]["cache_hits"], postgres[key]["saved_cost_usd"])
 
 
 def test_tenant_dashboard_shows_hit_rate_and_saved_cost(tenants, client, admin_user):

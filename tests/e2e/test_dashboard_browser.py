@@ -40,6 +40,7 @@ from accounting.budgets import period_start
 from accounting.dashboards import window_for
 from accounting.models import Budget, BudgetPeriod, TenantMembership, UsageRollup
 from accounting.services import api_key_create, tenant_create
+from accounting.sketches import sketch_add, sketch_key, sketch_quantiles
 
 acme = tenant_create(slug="acme", name="Acme Corp")
 globex = tenant_create(slug="globex", name="Globex")
@@ -57,9 +58,17 @@ def put(tenant, granularity, bucket, dimension, value, scale, cost):
         tenant=tenant, granularity=granularity, bucket_start=bucket, dimension=dimension, value=value,
         requests=requests, errors=int(requests * 0.06 * (1 + math.sin(scale * 7))),
         prompt_tokens=int(1800 * requests * scale), completion_tokens=int(500 * requests),
-        cost_usd=Decimal(str(round(cost, 6))), latency_p50_ms=300 + 80 * scale,
-        latency_p95_ms=900 + 400 * scale, ttft_p50_ms=120.0, ttft_p95_ms=380.0,
+        cost_usd=Decimal(str(round(cost, 6))), **sketched(
+            "latency", {int(300 + 80 * scale): requests - requests // 10, int(900 + 400 * scale): requests // 10 + 1}
+        ), **sketched("ttft", {120: requests - 2, 380: 2}),
     )
+
+def sketched(prefix, latencies):
+    bins = {}
+    for latency, count in latencies.items():
+        sketch_add(bins, {sketch_key(latency): count})
+    quantiles = {f"{prefix}_{name}_ms": value for name, value in sketch_quantiles(bins).items()}
+    return {f"{prefix}_sketch": bins, **quantiles}
 
 # The hourly window as the page may draw it: this hour's, or the next one's if the clock turns
 # the hour between this seed and the page (it did: 23 bars of 24).

@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 import uuid
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -722,18 +721,24 @@ def test_celery_worker_killed_mid_rollup_then_next_run_equals_an_undisturbed_one
             stop_process(worker.process)
         return chaos.query(f"SELECT {ROLLUP_COLUMNS} FROM accounting_usagerollup ORDER BY 1, 2, 3, 4, 5")
 
-    # The lock rollup_bucket takes for today's day bucket, the last one a run writes: holding it
-    # stops the run after it has written every hour bucket, inside its transaction.
+    # A row of today's day bucket inserted and not committed by another transaction: the run's
+    # insert of that row waits for it, inside the run's transaction, after it read the records.
     today = datetime.now(dt_timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-    lock_id = zlib.crc32(f"usage-rollup:{Granularity.DAY}:{today.isoformat()}".encode())
+    (tenant_id,), = chaos.query("SELECT tenant_id FROM accounting_usagerecord ORDER BY id DESC LIMIT 1")
     worker = CeleryWorker(chaos, tmp_path / "worker.log", queue)
     try:
         with psycopg.connect(chaos.database_url) as blocker:
-            blocker.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id,))
+            blocker.execute(
+                "INSERT INTO accounting_usagerollup (granularity, bucket_start, tenant_id, dimension, value,"
+                " requests, errors, errors_by_class, prompt_tokens, completion_tokens, cost_usd, cache_hits,"
+                " saved_cost_usd, latency_sketch, ttft_sketch, computed_at)"
+                " VALUES (%s, %s, %s, 'total', '', 0, 0, '{}', 0, 0, 0, 0, 0, '{}', '{}', now())",
+                (Granularity.DAY, today, tenant_id),
+            )
             app.send_task("accounting.tasks.rollup_recent_task", queue=queue)
             (backend,), = wait_for(lambda: chaos.query(
-                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory' "
-                "AND datname = current_database()"
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'transactionid' "
+                "AND datname = current_database() AND pid <> %s", (blocker.info.backend_pid,)
             ), what="the rollup to block mid-run", timeout=40)
             written = chaos.query(
                 "SELECT 1 FROM pg_locks WHERE pid = %s AND relation = 'accounting_usagerollup'::regclass "
