@@ -1,0 +1,155 @@
+"""The best_rated strategy on the real pipeline: a scripted rater through /v1/feedback, the rollups,
+the posteriors, then where traffic goes; the logged propensities and the offline replay.
+
+Deterministic: the rater draws from its own seeded generator, and the gateway's random choices
+(weighted, best_rated) come from the process's `random`, seeded here; the in-process ASGI client
+runs the gateway on this test's event loop, so nothing else draws from it in between.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from io import StringIO
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.core.management import call_command
+
+from accounting.models import UsageRecord
+from accounting.rollups import rollup_recent
+from feedback.rollups import feedback_rollup_recent
+from providers.models import Provider, ProviderModel
+from providers.services import provider_key_upsert
+from routing.breakers import BreakerPolicy, breaker_store
+from routing.explain import route_explain
+from routing.models import Deployment, RouteGroup, RoutePosteriors, RoutingRule, Strategy
+from routing.posteriors import posteriors_refresh
+from routing.replay import route_group_find, routing_replay
+from routing.selectors import routing_table_get
+from tests.asgi_client import ApiClient
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+QUALITY = {"fake": 0.8, "fake-b": 0.3}  # the chance each deployment's answer is rated up
+LOGGED = 160  # requests under uniform-random routing, each rated
+
+
+@pytest.fixture
+def route(gateway):
+    """Route `chat`: the same model at two providers, chosen uniformly at random (weighted 1:1)."""
+    other = Provider.objects.create(name="fake-b", type="openai", api_base=gateway.provider.api_base)
+    provider_key_upsert(provider=other, name="default", secret="sk-fake-provider-secret-0003")
+    ProviderModel.objects.create(
+        provider=other, alias="gpt-4o-mini", upstream_model="gpt-4o-mini-2024-07-18",
+        input_price_per_million="0.15", output_price_per_million="0.60",
+    )
+    group = RouteGroup.objects.create(
+        name="chat", strategy=Strategy.WEIGHTED, breaker_failure_threshold=1, breaker_cooldown_seconds=3600,
+    )
+    for model in ProviderModel.objects.filter(upstream_model="gpt-4o-mini-2024-07-18").order_by("pk"):
+        Deployment.objects.create(group=group, provider_model=model, weight=1)
+    RoutingRule.objects.create(name="chat", model="chat", group=group)
+    return group
+
+
+async def ask(gateway) -> str:
+    """One chat request to the route; the provider that served it."""
+    response = await ApiClient().post(
+        "/v1/chat/completions",
+        json.dumps({"model": "chat", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 20}),
+        content_type="application/json", headers=gateway.auth,
+    )
+    assert response.status_code == 200, response.content
+    return response.headers["x-gateway-provider"], response.json()["id"]
+
+
+async def rate(gateway, rater: random.Random, provider: str, response_id: str) -> None:
+    thumb = 1 if rater.random() < QUALITY[provider] else -1
+    response = await ApiClient().post(
+        "/v1/feedback", json.dumps({"response_id": response_id, "rating": thumb}),
+        content_type="application/json", headers=gateway.auth,
+    )
+    assert response.status_code in (200, 201), response.content
+
+
+async def served(gateway, n: int) -> Counter:
+    return Counter([(await ask(gateway))[0] for _ in range(n)])
+
+
+@sync_to_async
+def rollups_run() -> None:
+    feedback_rollup_recent()
+    rollup_recent()
+    posteriors_refresh()
+
+
+@sync_to_async
+def group_update(group: RouteGroup, **fields) -> None:
+    RouteGroup.objects.filter(pk=group.pk).update(**fields)
+    RouteGroup.objects.get(pk=group.pk).save()  # through save(): the routing table reloads
+
+
+async def test_best_rated_learns_from_ratings_and_replay_agrees(route, gateway):
+    random.seed(27)
+    rater = random.Random(2027)
+    for _ in range(LOGGED):
+        provider, response_id = await ask(gateway)
+        await rate(gateway, rater, provider, response_id)
+    logged = [r async for r in UsageRecord.objects.filter(route_group="chat")]
+    assert {(r.routing_strategy, r.routing_propensity) for r in logged} == {("weighted", 0.5)}
+    assert set(Counter(r.provider_name for r in logged)) == {"fake", "fake-b"}
+
+    # The replay of a policy that always sends to `fake`, from the uniform-random log, against
+    # the true mean of its rater.
+    await rollups_run()
+    replay = await sync_to_async(routing_replay)(group=route, strategy="fallback")
+    assert replay.logged == LOGGED and replay.policy["fake:gpt-4o-mini-2024-07-18"] == 1.0
+    for estimate in (replay.rating_ips, replay.rating_snips):
+        assert estimate.low <= QUALITY["fake"] <= estimate.high, replay.lines()
+    assert 60 < replay.rating_snips.ess <= 100  # about half the log is worth anything to it
+
+    # Handed to best_rated: the better deployment gets most requests, the worse one still some.
+    await group_update(route, strategy=Strategy.BEST_RATED)
+    await rollups_run()
+    counts = await served(gateway, 200)
+    assert counts["fake"] >= 160 and counts["fake-b"] >= 1, counts
+    recent = [r async for r in UsageRecord.objects.filter(routing_strategy="best_rated")]
+    propensity = {r.provider_name: round(r.routing_propensity, 2) for r in recent}
+    assert propensity["fake"] >= 0.9 and 0.05 <= propensity["fake-b"] < 0.1, propensity
+
+    # The replay of best_rated (its current posteriors) on the uniform log agrees with the truth.
+    replay = await sync_to_async(routing_replay)(group=route, days=1)
+    share = replay.policy["fake:gpt-4o-mini-2024-07-18"]
+    truth = share * QUALITY["fake"] + (1 - share) * QUALITY["fake-b"]
+    assert replay.rating_snips.low <= truth <= replay.rating_snips.high, replay.lines()
+
+    # The better one's breaker open: traffic goes to the other.
+    fake = await Deployment.objects.select_related("provider_model__provider").aget(
+        group=route, provider_model__provider__name="fake"
+    )
+    key = await _deployment_key("fake")
+    await breaker_store().record_failure(key, policy=BreakerPolicy(failure_threshold=1, cooldown_seconds=3600))
+    assert await served(gateway, 20) == Counter({"fake-b": 20})
+    await breaker_store().reset(key)
+
+    # Lambda high and the better one ten times dearer: traffic moves to the cheaper one.
+    await sync_to_async(ProviderModel.objects.filter(pk=fake.provider_model_id).update)(
+        input_price_per_million="1.50", output_price_per_million="6.00"
+    )
+    await sync_to_async(lambda: ProviderModel.objects.get(pk=fake.provider_model_id).save())()
+    await rollups_run()
+    costs = (await RoutePosteriors.objects.aget(group=route)).data["costs"]
+    dear, cheap = costs["fake:gpt-4o-mini-2024-07-18"], costs["fake-b:gpt-4o-mini-2024-07-18"]
+    assert dear == pytest.approx(10 * cheap, rel=0.05)
+    await group_update(route, best_rated_lambda=2.0 / (dear - cheap))  # the cost gap: 2 rating points
+    await rollups_run()
+    counts = await served(gateway, 50)
+    assert counts["fake-b"] >= 44, counts
+
+
+async def _deployment_key(provider: str) -> str:
+    table = await routing_table_get()
+    rule = next(rule for rule in table.rules if rule.name == "chat")
+    return next(d.key for d in rule.group.deployments if d.target.provider_name == provider)
