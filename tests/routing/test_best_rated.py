@@ -177,6 +177,18 @@ def test_first_choice_shares_keep_the_floor_and_sum_to_one():
     assert first_choice_shares([("a", good, 0.0), ("b", bad, 0.0)], lam=0.0, min_share=0.9) == {"a": 0.5, "b": 0.5}
 
 
+def test_first_choice_shares_are_the_chances_that_each_draw_wins():
+    arms = [("a", Posterior("beta", 12, 10, 20), 0.0), ("b", Posterior("beta", 10, 10, 18), 0.0),
+            ("c", Posterior("normal", 0.55, 0.08, 20), 0.002)]
+    exact = first_choice_shares(arms, lam=20.0, min_share=0.0)
+    rng, wins = random.Random(5), Counter()
+    for _ in range(20_000):  # seeded: the same draws every run
+        wins[max(arms, key=lambda arm: arm[1].sample(rng) - 20.0 * arm[2])[0]] += 1
+    assert sum(exact.values()) == pytest.approx(1.0)
+    for key, share in exact.items():
+        assert share == pytest.approx(wins[key] / 20_000, abs=0.01)
+
+
 def test_normal_posterior_of_scores():
     stats = QualityStats(n=4, total=3.0, sumsq=2.5)  # values 1, 0.75, 0.75, 0.5
     posterior = posterior_make(stats, beta=False, prior=(0.5, 0.25))
