@@ -18,7 +18,7 @@ from routing.experiments import (
     experiment_results,
     experiment_stop,
 )
-from routing.models import Deployment, Experiment, ExperimentVariant, RouteGroup, RoutingRule
+from routing.models import Deployment, Experiment, ExperimentVariant, RouteGroup, RoutePosteriors, RoutingRule
 from routing.replay import ReplayError, routing_replay
 
 ENDED = (Experiment.Status.PROMOTED, Experiment.Status.HANDED_OVER)
@@ -218,3 +218,25 @@ class ExperimentAdmin(AuditedAdmin):
             self.message_user(request, f"'{action}' is not possible while the experiment is {experiment.status}.",
                               messages.ERROR)
         return HttpResponseRedirect(reverse("admin:routing_experiment_results", args=[experiment.pk]))
+
+
+@admin.register(RoutePosteriors)
+class RoutePosteriorsAdmin(admin.ModelAdmin):
+    """best_rated's posteriors as the beat last computed them; read-only (route explain shows them in use)."""
+
+    list_display = ["group", "ratings", "computed_at", "rollups_at"]
+    list_select_related = ["group"]
+    readonly_fields = ["group", "data", "rollups_at", "computed_at"]
+
+    @admin.display(description="ratings")
+    def ratings(self, obj: RoutePosteriors) -> int:
+        return obj.data.get("ratings", 0)
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

@@ -22,14 +22,16 @@ generation). When the beat is late the last rows stay in use; their age is shown
 from __future__ import annotations
 
 import math
+import operator
 import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import reduce
 
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from accounting.models import UsageRollup
@@ -84,7 +86,10 @@ def feedback_stats_read(
     """The feedback of each (tenant, route group, target) since `since`, from the additive fields
     of the feedback rollups' day rows (`groups`: route group -> metric name, "" for the ratings);
     and when the newest row read was computed. The one place that knows the rollups' shape."""
+    if not groups:
+        return {}, None
     rows = FeedbackRollup.objects.filter(
+        reduce(operator.or_, (Q(value__startswith=f"{group}/") for group in groups)),
         granularity="day", dimension=FeedbackRollup.Dimension.DEPLOYMENT,
         bucket_start__gte=since.replace(hour=0, minute=0, second=0, microsecond=0),
     ).values_list("tenant_id", "value", "ratings", "thumbs_up", "thumbs_down", "rating_sum", "rating_sumsq",

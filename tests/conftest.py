@@ -136,6 +136,7 @@ def role_join(user, group: str) -> None:
         with connection.schema_editor() as editor:
             import_module("operators.migrations.0002_operator_roles").roles_create(apps, editor)
             import_module("operators.migrations.0003_stored_responses_viewed").roles_extend(apps, editor)
+            import_module("operators.migrations.0004_route_posteriors_viewed").roles_extend(apps, editor)
     user.groups.add(Group.objects.get(name=group))
 
 
