@@ -115,13 +115,12 @@ class Ranking:
 
 async def best_rated(
     deployments: list[Deployment], *, group: str, tenant_id: int = 0,
-    settings: BestRatedSettings = BestRatedSettings(), rng: random.Random | None = None, **_,
+    settings: BestRatedSettings = BestRatedSettings(), **_,
 ) -> Ranking:
     """Thompson sampling on the route's feedback: rank by a draw from each deployment's posterior
     minus lambda times its expected cost per request; with probability n x min_share the first
     choice is drawn uniformly instead (each deployment's floor). No rating yet: by priority.
     Per request: one draw per deployment from posteriors kept in process, no database."""
-    rng = rng or random
     snapshot = await posteriors_get(group)
     if snapshot is None or not snapshot.ratings:
         ordered = by_priority(deployments)
@@ -130,12 +129,13 @@ async def best_rated(
         return Ranking(ordered, _first_certain(ordered), draw)
     scope = snapshot.scope_for(tenant_id)
     shares = snapshot.shares_for(scope, deployments, settings)
-    arms = [_arm(snapshot, scope, d, settings, rng, shares) for d in by_priority(deployments)]
-    ranked = sorted(zip(arms, by_priority(deployments)), key=lambda pair: pair[0].score, reverse=True)
+    ordered = by_priority(deployments)  # ties keep the priority order
+    arms = [_arm(snapshot, scope, d, settings, shares) for d in ordered]
+    ranked = sorted(zip(arms, ordered), key=lambda pair: pair[0].score, reverse=True)
     floor = min(settings.min_share, 1.0 / len(deployments))
-    explored = rng.random() < floor * len(deployments)
+    explored = random.random() < floor * len(deployments)
     if explored:
-        first = rng.randrange(len(ranked))
+        first = random.randrange(len(ranked))
         ranked.insert(0, ranked.pop(first))
     draw = BestRatedDraw(
         "global" if scope == "" else "tenant", time.time() - snapshot.computed_at, snapshot.rollups_at,
@@ -145,12 +145,12 @@ async def best_rated(
 
 
 def _arm(snapshot: GroupPosteriors, scope: str, deployment: Deployment, settings: BestRatedSettings,
-         rng, shares: dict[str, float]) -> ArmDraw:
+         shares: dict[str, float]) -> ArmDraw:
     target = target_name(deployment)
     posterior = snapshot.posterior(scope, target)
     cost = snapshot.costs.get(target, 0.0)
     return ArmDraw(
-        key=deployment.key, target=target, posterior=posterior, sampled=posterior.sample(rng), cost=cost,
+        key=deployment.key, target=target, posterior=posterior, sampled=posterior.sample(random), cost=cost,
         cost_term=settings.lam * cost, share=shares.get(deployment.key, 0.0),
     )
 
