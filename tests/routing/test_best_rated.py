@@ -122,8 +122,10 @@ async def test_best_rated_learns_from_ratings_and_replay_agrees(route, gateway, 
     assert propensity["fake"] >= 0.9 and 0.05 <= propensity["fake-b"] < 0.1, propensity
 
     # The replay of best_rated (its current posteriors) on the uniform log agrees with the truth.
-    replay = await sync_to_async(routing_replay)(group=route, days=1)
+    replay = await sync_to_async(routing_replay)(group=await RouteGroup.objects.aget(pk=route.pk), days=1)
+    assert replay.strategy == "best_rated" and replay.logged == LOGGED + 200, replay.lines()
     share = replay.policy["fake:gpt-4o-mini-2024-07-18"]
+    assert share == pytest.approx(0.95, abs=0.01)
     truth = share * QUALITY["fake"] + (1 - share) * QUALITY["fake-b"]
     assert replay.rating_snips.low <= truth <= replay.rating_snips.high, replay.lines()
     out = StringIO()
