@@ -121,6 +121,13 @@ class UsageRecord(models.Model):
     experiment = models.CharField(max_length=100, blank=True)
     variant = models.CharField(max_length=100, blank=True, help_text="The experiment variant served.")
     conversation_id = models.CharField(max_length=200, blank=True)
+    routing_strategy = models.CharField(
+        max_length=20, blank=True, help_text="The routing strategy that ordered the deployments."
+    )
+    routing_propensity = models.FloatField(
+        null=True, blank=True,
+        help_text="The probability with which the strategy chose the deployment that served (first).",
+    )
     cache = models.CharField(
         max_length=10, blank=True, help_text="hit, miss or semantic when the cache was consulted."
     )

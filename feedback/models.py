@@ -121,6 +121,7 @@ class FeedbackRollup(models.Model):
         ROUTE = "route"
         TAG = "tag"
         VARIANT = "variant"
+        DEPLOYMENT = "deployment"  # `route_group/provider:served_model`: what best_rated learns from
 
     granularity = models.CharField(max_length=4)
     bucket_start = models.DateTimeField()

@@ -3,7 +3,8 @@
 A row's bucket is the one holding the rated request's `created_at` (not the time of the feedback),
 so feedback sits next to the UsageRollup of the same requests: their cost and latency. Dimensions:
 total, model (the requested model, as in usage rollups), route (the routing rule), tag (the
-request's tags, as in usage rollups) and variant (`experiment/variant`). Tags given in feedback
+request's tags, as in usage rollups), variant (`experiment/variant`) and deployment
+(`route_group/provider:served_model`, for the best_rated routing strategy). Tags given in feedback
 are counted per row in `feedback_tags`. A metric value given per conversation is counted with the
 conversation's latest request.
 
@@ -54,7 +55,10 @@ LOCK_NAME = "feedback-rollup"
 # feedback with an earlier `updated_at` may commit after a run read past that time.
 RESCAN = timedelta(minutes=5)
 VALUE_MAX_LENGTH = FeedbackRollup._meta.get_field("value").max_length
-_RECORD_FIELDS = ("id", "tenant_id", "requested_model", "route", "tags", "experiment", "variant", "created_at")
+_RECORD_FIELDS = (
+    "id", "tenant_id", "requested_model", "route", "tags", "experiment", "variant", "route_group",
+    "provider_name", "served_model", "created_at",
+)
 _RECORD_PREFIXED = tuple(f"usage_record__{name}" for name in _RECORD_FIELDS)
 _COUNTED = ("feedback", "ratings", "rating_sum", "rating_sumsq", "thumbs_up", "thumbs_down", "corrections")
 
@@ -69,6 +73,16 @@ def _dimension_values(record: dict) -> Iterator[tuple[str, str]]:
         yield Dimension.TAG, tag
     if record["experiment"]:
         yield Dimension.VARIANT, f"{record['experiment']}/{record['variant']}"[:VALUE_MAX_LENGTH]
+    if record["route_group"] and record["provider_name"]:
+        yield Dimension.DEPLOYMENT, deployment_dimension_value(
+            group=record["route_group"], provider=record["provider_name"], model=record["served_model"]
+        )
+
+
+def deployment_dimension_value(*, group: str, provider: str, model: str) -> str:
+    """The `deployment` dimension's value: a route group (a slug, so no '/') and the deployment
+    that served, as `provider:upstream_model`; what the best_rated strategy reads its posteriors from."""
+    return f"{group}/{provider}:{model}"[:VALUE_MAX_LENGTH]
 
 
 def _empty() -> dict:

@@ -493,6 +493,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60.0,
         "options": {"expires": 55},
     },
+    "routing-posteriors-refresh": {
+        # best_rated's posteriors, from the feedback rollups of the run above (docs/routing.md).
+        "task": "routing.tasks.posteriors_refresh_task",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
     "content-retention": {
         "task": "accounting.tasks.content_retention_task",
         "schedule": 3600.0,

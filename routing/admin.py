@@ -11,13 +11,17 @@ from accounting.models import Tenant, TenantApiKey
 from audit.admin import AuditedAdmin
 from routing.explain import provider_health_rows, route_explain
 from routing.experiments import (
+    experiment_hand_to_best_rated,
     experiment_pause,
     experiment_promote,
     experiment_resume,
     experiment_results,
     experiment_stop,
 )
-from routing.models import Deployment, Experiment, ExperimentVariant, RouteGroup, RoutingRule
+from routing.models import Deployment, Experiment, ExperimentVariant, RouteGroup, RoutePosteriors, RoutingRule
+from routing.replay import ReplayError, routing_replay
+
+ENDED = (Experiment.Status.PROMOTED, Experiment.Status.HANDED_OVER)
 
 
 class DeploymentInline(admin.TabularInline):
@@ -34,6 +38,27 @@ class RouteGroupAdmin(AuditedAdmin):
     search_fields = ["name"]
     inlines = [DeploymentInline]
     change_list_template = "admin/routing/routegroup/change_list.html"
+    readonly_fields = ["replay_estimate"]
+    fieldsets = [
+        (None, {"fields": ["name", "strategy", "retries", "attempt_timeout_seconds", "total_timeout_seconds",
+                           "breaker_failure_threshold", "breaker_cooldown_seconds"]}),
+        ("best_rated", {
+            "fields": ["best_rated_lambda", "best_rated_min_share", "best_rated_min_ratings", "best_rated_metric",
+                       "replay_estimate"],
+            "description": "How the best_rated strategy trades rating for cost and explores (docs/routing.md).",
+        }),
+    ]
+
+    @admin.display(description="Offline replay (last 7 days, these settings)")
+    def replay_estimate(self, obj: RouteGroup) -> str:
+        """What the route's strategy would have given on its logged traffic (`routing.replay`)."""
+        if obj.pk is None:
+            return "-"
+        try:
+            lines = routing_replay(group=obj, days=7).lines()
+        except ReplayError as exc:
+            lines = [str(exc)]
+        return format_html('<pre id="replay-estimate">{}</pre>', "\n".join(lines))
 
     def get_urls(self):
         health = self.admin_site.admin_view(self.health_view)
@@ -140,7 +165,7 @@ class ExperimentAdmin(AuditedAdmin):
 
     @admin.action(description="Stop the selected experiments")
     def stop_selected(self, request, queryset):
-        for experiment in queryset.exclude(status=Experiment.Status.PROMOTED):
+        for experiment in queryset.exclude(status__in=ENDED):
             experiment_stop(experiment)
 
     def results_view(self, request, pk: int):
@@ -163,13 +188,14 @@ class ExperimentAdmin(AuditedAdmin):
             "verdict": verdict,
             "opts": self.model._meta,
             "can_change": self.has_change_permission(request, experiment),
+            "over": experiment.status in ENDED,
         }
         return TemplateResponse(request, "admin/routing/experiment_results.html", context)
 
     def _act(self, request, experiment: Experiment):
         action = request.POST.get("action")
-        if experiment.status == Experiment.Status.PROMOTED:
-            self.message_user(request, "This experiment is over: a variant was promoted.", messages.ERROR)
+        if experiment.status in ENDED:
+            self.message_user(request, f"This experiment is over ({experiment.get_status_display()}).", messages.ERROR)
         elif action == "pause" and experiment.status == Experiment.Status.RUNNING:
             experiment_pause(experiment)
         elif action == "resume" and experiment.status == Experiment.Status.PAUSED:
@@ -184,7 +210,33 @@ class ExperimentAdmin(AuditedAdmin):
                 group = experiment_promote(experiment, variant)
                 self.message_user(request, f"Promoted '{variant.name}': rule '{experiment.rule.name}' now uses "
                                            f"route group '{group.name}'.")
+        elif action == "hand_over":
+            group = experiment_hand_to_best_rated(experiment)
+            self.message_user(request, f"Rule '{experiment.rule.name}' now uses route group '{group.name}' "
+                                       f"(best_rated, every variant's deployments).")
         else:
             self.message_user(request, f"'{action}' is not possible while the experiment is {experiment.status}.",
                               messages.ERROR)
         return HttpResponseRedirect(reverse("admin:routing_experiment_results", args=[experiment.pk]))
+
+
+@admin.register(RoutePosteriors)
+class RoutePosteriorsAdmin(admin.ModelAdmin):
+    """best_rated's posteriors as the beat last computed them; read-only (route explain shows them in use)."""
+
+    list_display = ["group", "ratings", "computed_at", "rollups_at"]
+    list_select_related = ["group"]
+    readonly_fields = ["group", "data", "rollups_at", "computed_at"]
+
+    @admin.display(description="ratings")
+    def ratings(self, obj: RoutePosteriors) -> int:
+        return obj.data.get("ratings", 0)
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

@@ -3,7 +3,8 @@
 ```yaml
 routes:
   - model: smart              # the alias clients send
-    strategy: fallback        # fallback | round_robin | weighted | lowest_cost | lowest_latency | least_busy
+    strategy: fallback        # fallback | round_robin | weighted | lowest_cost | lowest_latency | least_busy | best_rated
+    best_rated: {lambda: 0, min_share: 0.05, min_ratings: 30, metric: ""}   # optional, best_rated's settings
     match: {task: summarization, tenants: [acme], keys: [sk-gw-AbC123], tags: [beta]}   # optional
     deployments:
       - {provider: fake-a, model: gpt-4o-mini, priority: 0, weight: 3}
@@ -16,10 +17,13 @@ importing the same file twice changes nothing; a route's deployments are replace
 
 from __future__ import annotations
 
+import re
+
 from django.db.models import Q
 
 from accounting.models import Tenant, TenantApiKey
 from kernel.config_shape import (
+    INTEGER_MAX,
     ConfigError,
     known,
     list_of,
@@ -33,8 +37,9 @@ from routing.models import Deployment, RouteGroup, RoutingRule, Strategy
 
 ROUTE_KEYS = {
     "model", "name", "strategy", "match", "priority", "retries", "attempt_timeout_seconds",
-    "total_timeout_seconds", "breaker", "deployments", "enabled",
+    "total_timeout_seconds", "breaker", "deployments", "enabled", "best_rated",
 }
+BEST_RATED_DEFAULTS = {"lambda": 0.0, "min_share": 0.05, "min_ratings": 30, "metric": ""}
 MATCH_KEYS = {"task", "tenants", "keys", "tags"}
 BREAKER_KEYS = {"failure_threshold", "cooldown_seconds"}
 DEPLOYMENT_KEYS = {"provider", "model", "priority", "weight", "key", "enabled"}
@@ -84,6 +89,7 @@ def _group_upsert(item: dict, *, name: str, where: str) -> RouteGroup:
                 breaker, "failure_threshold", f"{where}.breaker", maximum=32767  # PositiveSmallIntegerField
             ),
             "breaker_cooldown_seconds": optional_seconds(breaker, "cooldown_seconds", f"{where}.breaker"),
+            **_best_rated(item, f"{where}.best_rated"),
         },
     )
     entries = list_of(item, "deployments")
@@ -93,6 +99,27 @@ def _group_upsert(item: dict, *, name: str, where: str) -> RouteGroup:
     for index, entry in enumerate(entries):
         _deployment_create(group, entry, f"{where}.deployments[{index}]")
     return group
+
+
+def _best_rated(item: dict, where: str) -> dict:
+    """best_rated's settings; the model's defaults for what the entry leaves out."""
+    settings = mapping(item.get("best_rated") or {}, where)
+    known(settings, set(BEST_RATED_DEFAULTS), where)
+    settings = {**BEST_RATED_DEFAULTS, **settings}
+    lam = settings["lambda"]
+    if not isinstance(lam, (int, float)) or isinstance(lam, bool) or not 0 <= lam < 1e12:
+        raise ConfigError(f"{where}.lambda must be a number of 0 or more (rating points per dollar).")
+    share = settings["min_share"]
+    if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 <= share <= 1:
+        raise ConfigError(f"{where}.min_share must be a number from 0 to 1.")
+    ratings = settings["min_ratings"]
+    if not isinstance(ratings, int) or isinstance(ratings, bool) or not 0 <= ratings <= INTEGER_MAX:
+        raise ConfigError(f"{where}.min_ratings must be an integer of at least 0.")
+    metric = settings["metric"] or ""
+    if not isinstance(metric, str) or not re.fullmatch(r"[-a-zA-Z0-9_]{0,64}", metric):
+        raise ConfigError(f"{where}.metric must be a feedback metric's name (letters, digits, '-', '_').")
+    return {"best_rated_lambda": float(lam), "best_rated_min_share": float(share),
+            "best_rated_min_ratings": ratings, "best_rated_metric": metric}
 
 
 def _deployment_create(group: RouteGroup, entry: object, where: str) -> Deployment:
@@ -185,6 +212,12 @@ def _route_export(rule: RoutingRule) -> dict:
     }
     if any(value is not None for value in breaker.values()):
         entry["breaker"] = {k: v for k, v in breaker.items() if v is not None}
+    best_rated = {
+        "lambda": group.best_rated_lambda, "min_share": group.best_rated_min_share,
+        "min_ratings": group.best_rated_min_ratings, "metric": group.best_rated_metric,
+    }
+    if group.strategy == Strategy.BEST_RATED or best_rated != BEST_RATED_DEFAULTS:
+        entry["best_rated"] = best_rated
     entry["deployments"] = [_deployment_export(d) for d in group.deployments.all()]
     if not rule.enabled:
         entry["enabled"] = False

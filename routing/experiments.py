@@ -25,7 +25,7 @@ from django.db.models import Avg, Count, Sum
 
 from accounting.models import UsageRecord
 from feedback.models import Feedback
-from routing.models import Deployment, Experiment, ExperimentVariant, RouteGroup
+from routing.models import Deployment, Experiment, ExperimentVariant, RouteGroup, Strategy
 from routing.selectors import ExperimentConfig, VariantConfig
 
 MIN_RATINGS = 10
@@ -180,7 +180,7 @@ def experiment_stop(experiment: Experiment) -> None:
 
 @transaction.atomic
 def experiment_promote(experiment: Experiment, variant: ExperimentVariant) -> RouteGroup:
-    """Make the variant the rule's route group and end the experiment.
+    """Adopt the winner: make the variant the rule's route group and end the experiment.
 
     A model variant gets a route group of its own (named `<experiment>-<variant>`), holding the
     deployments that serve the alias, so that the rule keeps the routing it was tested with.
@@ -189,20 +189,52 @@ def experiment_promote(experiment: Experiment, variant: ExperimentVariant) -> Ro
         raise ValueError("That variant belongs to another experiment.")
     group = variant.group
     if group is None:
-        from providers.models import ProviderModel
-
         group = RouteGroup.objects.create(name=f"{experiment.name}-{variant.name}"[:100])
-        provider, sep, alias = variant.model.partition(":")
-        serving = ProviderModel.objects.filter(enabled=True, provider__enabled=True)
-        if sep and serving.filter(provider__name=provider, alias=alias).exists():
-            serving = serving.filter(provider__name=provider, alias=alias)
-        else:
-            serving = serving.filter(alias=variant.model)
-        for index, provider_model in enumerate(serving.order_by("provider__priority", "pk")):
+        for index, provider_model in enumerate(_serving(variant.model)):
             Deployment.objects.create(group=group, provider_model=provider_model, priority=index)
+    _experiment_end(experiment, group=group, status=Experiment.Status.PROMOTED, winner=variant)
+    return group
+
+
+@transaction.atomic
+def experiment_hand_to_best_rated(experiment: Experiment) -> RouteGroup:
+    """End the experiment by handing the rule to the best_rated strategy: a new route group
+    (`<experiment>-best-rated`) holds every variant's deployments, and feedback decides from now on
+    how much traffic each gets (docs/routing.md)."""
+    group = RouteGroup.objects.create(name=f"{experiment.name}-best-rated"[:100], strategy=Strategy.BEST_RATED)
+    seen: set[tuple[int, int | None]] = set()
+    for variant in experiment.variants.select_related("group").order_by("pk"):
+        if variant.group is not None:
+            rows = [(d.provider_model, d.provider_key, d.enabled) for d in variant.group.deployments.all()]
+        else:
+            rows = [(model, None, True) for model in _serving(variant.model)]
+        for provider_model, key, enabled in rows:
+            if (provider_model.pk, key.pk if key else None) in seen:
+                continue
+            seen.add((provider_model.pk, key.pk if key else None))
+            Deployment.objects.create(
+                group=group, provider_model=provider_model, provider_key=key, enabled=enabled, priority=len(seen) - 1
+            )
+    _experiment_end(experiment, group=group, status=Experiment.Status.HANDED_OVER, winner=None)
+    return group
+
+
+def _serving(model: str):
+    """The enabled provider models serving a variant's model name (`alias` or `provider:alias`)."""
+    from providers.models import ProviderModel
+
+    provider, sep, alias = model.partition(":")
+    serving = ProviderModel.objects.filter(enabled=True, provider__enabled=True)
+    if sep and serving.filter(provider__name=provider, alias=alias).exists():
+        serving = serving.filter(provider__name=provider, alias=alias)
+    else:
+        serving = serving.filter(alias=model)
+    return serving.order_by("provider__priority", "pk")
+
+
+def _experiment_end(experiment: Experiment, *, group: RouteGroup, status: str, winner) -> None:
     rule = experiment.rule
     rule.group = group
     rule.save(update_fields=["group", "updated_at"])
-    experiment.status, experiment.winner = Experiment.Status.PROMOTED, variant
+    experiment.status, experiment.winner = status, winner
     experiment.save(update_fields=["status", "winner", "updated_at"])
-    return group

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from asgiref.sync import async_to_sync
 
@@ -43,9 +44,37 @@ class Explanation:
             lines.append(
                 f"{index}. {deployment.target.provider_name}:{deployment.target.upstream_model} "
                 f"priority={deployment.priority} weight={deployment.weight} breaker={state} "
-                f"success={rate} latency={latency}{note}"
+                f"success={rate} latency={latency} first-choice={plan.propensity(deployment):.0%}{note}"
             )
+        if plan.draw is not None:
+            lines += best_rated_lines(plan)
         return lines
+
+
+def best_rated_lines(plan: RoutePlan) -> list[str]:
+    """The best_rated draw behind the order: posteriors (mean, interval, n), samples, cost terms."""
+    draw, settings = plan.draw, plan.group.best_rated
+    age = "never computed" if draw.age_seconds is None else f"computed {draw.age_seconds:.0f}s ago"
+    rolled = (
+        f", feedback rolled up {datetime.fromtimestamp(draw.rollups_at, tz=timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+        if draw.rollups_at else ""
+    )
+    if draw.scope == "cold start":
+        return [f"best_rated: no ratings yet (posteriors {age}{rolled}): cold start, by priority"]
+    lines = [
+        f"best_rated: {draw.scope} posteriors, {age}{rolled}; lambda {settings.lam:g} per $, "
+        f"min share {settings.min_share:.0%}; this draw "
+        + ("explored (first choice drawn uniformly)" if draw.explored else "ranked by sampled score")
+        + ("" if draw.cost_known else "; cost per request unknown until usage is rolled up (cost term 0)")
+    ]
+    for rank, arm in enumerate(draw.arms, start=1):
+        low, high = arm.posterior.interval()
+        lines.append(
+            f"  {rank}. {arm.target}: posterior {arm.posterior.kind} mean={arm.posterior.mean:.3f} "
+            f"95%=[{low:.3f}, {high:.3f}] n={arm.posterior.n}; sampled={arm.sampled:.3f} "
+            f"cost=${arm.cost:.6f} cost_term={arm.cost_term:.4f} score={arm.score:.3f} share={arm.share:.0%}"
+        )
+    return lines
 
 
 def route_explain(*, tenant: Tenant, model: str, task: str = "", tags: frozenset[str] = frozenset(),

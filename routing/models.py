@@ -1,3 +1,4 @@
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 
@@ -8,6 +9,7 @@ class Strategy(models.TextChoices):
     LOWEST_COST = "lowest_cost", "Lowest cost"
     LOWEST_LATENCY = "lowest_latency", "Lowest latency"
     LEAST_BUSY = "least_busy", "Least busy"
+    BEST_RATED = "best_rated", "Best rated (learns from feedback)"
 
 
 class RouteGroup(models.Model):
@@ -30,6 +32,24 @@ class RouteGroup(models.Model):
     )
     breaker_cooldown_seconds = models.FloatField(
         null=True, blank=True, help_text="Seconds an open breaker waits before a probe."
+    )
+    # best_rated (docs/routing.md): how quality and cost trade, and how much every deployment explores.
+    best_rated_lambda = models.FloatField(
+        default=0.0, validators=[MinValueValidator(0.0)],
+        help_text="best_rated: rating points given up per dollar of expected cost per request (0: cost "
+        "ignored).",
+    )
+    best_rated_min_share = models.FloatField(
+        default=0.05, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="best_rated: the least share of first choices each deployment keeps (exploration).",
+    )
+    best_rated_min_ratings = models.PositiveIntegerField(
+        default=30, help_text="best_rated: ratings a tenant needs on this route before its own posteriors "
+        "are used instead of the global ones.",
+    )
+    best_rated_metric = models.SlugField(
+        max_length=64, blank=True,
+        help_text="best_rated: a feedback metric to rank on instead of the ratings (thumbs and scores).",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -110,10 +130,11 @@ class Experiment(models.Model):
         PAUSED = "paused"
         STOPPED = "stopped"
         PROMOTED = "promoted"
+        HANDED_OVER = "handed_over", "Handed to best_rated"
 
     name = models.SlugField(max_length=100, unique=True)
     rule = models.ForeignKey(RoutingRule, on_delete=models.CASCADE, related_name="experiments")
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.RUNNING)
     sticky = models.BooleanField(default=True, help_text="Keep a conversation on one variant.")
     description = models.TextField(blank=True)
     winner = models.ForeignKey(
@@ -158,3 +179,24 @@ class ExperimentVariant(models.Model):
 
     def __str__(self) -> str:
         return f"{self.experiment.name}/{self.name}"
+
+
+class RoutePosteriors(models.Model):
+    """A best_rated route group's posteriors, as the beat last computed them from the feedback rollups.
+
+    `data` holds, per deployment target (`provider:upstream_model`), the posterior of the route's
+    quality globally and per tenant with enough ratings, the expected cost per request and the
+    first-choice shares (`routing.posteriors`). Web processes keep the rows in process and read them
+    again when `computed_at` moves; a late beat leaves the last rows in use, and their age is shown.
+    """
+
+    group = models.OneToOneField(RouteGroup, on_delete=models.CASCADE, related_name="posteriors")
+    data = models.JSONField(default=dict)
+    rollups_at = models.DateTimeField(null=True, blank=True, help_text="The newest feedback rollup read.")
+    computed_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        verbose_name_plural = "route posteriors"
+
+    def __str__(self) -> str:
+        return f"posteriors of {self.group.name}"

@@ -42,7 +42,8 @@ class RouteGroupSerializer(serializers.ModelSerializer):
         model = RouteGroup
         fields = [
             "id", "name", "strategy", "retries", "attempt_timeout_seconds", "total_timeout_seconds",
-            "breaker_failure_threshold", "breaker_cooldown_seconds", "deployments", "created_at", "updated_at",
+            "breaker_failure_threshold", "breaker_cooldown_seconds", "best_rated_lambda", "best_rated_min_share",
+            "best_rated_min_ratings", "best_rated_metric", "deployments", "created_at", "updated_at",
         ]
         extra_kwargs = {
             "retries": {"max_value": 10},
@@ -50,6 +51,9 @@ class RouteGroupSerializer(serializers.ModelSerializer):
             "total_timeout_seconds": {"min_value": 0.1, "max_value": 3600},
             "breaker_failure_threshold": {"min_value": 1, "max_value": 1000},
             "breaker_cooldown_seconds": {"min_value": 0.1, "max_value": 86400},
+            "best_rated_lambda": {"min_value": 0.0, "max_value": 1e12},
+            "best_rated_min_share": {"min_value": 0.0, "max_value": 1.0},
+            "best_rated_min_ratings": {"max_value": 2_147_483_647},
         }
 
     @transaction.atomic

@@ -227,6 +227,8 @@ def _record_fields(call: Call, *, status: str, completion_text: str, read_text: 
         "experiment": call.plan.experiment if call.plan else "",
         "variant": call.plan.variant if call.plan else "",
         "conversation_id": call.conversation_id,
+        "routing_strategy": call.plan.strategy if call.plan else "",
+        "routing_propensity": call.plan.propensity(deployment) if call.plan and deployment else None,
         "cache": call.cache.state if call.cache is not None else "",
         "saved_cost_usd": call.cache.saved_cost_usd if call.cache is not None else _ZERO,
         "reserved_usd": call.reservation.amount if call.reservation is not None else None,

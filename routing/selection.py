@@ -23,7 +23,7 @@ from providers.selectors import Deployment, mode_serves
 from routing.models import Strategy
 from routing.experiments import variant_pick
 from routing.selectors import GroupConfig, Rule, routing_table_get
-from routing.strategies import STRATEGIES
+from routing.strategies import STRATEGIES, BestRatedDraw, Ranking
 
 HINT_HEADERS = {
     "strategy": "x-gateway-strategy",
@@ -55,6 +55,12 @@ class RoutePlan:
     deployments: list[Deployment] = field(default_factory=list)
     experiment: str = ""
     variant: str = ""
+    shares: dict[str, float] = field(default_factory=dict)  # deployment key -> P(put first)
+    draw: BestRatedDraw | None = None  # how best_rated chose
+
+    def propensity(self, deployment) -> float:
+        """The probability with which the strategy chose `deployment` first (logged on its record)."""
+        return self.shares.get(deployment.key, 0.0)
 
 
 def route_hints(*, body: dict, headers) -> RouteHints:
@@ -125,8 +131,11 @@ async def route_select(
         plan = RoutePlan(model=model, rule="", group=group, strategy=group.strategy)
     candidates = _excluded(candidates, hints.exclude)
     plan.strategy = hints.strategy or plan.strategy
-    ordered = await _order(plan, candidates, estimate=estimate)
-    plan.deployments = _preferred(ordered, hints.prefer)
+    ranking = await _order(plan, candidates, tenant_id=auth.tenant_id, estimate=estimate)
+    plan.deployments, plan.draw = _preferred(ranking.deployments, hints.prefer), ranking.draw
+    plan.shares = ranking.shares if plan.deployments[:1] == ranking.deployments[:1] else {
+        plan.deployments[0].key: 1.0  # the client's preference chose
+    }
     return plan
 
 
@@ -173,8 +182,8 @@ def _excluded(deployments: list[Deployment], exclude: tuple[str, ...]) -> list[D
     return left
 
 
-async def _order(plan: RoutePlan, deployments: list[Deployment], *, estimate) -> list[Deployment]:
-    kwargs = {"group": plan.group.name or plan.model}
+async def _order(plan: RoutePlan, deployments: list[Deployment], *, tenant_id: int, estimate) -> Ranking:
+    kwargs = {"group": plan.group.name or plan.model, "tenant_id": tenant_id, "settings": plan.group.best_rated}
     if plan.strategy == Strategy.LOWEST_COST:
         prompt, completion = estimate()
         kwargs.update(prompt_tokens=prompt, completion_tokens=completion)

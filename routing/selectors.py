@@ -19,6 +19,16 @@ DEFAULT_TOTAL_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
+class BestRatedSettings:
+    """The best_rated strategy's settings of a route group (docs/routing.md)."""
+
+    lam: float = 0.0
+    min_share: float = 0.05
+    min_ratings: int = 30
+    metric: str = ""
+
+
+@dataclass(frozen=True)
 class GroupConfig:
     """How to choose among and retry a set of deployments."""
 
@@ -29,6 +39,7 @@ class GroupConfig:
     total_timeout: float
     policy: BreakerPolicy
     deployments: tuple[Deployment, ...]
+    best_rated: BestRatedSettings = BestRatedSettings()
 
     @classmethod
     def implicit(cls, deployments: list[Deployment]) -> GroupConfig:
@@ -109,7 +120,7 @@ async def routing_table_get() -> RoutingTable:
 
 def routing_table_build() -> RoutingTable:
     catalog = catalog_build()
-    groups = {group.pk: _group(group, catalog) for group in RouteGroup.objects.prefetch_related("deployments")}
+    groups = {group.pk: group_config_build(group, catalog) for group in RouteGroup.objects.prefetch_related("deployments")}
     experiments = {
         experiment.rule_id: ExperimentConfig(
             name=experiment.name,
@@ -140,7 +151,7 @@ def routing_table_build() -> RoutingTable:
     return RoutingTable(catalog=catalog, rules=tuple(rules))
 
 
-def _group(group: RouteGroup, catalog: Catalog) -> GroupConfig:
+def group_config_build(group: RouteGroup, catalog: Catalog) -> GroupConfig:
     default = BreakerPolicy.default()
     deployments = []
     for row in group.deployments.all():
@@ -159,4 +170,8 @@ def _group(group: RouteGroup, catalog: Catalog) -> GroupConfig:
             cooldown_seconds=group.breaker_cooldown_seconds or default.cooldown_seconds,
         ),
         deployments=tuple(deployments),
+        best_rated=BestRatedSettings(
+            lam=group.best_rated_lambda, min_share=group.best_rated_min_share,
+            min_ratings=group.best_rated_min_ratings, metric=group.best_rated_metric,
+        ),
     )

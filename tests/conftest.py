@@ -138,6 +138,7 @@ def role_join(user, group: str) -> None:
             import_module("operators.migrations.0003_stored_responses_viewed").roles_extend(apps, editor)
             import_module("operators.migrations.0004_batches_viewed").roles_extend(apps, editor)
             import_module("operators.migrations.0005_usage_record_changes_viewed").roles_extend(apps, editor)
+            import_module("operators.migrations.0006_route_posteriors_viewed").roles_extend(apps, editor)
     user.groups.add(Group.objects.get(name=group))
 
 

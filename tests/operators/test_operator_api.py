@@ -209,3 +209,19 @@ def test_provider_health(operator, gateway):
     assert all(d["breaker"]["state"] == "closed" for d in body["deployments"])
     assert "sk-fake-provider-secret" not in health.content.decode()
     assert_error(operator.call("GET", "/v1/providers/424242/health"), 404)
+
+
+def test_best_rated_settings_through_the_api(operator, gateway):
+    model_id = gateway.provider.models.get(alias="gpt-4o").pk
+    group = operator.call("POST", "/v1/route-groups", {
+        "name": "rated", "strategy": "best_rated", "best_rated_lambda": 100, "best_rated_min_share": 0.1,
+        "deployments": [{"provider_model": model_id, "priority": 0}],
+    })
+    assert group.status_code == 201, group.content
+    body = group.json()
+    assert (body["strategy"], body["best_rated_lambda"], body["best_rated_min_share"], body["best_rated_min_ratings"],
+            body["best_rated_metric"]) == ("best_rated", 100.0, 0.1, 30, "")
+    assert_error(operator.call("PATCH", f"/v1/route-groups/{body['id']}", {"best_rated_min_share": 2}), 400,
+                 param="best_rated_min_share")
+    assert_error(operator.call("PATCH", f"/v1/route-groups/{body['id']}", {"best_rated_lambda": -1}), 400,
+                 param="best_rated_lambda")

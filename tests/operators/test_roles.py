@@ -205,7 +205,8 @@ def test_roles_migration_is_idempotent_and_reversible(db):
     migration = import_module("operators.migrations.0002_operator_roles")
     later = [import_module("operators.migrations.0003_stored_responses_viewed"),  # later models' views
              import_module("operators.migrations.0004_batches_viewed"),
-             import_module("operators.migrations.0005_usage_record_changes_viewed")]
+             import_module("operators.migrations.0005_usage_record_changes_viewed"),
+             import_module("operators.migrations.0006_route_posteriors_viewed")]
     with connection.schema_editor() as editor:
         migration.roles_create(apps, editor)
         for extension in later:

@@ -183,3 +183,20 @@ def test_a_variant_of_another_experiment_cannot_be_promoted(experiment, admin_cl
     experiment.refresh_from_db()
     assert experiment.status == "running"
     assert RoutingRule.objects.get(pk=rule.pk).group.name == "base"
+
+
+def test_admin_hands_the_route_to_best_rated(experiment, admin_client):
+    url = f"/admin/routing/experiment/{experiment.pk}/results/"
+    page = admin_client.get(url).content.decode()
+    assert "Adopt the winner" in page and "Hand the route to best_rated" in page
+    admin_client.post(url, {"action": "hand_over"})
+    experiment.refresh_from_db()
+    rule = RoutingRule.objects.get(pk=experiment.rule_id)
+    assert experiment.status == "handed_over" and experiment.winner is None
+    assert (rule.group.name, rule.group.strategy) == ("mini-vs-4o-best-rated", "best_rated")
+    # Every variant's deployments: the mini group's, and those serving the model variant.
+    assert [d.provider_model.alias for d in rule.group.deployments.order_by("priority")] == ["gpt-4o-mini", "gpt-4o"]
+    # Over: no further action changes it.
+    admin_client.post(url, {"action": "resume"})
+    experiment.refresh_from_db()
+    assert experiment.status == "handed_over"

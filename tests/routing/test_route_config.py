@@ -207,11 +207,16 @@ def bad_route(**changes) -> dict:
         (bad_route(deployments=None), "routes[0].deployments must list at least one deployment"),
         (bad_route(model=None), "routes[0].model is required"),
         (bad_route(breaker={"failure_threshold": 100000}), "routes[0].breaker.failure_threshold must be at most 32767"),
+        (bad_route(best_rated={"min_share": 1.5}), "routes[0].best_rated.min_share must be a number from 0 to 1"),
+        (bad_route(best_rated={"lambda": -1}), "routes[0].best_rated.lambda must be a number of 0 or more"),
+        (bad_route(best_rated={"metric": "no spaces"}), "routes[0].best_rated.metric must be a feedback metric"),
+        (bad_route(best_rated={"explore": 1}), "routes[0].best_rated: unknown key(s) explore"),
     ],
     ids=[
         "unknown-strategy", "unknown-provider", "unknown-model", "unknown-provider-key",
         "unknown-tenant", "unknown-match-key", "unknown-route-key", "unknown-deployment-key",
         "empty-deployments", "missing-deployments", "missing-model", "breaker-threshold-too-large",
+        "best-rated-share", "best-rated-lambda", "best-rated-metric", "best-rated-unknown-key",
     ],
 )
 def test_a_bad_route_is_a_clear_command_error_and_writes_nothing(catalogue, tmp_path, route, message):
@@ -272,3 +277,22 @@ def test_key_scoped_route_round_trips_by_key_prefix(tmp_path):
     out = StringIO()
     call_command("export_config", stdout=out)
     assert yaml.safe_load(out.getvalue())["routes"][0]["match"]["keys"] == [key.prefix]
+
+
+def test_best_rated_settings_round_trip(catalogue, tmp_path):
+    route = {
+        "name": "smart", "model": "smart", "strategy": "best_rated", "priority": 100, "retries": 1,
+        "total_timeout_seconds": 120.0,
+        "best_rated": {"lambda": 250.0, "min_share": 0.1, "min_ratings": 50, "metric": "resolved"},
+        "deployments": [{"provider": "fake-a", "model": "gpt-4o-mini", "priority": 0, "weight": 1}],
+    }
+    import_text(tmp_path, routes_yaml(route))
+    group = RouteGroup.objects.get()
+    assert (group.strategy, group.best_rated_lambda, group.best_rated_min_share, group.best_rated_min_ratings,
+            group.best_rated_metric) == ("best_rated", 250.0, 0.1, 50, "resolved")
+    assert export()["routes"] == [route]
+    # Left out, the settings are the defaults (and a non-best_rated route exports none).
+    import_text(tmp_path, routes_yaml({**route, "strategy": "fallback", "best_rated": None}))
+    group.refresh_from_db()
+    assert (group.best_rated_lambda, group.best_rated_min_share, group.best_rated_min_ratings) == (0.0, 0.05, 30)
+    assert "best_rated" not in export()["routes"][0]

@@ -84,8 +84,8 @@ def test_explain_names_the_rule_the_strategy_and_the_deployments_in_order(routes
     assert explain("--tenant", "acme", "--model", "smart") == [
         "model smart: rule 'smart-rule' → group 'smart-group'",
         "strategy fallback, retries 1, total timeout 45s, breaker opens after 2 failures for 60s",
-        "1. fake-a:fake-a-mini priority=0 weight=3 breaker=closed success=- latency=-",
-        "2. fake-b:fake-b-mini priority=1 weight=1 breaker=closed success=- latency=-",
+        "1. fake-a:fake-a-mini priority=0 weight=3 breaker=closed success=- latency=- first-choice=100%",
+        "2. fake-b:fake-b-mini priority=1 weight=1 breaker=closed success=- latency=- first-choice=0%",
     ]
 
 
@@ -101,9 +101,12 @@ def test_explain_shows_an_open_breaker_as_skipped_and_the_health(routes):
     record_health(routes["fake-b"], (True, 120.0))
     lines = explain("--tenant", "acme", "--model", "smart")
     assert lines[2] == (
-        "1. fake-a:fake-a-mini priority=0 weight=3 breaker=open success=- latency=- (skipped: breaker open)"
+        "1. fake-a:fake-a-mini priority=0 weight=3 breaker=open success=- latency=- first-choice=100% "
+        "(skipped: breaker open)"
     )
-    assert lines[3] == "2. fake-b:fake-b-mini priority=1 weight=1 breaker=closed success=100% latency=120ms"
+    assert lines[3] == (
+        "2. fake-b:fake-b-mini priority=1 weight=1 breaker=closed success=100% latency=120ms first-choice=0%"
+    )
 
 
 def test_explain_for_a_real_alias_without_a_rule_names_the_implicit_route(routes):
