@@ -113,6 +113,14 @@ class UsageRecord(models.Model):
     cached_tokens = models.PositiveIntegerField(
         default=0, help_text="Prompt tokens the provider served from its cache (cheaper price)."
     )
+    units = models.DecimalField(
+        max_digits=14, decimal_places=3, default=Decimal("0"),
+        help_text="What the provider billed besides tokens, in `unit_kind`s.",
+    )
+    unit_kind = models.CharField(
+        max_length=16, blank=True,
+        help_text="image, audio_second, character or search; empty when only tokens are billed.",
+    )
     task = models.CharField(max_length=100, blank=True)
     tags = models.JSONField(default=list, blank=True)
     route = models.CharField(max_length=100, blank=True, help_text="The routing rule that matched.")

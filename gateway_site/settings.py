@@ -382,6 +382,9 @@ GATEWAY_ALLOW_PRIVATE_UPSTREAMS = _allow_private in ("true", "1", "yes", "on")
 # Largest request body accepted by the API, in bytes; larger bodies get a 413.
 GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=10 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_BODY_BYTES
+# Largest audio upload (/v1/audio/transcriptions and translations), in bytes: OpenAI's 25 MB. A
+# larger body gets a 413 before any of it is stored (gateway_site/api_app.py).
+GATEWAY_MAX_UPLOAD_BYTES = env.int("GATEWAY_MAX_UPLOAD_BYTES", default=25 * 1024 * 1024)
 # How often a process reads the configuration generation (kernel/config_generation.py):
 # a change is seen at once by the process that made it, by the others within this.
 GATEWAY_CONFIG_CACHE_SECONDS = 1.0

@@ -20,7 +20,7 @@ from django.db import InterfaceError, OperationalError
 
 from accounting.auth import ApiKeyContext
 from accounting.budgets import budget_reserve, budgets_for
-from accounting.pricing import cost_compute
+from accounting.pricing import cost_compute, units_cost
 from accounting.quotas import (
     RateLimited,
     rate_limit_refusing,
@@ -32,11 +32,13 @@ from caching.semantic import SEMANTIC_TASK
 from caching.services import cache_body, cache_completion_text, cache_fill, cache_lookup, cache_replay, cache_stream_tee
 from accounting import tokens
 from kernel.errors import DatabaseUnavailable, GatewayError, InvalidRequest, ProviderError
+from providers.adapters import MediaResult, Usage
 from providers.http import adapter_for
 from guardrails.checks import InputGuard, guard_input, guard_output
 from routing import validation
 from routing.attempts import attempts_run
 from routing.call import Call
+from routing.media import MediaKind
 from routing.record import record, record_cancelled, record_failure
 from routing.relay import choice_texts, first_chunk_sender, stream_relay
 from routing.selection import RoutePlan, route_hints, route_select
@@ -57,7 +59,7 @@ DEFAULT_OUTPUT_RESERVE = 4096
 # bound to an HTTP request.
 Credential = Callable[[], Awaitable[ApiKeyContext]]
 
-__all__ = ["Call", "chat", "embeddings", "prompt_tokens_count"]
+__all__ = ["Call", "chat", "embeddings", "media", "prompt_tokens_count"]
 
 
 async def chat(
@@ -246,6 +248,81 @@ async def _embeddings(call: Call, *, body: dict, headers) -> dict:
     return result.body
 
 
+async def media(call: Call, *, kind: MediaKind, credential: Credential, parse, headers) -> MediaResult:
+    """Serve a media request (`routing.media`: images, audio, moderations, rerank) through the same
+    steps as embeddings; `credential`, `parse` and failures as for `chat`. A binary answer
+    (speech) comes back as the provider sends it, in `chunks`, and is recorded when it ends."""
+    call.media = kind
+    try:
+        call.auth = await credential()
+        return await _media(call, body=await _parsed(call, parse), headers=headers)
+    except (OperationalError, InterfaceError) as exc:
+        raise _outage(call) from exc
+
+
+async def _media(call: Call, *, body: dict, headers) -> MediaResult:
+    kind = call.media
+    try:
+        call.payload = kind.validate(body)
+        texts = kind.texts(call.payload)
+        if texts:
+            guard = await guard_input(
+                tenant_id=call.auth.tenant_id, payload={"input": texts}, events=call.guard_events,
+                count_tokens=lambda payload: tokens.embedding_input_tokens(payload["input"]),
+            )
+            call.guard, call.payload = guard.rules, kind.with_texts(call.payload, guard.payload["input"])
+        call.prompt_estimate = tokens.embedding_input_tokens(kind.texts(call.payload)) if texts else 0
+        await _prepare(call, body=body, headers=headers, mode=kind.mode)
+        result = await _attempt(call, lambda adapter, d: kind.send(adapter, call.payload, d.target))
+    except BaseException as exc:
+        await _failure_record(call, exc)
+        raise
+    call.usage = result.usage or Usage(prompt_tokens=0, completion_tokens=0)  # what the provider billed
+    call.units = result.units
+    if result.chunks is not None:
+        result.chunks = _binary_relay(call, result.chunks)
+        return result
+    await record(call, status="success")
+    return result
+
+
+async def _binary_relay(call: Call, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """A binary answer's bytes as the provider sends them, none kept; recorded once it ends: a
+    success, a provider's failure mid-answer, or the client gone (the provider billed it all)."""
+    ended = False
+    try:
+        async for piece in chunks:
+            if call.ttft_ms is None:
+                call.ttft_ms = call.elapsed_ms()
+            yield piece
+        ended = True
+    except GatewayError as exc:
+        await record_failure(call, exc)
+        raise
+    finally:
+        await chunks.aclose()
+        if ended:
+            await record(call, status="success")
+        elif not call.recorded:
+            await record_cancelled(call)
+
+
+def _media_fit(call: Call) -> None:
+    """Only the deployments whose model can serve the request (an image model's most images and
+    its sizes); a 400 naming the parameter when none is left."""
+    why = None
+    able = []
+    for deployment in call.plan.deployments:
+        problem = call.media.unfit(call.payload, deployment.target.upstream_model)
+        if problem is None:
+            able.append(deployment)
+        else:
+            why = why or problem
+    if not able:
+        raise InvalidRequest(why, param=call.media.unfit_param)
+    call.plan.deployments = able
+
+
 def _guarded(call: Call, guard: InputGuard) -> None:
     """The input guardrails' result: the rules and the checked payload become the call's (their
     events went to the call's list as they were found, a blocked request's too)."""
@@ -285,6 +362,8 @@ async def _prepare(call: Call, *, body: dict, headers, mode: str) -> None:
 async def _route_and_reserve(call: Call, *, body: dict, headers, hints, mode: str) -> None:
     call.plan = await _route(call, hints=hints, mode=mode)
     _content_check(call)
+    if call.media is not None:
+        _media_fit(call)
     if mode == "chat":
         plan = call.plan
         call.cache = await cache_lookup(
@@ -364,7 +443,7 @@ async def _budget_reserve(call: Call) -> None:
 def _output_cap(call: Call, deployment, *, prompt: int | None = None) -> int | None:
     """The most tokens one choice of an answer may have (`prompt`: of a call whose prompt is not
     the request's own, for what is left of the context window)."""
-    if call.endpoint == "embeddings":
+    if call.endpoint == "embeddings" or call.media is not None:
         return 0
     requested = call.payload.get("max_completion_tokens") or call.payload.get("max_tokens")
     if requested or deployment is None:
@@ -387,6 +466,8 @@ def _max_cost(call: Call) -> Decimal:
     and fallbacks do not add: only the attempt that answers is billed (docs/accounting.md)."""
     now = time.time()
     deployments = call.plan.deployments
+    if call.media is not None:
+        return _media_max_cost(call, now)
     choices = call.payload.get("n") or 1
     prompt = call.estimated_prompt_tokens()
     calls = [prompt]  # each call's prompt tokens
@@ -406,6 +487,18 @@ def _max_cost(call: Call) -> Decimal:
             for tokens in calls
         ),
         Decimal("0"),
+    )
+
+
+def _media_max_cost(call: Call, now: float) -> Decimal:
+    """A media request's worst case at its dearest deployment: the units it may bill (`n`
+    images, the upload's seconds, the characters to speak, the searches) and its prompt tokens."""
+    worst = call.media.worst(call.payload)
+    prompt = call.estimated_prompt_tokens()
+    return max(
+        units_cost(price=d.price_at(now), units=worst)
+        + cost_compute(price=d.price_at(now), prompt_tokens=prompt, completion_tokens=0)
+        for d in call.plan.deployments
     )
 
 
