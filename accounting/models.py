@@ -322,12 +322,13 @@ class UsageRollup(models.Model):
         TAG = "tag"
         END_USER = "end_user"
         ROUTE = "route"
+        ENDPOINT = "endpoint"
 
     granularity = models.CharField(max_length=4, choices=Granularity.choices)
     bucket_start = models.DateTimeField()
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="rollups")
     dimension = models.CharField(max_length=10, choices=Dimension.choices)
-    value = models.CharField(max_length=256, blank=True, help_text="Key id, model, task, tag or user.")
+    value = models.CharField(max_length=256, blank=True, help_text="Key id, model, task, tag, user, route or endpoint.")
     requests = models.PositiveIntegerField(default=0)
     errors = models.PositiveIntegerField(default=0)
     errors_by_class = models.JSONField(default=dict, blank=True)

@@ -95,7 +95,7 @@ def percentile_cont(values: Sequence[float], fraction: float) -> float | None:
 _RECORD_FIELDS = (
     "tenant_id", "api_key_id", "requested_model", "task", "tags", "end_user", "route", "status",
     "error_class", "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms", "ttft_ms",
-    "cache", "saved_cost_usd",
+    "cache", "saved_cost_usd", "endpoint",
 )
 CACHE_HITS = ("hit", "semantic")  # UsageRecord.cache values of an answer served from the cache
 
@@ -119,6 +119,7 @@ def _dimension_values(record: dict) -> Iterator[tuple[str, str]]:
         yield Dimension.END_USER, record["end_user"]
     if record["route"]:
         yield Dimension.ROUTE, record["route"]
+    yield Dimension.ENDPOINT, record["endpoint"]
 
 
 def _summarize(records: list[dict]) -> dict:
@@ -157,7 +158,7 @@ def rollup_rows_python(*, start: datetime, end: datetime) -> dict[RowKey, dict]:
 _PG_DIMENSIONS = """
 WITH r AS (
     SELECT tenant_id, api_key_id, requested_model, task, tags, end_user, route, status, error_class,
-           prompt_tokens, completion_tokens, cost_usd, latency_ms, ttft_ms, cache, saved_cost_usd
+           prompt_tokens, completion_tokens, cost_usd, latency_ms, ttft_ms, cache, saved_cost_usd, endpoint
     FROM {table}
     WHERE created_at >= %(start)s AND created_at < %(end)s
 ), d AS (
@@ -172,6 +173,7 @@ WITH r AS (
     ) AS t
     UNION ALL SELECT 'end_user', r.end_user, r.* FROM r WHERE r.end_user <> ''
     UNION ALL SELECT 'route', r.route, r.* FROM r WHERE r.route <> ''
+    UNION ALL SELECT 'endpoint', r.endpoint, r.* FROM r
 )
 """
 _PG_STATS = """
@@ -330,6 +332,7 @@ def rollup_recent(*, now: datetime | None = None) -> int:
 # --- reading (the /v1/usage API) ----------------------------------------------------------------------
 GROUP_BY_DIMENSION = {
     "model": Dimension.MODEL, "key": Dimension.API_KEY, "day": Dimension.TOTAL, "route": Dimension.ROUTE,
+    "endpoint": Dimension.ENDPOINT,
 }
 _SUMMED = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd")
 
