@@ -1,3 +1,4 @@
+import math
 from decimal import Decimal
 
 from django.core.exceptions import ValidationError
@@ -11,7 +12,7 @@ def image_prices_validate(value: object) -> None:
     """{size: price} or {size: {quality: price}}, prices numbers of at least 0."""
 
     def price_ok(price: object) -> bool:
-        return isinstance(price, (int, float)) and not isinstance(price, bool) and price >= 0
+        return isinstance(price, (int, float)) and not isinstance(price, bool) and math.isfinite(price) and price >= 0
 
     if not isinstance(value, dict) or not all(
         price_ok(price) or (isinstance(price, dict) and price and all(price_ok(p) for p in price.values()))

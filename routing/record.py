@@ -235,7 +235,7 @@ def _record_fields(call: Call, *, status: str, completion_text: str, read_text: 
 def _content(call: Call, completion_text: str) -> dict:
     """What a tenant that keeps content keeps: the request's messages (or input) and the answer."""
     if call.media is not None:
-        messages = call.media.texts(call.payload)
+        messages = call.media.texts(call.payload) if call.payload else []  # {}: refused before it was valid
     elif call.endpoint == "embeddings":
         source = call.payload.get("input")
         messages = source if isinstance(source, list) else [source]
