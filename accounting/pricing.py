@@ -55,11 +55,14 @@ def units_cost(*, price: Price, units) -> Decimal:
 
 
 def image_price(prices, *, size: str, quality: str) -> Decimal | None:
-    """One image's price: `image_prices[size][quality]` (or `image_prices[size]` when the size has
-    one price), else `price_per_image`."""
+    """One image's price: `image_prices[size][quality]` (a quality not listed: `standard`'s, else
+    `auto`'s, else the size's dearest), or `image_prices[size]` when the size has one price; else
+    `price_per_image`."""
     by_size = prices.images.get(size)
-    if isinstance(by_size, dict):
-        value = by_size.get(quality) if quality in by_size else by_size.get("standard", by_size.get("auto"))
+    if isinstance(by_size, dict) and by_size:
+        # A quality not priced (or not asked): the provider's default, else the dearest.
+        known = next((q for q in (quality, "standard", "auto") if q in by_size), None)
+        value = by_size[known] if known is not None else max(by_size.values())
     else:
         value = by_size
     if value is not None:

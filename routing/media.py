@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from providers.adapters import Adapter, MediaResult, Target, Units
-from providers.adapters.media import searches
+from providers.adapters.media import DEFAULT_IMAGE_SIZE, searches
 from routing import media_validation as checks
 
 
@@ -47,7 +47,7 @@ def _input_with(payload: dict, texts: list[str]) -> dict:
 
 
 def _image_worst(payload: dict) -> Units:
-    return Units(kind="image", count=Decimal(payload.get("n") or 1), size=payload.get("size") or "",
+    return Units(kind="image", count=Decimal(payload.get("n") or 1), size=payload.get("size") or DEFAULT_IMAGE_SIZE,
                  quality=payload.get("quality") or "")
 
 

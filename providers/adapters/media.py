@@ -18,6 +18,7 @@ from decimal import Decimal
 from providers.adapters.base import AudioUpload, Units
 
 DOCUMENTS_PER_SEARCH = 100
+DEFAULT_IMAGE_SIZE = "1024x1024"  # OpenAI's, when a request names none
 
 
 def multipart_encode(upload: AudioUpload, *, model: str) -> tuple[bytes, str]:

@@ -29,6 +29,7 @@ from providers.adapters.base import (
     Usage,
 )
 from providers.adapters.media import (
+    DEFAULT_IMAGE_SIZE,
     audio_units,
     multipart_encode,
     rerank_answer,
@@ -121,7 +122,8 @@ class OpenAIAdapter(Adapter):
         data = await self._send_json(request, target)
         if not isinstance(data.get("data"), list):
             raise self.malformed(target, "an images response (no data)")
-        units = Units(kind="image", count=Decimal(len(data["data"])), size=payload.get("size") or "",
+        # OpenAI's default size is 1024x1024 (gpt-image-1's `auto` is priced as that too).
+        units = Units(kind="image", count=Decimal(len(data["data"])), size=payload.get("size") or DEFAULT_IMAGE_SIZE,
                       quality=payload.get("quality") or "")
         return MediaResult(body=data, usage=_image_usage(data.get("usage")), units=units)
 

@@ -30,6 +30,7 @@ def price(**units) -> Price:
     (Units("image", Decimal(2), "1024x1024", "hd"), {"images": {"1024x1024": {"standard": 0.04, "hd": 0.08}}}, "0.16"),
     (Units("image", Decimal(1), "1024x1024", ""), {"images": {"1024x1024": {"standard": 0.04, "hd": 0.08}}}, "0.04"),
     (Units("image", Decimal(3), "256x256", ""), {"images": {"256x256": 0.016}}, "0.048"),
+    (Units("image", Decimal(1), "1024x1024", "auto"), {"images": {"1024x1024": {"low": 0.011, "high": 0.167}}}, "0.167"),
     (Units("image", Decimal(3), "512x512", ""), {"images": {"256x256": 0.016}, "per_image": Decimal("0.02")}, "0.06"),
     (Units("audio_second", Decimal("90"), ), {"per_audio_minute": Decimal("0.006")}, "0.009"),
     (Units("character", Decimal(1000)), {"per_million_characters": Decimal("15")}, "0.015"),
