@@ -135,7 +135,7 @@ def test_worker_recomputes_a_bucket_idempotently(worker, client):
     assert total.latency_p50_ms == 200.0 and total.latency_p95_ms == pytest.approx(290.0)
     before = list(UsageRollup.objects.order_by("pk").values_list("pk", "dimension", "value", "requests", "cost_usd"))
 
-    assert run_bucket() == 4
+    assert run_bucket() == 5
     after = list(UsageRollup.objects.order_by("pk").values_list("pk", "dimension", "value", "requests", "cost_usd"))
     assert after == before
 
