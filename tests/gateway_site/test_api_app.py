@@ -84,7 +84,9 @@ def test_the_tenant_routes_are_one_table_that_the_urlconf_lists_too():
     routes = tenant_api_routes()
     assert set(routes) == {
         "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/messages",
-        "/v1/messages/count_tokens", "/v1/usage", "/v1/feedback", "/v1/responses",
+        "/v1/messages/count_tokens", "/v1/usage", "/v1/feedback", "/v1/responses", "/v1/images/generations",
+        "/v1/audio/transcriptions", "/v1/audio/translations", "/v1/audio/speech", "/v1/moderations",
+        "/v1/rerank", "/v2/rerank",
     }
     for route, view in routes.items():
         assert resolve(route).func is view  # the schema and reverse() see the view the app serves
