@@ -23,6 +23,10 @@ A subclass implements:
   dicts; the last one carries `usage` when the vendor reported it
 - `embeddings_request` / `embeddings_response`, when the vendor has embeddings
 - `error_details(status, data)` -> (error class or None, message): the vendor's error spelling
+- `images`, `transcription`, `speech`, `moderations`, `rerank`, where the vendor serves them (the
+  media endpoints; the default is a 400 saying the provider does not): each sends with the shared
+  machinery (`_send_json`, `_send_read`, `_send_streamed` for binary answers) and gives a
+  `MediaResult` with the `Units` the vendor bills (`providers/adapters/media.py`)
 - `count_tokens(payload, target)` -> the prompt's tokens by the vendor's own free counter
   (Anthropic's `count_tokens`, Gemini's `countTokens`); None, the default, when it has none
 
