@@ -202,5 +202,5 @@ def _text(body: dict, name: str, *, max_length: int) -> None:
 
 def _choice(body: dict, name: str, allowed: set[str]) -> None:
     value = body.get(name)
-    if value is not None and value not in allowed:
+    if value is not None and (not isinstance(value, str) or value not in allowed):
         raise InvalidRequest(f"'{name}' must be one of {', '.join(sorted(allowed))}; got {value!r}.", param=name)
