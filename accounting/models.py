@@ -114,6 +114,14 @@ class UsageRecord(models.Model):
     cached_tokens = models.PositiveIntegerField(
         default=0, help_text="Prompt tokens the provider served from its cache (cheaper price)."
     )
+    units = models.DecimalField(
+        max_digits=14, decimal_places=3, default=Decimal("0"),
+        help_text="What the provider billed besides tokens, in `unit_kind`s.",
+    )
+    unit_kind = models.CharField(
+        max_length=16, blank=True,
+        help_text="image, audio_second, character or search; empty when only tokens are billed.",
+    )
     task = models.CharField(max_length=100, blank=True)
     tags = models.JSONField(default=list, blank=True)
     route = models.CharField(max_length=100, blank=True, help_text="The routing rule that matched.")
@@ -354,12 +362,13 @@ class UsageRollup(models.Model):
         TAG = "tag"
         END_USER = "end_user"
         ROUTE = "route"
+        ENDPOINT = "endpoint"
 
     granularity = models.CharField(max_length=4, choices=Granularity.choices)
     bucket_start = models.DateTimeField()
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="rollups")
     dimension = models.CharField(max_length=10, choices=Dimension.choices)
-    value = models.CharField(max_length=256, blank=True, help_text="Key id, model, task, tag or user.")
+    value = models.CharField(max_length=256, blank=True, help_text="Key id, model, task, tag, user, route or endpoint.")
     requests = models.PositiveIntegerField(default=0)
     errors = models.PositiveIntegerField(default=0)
     errors_by_class = models.JSONField(default=dict, blank=True)

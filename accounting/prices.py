@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -23,11 +23,69 @@ class CatalogueError(ValueError):
     pass
 
 
+# The unit prices a model may carry besides its token prices (providers.models.ProviderModel's
+# fields of the same names): in the catalogue, `import_config` and `export_config`.
+UNIT_PRICE_KEYS = (
+    "price_per_image", "price_per_audio_minute", "price_per_million_characters", "price_per_thousand_searches",
+)
+IMAGE_PRICES_KEY = "image_prices"
+
+
 @dataclass(frozen=True)
 class ListPrice:
     input: Decimal
     output: Decimal
     cached_input: Decimal | None
+    # {"price_per_image": Decimal, ..., "image_prices": {...}}: the unit prices set (None left out).
+    units: dict = field(default_factory=dict, hash=False)
+
+
+def unit_prices_parse(entry: dict, where: str) -> dict:
+    """The unit prices of a catalogue or configuration entry, checked: non-negative numbers, and
+    `image_prices` as {size: price} or {size: {quality: price}}."""
+    units: dict = {}
+    for key in UNIT_PRICE_KEYS:
+        if entry.get(key) is not None:
+            units[key] = _non_negative(entry[key], f"{where}.{key}")
+    images = entry.get(IMAGE_PRICES_KEY)
+    if images:
+        units[IMAGE_PRICES_KEY] = image_prices_parse(images, f"{where}.{IMAGE_PRICES_KEY}")
+    return units
+
+
+def image_prices_parse(value: object, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise CatalogueError(f"{where} must map sizes to a price or to prices by quality.")
+    parsed: dict = {}
+    for size, price in value.items():
+        if isinstance(price, dict):
+            parsed[str(size)] = {str(q): float(_non_negative(p, f"{where}.{size}.{q}")) for q, p in price.items()}
+        else:
+            parsed[str(size)] = float(_non_negative(price, f"{where}.{size}"))
+    return parsed
+
+
+def _non_negative(value: object, where: str) -> Decimal:
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation as exc:
+        raise CatalogueError(f"{where} must be a number.") from exc
+    if not number.is_finite() or number < 0 or isinstance(value, bool):
+        raise CatalogueError(f"{where} must be a number of at least 0.")
+    return number
+
+
+def unit_prices_of(row) -> dict:
+    """The unit prices of a ProviderModel or ModelPrice row, as `unit_prices_parse` gives them."""
+    units = {key: getattr(row, key) for key in UNIT_PRICE_KEYS if getattr(row, key) is not None}
+    if row.image_prices:
+        units[IMAGE_PRICES_KEY] = row.image_prices
+    return units
+
+
+def unit_prices_fields(units: dict) -> dict:
+    """Model (or ModelPrice) field values of `units`: every unit price, unset ones cleared."""
+    return {**{key: units.get(key) for key in UNIT_PRICE_KEYS}, IMAGE_PRICES_KEY: units.get(IMAGE_PRICES_KEY) or {}}
 
 
 @dataclass(frozen=True)
@@ -57,6 +115,7 @@ def _list_price(name: str, entry: object) -> ListPrice:
             input=Decimal(str(entry["input"])),
             output=Decimal(str(entry.get("output", 0))),
             cached_input=Decimal(str(cached)) if cached is not None else None,
+            units=unit_prices_parse(entry, f"models.{name}"),
         )
     except (KeyError, InvalidOperation) as exc:
         raise CatalogueError(f"models.{name} needs numeric 'input' and 'output' prices.") from exc
@@ -86,15 +145,28 @@ def _shipped_modes() -> dict[str, str]:
 
 def mode_infer(upstream_model: str) -> str:
     """The mode of a model saved without one: the shipped catalogue's when it lists the upstream id
-    (or the family of a dated snapshot of it), else `embedding` for a name with "embed" in it,
-    else `chat`."""
+    (or the family of a dated snapshot of it), else what its name says (`NAME_MODES`: "embed" is
+    an embedding model, "rerank" a rerank model...), else `chat`."""
     modes = _shipped_modes()
     key = catalogue_match(upstream_model, modes)
     if key is not None:
         return modes[key]
-    if "embed" in upstream_model.lower():
-        return ProviderModel.Mode.EMBEDDING
+    name = upstream_model.lower()
+    for words, mode in NAME_MODES:
+        if any(word in name for word in words):
+            return mode
     return ProviderModel.Mode.CHAT
+
+
+# What a model's name says of its mode, when the catalogue does not list it (first match wins).
+NAME_MODES = (
+    (("embed",), ProviderModel.Mode.EMBEDDING),
+    (("rerank",), ProviderModel.Mode.RERANK),
+    (("moderation",), ProviderModel.Mode.MODERATION),
+    (("whisper", "transcribe"), ProviderModel.Mode.TRANSCRIPTION),
+    (("tts",), ProviderModel.Mode.SPEECH),
+    (("dall-e", "gpt-image", "imagen"), ProviderModel.Mode.IMAGE),
+)
 
 
 def provider_model_mode_fill(sender, instance: ProviderModel, **kwargs) -> None:
@@ -133,8 +205,10 @@ def _price_in_force(model: ProviderModel, when: datetime) -> ListPrice:
     dated = [row for row in model.prices.all() if row.effective_from <= when]
     if dated:
         row = max(dated, key=lambda row: row.effective_from)
-        return ListPrice(row.input_price_per_million, row.output_price_per_million, row.cached_input_price_per_million)
-    return ListPrice(model.input_price_per_million, model.output_price_per_million, model.cached_input_price_per_million)
+        return ListPrice(row.input_price_per_million, row.output_price_per_million, row.cached_input_price_per_million,
+                         unit_prices_of(row))
+    return ListPrice(model.input_price_per_million, model.output_price_per_million, model.cached_input_price_per_million,
+                     unit_prices_of(model))
 
 
 @transaction.atomic
@@ -149,6 +223,7 @@ def prices_load(*, catalogue: dict[str, ListPrice], effective_from: datetime | N
             input_price_per_million=change.price.input,
             output_price_per_million=change.price.output,
             cached_input_price_per_million=change.price.cached_input,
+            **unit_prices_fields(change.price.units),
             source="catalogue",
         )
         for change in changes

@@ -178,7 +178,7 @@ def id_counted(cursor: RollupCursor) -> Q:
 RECORD_FIELDS = (
     "created_at", "tenant_id", "api_key_id", "requested_model", "task", "tags", "end_user", "route", "status",
     "error_class", "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms", "ttft_ms",
-    "cache", "saved_cost_usd",
+    "cache", "saved_cost_usd", "endpoint",
 )
 CACHE_HITS = ("hit", "semantic")  # UsageRecord.cache values of an answer served from the cache
 _ADDED = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd", "cache_hits", "saved_cost_usd")
@@ -204,6 +204,7 @@ def _dimension_values(record: dict) -> Iterator[tuple[str, str]]:
         yield Dimension.END_USER, record["end_user"]
     if record["route"]:
         yield Dimension.ROUTE, record["route"]
+    yield Dimension.ENDPOINT, record["endpoint"]
 
 
 def row_empty() -> dict:
@@ -506,6 +507,7 @@ def rollup_recompute(*, start: datetime, end: datetime) -> RollupReport:
 # --- reading (the /v1/usage API) ----------------------------------------------------------------------
 GROUP_BY_DIMENSION = {
     "model": Dimension.MODEL, "key": Dimension.API_KEY, "day": Dimension.TOTAL, "route": Dimension.ROUTE,
+    "endpoint": Dimension.ENDPOINT,
 }
 _SUMMED = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd")
 

@@ -29,6 +29,7 @@ from accounting.models import Tenant, TenantMembership
 RANGE_CHOICES = (("24h", "Last 24 hours"), ("7d", "Last 7 days"), ("30d", "Last 30 days"))
 BREAKDOWNS = {  # table name: (rollup dimension, CSV column, column heading, table title)
     "models": (Dimension.MODEL, "model", "Model", "By model"),
+    "endpoints": (Dimension.ENDPOINT, "endpoint", "Endpoint", "By endpoint"),
     "keys": (Dimension.API_KEY, "api_key", "API key", "By API key"),
     "tasks": (Dimension.TASK, "task", "Task", "By task"),
     "users": (Dimension.END_USER, "end_user", "End user", "By end user"),

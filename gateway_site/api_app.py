@@ -48,7 +48,7 @@ from django.urls import URLPattern
 
 from kernel import request_ids
 from kernel.after_response import after_response_begin, after_response_run
-from kernel.errors import GatewayError, InvalidRequest, error_response
+from kernel.errors import GatewayError, InvalidRequest, PayloadTooLarge, error_response
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +73,14 @@ class ApiApplication:
         if view is None:
             await self.fallback(scope, receive, send)
             return
-        body_file = await _body_read(receive)
+        limit = _body_limit(view)
+        body_file = await _body_read(receive, limit=limit, declared=_content_length(scope))
         if body_file is None:
             return  # the client left before its request was complete
+        if body_file is TOO_LARGE:
+            await _response_send(error_response(PayloadTooLarge(
+                f"Request body is larger than the limit of {limit} bytes.")), send)
+            return
         signals.request_started.send(sender=ApiApplication, scope=scope)
         try:
             request = ASGIRequest(scope, body_file)
@@ -152,18 +157,51 @@ class ApiApplication:
             request_ids.request_finish(request, response, ids=ids, started=started, route=route)
 
 
-async def _body_read(receive):
+# What `_body_read` returns for a body past its view's `max_body_bytes`.
+TOO_LARGE = object()
+
+
+def _body_limit(view) -> int | None:
+    return getattr(getattr(view, "func", view), "max_body_bytes", None)  # a pattern's partial
+
+
+def _content_length(scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _body_read(receive, *, limit: int | None = None, declared: int | None = None):
     """The request body in a spooled file (in memory up to FILE_UPLOAD_MAX_MEMORY_SIZE, as Django
-    reads it), or None if the client disconnected first."""
-    body_file = tempfile.SpooledTemporaryFile(max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE, mode="w+b")
+    reads it), or None if the client disconnected first. Past `limit` (the declared
+    Content-Length, or the bytes as they come), nothing more is stored: the rest is read and
+    dropped, so that the client, which sends its whole body before it reads an answer, gets the
+    413 (`TOO_LARGE`)."""
+    too_large = limit is not None and declared is not None and declared > limit
+    body_file = None if too_large else tempfile.SpooledTemporaryFile(
+        max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE, mode="w+b")
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            body_file.close()
+            if body_file is not None:
+                body_file.close()
             return None
-        if body := message.get("body"):
-            body_file.write(body)
+        body = message.get("body")
+        if body and body_file is not None:
+            size += len(body)
+            if limit is not None and size > limit:
+                body_file.close()
+                body_file = None
+            else:
+                body_file.write(body)
         if not message.get("more_body", False):
+            if body_file is None:
+                return TOO_LARGE
             body_file.seek(0)
             return body_file
 

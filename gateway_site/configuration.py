@@ -16,6 +16,7 @@ from accounting.configuration import (
     tenant_rate_limit_import,
 )
 from accounting.models import Tenant
+from accounting.prices import IMAGE_PRICES_KEY, UNIT_PRICE_KEYS, CatalogueError, unit_prices_of, unit_prices_parse
 from kernel.config_shape import (
     ConfigError,
     destination,
@@ -46,6 +47,8 @@ MODEL_KEYS = {
     "max_output_tokens",
     "capabilities",
     "enabled",
+    *UNIT_PRICE_KEYS,
+    IMAGE_PRICES_KEY,
 }
 TENANT_KEYS = {"slug", "name", "is_active", "budget", "rate_limit"}
 
@@ -109,10 +112,16 @@ def _model_import(provider: Provider, item: object, where: str) -> None:
     mode = item.get("mode") or ""  # none: inferred when saved (accounting.prices.mode_infer)
     if mode and mode not in ProviderModel.Mode.values:
         raise ConfigError(f"{where}.mode must be one of {', '.join(ProviderModel.Mode.values)}.")
+    try:
+        units = unit_prices_parse(item, where)
+    except CatalogueError as exc:
+        raise ConfigError(str(exc)) from None
     ProviderModel.objects.update_or_create(
         provider=provider,
         alias=alias,
         defaults={
+            **{key: units.get(key) for key in UNIT_PRICE_KEYS},
+            IMAGE_PRICES_KEY: units.get(IMAGE_PRICES_KEY) or {},
             "upstream_model": str(item.get("upstream") or alias),
             "mode": mode,
             "input_price_per_million": price(item, "input_price_per_million", where),
@@ -197,6 +206,8 @@ def _model_export(model: ProviderModel) -> dict:
             entry[name] = getattr(model, name)
     if model.capabilities:
         entry["capabilities"] = model.capabilities
+    for key, value in unit_prices_of(model).items():
+        entry[key] = float(value) if key in UNIT_PRICE_KEYS else value
     if not model.enabled:
         entry["enabled"] = False
     return entry

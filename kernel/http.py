@@ -97,6 +97,18 @@ class CsrfFailed(GatewayError):
     error_class = "permission"
 
 
+def body_limit(max_bytes: int):
+    """Mark a view whose body may be larger than `GATEWAY_MAX_BODY_BYTES` (an upload) with its own
+    limit in bytes: the tenant API's app (`gateway_site.api_app`) answers 413 past it without
+    storing the body."""
+
+    def mark(view):
+        view.max_body_bytes = max_bytes
+        return view
+
+    return mark
+
+
 def read_body(request: HttpRequest) -> bytes:
     """The request's body; past `GATEWAY_MAX_BODY_BYTES` the API's 413."""
     try:
@@ -124,3 +136,17 @@ class EventStream(StreamingHttpResponse):
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self.events
+
+
+class BinaryStream(StreamingHttpResponse):
+    """A binary response (audio) of `chunks` as they come, none kept; iterated itself, so that the
+    client going away closes `chunks` at once (see `EventStream`)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], *, content_type: str) -> None:
+        super().__init__(chunks, content_type=content_type)
+        self.chunks = chunks
+        self["Cache-Control"] = "no-cache"
+        self["X-Accel-Buffering"] = "no"
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.chunks

@@ -40,6 +40,11 @@ class ModelPriceInline(admin.TabularInline):
         "input_price_per_million",
         "output_price_per_million",
         "cached_input_price_per_million",
+        "price_per_image",
+        "image_prices",
+        "price_per_audio_minute",
+        "price_per_million_characters",
+        "price_per_thousand_searches",
         "source",
     ]
 

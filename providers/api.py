@@ -43,11 +43,14 @@ class ProviderModelSerializer(serializers.ModelSerializer):
         fields = [
             "id", "provider", "alias", "upstream_model", "mode", "input_price_per_million",
             "output_price_per_million", "cached_input_price_per_million", "context_window",
-            "max_output_tokens", "capabilities", "enabled", "created_at",
+            "max_output_tokens", "capabilities", "price_per_image", "image_prices", "price_per_audio_minute",
+            "price_per_million_characters", "price_per_thousand_searches", "enabled", "created_at",
         ]
         extra_kwargs = {
             name: {"min_value": 0}
-            for name in ("input_price_per_million", "output_price_per_million", "cached_input_price_per_million")
+            for name in ("input_price_per_million", "output_price_per_million", "cached_input_price_per_million",
+                         "price_per_image", "price_per_audio_minute", "price_per_million_characters",
+                         "price_per_thousand_searches")
         }
 
 

@@ -1,9 +1,25 @@
+import math
 from decimal import Decimal
 
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from kernel.upstream_urls import upstream_url_validate
 from providers import crypto
+
+
+def image_prices_validate(value: object) -> None:
+    """{size: price} or {size: {quality: price}}, prices numbers of at least 0."""
+
+    def price_ok(price: object) -> bool:
+        return isinstance(price, (int, float)) and not isinstance(price, bool) and math.isfinite(price) and price >= 0
+
+    if not isinstance(value, dict) or not all(
+        price_ok(price) or (isinstance(price, dict) and price and all(price_ok(p) for p in price.values()))
+        for price in value.values()
+    ):
+        raise ValidationError('Image prices map sizes to a price or to prices by quality, e.g. '
+                              '{"1024x1024": {"standard": 0.04, "hd": 0.08}}.')
 
 
 class Provider(models.Model):
@@ -60,6 +76,11 @@ class ProviderModel(models.Model):
         # A model that serves only OpenAI's legacy text completions (gpt-3.5-turbo-instruct,
         # davinci-002): `/v1/completions` is passed through to it, chat requests are refused.
         COMPLETION = "completion", "Text completions (legacy)"
+        IMAGE = "image", "Image generation"
+        TRANSCRIPTION = "transcription", "Audio transcription and translation"
+        SPEECH = "speech", "Text to speech"
+        MODERATION = "moderation", "Moderation"
+        RERANK = "rerank", "Rerank"
 
     provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="models")
     alias = models.CharField(max_length=200, help_text="The model name clients send.")
@@ -69,7 +90,8 @@ class ProviderModel(models.Model):
     mode = models.CharField(
         max_length=16, choices=Mode.choices, blank=True, default="",
         help_text="Empty: inferred when saved, from the price catalogue's entry for the upstream model, "
-                  "else from the name ('embed': embedding), else chat.",
+                  "else from the name ('embed': embedding, 'rerank', 'moderation', 'whisper' or "
+                  "'transcribe': transcription, 'tts': speech, 'dall-e' or 'image': image), else chat.",
     )
     input_price_per_million = models.DecimalField(
         max_digits=12, decimal_places=6, default=Decimal("0")
@@ -80,6 +102,25 @@ class ProviderModel(models.Model):
     cached_input_price_per_million = models.DecimalField(
         max_digits=12, decimal_places=6, null=True, blank=True,
         help_text="Price of prompt tokens served from the provider's cache; empty: the input price.",
+    )
+    # Prices by the unit a provider bills besides tokens (docs/accounting.md); empty: not billed so.
+    price_per_image = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True,
+        help_text="USD per generated image, for a size and quality not in image_prices.",
+    )
+    image_prices = models.JSONField(
+        default=dict, blank=True, validators=[image_prices_validate],
+        help_text='USD per image by size and quality, e.g. {"1024x1024": {"standard": 0.04, "hd": 0.08}}.',
+    )
+    price_per_audio_minute = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True, help_text="USD per minute of transcribed audio."
+    )
+    price_per_million_characters = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True, help_text="USD per million characters spoken."
+    )
+    price_per_thousand_searches = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True,
+        help_text="USD per thousand searches (a rerank of up to 100 documents is one search).",
     )
     context_window = models.PositiveIntegerField(null=True, blank=True)
     max_output_tokens = models.PositiveIntegerField(
@@ -153,6 +194,25 @@ class ModelPrice(models.Model):
     cached_input_price_per_million = models.DecimalField(
         max_digits=12, decimal_places=6, null=True, blank=True,
         help_text="Price of prompt tokens served from the provider's cache; empty: the input price.",
+    )
+    # Prices by the unit a provider bills besides tokens (docs/accounting.md); empty: not billed so.
+    price_per_image = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True,
+        help_text="USD per generated image, for a size and quality not in image_prices.",
+    )
+    image_prices = models.JSONField(
+        default=dict, blank=True, validators=[image_prices_validate],
+        help_text='USD per image by size and quality, e.g. {"1024x1024": {"standard": 0.04, "hd": 0.08}}.',
+    )
+    price_per_audio_minute = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True, help_text="USD per minute of transcribed audio."
+    )
+    price_per_million_characters = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True, help_text="USD per million characters spoken."
+    )
+    price_per_thousand_searches = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True,
+        help_text="USD per thousand searches (a rerank of up to 100 documents is one search).",
     )
     source = models.CharField(max_length=32, default="admin", help_text="admin, catalogue or import.")
     created_at = models.DateTimeField(auto_now_add=True)

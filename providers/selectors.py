@@ -7,7 +7,7 @@ cached by routing (`routing.selectors.routing_table_get`) together with the rout
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from cryptography.fernet import InvalidToken
@@ -20,19 +20,45 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class UnitPrices:
+    """USD per unit a provider bills besides tokens; None where the model is not billed so.
+    `images` is {size: {quality: price}} (or {size: price}), before `per_image`."""
+
+    per_image: Decimal | None = None
+    images: dict = field(default_factory=dict, hash=False, compare=True)
+    per_audio_minute: Decimal | None = None
+    per_million_characters: Decimal | None = None
+    per_thousand_searches: Decimal | None = None
+
+    @classmethod
+    def of(cls, row) -> UnitPrices:
+        """The unit prices of a ProviderModel or a ModelPrice row."""
+        return cls(
+            per_image=row.price_per_image,
+            images=dict(row.image_prices or {}),
+            per_audio_minute=row.price_per_audio_minute,
+            per_million_characters=row.price_per_million_characters,
+            per_thousand_searches=row.price_per_thousand_searches,
+        )
+
+
+NO_UNIT_PRICES = UnitPrices()
+
+
+@dataclass(frozen=True)
 class Price:
-    """USD per million tokens; cached input defaults to the input price."""
+    """USD per million tokens; cached input defaults to the input price; `units`: per unit."""
 
     input_per_million: Decimal
     output_per_million: Decimal
     cached_input_per_million: Decimal | None = None
     effective_from: float = 0.0
+    units: UnitPrices = NO_UNIT_PRICES
 
 
 # The modes of the models that serve a request of each mode: legacy text completions are served by
 # completion models (passed through) and by chat models (translated, `providers.adapters.base`).
 SERVING_MODES = {"completion": ("completion", "chat")}
-MODE_ENDPOINTS = {"chat": "/v1/chat/completions", "embedding": "/v1/embeddings", "completion": "/v1/completions"}
 
 
 def mode_serves(model_mode: str, request_mode: str) -> bool:
@@ -68,6 +94,19 @@ class Deployment:
             if price.effective_from <= when:
                 return price
         return self.price
+
+
+# Where a model of each mode is called (the error for a model called on another mode's endpoint).
+MODE_ENDPOINTS = {
+    "chat": "/v1/chat/completions",
+    "embedding": "/v1/embeddings",
+    "completion": "/v1/completions",
+    "image": "/v1/images/generations",
+    "transcription": "/v1/audio/transcriptions",
+    "speech": "/v1/audio/speech",
+    "moderation": "/v1/moderations",
+    "rerank": "/v2/rerank",
+}
 
 
 class Catalog:
@@ -157,6 +196,7 @@ def _deployment(model: ProviderModel, key_id: int, api_key: str) -> Deployment:
             input_per_million=model.input_price_per_million,
             output_per_million=model.output_price_per_million,
             cached_input_per_million=model.cached_input_price_per_million,
+            units=UnitPrices.of(model),
         ),
         scheduled_prices=tuple(
             Price(
@@ -164,6 +204,7 @@ def _deployment(model: ProviderModel, key_id: int, api_key: str) -> Deployment:
                 output_per_million=row.output_price_per_million,
                 cached_input_per_million=row.cached_input_price_per_million,
                 effective_from=row.effective_from.timestamp(),
+                units=UnitPrices.of(row),
             )
             for row in sorted(model.prices.all(), key=lambda row: row.effective_from, reverse=True)
         ),

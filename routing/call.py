@@ -20,9 +20,10 @@ from accounting.services import RecordWrite
 from caching.services import CacheDecision
 from guardrails.selectors import RuleSet
 from kernel import request_ids
-from providers.adapters import Usage
+from providers.adapters import Units, Usage
 from providers.selectors import Deployment
 from routing.attempts import AttemptLog
+from routing.media import MediaKind
 from routing.selection import RoutePlan
 
 
@@ -73,6 +74,8 @@ class Call:
     cache: CacheDecision | None = None  # the cache's decision, when the cache takes part
     guard: RuleSet | None = None  # the tenant's guardrail rules, once the input was checked
     guard_events: list[dict] = field(default_factory=list)  # the checks append; written with the record
+    media: MediaKind | None = None  # the media endpoint served (images, audio, moderations, rerank)
+    units: Units | None = None  # what the provider billed besides tokens
     # The client's x-request-id when valid, else the request id: returned, logged, sent upstream.
     correlation_id: str = field(default_factory=request_ids.correlation_id)
     answer: dict | None = None  # the body answered (not a stream), once the pipeline has it
@@ -81,6 +84,12 @@ class Call:
     # between the record and the line's finish loses neither (`batches.runner`). None for live
     # requests, whose client has its answer or nothing.
     keep: Callable[[Call, RecordWrite], Awaitable[None]] | None = None
+
+    @property
+    def has_response_id(self) -> bool:
+        """Whether the answer carries the request's response id (chat answers; not embeddings or
+        the media endpoints), which the record keeps."""
+        return self.endpoint != "embeddings" and self.media is None
 
     @property
     def response_id(self) -> str:

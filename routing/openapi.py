@@ -410,3 +410,135 @@ class ResponseInputTokensDoc(ApiDescription):
                    summary="Count a Responses request's input tokens (the provider's counter or an estimate, never billed)")
     def post(self, request):
         raise NotImplementedError
+
+
+# --- the media endpoints (routing/media_api.py; bounds as in routing/media_validation.py) ----------
+from routing import media_validation as media_checks  # noqa: E402
+
+
+class CreateImage(serializers.Serializer):
+    model = serializers.CharField(max_length=200)
+    prompt = serializers.CharField(max_length=32000)
+    n = serializers.IntegerField(min_value=1, max_value=media_checks.MAX_IMAGES, required=False)
+    size = serializers.ChoiceField(choices=sorted(media_checks.IMAGE_SIZES), required=False)
+    quality = serializers.ChoiceField(choices=sorted(media_checks.IMAGE_QUALITIES), required=False)
+    response_format = serializers.ChoiceField(choices=["url", "b64_json"], required=False)
+
+
+class ImagesResponse(serializers.Serializer):
+    created = serializers.IntegerField()
+    data = serializers.ListField(child=serializers.DictField())
+
+
+class CreateSpeech(serializers.Serializer):
+    model = serializers.CharField(max_length=200)
+    input = serializers.CharField(max_length=media_checks.MAX_SPEECH_CHARACTERS)
+    voice = serializers.ChoiceField(choices=sorted(media_checks.VOICES))
+    response_format = serializers.ChoiceField(choices=sorted(media_checks.SPEECH_FORMATS), required=False)
+    speed = serializers.FloatField(min_value=0.25, max_value=4.0, required=False)
+
+
+class CreateTranscription(serializers.Serializer):
+    file = serializers.FileField()
+    model = serializers.CharField(max_length=200)
+    response_format = serializers.ChoiceField(choices=sorted(media_checks.TRANSCRIPT_FORMATS), required=False)
+
+
+class CreateModeration(serializers.Serializer):
+    model = serializers.CharField(max_length=200, required=False)
+    input = serializers.JSONField()
+
+
+class Moderation(serializers.Serializer):
+    id = serializers.CharField()
+    model = serializers.CharField()
+    results = serializers.ListField(child=serializers.DictField())
+
+
+class Rerank(serializers.Serializer):
+    model = serializers.CharField(max_length=200)
+    query = serializers.CharField()
+    documents = serializers.ListField(child=serializers.CharField(allow_blank=True), min_length=1,
+                                      max_length=media_checks.MAX_RERANK_DOCUMENTS)
+    top_n = serializers.IntegerField(min_value=1, max_value=media_checks.MAX_RERANK_DOCUMENTS, required=False)
+
+
+class RerankResult(serializers.Serializer):
+    index = serializers.IntegerField()
+    relevance_score = serializers.FloatField()
+
+
+class RerankResponse(serializers.Serializer):
+    id = serializers.CharField()
+    results = RerankResult(many=True)
+    meta = serializers.DictField()
+
+
+class CohereError(serializers.Serializer):
+    message = serializers.CharField()
+
+
+class ImagesDoc(ApiDescription):
+    error_statuses = COMPLETION_ERRORS
+
+    @extend_schema(operation_id="images_generate", tags=["tenant API"], request=CreateImage,
+                   responses=ImagesResponse, summary="Generate images")
+    def post(self, request):
+        raise NotImplementedError
+
+
+class TranscriptionsDoc(ApiDescription):
+    error_statuses = COMPLETION_ERRORS
+
+    @extend_schema(operation_id="audio_transcribe", tags=["tenant API"],
+                   request={"multipart/form-data": CreateTranscription},
+                   responses={200: OpenApiTypes.OBJECT, (200, "text/plain"): OpenApiTypes.STR},
+                   summary="Transcribe audio (multipart upload up to 25 MB)")
+    def post(self, request):
+        raise NotImplementedError
+
+
+class TranslationsDoc(ApiDescription):
+    error_statuses = COMPLETION_ERRORS
+
+    @extend_schema(operation_id="audio_translate", tags=["tenant API"],
+                   request={"multipart/form-data": CreateTranscription},
+                   responses={200: OpenApiTypes.OBJECT, (200, "text/plain"): OpenApiTypes.STR},
+                   summary="Translate audio into English (multipart upload up to 25 MB)")
+    def post(self, request):
+        raise NotImplementedError
+
+
+class SpeechDoc(ApiDescription):
+    error_statuses = COMPLETION_ERRORS
+
+    @extend_schema(operation_id="audio_speech", tags=["tenant API"], request=CreateSpeech,
+                   responses={(200, "audio/mpeg"): OpenApiTypes.BINARY}, summary="Text to speech (streamed audio)")
+    def post(self, request):
+        raise NotImplementedError
+
+
+class ModerationsDoc(ApiDescription):
+    error_statuses = COMPLETION_ERRORS
+
+    @extend_schema(operation_id="moderations_create", tags=["tenant API"], request=CreateModeration,
+                   responses=Moderation, summary="Classify text and images as harmful or not")
+    def post(self, request):
+        raise NotImplementedError
+
+
+class RerankV1Doc(ApiDescription):
+    error_statuses = COMPLETION_ERRORS
+    error_serializer = CohereError
+
+    @extend_schema(operation_id="rerank_v1", tags=["tenant API (Cohere)"], request=Rerank,
+                   responses=RerankResponse, summary="Rerank documents (Cohere's v1 format)")
+    def post(self, request):
+        raise NotImplementedError
+
+
+class RerankV2Doc(RerankV1Doc):
+    @extend_schema(operation_id="rerank_v2", tags=["tenant API (Cohere)"], request=Rerank,
+                   responses=RerankResponse, summary="Rerank documents (Cohere's v2 format)")
+    def post(self, request):
+        raise NotImplementedError

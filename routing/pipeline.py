@@ -21,7 +21,7 @@ from django.db import InterfaceError, OperationalError
 
 from accounting.auth import ApiKeyContext
 from accounting.budgets import CostBasis, budget_reserve, budgets_for
-from accounting.pricing import cost_compute
+from accounting.pricing import cost_compute, units_cost
 from accounting.quotas import (
     RateLimited,
     rate_limit_refusing,
@@ -33,12 +33,14 @@ from caching.semantic import SEMANTIC_TASK
 from caching.services import cache_body, cache_completion_text, cache_fill, cache_lookup, cache_replay, cache_stream_tee
 from accounting import tokens
 from kernel.errors import DatabaseUnavailable, GatewayError, InvalidRequest, ProviderError
+from providers.adapters import MediaResult, Usage
 from providers.adapters.text_completions import TEXT_COMPLETION, native_param
 from providers.http import adapter_for
 from guardrails.checks import InputGuard, guard_input, guard_output
 from routing import validation
 from routing.attempts import attempts_run
 from routing.call import Call
+from routing.media import MediaKind
 from routing.record import record, record_cancelled, record_failure
 from routing.relay import choice_texts, first_chunk_sender, stream_relay
 from routing.selection import RoutePlan, route_hints, route_select
@@ -59,7 +61,7 @@ DEFAULT_OUTPUT_RESERVE = 4096
 # bound to an HTTP request.
 Credential = Callable[[], Awaitable[ApiKeyContext]]
 
-__all__ = ["Call", "chat", "cost_ceiling", "embeddings", "prompt_tokens_count"]
+__all__ = ["Call", "chat", "cost_ceiling", "embeddings", "media", "prompt_tokens_count"]
 
 
 async def chat(
@@ -242,7 +244,7 @@ async def cost_ceiling(*, auth: ApiKeyContext, mode: str, bodies: list[dict]) ->
         if plans[model] is None:
             continue
         call.plan, call.schema = plans[model], required_schema(call.payload) if mode == "chat" else None
-        total += _max_cost(call)
+        total += _max_cost(call)[0]
     return total
 
 
@@ -281,6 +283,81 @@ async def _embeddings(call: Call, *, body: dict, headers) -> dict:
     call.answer = result.body
     await record(call, status="success")
     return result.body
+
+
+async def media(call: Call, *, kind: MediaKind, credential: Credential, parse, headers) -> MediaResult:
+    """Serve a media request (`routing.media`: images, audio, moderations, rerank) through the same
+    steps as embeddings; `credential`, `parse` and failures as for `chat`. A binary answer
+    (speech) comes back as the provider sends it, in `chunks`, and is recorded when it ends."""
+    call.media = kind
+    try:
+        call.auth = await credential()
+        return await _media(call, body=await _parsed(call, parse), headers=headers)
+    except (OperationalError, InterfaceError) as exc:
+        raise _outage(call) from exc
+
+
+async def _media(call: Call, *, body: dict, headers) -> MediaResult:
+    kind = call.media
+    try:
+        call.payload = kind.validate(body)
+        texts = kind.texts(call.payload)
+        if texts:
+            guard = await guard_input(
+                tenant_id=call.auth.tenant_id, payload={"input": texts}, events=call.guard_events,
+                count_tokens=lambda payload: tokens.embedding_input_tokens(payload["input"]),
+            )
+            call.guard, call.payload = guard.rules, kind.with_texts(call.payload, guard.payload["input"])
+        call.prompt_estimate = tokens.embedding_input_tokens(kind.texts(call.payload)) if texts else 0
+        await _prepare(call, body=body, headers=headers, mode=kind.mode)
+        result = await _attempt(call, lambda adapter, d: kind.send(adapter, call.payload, d.target))
+    except BaseException as exc:
+        await _failure_record(call, exc)
+        raise
+    call.usage = result.usage or Usage(prompt_tokens=0, completion_tokens=0)  # what the provider billed
+    call.units = result.units
+    if result.chunks is not None:
+        result.chunks = _binary_relay(call, result.chunks)
+        return result
+    await record(call, status="success")
+    return result
+
+
+async def _binary_relay(call: Call, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """A binary answer's bytes as the provider sends them, none kept; recorded once it ends: a
+    success, a provider's failure mid-answer, or the client gone (the provider billed it all)."""
+    ended = False
+    try:
+        async for piece in chunks:
+            if call.ttft_ms is None:
+                call.ttft_ms = call.elapsed_ms()
+            yield piece
+        ended = True
+    except GatewayError as exc:
+        await record_failure(call, exc)
+        raise
+    finally:
+        await chunks.aclose()
+        if ended:
+            await record(call, status="success")
+        elif not call.recorded:
+            await record_cancelled(call)
+
+
+def _media_fit(call: Call) -> None:
+    """Only the deployments whose model can serve the request (an image model's most images and
+    its sizes); a 400 naming the parameter when none is left."""
+    why = None
+    able = []
+    for deployment in call.plan.deployments:
+        problem = call.media.unfit(call.payload, deployment.target.upstream_model)
+        if problem is None:
+            able.append(deployment)
+        else:
+            why = why or problem
+    if not able:
+        raise InvalidRequest(why, param=call.media.unfit_param)
+    call.plan.deployments = able
 
 
 def _guarded(call: Call, guard: InputGuard) -> None:
@@ -324,7 +401,9 @@ async def _route_and_reserve(call: Call, *, body: dict, headers, hints, mode: st
     _content_check(call)
     if call.text_completion is not None:
         _text_completion_check(call)
-    if mode != "embedding":
+    if call.media is not None:
+        _media_fit(call)
+    if call.media is None and mode != "embedding":
         plan = call.plan
         call.cache = await cache_lookup(
             auth=call.auth, rule=plan.rule, variant=plan.variant, deployments=plan.deployments,
@@ -422,7 +501,7 @@ async def _budget_reserve(call: Call) -> None:
 def _output_cap(call: Call, deployment, *, prompt: int | None = None) -> int | None:
     """The most tokens one choice of an answer may have (`prompt`: of a call whose prompt is not
     the request's own, for what is left of the context window)."""
-    if call.endpoint == "embeddings":
+    if call.endpoint == "embeddings" or call.media is not None:
         return 0
     requested = call.payload.get("max_completion_tokens") or call.payload.get("max_tokens")
     if requested or deployment is None:
@@ -434,7 +513,7 @@ def _output_cap(call: Call, deployment, *, prompt: int | None = None) -> int | N
     return DEFAULT_OUTPUT_RESERVE
 
 
-def _max_cost(call: Call) -> tuple[Decimal, CostBasis]:
+def _max_cost(call: Call) -> tuple[Decimal, CostBasis | None]:
     """The most this request could cost on the deployments it may reach: what a budget reserves,
     and how that was computed (for a refusal to say).
 
@@ -446,6 +525,8 @@ def _max_cost(call: Call) -> tuple[Decimal, CostBasis]:
     and fallbacks do not add: only the attempt that answers is billed (docs/accounting.md)."""
     now = time.time()
     deployments = call.plan.deployments
+    if call.media is not None:
+        return _media_max_cost(call, now), None
     choices = call.choices_billed()
     prompt = call.estimated_prompt_tokens()
     calls = [prompt]  # each call's prompt tokens
@@ -453,15 +534,15 @@ def _max_cost(call: Call) -> tuple[Decimal, CostBasis]:
         answer = max(_output_cap(call, d) or 0 for d in deployments)
         calls.append(repair_prompt_tokens(prompt_tokens=prompt, answer_tokens=answer))
     total, basis = Decimal("0"), None
-    for tokens in calls:
+    for call_prompt in calls:
         cost, dearest = max(
-            ((cost_compute(price=d.price_at(now), prompt_tokens=tokens,
-                           completion_tokens=(_output_cap(call, d, prompt=tokens) or 0) * choices), i)
+            ((cost_compute(price=d.price_at(now), prompt_tokens=call_prompt,
+                           completion_tokens=(_output_cap(call, d, prompt=call_prompt) or 0) * choices), i)
              for i, d in enumerate(deployments)),
         )
         total += cost
         if basis is None:
-            basis = _cost_basis(call, deployments[dearest], prompt=tokens, choices=choices, now=now, calls=len(calls))
+            basis = _cost_basis(call, deployments[dearest], prompt=call_prompt, choices=choices, now=now, calls=len(calls))
     return total, basis
 
 
@@ -481,6 +562,18 @@ def _cost_basis(call: Call, deployment, *, prompt: int, choices: int, now: float
         model=deployment.alias, prompt_tokens=prompt, output_tokens=_output_cap(call, deployment, prompt=prompt) or 0,
         choices=choices, input_price=price.input_per_million, output_price=price.output_per_million,
         cap_source=source, calls=calls,
+    )
+
+
+def _media_max_cost(call: Call, now: float) -> Decimal:
+    """A media request's worst case at its dearest deployment: the units it may bill (`n`
+    images, the upload's seconds, the characters to speak, the searches) and its prompt tokens."""
+    worst = call.media.worst(call.payload)
+    prompt = call.estimated_prompt_tokens()
+    return max(
+        units_cost(price=d.price_at(now), units=worst)
+        + cost_compute(price=d.price_at(now), prompt_tokens=prompt, completion_tokens=0)
+        for d in call.plan.deployments
     )
 
 

@@ -12,7 +12,7 @@ from decimal import Decimal
 from django.db import InterfaceError, OperationalError
 
 from accounting import tokens
-from accounting.pricing import cost_compute
+from accounting.pricing import cost_compute, units_cost
 from accounting.quotas import rate_limit_settle, rate_limit_settle_now
 from accounting.services import RecordWrite
 from accounting.writes import record_write
@@ -139,7 +139,7 @@ def _guard_events_start(call: Call):
     events, call.guard_events = call.guard_events, []
     return guardrail_events_start(
         tenant_id=call.auth.tenant_id, request_id=call.request_id,
-        response_id=call.response_id if call.endpoint != "embeddings" else "", events=events,
+        response_id=call.response_id if call.has_response_id else "", events=events,
     )
 
 
@@ -189,17 +189,19 @@ def _record_fields(call: Call, *, status: str, completion_text: str, read_text: 
     reached = _reached(call, status=status, read_text=read_text)
     counted = usage_counted(call, read_text=read_text) if reached or call.usage is not None else Counted()
     cost = Decimal("0")
+    units = call.units if reached else None
     if reached:
+        price = call.deployment.price_at(time.time())
         cost = cost_compute(
-            price=call.deployment.price_at(time.time()),
+            price=price,
             prompt_tokens=counted.prompt_tokens,
             completion_tokens=counted.completion_tokens,
             cached_tokens=counted.cached_tokens,
-        )
+        ) + units_cost(price=price, units=units)
     deployment = call.deployment
     return {
         "request_id": call.request_id,
-        "response_id": call.response_id if call.endpoint != "embeddings" else "",
+        "response_id": call.response_id if call.has_response_id else "",
         "tenant_id": call.auth.tenant_id,
         "api_key_id": call.auth.key_id or None,  # 0: a dashboard user in the playground
         "endpoint": call.endpoint,
@@ -220,6 +222,8 @@ def _record_fields(call: Call, *, status: str, completion_text: str, read_text: 
         "attempts": call.log.entries,
         "end_user": str(call.payload.get("user") or "")[:256],
         "cached_tokens": counted.cached_tokens,
+        "units": units.count if units is not None else _ZERO,
+        "unit_kind": units.kind if units is not None else "",
         "task": call.task[:100],
         "tags": list(call.tags),
         "route": call.plan.rule if call.plan else "",
@@ -238,7 +242,9 @@ def _record_fields(call: Call, *, status: str, completion_text: str, read_text: 
 
 def _content(call: Call, completion_text: str) -> dict:
     """What a tenant that keeps content keeps: the request's messages (or input) and the answer."""
-    if call.endpoint == "embeddings":
+    if call.media is not None:
+        messages = call.media.texts(call.payload) if call.payload else []  # {}: refused before it was valid
+    elif call.endpoint == "embeddings":
         source = call.payload.get("input")
         messages = source if isinstance(source, list) else [source]
     else:

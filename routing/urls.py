@@ -10,7 +10,7 @@ from feedback import api as feedback_api
 from feedback.openapi import FeedbackDoc
 from kernel.http import api_not_found
 from kernel.openapi import documented
-from routing import anthropic_api, api, responses_api
+from routing import anthropic_api, api, media_api, responses_api
 from routing import openapi as docs
 
 # The tenant API: the routes a tenant key calls, with nothing of a browser's session. This list is
@@ -22,6 +22,15 @@ tenant_api_patterns = [
     path("v1/completions", documented(api.completions, docs.CompletionsDoc), name="completions"),
     path("v1/embeddings", documented(api.embeddings, docs.EmbeddingsDoc), name="embeddings"),
     path("v1/models", documented(api.models, docs.ModelsDoc), name="models"),
+    path("v1/images/generations", documented(media_api.images_generations, docs.ImagesDoc), name="images-generations"),
+    path("v1/audio/transcriptions", documented(media_api.audio_transcriptions, docs.TranscriptionsDoc),
+         name="audio-transcriptions"),
+    path("v1/audio/translations", documented(media_api.audio_translations, docs.TranslationsDoc),
+         name="audio-translations"),
+    path("v1/audio/speech", documented(media_api.audio_speech, docs.SpeechDoc), name="audio-speech"),
+    path("v1/moderations", documented(media_api.moderations, docs.ModerationsDoc), name="moderations"),
+    path("v1/rerank", documented(media_api.rerank_v1, docs.RerankV1Doc), name="rerank-v1"),
+    path("v2/rerank", documented(media_api.rerank_v2, docs.RerankV2Doc), name="rerank-v2"),
     path("v1/messages", documented(anthropic_api.messages, docs.MessagesDoc), name="messages"),
     path("v1/messages/count_tokens", documented(anthropic_api.count_tokens, docs.CountTokensDoc),
          name="messages-count-tokens"),

@@ -4,9 +4,12 @@ from providers.adapters.anthropic import AnthropicAdapter
 from providers.adapters.azure import AzureOpenAIAdapter
 from providers.adapters.base import (
     Adapter,
+    AudioUpload,
     ChatResult,
+    MediaResult,
     SSEEvent,
     Target,
+    Units,
     UpstreamRequest,
     Usage,
 )
@@ -25,9 +28,12 @@ ADAPTERS: dict[str, type[Adapter]] = {
 __all__ = [
     "ADAPTERS",
     "Adapter",
+    "AudioUpload",
     "ChatResult",
+    "MediaResult",
     "SSEEvent",
     "Target",
+    "Units",
     "UpstreamRequest",
     "Usage",
 ]

@@ -23,6 +23,10 @@ A subclass implements:
   dicts; the last one carries `usage` when the vendor reported it
 - `embeddings_request` / `embeddings_response`, when the vendor has embeddings
 - `error_details(status, data)` -> (error class or None, message): the vendor's error spelling
+- `images`, `transcription`, `speech`, `moderations`, `rerank`, where the vendor serves them (the
+  media endpoints; the default is a 400 saying the provider does not): each sends with the shared
+  machinery (`_send_json`, `_send_read`, `_send_streamed` for binary answers) and gives a
+  `MediaResult` with the `Units` the vendor bills (`providers/adapters/media.py`)
 - `count_tokens(payload, target)` -> the prompt's tokens by the vendor's own free counter
   (Anthropic's `count_tokens`, Gemini's `countTokens`); None, the default, when it has none
 - `text_completion_request` / `text_completion_response` / `text_completion_stream_chunks`, when
@@ -54,6 +58,7 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import time
+from decimal import Decimal
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -138,9 +143,50 @@ class ChatResult:
 
 @dataclass
 class UpstreamRequest:
+    """A POST to a provider: `json`, or `content` of `content_type` (a multipart upload)."""
+
     url: str
-    json: dict
+    json: dict | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    content: bytes | None = None
+    content_type: str = ""
+
+
+@dataclass(frozen=True)
+class Units:
+    """What a provider bills besides tokens: `count` images (of `size` and `quality`), audio
+    seconds (`audio_second`), characters (`character`) or searches (`search`)."""
+
+    kind: str
+    count: Decimal
+    size: str = ""
+    quality: str = ""
+
+
+@dataclass(frozen=True)
+class AudioUpload:
+    """An audio file to transcribe or translate, with the form's other fields (strings)."""
+
+    fields: dict[str, str | list[str]]
+    filename: str
+    content: bytes = field(repr=False)
+    content_type: str
+    seconds: Decimal  # measured from the file (`providers.audio.audio_seconds`)
+
+
+@dataclass
+class MediaResult:
+    """A provider's answer of the media endpoints (images, audio, moderation, rerank): a JSON
+    `body`, or a `text` answer of `content_type` (a transcription as text, srt or vtt), or the
+    `chunks` of a binary answer (speech) as the provider sends them; with the tokens and the
+    units it billed."""
+
+    body: dict | None = None
+    usage: Usage | None = None
+    units: Units | None = None
+    text: str | None = None
+    content_type: str = "application/json"
+    chunks: AsyncIterator[bytes] | None = None
 
 
 class Adapter:
@@ -171,6 +217,27 @@ class Adapter:
 
     def embeddings_response(self, data: dict, target: Target) -> ChatResult:
         raise NotImplementedError
+
+    # The media endpoints, where the vendor serves them: each takes the gateway's request (OpenAI's
+    # shape; Cohere's v2 for rerank, `documents` as strings) and gives a `MediaResult` in the
+    # same shape, with the units billed.
+    async def images(self, payload: dict, target: Target) -> MediaResult:
+        raise self.not_served(target, "image generation")
+
+    async def transcription(self, upload: AudioUpload, target: Target, *, translate: bool) -> MediaResult:
+        raise self.not_served(target, "audio transcription")
+
+    async def speech(self, payload: dict, target: Target) -> MediaResult:
+        raise self.not_served(target, "text to speech")
+
+    async def moderations(self, payload: dict, target: Target) -> MediaResult:
+        raise self.not_served(target, "moderation")
+
+    async def rerank(self, payload: dict, target: Target) -> MediaResult:
+        raise self.not_served(target, "rerank")
+
+    def not_served(self, target: Target, what: str) -> InvalidRequest:
+        return InvalidRequest(f"Provider '{target.provider_name}' does not serve {what}.", param="model")
 
     def error_details(self, status: int, data: object) -> tuple[str | None, str]:
         """Return (error class, message) from a vendor error body; None keeps the status default."""
@@ -287,20 +354,39 @@ class Adapter:
             )
         return data
 
+    async def _send_read(self, request: UpstreamRequest, target: Target) -> UpstreamResponse:
+        """Send and read the whole answer, whatever its type (a transcription as text)."""
+        return await self._open(request, target, stream=False)
+
+    async def _send_streamed(self, request: UpstreamRequest, target: Target) -> tuple[UpstreamResponse, AsyncIterator[bytes]]:
+        """Send; the answer's bytes as they arrive (speech), its connection closed when they end or
+        the consumer stops. A failure before the body raises here, where routing can fail over."""
+        response = await self._open(request, target, stream=True)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for piece in response.aiter_bytes():
+                    yield piece
+            except UpstreamError as exc:
+                raise self._transport_error(exc, target) from exc
+            finally:
+                await response.aclose()
+
+        return response, chunks()
+
     async def _open(
         self, request: UpstreamRequest, target: Target, *, stream: bool
     ) -> UpstreamResponse:
         timeouts = self.client.timeouts
         if target.read_timeout and target.read_timeout != timeouts.read:
             timeouts = dataclasses.replace(timeouts, read=target.read_timeout)
-        headers = {"content-type": "application/json", **request.headers}
+        headers = {"content-type": request.content_type or "application/json", **request.headers}
         if request_id := correlation_id():
             headers["x-request-id"] = request_id
+        # The body encoded by orjson (kernel.wire_json), or the request's own (an upload).
+        content = request.content if request.content is not None else wire_json.dumps(request.json)
         try:
-            # The body encoded by orjson (kernel.wire_json).
-            response = await self.client.post(
-                request.url, content=wire_json.dumps(request.json), headers=headers, timeouts=timeouts
-            )
+            response = await self.client.post(request.url, content=content, headers=headers, timeouts=timeouts)
             if not stream and response.status_code < 400:
                 await response.aread()
         except UpstreamError as exc:  # timeouts included

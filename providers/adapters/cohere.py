@@ -29,12 +29,16 @@ import re
 import struct
 import time
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from dataclasses import dataclass, field
 
 from kernel.errors import InvalidRequest, ProviderError
+from providers.adapters.media import rerank_answer, rerank_results, searches
 from providers.adapters.base import (
     Adapter,
     ChatResult,
+    MediaResult,
+    Units,
     SSEEvent,
     Target,
     UpstreamRequest,
@@ -205,6 +209,23 @@ class CohereAdapter(Adapter):
         return ChatResult(body=body, usage=usage)
 
     # --- errors ---------------------------------------------------------------------------------
+    async def rerank(self, payload: dict, target: Target) -> MediaResult:
+        """Rerank v2 (https://docs.cohere.com/reference/rerank): billed in searches."""
+        body = {key: payload[key] for key in ("query", "documents", "top_n", "max_tokens_per_doc")
+                if payload.get(key) is not None}
+        request = UpstreamRequest(url=self._url(target, "rerank"), json={**body, "model": target.upstream_model},
+                                  headers=self._headers(target))
+        data = await self._send_json(request, target)
+        results = rerank_results(data, documents=len(payload["documents"]))
+        if results is None:
+            raise self.malformed(target, "a rerank answer (no results)")
+        billed = _dict(_dict(data.get("meta")).get("billed_units")).get("search_units")
+        found = billed if isinstance(billed, int) and billed >= 0 else searches(len(payload["documents"]))
+        return MediaResult(
+            body=rerank_answer(results, search_units=found, response_id=str(data.get("id") or "")),
+            units=Units(kind="search", count=Decimal(found)),
+        )
+
     def error_details(self, status: int, data: object) -> tuple[str | None, str]:
         # Cohere's error body is {"id": ..., "message": ...}.
         if isinstance(data, dict):

@@ -25,6 +25,7 @@ from providers.fake.directives import (
 from providers.fake.errors import ApiError, FakeConnectionDrop
 from providers.fake.exchange import Exchange
 from providers.fake.gemini import GEMINI, GEMINI_ROUTES
+from providers.fake import media
 from providers.fake.respond import (
     Settings,
     billing_due,
@@ -203,6 +204,12 @@ ROUTES: dict[tuple[str, str], Handler] = {
     ("POST", "/v1/messages/count_tokens"): _count_tokens,
     ("POST", "/v1/embeddings"): _embeddings,
     ("GET", "/v1/models"): _models,
+    ("POST", "/v1/images/generations"): media.images,
+    ("POST", "/v1/audio/transcriptions"): media.transcription(translate=False),
+    ("POST", "/v1/audio/translations"): media.transcription(translate=True),
+    ("POST", "/v1/audio/speech"): media.speech,
+    ("POST", "/v1/moderations"): media.moderations,
+    ("POST", "/v1/rerank"): media.rerank(version=1),
     ("GET", "/_fake/stats"): _stats,
     ("POST", "/_fake/reset"): _reset,
     ("GET", "/_fake/ledger"): _ledger_get,
@@ -232,6 +239,14 @@ PATTERN_ROUTES += [PatternRoute(method, pattern, handler, GEMINI)
 PATTERN_ROUTES += [
     PatternRoute("POST", re.compile(r"/v2/chat"), _chat, COHERE),
     PatternRoute("POST", re.compile(r"/v2/embed"), _cohere_embed, COHERE),
+    PatternRoute("POST", re.compile(r"/v2/rerank"), media.rerank(version=2), COHERE),
+    PatternRoute("GET", re.compile(r"/_fake/images/(?P<name>[0-9a-f]+-\d+)\.png"), media.image_get),
+    PatternRoute("POST", re.compile(r"/openai/deployments/(?P<deployment>[^/]+)/images/generations"),
+                 _azure(media.images), AZURE),
+    PatternRoute("POST", re.compile(r"/openai/deployments/(?P<deployment>[^/]+)/audio/speech"),
+                 _azure(media.speech), AZURE),
+    PatternRoute("POST", re.compile(r"/openai/deployments/(?P<deployment>[^/]+)/moderations"),
+                 _azure(media.moderations), AZURE),
     PatternRoute("POST", re.compile(r"/openai/deployments/(?P<deployment>[^/]+)/chat/completions"),
                  _azure(_chat), AZURE),
     PatternRoute("POST", re.compile(r"/openai/deployments/(?P<deployment>[^/]+)/completions"),

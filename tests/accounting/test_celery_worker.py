@@ -127,7 +127,7 @@ def test_worker_recomputes_a_bucket_idempotently(worker, client):
         match = wait_for(lambda: done.search(worker.log()), worker=worker, what="task success in the log")
         return int(match.group(1))
 
-    assert run_bucket() == 4  # total, one key, two models (no task, tag or end user)
+    assert run_bucket() == 5  # total, one key, two models, one endpoint (no task, tag or end user)
     total = UsageRollup.objects.get(granularity="hour", bucket_start=HOUR, tenant=tenant, dimension="total")
     assert (total.requests, total.errors, total.errors_by_class) == (5, 1, {"timeout": 1})
     assert total.prompt_tokens == sum(r.prompt_tokens for r in records)
@@ -137,7 +137,7 @@ def test_worker_recomputes_a_bucket_idempotently(worker, client):
     assert total.latency_p95_ms == pytest.approx(250, rel=0.01)
     before = list(UsageRollup.objects.order_by("pk").values_list("pk", "dimension", "value", "requests", "cost_usd"))
 
-    assert run_bucket() == 4
+    assert run_bucket() == 5
     after = list(UsageRollup.objects.order_by("pk").values_list("pk", "dimension", "value", "requests", "cost_usd"))
     assert after == before
 

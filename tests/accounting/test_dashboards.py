@@ -184,7 +184,7 @@ def test_export_rejects_an_unknown_table(client, acme, member_a):
     client.force_login(member_a)
     response = client.get("/dashboard/acme/export.csv?table=secrets")
     assert response.status_code == 400
-    assert b"models, keys, tasks, users, timeline" in response.content
+    assert b"models, endpoints, keys, tasks, users, timeline" in response.content
 
 
 def test_page_draws_every_chart(client, acme, member_a, days):

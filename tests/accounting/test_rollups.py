@@ -49,6 +49,9 @@ def expected_rows(records: list[UsageRecord], start: datetime, end: datetime) ->
             keys += [("tag", tag) for tag in set(r.tags) if isinstance(tag, str) and tag != ""]
         if r.end_user:
             keys.append(("end_user", r.end_user))
+        if r.route:
+            keys.append(("route", r.route))
+        keys.append(("endpoint", r.endpoint))
         for dimension, value in keys:
             groups[(r.tenant_id, dimension, value)].append(r)
     expected = {}
@@ -142,7 +145,8 @@ def records() -> list[UsageRecord]:
     made.append(record_create(acme, created_at=HOURS[2] - timedelta(microseconds=1), rng=rng, api_key=None))
     made.append(record_create(globex, created_at=HOURS[2] + timedelta(hours=1), rng=rng, api_key=keys[globex][0]))
     # A group without any time to first token (embeddings are not streamed).
-    made.append(record_create(acme, created_at=HOURS[1], rng=rng, task="embed", ttft_ms=None, stream=False))
+    made.append(record_create(acme, created_at=HOURS[1], rng=rng, task="embed", ttft_ms=None, stream=False,
+                              endpoint="embeddings"))
     return made
 
 
@@ -166,7 +170,7 @@ def test_every_rollup_equals_sums_and_percentiles_of_the_raw_records(records):
         assert_rows_equal(stored_rows(granularity, start), expected)
     # The data exercises every dimension, several tenants, errors of several classes, null ttfts.
     day = stored_rows("day", DAY1)
-    assert {dimension for _, dimension, _ in day} == {"total", "api_key", "model", "task", "tag", "end_user"}
+    assert {dimension for _, dimension, _ in day} == {"total", "api_key", "model", "task", "tag", "end_user", "endpoint"}
     assert {value for _, dimension, value in day if dimension == "tag"} == {"a", "b", "c", "d"}
     assert len({tenant for tenant, _, _ in day}) == 2
     assert any(len(row["errors_by_class"]) > 1 for row in day.values())

@@ -85,7 +85,9 @@ def test_the_tenant_routes_are_one_table_that_the_urlconf_lists_too():
     assert set(routes) == {
         "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/messages",
         "/v1/messages/count_tokens", "/v1/usage", "/v1/feedback", "/v1/responses", "/v1/responses/input_tokens",
-        "/v1/files", "/v1/batches",
+        "/v1/files", "/v1/batches", "/v1/images/generations",
+        "/v1/audio/transcriptions", "/v1/audio/translations", "/v1/audio/speech", "/v1/moderations",
+        "/v1/rerank", "/v2/rerank",
     }
     for route, view in routes.items():
         assert resolve(route).func is view  # the schema and reverse() see the view the app serves
@@ -326,3 +328,46 @@ def test_after_response_work_runs_at_once_outside_a_tenant_api_request_and_each_
     assert done[-1] == "after the run: at once"
     copied.run(after_response, lambda: done.append("in a copy of the request's context: at once"))
     assert done[-1] == "in a copy of the request's context: at once"
+
+
+@pytest.mark.parametrize("declared", [True, False])
+async def test_an_upload_past_its_routes_limit_is_413_and_never_reaches_the_view(settings, declared):
+    """A view marked with `kernel.http.body_limit` has its own limit: past it (by Content-Length,
+    or by the bytes of a chunked body as they come) the rest is read and dropped, the view never
+    runs, and the answer is the API's 413."""
+    from kernel.http import body_limit
+
+    called = []
+
+    @body_limit(1000)
+    async def upload(request):
+        called.append(request)
+        return JsonResponse({"size": len(request.body)})
+
+    app = ApiApplication({"/v1/upload": upload}, fallback=None)
+    parts = [b"x" * 400] * 5  # 2000 bytes, in five messages
+    messages = [{"type": "http.request", "body": part, "more_body": i < 4} for i, part in enumerate(parts)]
+    headers = [(b"host", b"testserver")] + ([(b"content-length", b"2000")] if declared else [])
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/upload", "raw_path": b"/v1/upload", "query_string": b"", "root_path": "",
+             "headers": headers, "client": ("127.0.0.1", 40000), "server": ("testserver", 80)}
+    sent: list = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    await app(scope, receive, send)
+    served = Served(sent)
+    assert served.status == 413 and served.json()["error"]["code"] == "request_too_large"
+    assert not called and not messages  # the whole body was read (the client waits for that), none of it kept
+    small = [{"type": "http.request", "body": b"y" * 1000, "more_body": False}]
+    sent.clear()
+
+    async def receive_small():
+        return small.pop(0) if small else {"type": "http.disconnect"}
+
+    await app({**scope, "headers": [(b"host", b"testserver")]}, receive_small, send)
+    assert Served(sent).json() == {"size": 1000}

@@ -77,7 +77,7 @@ def test_operations_declare_their_error_responses(schema):
                 assert "401" in codes, (method, path)
             for code in codes - {"200", "201", "204"}:
                 content = operation["responses"][code]["content"]["application/json"]["schema"]["$ref"]
-                assert content.endswith(("/Error", "/AnthropicError")), (method, path, code)
+                assert content.endswith(("/Error", "/AnthropicError", "/CohereError")), (method, path, code)
     chat = schema["paths"]["/v1/chat/completions"]["post"]
     assert {"400", "401", "403", "404", "413", "429", "502", "503"} <= set(chat["responses"])
     assert "text/event-stream" in chat["responses"]["200"]["content"]

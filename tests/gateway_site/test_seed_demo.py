@@ -26,7 +26,7 @@ def test_seed_is_idempotent_and_prints_secrets_only_once(monkeypatch):
     assert "sk-gw-" not in second and "password: " not in second
     assert TenantApiKey.objects.filter(tenant__slug="demo").count() == 1
     assert get_user_model().objects.get(username="admin").is_superuser
-    assert set(Provider.objects.values_list("name", flat=True)) == {"fake", "fake-anthropic"}
+    assert set(Provider.objects.values_list("name", flat=True)) == {"fake", "fake-anthropic", "fake-cohere"}
     assert Provider.objects.get(name="fake").api_base == "http://127.0.0.1:9555/v1"
 
 

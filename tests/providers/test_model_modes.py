@@ -24,6 +24,11 @@ from tests.asgi_client import ApiClient
     ("Cohere-Embed-v4", "embedding"),
     ("gpt-4o-mini", "chat"),  # in the catalogue, chat
     ("my-own-model", "chat"),
+    ("dall-e-3", "image"), ("gpt-image-1", "image"), ("imagen-3.0-generate", "image"),
+    ("whisper-1", "transcription"), ("gpt-4o-mini-transcribe", "transcription"), ("whisper-large-v3", "transcription"),
+    ("tts-1-hd", "speech"), ("gpt-4o-mini-tts", "speech"),
+    ("omni-moderation-latest", "moderation"), ("text-moderation-stable", "moderation"),
+    ("rerank-v3.5", "rerank"), ("jina-reranker-v2-base-multilingual", "rerank"), ("BAAI/bge-reranker-large", "rerank"),
 ])
 def test_the_inferred_mode(upstream, mode):
     assert mode_infer(upstream) == mode

@@ -36,7 +36,9 @@ class Command(BaseCommand):
             price = change.price
             self.stdout.write(
                 f"{change.model}: input {price.input} output {price.output} cached "
-                f"{price.cached_input if price.cached_input is not None else '-'} (from {change.catalogue_key})"
+                f"{price.cached_input if price.cached_input is not None else '-'}"
+                + "".join(f" {key} {value}" for key, value in price.units.items())
+                + f" (from {change.catalogue_key})"
             )
         verb = "Would change" if dry_run else "Changed"
         self.stdout.write(f"{verb} {len(changes)} model price(s), effective {when.isoformat()}.")

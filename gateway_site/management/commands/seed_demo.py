@@ -18,6 +18,15 @@ FAKE_MODELS = [
     {"alias": "text-embedding-3-small", "mode": "embedding", "input_price_per_million": 0.02,
      "output_price_per_million": 0, "context_window": 8191},
 ]
+# Images, audio and moderation, priced by their units (docs/accounting.md); modes from the catalogue.
+MEDIA_MODELS = [
+    {"alias": "dall-e-3", "image_prices": {"1024x1024": {"standard": 0.04, "hd": 0.08},
+                                           "1792x1024": {"standard": 0.08, "hd": 0.12},
+                                           "1024x1792": {"standard": 0.08, "hd": 0.12}}},
+    {"alias": "whisper-1", "price_per_audio_minute": 0.006},
+    {"alias": "tts-1", "price_per_million_characters": 15.0},
+    {"alias": "omni-moderation-latest"},
+]
 CLAUDE_MODELS = [
     {"alias": "claude-haiku-4-5", "input_price_per_million": 1.00, "output_price_per_million": 5.00,
      "context_window": 200000, "max_output_tokens": 8192},
@@ -29,14 +38,16 @@ CLAUDE_MODELS = [
 def demo_config(*, fake_port: int) -> dict:
     providers = [
         {"name": "fake", "type": "openai", "api_base": f"http://127.0.0.1:{fake_port}/v1",
-         "api_key": "fake-key", "models": FAKE_MODELS},
+         "api_key": "fake-key", "models": FAKE_MODELS + MEDIA_MODELS},
         {"name": "fake-anthropic", "type": "anthropic", "api_base": f"http://127.0.0.1:{fake_port}",
          "api_key": "fake-key", "models": CLAUDE_MODELS},
+        {"name": "fake-cohere", "type": "cohere", "api_base": f"http://127.0.0.1:{fake_port}",
+         "api_key": "fake-key", "models": [{"alias": "rerank-v3.5", "price_per_thousand_searches": 2.0}]},
     ]
     # Real providers, when their keys are in the environment, are tried before the fake one.
     if os.environ.get("OPENAI_API_KEY"):
         providers.append({"name": "openai", "type": "openai", "api_base": "https://api.openai.com/v1",
-                          "api_key": "env:OPENAI_API_KEY", "priority": 10, "models": FAKE_MODELS})
+                          "api_key": "env:OPENAI_API_KEY", "priority": 10, "models": FAKE_MODELS + MEDIA_MODELS})
     if os.environ.get("ANTHROPIC_API_KEY"):
         providers.append({"name": "anthropic", "type": "anthropic", "api_base": "https://api.anthropic.com",
                           "api_key": "env:ANTHROPIC_API_KEY", "priority": 10, "models": CLAUDE_MODELS})
