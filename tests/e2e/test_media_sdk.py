@@ -57,6 +57,11 @@ providers:
     api_key: co-e2e-media
     models:
       - {{alias: rerank-v3.5, price_per_thousand_searches: 2.0}}
+  - name: fake-tei
+    type: tei
+    api_base: http://127.0.0.1:{port}
+    models:
+      - {{alias: bge-reranker, upstream: BAAI/bge-reranker-base, mode: rerank, price_per_thousand_searches: 2.0}}
 tenants:
   - slug: acme
     name: Acme Corp
@@ -232,6 +237,7 @@ DOCUMENTS = ["Berlin is the capital of Germany.", "Paris is the capital of Franc
 
 @pytest.mark.parametrize(("path", "model", "provider"), [
     ("/v2/rerank", "rerank-v3.5", "fake-cohere"), ("/v1/rerank", "jina-reranker", "fake"),
+    ("/v2/rerank", "bge-reranker", "fake-tei"),  # TEI's native /rerank, answered in Cohere's shape
 ])
 def test_rerank_in_cohere_shape(media_stack, path, model, provider):
     response = _rerank(media_stack, path, {"model": model, "query": "capital of France", "documents": DOCUMENTS,

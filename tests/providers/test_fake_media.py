@@ -112,3 +112,19 @@ async def test_rerank_v1_and_v2(fake):
     assert v1["meta"]["billed_units"]["search_units"] == 2 and v1["usage"]["total_tokens"] > 0
     empty = await fake.post("/v2/rerank", json={"model": "rerank-v3.5", "query": "q", "documents": []})
     assert empty.status_code == 400 and "documents" in empty.json()["message"]
+
+
+async def test_tei_native_rerank(fake):
+    """TEI's `POST /rerank`: a bare list of `{index, score}`, best first; logits with `raw_scores`;
+    its own error object."""
+    texts = ["The sky is blue.", "Paris is the capital of France.", "Capital gains tax."]
+    answer = (await fake.post("/rerank", json={"query": "capital of France", "texts": texts})).json()
+    assert [item["index"] for item in answer] == [1, 2, 0] and set(answer[0]) == {"index", "score"}
+    assert 0 <= answer[-1]["score"] <= answer[0]["score"] <= 1
+    raw = (await fake.post("/rerank", json={"query": "capital of France", "texts": texts, "raw_scores": True,
+                                            "return_text": True})).json()
+    assert raw[0]["text"] == texts[1] and raw[0]["score"] > 0 > raw[-1]["score"]
+    empty = await fake.post("/rerank", json={"query": "q", "texts": []})
+    assert (empty.status_code, empty.json()) == (400, {"error": "`query` and `texts` cannot be empty",
+                                                       "error_type": "Empty"})
+    assert (await fake.post("/rerank", json={"query": "q"})).status_code == 422

@@ -19,6 +19,7 @@ from providers.adapters.azure import AzureOpenAIAdapter
 from providers.adapters.base import AudioUpload, Target, Units, Usage
 from providers.adapters.cohere import CohereAdapter
 from providers.adapters.openai import OpenAIAdapter
+from providers.adapters.tei import TEIAdapter
 from tests.providers.upstream import UPSTREAM
 
 OPENAI = Target(provider_id=1, provider_name="oa", wire_type="openai", api_base=f"{UPSTREAM.url}/v1",
@@ -27,6 +28,8 @@ COHERE = Target(provider_id=2, provider_name="co", wire_type="cohere", api_base=
                 upstream_model="rerank-v3.5", api_key="co-test")
 AZURE = Target(provider_id=3, provider_name="az", wire_type="azure", api_base=UPSTREAM.url,
                upstream_model="my-tts", api_key="az-test")
+TEI = Target(provider_id=4, provider_name="tei", wire_type="tei", api_base=UPSTREAM.url,
+             upstream_model="BAAI/bge-reranker-base", api_key="")
 UPLOAD = AudioUpload(fields={"response_format": "verbose_json", "language": "en", "timestamp_granularities[]": ["word", "segment"]},
                      filename="talk.wav", content=b"RIFF....WAVEfmt audio bytes", content_type="audio/wav",
                      seconds=Decimal("12.5"))
@@ -151,6 +154,45 @@ async def test_rerank_answer_with_an_index_out_of_range_is_malformed(upstream, c
     with pytest.raises(ProviderError) as error:
         await CohereAdapter(client).rerank({"model": "a", "query": "q", "documents": ["d"]}, COHERE)
     assert error.value.error_class == "upstream_server"
+
+
+async def test_tei_native_rerank(upstream, client):
+    """TEI's `POST /rerank` (https://huggingface.github.io/text-embeddings-inference/): `texts`,
+    a bare list of `{index, score}` back, in Cohere's shape with `top_n` kept by the gateway."""
+    route = upstream.post(f"{UPSTREAM.url}/rerank").respond(200, json=[
+        {"index": 2, "score": 0.91}, {"index": 0, "score": 0.3}, {"index": 1, "score": 0.02}])
+    result = await TEIAdapter(client).rerank({"model": "a", "query": "q", "documents": ["d0", "d1", "d2"], "top_n": 2},
+                                             TEI)
+    assert sent_json(route) == {"query": "q", "texts": ["d0", "d1", "d2"], "raw_scores": False, "return_text": False}
+    assert "authorization" not in route.calls.last.request.headers  # a TEI server without an API key
+    assert result.body["results"] == [{"index": 2, "relevance_score": 0.91}, {"index": 0, "relevance_score": 0.3}]
+    assert result.body["meta"]["billed_units"] == {"search_units": 1}
+    assert result.units == Units(kind="search", count=Decimal(1)) and result.usage is None
+
+
+async def test_tei_errors_and_malformed_answers(upstream, client):
+    upstream.post(f"{UPSTREAM.url}/rerank").respond(429, json={"error": "Model is overloaded", "error_type": "Overloaded"})
+    with pytest.raises(ProviderError) as error:
+        await TEIAdapter(client).rerank({"model": "a", "query": "q", "documents": ["d"]}, TEI)
+    assert (error.value.error_class, "Model is overloaded" in str(error.value)) == ("rate_limited", True)
+    upstream.reset()
+    upstream.post(f"{UPSTREAM.url}/rerank").respond(200, json={"results": [{"index": 0, "relevance_score": 1}]})
+    with pytest.raises(ProviderError) as error:
+        await TEIAdapter(client).rerank({"model": "a", "query": "q", "documents": ["d"]}, TEI)
+    assert error.value.error_class == "upstream_server"
+
+
+async def test_tei_embeddings_on_its_openai_route_and_nothing_else(upstream, client):
+    route = upstream.post(f"{UPSTREAM.url}/v1/embeddings").respond(200, json={
+        "object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}],
+        "model": "bge", "usage": {"prompt_tokens": 2, "total_tokens": 2}})
+    result = await TEIAdapter(client).embeddings({"model": "a", "input": "hi"}, TEI)
+    assert route.called and result.usage == Usage(prompt_tokens=2, completion_tokens=0)
+    for call in (TEIAdapter(client).chat({"messages": [{"role": "user", "content": "x"}]}, TEI),
+                 TEIAdapter(client).images({"prompt": "x"}, TEI)):
+        with pytest.raises(InvalidRequest) as refused:
+            await call
+        assert "does not serve" in refused.value.message
 
 
 async def test_a_wire_format_without_the_endpoint_is_a_400(client):
