@@ -15,6 +15,7 @@ from decimal import Decimal
 import mutagen
 
 from kernel.errors import InvalidRequest
+from providers.adapters.gemini_media import IMAGEN_ASPECT_RATIOS, IMAGEN_MAX_IMAGES, IMAGEN_PREFIX
 from routing.validation import GATEWAY_FIELDS, _integer, _metadata, _model, _number, _reject_unknown, _routing, _string
 
 IMAGE_FIELDS = {
@@ -29,7 +30,11 @@ IMAGE_MODELS = {
     "dall-e-2": (10, {"256x256", "512x512", "1024x1024"}),
     "dall-e-3": (1, {"1024x1024", "1792x1024", "1024x1792"}),
     "gpt-image-1": (10, {"1024x1024", "1536x1024", "1024x1536", "auto"}),
+    # Gemini's Imagen models (providers/adapters/gemini_media.py): the sizes of its aspect ratios.
+    IMAGEN_PREFIX: (IMAGEN_MAX_IMAGES, set(IMAGEN_ASPECT_RATIOS)),
 }
+# The models that answer only in b64_json (Imagen gives the image's bytes, no URL).
+BYTES_ONLY_IMAGE_MODELS = {IMAGEN_PREFIX}
 DEFAULT_IMAGE_SIZE = "1024x1024"
 
 SPEECH_FIELDS = {"model", "input", "voice", "response_format", "speed", "instructions", "stream_format"} | GATEWAY_FIELDS
@@ -72,17 +77,22 @@ def images_request_validate(body: dict) -> dict:
     return _forwarded(body)
 
 
-def image_model_check(payload: dict, upstream_model: str) -> str | None:
+def image_model_check(payload: dict, upstream_model: str) -> InvalidRequest | None:
     """Why an upstream image model cannot serve `payload` (`n` past its maximum, a size it does
-    not make), or None; a model not listed in `IMAGE_MODELS` takes what the endpoint takes."""
+    not make, a URL from a model that answers with bytes), as the 400 naming the parameter, or
+    None; a model not listed in `IMAGE_MODELS` takes what the endpoint takes."""
+    upstream_model = upstream_model.removeprefix("models/")  # Gemini's spelling
     family = next((name for name in IMAGE_MODELS if upstream_model.startswith(name)), None)
     if family is None:
         return None
     most, sizes = IMAGE_MODELS[family]
     if (payload.get("n") or 1) > most:
-        return f"'n' must be at most {most} for {family}."
+        return InvalidRequest(f"'n' must be at most {most} for {family}.", param="n")
     if payload.get("size") and payload["size"] not in sizes:
-        return f"'size' must be one of {', '.join(sorted(sizes))} for {family}."
+        return InvalidRequest(f"'size' must be one of {', '.join(sorted(sizes))} for {family}.", param="size")
+    if family in BYTES_ONLY_IMAGE_MODELS and payload.get("response_format") == "url":
+        return InvalidRequest(f"'response_format' must be b64_json for {family} models (they answer with "
+                              "the image's bytes).", param="response_format")
     return None
 
 

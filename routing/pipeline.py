@@ -356,7 +356,7 @@ def _media_fit(call: Call) -> None:
         else:
             why = why or problem
     if not able:
-        raise InvalidRequest(why, param=call.media.unfit_param)
+        raise why
     call.plan.deployments = able
 
 

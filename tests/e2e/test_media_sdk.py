@@ -57,6 +57,12 @@ providers:
     api_key: co-e2e-media
     models:
       - {{alias: rerank-v3.5, price_per_thousand_searches: 2.0}}
+  - name: fake-gemini
+    type: gemini
+    api_base: http://127.0.0.1:{port}
+    api_key: gm-e2e-media
+    models:
+      - {{alias: imagen-4, upstream: imagen-4.0-generate-001, mode: image, price_per_image: 0.04}}
   - name: fake-tei
     type: tei
     api_base: http://127.0.0.1:{port}
@@ -139,6 +145,21 @@ def test_image_generation_url_and_b64_priced_by_size_and_quality(client, media_s
     assert base64.b64decode(images.data[0].b64_json).startswith(b"\x89PNG")
     _, _, units, kind, cost, *_ = record_of(media_stack, raw.headers["x-gateway-request-id"])
     assert (units, kind, cost) == (2, "image", Decimal("0.04"))
+
+
+def test_imagen_through_gemini(client, media_stack):
+    """Gemini's Imagen behind OpenAI's images endpoint: b64_json PNGs, billed per image."""
+    raw = client.images.with_raw_response.generate(model="imagen-4", prompt="a lighthouse", n=2, size="1792x1024",
+                                                   response_format="b64_json")
+    images = raw.parse()
+    assert len(images.data) == 2 and base64.b64decode(images.data[1].b64_json).startswith(b"\x89PNG")
+    endpoint, status, units, kind, cost, provider, *_ = record_of(media_stack, raw.headers["x-gateway-request-id"])
+    assert (endpoint, status, units, kind, cost, provider) == (
+        "images.generations", "success", 2, "image", Decimal("0.08"), "fake-gemini")
+    for bad, param in (({"response_format": "url"}, "response_format"), ({"n": 5}, "n"), ({"size": "1536x1024"}, "size")):
+        with pytest.raises(openai.BadRequestError) as error:
+            client.images.generate(model="imagen-4", prompt="x", **bad)
+        assert error.value.body["param"] == param and "imagen" in error.value.body["message"]
 
 
 def test_image_bad_input_is_a_clear_400(client):

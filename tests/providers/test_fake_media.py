@@ -128,3 +128,22 @@ async def test_tei_native_rerank(fake):
     assert (empty.status_code, empty.json()) == (400, {"error": "`query` and `texts` cannot be empty",
                                                        "error_type": "Empty"})
     assert (await fake.post("/rerank", json={"query": "q"})).status_code == 422
+
+
+async def test_imagen_predict(fake):
+    """Imagen through the Gemini API: `bytesBase64Encoded` PNGs, `sampleCount` of them; Google's
+    errors for a bad count or aspect ratio, and for a model that is not Imagen."""
+    headers = {"x-goog-api-key": "gm"}
+    path = "/v1beta/models/imagen-4.0-generate-001:predict"
+    answer = await fake.post(path, headers=headers, json={"instances": [{"prompt": "a cat"}],
+                                                          "parameters": {"sampleCount": 2, "aspectRatio": "16:9"}})
+    predictions = answer.json()["predictions"]
+    assert len(predictions) == 2 and predictions[0]["mimeType"] == "image/png"
+    assert base64.b64decode(predictions[0]["bytesBase64Encoded"]).startswith(b"\x89PNG")
+    assert len((await fake.post(path, headers=headers, json={"instances": [{"prompt": "x"}]})).json()["predictions"]) == 4
+    for parameters in ({"sampleCount": 5}, {"aspectRatio": "3:2"}, {"size": "1024x1024"}):
+        refused = await fake.post(path, headers=headers, json={"instances": [{"prompt": "x"}], "parameters": parameters})
+        assert refused.status_code == 400 and refused.json()["error"]["status"] == "INVALID_ARGUMENT"
+    chat = await fake.post("/v1beta/models/gemini-2.5-flash:predict", headers=headers,
+                           json={"instances": [{"prompt": "x"}]})
+    assert chat.status_code == 404

@@ -6,6 +6,7 @@ https://docs.cohere.com/reference/rerank, https://jina.ai/reranker/."""
 
 from __future__ import annotations
 
+import dataclasses
 import email.parser
 import email.policy
 import json
@@ -18,6 +19,7 @@ from providers.adapters.anthropic import AnthropicAdapter
 from providers.adapters.azure import AzureOpenAIAdapter
 from providers.adapters.base import AudioUpload, Target, Units, Usage
 from providers.adapters.cohere import CohereAdapter
+from providers.adapters.gemini import GeminiAdapter
 from providers.adapters.openai import OpenAIAdapter
 from providers.adapters.tei import TEIAdapter
 from tests.providers.upstream import UPSTREAM
@@ -30,6 +32,8 @@ AZURE = Target(provider_id=3, provider_name="az", wire_type="azure", api_base=UP
                upstream_model="my-tts", api_key="az-test")
 TEI = Target(provider_id=4, provider_name="tei", wire_type="tei", api_base=UPSTREAM.url,
              upstream_model="BAAI/bge-reranker-base", api_key="")
+GEMINI = Target(provider_id=5, provider_name="gm", wire_type="gemini", api_base=UPSTREAM.url,
+                upstream_model="imagen-4.0-generate-001", api_key="gm-test")
 UPLOAD = AudioUpload(fields={"response_format": "verbose_json", "language": "en", "timestamp_granularities[]": ["word", "segment"]},
                      filename="talk.wav", content=b"RIFF....WAVEfmt audio bytes", content_type="audio/wav",
                      seconds=Decimal("12.5"))
@@ -193,6 +197,30 @@ async def test_tei_embeddings_on_its_openai_route_and_nothing_else(upstream, cli
         with pytest.raises(InvalidRequest) as refused:
             await call
         assert "does not serve" in refused.value.message
+
+
+async def test_imagen_through_gemini_predict(upstream, client):
+    """https://ai.google.dev/gemini-api/docs/imagen: `instances`/`parameters` out, each image's
+    `bytesBase64Encoded` back as OpenAI's b64_json; a filtered prediction is not an image."""
+    route = upstream.post(f"{UPSTREAM.url}/v1beta/models/imagen-4.0-generate-001:predict").respond(200, json={
+        "predictions": [{"mimeType": "image/png", "bytesBase64Encoded": "iVBORw0K"},
+                        {"raiFilteredReason": "filtered"}, {"mimeType": "image/png", "bytesBase64Encoded": "AAAA"}]})
+    result = await GeminiAdapter(client).images(
+        {"model": "alias", "prompt": "a cat", "n": 3, "size": "1792x1024", "quality": "hd"}, GEMINI)
+    assert sent_json(route) == {"instances": [{"prompt": "a cat"}], "parameters": {"sampleCount": 3, "aspectRatio": "16:9"}}
+    assert route.calls.last.request.headers["x-goog-api-key"] == "gm-test"
+    assert [item["b64_json"] for item in result.body["data"]] == ["iVBORw0K", "AAAA"]
+    assert result.units == Units(kind="image", count=Decimal(2), size="1792x1024", quality="hd")
+
+
+async def test_imagen_all_filtered_or_not_an_imagen_model(upstream, client):
+    upstream.post(f"{UPSTREAM.url}/v1beta/models/imagen-4.0-generate-001:predict").respond(200, json={})
+    with pytest.raises(ProviderError) as error:
+        await GeminiAdapter(client).images({"model": "a", "prompt": "x"}, GEMINI)
+    assert error.value.error_class == "content_filtered"
+    chat_model = dataclasses.replace(GEMINI, upstream_model="gemini-2.5-flash")
+    with pytest.raises(InvalidRequest):
+        await GeminiAdapter(client).images({"model": "a", "prompt": "x"}, chat_model)
 
 
 async def test_a_wire_format_without_the_endpoint_is_a_400(client):
