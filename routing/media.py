@@ -83,6 +83,7 @@ SPEECH = MediaKind(
     texts=lambda payload: [payload["input"]],
     with_texts=lambda payload, texts: {**payload, "input": texts[0]},
     worst=lambda payload: Units(kind="character", count=Decimal(len(payload["input"]))),
+    unfit=checks.speech_model_check,
 )
 
 MODERATIONS = MediaKind(

@@ -15,7 +15,14 @@ from decimal import Decimal
 import mutagen
 
 from kernel.errors import InvalidRequest
-from providers.adapters.gemini_media import IMAGEN_ASPECT_RATIOS, IMAGEN_MAX_IMAGES, IMAGEN_PREFIX
+from providers.adapters.gemini_media import (
+    GEMINI_SPEECH_FORMATS,
+    GEMINI_SPEECH_PREFIX,
+    GEMINI_VOICES,
+    IMAGEN_ASPECT_RATIOS,
+    IMAGEN_MAX_IMAGES,
+    IMAGEN_PREFIX,
+)
 from routing.validation import GATEWAY_FIELDS, _integer, _metadata, _model, _number, _reject_unknown, _routing, _string
 
 IMAGE_FIELDS = {
@@ -96,13 +103,36 @@ def image_model_check(payload: dict, upstream_model: str) -> InvalidRequest | No
     return None
 
 
+def speech_model_check(payload: dict, upstream_model: str) -> InvalidRequest | None:
+    """Why an upstream speech model cannot serve `payload`, as the 400 naming the parameter, or
+    None: a Gemini TTS model takes Gemini's voices, wav or pcm, and neither `speed` nor
+    `instructions` (providers/adapters/gemini_media.py); any other model OpenAI's voices."""
+    voice = payload.get("voice")
+    if not upstream_model.removeprefix("models/").startswith(GEMINI_SPEECH_PREFIX):
+        if voice not in VOICES:
+            return InvalidRequest(f"'voice' must be one of {', '.join(sorted(VOICES))} for {upstream_model}.",
+                                  param="voice")
+        return None
+    if voice not in GEMINI_VOICES:
+        return InvalidRequest(f"'voice' must be one of Gemini's voices ({', '.join(sorted(GEMINI_VOICES))}) "
+                              f"for {upstream_model}.", param="voice")
+    if payload.get("response_format") not in (None, *GEMINI_SPEECH_FORMATS):
+        return InvalidRequest(f"'response_format' must be wav or pcm for {upstream_model} (Gemini answers "
+                              "with PCM audio).", param="response_format")
+    for name in ("speed", "instructions"):
+        if payload.get(name) is not None and not (name == "speed" and payload[name] == 1):
+            return InvalidRequest(f"'{name}' is not supported by {upstream_model}; Gemini's speech is "
+                                  "steered by the text itself.", param=name)
+    return None
+
+
 def speech_request_validate(body: dict) -> dict:
     _reject_unknown(body, SPEECH_FIELDS)
     _model(body)
     _text(body, "input", max_length=MAX_SPEECH_CHARACTERS)
     if "voice" not in body:
         raise InvalidRequest("Missing required parameter: 'voice'.", param="voice", code="missing_required_parameter")
-    _choice(body, "voice", VOICES)
+    _choice(body, "voice", VOICES | GEMINI_VOICES)  # which model takes which: speech_model_check
     _choice(body, "response_format", SPEECH_FORMATS)
     _number(body, "speed", 0.25, 4.0)
     _string(body, "instructions", max_length=4096)

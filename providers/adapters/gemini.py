@@ -48,7 +48,17 @@ from providers.adapters.base import (
     Usage,
     usage_so_far,
 )
-from providers.adapters.gemini_media import IMAGEN_PREFIX, imagen_answer, imagen_body, imagen_images
+from providers.adapters.gemini_media import (
+    GEMINI_SPEECH_FORMATS,
+    IMAGEN_PREFIX,
+    audio_chunks,
+    imagen_answer,
+    imagen_body,
+    imagen_images,
+    speech_audio,
+    speech_body,
+    speech_pcm,
+)
 from providers.adapters.media import DEFAULT_IMAGE_SIZE
 from providers.transport import UpstreamResponse
 
@@ -229,6 +239,21 @@ class GeminiAdapter(Adapter):
         units = Units(kind="image", count=Decimal(len(images)), size=payload.get("size") or DEFAULT_IMAGE_SIZE,
                       quality=payload.get("quality") or "")
         return MediaResult(body=imagen_answer(images), units=units)
+
+    async def speech(self, payload: dict, target: Target) -> MediaResult:
+        """A TTS model's `generateContent` with the AUDIO modality (`gemini_media`): wav or pcm."""
+        answer_format = payload.get("response_format") or "wav"
+        request = UpstreamRequest(url=self._url(target, "generateContent"), json=speech_body(payload),
+                                  headers=self._headers(target))
+        data = await self._send_json(request, target)
+        self._raise_if_blocked(data, target)
+        found = speech_pcm(data)
+        if found is None:
+            raise self.malformed(target, "a speech answer (no audio)")
+        audio = speech_audio(*found, answer_format)
+        return MediaResult(chunks=audio_chunks(audio), content_type=GEMINI_SPEECH_FORMATS[answer_format],
+                           usage=_usage(data.get("usageMetadata")),
+                           units=Units(kind="character", count=Decimal(len(payload["input"]))))
 
     def error_details(self, status: int, data: object) -> tuple[str | None, str]:
         error = _error_object(data)

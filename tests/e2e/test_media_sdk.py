@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import wave
 from decimal import Decimal
 
@@ -63,6 +64,8 @@ providers:
     api_key: gm-e2e-media
     models:
       - {{alias: imagen-4, upstream: imagen-4.0-generate-001, mode: image, price_per_image: 0.04}}
+      - {{alias: gemini-tts, upstream: gemini-2.5-flash-preview-tts, mode: speech, input_price_per_million: 0.5,
+          output_price_per_million: 10}}
   - name: fake-tei
     type: tei
     api_base: http://127.0.0.1:{port}
@@ -236,6 +239,29 @@ def test_speech_streams_audio_and_bills_characters(client, media_stack):
     with pytest.raises(openai.BadRequestError) as error:
         client.audio.speech.create(model="tts-1", voice="robot", input="hi")
     assert error.value.body["param"] == "voice"
+
+
+def test_gemini_speech_as_wav_billed_in_tokens(client, media_stack):
+    """Gemini TTS behind OpenAI's speech endpoint: its PCM as a WAV, billed by its tokens."""
+    text = "Hello from Gemini."
+    with client.audio.speech.with_streaming_response.create(model="gemini-tts", voice="Kore", input=text) as response:
+        assert response.headers["content-type"] == "audio/wav"
+        audio = response.read()
+        request_id = response.headers["x-gateway-request-id"]
+    with wave.open(io.BytesIO(audio)) as parsed:
+        assert parsed.getframerate() == 24000
+        assert parsed.getnframes() / parsed.getframerate() == pytest.approx(len(text) * 0.06, rel=0.01)
+    endpoint, status, units, kind, cost, provider, *_ = record_of(media_stack, request_id)
+    assert (endpoint, status, units, kind, provider) == ("audio.speech", "success", len(text), "character", "fake-gemini")
+    [(prompt_tokens, completion_tokens)] = media_stack.wait_for_rows(
+        "SELECT prompt_tokens, completion_tokens FROM accounting_usagerecord WHERE request_id = %s", (request_id,), 1)
+    assert completion_tokens == math.ceil(len(text) * 0.06 * 32) and prompt_tokens > 0
+    assert cost == (Decimal(prompt_tokens) * Decimal("0.5") + Decimal(completion_tokens) * 10) / 1_000_000
+
+    for bad, param in (({"voice": "alloy"}, "voice"), ({"voice": "Kore", "response_format": "mp3"}, "response_format")):
+        with pytest.raises(openai.BadRequestError) as error:
+            client.audio.speech.create(model="gemini-tts", input="hi", **bad)
+        assert error.value.body["param"] == param
 
 
 def test_moderation(client, media_stack):

@@ -147,3 +147,23 @@ async def test_imagen_predict(fake):
     chat = await fake.post("/v1beta/models/gemini-2.5-flash:predict", headers=headers,
                            json={"instances": [{"prompt": "x"}]})
     assert chat.status_code == 404
+
+
+async def test_gemini_tts(fake):
+    """A Gemini TTS model's generateContent: 24 kHz PCM inline, audio tokens in usageMetadata;
+    Google's 400s for a wrong voice or a text modality."""
+    headers = {"x-goog-api-key": "gm"}
+    path = "/v1beta/models/gemini-2.5-flash-preview-tts:generateContent"
+    config = {"responseModalities": ["AUDIO"], "speechConfig": {"voiceConfig": {"prebuiltVoiceConfig": {"voiceName": "Puck"}}}}
+    answer = (await fake.post(path, headers=headers, json={"contents": [{"parts": [{"text": "Hello there"}]}],
+                                                          "generationConfig": config})).json()
+    [part] = answer["candidates"][0]["content"]["parts"]
+    assert part["inlineData"]["mimeType"] == "audio/L16;codec=pcm;rate=24000"
+    pcm = base64.b64decode(part["inlineData"]["data"])
+    assert len(pcm) == int(11 * 0.06 * 24000) * 2  # the fake's 0.06 s a character
+    assert answer["usageMetadata"]["candidatesTokenCount"] == 22  # 0.66 s at 32 tokens a second
+    for bad in ({**config, "speechConfig": {"voiceConfig": {"prebuiltVoiceConfig": {"voiceName": "alloy"}}}},
+                {"responseModalities": ["TEXT"]}):
+        refused = await fake.post(path, headers=headers, json={"contents": [{"parts": [{"text": "x"}]}],
+                                                               "generationConfig": bad})
+        assert refused.status_code == 400 and refused.json()["error"]["status"] == "INVALID_ARGUMENT"

@@ -6,7 +6,10 @@ https://docs.cohere.com/reference/rerank, https://jina.ai/reranker/."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import io
+import wave
 import email.parser
 import email.policy
 import json
@@ -221,6 +224,29 @@ async def test_imagen_all_filtered_or_not_an_imagen_model(upstream, client):
     chat_model = dataclasses.replace(GEMINI, upstream_model="gemini-2.5-flash")
     with pytest.raises(InvalidRequest):
         await GeminiAdapter(client).images({"model": "a", "prompt": "x"}, chat_model)
+
+
+async def test_gemini_tts_generate_content_audio(upstream, client):
+    """https://ai.google.dev/gemini-api/docs/speech-generation: the AUDIO modality and a prebuilt
+    voice out; the inline 24 kHz PCM back, as a WAV or as OpenAI's pcm; tokens as usage."""
+    pcm = bytes(range(256)) * 4
+    route = upstream.post(f"{UPSTREAM.url}/v1beta/models/gemini-2.5-flash-preview-tts:generateContent").respond(
+        200, json={"candidates": [{"content": {"role": "model", "parts": [{"inlineData": {
+            "mimeType": "audio/L16;codec=pcm;rate=24000", "data": base64.b64encode(pcm).decode()}}]},
+            "finishReason": "STOP"}], "usageMetadata": {"promptTokenCount": 4, "candidatesTokenCount": 16,
+                                                         "totalTokenCount": 20}})
+    tts = dataclasses.replace(GEMINI, upstream_model="gemini-2.5-flash-preview-tts")
+    result = await GeminiAdapter(client).speech({"model": "a", "input": "Hello there", "voice": "Kore"}, tts)
+    assert sent_json(route) == {"contents": [{"role": "user", "parts": [{"text": "Hello there"}]}], "generationConfig": {
+        "responseModalities": ["AUDIO"], "speechConfig": {"voiceConfig": {"prebuiltVoiceConfig": {"voiceName": "Kore"}}}}}
+    wav_file = b"".join([chunk async for chunk in result.chunks])
+    with wave.open(io.BytesIO(wav_file)) as audio:
+        assert (audio.getframerate(), audio.getsampwidth(), audio.readframes(10**6)) == (24000, 2, pcm)
+    assert result.content_type == "audio/wav"
+    assert result.usage == Usage(prompt_tokens=4, completion_tokens=16)
+    assert result.units == Units(kind="character", count=Decimal(11))
+    raw = await GeminiAdapter(client).speech({"model": "a", "input": "Hi", "voice": "Puck", "response_format": "pcm"}, tts)
+    assert b"".join([chunk async for chunk in raw.chunks]) == pcm and raw.content_type == "audio/pcm"
 
 
 async def test_a_wire_format_without_the_endpoint_is_a_400(client):
