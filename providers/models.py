@@ -68,7 +68,34 @@ class Provider(models.Model):
         return self.name
 
 
-class ProviderModel(models.Model):
+class UnitPrices(models.Model):
+    """Prices by the unit a provider bills besides tokens (docs/accounting.md); empty: not billed
+    so. A provider model's own, and each of its dated prices'."""
+
+    price_per_image = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True,
+        help_text="USD per generated image, for a size and quality not in image_prices.",
+    )
+    image_prices = models.JSONField(
+        default=dict, blank=True, validators=[image_prices_validate],
+        help_text='USD per image by size and quality, e.g. {"1024x1024": {"standard": 0.04, "hd": 0.08}}.',
+    )
+    price_per_audio_minute = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True, help_text="USD per minute of transcribed audio."
+    )
+    price_per_million_characters = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True, help_text="USD per million characters spoken."
+    )
+    price_per_thousand_searches = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True,
+        help_text="USD per thousand searches (a rerank of up to 100 documents is one search).",
+    )
+
+    class Meta:
+        abstract = True
+
+
+class ProviderModel(UnitPrices):
     """A model a provider serves, under the alias clients send, with its prices."""
 
     class Mode(models.TextChoices):
@@ -103,25 +130,6 @@ class ProviderModel(models.Model):
     cached_input_price_per_million = models.DecimalField(
         max_digits=12, decimal_places=6, null=True, blank=True,
         help_text="Price of prompt tokens served from the provider's cache; empty: the input price.",
-    )
-    # Prices by the unit a provider bills besides tokens (docs/accounting.md); empty: not billed so.
-    price_per_image = models.DecimalField(
-        max_digits=12, decimal_places=6, null=True, blank=True,
-        help_text="USD per generated image, for a size and quality not in image_prices.",
-    )
-    image_prices = models.JSONField(
-        default=dict, blank=True, validators=[image_prices_validate],
-        help_text='USD per image by size and quality, e.g. {"1024x1024": {"standard": 0.04, "hd": 0.08}}.',
-    )
-    price_per_audio_minute = models.DecimalField(
-        max_digits=12, decimal_places=6, null=True, blank=True, help_text="USD per minute of transcribed audio."
-    )
-    price_per_million_characters = models.DecimalField(
-        max_digits=12, decimal_places=6, null=True, blank=True, help_text="USD per million characters spoken."
-    )
-    price_per_thousand_searches = models.DecimalField(
-        max_digits=12, decimal_places=6, null=True, blank=True,
-        help_text="USD per thousand searches (a rerank of up to 100 documents is one search).",
     )
     context_window = models.PositiveIntegerField(null=True, blank=True)
     max_output_tokens = models.PositiveIntegerField(
@@ -180,7 +188,7 @@ class ProviderKey(models.Model):
         return crypto.decrypt(self.encrypted_secret)
 
 
-class ModelPrice(models.Model):
+class ModelPrice(UnitPrices):
     """A provider model's prices from a point in time on (USD per million tokens).
 
     The price in force for a request is the latest whose `effective_from` is not after the
@@ -195,25 +203,6 @@ class ModelPrice(models.Model):
     cached_input_price_per_million = models.DecimalField(
         max_digits=12, decimal_places=6, null=True, blank=True,
         help_text="Price of prompt tokens served from the provider's cache; empty: the input price.",
-    )
-    # Prices by the unit a provider bills besides tokens (docs/accounting.md); empty: not billed so.
-    price_per_image = models.DecimalField(
-        max_digits=12, decimal_places=6, null=True, blank=True,
-        help_text="USD per generated image, for a size and quality not in image_prices.",
-    )
-    image_prices = models.JSONField(
-        default=dict, blank=True, validators=[image_prices_validate],
-        help_text='USD per image by size and quality, e.g. {"1024x1024": {"standard": 0.04, "hd": 0.08}}.',
-    )
-    price_per_audio_minute = models.DecimalField(
-        max_digits=12, decimal_places=6, null=True, blank=True, help_text="USD per minute of transcribed audio."
-    )
-    price_per_million_characters = models.DecimalField(
-        max_digits=12, decimal_places=6, null=True, blank=True, help_text="USD per million characters spoken."
-    )
-    price_per_thousand_searches = models.DecimalField(
-        max_digits=12, decimal_places=6, null=True, blank=True,
-        help_text="USD per thousand searches (a rerank of up to 100 documents is one search).",
     )
     source = models.CharField(max_length=32, default="admin", help_text="admin, catalogue or import.")
     created_at = models.DateTimeField(auto_now_add=True)

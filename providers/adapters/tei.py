@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from providers.adapters.base import AudioUpload, MediaResult, Target, Units, UpstreamRequest
+from providers.adapters.base import Adapter, MediaResult, Target, Units, UpstreamRequest
 from providers.adapters.media import rerank_answer, rerank_results, searches
 from providers.adapters.openai import OpenAIAdapter
 
@@ -36,17 +36,11 @@ class TEIAdapter(OpenAIAdapter):
     def text_completion_request(self, payload: dict, legacy: dict, target: Target) -> UpstreamRequest:
         raise self.not_served(target, "text completions")
 
-    async def images(self, payload: dict, target: Target) -> MediaResult:
-        raise self.not_served(target, "image generation")
-
-    async def transcription(self, upload: AudioUpload, target: Target, *, translate: bool) -> MediaResult:
-        raise self.not_served(target, "audio transcription")
-
-    async def speech(self, payload: dict, target: Target) -> MediaResult:
-        raise self.not_served(target, "text to speech")
-
-    async def moderations(self, payload: dict, target: Target) -> MediaResult:
-        raise self.not_served(target, "moderation")
+    # The media OpenAI serves and TEI does not: the base adapter's refusal, not OpenAI's call.
+    images = Adapter.images
+    transcription = Adapter.transcription
+    speech = Adapter.speech
+    moderations = Adapter.moderations
 
     async def rerank(self, payload: dict, target: Target) -> MediaResult:
         body = {"query": payload["query"], "texts": payload["documents"], "raw_scores": False, "return_text": False}
