@@ -2,37 +2,12 @@
 (`accounting.UsageRecordChange`), as every other gateway model; they are written with the
 correction itself (`accounting.services.usage_record_correct`), so they stay read-only."""
 
-from django.apps import apps as global_apps
-from django.contrib.auth.management import create_permissions
 from django.db import migrations
 
-VIEWERS = "Gateway viewers"
-OPERATORS = "Gateway operators"
-VIEWED = {"accounting": ["usagerecordchange"]}
+from operators.role_grants import ViewGrant
 
-
-def roles_extend(apps, schema_editor) -> None:
-    alias = schema_editor.connection.alias
-    for label in VIEWED:  # permissions are made by post_migrate, after every migration: now, here
-        create_permissions(global_apps.get_app_config(label), verbosity=0, using=alias, apps=apps)
-    permissions = apps.get_model("auth", "Permission").objects.using(alias)
-    viewed = [
-        permissions.get(content_type__app_label=app, codename=f"view_{model}")
-        for app, models in VIEWED.items() for model in models
-    ]
-    for group in apps.get_model("auth", "Group").objects.using(alias).filter(name__in=[VIEWERS, OPERATORS]):
-        group.permissions.add(*viewed)
-
-
-def roles_narrow(apps, schema_editor) -> None:
-    permissions = apps.get_model("auth", "Permission").objects.using(schema_editor.connection.alias)
-    viewed = permissions.filter(
-        content_type__app_label="accounting", codename__in=[f"view_{m}" for m in VIEWED["accounting"]]
-    )
-    for group in apps.get_model("auth", "Group").objects.using(schema_editor.connection.alias).filter(
-        name__in=[VIEWERS, OPERATORS]
-    ):
-        group.permissions.remove(*viewed)
+GRANT = ViewGrant({"accounting": ["usagerecordchange"]})
+roles_extend, roles_narrow = GRANT.extend, GRANT.narrow
 
 
 class Migration(migrations.Migration):
