@@ -1,0 +1,138 @@
+"""UsageRecord's table becomes partitioned by month on PostgreSQL (accounting.partitions).
+
+SQLite keeps one table: the steps below run only on PostgreSQL. The conversion keeps the table
+readable throughout and writable until its last step (docs/deployment.md, "Partitioned records"):
+
+1. a partitioned copy (`accounting_usagerecord_p`) is made with the same columns, checks, foreign
+   keys and indexes, PRIMARY KEY (id, created_at) and UNIQUE (request_id, created_at), a partition
+   per month from the oldest record's to two months ahead, and a default partition;
+2. the records are copied into it in batches of `BATCH` ids, each its own transaction, while the
+   gateway goes on reading and writing the old table;
+3. one short transaction locks the old table against writes (reads go on), copies the records
+   written since and again the ones corrected since (every correction writes a UsageRecordChange
+   in its transaction), moves the id sequence on, swaps the names and drops the old table.
+
+The migration is not atomic: a failure between batches leaves the copy behind, and running the
+migration again starts it afresh.
+"""
+
+import re
+
+from django.db import migrations
+
+TABLE = "accounting_usagerecord"
+NEW = f"{TABLE}_p"
+BATCH = 50_000
+
+
+def _month_add(month, count):
+    index = month.year * 12 + month.month - 1 + count
+    return month.replace(year=index // 12, month=index % 12 + 1)
+
+
+def partition(apps, schema_editor):
+    connection = schema_editor.connection
+    if connection.vendor != "postgresql":
+        return
+    from datetime import timezone as dt_timezone
+
+    from django.utils import timezone
+
+    q = connection.ops.quote_name
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", [TABLE])
+        if cursor.fetchone()[0] == "p":
+            return
+        cursor.execute(f"DROP TABLE IF EXISTS {q(NEW)} CASCADE")
+        cursor.execute(
+            f"CREATE TABLE {q(NEW)} (LIKE {q(TABLE)} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+            " PARTITION BY RANGE (created_at)"
+        )
+        # PostgreSQL before 17 has no identity column on a partitioned table: a sequence of its own.
+        cursor.execute(f"CREATE SEQUENCE {q(NEW + '_id_seq')} OWNED BY {q(NEW)}.id")
+        cursor.execute(f"ALTER TABLE {q(NEW)} ALTER COLUMN id SET DEFAULT nextval(%s)", [NEW + "_id_seq"])
+        cursor.execute(f"ALTER TABLE {q(NEW)} ADD CONSTRAINT {q(NEW + '_pkey')} PRIMARY KEY (id, created_at)")
+        renames = [(NEW + "_pkey", TABLE + "_pkey")]
+        cursor.execute(
+            "SELECT conname, contype, pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE conrelid = to_regclass(%s) AND contype IN ('u', 'f')", [TABLE],
+        )
+        for name, kind, definition in cursor.fetchall():
+            # A unique constraint's index is named for it, schema-wide: the copy's gets a new name.
+            new_name = name + "_p" if kind == "u" else name
+            cursor.execute(f"ALTER TABLE {q(NEW)} ADD CONSTRAINT {q(new_name)} {definition}")
+            if kind == "u":
+                renames.append((new_name, name))
+        cursor.execute(
+            "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " WHERE i.indrelid = to_regclass(%s) AND NOT EXISTS"
+            " (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)", [TABLE],
+        )
+        indexes = []
+        for name, definition in cursor.fetchall():
+            match = re.match(r"CREATE (UNIQUE )?INDEX (\S+) ON (\S+) (.*)$", definition)
+            cursor.execute(f"CREATE {match[1] or ''}INDEX {q(name + '_p')} ON {q(NEW)} {match[4]}")
+            indexes.append((name + "_p", name))
+        cursor.execute(f"SELECT min(created_at), coalesce(max(id), 0) FROM {q(TABLE)}")
+        oldest, last = cursor.fetchone()
+        now = timezone.now().astimezone(dt_timezone.utc)
+        month = (oldest or now).astimezone(dt_timezone.utc).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        until = _month_add(now.replace(day=1, hour=0, minute=0, second=0, microsecond=0), 3)
+        while month < until:
+            cursor.execute(
+                f"CREATE TABLE {q(f'{TABLE}_{month:%Y_%m}')} PARTITION OF {q(NEW)} FOR VALUES FROM (%s) TO (%s)",
+                [month, _month_add(month, 1)],
+            )
+            month = _month_add(month, 1)
+        cursor.execute(f"CREATE TABLE {q(TABLE + '_default')} PARTITION OF {q(NEW)} DEFAULT")
+        cursor.execute("SELECT coalesce(max(id), 0) FROM accounting_usagerecordchange")
+        changes_seen = cursor.fetchone()[0]
+        copied = 0
+        while copied < last:  # autocommit: each batch its own transaction
+            cursor.execute(
+                f"INSERT INTO {q(NEW)} SELECT * FROM {q(TABLE)} WHERE id > %s AND id <= %s",
+                [copied, copied + BATCH],
+            )
+            copied += BATCH
+
+    with connection.cursor() as cursor, _atomic(connection):
+        cursor.execute(f"LOCK TABLE {q(TABLE)} IN EXCLUSIVE MODE")
+        cursor.execute(f"INSERT INTO {q(NEW)} SELECT * FROM {q(TABLE)} WHERE id > %s", [copied])
+        corrected = (
+            "SELECT record_id FROM accounting_usagerecordchange WHERE id > %s AND record_id <= %s"
+        )
+        cursor.execute(f"DELETE FROM {q(NEW)} WHERE id IN ({corrected})", [changes_seen, copied])
+        cursor.execute(
+            f"INSERT INTO {q(NEW)} SELECT * FROM {q(TABLE)} WHERE id IN ({corrected})", [changes_seen, copied]
+        )
+        cursor.execute("SELECT pg_get_serial_sequence(%s, 'id')", [TABLE])
+        (sequence,) = cursor.fetchone()
+        cursor.execute(f"SELECT last_value, is_called FROM {sequence}")
+        value, called = cursor.fetchone()
+        cursor.execute("SELECT setval(%s, %s, %s)", [NEW + "_id_seq", value, called])
+        cursor.execute(f"DROP TABLE {q(TABLE)}")
+        cursor.execute(f"ALTER TABLE {q(NEW)} RENAME TO {q(TABLE)}")
+        cursor.execute(f"ALTER SEQUENCE {q(NEW + '_id_seq')} RENAME TO {q(TABLE + '_id_seq')}")
+        for old, new in renames:
+            cursor.execute(f"ALTER TABLE {q(TABLE)} RENAME CONSTRAINT {q(old)} TO {q(new)}")
+        for old, new in indexes:
+            cursor.execute(f"ALTER INDEX {q(old)} RENAME TO {q(new)}")
+
+
+def _atomic(connection):
+    from django.db import transaction
+
+    return transaction.atomic(using=connection.alias)
+
+
+class Migration(migrations.Migration):
+    atomic = False
+
+    dependencies = [
+        ("accounting", "0013_usage_request_once"),
+        ("feedback", "0005_usage_record_without_db_constraint"),
+    ]
+
+    operations = [
+        migrations.RunPython(partition, migrations.RunPython.noop, elidable=False),
+    ]
