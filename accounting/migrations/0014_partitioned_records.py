@@ -31,27 +31,32 @@ def _month_add(month, count):
 
 
 def partition(apps, schema_editor):
-    connection = schema_editor.connection
-    if connection.vendor != "postgresql":
-        return
-    from datetime import timezone as dt_timezone
+    if schema_editor.connection.vendor == "postgresql":
+        _rebuild(schema_editor.connection, partitioned=True)
 
-    from django.utils import timezone
 
+def unpartition(apps, schema_editor):
+    """Back to one table (PRIMARY KEY (id)), the same way."""
+    if schema_editor.connection.vendor == "postgresql":
+        _rebuild(schema_editor.connection, partitioned=False)
+
+
+def _rebuild(connection, *, partitioned: bool):
     q = connection.ops.quote_name
     with connection.cursor() as cursor:
         cursor.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", [TABLE])
-        if cursor.fetchone()[0] == "p":
+        if cursor.fetchone()[0] == ("p" if partitioned else "r"):
             return
         cursor.execute(f"DROP TABLE IF EXISTS {q(NEW)} CASCADE")
         cursor.execute(
             f"CREATE TABLE {q(NEW)} (LIKE {q(TABLE)} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
-            " PARTITION BY RANGE (created_at)"
+            + (" PARTITION BY RANGE (created_at)" if partitioned else "")
         )
         # PostgreSQL before 17 has no identity column on a partitioned table: a sequence of its own.
         cursor.execute(f"CREATE SEQUENCE {q(NEW + '_id_seq')} OWNED BY {q(NEW)}.id")
         cursor.execute(f"ALTER TABLE {q(NEW)} ALTER COLUMN id SET DEFAULT nextval(%s)", [NEW + "_id_seq"])
-        cursor.execute(f"ALTER TABLE {q(NEW)} ADD CONSTRAINT {q(NEW + '_pkey')} PRIMARY KEY (id, created_at)")
+        key = "id, created_at" if partitioned else "id"
+        cursor.execute(f"ALTER TABLE {q(NEW)} ADD CONSTRAINT {q(NEW + '_pkey')} PRIMARY KEY ({key})")
         renames = [(NEW + "_pkey", TABLE + "_pkey")]
         cursor.execute(
             "SELECT conname, contype, pg_get_constraintdef(oid) FROM pg_constraint"
@@ -70,21 +75,13 @@ def partition(apps, schema_editor):
         )
         indexes = []
         for name, definition in cursor.fetchall():
-            match = re.match(r"CREATE (UNIQUE )?INDEX (\S+) ON (\S+) (.*)$", definition)
+            match = re.match(r"CREATE (UNIQUE )?INDEX (\S+) ON (?:ONLY )?(\S+) (.*)$", definition)
             cursor.execute(f"CREATE {match[1] or ''}INDEX {q(name + '_p')} ON {q(NEW)} {match[4]}")
             indexes.append((name + "_p", name))
         cursor.execute(f"SELECT min(created_at), coalesce(max(id), 0) FROM {q(TABLE)}")
         oldest, last = cursor.fetchone()
-        now = timezone.now().astimezone(dt_timezone.utc)
-        month = (oldest or now).astimezone(dt_timezone.utc).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        until = _month_add(now.replace(day=1, hour=0, minute=0, second=0, microsecond=0), 3)
-        while month < until:
-            cursor.execute(
-                f"CREATE TABLE {q(f'{TABLE}_{month:%Y_%m}')} PARTITION OF {q(NEW)} FOR VALUES FROM (%s) TO (%s)",
-                [month, _month_add(month, 1)],
-            )
-            month = _month_add(month, 1)
-        cursor.execute(f"CREATE TABLE {q(TABLE + '_default')} PARTITION OF {q(NEW)} DEFAULT")
+        if partitioned:
+            _partitions_create(cursor, q, oldest)
         cursor.execute("SELECT coalesce(max(id), 0) FROM accounting_usagerecordchange")
         changes_seen = cursor.fetchone()[0]
         copied = 0
@@ -117,6 +114,27 @@ def partition(apps, schema_editor):
             cursor.execute(f"ALTER TABLE {q(TABLE)} RENAME CONSTRAINT {q(old)} TO {q(new)}")
         for old, new in indexes:
             cursor.execute(f"ALTER INDEX {q(old)} RENAME TO {q(new)}")
+    with connection.cursor() as cursor:
+        # Autovacuum analyzes partitions, never a partitioned table itself: its statistics once here.
+        cursor.execute(f"ANALYZE {q(TABLE)}")
+
+
+def _partitions_create(cursor, q, oldest):
+    """A partition per month from the oldest record's to two months ahead, and the default."""
+    from datetime import timezone as dt_timezone
+
+    from django.utils import timezone
+
+    now = timezone.now().astimezone(dt_timezone.utc)
+    month = (oldest or now).astimezone(dt_timezone.utc).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    until = _month_add(now.replace(day=1, hour=0, minute=0, second=0, microsecond=0), 3)
+    while month < until:
+        cursor.execute(
+            f"CREATE TABLE {q(f'{TABLE}_{month:%Y_%m}')} PARTITION OF {q(NEW)} FOR VALUES FROM (%s) TO (%s)",
+            [month, _month_add(month, 1)],
+        )
+        month = _month_add(month, 1)
+    cursor.execute(f"CREATE TABLE {q(TABLE + '_default')} PARTITION OF {q(NEW)} DEFAULT")
 
 
 def _atomic(connection):
@@ -134,5 +152,5 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.RunPython(partition, migrations.RunPython.noop, elidable=False),
+        migrations.RunPython(partition, unpartition, elidable=False),
     ]

@@ -148,3 +148,25 @@ def test_a_record_is_written_once_by_its_retry_and_by_the_journal_replay(setting
     journal.release()
     assert async_to_sync(replay_async)() == 0
     assert UsageRecord.objects.filter(request_id=fields["request_id"]).count() == 1
+
+
+def test_the_migration_converts_a_filled_table_and_back():
+    """accounting 0014 on a table that holds records (the path of an existing deployment): the
+    records, their ids, corrections and the sequence carry over; its reverse gives one table back."""
+    from django.db.migrations.executor import MigrationExecutor
+
+    tenant = tenant_create(slug="converted")
+    executor = MigrationExecutor(connection)
+    executor.migrate([("accounting", "0013_usage_request_once")])
+    assert not partitioned()
+    start = datetime.now(timezone.utc) - timedelta(days=40)
+    records = [record(tenant, start + timedelta(days=day)) for day in range(0, 40, 3)]
+    Feedback.objects.create(tenant=tenant, usage_record=records[0], response_id="r0", rating=1)
+
+    executor = MigrationExecutor(connection)
+    executor.migrate(executor.loader.graph.leaf_nodes())
+    assert partitioned()
+    assert sorted(UsageRecord.objects.filter(tenant=tenant).values_list("pk", flat=True)) == [r.pk for r in records]
+    assert where(records[0].pk) == f"{TABLE}_{start:%Y_%m}" and where(records[-1].pk) == f"{TABLE}_{records[-1].created_at:%Y_%m}"
+    assert Feedback.objects.get(response_id="r0").usage_record == records[0]
+    assert record(tenant, datetime.now(timezone.utc)).pk == records[-1].pk + 1  # the sequence carried on
