@@ -368,6 +368,13 @@ SPECTACULAR_SETTINGS = {
         "ListObjectEnum": ["list"],
         "ModelObjectEnum": ["model"],
         "UsageObjectEnum": ["usage"],
+        "TextCompletionObjectEnum": ["text_completion"],
+        "ResponseObjectEnum": ["response"],
+        "ResponseInputTokensObjectEnum": ["response.input_tokens"],
+        "FeedbackObjectEnum": ["feedback"],
+        "FileObjectEnum": ["file"],
+        "BatchObjectEnum": ["batch"],  # a batch's `object`, and the one purpose an upload takes
+        "FilePurposeEnum": ["batch", "batch_output"],
     },
 }
 

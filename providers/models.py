@@ -36,6 +36,7 @@ class Provider(models.Model):
         GEMINI = "gemini", "Google Gemini"
         COHERE = "cohere", "Cohere v2"
         AZURE = "azure", "Azure OpenAI"
+        TEI = "tei", "Hugging Face TEI (rerank, embeddings)"
 
     name = models.SlugField(max_length=64, unique=True)
     type = models.CharField(max_length=32, choices=WireType.choices, default=WireType.OPENAI)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
+from kernel.errors import InvalidRequest
 from providers.adapters import Adapter, MediaResult, Target, Units
 from providers.adapters.media import DEFAULT_IMAGE_SIZE, searches
 from routing import media_validation as checks
@@ -27,8 +28,8 @@ class MediaKind:
     texts: Callable[[dict], list[str]] = lambda payload: []
     with_texts: Callable[[dict, list[str]], dict] = lambda payload, texts: payload
     worst: Callable[[dict], Units | None] = lambda payload: None
-    unfit: Callable[[dict, str], str | None] = lambda payload, upstream_model: None  # why a model cannot serve it
-    unfit_param: str = "model"
+    # Why a model cannot serve the request: the 400 naming the parameter, or None.
+    unfit: Callable[[dict, str], InvalidRequest | None] = lambda payload, upstream_model: None
 
 
 def _input_texts(payload: dict) -> list[str]:
@@ -51,7 +52,7 @@ def _image_worst(payload: dict) -> Units:
                  quality=payload.get("quality") or "")
 
 
-def _image_unfit(payload: dict, upstream_model: str) -> str | None:
+def _image_unfit(payload: dict, upstream_model: str) -> InvalidRequest | None:
     return checks.image_model_check(payload, upstream_model)
 
 
@@ -60,7 +61,7 @@ IMAGES = MediaKind(
     send=lambda adapter, payload, target: adapter.images(payload, target),
     texts=lambda payload: [payload["prompt"]],
     with_texts=lambda payload, texts: {**payload, "prompt": texts[0]},
-    worst=_image_worst, unfit=_image_unfit, unfit_param="n",
+    worst=_image_worst, unfit=_image_unfit,
 )
 
 
@@ -82,6 +83,7 @@ SPEECH = MediaKind(
     texts=lambda payload: [payload["input"]],
     with_texts=lambda payload, texts: {**payload, "input": texts[0]},
     worst=lambda payload: Units(kind="character", count=Decimal(len(payload["input"]))),
+    unfit=checks.speech_model_check,
 )
 
 MODERATIONS = MediaKind(

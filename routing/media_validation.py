@@ -15,6 +15,14 @@ from decimal import Decimal
 import mutagen
 
 from kernel.errors import InvalidRequest
+from providers.adapters.gemini_media import (
+    GEMINI_SPEECH_FORMATS,
+    GEMINI_SPEECH_PREFIX,
+    GEMINI_VOICES,
+    IMAGEN_ASPECT_RATIOS,
+    IMAGEN_MAX_IMAGES,
+    IMAGEN_PREFIX,
+)
 from routing.validation import GATEWAY_FIELDS, _integer, _metadata, _model, _number, _reject_unknown, _routing, _string
 
 IMAGE_FIELDS = {
@@ -29,7 +37,11 @@ IMAGE_MODELS = {
     "dall-e-2": (10, {"256x256", "512x512", "1024x1024"}),
     "dall-e-3": (1, {"1024x1024", "1792x1024", "1024x1792"}),
     "gpt-image-1": (10, {"1024x1024", "1536x1024", "1024x1536", "auto"}),
+    # Gemini's Imagen models (providers/adapters/gemini_media.py): the sizes of its aspect ratios.
+    IMAGEN_PREFIX: (IMAGEN_MAX_IMAGES, set(IMAGEN_ASPECT_RATIOS)),
 }
+# The models that answer only in b64_json (Imagen gives the image's bytes, no URL).
+BYTES_ONLY_IMAGE_MODELS = {IMAGEN_PREFIX}
 DEFAULT_IMAGE_SIZE = "1024x1024"
 
 SPEECH_FIELDS = {"model", "input", "voice", "response_format", "speed", "instructions", "stream_format"} | GATEWAY_FIELDS
@@ -72,17 +84,45 @@ def images_request_validate(body: dict) -> dict:
     return _forwarded(body)
 
 
-def image_model_check(payload: dict, upstream_model: str) -> str | None:
+def image_model_check(payload: dict, upstream_model: str) -> InvalidRequest | None:
     """Why an upstream image model cannot serve `payload` (`n` past its maximum, a size it does
-    not make), or None; a model not listed in `IMAGE_MODELS` takes what the endpoint takes."""
+    not make, a URL from a model that answers with bytes), as the 400 naming the parameter, or
+    None; a model not listed in `IMAGE_MODELS` takes what the endpoint takes."""
+    upstream_model = upstream_model.removeprefix("models/")  # Gemini's spelling
     family = next((name for name in IMAGE_MODELS if upstream_model.startswith(name)), None)
     if family is None:
         return None
     most, sizes = IMAGE_MODELS[family]
     if (payload.get("n") or 1) > most:
-        return f"'n' must be at most {most} for {family}."
+        return InvalidRequest(f"'n' must be at most {most} for {family}.", param="n")
     if payload.get("size") and payload["size"] not in sizes:
-        return f"'size' must be one of {', '.join(sorted(sizes))} for {family}."
+        return InvalidRequest(f"'size' must be one of {', '.join(sorted(sizes))} for {family}.", param="size")
+    if family in BYTES_ONLY_IMAGE_MODELS and payload.get("response_format") == "url":
+        return InvalidRequest(f"'response_format' must be b64_json for {family} models (they answer with "
+                              "the image's bytes).", param="response_format")
+    return None
+
+
+def speech_model_check(payload: dict, upstream_model: str) -> InvalidRequest | None:
+    """Why an upstream speech model cannot serve `payload`, as the 400 naming the parameter, or
+    None: a Gemini TTS model takes Gemini's voices, wav or pcm, and neither `speed` nor
+    `instructions` (providers/adapters/gemini_media.py); any other model OpenAI's voices."""
+    voice = payload.get("voice")
+    if not upstream_model.removeprefix("models/").startswith(GEMINI_SPEECH_PREFIX):
+        if voice not in VOICES:
+            return InvalidRequest(f"'voice' must be one of {', '.join(sorted(VOICES))} for {upstream_model}.",
+                                  param="voice")
+        return None
+    if voice not in GEMINI_VOICES:
+        return InvalidRequest(f"'voice' must be one of Gemini's voices ({', '.join(sorted(GEMINI_VOICES))}) "
+                              f"for {upstream_model}.", param="voice")
+    if payload.get("response_format") not in (None, *GEMINI_SPEECH_FORMATS):
+        return InvalidRequest(f"'response_format' must be wav or pcm for {upstream_model} (Gemini answers "
+                              "with PCM audio).", param="response_format")
+    for name in ("speed", "instructions"):
+        if payload.get(name) is not None and not (name == "speed" and payload[name] == 1):
+            return InvalidRequest(f"'{name}' is not supported by {upstream_model}; Gemini's speech is "
+                                  "steered by the text itself.", param=name)
     return None
 
 
@@ -92,7 +132,7 @@ def speech_request_validate(body: dict) -> dict:
     _text(body, "input", max_length=MAX_SPEECH_CHARACTERS)
     if "voice" not in body:
         raise InvalidRequest("Missing required parameter: 'voice'.", param="voice", code="missing_required_parameter")
-    _choice(body, "voice", VOICES)
+    _choice(body, "voice", VOICES | GEMINI_VOICES)  # which model takes which: speech_model_check
     _choice(body, "response_format", SPEECH_FORMATS)
     _number(body, "speed", 0.25, 4.0)
     _string(body, "instructions", max_length=4096)

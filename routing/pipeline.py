@@ -346,7 +346,7 @@ async def _binary_relay(call: Call, chunks: AsyncIterator[bytes]) -> AsyncIterat
 
 def _media_fit(call: Call) -> None:
     """Only the deployments whose model can serve the request (an image model's most images and
-    its sizes); a 400 naming the parameter when none is left."""
+    its sizes, a speech model's voices and formats); the 400 naming the parameter when none is left."""
     why = None
     able = []
     for deployment in call.plan.deployments:
@@ -356,7 +356,7 @@ def _media_fit(call: Call) -> None:
         else:
             why = why or problem
     if not able:
-        raise InvalidRequest(why, param=call.media.unfit_param)
+        raise why
     call.plan.deployments = able
 
 

@@ -16,6 +16,7 @@ from providers.adapters.base import (
 from providers.adapters.cohere import CohereAdapter
 from providers.adapters.gemini import GeminiAdapter
 from providers.adapters.openai import OpenAIAdapter
+from providers.adapters.tei import TEIAdapter
 
 ADAPTERS: dict[str, type[Adapter]] = {
     "openai": OpenAIAdapter,
@@ -23,6 +24,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
     "cohere": CohereAdapter,
     "azure": AzureOpenAIAdapter,
     "gemini": GeminiAdapter,
+    "tei": TEIAdapter,
 }
 
 __all__ = [

@@ -29,6 +29,7 @@ import mimetypes
 import re
 import struct
 import time
+from decimal import Decimal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -39,12 +40,26 @@ from providers.adapters.base import (
     USAGE_SO_FAR,
     Adapter,
     ChatResult,
+    MediaResult,
     SSEEvent,
     Target,
+    Units,
     UpstreamRequest,
     Usage,
     usage_so_far,
 )
+from providers.adapters.gemini_media import (
+    GEMINI_SPEECH_FORMATS,
+    IMAGEN_PREFIX,
+    audio_chunks,
+    imagen_answer,
+    imagen_body,
+    imagen_images,
+    speech_audio,
+    speech_body,
+    speech_pcm,
+)
+from providers.adapters.media import DEFAULT_IMAGE_SIZE
 from providers.transport import UpstreamResponse
 
 API_VERSION = "v1beta"
@@ -208,6 +223,37 @@ class GeminiAdapter(Adapter):
             for item in result.body["data"]:
                 item["embedding"] = _base64_floats(item["embedding"])
         return result
+
+    async def images(self, payload: dict, target: Target) -> MediaResult:
+        """Imagen's `:predict` (`gemini_media`), answered in OpenAI's images shape."""
+        if not target.upstream_model.removeprefix("models/").startswith(IMAGEN_PREFIX):
+            raise self.not_served(target, "image generation with this model (Imagen models do)")
+        request = UpstreamRequest(url=self._url(target, "predict"), json=imagen_body(payload),
+                                  headers=self._headers(target))
+        images = imagen_images(await self._send_json(request, target))
+        if images is None:
+            raise self.malformed(target, "an Imagen answer (no predictions)")
+        if not images:
+            raise ProviderError(f"Provider '{target.provider_name}' filtered every image of the request.",
+                                error_class="content_filtered", provider=target.provider_name)
+        units = Units(kind="image", count=Decimal(len(images)), size=payload.get("size") or DEFAULT_IMAGE_SIZE,
+                      quality=payload.get("quality") or "")
+        return MediaResult(body=imagen_answer(images), units=units)
+
+    async def speech(self, payload: dict, target: Target) -> MediaResult:
+        """A TTS model's `generateContent` with the AUDIO modality (`gemini_media`): wav or pcm."""
+        answer_format = payload.get("response_format") or "wav"
+        request = UpstreamRequest(url=self._url(target, "generateContent"), json=speech_body(payload),
+                                  headers=self._headers(target))
+        data = await self._send_json(request, target)
+        self._raise_if_blocked(data, target)
+        found = speech_pcm(data)
+        if found is None:
+            raise self.malformed(target, "a speech answer (no audio)")
+        audio = speech_audio(*found, answer_format)
+        return MediaResult(chunks=audio_chunks(audio), content_type=GEMINI_SPEECH_FORMATS[answer_format],
+                           usage=_usage(data.get("usageMetadata")),
+                           units=Units(kind="character", count=Decimal(len(payload["input"]))))
 
     def error_details(self, status: int, data: object) -> tuple[str | None, str]:
         error = _error_object(data)

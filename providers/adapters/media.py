@@ -2,7 +2,7 @@
 transcription or rerank billed, and the rerank answer in Cohere's shape.
 
 A rerank answer leaves the gateway in Cohere's v2 shape whatever answered it (Cohere itself, or an
-OpenAI-compatible rerank server: Jina, vLLM, Hugging Face TEI's `/v1/rerank` route):
+OpenAI-compatible rerank server: Jina, vLLM; Hugging Face TEI's native `/rerank`):
 `{"id", "results": [{"index", "relevance_score"}], "meta": {"billed_units": {"search_units"}}}`.
 A search is Cohere's billing unit: one query over up to 100 documents
 (https://docs.cohere.com/docs/how-does-cohere-pricing-work).

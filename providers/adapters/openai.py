@@ -4,7 +4,7 @@ Covers OpenAI itself and the compatible family reached through `api_base` (Mistr
 Groq, Together, vLLM, Ollama). Requests pass through with the upstream model id swapped in; legacy text completions for a
 completion model go to `/completions` (`providers/adapters/text_completions.py`).
 Also OpenAI's media endpoints (images, audio, moderations) and the rerank route of
-OpenAI-compatible rerank servers (Jina, vLLM, Hugging Face TEI: `{api_base}/rerank`).
+OpenAI-compatible rerank servers (Jina, vLLM: `{api_base}/rerank`; TEI's own shape is `tei.py`'s).
 
 Reference: https://platform.openai.com/docs/api-reference/chat,
 https://platform.openai.com/docs/api-reference/images, https://platform.openai.com/docs/api-reference/audio,
@@ -201,8 +201,8 @@ class OpenAIAdapter(Adapter):
         return MediaResult(body=data)
 
     async def rerank(self, payload: dict, target: Target) -> MediaResult:
-        """Jina's and vLLM's `POST /rerank` (`query`, `documents`, `top_n`); TEI answers the same
-        on its `/v1/rerank`-compatible route. Results become Cohere's (`media.rerank_results`)."""
+        """Jina's and vLLM's `POST /rerank` (`query`, `documents`, `top_n`); results become
+        Cohere's (`media.rerank_results`). TEI's native shape is the `tei` type's (`tei.py`)."""
         body = {"model": target.upstream_model, "query": payload["query"], "documents": payload["documents"]}
         if payload.get("top_n") is not None:
             body["top_n"] = payload["top_n"]

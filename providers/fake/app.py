@@ -210,6 +210,7 @@ ROUTES: dict[tuple[str, str], Handler] = {
     ("POST", "/v1/audio/speech"): media.speech,
     ("POST", "/v1/moderations"): media.moderations,
     ("POST", "/v1/rerank"): media.rerank(version=1),
+    ("POST", "/rerank"): media.tei_rerank,
     ("GET", "/_fake/stats"): _stats,
     ("POST", "/_fake/reset"): _reset,
     ("GET", "/_fake/ledger"): _ledger_get,

@@ -1,5 +1,5 @@
 """Google's Gemini dialect: generateContent (plain and `alt=sse` streams), embedContent,
-batchEmbedContents, the model list, and google.rpc errors.
+batchEmbedContents, Imagen's `predict`, TTS models' audio, the model list, and google.rpc errors.
 
 Gemini's paths carry the model and the method (`/v1beta/models/{model}:generateContent`), and a
 stream is asked for by the method rather than by the body, so its endpoints are handlers of their
@@ -8,13 +8,16 @@ and faults are `respond`'s, shared with every dialect.
 
 References: https://ai.google.dev/api/generate-content, https://ai.google.dev/api/embeddings,
 https://ai.google.dev/gemini-api/docs/troubleshooting (errors),
-https://ai.google.dev/gemini-api/docs/thought-signatures
+https://ai.google.dev/gemini-api/docs/thought-signatures, https://ai.google.dev/gemini-api/docs/imagen,
+https://ai.google.dev/gemini-api/docs/speech-generation
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import math
 import re
 
 from providers.fake import respond
@@ -37,6 +40,7 @@ from providers.fake.dialect import (
 from providers.fake.directives import directive_build, directive_extract
 from providers.fake.errors import ApiError
 from providers.fake.exchange import Exchange
+from providers.fake.media import SPEECH_RATE, image_png, speech_audio
 from providers.fake.tools import tool_arguments, tool_choose
 
 CONTEXT_WINDOW = 1_048_576
@@ -349,6 +353,9 @@ async def _generate(
     if stream and ex.query.get("alt") != "sse":
         raise ApiError(400, "The fake streams Gemini answers only as server-sent events: add "
                        "?alt=sse to streamGenerateContent.")
+    if "-tts" in ex.params["model"]:
+        await _speak(ex=ex, settings=settings, dialect=dialect, body=respond.json_body(ex=ex))
+        return
     request = dialect.parse(body=respond.json_body(ex=ex),
                             header_directive=ex.headers.get("x-fake-directive", ""),
                             server_directive=settings.directive, model=ex.params["model"],
@@ -428,6 +435,100 @@ async def _models(
 
 
 GEMINI = GeminiDialect()
+# Imagen through the Gemini API (https://ai.google.dev/gemini-api/docs/imagen): `:predict` with
+# `instances` (one prompt) and `parameters`; each image comes back as `bytesBase64Encoded`.
+IMAGEN_PARAMETERS = {"sampleCount", "aspectRatio", "personGeneration", "imageSize", "outputOptions",
+                     "includeRaiReason", "negativePrompt", "seed", "addWatermark", "enhancePrompt"}
+IMAGEN_ASPECT_RATIOS = {"1:1", "3:4", "4:3", "9:16", "16:9"}
+
+
+async def _predict(*, ex: Exchange, settings: respond.Settings, dialect: GeminiDialect) -> None:
+    _authenticate(ex=ex, settings=settings, dialect=dialect)
+    model = ex.params["model"]
+    if not model.startswith("imagen"):
+        raise ApiError(404, f"models/{model} is not found for API version {ex.params['version']}, "
+                       "or is not supported for predict. Call ListModels to see the list of available "
+                       "models and their supported methods.")
+    body = _known(respond.json_body(ex=ex), {"instances", "parameters"}, where="")
+    instances = body.get("instances")
+    if not isinstance(instances, list) or len(instances) != 1:
+        raise ApiError(400, "Invalid value at 'instances': exactly one instance is expected.")
+    prompt = _known(instances[0], {"prompt"}, where="instances[0]").get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ApiError(400, "Invalid value at 'instances[0].prompt': the prompt is empty.")
+    parameters = _known(body.get("parameters") or {}, IMAGEN_PARAMETERS, where="parameters")
+    count = parameters.get("sampleCount", 4)
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 4:
+        raise ApiError(400, "Invalid value at 'parameters.sampleCount': must be between 1 and 4.")
+    ratio = parameters.get("aspectRatio", "1:1")
+    if ratio not in IMAGEN_ASPECT_RATIOS:
+        raise ApiError(400, f"Invalid value at 'parameters.aspectRatio' ({ratio!r}): supported are "
+                       f"{', '.join(sorted(IMAGEN_ASPECT_RATIOS))}.")
+    directive = directive_build(header=ex.headers.get("x-fake-directive", ""),
+                                message=directive_extract(text=prompt)[1], server=settings.directive)
+    if not await respond.before_response(ex=ex, settings=settings, dialect=dialect, directive=directive,
+                                         tokens=tokens_count(text=prompt)):
+        return
+    digest = hashlib.sha256(f"{model}|{ratio}|{prompt}".encode()).hexdigest()[:16]
+    predictions = [{"mimeType": "image/png", "bytesBase64Encoded": base64.b64encode(image_png(f"{digest}-{i}")).decode()}
+                   for i in range(count)]
+    await respond.body_send(ex=ex, dialect=dialect, payload={"predictions": predictions}, directive=directive)
+
+
+# Gemini's TTS models (https://ai.google.dev/gemini-api/docs/speech-generation): generateContent
+# with `responseModalities: ["AUDIO"]`, answered with one `inlineData` part of 24 kHz 16-bit PCM.
+TTS_VOICES = {
+    "Zephyr", "Puck", "Charon", "Kore", "Fenrir", "Leda", "Orus", "Aoede", "Callirrhoe", "Autonoe",
+    "Enceladus", "Iapetus", "Umbriel", "Algieba", "Despina", "Erinome", "Algenib", "Rasalgethi",
+    "Laomedeia", "Achernar", "Alnilam", "Schedar", "Gacrux", "Pulcherrima", "Achird", "Zubenelgenubi",
+    "Vindemiatrix", "Sadachbia", "Sadaltager", "Sulafat",
+}
+AUDIO_TOKENS_PER_SECOND = 32  # Gemini's count for audio (https://ai.google.dev/gemini-api/docs/audio)
+
+
+async def _speak(*, ex: Exchange, settings: respond.Settings, dialect: GeminiDialect, body: dict) -> None:
+    body = _known(body, REQUEST_FIELDS, where="")
+    contents = body.get("contents")
+    if not isinstance(contents, list) or not contents:
+        raise ApiError(400, "* GenerateContentRequest.contents: contents is not specified")
+    for index, content in enumerate(contents):
+        dialect._content(content, index=index)
+    text = "\n".join(dialect._text(content["parts"]) for content in contents)
+    config = dialect._config(body.get("generationConfig"))
+    if config.get("responseModalities") != ["AUDIO"]:
+        raise ApiError(400, "The requested combination of response modalities (TEXT) is not supported by the "
+                       f"model. models/{ex.params['model']} accepts the following combination of response "
+                       "modalities:\n* AUDIO\n")
+    speech = _known(config.get("speechConfig") or {}, {"voiceConfig", "multiSpeakerVoiceConfig", "languageCode"},
+                    where="generation_config.speech_config")
+    voice = ((speech.get("voiceConfig") or {}).get("prebuiltVoiceConfig") or {}).get("voiceName", "Kore")
+    if voice not in TTS_VOICES:
+        raise ApiError(400, f"Voice name {voice} is not supported. Allowed voice names are: "
+                       f"{', '.join(sorted(v.lower() for v in TTS_VOICES))}")
+    if not text.strip():
+        raise ApiError(400, "* GenerateContentRequest.contents[0].parts[0].data: required oneof field 'data' "
+                       "must have one initialized field")
+    directive = directive_build(header=ex.headers.get("x-fake-directive", ""),
+                                message=directive_extract(text=text)[1], server=settings.directive)
+    prompt_tokens = tokens_count(text=text)
+    if not await respond.before_response(ex=ex, settings=settings, dialect=dialect, directive=directive,
+                                         tokens=prompt_tokens):
+        return
+    pcm = speech_audio(text=text, answer_format="pcm")
+    audio_tokens = math.ceil(len(pcm) / 2 / SPEECH_RATE * AUDIO_TOKENS_PER_SECOND)
+    payload = {
+        "candidates": [{"content": {"role": "model", "parts": [{"inlineData": {
+            "mimeType": f"audio/L16;codec=pcm;rate={SPEECH_RATE}", "data": base64.b64encode(pcm).decode()}}]},
+            "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": prompt_tokens, "candidatesTokenCount": audio_tokens,
+                          "totalTokenCount": prompt_tokens + audio_tokens,
+                          "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt_tokens}],
+                          "candidatesTokensDetails": [{"modality": "AUDIO", "tokenCount": audio_tokens}]},
+        "modelVersion": ex.params["model"],
+    }
+    await respond.body_send(ex=ex, dialect=dialect, payload=payload, directive=directive)
+
+
 _MODEL_PATH = r"/(?P<version>v1beta|v1)/models/(?P<model>[^/:]+):"
 # (method, path pattern, handler) for app.PATTERN_ROUTES, all spoken in GEMINI.
 GEMINI_ROUTES = [
@@ -436,5 +537,6 @@ GEMINI_ROUTES = [
     ("POST", re.compile(_MODEL_PATH + "embedContent"), _embed),
     ("POST", re.compile(_MODEL_PATH + "batchEmbedContents"), _batch_embed),
     ("POST", re.compile(_MODEL_PATH + "countTokens"), _count_tokens),
+    ("POST", re.compile(_MODEL_PATH + "predict"), _predict),
     ("GET", re.compile(r"/v1beta/models"), _models),  # /v1/models is OpenAI's
 ]

@@ -3,11 +3,12 @@ from the request: images (`POST /v1/images/generations`, the `url`s served by th
 `GET /_fake/images/{name}.png`), audio (`POST /v1/audio/transcriptions` and `/translations`,
 multipart, with the duration read from the uploaded WAV; `POST /v1/audio/speech`, audio streamed
 in chunks), `POST /v1/moderations`, and rerank (`POST /v1/rerank`: Cohere v1, Jina and vLLM share
-its shape; `POST /v2/rerank`: Cohere v2).
+its shape; `POST /v2/rerank`: Cohere v2; `POST /rerank`: Hugging Face TEI's native shape).
 
 References: https://platform.openai.com/docs/api-reference/images,
 https://platform.openai.com/docs/api-reference/audio, https://platform.openai.com/docs/api-reference/moderations,
-https://docs.cohere.com/reference/rerank, https://jina.ai/reranker/
+https://docs.cohere.com/reference/rerank, https://jina.ai/reranker/,
+https://huggingface.github.io/text-embeddings-inference/ (`/rerank`)
 """
 
 from __future__ import annotations
@@ -328,3 +329,35 @@ def rerank(*, version: int):
         await ex.respond(200, dumps(payload), [(dialect.request_id_header, request_id_new())])
 
     return handler
+
+
+async def tei_rerank(*, ex: Exchange, settings: Settings, dialect: Dialect) -> None:
+    """TEI's `POST /rerank`: `{"query", "texts", "raw_scores"?, "return_text"?}` answered with a
+    JSON list of `{"index", "score"}` (and `text` when asked), best first. Scores are probabilities,
+    or their logits with `raw_scores`. TEI's errors are `{"error", "error_type"}`: an empty query
+    or texts is a 400 of type `Empty`. A TEI server started with an API key wants it as a bearer
+    token; without one (the usual, on a private network) it asks for none."""
+    if settings.api_key is not None:
+        dialect.authenticate(headers=ex.headers, api_key=settings.api_key)
+    body = json_body(ex=ex)
+    query, texts = body.get("query"), body.get("texts")
+    if not isinstance(query, str) or not isinstance(texts, list) or not all(isinstance(t, str) for t in texts) \
+            or not isinstance(body.get("raw_scores", False), bool) or not isinstance(body.get("return_text", False), bool):
+        text = b"Failed to deserialize the JSON body into the target type: query, texts"  # axum's rejection
+        await ex.start(422, [("content-type", "text/plain; charset=utf-8"), ("content-length", str(len(text)))])
+        await ex.write(text, more=False)
+        return
+    if not query.strip() or not texts:
+        await ex.respond(400, dumps({"error": "`query` and `texts` cannot be empty", "error_type": "Empty"}), [])
+        return
+    directive = _directive(ex, settings, query)
+    if not await before_response(ex=ex, settings=settings, dialect=dialect, directive=directive, tokens=0):
+        return
+    answer = []
+    for item in rerank_scores(query, texts):
+        score = item["relevance_score"]
+        if body.get("raw_scores"):
+            score = round(math.log(max(score, 1e-6) / max(1 - score, 1e-6)), 6)
+        answer.append({"index": item["index"], "score": score}
+                      | ({"text": texts[item["index"]]} if body.get("return_text") else {}))
+    await ex.respond(200, dumps(answer), [])

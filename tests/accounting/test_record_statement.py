@@ -70,7 +70,8 @@ def every_field(tenant, request_id: uuid.UUID, cost: str, *, created_at: datetim
         "error_class": "", "attempts": [{"provider": "fake", "status": 200, "ms": 5, "note": "é\u2028"}],
         "end_user": "user-1", "cached_tokens": 3, "task": "summarise", "tags": ["a", "b"], "route": "r",
         "route_group": "g", "experiment": "e", "variant": "v", "conversation_id": "c-1", "cache": "miss",
-        "saved_cost_usd": Decimal("0.00000001"),
+        "saved_cost_usd": Decimal("0.00000001"), "units": Decimal("2.000"), "unit_kind": "image",
+        "routing_strategy": "weighted", "routing_propensity": 0.5, "reserved_usd": Decimal("0.50000000"),
     }
 
 

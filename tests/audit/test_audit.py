@@ -106,6 +106,7 @@ def test_admin_route_group_with_deployments_names_the_inline(admin_client):
     model = ProviderModel.objects.create(provider=provider, alias="gpt-4o", upstream_model="gpt-4o")
     response = admin_client.post("/admin/routing/routegroup/add/", {
         "name": "smart", "strategy": "fallback", "retries": "1", "total_timeout_seconds": "60",
+        "best_rated_lambda": "0", "best_rated_min_share": "0.05", "best_rated_min_ratings": "30",
         "deployments-TOTAL_FORMS": "1", "deployments-INITIAL_FORMS": "0",
         "deployments-0-provider_model": model.pk, "deployments-0-priority": "0", "deployments-0-weight": "1",
         "deployments-0-enabled": "on",

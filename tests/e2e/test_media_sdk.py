@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import wave
 from decimal import Decimal
 
@@ -57,6 +58,19 @@ providers:
     api_key: co-e2e-media
     models:
       - {{alias: rerank-v3.5, price_per_thousand_searches: 2.0}}
+  - name: fake-gemini
+    type: gemini
+    api_base: http://127.0.0.1:{port}
+    api_key: gm-e2e-media
+    models:
+      - {{alias: imagen-4, upstream: imagen-4.0-generate-001, mode: image, price_per_image: 0.04}}
+      - {{alias: gemini-tts, upstream: gemini-2.5-flash-preview-tts, mode: speech, input_price_per_million: 0.5,
+          output_price_per_million: 10}}
+  - name: fake-tei
+    type: tei
+    api_base: http://127.0.0.1:{port}
+    models:
+      - {{alias: bge-reranker, upstream: BAAI/bge-reranker-base, mode: rerank, price_per_thousand_searches: 2.0}}
 tenants:
   - slug: acme
     name: Acme Corp
@@ -136,6 +150,21 @@ def test_image_generation_url_and_b64_priced_by_size_and_quality(client, media_s
     assert (units, kind, cost) == (2, "image", Decimal("0.04"))
 
 
+def test_imagen_through_gemini(client, media_stack):
+    """Gemini's Imagen behind OpenAI's images endpoint: b64_json PNGs, billed per image."""
+    raw = client.images.with_raw_response.generate(model="imagen-4", prompt="a lighthouse", n=2, size="1792x1024",
+                                                   response_format="b64_json")
+    images = raw.parse()
+    assert len(images.data) == 2 and base64.b64decode(images.data[1].b64_json).startswith(b"\x89PNG")
+    endpoint, status, units, kind, cost, provider, *_ = record_of(media_stack, raw.headers["x-gateway-request-id"])
+    assert (endpoint, status, units, kind, cost, provider) == (
+        "images.generations", "success", 2, "image", Decimal("0.08"), "fake-gemini")
+    for bad, param in (({"response_format": "url"}, "response_format"), ({"n": 5}, "n"), ({"size": "1536x1024"}, "size")):
+        with pytest.raises(openai.BadRequestError) as error:
+            client.images.generate(model="imagen-4", prompt="x", **bad)
+        assert error.value.body["param"] == param and "imagen" in error.value.body["message"]
+
+
 def test_image_bad_input_is_a_clear_400(client):
     with pytest.raises(openai.BadRequestError) as error:
         client.images.generate(model="dall-e-3", prompt="x", n=2)
@@ -212,6 +241,29 @@ def test_speech_streams_audio_and_bills_characters(client, media_stack):
     assert error.value.body["param"] == "voice"
 
 
+def test_gemini_speech_as_wav_billed_in_tokens(client, media_stack):
+    """Gemini TTS behind OpenAI's speech endpoint: its PCM as a WAV, billed by its tokens."""
+    text = "Hello from Gemini."
+    with client.audio.speech.with_streaming_response.create(model="gemini-tts", voice="Kore", input=text) as response:
+        assert response.headers["content-type"] == "audio/wav"
+        audio = response.read()
+        request_id = response.headers["x-gateway-request-id"]
+    with wave.open(io.BytesIO(audio)) as parsed:
+        assert parsed.getframerate() == 24000
+        assert parsed.getnframes() / parsed.getframerate() == pytest.approx(len(text) * 0.06, rel=0.01)
+    endpoint, status, units, kind, cost, provider, *_ = record_of(media_stack, request_id)
+    assert (endpoint, status, units, kind, provider) == ("audio.speech", "success", len(text), "character", "fake-gemini")
+    [(prompt_tokens, completion_tokens)] = media_stack.wait_for_rows(
+        "SELECT prompt_tokens, completion_tokens FROM accounting_usagerecord WHERE request_id = %s", (request_id,), 1)
+    assert completion_tokens == math.ceil(len(text) * 0.06 * 32) and prompt_tokens > 0
+    assert cost == (Decimal(prompt_tokens) * Decimal("0.5") + Decimal(completion_tokens) * 10) / 1_000_000
+
+    for bad, param in (({"voice": "alloy"}, "voice"), ({"voice": "Kore", "response_format": "mp3"}, "response_format")):
+        with pytest.raises(openai.BadRequestError) as error:
+            client.audio.speech.create(model="gemini-tts", input="hi", **bad)
+        assert error.value.body["param"] == param
+
+
 def test_moderation(client, media_stack):
     raw = client.moderations.with_raw_response.create(model="omni-moderation-latest",
                                                       input=["have a nice day", "I will kill the process"])
@@ -232,6 +284,7 @@ DOCUMENTS = ["Berlin is the capital of Germany.", "Paris is the capital of Franc
 
 @pytest.mark.parametrize(("path", "model", "provider"), [
     ("/v2/rerank", "rerank-v3.5", "fake-cohere"), ("/v1/rerank", "jina-reranker", "fake"),
+    ("/v2/rerank", "bge-reranker", "fake-tei"),  # TEI's native /rerank, answered in Cohere's shape
 ])
 def test_rerank_in_cohere_shape(media_stack, path, model, provider):
     response = _rerank(media_stack, path, {"model": model, "query": "capital of France", "documents": DOCUMENTS,

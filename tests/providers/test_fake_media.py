@@ -112,3 +112,58 @@ async def test_rerank_v1_and_v2(fake):
     assert v1["meta"]["billed_units"]["search_units"] == 2 and v1["usage"]["total_tokens"] > 0
     empty = await fake.post("/v2/rerank", json={"model": "rerank-v3.5", "query": "q", "documents": []})
     assert empty.status_code == 400 and "documents" in empty.json()["message"]
+
+
+async def test_tei_native_rerank(fake):
+    """TEI's `POST /rerank`: a bare list of `{index, score}`, best first; logits with `raw_scores`;
+    its own error object."""
+    texts = ["The sky is blue.", "Paris is the capital of France.", "Capital gains tax."]
+    answer = (await fake.post("/rerank", json={"query": "capital of France", "texts": texts})).json()
+    assert [item["index"] for item in answer] == [1, 2, 0] and set(answer[0]) == {"index", "score"}
+    assert 0 <= answer[-1]["score"] <= answer[0]["score"] <= 1
+    raw = (await fake.post("/rerank", json={"query": "capital of France", "texts": texts, "raw_scores": True,
+                                            "return_text": True})).json()
+    assert raw[0]["text"] == texts[1] and raw[0]["score"] > 0 > raw[-1]["score"]
+    empty = await fake.post("/rerank", json={"query": "q", "texts": []})
+    assert (empty.status_code, empty.json()) == (400, {"error": "`query` and `texts` cannot be empty",
+                                                       "error_type": "Empty"})
+    assert (await fake.post("/rerank", json={"query": "q"})).status_code == 422
+
+
+async def test_imagen_predict(fake):
+    """Imagen through the Gemini API: `bytesBase64Encoded` PNGs, `sampleCount` of them; Google's
+    errors for a bad count or aspect ratio, and for a model that is not Imagen."""
+    headers = {"x-goog-api-key": "gm"}
+    path = "/v1beta/models/imagen-4.0-generate-001:predict"
+    answer = await fake.post(path, headers=headers, json={"instances": [{"prompt": "a cat"}],
+                                                          "parameters": {"sampleCount": 2, "aspectRatio": "16:9"}})
+    predictions = answer.json()["predictions"]
+    assert len(predictions) == 2 and predictions[0]["mimeType"] == "image/png"
+    assert base64.b64decode(predictions[0]["bytesBase64Encoded"]).startswith(b"\x89PNG")
+    assert len((await fake.post(path, headers=headers, json={"instances": [{"prompt": "x"}]})).json()["predictions"]) == 4
+    for parameters in ({"sampleCount": 5}, {"aspectRatio": "3:2"}, {"size": "1024x1024"}):
+        refused = await fake.post(path, headers=headers, json={"instances": [{"prompt": "x"}], "parameters": parameters})
+        assert refused.status_code == 400 and refused.json()["error"]["status"] == "INVALID_ARGUMENT"
+    chat = await fake.post("/v1beta/models/gemini-2.5-flash:predict", headers=headers,
+                           json={"instances": [{"prompt": "x"}]})
+    assert chat.status_code == 404
+
+
+async def test_gemini_tts(fake):
+    """A Gemini TTS model's generateContent: 24 kHz PCM inline, audio tokens in usageMetadata;
+    Google's 400s for a wrong voice or a text modality."""
+    headers = {"x-goog-api-key": "gm"}
+    path = "/v1beta/models/gemini-2.5-flash-preview-tts:generateContent"
+    config = {"responseModalities": ["AUDIO"], "speechConfig": {"voiceConfig": {"prebuiltVoiceConfig": {"voiceName": "Puck"}}}}
+    answer = (await fake.post(path, headers=headers, json={"contents": [{"parts": [{"text": "Hello there"}]}],
+                                                          "generationConfig": config})).json()
+    [part] = answer["candidates"][0]["content"]["parts"]
+    assert part["inlineData"]["mimeType"] == "audio/L16;codec=pcm;rate=24000"
+    pcm = base64.b64decode(part["inlineData"]["data"])
+    assert len(pcm) == int(11 * 0.06 * 24000) * 2  # the fake's 0.06 s a character
+    assert answer["usageMetadata"]["candidatesTokenCount"] == 22  # 0.66 s at 32 tokens a second
+    for bad in ({**config, "speechConfig": {"voiceConfig": {"prebuiltVoiceConfig": {"voiceName": "alloy"}}}},
+                {"responseModalities": ["TEXT"]}):
+        refused = await fake.post(path, headers=headers, json={"contents": [{"parts": [{"text": "x"}]}],
+                                                               "generationConfig": bad})
+        assert refused.status_code == 400 and refused.json()["error"]["status"] == "INVALID_ARGUMENT"

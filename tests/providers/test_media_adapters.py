@@ -6,6 +6,10 @@ https://docs.cohere.com/reference/rerank, https://jina.ai/reranker/."""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import io
+import wave
 import email.parser
 import email.policy
 import json
@@ -18,7 +22,9 @@ from providers.adapters.anthropic import AnthropicAdapter
 from providers.adapters.azure import AzureOpenAIAdapter
 from providers.adapters.base import AudioUpload, Target, Units, Usage
 from providers.adapters.cohere import CohereAdapter
+from providers.adapters.gemini import GeminiAdapter
 from providers.adapters.openai import OpenAIAdapter
+from providers.adapters.tei import TEIAdapter
 from tests.providers.upstream import UPSTREAM
 
 OPENAI = Target(provider_id=1, provider_name="oa", wire_type="openai", api_base=f"{UPSTREAM.url}/v1",
@@ -27,6 +33,10 @@ COHERE = Target(provider_id=2, provider_name="co", wire_type="cohere", api_base=
                 upstream_model="rerank-v3.5", api_key="co-test")
 AZURE = Target(provider_id=3, provider_name="az", wire_type="azure", api_base=UPSTREAM.url,
                upstream_model="my-tts", api_key="az-test")
+TEI = Target(provider_id=4, provider_name="tei", wire_type="tei", api_base=UPSTREAM.url,
+             upstream_model="BAAI/bge-reranker-base", api_key="")
+GEMINI = Target(provider_id=5, provider_name="gm", wire_type="gemini", api_base=UPSTREAM.url,
+                upstream_model="imagen-4.0-generate-001", api_key="gm-test")
 UPLOAD = AudioUpload(fields={"response_format": "verbose_json", "language": "en", "timestamp_granularities[]": ["word", "segment"]},
                      filename="talk.wav", content=b"RIFF....WAVEfmt audio bytes", content_type="audio/wav",
                      seconds=Decimal("12.5"))
@@ -151,6 +161,92 @@ async def test_rerank_answer_with_an_index_out_of_range_is_malformed(upstream, c
     with pytest.raises(ProviderError) as error:
         await CohereAdapter(client).rerank({"model": "a", "query": "q", "documents": ["d"]}, COHERE)
     assert error.value.error_class == "upstream_server"
+
+
+async def test_tei_native_rerank(upstream, client):
+    """TEI's `POST /rerank` (https://huggingface.github.io/text-embeddings-inference/): `texts`,
+    a bare list of `{index, score}` back, in Cohere's shape with `top_n` kept by the gateway."""
+    route = upstream.post(f"{UPSTREAM.url}/rerank").respond(200, json=[
+        {"index": 2, "score": 0.91}, {"index": 0, "score": 0.3}, {"index": 1, "score": 0.02}])
+    result = await TEIAdapter(client).rerank({"model": "a", "query": "q", "documents": ["d0", "d1", "d2"], "top_n": 2},
+                                             TEI)
+    assert sent_json(route) == {"query": "q", "texts": ["d0", "d1", "d2"], "raw_scores": False, "return_text": False}
+    assert "authorization" not in route.calls.last.request.headers  # a TEI server without an API key
+    assert result.body["results"] == [{"index": 2, "relevance_score": 0.91}, {"index": 0, "relevance_score": 0.3}]
+    assert result.body["meta"]["billed_units"] == {"search_units": 1}
+    assert result.units == Units(kind="search", count=Decimal(1)) and result.usage is None
+
+
+async def test_tei_errors_and_malformed_answers(upstream, client):
+    upstream.post(f"{UPSTREAM.url}/rerank").respond(429, json={"error": "Model is overloaded", "error_type": "Overloaded"})
+    with pytest.raises(ProviderError) as error:
+        await TEIAdapter(client).rerank({"model": "a", "query": "q", "documents": ["d"]}, TEI)
+    assert (error.value.error_class, "Model is overloaded" in str(error.value)) == ("rate_limited", True)
+    upstream.reset()
+    upstream.post(f"{UPSTREAM.url}/rerank").respond(200, json={"results": [{"index": 0, "relevance_score": 1}]})
+    with pytest.raises(ProviderError) as error:
+        await TEIAdapter(client).rerank({"model": "a", "query": "q", "documents": ["d"]}, TEI)
+    assert error.value.error_class == "upstream_server"
+
+
+async def test_tei_embeddings_on_its_openai_route_and_nothing_else(upstream, client):
+    route = upstream.post(f"{UPSTREAM.url}/v1/embeddings").respond(200, json={
+        "object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}],
+        "model": "bge", "usage": {"prompt_tokens": 2, "total_tokens": 2}})
+    result = await TEIAdapter(client).embeddings({"model": "a", "input": "hi"}, TEI)
+    assert route.called and result.usage == Usage(prompt_tokens=2, completion_tokens=0)
+    for call in (TEIAdapter(client).chat({"messages": [{"role": "user", "content": "x"}]}, TEI),
+                 TEIAdapter(client).images({"prompt": "x"}, TEI)):
+        with pytest.raises(InvalidRequest) as refused:
+            await call
+        assert "does not serve" in refused.value.message
+
+
+async def test_imagen_through_gemini_predict(upstream, client):
+    """https://ai.google.dev/gemini-api/docs/imagen: `instances`/`parameters` out, each image's
+    `bytesBase64Encoded` back as OpenAI's b64_json; a filtered prediction is not an image."""
+    route = upstream.post(f"{UPSTREAM.url}/v1beta/models/imagen-4.0-generate-001:predict").respond(200, json={
+        "predictions": [{"mimeType": "image/png", "bytesBase64Encoded": "iVBORw0K"},
+                        {"raiFilteredReason": "filtered"}, {"mimeType": "image/png", "bytesBase64Encoded": "AAAA"}]})
+    result = await GeminiAdapter(client).images(
+        {"model": "alias", "prompt": "a cat", "n": 3, "size": "1792x1024", "quality": "hd"}, GEMINI)
+    assert sent_json(route) == {"instances": [{"prompt": "a cat"}], "parameters": {"sampleCount": 3, "aspectRatio": "16:9"}}
+    assert route.calls.last.request.headers["x-goog-api-key"] == "gm-test"
+    assert [item["b64_json"] for item in result.body["data"]] == ["iVBORw0K", "AAAA"]
+    assert result.units == Units(kind="image", count=Decimal(2), size="1792x1024", quality="hd")
+
+
+async def test_imagen_all_filtered_or_not_an_imagen_model(upstream, client):
+    upstream.post(f"{UPSTREAM.url}/v1beta/models/imagen-4.0-generate-001:predict").respond(200, json={})
+    with pytest.raises(ProviderError) as error:
+        await GeminiAdapter(client).images({"model": "a", "prompt": "x"}, GEMINI)
+    assert error.value.error_class == "content_filtered"
+    chat_model = dataclasses.replace(GEMINI, upstream_model="gemini-2.5-flash")
+    with pytest.raises(InvalidRequest):
+        await GeminiAdapter(client).images({"model": "a", "prompt": "x"}, chat_model)
+
+
+async def test_gemini_tts_generate_content_audio(upstream, client):
+    """https://ai.google.dev/gemini-api/docs/speech-generation: the AUDIO modality and a prebuilt
+    voice out; the inline 24 kHz PCM back, as a WAV or as OpenAI's pcm; tokens as usage."""
+    pcm = bytes(range(256)) * 4
+    route = upstream.post(f"{UPSTREAM.url}/v1beta/models/gemini-2.5-flash-preview-tts:generateContent").respond(
+        200, json={"candidates": [{"content": {"role": "model", "parts": [{"inlineData": {
+            "mimeType": "audio/L16;codec=pcm;rate=24000", "data": base64.b64encode(pcm).decode()}}]},
+            "finishReason": "STOP"}], "usageMetadata": {"promptTokenCount": 4, "candidatesTokenCount": 16,
+                                                         "totalTokenCount": 20}})
+    tts = dataclasses.replace(GEMINI, upstream_model="gemini-2.5-flash-preview-tts")
+    result = await GeminiAdapter(client).speech({"model": "a", "input": "Hello there", "voice": "Kore"}, tts)
+    assert sent_json(route) == {"contents": [{"role": "user", "parts": [{"text": "Hello there"}]}], "generationConfig": {
+        "responseModalities": ["AUDIO"], "speechConfig": {"voiceConfig": {"prebuiltVoiceConfig": {"voiceName": "Kore"}}}}}
+    wav_file = b"".join([chunk async for chunk in result.chunks])
+    with wave.open(io.BytesIO(wav_file)) as audio:
+        assert (audio.getframerate(), audio.getsampwidth(), audio.readframes(10**6)) == (24000, 2, pcm)
+    assert result.content_type == "audio/wav"
+    assert result.usage == Usage(prompt_tokens=4, completion_tokens=16)
+    assert result.units == Units(kind="character", count=Decimal(11))
+    raw = await GeminiAdapter(client).speech({"model": "a", "input": "Hi", "voice": "Puck", "response_format": "pcm"}, tts)
+    assert b"".join([chunk async for chunk in raw.chunks]) == pcm and raw.content_type == "audio/pcm"
 
 
 async def test_a_wire_format_without_the_endpoint_is_a_400(client):

@@ -34,8 +34,23 @@ def test_bad_bodies_are_400s_naming_the_parameter(validate, body, param):
 
 
 def test_image_models_limits():
-    assert checks.image_model_check({"n": 2}, "dall-e-3") == "'n' must be at most 1 for dall-e-3."
-    assert "'size'" in checks.image_model_check({"size": "1792x1024"}, "dall-e-2")
+    too_many = checks.image_model_check({"n": 2}, "dall-e-3")
+    assert (too_many.param, too_many.message) == ("n", "'n' must be at most 1 for dall-e-3.")
+    assert checks.image_model_check({"size": "1792x1024"}, "dall-e-2").param == "size"
+    assert checks.image_model_check({"n": 4, "size": "1024x1792"}, "models/imagen-4.0-generate-001") is None
+    assert checks.image_model_check({"response_format": "url"}, "imagen-4.0-fast-generate-001").param == "response_format"
+
+
+def test_speech_voices_and_formats_by_model():
+    gemini = "gemini-2.5-flash-preview-tts"
+    assert checks.speech_model_check({"voice": "Kore"}, gemini) is None
+    assert checks.speech_model_check({"voice": "Kore", "response_format": "pcm", "speed": 1}, "models/" + gemini) is None
+    assert checks.speech_model_check({"voice": "alloy"}, gemini).param == "voice"
+    assert checks.speech_model_check({"voice": "Kore", "response_format": "mp3"}, gemini).param == "response_format"
+    assert checks.speech_model_check({"voice": "Kore", "speed": 1.5}, gemini).param == "speed"
+    assert checks.speech_model_check({"voice": "Kore", "instructions": "calm"}, gemini).param == "instructions"
+    assert checks.speech_model_check({"voice": "alloy", "response_format": "mp3"}, "tts-1") is None
+    assert checks.speech_model_check({"voice": "Kore"}, "tts-1").param == "voice"
     assert checks.image_model_check({"n": 10, "size": "1536x1024"}, "gpt-image-1") is None
     assert checks.image_model_check({"n": 10, "size": "999x999"}, "my-own-image-model") is None
 
