@@ -72,7 +72,11 @@ class UsageRecord(models.Model):
         ERROR = "error"
         CANCELLED = "cancelled"
 
-    request_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    # Unique with created_at (`usage_request_once`), not alone: on PostgreSQL the table is
+    # partitioned by created_at's month and a partitioned table's unique keys must hold its
+    # partition column. A request's record carries the time it was first written (the record step
+    # pins it before any retry, the journal keeps it), so a second write of it still collides.
+    request_id = models.UUIDField(default=uuid.uuid4, db_index=True, editable=False)
     response_id = models.CharField(max_length=100, blank=True, db_index=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     # No index of their own: usage_tenant_time_id and usage_key_time lead with them.
@@ -166,6 +170,9 @@ class UsageRecord(models.Model):
             models.Index(fields=["tenant", "end_user", "created_at"], name="usage_tenant_end_user"),
             models.Index(fields=["api_key", "created_at"], name="usage_key_time"),
         ]
+        constraints = [
+            models.UniqueConstraint(fields=["request_id", "created_at"], name="usage_request_once"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.tenant_id} {self.status}"
@@ -182,7 +189,11 @@ class UsageContent(models.Model):
     tenant's `content_retention_days` by `accounting.tasks.content_retention_task`.
     """
 
-    usage_record = models.OneToOneField(UsageRecord, on_delete=models.CASCADE, related_name="content")
+    # No database constraint: a foreign key must point at a unique key, and on PostgreSQL the
+    # partitioned records' keys are (id, created_at). Django's collector still cascades deletes.
+    usage_record = models.OneToOneField(
+        UsageRecord, on_delete=models.CASCADE, related_name="content", db_constraint=False
+    )
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     messages = models.JSONField(default=list, help_text="The request's messages (or embedding input).")

@@ -12,6 +12,7 @@ from django.db import OperationalError
 from accounting.alerts import budget_alert_send
 from accounting.budgets import reservations_release_stale
 from accounting.services import content_retention_enforce
+from accounting.partitions import partitions_drop, partitions_ensure
 from accounting.rollups import rollup_bucket, rollup_recent
 
 
@@ -45,3 +46,12 @@ def reservations_release_stale_task() -> int:
 def content_retention_task() -> int:
     """Delete kept prompts and answers older than their tenant's retention (beat, hourly)."""
     return content_retention_enforce()
+
+
+@shared_task(ignore_result=True)
+def record_partitions_task(retention_months: int = 0) -> list[str]:
+    """Make the records' monthly partitions ahead (PostgreSQL; beat, daily) and drop the ones older
+    than `retention_months` (0 keeps them all; `manage.py record_partitions --retention-months`)."""
+    made = partitions_ensure()
+    partitions_drop(retention_months=retention_months)
+    return made

@@ -13,7 +13,8 @@ class Feedback(models.Model):
 
     tenant = models.ForeignKey("accounting.Tenant", on_delete=models.CASCADE, related_name="feedback")
     usage_record = models.ForeignKey(
-        "accounting.UsageRecord", on_delete=models.CASCADE, related_name="feedback"
+        # No database constraint: the records are partitioned on PostgreSQL (accounting.UsageRecord).
+        "accounting.UsageRecord", on_delete=models.CASCADE, related_name="feedback", db_constraint=False
     )
     response_id = models.CharField(max_length=100, db_index=True)
     source = models.CharField(max_length=32, default="playground")
@@ -80,7 +81,8 @@ class MetricValue(models.Model):
     metric = models.ForeignKey(FeedbackMetric, on_delete=models.CASCADE, related_name="values")
     source = models.CharField(max_length=32)
     usage_record = models.ForeignKey(
-        "accounting.UsageRecord", on_delete=models.CASCADE, null=True, blank=True, related_name="metric_values"
+        "accounting.UsageRecord", on_delete=models.CASCADE, null=True, blank=True, related_name="metric_values",
+        db_constraint=False,
     )
     conversation_id = models.CharField(max_length=200, blank=True)
     value = models.FloatField(help_text="Booleans are stored as 1.0 / 0.0.")

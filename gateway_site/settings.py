@@ -511,6 +511,14 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 3600.0,
         "options": {"expires": 3500},
     },
+    "usage-record-partitions": {
+        # PostgreSQL: this month's partition and two ahead; `retention_months` drops older ones
+        # (0 keeps every month; docs/deployment.md, "Partitioned records").
+        "task": "accounting.tasks.record_partitions_task",
+        "schedule": 86400.0,
+        "kwargs": {"retention_months": 0},
+        "options": {"expires": 86000},
+    },
 }
 
 # --- dashboards ---------------------------------------------------------------------------------

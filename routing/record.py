@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db import InterfaceError, OperationalError
+from django.utils import timezone
 
 from accounting import tokens
 from accounting.pricing import cost_compute, units_cost
@@ -201,6 +202,10 @@ def _record_fields(call: Call, *, status: str, completion_text: str, read_text: 
     deployment = call.deployment
     return {
         "request_id": call.request_id,
+        # Pinned here, not left to the write: every write of the record (a retry after a lost
+        # connection, the journal's replay, a batch line's resume) carries the same time, so the
+        # record's uniqueness (request_id, created_at) refuses the second one.
+        "created_at": timezone.now(),
         "response_id": call.response_id if call.has_response_id else "",
         "tenant_id": call.auth.tenant_id,
         "api_key_id": call.auth.key_id or None,  # 0: a dashboard user in the playground
