@@ -45,7 +45,7 @@ INSERT INTO accounting_usagerecord (
     prompt_tokens, completion_tokens, usage_estimated, prompt_tokens_estimated, completion_tokens_estimated,
     cost_usd, reserved_usd, latency_ms, ttft_ms, stream, status, http_status, error_class, attempts, end_user,
     api_key_id, tenant_id, cached_tokens, tags, task, cache, conversation_id, experiment, route, route_group,
-    saved_cost_usd, variant)
+    saved_cost_usd, variant, units, unit_kind, routing_strategy)
 SELECT
     gen_random_uuid(), 'chatcmpl-' || g, %(start)s::timestamptz + g * %(step)s::interval,
     'chat.completions', m.asked, m.provider, m.served,
@@ -65,7 +65,7 @@ SELECT
     '', CASE WHEN g %% 10 = 0 THEN 'hit' WHEN g %% 10 < 5 THEN 'miss' ELSE '' END,
     CASE WHEN g %% 10 < 3 THEN 'conv-' || (g / 50) ELSE '' END,
     CASE WHEN g %% 10 = 9 THEN 'exp-1' ELSE '' END, (%(routes)s::text[])[1 + g %% 4], '', 0,
-    CASE WHEN g %% 10 = 9 THEN (CASE WHEN g %% 20 = 9 THEN 'a' ELSE 'b' END) ELSE '' END
+    CASE WHEN g %% 10 = 9 THEN (CASE WHEN g %% 20 = 9 THEN 'a' ELSE 'b' END) ELSE '' END, 0, '', 'fallback'
 FROM generate_series(1, %(count)s) AS g
 CROSS JOIN LATERAL (SELECT CASE WHEN g %% 10 < 6 THEN 0 ELSE 1 + g %% 9 END AS n) AS t
 CROSS JOIN LATERAL (SELECT (%(models)s::text[])[1 + floor(random() ^ 2 * 8 + g * 0)::int] AS i) AS pick

@@ -37,7 +37,7 @@ INSERT INTO accounting_usagerecord (request_id, response_id, created_at, tenant_
     requested_model, provider_name, served_model, prompt_tokens, completion_tokens, usage_estimated,
     prompt_tokens_estimated, completion_tokens_estimated, cost_usd, latency_ms, ttft_ms, stream, status,
     http_status, error_class, attempts, end_user, cached_tokens, task, tags, route, route_group, experiment,
-    variant, conversation_id, cache, saved_cost_usd)
+    variant, conversation_id, cache, saved_cost_usd, units, unit_kind, routing_strategy)
 SELECT gen_random_uuid(), '', {created_at}, (%(tenants)s::bigint[])[1 + n %% {tenants}], NULL, 'chat.completions',
     'model-' || (n %% 7), 'fake', 'model-' || (n %% 7), 50 + n %% 900, 10 + n %% 300, false, false, false,
     (n %% 1000) / 100000.0, 20 + (n * 7919) %% 3000, CASE WHEN n %% 3 = 0 THEN NULL ELSE 5 + n %% 400 END,
@@ -45,7 +45,7 @@ SELECT gen_random_uuid(), '', {created_at}, (%(tenants)s::bigint[])[1 + n %% {te
     CASE WHEN n %% 50 = 0 THEN 'timeout' ELSE '' END, '[]', 'user-' || (n %% 100), 0,
     CASE WHEN n %% 4 = 0 THEN 'summarize' ELSE '' END,
     CASE WHEN n %% 5 = 0 THEN '["batch"]'::jsonb ELSE '[]'::jsonb END, 'rule-' || (n %% 3), '', '', '', '',
-    CASE WHEN n %% 10 = 0 THEN 'hit' ELSE 'miss' END, 0
+    CASE WHEN n %% 10 = 0 THEN 'hit' ELSE 'miss' END, 0, 0, '', 'fallback'
 FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS n
 """
 
@@ -112,7 +112,9 @@ def initial_load(records: int, tenants: list[int]) -> None:
     print(f"  loaded in {load(records, tenants, 30):.1f} s", flush=True)
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE accounting_usagerecord")
-        cursor.execute("SELECT pg_total_relation_size('accounting_usagerecord')")
+        # A partitioned table's own size is 0: its partitions hold the rows and their indexes.
+        cursor.execute("SELECT COALESCE(sum(pg_total_relation_size(relid)), 0) FROM "
+                       "pg_partition_tree('accounting_usagerecord')")
         size = cursor.fetchone()[0]
     print(f"  table with indexes: {size / 2**20:.0f} MiB, {size / records * 1e6 / 2**30:.2f} GiB per million")
     caught = rollup_recent()
