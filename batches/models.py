@@ -19,11 +19,11 @@ from accounting.models import Tenant, TenantApiKey
 LINE_NAMESPACE = uuid.UUID("6c1f2a9e-5b0d-4c53-9a4e-0b8f3d2e7a61")
 
 
-def _file_id() -> str:
+def file_id_new() -> str:
     return f"file-{uuid.uuid4().hex[:24]}"
 
 
-def _batch_id() -> str:
+def batch_id_new() -> str:
     return f"batch_{uuid.uuid4().hex[:24]}"
 
 
@@ -35,7 +35,7 @@ class BatchFile(models.Model):
         BATCH = "batch"
         BATCH_OUTPUT = "batch_output"
 
-    id = models.CharField(primary_key=True, max_length=40, default=_file_id, editable=False)
+    id = models.CharField(primary_key=True, max_length=40, default=file_id_new, editable=False)
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="batch_files")
     purpose = models.CharField(max_length=20, choices=Purpose.choices)
     filename = models.CharField(max_length=255)
@@ -65,7 +65,7 @@ class Batch(models.Model):
 
     ACTIVE = (Status.VALIDATING, Status.IN_PROGRESS, Status.FINALIZING, Status.CANCELLING)
 
-    id = models.CharField(primary_key=True, max_length=40, default=_batch_id, editable=False)
+    id = models.CharField(primary_key=True, max_length=40, default=batch_id_new, editable=False)
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="batches")
     api_key = models.ForeignKey(TenantApiKey, on_delete=models.PROTECT, related_name="batches",
                                 help_text="The key the batch's lines run as (its limits, budgets, models).")

@@ -18,7 +18,7 @@ class Migration(migrations.Migration):
         migrations.CreateModel(
             name='BatchFile',
             fields=[
-                ('id', models.CharField(default=batches.models._file_id, editable=False, max_length=40, primary_key=True, serialize=False)),
+                ('id', models.CharField(default=batches.models.file_id_new, editable=False, max_length=40, primary_key=True, serialize=False)),
                 ('purpose', models.CharField(choices=[('batch', 'Batch'), ('batch_output', 'Batch Output')], max_length=20)),
                 ('filename', models.CharField(max_length=255)),
                 ('name', models.CharField(help_text='Where the bytes are in the batches storage.', max_length=300)),
@@ -34,7 +34,7 @@ class Migration(migrations.Migration):
         migrations.CreateModel(
             name='Batch',
             fields=[
-                ('id', models.CharField(default=batches.models._batch_id, editable=False, max_length=40, primary_key=True, serialize=False)),
+                ('id', models.CharField(default=batches.models.batch_id_new, editable=False, max_length=40, primary_key=True, serialize=False)),
                 ('input_file_key', models.CharField(help_text="The input file's id, kept if it is deleted.", max_length=40)),
                 ('endpoint', models.CharField(max_length=40)),
                 ('completion_window', models.CharField(default='24h', max_length=10)),

@@ -142,10 +142,10 @@ class GeminiDialect(Dialect):
         contents = body.get("contents")
         if not isinstance(contents, list) or not contents:
             raise ApiError(400, "* GenerateContentRequest.contents: contents is not specified")
-        roles = [self._content(content, index=i) for i, content in enumerate(contents)]
-        texts = [self._text(content["parts"]) for content in contents]
-        config = self._config(body.get("generationConfig"))
-        system = self._text(self._system_parts(body.get("systemInstruction")))
+        roles = [self.content_role(content, index=i) for i, content in enumerate(contents)]
+        texts = [self.parts_text(content["parts"]) for content in contents]
+        config = self.generation_config(body.get("generationConfig"))
+        system = self.parts_text(self._system_parts(body.get("systemInstruction")))
         prompt, directive = last_user_directive(
             messages=[{"role": role} for role in roles], texts=texts, header=header_directive,
             server=server_directive)
@@ -170,7 +170,7 @@ class GeminiDialect(Dialect):
             "type": "object", "properties": {"answer": {"type": "string"}}}
 
     @staticmethod
-    def _content(content: object, *, index: int) -> str:
+    def content_role(content: object, *, index: int) -> str:
         where = f"GenerateContentRequest.contents[{index}]"
         role = content.get("role", "user") if isinstance(content, dict) else None
         if role not in ("user", "model"):
@@ -195,12 +195,12 @@ class GeminiDialect(Dialect):
         return parts
 
     @staticmethod
-    def _text(parts: list) -> str:
+    def parts_text(parts: list) -> str:
         return "\n".join(p["text"] for p in parts if isinstance(p, dict)
                          and isinstance(p.get("text"), str) and not p.get("thought"))
 
     @staticmethod
-    def _config(config: object) -> dict:
+    def generation_config(config: object) -> dict:
         config = _known(config or {}, CONFIG_FIELDS, where="generation_config")
         limit = config.get("maxOutputTokens")
         if limit is not None and (not is_int(limit) or limit < 1):
@@ -314,7 +314,7 @@ class GeminiDialect(Dialect):
         if not is_int(dimensions) or not 1 <= dimensions <= MAX_DIMENSIONS:
             raise ApiError(400, f"* {where}.output_dimensionality: must be from 1 to "
                            f"{MAX_DIMENSIONS}.")
-        return GeminiDialect._text(parts), dimensions
+        return GeminiDialect.parts_text(parts), dimensions
 
 
 def _lowercase_types(schema: object) -> object:
@@ -492,9 +492,9 @@ async def _speak(*, ex: Exchange, settings: respond.Settings, dialect: GeminiDia
     if not isinstance(contents, list) or not contents:
         raise ApiError(400, "* GenerateContentRequest.contents: contents is not specified")
     for index, content in enumerate(contents):
-        dialect._content(content, index=index)
-    text = "\n".join(dialect._text(content["parts"]) for content in contents)
-    config = dialect._config(body.get("generationConfig"))
+        dialect.content_role(content, index=index)
+    text = "\n".join(dialect.parts_text(content["parts"]) for content in contents)
+    config = dialect.generation_config(body.get("generationConfig"))
     if config.get("responseModalities") != ["AUDIO"]:
         raise ApiError(400, "The requested combination of response modalities (TEXT) is not supported by the "
                        f"model. models/{ex.params['model']} accepts the following combination of response "
